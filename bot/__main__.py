@@ -1,0 +1,179 @@
+"""The command line: `python -m bot [run|check|generate|simulate|sync|backup]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.delivery import DownloadFailed, download_video
+from bot.images import ImageRejected, prepare_first_frame
+from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
+from bot.kling import KlingError
+from bot.resources import open_resources
+
+log = logging.getLogger("bot")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One place that decides how the bot logs: timestamped lines on stderr."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
+    logging.getLogger("discord").setLevel(max(logging.INFO, logging.getLevelName(level)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's grammar."""
+    parser = argparse.ArgumentParser(prog="python -m bot", description="Kling video bot for Discord.")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="start the bot (the default)")
+    commands.add_parser("check", help="validate the settings and make one authenticated call to the API")
+    commands.add_parser("sync", help="register the slash commands (in DISCORD_GUILD_ID if set, else globally)")
+    backup = commands.add_parser("backup", help="take a consistent copy of the database while the bot runs")
+    backup.add_argument("file", type=Path)
+    generate = commands.add_parser("generate", help="make one video without Discord")
+    generate.add_argument("--prompt", default="", help="what the video shows")
+    generate.add_argument("--image", help="first frame: a file path or an http(s) URL")
+    generate.add_argument("--duration", type=int, help="seconds, 3-15 (default: DEFAULT_DURATION)")
+    generate.add_argument("--resolution", help="720p or 1080p (default: DEFAULT_RESOLUTION)")
+    generate.add_argument("--aspect-ratio", help="16:9, 9:16 or 1:1 (text videos only)")
+    generate.add_argument("--out", type=Path, required=True, help="where to write the mp4")
+    simulate = commands.add_parser("simulate", help="run a local Kling API simulator (no key, no cost)")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8765)
+    simulate.add_argument("--api-key", default="sim-key")
+    simulate.add_argument("--endpoint-path", default="sim")
+    simulate.add_argument("--render-seconds", type=float, default=8.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m bot` and the `kling-bot` script."""
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    if command == "simulate":
+        from bot import simulator
+
+        setup_logging()
+        return _run(simulator.run_forever(args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds))
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(settings.log_level)
+    if command == "check":
+        return _run(check(settings))
+    if command == "generate":
+        return _run(generate(settings, args))
+    if command == "backup":
+        return _run(backup(settings, args.file))
+    from bot import app  # Discord is only imported by the commands that need it
+
+    if command == "sync":
+        return _run(app.sync_commands(settings))
+    return _run(app.run_bot(settings))
+
+
+def _run(coroutine: Coroutine[Any, Any, int]) -> int:
+    try:
+        result = asyncio.run(coroutine)
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+async def check(settings: Settings) -> int:
+    """Print what is wrong with the settings or the API key, or that all is well."""
+    async with open_resources(settings) as resources:
+        try:
+            await resources.kling.check_auth()
+        except KlingError as exc:
+            print(f"error: the Kling API at {settings.kling_api_root} refused: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"ok: settings valid, database at {settings.database_path}, Kling API at {settings.kling_api_root}")
+    return EXIT_OK
+
+
+async def backup(settings: Settings, target: Path) -> int:
+    """Copy the database consistently, even while the bot writes to it."""
+    async with open_resources(settings) as resources:
+        await resources.store.backup(target)
+    print(f"ok: database copied to {target}")
+    return EXIT_OK
+
+
+def _request_from_args(settings: Settings, args: argparse.Namespace) -> JobRequest:
+    """Turn the options into a validated request; raises InvalidRequest before anything is sent."""
+    image = image_url = None
+    if args.image:
+        if args.image.startswith(("http://", "https://")):
+            image_url = args.image
+        else:
+            path = Path(args.image)
+            if not path.is_file():
+                raise InvalidRequest(f"No image file at {path}.")
+            try:
+                image = prepare_first_frame(path.read_bytes())
+            except ImageRejected as exc:
+                raise InvalidRequest(str(exc)) from None
+    request = JobRequest(
+        kind="image" if args.image else "text",
+        prompt=args.prompt,
+        duration=args.duration if args.duration is not None else settings.default_duration,
+        resolution=args.resolution or settings.default_resolution,
+        aspect_ratio=args.aspect_ratio,
+        image=image,
+        image_url=image_url,
+        image_source=args.image,
+    )
+    JobService.validate(request)
+    return request
+
+
+async def generate(settings: Settings, args: argparse.Namespace) -> int:
+    """One job through JobService, polled until it ends, the video written to --out."""
+    try:
+        request = _request_from_args(settings, args)
+    except InvalidRequest as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    async with open_resources(settings) as resources:
+        try:
+            job = await resources.jobs.create(request)
+        except SubmitRefused as exc:
+            print(f"error: job {exc.job.id} refused: {exc.reason} ({exc.error})", file=sys.stderr)
+            return EXIT_FAILED
+        started = time.monotonic()
+        while job.status in ("reserved", "submitted", "processing"):
+            print(f"job {job.id}: {job.status}, {time.monotonic() - started:.0f}s elapsed", file=sys.stderr)
+            await asyncio.sleep(settings.poll_interval_seconds)
+            await resources.jobs.poll_once()
+            current = await resources.store.get_job(job.id)
+            assert current is not None
+            job = current
+        if job.status != "succeeded" or job.video_url is None:
+            print(f"error: job {job.id} {job.status}: {job.error}", file=sys.stderr)
+            return EXIT_FAILED
+        try:
+            size = await download_video(resources.session, job.video_url, args.out, max_bytes=None)
+        except DownloadFailed as exc:
+            await resources.jobs.mark_undeliverable(job.id, str(exc))
+            print(f"error: job {job.id}: {exc}; the link was {job.video_url}", file=sys.stderr)
+            return EXIT_FAILED
+        await resources.jobs.mark_delivered(job.id)
+    print(f"ok: job {job.id} wrote {size} bytes to {args.out} in {time.monotonic() - started:.0f}s")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The Discord front end: the `commands.Bot` subclass, its command tree, and how it is started."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import Settings
+from bot.resources import Resources, open_resources
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.video", "cogs.poller", "cogs.quota")
+
+
+class UserFacingError(app_commands.AppCommandError):
+    """An expected problem whose message is shown to the member as is."""
+
+
+class VideoTree(app_commands.CommandTree["VideoBot"]):
+    """Expected errors become ephemeral messages; the rest are logged with the interaction's context."""
+
+    async def on_error(self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError) -> None:
+        if isinstance(error, UserFacingError):
+            text = str(error)
+        elif isinstance(error, app_commands.CheckFailure):
+            text = "You are not allowed to use this command here."
+        else:
+            command = interaction.command.qualified_name if interaction.command else "?"
+            log.error(
+                "command %s failed (guild %s, channel %s, user %s)",
+                command,
+                interaction.guild_id,
+                interaction.channel_id,
+                interaction.user.id,
+                exc_info=error,
+            )
+            text = "Something went wrong on our side; it has been logged. Nothing was charged."
+        await reply_ephemeral(interaction, text)
+
+
+async def reply_ephemeral(interaction: discord.Interaction[Any], text: str, **kwargs: Any) -> None:
+    """Answer privately, whether or not the interaction was already answered; never pings."""
+    kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True, **kwargs)
+        else:
+            await interaction.response.send_message(text, ephemeral=True, **kwargs)
+    except discord.HTTPException:
+        log.warning("could not answer interaction %s", interaction.id, exc_info=True)
+
+
+class VideoBot(commands.Bot):
+    """The bot; resources are built outside and injected, so tests and the command line share them."""
+
+    def __init__(self, settings: Settings, resources: Resources, **options: Any) -> None:
+        options.setdefault("intents", discord.Intents.default())
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            tree_cls=VideoTree,
+            allowed_mentions=discord.AllowedMentions.none(),
+            help_command=None,
+            **options,
+        )
+        self.settings = settings
+        self.resources = resources
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+
+    async def post_log(self, guild_id: int | None, text: str) -> None:
+        """Post to the server's log channel, if its moderators set one; a failure is only logged."""
+        if guild_id is None:
+            return
+        settings = await self.resources.store.quota_settings(guild_id, self.settings.quota_defaults)
+        if settings.log_channel_id is None:
+            return
+        try:
+            await self.get_partial_messageable(settings.log_channel_id, guild_id=guild_id).send(
+                text, allowed_mentions=discord.AllowedMentions.none()
+            )
+        except discord.HTTPException as exc:
+            log.warning("could not post to the log channel of server %s: %s", guild_id, exc)
+
+    async def on_ready(self) -> None:
+        assert self.user is not None
+        log.info("logged in as %s (%s) in %d servers", self.user, self.user.id, len(self.guilds))
+
+
+def apply_discord_endpoints(settings: Settings) -> None:
+    """Point discord.py at Discord or at a compatible server; done once, before login."""
+    discord.http.Route.BASE = settings.discord_api_base_url.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+def _require_token(settings: Settings) -> str:
+    token = settings.discord_token.get_secret_value()
+    if not token:
+        raise SystemExit("error: DISCORD_TOKEN is not set; the bot cannot log in to Discord")
+    return token
+
+
+async def run_bot(settings: Settings) -> int:
+    """Run until stopped; SIGTERM and SIGINT close the gateway, the session and the database cleanly."""
+    token = _require_token(settings)
+    apply_discord_endpoints(settings)
+    async with open_resources(settings) as resources, VideoBot(settings, resources) as bot:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, functools.partial(_stop, bot, signum))
+        try:
+            await bot.start(token)
+        except discord.LoginFailure:
+            log.error("Discord refused the token (DISCORD_TOKEN)")
+            return 1
+    log.info("stopped cleanly")
+    return 0
+
+
+def _stop(bot: VideoBot, signum: int) -> None:
+    log.info("received %s; stopping", signal.Signals(signum).name)
+    asyncio.get_running_loop().create_task(bot.close())
+
+
+async def sync_commands(settings: Settings) -> int:
+    """Register the slash commands with Discord: instantly in DISCORD_GUILD_ID, or globally (up to an hour)."""
+    token = _require_token(settings)
+    apply_discord_endpoints(settings)
+    async with open_resources(settings) as resources, VideoBot(settings, resources) as bot:
+        await bot.login(token)  # runs setup_hook, which loads the cogs and so the commands
+        if settings.discord_guild_id:
+            guild = discord.Object(settings.discord_guild_id)
+            bot.tree.copy_global_to(guild=guild)
+            synced = await bot.tree.sync(guild=guild)
+            where = f"server {settings.discord_guild_id}"
+        else:
+            synced = await bot.tree.sync()
+            where = "every server (global commands can take up to an hour to appear)"
+    print(f"ok: {len(synced)} commands registered in {where}: {', '.join(c.name for c in synced)}")
+    return 0

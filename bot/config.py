@@ -1,0 +1,89 @@
+"""Settings from the environment and `.env`, built once in `main()` (never at import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.store import QuotaSettings
+
+Resolution = Literal["720p", "1080p"]
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it in one line."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the bot; see `.env.example` for what each one means."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    discord_token: SecretStr = SecretStr("")
+    kling_api_key: SecretStr
+    kling_endpoint_path: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._~-]+$")
+    kling_base_url: str = Field(default="https://genaiapi-m2.cloudsway.net/v1/ai", pattern=r"^https?://")
+    database_path: Path = Path("data/bot.sqlite3")
+    poll_interval_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    # How long a job may stay unfinished at the provider before we give up and refund it.
+    job_timeout_minutes: float = Field(default=30.0, gt=0)
+    api_timeout_seconds: float = Field(default=30.0, gt=0)
+    api_max_retries: int = Field(default=4, ge=0, le=10)
+
+    default_duration: int = Field(default=5, ge=3, le=15)
+    default_resolution: Resolution = "720p"
+
+    discord_api_base_url: str = Field(default="https://discord.com/api/v10", pattern=r"^https?://")
+    discord_gateway_url: str = Field(default="wss://gateway.discord.gg/", pattern=r"^wss?://")
+    discord_guild_id: int | None = None
+
+    # Credits follow the provider's billing units: a job reserves duration x this rate until billing is known.
+    credits_per_second_720p: float = Field(default=0.8, ge=0, le=100)
+    credits_per_second_1080p: float = Field(default=1.0, ge=0, le=100)
+
+    # Quotas: what a server starts with until its moderators change it with /quota-admin.
+    default_quota_credits: float = Field(default=50.0, ge=0)
+    default_quota_period: Literal["day", "week", "month", "total"] = "week"
+    member_jobs_in_flight: int = Field(default=2, ge=1, le=100)
+    server_jobs_in_flight: int = Field(default=10, ge=1, le=1000)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def credit_rates(self) -> dict[str, int]:
+        """Milli-credits per second of video, by resolution."""
+        return {
+            "720p": round(self.credits_per_second_720p * 1000),
+            "1080p": round(self.credits_per_second_1080p * 1000),
+        }
+
+    @property
+    def quota_defaults(self) -> QuotaSettings:
+        """The quota rules of a server whose moderators changed nothing."""
+        return QuotaSettings(
+            default_limit=round(self.default_quota_credits * 1000),
+            period=self.default_quota_period,
+            member_in_flight=self.member_jobs_in_flight,
+            server_in_flight=self.server_jobs_in_flight,
+        )
+
+    @property
+    def kling_api_root(self) -> str:
+        """The base URL joined with the account's endpoint path."""
+        return f"{self.kling_base_url.rstrip('/')}/{self.kling_endpoint_path}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning pydantic's report into one line per bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,270 @@
+"""Credits per member per server: the reservation behind each job, the member's view, the moderators' actions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from bot import quota
+from bot.store import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, Store, UsageRow
+
+PERIODS = ("day", "week", "month", "total")
+
+
+class QuotaRefused(Exception):
+    """The member may not start this job now; the message says why and when that changes."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaStatus:
+    """What `/quota` shows a member."""
+
+    limit: quota.Limit
+    used: int
+    reserved: int
+    granted: int
+    remaining: int | None
+    window: quota.Window
+    in_flight: int
+    settings: QuotaSettings
+
+
+class CreditService:
+    """Reads and changes quotas; every moderator change is written to the audit log."""
+
+    def __init__(
+        self,
+        store: Store,
+        defaults: QuotaSettings,
+        *,
+        rates: Mapping[str, int] = quota.DEFAULT_RATES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.defaults = defaults
+        self.rates = rates
+        self.clock = clock
+
+    def window(self, period: str) -> quota.Window:
+        """The current period's start and reset time."""
+        return quota.period_window(period, datetime.fromtimestamp(self.clock(), UTC))
+
+    def _window_start(self, period: str) -> float:
+        return self.window(period).start.timestamp()
+
+    def _limit(self, facts: QuotaFacts) -> quota.Limit:
+        return quota.resolve_limit(
+            default=facts.settings.default_limit,
+            override=facts.member.override,
+            role_limits=facts.role_quotas,
+            blocked_reason=facts.member.blocked_reason,
+        )
+
+    async def reserve(self, job: Job, role_ids: Sequence[int]) -> None:
+        """Write the job only if the member's quota and the in-flight caps allow it; else raise QuotaRefused."""
+        limits: dict[str, quota.Limit] = {}
+
+        def decide(facts: QuotaFacts) -> quota.Decision:
+            limits["limit"] = limit = self._limit(facts)
+            usage = facts.usage
+            return quota.check(
+                limit,
+                used=usage.used,
+                reserved=usage.reserved,
+                granted=usage.granted,
+                cost=job.cost_estimate,
+                member_in_flight=usage.in_flight,
+                member_in_flight_cap=facts.settings.member_in_flight,
+                server_in_flight=facts.server_in_flight,
+                server_in_flight_cap=facts.settings.server_in_flight,
+            )
+
+        facts, decision = await self.store.reserve_job(
+            job, role_ids=role_ids, defaults=self.defaults, window_start=self._window_start, decide=decide
+        )
+        if not decision.allowed:
+            raise QuotaRefused(self._refusal(decision, limits["limit"], facts, job.cost_estimate))
+
+    def _refusal(self, decision: quota.Decision, limit: quota.Limit, facts: QuotaFacts, cost: int) -> str:
+        settings = facts.settings
+        if decision.reason == "blocked":
+            return f"You are blocked from making videos in this server: {limit.reason or 'no reason given'}."
+        if decision.reason == "member_busy":
+            return (
+                f"You already have {facts.usage.in_flight} videos in progress (the limit is "
+                f"{settings.member_in_flight}); wait for one to finish."
+            )
+        if decision.reason == "server_busy":
+            return (
+                f"This server already has {facts.server_in_flight} videos in progress (the limit is "
+                f"{settings.server_in_flight}); try again in a minute."
+            )
+        left = decision.remaining or 0
+        reset = self.window(settings.period).reset_at
+        when = f"Your credits reset <t:{int(reset.timestamp())}:R>." if reset else "Your credits do not reset."
+        return (
+            f"This video needs {self.describe(cost)} and you have {self.describe(left)} left. {when} "
+            "A shorter or 720p video costs less."
+        )
+
+    def describe(self, millicredits: int) -> str:
+        """Credits with about how many seconds of 720p video they buy."""
+        seconds = quota.seconds_of_720p(millicredits, self.rates)
+        return f"{quota.format_credits(millicredits)} credits (about {seconds} s of 720p)"
+
+    async def status(self, guild_id: int, user_id: int, role_ids: Sequence[int]) -> QuotaStatus:
+        """A member's limit, where it comes from, what is used, left and reserved, and when it resets."""
+        settings = await self.store.quota_settings(guild_id, self.defaults)
+        window = self.window(settings.period)
+        facts = QuotaFacts(
+            settings=settings,
+            member=await self.store.member_quota(guild_id, user_id),
+            role_quotas=await self.store.role_quotas(guild_id, role_ids),
+            usage=await self.store.usage(guild_id, user_id, window.start.timestamp()),
+            server_in_flight=0,
+        )
+        limit = self._limit(facts)
+        usage = facts.usage
+        return QuotaStatus(
+            limit=limit,
+            used=usage.used,
+            reserved=usage.reserved,
+            granted=usage.granted,
+            remaining=quota.remaining(limit, used=usage.used, reserved=usage.reserved, granted=usage.granted),
+            window=window,
+            in_flight=usage.in_flight,
+            settings=settings,
+        )
+
+    # --- moderators -------------------------------------------------------------------------------------
+
+    async def _audit(
+        self,
+        guild_id: int,
+        moderator_id: int,
+        action: str,
+        target_id: int | None,
+        before: str | None,
+        after: str | None,
+        reason: str | None = None,
+    ) -> AuditEntry:
+        entry = AuditEntry(guild_id, moderator_id, action, target_id, before, after, reason, self.clock())
+        await self.store.add_audit(entry)
+        return entry
+
+    @staticmethod
+    def _member_text(member: MemberQuota) -> str:
+        parts = []
+        if member.override is not None:
+            parts.append(f"limit {quota.format_credits(member.override)}")
+        if member.blocked_reason is not None:
+            parts.append(f"blocked ({member.blocked_reason})")
+        return ", ".join(parts) or "no override"
+
+    async def _change_member(
+        self, guild_id: int, moderator_id: int, user_id: int, action: str, reason: str | None, **changes: object
+    ) -> AuditEntry:
+        before = await self.store.member_quota(guild_id, user_id)
+        after = replace(before, **changes)  # type: ignore[arg-type]
+        await self.store.save_member_quota(guild_id, user_id, after)
+        return await self._audit(
+            guild_id, moderator_id, action, user_id, self._member_text(before), self._member_text(after), reason
+        )
+
+    async def set_member_limit(self, guild_id: int, moderator_id: int, user_id: int, limit: int) -> AuditEntry:
+        """Give one member their own limit (milli-credits per period)."""
+        return await self._change_member(guild_id, moderator_id, user_id, "set", None, override=limit)
+
+    async def clear_member(self, guild_id: int, moderator_id: int, user_id: int) -> AuditEntry:
+        """Remove a member's own limit: their roles or the server's default apply again."""
+        return await self._change_member(guild_id, moderator_id, user_id, "clear", None, override=None)
+
+    async def block(self, guild_id: int, moderator_id: int, user_id: int, reason: str) -> AuditEntry:
+        """Stop a member from starting videos; the reason is shown to them."""
+        return await self._change_member(guild_id, moderator_id, user_id, "block", reason, blocked_reason=reason)
+
+    async def unblock(self, guild_id: int, moderator_id: int, user_id: int) -> AuditEntry:
+        """Lift a block."""
+        return await self._change_member(guild_id, moderator_id, user_id, "unblock", None, blocked_reason=None)
+
+    async def grant(self, guild_id: int, moderator_id: int, user_id: int, amount: int, reason: str) -> AuditEntry:
+        """Bonus credits for the current period."""
+        settings = await self.store.quota_settings(guild_id, self.defaults)
+        before = await self.store.usage(guild_id, user_id, self._window_start(settings.period))
+        await self.store.add_grant(guild_id, user_id, amount, reason, moderator_id, self.clock())
+        return await self._audit(
+            guild_id,
+            moderator_id,
+            "grant",
+            user_id,
+            f"granted {quota.format_credits(before.granted)}",
+            f"granted {quota.format_credits(before.granted + amount)}",
+            reason,
+        )
+
+    async def set_role(
+        self, guild_id: int, moderator_id: int, role_id: int, limit: int | None, *, remove: bool = False
+    ) -> AuditEntry:
+        """A role's limit (None: unlimited), or remove it so the role no longer counts."""
+        before = await self.store.role_quotas(guild_id, [role_id])
+        await self.store.save_role_quota(guild_id, role_id, limit, remove=remove)
+
+        def text(values: dict[int, int | None]) -> str:
+            if role_id not in values:
+                return "no setting"
+            value = values[role_id]
+            return "unlimited" if value is None else f"limit {quota.format_credits(value)}"
+
+        after = {} if remove else {role_id: limit}
+        return await self._audit(guild_id, moderator_id, "role", role_id, text(before), text(after))
+
+    async def set_default(self, guild_id: int, moderator_id: int, limit: int, period: str) -> AuditEntry:
+        """The server's default limit and its period."""
+        if period not in PERIODS:
+            raise ValueError(f"unknown period {period!r}")
+        before = await self.store.quota_settings(guild_id, self.defaults)
+        after = replace(before, default_limit=limit, period=period)
+        await self.store.save_quota_settings(guild_id, after)
+        return await self._audit(
+            guild_id,
+            moderator_id,
+            "default",
+            None,
+            f"{quota.format_credits(before.default_limit)} per {before.period}",
+            f"{quota.format_credits(limit)} per {period}",
+        )
+
+    async def set_caps(self, guild_id: int, moderator_id: int, member: int, server: int) -> AuditEntry:
+        """The caps on jobs in flight per member and per server."""
+        before = await self.store.quota_settings(guild_id, self.defaults)
+        after = replace(before, member_in_flight=member, server_in_flight=server)
+        await self.store.save_quota_settings(guild_id, after)
+        return await self._audit(
+            guild_id,
+            moderator_id,
+            "caps",
+            None,
+            f"{before.member_in_flight} per member, {before.server_in_flight} per server",
+            f"{member} per member, {server} per server",
+        )
+
+    async def set_log_channel(self, guild_id: int, moderator_id: int, channel_id: int | None) -> AuditEntry:
+        """Where moderator actions and job starts and ends are posted (None: nowhere)."""
+        before = await self.store.quota_settings(guild_id, self.defaults)
+        await self.store.save_quota_settings(guild_id, replace(before, log_channel_id=channel_id))
+        return await self._audit(
+            guild_id,
+            moderator_id,
+            "log-channel",
+            channel_id,
+            f"<#{before.log_channel_id}>" if before.log_channel_id else "none",
+            f"<#{channel_id}>" if channel_id else "none",
+        )
+
+    async def usage(self, guild_id: int, period: str | None) -> tuple[list[UsageRow], quota.Window]:
+        """The server's top members in a period (the server's own period by default)."""
+        settings = await self.store.quota_settings(guild_id, self.defaults)
+        window = self.window(period or settings.period)
+        return await self.store.usage_table(guild_id, window.start.timestamp()), window

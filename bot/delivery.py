@@ -1,0 +1,65 @@
+"""Fetching finished videos: streamed to a temporary file, capped at what can be posted."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+
+
+class VideoTooLarge(Exception):
+    """The video is bigger than the cap; post a link instead."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        super().__init__(f"video of {size if size is not None else 'unknown'} bytes exceeds {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class DownloadFailed(Exception):
+    """The video could not be fetched (HTTP error, not a video, connection trouble)."""
+
+
+async def download_video(
+    session: aiohttp.ClientSession, url: str, destination: Path, *, max_bytes: int | None, time_limit: float = 300.0
+) -> int:
+    """Stream `url` into `destination` (written atomically); returns its size. Never holds the file in memory."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=destination.parent, prefix=".partial-", suffix=".mp4")
+    size = 0
+    try:
+        with os.fdopen(handle, "wb") as out:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=time_limit, sock_read=60)) as response:
+                if response.status != 200:
+                    raise DownloadFailed(f"the video link answered HTTP {response.status}")
+                kind = response.headers.get("Content-Type", "")
+                if kind.startswith(("text/", "application/json")):
+                    raise DownloadFailed(f"the video link served {kind.split(';')[0]}, not a video")
+                announced = response.content_length
+                if max_bytes is not None and announced is not None and announced > max_bytes:
+                    raise VideoTooLarge(announced, max_bytes)
+                async for chunk in response.content.iter_chunked(CHUNK):
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise VideoTooLarge(None if announced is None else announced, max_bytes)
+                    out.write(chunk)
+        if size == 0:
+            raise DownloadFailed("the video link served an empty file")
+        os.replace(partial, destination)
+    except TimeoutError:
+        raise DownloadFailed("the video download timed out") from None
+    except aiohttp.ClientError as exc:
+        raise DownloadFailed(f"the video download failed: {type(exc).__name__}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)  # gone already when os.replace succeeded
+    log.debug("downloaded %d bytes to %s", size, destination)
+    return size

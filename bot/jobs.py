@@ -1,0 +1,427 @@
+"""`JobService`: validate, reserve, submit, poll and settle video jobs. Plain data in and out; no Discord."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from bot import quota
+from bot.credits import CreditService
+from bot.images import FirstFrame
+from bot.kling import (
+    KlingAccountError,
+    KlingAuthError,
+    KlingBadRequest,
+    KlingClient,
+    KlingContentPolicy,
+    KlingError,
+    KlingRateLimited,
+    KlingTask,
+    KlingUnavailable,
+)
+from bot.store import FINAL, IN_FLIGHT, OPEN, Job, Store
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT = {"text": 3072, "image": 2500}
+DURATIONS = range(3, 16)
+RESOLUTIONS = ("720p", "1080p")
+ASPECT_RATIOS = ("16:9", "9:16", "1:1")
+MAX_SUBMIT_ATTEMPTS = 3
+# A job left `reserved` this long was not being submitted by anyone: look it up and settle it.
+RESERVED_GRACE_SECONDS = 120.0
+
+
+class InvalidRequest(ValueError):
+    """The request breaks a rule; the message says exactly what to change. Nothing was written or sent."""
+
+
+class SubmitRefused(Exception):
+    """The provider refused the job; it is recorded as failed and charges nothing."""
+
+    def __init__(self, job: Job, reason: str, error: KlingError) -> None:
+        super().__init__(reason)
+        self.job = job
+        self.reason = reason
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """What a member (or the command line) asks for."""
+
+    kind: Literal["text", "image"]
+    prompt: str
+    duration: int = 5
+    resolution: str = "720p"
+    aspect_ratio: str | None = None
+    image: FirstFrame | None = None
+    image_url: str | None = None
+    image_source: str | None = None
+    guild_id: int | None = None
+    channel_id: int | None = None
+    user_id: int | None = None
+    role_ids: tuple[int, ...] = ()
+    attachment_size_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobChange:
+    """A job that moved during a poll: its row after the move and the state it left."""
+
+    job: Job
+    previous: str
+
+
+def explain(error: KlingError) -> str:
+    """The provider's refusal in words a member can act on."""
+    if isinstance(error, KlingContentPolicy):
+        return (
+            "The video service refused this prompt or image under its content policy. "
+            "Change it and try again; nothing was charged."
+        )
+    if isinstance(error, KlingAccountError):
+        return "The video service account is out of credits or suspended; an operator must top it up."
+    if isinstance(error, KlingAuthError):
+        return "The bot's key for the video service was refused; an operator must fix the configuration."
+    if isinstance(error, KlingRateLimited):
+        return "The video service is busy right now; try again in a minute."
+    if isinstance(error, KlingBadRequest):
+        return f"The video service refused the request: {error.message}"
+    return "The video service is not answering right now; try again later."
+
+
+class JobService:
+    """The job state machine over the store and the API client."""
+
+    def __init__(
+        self,
+        store: Store,
+        kling: KlingClient,
+        *,
+        job_timeout: float = 30 * 60,
+        rates: Mapping[str, int] = quota.DEFAULT_RATES,
+        credits: CreditService | None = None,
+        callback_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.kling = kling
+        self.credits = credits
+        self.job_timeout = job_timeout
+        self.rates = rates
+        self.callback_url = callback_url
+        self.clock = clock
+
+    @staticmethod
+    def validate(request: JobRequest) -> None:
+        """Raise `InvalidRequest` naming the first rule the request breaks."""
+        prompt = request.prompt.strip()
+        limit = MAX_PROMPT[request.kind]
+        if request.kind == "text" and not prompt:
+            raise InvalidRequest("The prompt is empty; describe the video you want.")
+        if len(request.prompt) > limit:
+            raise InvalidRequest(
+                f"The prompt is {len(request.prompt)} characters; {request.kind} videos allow at most {limit}."
+            )
+        if "\x00" in request.prompt:
+            raise InvalidRequest("The prompt contains a NUL character; remove it.")
+        if not isinstance(request.duration, int) or request.duration not in DURATIONS:
+            raise InvalidRequest(
+                f"The duration must be a whole number of seconds from 3 to 15, not {request.duration}."
+            )
+        if request.resolution not in RESOLUTIONS:
+            raise InvalidRequest(f"The resolution must be 720p or 1080p, not {request.resolution}.")
+        if request.kind == "text":
+            if request.aspect_ratio is not None and request.aspect_ratio not in ASPECT_RATIOS:
+                raise InvalidRequest(f"The aspect ratio must be 16:9, 9:16 or 1:1, not {request.aspect_ratio}.")
+            if request.image is not None or request.image_url is not None:
+                raise InvalidRequest("A text video takes no image; use an image video for a first frame.")
+        else:
+            if request.aspect_ratio is not None:
+                raise InvalidRequest("An image video takes its shape from the image; leave the aspect ratio out.")
+            if (request.image is None) == (request.image_url is None):
+                raise InvalidRequest("An image video needs exactly one first-frame image.")
+            if request.image_url is not None and not request.image_url.startswith(("https://", "http://")):
+                raise InvalidRequest("The first frame must be an http(s) link or an uploaded image.")
+
+    def cost_of(self, duration: int, resolution: str) -> int:
+        """The credits (milli) a job of this shape reserves."""
+        return quota.job_cost(duration, resolution, self.rates)
+
+    async def create(self, request: JobRequest) -> Job:
+        """Validate, reserve credits and record the job, submit it.
+
+        Raises `InvalidRequest` or `QuotaRefused` (nothing written) or `SubmitRefused` (recorded as failed).
+        """
+        self.validate(request)
+        now = self.clock()
+        image_sha = None
+        if request.image is not None:
+            image = request.image
+            image_sha = await self.store.put_image(image.data, image.mime, image.width, image.height)
+        job = Job(
+            id=secrets.token_hex(8),
+            guild_id=request.guild_id,
+            channel_id=request.channel_id,
+            user_id=request.user_id,
+            kind=request.kind,
+            prompt=request.prompt,
+            duration=request.duration,
+            resolution=request.resolution,
+            aspect_ratio=(request.aspect_ratio or "16:9") if request.kind == "text" else None,
+            image_sha256=image_sha,
+            image_url=request.image_url,
+            image_source=request.image_source,
+            status="reserved",
+            provider_task_id=None,
+            provider_status=None,
+            error=None,
+            video_url=None,
+            video_seconds=None,
+            billed_amount=None,
+            cost_estimate=self.cost_of(request.duration, request.resolution),
+            cost_billed=None,
+            attachment_size_limit=request.attachment_size_limit,
+            message_id=None,
+            thread_id=None,
+            status_message_id=None,
+            result_message_id=None,
+            attempts=0,
+            delivery_attempts=0,
+            created_at=now,
+            submitted_at=None,
+            finished_at=None,
+            delivered_at=None,
+            updated_at=now,
+        )
+        if self.credits is not None and job.guild_id is not None and job.user_id is not None:
+            await self.credits.reserve(job, request.role_ids)
+        else:
+            await self.store.add_job(job)
+        log.info("job %s reserved (%s, %ss, %s)", job.id, job.kind, job.duration, job.resolution)
+        return await self._submit(job, first_frame=request.image.base64 if request.image else None)
+
+    async def _submit(self, job: Job, *, first_frame: str | None = None) -> Job:
+        """Send a reserved job. A refusal fails it; server trouble leaves it reserved for `_settle_reserved`."""
+        attempts = job.attempts + 1
+        await self.store.update_job(job.id, "reserved", attempts=attempts, updated_at=self.clock())
+        try:
+            task = await self._send(job, first_frame)
+        except KlingUnavailable as exc:
+            log.warning("job %s: submit attempt %d failed: %s", job.id, attempts, exc)
+            if attempts >= MAX_SUBMIT_ATTEMPTS:
+                return await self._fail(job, explain(exc), "reserved") or job
+            return replace(job, attempts=attempts)
+        except KlingError as exc:
+            reason = explain(exc)
+            log.warning("job %s refused by the provider: %s", job.id, exc)
+            failed = await self._fail(job, reason, "reserved")
+            raise SubmitRefused(failed or job, reason, exc) from None
+        return await self._adopt(job, task, "reserved")
+
+    async def _send(self, job: Job, first_frame: str | None) -> KlingTask:
+        if job.kind == "text":
+            return await self.kling.submit_text(
+                job.prompt,
+                aspect_ratio=job.aspect_ratio or "16:9",
+                duration=job.duration,
+                resolution=job.resolution,
+                external_task_id=job.id,
+                callback_url=self.callback_url,
+            )
+        if first_frame is None:
+            first_frame = job.image_url or await self._stored_frame(job)
+        return await self.kling.submit_image(
+            first_frame,
+            job.prompt or None,
+            duration=job.duration,
+            resolution=job.resolution,
+            external_task_id=job.id,
+            callback_url=self.callback_url,
+        )
+
+    async def _stored_frame(self, job: Job) -> str:
+        stored = await self.store.get_image(job.image_sha256 or "")
+        if stored is None:
+            raise KlingBadRequest("the first-frame image of this job is missing from the database")
+        return FirstFrame(stored.data, stored.mime, stored.width, stored.height, None).base64
+
+    async def _adopt(self, job: Job, task: KlingTask, previous: str) -> Job:
+        """Record the provider's task for a job we sent, then apply whatever state it is already in."""
+        now = self.clock()
+        moved = await self.store.transition(
+            job.id,
+            previous,
+            "submitted",
+            provider_task_id=task.id,
+            provider_status=task.status,
+            submitted_at=now,
+            updated_at=now,
+        )
+        if not moved:
+            log.info("job %s was settled elsewhere while submitting", job.id)
+        current = await self.store.get_job(job.id)
+        assert current is not None
+        log.info("job %s submitted as task %s", job.id, task.id)
+        if moved and task.status != "submitted":
+            return (await self._apply(current, task)) or current
+        return current
+
+    async def _fail(self, job: Job, reason: str, previous: str | tuple[str, ...]) -> Job | None:
+        """Fail a job (its reservation is released with it); None when another path already moved it."""
+        now = self.clock()
+        if not await self.store.transition(job.id, previous, "failed", error=reason, finished_at=now, updated_at=now):
+            return None
+        return await self.store.get_job(job.id)
+
+    async def poll_once(self) -> list[JobChange]:
+        """Settle stale reserved jobs, query every job in flight (20 per request), time out the slow ones."""
+        changes = await self._settle_reserved(self.clock() - RESERVED_GRACE_SECONDS)
+        in_flight = await self.store.jobs_in(IN_FLIGHT)
+        if in_flight:
+            by_task = {job.provider_task_id: job for job in in_flight if job.provider_task_id}
+            try:
+                tasks = await self.kling.query(task_ids=list(by_task))
+            except KlingError as exc:
+                log.warning("poll: query of %d jobs failed: %s", len(by_task), exc)
+                tasks = []
+            for task in tasks:
+                job = by_task.pop(task.id, None)
+                if job is None:
+                    log.warning("poll: the provider answered for a task we did not ask about: %s", task.id)
+                    continue
+                change = await self._apply(job, task)
+                if change is not None:
+                    changes.append(JobChange(change, job.status))
+        changes.extend(await self._time_out())
+        return changes
+
+    async def resume(self) -> list[JobChange]:
+        """After a restart: settle every job left `reserved` by its external id before sending anything again."""
+        return await self._settle_reserved(None)
+
+    async def _settle_reserved(self, older_than: float | None) -> list[JobChange]:
+        changes = []
+        for job in await self.store.jobs_in(("reserved",), updated_before=older_than):
+            try:
+                task = await self.kling.find_external(job.id)
+            except KlingError as exc:
+                log.warning("job %s: lookup by external id failed: %s", job.id, exc)
+                continue
+            if task is not None:
+                log.info("job %s found at the provider as %s; not sending it again", job.id, task.id)
+                settled = await self._adopt(job, task, "reserved")
+            else:
+                try:
+                    settled = await self._submit(job)
+                except SubmitRefused as refused:
+                    settled = refused.job
+            if settled.status != "reserved":
+                changes.append(JobChange(settled, "reserved"))
+        return changes
+
+    async def _apply(self, job: Job, task: KlingTask) -> Job | None:
+        """Move a job to where the provider says its task is; returns the new row if it moved."""
+        now = self.clock()
+        if task.status == "processing" and job.status == "submitted":
+            moved = await self.store.transition(
+                job.id, "submitted", "processing", provider_status=task.status, updated_at=now
+            )
+        elif task.status == "succeeded":
+            video = task.video
+            if video is None:
+                log.warning("job %s: task %s succeeded without a video", job.id, task.id)
+                return await self._fail(job, "The video service finished but sent no video.", IN_FLIGHT)
+            billed = _billed_millicredits(task)
+            moved = await self.store.transition(
+                job.id,
+                IN_FLIGHT,
+                "succeeded",
+                provider_status=task.status,
+                video_url=video.url,
+                video_seconds=video.seconds,
+                billed_amount=task.billed_amount,
+                cost_billed=billed,
+                finished_at=now,
+                updated_at=now,
+            )
+        elif task.status == "failed":
+            reason = task.message or "The video service could not make this video."
+            return await self._fail(job, f"The video service failed: {reason}", IN_FLIGHT)
+        elif task.status in ("submitted", "processing"):
+            return None
+        else:
+            log.warning("job %s: unknown provider status %r; still waiting", job.id, task.status)
+            await self.store.update_job(job.id, IN_FLIGHT, provider_status=task.status, updated_at=now)
+            return None
+        return await self.store.get_job(job.id) if moved else None
+
+    async def _time_out(self) -> list[JobChange]:
+        deadline = self.clock() - self.job_timeout
+        changes = []
+        for job in await self.store.jobs_in(IN_FLIGHT):
+            if (job.submitted_at or job.created_at) < deadline:
+                minutes = self.job_timeout / 60
+                failed = await self._fail(
+                    job, f"The video did not finish within {minutes:g} minutes; nothing was charged.", IN_FLIGHT
+                )
+                if failed is not None:
+                    log.warning("job %s timed out", job.id)
+                    changes.append(JobChange(failed, job.status))
+        return changes
+
+    async def mark_delivered(self, job_id: str, *, result_message_id: int | None = None) -> bool:
+        """The video reached the member: `succeeded` becomes `delivered`, once."""
+        now = self.clock()
+        return await self.store.transition(
+            job_id, "succeeded", "delivered", result_message_id=result_message_id, delivered_at=now, updated_at=now
+        )
+
+    async def mark_undeliverable(self, job_id: str, reason: str) -> bool:
+        """Every way to post the video failed; the link stays in the job's row for the member's history."""
+        now = self.clock()
+        return await self.store.transition(job_id, "succeeded", "undeliverable", error=reason, updated_at=now)
+
+    async def note_delivery_problem(self, job: Job, reason: str) -> int:
+        """Count one failed try at fetching or posting a finished video; returns the tries so far."""
+        tries = job.delivery_attempts + 1
+        await self.store.update_job(job.id, "succeeded", delivery_attempts=tries, error=reason, updated_at=self.clock())
+        return tries
+
+    async def fail_download(self, job: Job, reason: str) -> Job | None:
+        """The provider's video never came (its link is dead or not a video): fail the job, releasing its credits."""
+        return await self._fail(job, f"The finished video could not be fetched: {reason}.", "succeeded")
+
+    async def set_discord_refs(
+        self, job_id: str, *, message_id: int | None, thread_id: int | None, status_message_id: int | None
+    ) -> None:
+        """Remember where a job lives in Discord, whatever state it has reached meanwhile."""
+        await self.store.update_job(
+            job_id,
+            (*OPEN, *FINAL),
+            message_id=message_id,
+            thread_id=thread_id,
+            status_message_id=status_message_id,
+            updated_at=self.clock(),
+        )
+
+    async def estimate_seconds(self, duration: int, resolution: str) -> float | None:
+        """The median render time of recent finished jobs of this shape, or None without history."""
+        times = await self.store.render_times(duration, resolution)
+        return statistics.median(times) if times else None
+
+
+def _billed_millicredits(task: KlingTask) -> int | None:
+    if task.billed_amount is None:
+        return None
+    try:
+        return quota.parse_billed_amount(task.billed_amount)
+    except ValueError:
+        log.warning("task %s: unreadable billed amount %r", task.id, task.billed_amount)
+        return None

@@ -1,0 +1,401 @@
+"""Client of the Kling 3.0 turbo API as served by Cloudsway's gateway (see shared/api/kling-3.0-turbo.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any, Literal
+
+import aiohttp
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+
+log = logging.getLogger(__name__)
+
+MODEL = "kling-3.0-turbo"
+TEXT_TO_VIDEO = f"/kling/videos/text-to-video/{MODEL}"
+IMAGE_TO_VIDEO = f"/kling/videos/image-to-video/{MODEL}"
+TASKS = "/kling/tasks"
+MAX_IDS_PER_QUERY = 20  # the provider's cap, checked against production
+
+KNOWN_STATUSES = frozenset({"submitted", "processing", "succeeded", "failed"})
+
+
+def _digits_as_str(value: object) -> object:
+    # Ids are strings of digits; a gateway that sends them as JSON numbers must not lose precision to floats.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+IdStr = Annotated[str, BeforeValidator(_digits_as_str)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class KlingOutput(_Model):
+    """One result of a finished task; `url` is a signed CDN link that expires."""
+
+    type: str
+    id: IdStr = ""
+    url: str
+    duration: str | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        """The video's length in seconds, if the provider gave a readable one."""
+        try:
+            return float(self.duration) if self.duration is not None else None
+        except ValueError:
+            return None
+
+
+class KlingBilling(_Model):
+    """What the provider charged; `amount` is a decimal string."""
+
+    amount: str
+    charge_type: str | None = None
+    package_type: str | None = None
+
+
+class KlingTask(_Model):
+    """A task as the provider reports it; the status is kept even when we do not know it."""
+
+    id: IdStr
+    status: str
+    message: str | None = ""
+    outputs: list[KlingOutput] | None = None
+    billing: list[KlingBilling] | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+
+    @property
+    def video(self) -> KlingOutput | None:
+        """The first video output, if any."""
+        return next((o for o in self.outputs or () if o.type == "video" and o.url), None)
+
+    @property
+    def billed_amount(self) -> str | None:
+        """The charged amount as the provider wrote it, when billing is known."""
+        return self.billing[0].amount if self.billing else None
+
+
+class Envelope(_Model):
+    """Every answer: `code` 0 means success whatever the HTTP status says, and vice versa."""
+
+    code: int
+    message: str | None = ""
+    data: Any = None
+    request_id: str | None = None
+
+
+class KlingError(Exception):
+    """A failed call; `message` is the provider's own words where it gave any."""
+
+    def __init__(
+        self, message: str, *, code: int | None = None, status: int | None = None, request_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        where = ", ".join(
+            part
+            for part in (f"HTTP {self.status}" if self.status else "", f"code {self.code}" if self.code else "")
+            if part
+        )
+        return f"{self.message} ({where})" if where else self.message
+
+
+class KlingAuthError(KlingError):
+    """The key was refused (or the IP is not allowed): the operator must act; never retried."""
+
+
+class KlingAccountError(KlingError):
+    """The account is in arrears, out of credits or without access to the model: the operator must act."""
+
+
+class KlingBadRequest(KlingError):
+    """The provider refused the parameters; its message says why. Not retried."""
+
+
+class KlingContentPolicy(KlingError):
+    """The prompt or image broke the platform's content policy: the member must change it."""
+
+
+class KlingRateLimited(KlingError):
+    """Too many requests (1302) or too many tasks at once (1303); `retry_after` is in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+    @property
+    def concurrency(self) -> bool:
+        """True when the account's concurrency limit, not the request rate, was hit."""
+        return self.code == 1303
+
+
+class KlingUnavailable(KlingError):
+    """Server trouble: 5xx, codes 5000-5002, a body that is not the API's JSON, a time-out, no connection."""
+
+
+def classify(
+    status: int, code: int | None, message: str, *, request_id: str | None = None, retry_after: float | None = None
+) -> KlingError:
+    """Turn an HTTP status and the envelope's code into the error the rest of the code acts on."""
+    kwargs: dict[str, Any] = {"code": code, "status": status, "request_id": request_id}
+    if code is not None:
+        if 1000 <= code <= 1004 or code == 1304:
+            return KlingAuthError(message or "authentication failed", **kwargs)
+        if 1100 <= code <= 1103:
+            return KlingAccountError(message or "account unavailable", **kwargs)
+        if 1200 <= code <= 1299:
+            return KlingBadRequest(message or "bad request", **kwargs)
+        if code in (1300, 1301):
+            return KlingContentPolicy(message or "refused by the content policy", **kwargs)
+        if code in (1302, 1303):
+            return KlingRateLimited(message or "rate limited", retry_after=retry_after, **kwargs)
+        if 5000 <= code <= 5999:
+            return KlingUnavailable(message or "server error", **kwargs)
+    if status == 401:
+        return KlingAuthError(message or "authentication failed", **kwargs)
+    if status == 429:
+        return KlingRateLimited(message or "rate limited", retry_after=retry_after, **kwargs)
+    if 400 <= status < 500:
+        return KlingBadRequest(message or f"request refused (HTTP {status})", **kwargs)
+    return KlingUnavailable(message or f"server error (HTTP {status})", **kwargs)
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+class KlingClient:
+    """Submit and query Kling tasks over one shared `aiohttp.ClientSession`, retrying what is safe to retry."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        root_url: str,
+        api_key: SecretStr,
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._session = session
+        self._root = root_url.rstrip("/")
+        self._api_key = api_key
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout))
+        self._max_retries = max_retries
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"KlingClient(root_url={self._root!r})"
+
+    async def submit_text(
+        self,
+        prompt: str,
+        *,
+        duration: int,
+        resolution: str,
+        aspect_ratio: str,
+        external_task_id: str,
+        callback_url: str | None = None,
+    ) -> KlingTask:
+        """Start a text-to-video task; the body follows the reference's example."""
+        body = {
+            "prompt": prompt,
+            "settings": {"resolution": resolution, "aspect_ratio": aspect_ratio, "duration": duration},
+            "options": self._options(external_task_id, callback_url),
+        }
+        return await self._submit(TEXT_TO_VIDEO, body, external_task_id)
+
+    async def submit_image(
+        self,
+        first_frame: str,
+        prompt: str | None,
+        *,
+        duration: int,
+        resolution: str,
+        external_task_id: str,
+        callback_url: str | None = None,
+    ) -> KlingTask:
+        """Start an image-to-video task; `first_frame` is an http(s) URL or raw Base64 (no `data:` prefix)."""
+        contents: list[dict[str, str]] = [{"type": "first_frame", "url": first_frame}]
+        if prompt:
+            contents.append({"type": "prompt", "text": prompt})
+        body = {
+            "contents": contents,
+            "settings": {"resolution": resolution, "duration": duration},
+            "options": self._options(external_task_id, callback_url),
+        }
+        return await self._submit(IMAGE_TO_VIDEO, body, external_task_id)
+
+    async def query(self, *, task_ids: Sequence[str] = (), external_task_ids: Sequence[str] = ()) -> list[KlingTask]:
+        """Look tasks up by the provider's ids and our own, 20 ids per request; unknown ids are absent."""
+        ids = [("task_ids", i) for i in task_ids] + [("external_task_ids", i) for i in external_task_ids]
+        tasks: list[KlingTask] = []
+        for start in range(0, len(ids), MAX_IDS_PER_QUERY):
+            chunk = ids[start : start + MAX_IDS_PER_QUERY]
+            params = {
+                "task_ids": ",".join(i for kind, i in chunk if kind == "task_ids"),
+                "external_task_ids": ",".join(i for kind, i in chunk if kind == "external_task_ids"),
+            }
+            data = await self._with_retries(functools.partial(self._call, "GET", TASKS, params=params), "query")
+            tasks.extend(_parse_tasks(data))
+        return tasks
+
+    async def find_external(self, external_task_id: str) -> KlingTask | None:
+        """The task we submitted under our own id, or None if the provider never received it."""
+        found = await self.query(external_task_ids=[external_task_id])
+        return found[0] if found else None
+
+    async def check_auth(self) -> None:
+        """One cheap authenticated call (a query for no known task); raises the typed error if it fails."""
+        await self._call("GET", TASKS, params={"task_ids": "0", "external_task_ids": ""})
+
+    @staticmethod
+    def _options(external_task_id: str, callback_url: str | None) -> dict[str, Any]:
+        options: dict[str, Any] = {"external_task_id": external_task_id, "watermark_info": {"enabled": False}}
+        if callback_url:
+            options["callback_url"] = callback_url
+        return options
+
+    async def _submit(self, path: str, body: dict[str, Any], external_task_id: str) -> KlingTask:
+        """POST a new task. Retried on a rate limit; after server trouble, only once a query shows it is absent."""
+        attempt = 0
+        while True:
+            try:
+                return _parse_task(await self._call("POST", path, json_body=body))
+            except KlingRateLimited as exc:
+                if attempt >= self._max_retries:
+                    raise
+                delay = self._delay(attempt, exc.retry_after)
+            except KlingUnavailable:
+                # The gateway may have created the task before it failed: look before sending it again.
+                existing = await self.find_external(external_task_id)
+                if existing is not None:
+                    log.info("submit %s failed but the task exists as %s", external_task_id, existing.id)
+                    return existing
+                if attempt >= self._max_retries:
+                    raise
+                delay = self._delay(attempt, None)
+            except KlingBadRequest as exc:
+                if exc.code != 1201:
+                    raise
+                # Refused, perhaps as a duplicate of our own id: then an earlier submit landed after all.
+                existing = await self.find_external(external_task_id)
+                if existing is None:
+                    raise
+                return existing
+            attempt += 1
+            log.warning("submit %s: retrying in %.1fs (attempt %d)", external_task_id, delay, attempt)
+            await self._sleep(delay)
+
+    async def _with_retries(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """Run an idempotent call, retrying rate limits and server trouble with backoff and jitter."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except (KlingRateLimited, KlingUnavailable) as exc:
+                if attempt >= self._max_retries:
+                    raise
+                retry_after = exc.retry_after if isinstance(exc, KlingRateLimited) else None
+                delay = self._delay(attempt, retry_after)
+                attempt += 1
+                log.warning("%s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
+                await self._sleep(delay)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        backoff = min(self._backoff_cap, self._backoff_base * 2.0**attempt) * random.uniform(0.5, 1.0)
+        return max(retry_after, backoff) if retry_after is not None else backoff
+
+    async def _call(
+        self,
+        method: Literal["GET", "POST"],
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
+    ) -> Any:
+        """One HTTP exchange: returns the envelope's `data`, or raises the typed error."""
+        headers = {
+            "Authorization": f"Bearer {self._api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+        }
+        started = time.perf_counter()
+        try:
+            async with self._session.request(
+                method, self._root + path, params=params, json=json_body, headers=headers, timeout=self._timeout
+            ) as response:
+                raw = await response.read()
+                status, retry_after = response.status, _retry_after(response.headers)
+        except TimeoutError:
+            raise KlingUnavailable(f"no answer within {self._timeout.total:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise KlingUnavailable(f"connection failed: {type(exc).__name__}") from None
+        log.debug("%s %s -> %d in %.0f ms", method, path, status, (time.perf_counter() - started) * 1000)
+        try:
+            envelope = Envelope.model_validate(json.loads(raw))
+        except (ValueError, ValidationError):
+            if status >= 400:
+                raise classify(status, None, "", retry_after=retry_after) from None
+            raise KlingUnavailable(f"the API answered something that is not its JSON (HTTP {status})") from None
+        if envelope.code != 0 or status >= 400:
+            raise classify(
+                status,
+                envelope.code or None,
+                envelope.message or "",
+                request_id=envelope.request_id,
+                retry_after=retry_after,
+            )
+        return envelope.data
+
+
+def _parse_task(data: Any) -> KlingTask:
+    try:
+        task = KlingTask.model_validate(data)
+    except ValidationError as exc:
+        raise KlingUnavailable(f"malformed task in the answer: {exc.error_count()} problem(s)") from None
+    _note_status(task)
+    return task
+
+
+def _parse_tasks(data: Any) -> list[KlingTask]:
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise KlingUnavailable("malformed answer: the task list is not a list")
+    tasks = []
+    for item in data:
+        try:
+            tasks.append(_parse_task(item))
+        except KlingUnavailable as exc:
+            # One bad record must not hide the others; its job stays in flight and is asked about again.
+            log.warning("skipping a task record: %s", exc)
+    return tasks
+
+
+def _note_status(task: KlingTask) -> None:
+    if task.status not in KNOWN_STATUSES:
+        log.warning("task %s has a status we do not know: %r", task.id, task.status)

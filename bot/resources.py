@@ -1,0 +1,53 @@
+"""The long-lived resources every front end needs, opened together and closed together."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+
+from bot.config import Settings
+from bot.credits import CreditService
+from bot.jobs import JobService
+from bot.kling import KlingClient
+from bot.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """One HTTP session, one database connection, and the service built on them."""
+
+    session: aiohttp.ClientSession
+    store: Store
+    kling: KlingClient
+    jobs: JobService
+    credits: CreditService
+
+
+@contextlib.asynccontextmanager
+async def open_resources(settings: Settings, *, callback_url: str | None = None) -> AsyncIterator[Resources]:
+    """Open the session and the store, build the client and the service; close everything on exit."""
+    async with aiohttp.ClientSession(headers={"User-Agent": "kling-video-bot/0.1"}) as session:
+        store = await Store.open(settings.database_path)
+        try:
+            kling = KlingClient(
+                session,
+                root_url=settings.kling_api_root,
+                api_key=settings.kling_api_key,
+                timeout=settings.api_timeout_seconds,
+                max_retries=settings.api_max_retries,
+            )
+            credits = CreditService(store, settings.quota_defaults, rates=settings.credit_rates)
+            jobs = JobService(
+                store,
+                kling,
+                job_timeout=settings.job_timeout_minutes * 60,
+                rates=settings.credit_rates,
+                credits=credits,
+                callback_url=callback_url,
+            )
+            yield Resources(session, store, kling, jobs, credits)
+        finally:
+            await store.close()

@@ -1,0 +1,605 @@
+"""The only module that speaks SQL: migrations, jobs, first-frame images, quotas and the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+# Each entry upgrades the schema by one version (PRAGMA user_version); never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE images (
+        sha256 TEXT PRIMARY KEY,
+        mime TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,                 -- ours; sent to the provider as options.external_task_id
+        guild_id INTEGER,                    -- NULL for jobs made from the command line
+        channel_id INTEGER,
+        user_id INTEGER,
+        kind TEXT NOT NULL CHECK (kind IN ('text', 'image')),
+        prompt TEXT NOT NULL,
+        duration INTEGER NOT NULL,
+        resolution TEXT NOT NULL,
+        aspect_ratio TEXT,
+        image_sha256 TEXT REFERENCES images (sha256),
+        image_url TEXT,                      -- a first frame given as a URL instead of bytes
+        image_source TEXT,                   -- where the first frame came from, for people
+        status TEXT NOT NULL,
+        provider_task_id TEXT,
+        provider_status TEXT,
+        error TEXT,
+        video_url TEXT,
+        video_seconds REAL,
+        billed_amount TEXT,                  -- the provider's decimal string
+        cost_estimate INTEGER NOT NULL DEFAULT 0,   -- milli-credits reserved
+        cost_billed INTEGER,                 -- milli-credits settled from billing
+        attachment_size_limit INTEGER,
+        message_id INTEGER,                  -- the public message the thread hangs on
+        thread_id INTEGER,
+        status_message_id INTEGER,
+        result_message_id INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,          -- submits tried
+        delivery_attempts INTEGER NOT NULL DEFAULT 0, -- posts or downloads tried
+        created_at REAL NOT NULL,
+        submitted_at REAL,
+        finished_at REAL,
+        delivered_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_open ON jobs (status, updated_at)
+        WHERE status IN ('reserved', 'queued', 'submitted', 'processing', 'succeeded');
+    CREATE INDEX jobs_member ON jobs (guild_id, user_id, created_at);
+    CREATE INDEX jobs_finished ON jobs (duration, resolution, finished_at) WHERE status = 'delivered';
+    CREATE UNIQUE INDEX jobs_provider ON jobs (provider_task_id) WHERE provider_task_id IS NOT NULL;
+    """,
+    """
+    CREATE TABLE guild_settings (
+        guild_id INTEGER PRIMARY KEY,
+        default_limit INTEGER NOT NULL,          -- milli-credits per period
+        period TEXT NOT NULL CHECK (period IN ('day', 'week', 'month', 'total')),
+        member_in_flight INTEGER NOT NULL,
+        server_in_flight INTEGER NOT NULL,
+        log_channel_id INTEGER
+    );
+    CREATE TABLE member_quotas (
+        guild_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        override INTEGER,                        -- milli-credits; NULL: the roles or the default decide
+        blocked_reason TEXT,                     -- set: the member may start nothing
+        PRIMARY KEY (guild_id, user_id)
+    );
+    CREATE TABLE role_quotas (
+        guild_id INTEGER NOT NULL,
+        role_id INTEGER NOT NULL,
+        quota INTEGER,                           -- milli-credits; NULL: unlimited
+        PRIMARY KEY (guild_id, role_id)
+    );
+    CREATE TABLE grants (
+        id INTEGER PRIMARY KEY,
+        guild_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        amount INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        moderator_id INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX grants_member ON grants (guild_id, user_id, created_at);
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        guild_id INTEGER NOT NULL,
+        moderator_id INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        target_id INTEGER,
+        before TEXT,
+        after TEXT,
+        reason TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX audit_guild ON audit_log (guild_id, target_id, created_at);
+    CREATE INDEX jobs_guild_open ON jobs (guild_id, status)
+        WHERE status IN ('reserved', 'queued', 'submitted', 'processing', 'succeeded');
+    """,
+)
+
+# The states a job moves through (see DESIGN.md); "in flight" means the provider is working on it.
+IN_FLIGHT = ("submitted", "processing")
+OPEN = ("reserved", "queued", "submitted", "processing", "succeeded")
+FINAL = ("delivered", "failed", "cancelled", "undeliverable")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of `jobs`."""
+
+    id: str
+    guild_id: int | None
+    channel_id: int | None
+    user_id: int | None
+    kind: str
+    prompt: str
+    duration: int
+    resolution: str
+    aspect_ratio: str | None
+    image_sha256: str | None
+    image_url: str | None
+    image_source: str | None
+    status: str
+    provider_task_id: str | None
+    provider_status: str | None
+    error: str | None
+    video_url: str | None
+    video_seconds: float | None
+    billed_amount: str | None
+    cost_estimate: int
+    cost_billed: int | None
+    attachment_size_limit: int | None
+    message_id: int | None
+    thread_id: int | None
+    status_message_id: int | None
+    result_message_id: int | None
+    attempts: int
+    delivery_attempts: int
+    created_at: float
+    submitted_at: float | None
+    finished_at: float | None
+    delivered_at: float | None
+    updated_at: float
+
+
+JOB_COLUMNS = tuple(f.name for f in fields(Job))
+_SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+# Columns a transition may set; everything else is fixed when the job is written.
+_MUTABLE = frozenset(JOB_COLUMNS) - {"id", "guild_id", "channel_id", "user_id", "kind", "created_at", "status"}
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSettings:
+    """A server's quota rules; limits in milli-credits."""
+
+    default_limit: int
+    period: str
+    member_in_flight: int
+    server_in_flight: int
+    log_channel_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberQuota:
+    """A member's own override (milli-credits) and block reason."""
+
+    override: int | None
+    blocked_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A member's credits in the current period, derived from jobs and grants, and their jobs in flight."""
+
+    used: int
+    reserved: int
+    granted: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaFacts:
+    """Everything the quota policy needs, read inside the reserving transaction."""
+
+    settings: QuotaSettings
+    member: MemberQuota
+    role_quotas: dict[int, int | None]
+    usage: Usage
+    server_in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One member's line in a server's usage table."""
+
+    user_id: int
+    jobs: int
+    seconds: float
+    credits: int
+    billed: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One moderator action: who did what to whom, before and after."""
+
+    guild_id: int
+    moderator_id: int
+    action: str
+    target_id: int | None
+    before: str | None
+    after: str | None
+    reason: str | None
+    created_at: float
+
+
+class _Decision(Protocol):
+    @property
+    def allowed(self) -> bool: ...
+
+
+DecisionT = TypeVar("DecisionT", bound=_Decision)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """A first frame kept so a job can be submitted again after a crash, or re-rolled."""
+
+    sha256: str
+    mime: str
+    width: int
+    height: int
+    data: bytes
+
+
+class Store:
+    """One long-lived aiosqlite connection in WAL mode; writes are serialised by a lock and run in transactions."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path | str) -> Store:
+        """Open (creating if needed) the database and bring its schema up to date."""
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            store = cls(db)
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        """Close the connection (checkpointing the WAL)."""
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        version = await self._scalar("PRAGMA user_version")
+        if version > len(MIGRATIONS):
+            raise RuntimeError(f"database schema {version} is newer than this bot ({len(MIGRATIONS)})")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # executescript commits first, so wrap the script and the version bump in one transaction ourselves.
+            await self._db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+            log.info("database schema upgraded to version %d", number)
+
+    @property
+    def schema_version(self) -> int:
+        """The number of migrations this code knows."""
+        return len(MIGRATIONS)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction; coroutines sharing the connection wait their turn instead of interleaving."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        async with self._db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
+    # --- jobs -------------------------------------------------------------------------------------------
+
+    async def insert_job(self, db: aiosqlite.Connection, job: Job) -> None:
+        """Write a new job inside a transaction the caller holds (the quota check shares it)."""
+        placeholders = ", ".join("?" for _ in JOB_COLUMNS)
+        values = tuple(getattr(job, name) for name in JOB_COLUMNS)
+        await db.execute(f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({placeholders})", values)
+
+    async def add_job(self, job: Job) -> None:
+        """Write a new job in its own transaction."""
+        async with self.transaction() as db:
+            await self.insert_job(db, job)
+
+    async def transition(self, job_id: str, from_status: str | Iterable[str], to_status: str, **changes: Any) -> bool:
+        """Move a job from one state to another, once: False when another path already moved it."""
+        return await self._guarded_update(job_id, from_status, {"status": to_status, **changes})
+
+    async def update_job(self, job_id: str, in_status: str | Iterable[str], **changes: Any) -> bool:
+        """Change fields of a job without moving it, if it is still in one of the given states."""
+        return await self._guarded_update(job_id, in_status, changes)
+
+    async def _guarded_update(self, job_id: str, states: str | Iterable[str], changes: dict[str, Any]) -> bool:
+        unknown = set(changes) - _MUTABLE - {"status"}
+        if unknown:
+            raise ValueError(f"not a mutable job column: {sorted(unknown)}")
+        if "updated_at" not in changes:
+            raise ValueError("every job update must set updated_at")
+        allowed = (states,) if isinstance(states, str) else tuple(states)
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        marks = ", ".join("?" for _ in allowed)
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({marks})",
+                (*changes.values(), job_id, *allowed),
+            )
+            return cursor.rowcount == 1
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job with this id, or None."""
+        rows = await self._jobs(f"{_SELECT_JOB} WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    async def jobs_in(self, statuses: Sequence[str], *, updated_before: float | None = None) -> list[Job]:
+        """Jobs in any of these states, oldest first (optionally only those untouched since a time)."""
+        marks = ", ".join("?" for _ in statuses)
+        sql = f"{_SELECT_JOB} WHERE status IN ({marks})"
+        params: list[Any] = list(statuses)
+        if updated_before is not None:
+            sql += " AND updated_at < ?"
+            params.append(updated_before)
+        return await self._jobs(sql + " ORDER BY created_at", params)
+
+    async def member_jobs(
+        self, guild_id: int, user_id: int, *, statuses: Sequence[str] | None = None, limit: int = 10, offset: int = 0
+    ) -> list[Job]:
+        """A member's jobs in one server, newest first."""
+        sql = f"{_SELECT_JOB} WHERE guild_id = ? AND user_id = ?"
+        params: list[Any] = [guild_id, user_id]
+        if statuses is not None:
+            sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            params.extend(statuses)
+        sql += " ORDER BY created_at DESC LIMIT ? OFFSET ?"
+        return await self._jobs(sql, [*params, limit, offset])
+
+    async def count_member_jobs(self, guild_id: int, user_id: int) -> int:
+        """How many jobs a member has in one server."""
+        return int(
+            await self._scalar("SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
+        )
+
+    async def render_times(self, duration: int, resolution: str, *, limit: int = 25) -> list[float]:
+        """Seconds from submit to finish of the latest delivered jobs of this shape, newest first."""
+        async with self._db.execute(
+            "SELECT finished_at - submitted_at FROM jobs"
+            " WHERE status = 'delivered' AND duration = ? AND resolution = ? AND submitted_at IS NOT NULL"
+            " ORDER BY finished_at DESC LIMIT ?",
+            (duration, resolution, limit),
+        ) as cursor:
+            return [float(row[0]) for row in await cursor.fetchall()]
+
+    async def _jobs(self, sql: str, params: Sequence[Any]) -> list[Job]:
+        async with self._db.execute(sql, params) as cursor:
+            return [Job(*row) for row in await cursor.fetchall()]
+
+    # --- quotas -----------------------------------------------------------------------------------------
+
+    async def quota_settings(self, guild_id: int, defaults: QuotaSettings) -> QuotaSettings:
+        """A server's quota settings, or the bot's defaults when its moderators never changed them."""
+        async with self._db.execute(
+            "SELECT default_limit, period, member_in_flight, server_in_flight, log_channel_id"
+            " FROM guild_settings WHERE guild_id = ?",
+            (guild_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return QuotaSettings(*row) if row else defaults
+
+    async def save_quota_settings(self, guild_id: int, settings: QuotaSettings) -> None:
+        """Store a server's quota settings (all of them: callers change one field with `replace`)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO guild_settings (guild_id, default_limit, period, member_in_flight, server_in_flight,"
+                " log_channel_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id) DO UPDATE SET"
+                " default_limit = excluded.default_limit, period = excluded.period,"
+                " member_in_flight = excluded.member_in_flight, server_in_flight = excluded.server_in_flight,"
+                " log_channel_id = excluded.log_channel_id",
+                (guild_id, *astuple(settings)),
+            )
+
+    async def member_quota(self, guild_id: int, user_id: int) -> MemberQuota:
+        """A member's own override and block, if any."""
+        async with self._db.execute(
+            "SELECT override, blocked_reason FROM member_quotas WHERE guild_id = ? AND user_id = ?",
+            (guild_id, user_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return MemberQuota(*row) if row else MemberQuota(None, None)
+
+    async def save_member_quota(self, guild_id: int, user_id: int, quota: MemberQuota) -> None:
+        """Store a member's override and block; both empty removes the row."""
+        async with self.transaction() as db:
+            if quota == MemberQuota(None, None):
+                await db.execute("DELETE FROM member_quotas WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
+                return
+            await db.execute(
+                "INSERT INTO member_quotas (guild_id, user_id, override, blocked_reason) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (guild_id, user_id) DO UPDATE SET override = excluded.override,"
+                " blocked_reason = excluded.blocked_reason",
+                (guild_id, user_id, quota.override, quota.blocked_reason),
+            )
+
+    async def role_quotas(self, guild_id: int, role_ids: Sequence[int] | None = None) -> dict[int, int | None]:
+        """Limits set on roles (None: unlimited), for the given roles or for every role of the server."""
+        sql = "SELECT role_id, quota FROM role_quotas WHERE guild_id = ?"
+        params: list[Any] = [guild_id]
+        if role_ids is not None:
+            sql += f" AND role_id IN ({', '.join('?' for _ in role_ids)})"
+            params.extend(role_ids)
+        async with self._db.execute(sql, params) as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    async def save_role_quota(self, guild_id: int, role_id: int, quota: int | None, *, remove: bool = False) -> None:
+        """Set a role's limit (None: unlimited), or remove the role's setting."""
+        async with self.transaction() as db:
+            if remove:
+                await db.execute("DELETE FROM role_quotas WHERE guild_id = ? AND role_id = ?", (guild_id, role_id))
+                return
+            await db.execute(
+                "INSERT INTO role_quotas (guild_id, role_id, quota) VALUES (?, ?, ?)"
+                " ON CONFLICT (guild_id, role_id) DO UPDATE SET quota = excluded.quota",
+                (guild_id, role_id, quota),
+            )
+
+    async def add_grant(
+        self, guild_id: int, user_id: int, amount: int, reason: str, moderator_id: int, now: float
+    ) -> None:
+        """Give a member bonus credits for the current period."""
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO grants (guild_id, user_id, amount, reason, moderator_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (guild_id, user_id, amount, reason, moderator_id, now),
+            )
+
+    async def usage(self, guild_id: int, user_id: int, since: float) -> Usage:
+        """A member's credits used, reserved and granted since a time, derived from jobs and grants."""
+        return await self._usage(self._db, guild_id, user_id, since)
+
+    async def _usage(self, db: aiosqlite.Connection, guild_id: int, user_id: int, since: float) -> Usage:
+        # Failed and cancelled jobs release their credits simply by not being counted.
+        async with db.execute(
+            "SELECT"
+            " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable')"
+            "   THEN COALESCE(cost_billed, cost_estimate) END), 0),"
+            " COALESCE(SUM(CASE WHEN status IN ('reserved', 'queued', 'submitted', 'processing')"
+            "   THEN cost_estimate END), 0)"
+            " FROM jobs WHERE guild_id = ? AND user_id = ? AND created_at >= ?",
+            (guild_id, user_id, since),
+        ) as cursor:
+            used, reserved = await cursor.fetchone() or (0, 0)
+        async with db.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM grants WHERE guild_id = ? AND user_id = ? AND created_at >= ?",
+            (guild_id, user_id, since),
+        ) as cursor:
+            (granted,) = await cursor.fetchone() or (0,)
+        async with db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?"
+            " AND status IN ('reserved', 'queued', 'submitted', 'processing')",
+            (guild_id, user_id),
+        ) as cursor:
+            (in_flight,) = await cursor.fetchone() or (0,)
+        return Usage(int(used), int(reserved), int(granted), int(in_flight))
+
+    async def _server_in_flight(self, db: aiosqlite.Connection, guild_id: int) -> int:
+        async with db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE guild_id = ?"
+            " AND status IN ('reserved', 'queued', 'submitted', 'processing')",
+            (guild_id,),
+        ) as cursor:
+            (count,) = await cursor.fetchone() or (0,)
+        return int(count)
+
+    async def reserve_job(
+        self,
+        job: Job,
+        *,
+        role_ids: Sequence[int],
+        defaults: QuotaSettings,
+        window_start: Callable[[str], float],
+        decide: Callable[[QuotaFacts], DecisionT],
+    ) -> tuple[QuotaFacts, DecisionT]:
+        """Check the quota and write the job in ONE transaction, so concurrent commands cannot overspend."""
+        assert job.guild_id is not None and job.user_id is not None
+        async with self.transaction() as db:
+            settings = await self.quota_settings(job.guild_id, defaults)
+            facts = QuotaFacts(
+                settings=settings,
+                member=await self.member_quota(job.guild_id, job.user_id),
+                role_quotas=await self.role_quotas(job.guild_id, role_ids),
+                usage=await self._usage(db, job.guild_id, job.user_id, window_start(settings.period)),
+                server_in_flight=await self._server_in_flight(db, job.guild_id),
+            )
+            decision = decide(facts)
+            if decision.allowed:
+                await self.insert_job(db, job)
+        return facts, decision
+
+    async def usage_table(self, guild_id: int, since: float, *, limit: int = 15) -> list[UsageRow]:
+        """The top members of a server since a time: jobs, seconds of video, credits, billed units."""
+        async with self._db.execute(
+            "SELECT user_id, COUNT(*), COALESCE(SUM(COALESCE(video_seconds, duration)), 0),"
+            " COALESCE(SUM(COALESCE(cost_billed, cost_estimate)), 0), COALESCE(SUM(cost_billed), 0)"
+            " FROM jobs WHERE guild_id = ? AND created_at >= ?"
+            " AND status NOT IN ('failed', 'cancelled')"
+            " GROUP BY user_id ORDER BY 4 DESC LIMIT ?",
+            (guild_id, since, limit),
+        ) as cursor:
+            return [UsageRow(int(r[0]), int(r[1]), float(r[2]), int(r[3]), int(r[4])) for r in await cursor.fetchall()]
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        """Record one moderator action."""
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO audit_log (guild_id, moderator_id, action, target_id, before, after, reason, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                astuple(entry),
+            )
+
+    async def audit_entries(
+        self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0
+    ) -> list[AuditEntry]:
+        """A server's moderator actions, newest first, optionally about one member."""
+        sql = (
+            "SELECT guild_id, moderator_id, action, target_id, before, after, reason, created_at"
+            " FROM audit_log WHERE guild_id = ?"
+        )
+        params: list[Any] = [guild_id]
+        if target_id is not None:
+            sql += " AND target_id = ?"
+            params.append(target_id)
+        async with self._db.execute(sql + " ORDER BY id DESC LIMIT ? OFFSET ?", [*params, limit, offset]) as cursor:
+            return [AuditEntry(*row) for row in await cursor.fetchall()]
+
+    # --- images -----------------------------------------------------------------------------------------
+
+    async def put_image(self, data: bytes, mime: str, width: int, height: int) -> str:
+        """Keep a first frame (once per content) and return its sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO images (sha256, mime, width, height, data) VALUES (?, ?, ?, ?, ?)",
+                (digest, mime, width, height, data),
+            )
+        return digest
+
+    async def get_image(self, sha256: str) -> StoredImage | None:
+        """A kept first frame, or None."""
+        async with self._db.execute(
+            "SELECT sha256, mime, width, height, data FROM images WHERE sha256 = ?", (sha256,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return StoredImage(row[0], row[1], row[2], row[3], bytes(row[4])) if row else None
+
+    # --- maintenance ------------------------------------------------------------------------------------
+
+    async def backup(self, target: Path | str) -> None:
+        """A consistent online copy of the database (SQLite's backup API), safe while the bot runs."""
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        async with self._lock:
+            destination = await aiosqlite.connect(target)
+            try:
+                await self._db.backup(destination)
+            finally:
+                await destination.close()

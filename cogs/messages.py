@@ -1,0 +1,117 @@
+"""How jobs look in Discord: the job card, the status line, the result embed. Member text never pings."""
+
+from __future__ import annotations
+
+import discord
+from bot.quota import format_credits
+
+from bot.store import Job
+
+COLOURS = {
+    "failed": discord.Colour.red(),
+    "undeliverable": discord.Colour.orange(),
+    "delivered": discord.Colour.green(),
+    "succeeded": discord.Colour.green(),
+}
+STATE_WORDS = {
+    "reserved": "sending to the video service",
+    "queued": "waiting for a free slot",
+    "submitted": "submitted, waiting to start",
+    "processing": "rendering",
+    "succeeded": "done, posting the video",
+    "delivered": "done",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "undeliverable": "done, but the video could not be posted",
+}
+
+
+def clock(seconds: float) -> str:
+    """Seconds as m:ss (or h:mm:ss)."""
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
+
+
+def options_line(job: Job) -> str:
+    """`5 s · 720p · 16:9 · text` in one short line."""
+    parts = [f"{job.duration} s", job.resolution]
+    if job.aspect_ratio:
+        parts.append(job.aspect_ratio)
+    parts.append("from an image" if job.kind == "image" else "from text")
+    return " · ".join(parts)
+
+
+def quote_prompt(prompt: str, limit: int = 1000) -> str:
+    """The prompt shown literally: markdown escaped, cut to fit an embed."""
+    text = discord.utils.escape_markdown(prompt.strip()) or "*(no prompt)*"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def thread_name(job: Job) -> str:
+    """A thread title from the prompt's first line (Discord allows 100 characters)."""
+    first = " ".join(job.prompt.split())
+    name = first[:90] if first else "Video from an image"
+    return name or f"Video {job.id[:8]}"
+
+
+def job_card(job: Job, *, note: str | None = None) -> discord.Embed:
+    """The public message a job's thread hangs on: who, prompt, options, state."""
+    embed = discord.Embed(
+        title=f"Video job {job.id[:8]}",
+        description=quote_prompt(job.prompt),
+        colour=COLOURS.get(job.status, discord.Colour.blurple()),
+    )
+    if job.user_id:
+        embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
+    embed.add_field(name="Options", value=options_line(job))
+    embed.add_field(name="State", value=STATE_WORDS.get(job.status, job.status))
+    if job.image_source:
+        embed.add_field(name="First frame", value=discord.utils.escape_markdown(job.image_source[:200]), inline=False)
+    if note:
+        embed.set_footer(text=note)
+    return embed
+
+
+def status_line(job: Job, now: float, estimate: float | None, queue_position: int | None = None) -> str:
+    """The thread's status message: the state, the elapsed time and an estimate from recent jobs."""
+    state = STATE_WORDS.get(job.status, job.status)
+    if job.status in ("submitted", "processing"):
+        elapsed = now - (job.submitted_at or job.created_at)
+        line = f"⏳ **{state.capitalize()}**: {clock(elapsed)} elapsed"
+        if estimate:
+            line += f", usually about {clock(estimate)}"
+        return line + "."
+    if job.status == "queued" and queue_position is not None:
+        return f"🕒 **Queued**: number {queue_position} in line."
+    if job.status in ("succeeded", "delivered"):
+        taken = (job.finished_at or now) - (job.submitted_at or job.created_at)
+        return f"✅ **Done** in {clock(taken)}."
+    if job.status == "failed":
+        return f"❌ **Failed**: {job.error or 'no reason given'}"
+    if job.status == "undeliverable":
+        return f"⚠️ **Done, but the video could not be posted** here. Its link: {job.video_url}"
+    return f"**{state.capitalize()}**."
+
+
+def result_embed(job: Job) -> discord.Embed:
+    """The embed under a finished video: prompt, duration, resolution, credits used, time taken."""
+    embed = discord.Embed(
+        title=f"Video {job.id[:8]}", description=quote_prompt(job.prompt), colour=discord.Colour.green()
+    )
+    seconds = f"{job.video_seconds:.1f} s" if job.video_seconds else f"{job.duration} s"
+    embed.add_field(name="Duration", value=seconds)
+    embed.add_field(name="Resolution", value=job.resolution)
+    credits = job.cost_billed if job.cost_billed is not None else job.cost_estimate
+    embed.add_field(name="Credits used", value=format_credits(credits))
+    if job.finished_at and job.submitted_at:
+        embed.add_field(name="Time taken", value=clock(job.finished_at - job.submitted_at))
+    return embed
+
+
+def failure_text(job: Job) -> str:
+    """What the member reads when their job failed; their credits were given back."""
+    return (
+        f"<@{job.user_id}> your video could not be made: {job.error or 'no reason given'} Your credits were not used."
+    )

@@ -1,0 +1,138 @@
+"""The background loop: ticks the job service, keeps status messages current, hands finished jobs to delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import discord
+from discord.ext import commands, tasks
+
+from bot.app import VideoBot
+from bot.store import FINAL, IN_FLIGHT, Job
+from cogs.delivery import Deliverer
+from cogs.messages import job_card, status_line
+
+log = logging.getLogger(__name__)
+
+# Elapsed-time edits: each status message at most every 30 s, and at most 20 of them per tick, so a hundred
+# jobs in flight cost well under one request per second against Discord's 50 per second.
+ELAPSED_EDIT_EVERY = 30.0
+ELAPSED_EDITS_PER_TICK = 20
+PARALLEL_DELIVERIES = 3
+STOP_GRACE_SECONDS = 8.0
+
+
+class StatusMessages:
+    """Edits each job's status message (and its card) as it moves; elapsed-time edits are throttled."""
+
+    def __init__(self, bot: VideoBot) -> None:
+        self.bot = bot
+        self.last_edit: dict[str, float] = {}
+
+    async def show(self, job: Job, *, card: bool) -> None:
+        """Bring the status message (and, on a change of state, the card) up to date; errors are only logged."""
+        if job.channel_id is None or job.status_message_id is None:
+            return
+        estimate = await self.bot.resources.jobs.estimate_seconds(job.duration, job.resolution)
+        channel = self.bot.get_partial_messageable(job.thread_id or job.channel_id, guild_id=job.guild_id)
+        try:
+            await channel.get_partial_message(job.status_message_id).edit(
+                content=status_line(job, time.time(), estimate), allowed_mentions=discord.AllowedMentions.none()
+            )
+            if card and job.message_id and job.message_id != job.status_message_id:
+                parent = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+                await parent.get_partial_message(job.message_id).edit(embed=job_card(job))
+        except discord.HTTPException as exc:
+            log.info("job %s: status edit failed: %s", job.id, exc)
+        self.last_edit[job.id] = time.monotonic()
+        if job.status not in IN_FLIGHT:
+            self.last_edit.pop(job.id, None)
+
+    async def refresh_elapsed(self, jobs: list[Job]) -> None:
+        """Advance the elapsed time of the stalest messages, within the per-tick budget."""
+        now = time.monotonic()
+        due = [j for j in jobs if now - self.last_edit.get(j.id, 0.0) >= ELAPSED_EDIT_EVERY]
+        due.sort(key=lambda j: self.last_edit.get(j.id, 0.0))
+        for job in due[:ELAPSED_EDITS_PER_TICK]:
+            await self.show(job, card=False)
+
+
+class Poller(commands.Cog):
+    """Runs `JobService.poll_once()` every POLL_INTERVAL_SECONDS; one bad tick never ends the loop."""
+
+    def __init__(self, bot: VideoBot) -> None:
+        self.bot = bot
+        self.jobs = bot.resources.jobs
+        self.deliverer = Deliverer(bot)
+        self.status = StatusMessages(bot)
+        self.busy = False
+        self.tick.change_interval(seconds=bot.settings.poll_interval_seconds)
+
+    async def cog_load(self) -> None:
+        self.tick.start()
+
+    async def cog_unload(self) -> None:
+        # Let a tick in progress finish (it may be posting a video); a sleeping loop is simply cancelled.
+        task = self.tick.get_task()
+        if self.busy and task is not None:
+            self.tick.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                log.warning("the poll tick did not finish in %.0fs; cancelling it", STOP_GRACE_SECONDS)
+        self.tick.cancel()
+
+    @tasks.loop(seconds=10)
+    async def tick(self) -> None:
+        self.busy = True
+        try:
+            await self.run_once()
+        except Exception:
+            log.exception("poll tick failed; the loop goes on")
+        finally:
+            self.busy = False
+
+    @tick.before_loop
+    async def before_tick(self) -> None:
+        await self.bot.wait_until_ready()
+        try:
+            for change in await self.jobs.resume():
+                await self.announce(change.job)
+        except Exception:
+            log.exception("resuming jobs after the restart failed; the poll loop will settle them")
+
+    async def run_once(self) -> None:
+        """One tick: poll, announce what moved, deliver what finished, refresh elapsed times."""
+        for change in await self.jobs.poll_once():
+            await self.announce(change.job)
+        finished = await self.jobs.store.jobs_in(("succeeded",))
+        if finished:
+            limit = asyncio.Semaphore(PARALLEL_DELIVERIES)
+
+            async def deliver(job: Job) -> None:
+                async with limit:
+                    try:
+                        await self.deliverer.deliver(job)
+                    except Exception:
+                        log.exception("job %s: delivery failed unexpectedly", job.id)
+                current = await self.jobs.store.get_job(job.id)
+                if current is not None and current.status != job.status:
+                    await self.announce(current)
+
+            await asyncio.gather(*(deliver(job) for job in finished))
+        await self.status.refresh_elapsed(await self.jobs.store.jobs_in(IN_FLIGHT))
+
+    async def announce(self, job: Job) -> None:
+        """Show a change of state; a failure is also posted so the member is notified."""
+        await self.status.show(job, card=True)
+        if job.status == "failed":
+            await self.deliverer.tell_failure(job)
+        if job.status in FINAL or job.status == "failed":
+            where = f"<#{job.thread_id or job.channel_id}>"
+            await self.bot.post_log(job.guild_id, f"⏹️ video `{job.id[:8]}` of <@{job.user_id}> {job.status} in {where}")
+
+
+async def setup(bot: VideoBot) -> None:
+    await bot.add_cog(Poller(bot))

@@ -1,0 +1,265 @@
+"""`/quota` for every member; `/quota-admin` for moderators (Manage Server, checked again at run time)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Literal
+
+import discord
+from bot.quota import format_credits
+from discord import app_commands
+from discord.ext import commands
+
+from bot.app import VideoBot
+from bot.credits import CreditService, QuotaStatus
+from bot.store import AuditEntry
+from cogs.views import PagedView
+
+log = logging.getLogger(__name__)
+
+Period = Literal["day", "week", "month", "total"]
+AUDIT_PAGE = 10
+SOURCES = {
+    "blocked": "you are blocked",
+    "override": "set for you",
+    "role": "from your role",
+    "default": "server default",
+}
+
+
+def millicredits(amount: float) -> int:
+    """Credits as typed by a moderator, kept exactly as milli-credits."""
+    return round(amount * 1000)
+
+
+def member_roles(user: discord.abc.User) -> tuple[int, ...]:
+    """The ids of a member's roles (none for a user outside a server)."""
+    return tuple(role.id for role in user.roles) if isinstance(user, discord.Member) else ()
+
+
+def timestamp(moment: datetime | None) -> str:
+    """A time every reader sees in their own zone."""
+    return f"<t:{int(moment.timestamp())}:f>" if moment else "never (the limit is for all time)"
+
+
+def describe_status(status: QuotaStatus, credits: CreditService, who: str = "You") -> str:
+    """The text of `/quota` (and of `/quota-admin show`)."""
+    limit = status.limit
+    if limit.source == "blocked":
+        return f"{who} may not make videos in this server: {limit.reason or 'no reason given'}."
+    where = SOURCES[limit.source] + (f" <@&{limit.role_id}>" if limit.role_id else "")
+    lines = [f"**Credits** ({status.settings.period} period, resets {timestamp(status.window.reset_at)})"]
+    if limit.millicredits is None:
+        lines.append(f"Limit: unlimited ({where})")
+    else:
+        lines.append(f"Limit: {credits.describe(limit.millicredits)} ({where})")
+    if status.granted:
+        lines.append(f"Bonus granted this period: {format_credits(status.granted)}")
+    lines.append(
+        f"Used: {format_credits(status.used)} · reserved by jobs in progress: {format_credits(status.reserved)}"
+    )
+    left = "unlimited" if status.remaining is None else credits.describe(status.remaining)
+    lines.append(f"Left: {left}")
+    lines.append(f"Jobs in progress: {status.in_flight} of {status.settings.member_in_flight}")
+    return "\n".join(lines)
+
+
+def describe_audit(entry: AuditEntry) -> str:
+    """One audit line: when, who, what, on whom, before → after, why."""
+    target = f" <@{entry.target_id}>" if entry.target_id and entry.action not in ("role", "log-channel") else ""
+    if entry.action == "role" and entry.target_id:
+        target = f" <@&{entry.target_id}>"
+    line = (
+        f"<t:{int(entry.created_at)}:f> <@{entry.moderator_id}> **{entry.action}**{target}: "
+        f"{entry.before} → {entry.after}"
+    )
+    return line + (f" ({discord.utils.escape_markdown(entry.reason)})" if entry.reason else "")
+
+
+class AdminGroup(app_commands.Group):
+    """Moderators only: Discord's default permission can be changed by an admin, so check again here."""
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        if interaction.guild_id is None or not interaction.permissions.manage_guild:
+            raise app_commands.MissingPermissions(["manage_guild"])
+        return True
+
+
+class QuotaCog(commands.Cog):
+    """Quota commands; every answer is private and every moderator change is audited and logged."""
+
+    admin = AdminGroup(
+        name="quota-admin",
+        description="Moderators: see and change members' video credits",
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
+
+    def __init__(self, bot: VideoBot) -> None:
+        self.bot = bot
+        self.credits = bot.resources.credits
+
+    @app_commands.command(name="quota", description="Your video credits in this server")
+    @app_commands.guild_only()
+    async def quota(self, interaction: discord.Interaction[Any]) -> None:
+        assert interaction.guild_id is not None
+        status = await self.credits.status(interaction.guild_id, interaction.user.id, member_roles(interaction.user))
+        await self._reply(interaction, describe_status(status, self.credits))
+
+    async def _reply(self, interaction: discord.Interaction[Any], text: str, **kwargs: Any) -> None:
+        await interaction.response.send_message(
+            text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none(), **kwargs
+        )
+
+    async def _done(self, interaction: discord.Interaction[Any], entry: AuditEntry) -> None:
+        text = describe_audit(entry)
+        await self._reply(interaction, f"Done. {text}")
+        await self.bot.post_log(entry.guild_id, f"🛡️ {text}")
+
+    def _guild(self, interaction: discord.Interaction[Any]) -> int:
+        assert interaction.guild_id is not None
+        return interaction.guild_id
+
+    @admin.command(name="show", description="A member's credits and where their limit comes from")
+    async def show(self, interaction: discord.Interaction[Any], member: discord.Member) -> None:
+        status = await self.credits.status(self._guild(interaction), member.id, member_roles(member))
+        await self._reply(interaction, f"{member.mention}\n" + describe_status(status, self.credits, "They"))
+
+    @admin.command(name="set", description="Give a member their own limit per period")
+    @app_commands.describe(limit="Credits per period")
+    async def set_limit(
+        self, interaction: discord.Interaction[Any], member: discord.Member, limit: app_commands.Range[float, 0, 1e6]
+    ) -> None:
+        entry = await self.credits.set_member_limit(
+            self._guild(interaction), interaction.user.id, member.id, millicredits(limit)
+        )
+        await self._done(interaction, entry)
+
+    @admin.command(name="clear", description="Remove a member's own limit (their roles or the default apply)")
+    async def clear(self, interaction: discord.Interaction[Any], member: discord.Member) -> None:
+        await self._done(
+            interaction, await self.credits.clear_member(self._guild(interaction), interaction.user.id, member.id)
+        )
+
+    @admin.command(name="role", description="Set a role's limit, make it unlimited, or remove its setting")
+    @app_commands.describe(limit="Credits per period, 'unlimited', or 'none' to remove the role's setting")
+    async def role(self, interaction: discord.Interaction[Any], role: discord.Role, limit: str) -> None:
+        word = limit.strip().lower()
+        if word in ("none", "remove", "clear"):
+            entry = await self.credits.set_role(
+                self._guild(interaction), interaction.user.id, role.id, None, remove=True
+            )
+        elif word == "unlimited":
+            entry = await self.credits.set_role(self._guild(interaction), interaction.user.id, role.id, None)
+        else:
+            try:
+                amount = float(word)
+                if not 0 <= amount <= 1e6:
+                    raise ValueError
+            except ValueError:
+                await self._reply(interaction, "The limit must be a number of credits, `unlimited` or `none`.")
+                return
+            entry = await self.credits.set_role(
+                self._guild(interaction), interaction.user.id, role.id, millicredits(amount)
+            )
+        await self._done(interaction, entry)
+
+    @admin.command(name="default", description="The server's default limit and its period")
+    @app_commands.describe(limit="Credits per period", period="When credits reset (UTC calendar)")
+    async def default(
+        self, interaction: discord.Interaction[Any], limit: app_commands.Range[float, 0, 1e6], period: Period
+    ) -> None:
+        entry = await self.credits.set_default(
+            self._guild(interaction), interaction.user.id, millicredits(limit), period
+        )
+        await self._done(interaction, entry)
+
+    @admin.command(name="caps", description="How many jobs may be in progress at once, per member and per server")
+    async def caps(
+        self,
+        interaction: discord.Interaction[Any],
+        member: app_commands.Range[int, 1, 100],
+        server: app_commands.Range[int, 1, 1000],
+    ) -> None:
+        await self._done(
+            interaction, await self.credits.set_caps(self._guild(interaction), interaction.user.id, member, server)
+        )
+
+    @admin.command(name="grant", description="Bonus credits for a member, for the current period")
+    async def grant(
+        self,
+        interaction: discord.Interaction[Any],
+        member: discord.Member,
+        amount: app_commands.Range[float, 0.001, 1e6],
+        reason: app_commands.Range[str, 1, 200],
+    ) -> None:
+        entry = await self.credits.grant(
+            self._guild(interaction), interaction.user.id, member.id, millicredits(amount), reason
+        )
+        await self._done(interaction, entry)
+
+    @admin.command(name="block", description="Stop a member from making videos; they see the reason")
+    async def block(
+        self, interaction: discord.Interaction[Any], member: discord.Member, reason: app_commands.Range[str, 1, 200]
+    ) -> None:
+        await self._done(
+            interaction, await self.credits.block(self._guild(interaction), interaction.user.id, member.id, reason)
+        )
+
+    @admin.command(name="unblock", description="Let a blocked member make videos again")
+    async def unblock(self, interaction: discord.Interaction[Any], member: discord.Member) -> None:
+        await self._done(
+            interaction, await self.credits.unblock(self._guild(interaction), interaction.user.id, member.id)
+        )
+
+    @admin.command(name="usage", description="The top members by credits, and the server's total")
+    @app_commands.describe(period="Which period (the server's own by default)")
+    async def usage(self, interaction: discord.Interaction[Any], period: Period | None = None) -> None:
+        rows, window = await self.credits.usage(self._guild(interaction), period)
+        since = "all time" if window.start.timestamp() <= 0 else f"since <t:{int(window.start.timestamp())}:f>"
+        if not rows:
+            await self._reply(interaction, f"No videos {since}.")
+            return
+        lines = [f"**Usage {since}**", "member · jobs · seconds · credits · billed units"]
+        lines += [
+            f"<@{r.user_id}> · {r.jobs} · {r.seconds:.0f} · {format_credits(r.credits)} · {format_credits(r.billed)}"
+            for r in rows
+        ]
+        lines.append(
+            f"**Total** · {sum(r.jobs for r in rows)} · {sum(r.seconds for r in rows):.0f} · "
+            f"{format_credits(sum(r.credits for r in rows))} · {format_credits(sum(r.billed for r in rows))}"
+        )
+        await self._reply(interaction, "\n".join(lines))
+
+    @admin.command(name="log-channel", description="Where moderator actions and job starts and ends are posted")
+    async def log_channel(
+        self, interaction: discord.Interaction[Any], channel: discord.TextChannel | None = None
+    ) -> None:
+        entry = await self.credits.set_log_channel(
+            self._guild(interaction), interaction.user.id, channel.id if channel else None
+        )
+        await self._done(interaction, entry)
+
+    @admin.command(name="audit", description="Moderator actions, newest first")
+    async def audit(self, interaction: discord.Interaction[Any], member: discord.Member | None = None) -> None:
+        guild_id = self._guild(interaction)
+        target = member.id if member else None
+
+        async def render(page: int) -> tuple[str, bool]:
+            entries = await self.credits.store.audit_entries(
+                guild_id, target_id=target, limit=AUDIT_PAGE + 1, offset=page * AUDIT_PAGE
+            )
+            if not entries:
+                return "No moderator actions recorded.", False
+            shown = entries[:AUDIT_PAGE]
+            return f"**Audit log** (page {page + 1})\n" + "\n".join(map(describe_audit, shown)), len(
+                entries
+            ) > AUDIT_PAGE
+
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await PagedView(interaction.user.id, render).show(interaction)
+
+
+async def setup(bot: VideoBot) -> None:
+    await bot.add_cog(QuotaCog(bot))

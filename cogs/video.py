@@ -1,0 +1,449 @@
+"""The members' commands: /video text|image|status|history, the Animate image menu, and the buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.app import UserFacingError, VideoBot, reply_ephemeral
+from bot.credits import QuotaRefused
+from bot.images import ImageRejected, prepare_first_frame
+from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, SubmitRefused
+from bot.store import OPEN, Job
+from cogs.messages import STATE_WORDS, clock, job_card, options_line, status_line, thread_name
+from cogs.quota import member_roles
+from cogs.views import DeleteButton, PagedView, RerollButton
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+HISTORY_PAGE = 5
+NO_THREAD_NOTE = "A thread could not be started here, so this job's updates follow in this channel."
+
+RequestBuilder = Callable[[], Awaitable[JobRequest]]
+
+
+async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str]:
+    """Read an attachment and check it for real; returns the prepared frame and where it came from."""
+    from bot.images import MAX_UPLOAD_BYTES
+
+    if attachment.size > MAX_UPLOAD_BYTES:
+        raise InvalidRequest(
+            f"{attachment.filename} is {attachment.size / 1024 / 1024:.1f} MB; send an image under 10 MB."
+        )
+    try:
+        data = await attachment.read()
+    except discord.HTTPException:
+        raise InvalidRequest("The image could not be downloaded from Discord; try uploading it again.") from None
+    try:
+        frame = await asyncio.to_thread(prepare_first_frame, data)
+    except ImageRejected as exc:
+        raise InvalidRequest(str(exc)) from None
+    return frame, attachment.filename
+
+
+def is_moderator(interaction: discord.Interaction[Any]) -> bool:
+    """Manage Messages or Manage Server in this channel."""
+    permissions = interaction.permissions
+    return permissions.manage_messages or permissions.manage_guild
+
+
+class AnimateModal(discord.ui.Modal, title="Animate image"):
+    """Asks for the prompt and options when an image is animated from the message menu."""
+
+    prompt: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+        label="Prompt (optional)",
+        style=discord.TextStyle.paragraph,
+        required=False,
+        max_length=MAX_PROMPT["image"],
+        placeholder="What happens in the video",
+    )
+    duration: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+        label="Duration in seconds (3-15)", default="5", max_length=2
+    )
+    resolution: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+        label="Resolution (720p or 1080p)", default="720p", max_length=5
+    )
+
+    def __init__(self, cog: VideoCog, attachment: discord.Attachment) -> None:
+        super().__init__()
+        self.cog = cog
+        self.attachment = attachment
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        async def build() -> JobRequest:
+            try:
+                duration = int(self.duration.value.strip())
+            except ValueError:
+                raise InvalidRequest(
+                    f"The duration must be a whole number from 3 to 15, not {self.duration.value!r}."
+                ) from None
+            frame, source = await read_first_frame(self.attachment)
+            return self.cog.request(
+                interaction,
+                "image",
+                self.prompt.value,
+                duration=duration,
+                resolution=self.resolution.value.strip().lower(),
+                image=frame,
+                image_source=source,
+            )
+
+        await self.cog.start_job(interaction, build)
+
+    async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
+        log.error("Animate image failed for user %s", interaction.user.id, exc_info=error)
+        await reply_ephemeral(interaction, "Something went wrong on our side; it has been logged.")
+
+
+class VideoCog(commands.Cog):
+    """Turns Discord input into `JobRequest`s and jobs into messages."""
+
+    video = app_commands.Group(name="video", description="Make short videos with Kling", guild_only=True)
+
+    def __init__(self, bot: VideoBot) -> None:
+        self.bot = bot
+        self.jobs: JobService = bot.resources.jobs
+        self.animate_menu = app_commands.ContextMenu(name="Animate image", callback=self.animate)
+        self.animate_menu.guild_only = True
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.animate_menu)
+        self.bot.add_dynamic_items(RerollButton, DeleteButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.animate_menu.name, type=self.animate_menu.type)
+        self.bot.remove_dynamic_items(RerollButton, DeleteButton)
+
+    # --- building requests ------------------------------------------------------------------------------
+
+    def request(
+        self,
+        interaction: discord.Interaction[Any],
+        kind: Literal["text", "image"],
+        prompt: str | None,
+        *,
+        duration: int | None = None,
+        resolution: str | None = None,
+        **extra: Any,
+    ) -> JobRequest:
+        """A request from a member's options, with the server's defaults filled in."""
+        settings = self.bot.settings
+        return JobRequest(
+            kind=kind,
+            prompt=prompt or "",
+            duration=duration if duration is not None else settings.default_duration,
+            resolution=resolution or settings.default_resolution,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            role_ids=member_roles(interaction.user),
+            attachment_size_limit=interaction.filesize_limit,
+            **extra,
+        )
+
+    # --- the commands -----------------------------------------------------------------------------------
+
+    @video.command(name="text", description="Make a video from a text prompt")
+    @app_commands.describe(
+        prompt="What the video shows (up to 3072 characters)",
+        aspect_ratio="The shape of the video (default 16:9)",
+        resolution="720p (default) or 1080p; 1080p costs more credits",
+        duration="Length in seconds, 3 to 15 (default 5)",
+    )
+    async def text(
+        self,
+        interaction: discord.Interaction[Any],
+        prompt: app_commands.Range[str, 1, 3072],
+        aspect_ratio: Literal["16:9", "9:16", "1:1"] | None = None,
+        resolution: Literal["720p", "1080p"] | None = None,
+        duration: app_commands.Range[int, 3, 15] | None = None,
+    ) -> None:
+        async def build() -> JobRequest:
+            return self.request(
+                interaction, "text", prompt, duration=duration, resolution=resolution, aspect_ratio=aspect_ratio
+            )
+
+        await self.start_job(interaction, build)
+
+    @video.command(name="image", description="Make a video that starts from your image")
+    @app_commands.describe(
+        image="The first frame: a JPG, PNG or WebP image, at least 300 px a side",
+        prompt="What happens in the video (optional, up to 2500 characters)",
+        resolution="720p (default) or 1080p; 1080p costs more credits",
+        duration="Length in seconds, 3 to 15 (default 5)",
+    )
+    async def image(
+        self,
+        interaction: discord.Interaction[Any],
+        image: discord.Attachment,
+        prompt: app_commands.Range[str, 1, 2500] | None = None,
+        resolution: Literal["720p", "1080p"] | None = None,
+        duration: app_commands.Range[int, 3, 15] | None = None,
+    ) -> None:
+        async def build() -> JobRequest:
+            frame, source = await read_first_frame(image)
+            return self.request(
+                interaction, "image", prompt, duration=duration, resolution=resolution, image=frame, image_source=source
+            )
+
+        await self.start_job(interaction, build)
+
+    async def animate(self, interaction: discord.Interaction[Any], message: discord.Message) -> None:
+        """Message menu: animate the first image of a message, asking for the prompt in a modal."""
+        image = next(
+            (
+                a
+                for a in message.attachments
+                if (a.content_type or "").startswith("image/") or a.filename.lower().endswith(IMAGE_SUFFIXES)
+            ),
+            None,
+        )
+        if image is None:
+            raise UserFacingError("That message has no image attached; use it on a message with a JPG, PNG or WebP.")
+        await interaction.response.send_modal(AnimateModal(self, image))
+
+    @video.command(name="status", description="Your videos in progress, or one job in detail")
+    @app_commands.describe(job="A job id (the first characters are enough)")
+    async def status(self, interaction: discord.Interaction[Any], job: str | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild_id is not None
+        now = time.time()
+        if job:
+            found = await self._find_job(interaction, job)
+            text = self._job_details(found, now)
+        else:
+            jobs = await self.jobs.store.member_jobs(interaction.guild_id, interaction.user.id, statuses=OPEN, limit=25)
+            if not jobs:
+                text = "You have no videos in progress. Start one with `/video text` or `/video image`."
+            else:
+                text = "**Your videos in progress**\n" + "\n".join(self._job_line(j, now) for j in jobs)
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+
+    @status.autocomplete("job")
+    async def _status_job_choices(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        jobs = await self.jobs.store.member_jobs(interaction.guild_id, interaction.user.id, limit=25)
+        return [
+            app_commands.Choice(
+                name=f"{j.id[:8]} · {STATE_WORDS.get(j.status, j.status)} · {j.prompt[:60]}", value=j.id
+            )
+            for j in jobs
+            if j.id.startswith(current.strip().lower())
+        ]
+
+    @video.command(name="history", description="Your recent videos")
+    async def history(self, interaction: discord.Interaction[Any]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        guild_id, user_id = interaction.guild_id, interaction.user.id
+        assert guild_id is not None
+        total = await self.jobs.store.count_member_jobs(guild_id, user_id)
+
+        async def render(page: int) -> tuple[str, bool]:
+            jobs = await self.jobs.store.member_jobs(guild_id, user_id, limit=HISTORY_PAGE, offset=page * HISTORY_PAGE)
+            if not jobs:
+                return "You have not made any videos here yet.", False
+            pages = (total + HISTORY_PAGE - 1) // HISTORY_PAGE
+            lines = [self._history_line(j) for j in jobs]
+            return f"**Your videos** (page {page + 1} of {pages})\n" + "\n".join(lines), (
+                page + 1
+            ) * HISTORY_PAGE < total
+
+        await PagedView(user_id, render).show(interaction)
+
+    # --- starting a job ---------------------------------------------------------------------------------
+
+    async def start_job(
+        self,
+        interaction: discord.Interaction[Any],
+        build: RequestBuilder,
+        *,
+        channel: discord.abc.Messageable | None = None,
+    ) -> Job | None:
+        """Defer, validate, create the job, post its card and open its thread; errors go back privately."""
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        channel = channel or interaction.channel  # type: ignore[assignment]
+        if not isinstance(channel, discord.abc.Messageable) or isinstance(channel, discord.ForumChannel):
+            raise UserFacingError("Use this command in a text channel or a thread.")
+        permissions = interaction.app_permissions
+        can_send = (
+            permissions.send_messages_in_threads if isinstance(channel, discord.Thread) else permissions.send_messages
+        )
+        if not can_send:
+            raise UserFacingError("I am not allowed to post in this channel; ask a moderator to let me send messages.")
+        try:
+            request = await build()
+            job = await self.jobs.create(request)
+        except InvalidRequest as exc:
+            raise UserFacingError(f"{exc} Nothing was sent or charged.") from None
+        except QuotaRefused as exc:
+            raise UserFacingError(f"{exc} Nothing was charged.") from None
+        except SubmitRefused as exc:
+            raise UserFacingError(exc.reason) from None
+        await self._post_job(interaction, channel, job)
+        await self.bot.post_log(
+            job.guild_id,
+            f"▶️ <@{job.user_id}> started video `{job.id[:8]}` ({options_line(job)}) in <#{job.channel_id}>",
+        )
+        return job
+
+    async def _post_job(
+        self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, job: Job
+    ) -> None:
+        note = None
+        try:
+            card = await channel.send(embed=job_card(job), allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException:
+            log.warning("job %s: could not post its card in channel %s", job.id, interaction.channel_id, exc_info=True)
+            await interaction.followup.send(
+                f"Your video `{job.id[:8]}` is being made, but I could not post in this channel. "
+                "Follow it with `/video status`.",
+                ephemeral=True,
+            )
+            return
+        thread = await self._open_thread(interaction, channel, card, job)
+        if thread is None:
+            note = NO_THREAD_NOTE
+            await card.edit(embed=job_card(job, note=note))
+            status = card
+        else:
+            status = await thread.send(
+                status_line(job, time.time(), await self.jobs.estimate_seconds(job.duration, job.resolution))
+            )
+        await self.jobs.set_discord_refs(
+            job.id, message_id=card.id, thread_id=thread.id if thread else None, status_message_id=status.id
+        )
+        where = thread.mention if thread else "this channel"
+        await interaction.followup.send(
+            f"Your video `{job.id[:8]}` is on its way ({options_line(job)}); follow it in {where}.", ephemeral=True
+        )
+
+    async def _open_thread(
+        self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, card: discord.Message, job: Job
+    ) -> discord.Thread | None:
+        if isinstance(channel, discord.Thread) or not interaction.app_permissions.create_public_threads:
+            return None
+        if not isinstance(channel, discord.TextChannel | discord.VoiceChannel | discord.PartialMessageable):
+            return None
+        try:
+            return await channel.get_partial_message(card.id).create_thread(
+                name=thread_name(job), auto_archive_duration=1440
+            )
+        except (discord.HTTPException, ValueError) as exc:
+            log.info("job %s: no thread in channel %s (%s); posting in place", job.id, interaction.channel_id, exc)
+            return None
+
+    # --- buttons ----------------------------------------------------------------------------------------
+
+    async def reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """The same prompt and options as a new job of whoever pressed the button."""
+        original = await self.jobs.store.get_job(job_id)
+        if original is None or original.guild_id != interaction.guild_id:
+            await reply_ephemeral(interaction, "That video's job is no longer known to me.")
+            return
+
+        async def build() -> JobRequest:
+            frame = None
+            if original.image_sha256:
+                stored = await self.jobs.store.get_image(original.image_sha256)
+                if stored is None:
+                    raise InvalidRequest("The first frame of that video is no longer stored.")
+                from bot.images import FirstFrame
+
+                frame = FirstFrame(stored.data, stored.mime, stored.width, stored.height, None)
+            return self.request(
+                interaction,
+                original.kind,  # type: ignore[arg-type]
+                original.prompt,
+                duration=original.duration,
+                resolution=original.resolution,
+                aspect_ratio=original.aspect_ratio if original.kind == "text" else None,
+                image=frame,
+                image_url=original.image_url,
+                image_source=original.image_source,
+            )
+
+        # A new card belongs beside the original one, so it can have its own thread.
+        parent = self.bot.get_channel(original.channel_id) if original.channel_id else None
+        try:
+            await self.start_job(interaction, build, channel=parent)  # type: ignore[arg-type]
+        except UserFacingError as exc:
+            await reply_ephemeral(interaction, str(exc))
+
+    async def delete_video(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """Remove the video message, if the presser asked for it or moderates the channel."""
+        job = await self.jobs.store.get_job(job_id)
+        owner = job is not None and job.user_id == interaction.user.id
+        if not owner and not is_moderator(interaction):
+            await reply_ephemeral(interaction, "Only the member who asked for this video or a moderator can delete it.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            assert interaction.message is not None
+            await interaction.message.delete()
+        except discord.HTTPException as exc:
+            log.warning("job %s: delete failed: %s", job_id, exc)
+            await interaction.followup.send("I could not delete that message.", ephemeral=True)
+            return
+        log.info("job %s: video message deleted by %s", job_id, interaction.user.id)
+        await interaction.followup.send("Deleted.", ephemeral=True)
+
+    # --- status texts -----------------------------------------------------------------------------------
+
+    async def _find_job(self, interaction: discord.Interaction[Any], prefix: str) -> Job:
+        assert interaction.guild_id is not None
+        prefix = prefix.strip().lower()
+        for job in await self.jobs.store.member_jobs(interaction.guild_id, interaction.user.id, limit=200):
+            if job.id.startswith(prefix):
+                return job
+        raise UserFacingError(f"You have no job starting with `{discord.utils.escape_markdown(prefix[:16])}`.")
+
+    def _where(self, job: Job) -> str:
+        if job.thread_id:
+            return f"<#{job.thread_id}>"
+        if job.message_id and job.channel_id and job.guild_id:
+            return f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.message_id}"
+        return "no thread"
+
+    def _job_line(self, job: Job, now: float) -> str:
+        elapsed = clock(now - (job.submitted_at or job.created_at))
+        return f"• `{job.id[:8]}` {STATE_WORDS.get(job.status, job.status)}, {elapsed} elapsed · {self._where(job)}"
+
+    def _job_details(self, job: Job, now: float) -> str:
+        lines = [
+            f"**Job `{job.id[:8]}`**: {STATE_WORDS.get(job.status, job.status)}",
+            f"{options_line(job)} · started <t:{int(job.created_at)}:R> · {self._where(job)}",
+            f"Prompt: {discord.utils.escape_markdown(job.prompt[:300]) or '(none)'}",
+        ]
+        if job.status in ("submitted", "processing"):
+            lines.append(f"Elapsed: {clock(now - (job.submitted_at or job.created_at))}")
+        if job.error:
+            lines.append(f"Reason: {job.error}")
+        if job.status == "undeliverable" and job.video_url:
+            lines.append(f"Video link (expires): {job.video_url}")
+        return "\n".join(lines)
+
+    def _history_line(self, job: Job) -> str:
+        line = (
+            f"• `{job.id[:8]}` <t:{int(job.created_at)}:d> {STATE_WORDS.get(job.status, job.status)} · "
+            f"{options_line(job)} · {discord.utils.escape_markdown(job.prompt[:60]) or '(no prompt)'}"
+            f" · {self._where(job)}"
+        )
+        if job.status == "undeliverable" and job.video_url:
+            line += f" · [video link]({job.video_url})"
+        return line
+
+
+async def setup(bot: VideoBot) -> None:
+    await bot.add_cog(VideoCog(bot))

@@ -1,0 +1,112 @@
+"""Buttons under finished videos; their custom ids carry the job id, so they work after a restart."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+if TYPE_CHECKING:
+    from cogs.video import VideoCog
+
+log = logging.getLogger(__name__)
+
+JOB_ID = r"(?P<job_id>[0-9a-f]{16})"
+
+
+def _video_cog(interaction: discord.Interaction[Any]) -> VideoCog:
+    cog = interaction.client.get_cog("VideoCog")
+    if cog is None:
+        raise RuntimeError("the video cog is not loaded")
+    return cog  # type: ignore[no-any-return]
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:reroll:{JOB_ID}"):
+    """Make the same video again, as a new job of whoever presses it."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Re-roll", emoji="🎲", style=discord.ButtonStyle.primary, custom_id=f"video:reroll:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> RerollButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _video_cog(interaction).reroll(interaction, self.job_id)
+
+
+class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:delete:{JOB_ID}"):
+    """Remove the video message: the requester or a moderator only."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger, custom_id=f"video:delete:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> DeleteButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _video_cog(interaction).delete_video(interaction, self.job_id)
+
+
+def result_view(job_id: str) -> discord.ui.View:
+    """The persistent buttons under a finished video."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(RerollButton(job_id))
+    view.add_item(DeleteButton(job_id))
+    return view
+
+
+class PagedView(discord.ui.View):
+    """Previous and Next under an ephemeral list; `render(page)` returns the text and whether more follow."""
+
+    def __init__(self, owner_id: int, render: Any, page: int = 0) -> None:
+        super().__init__(timeout=600)
+        self.owner_id = owner_id
+        self.render = render
+        self.page = page
+
+    async def show(self, interaction: discord.Interaction[Any]) -> None:
+        """Send the first page as a private followup."""
+        text, more = await self.render(self.page)
+        self._set_buttons(more)
+        await interaction.followup.send(
+            text, view=self, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
+
+    def _set_buttons(self, more: bool) -> None:
+        self.previous.disabled = self.page == 0
+        self.next.disabled = not more
+
+    async def _turn(self, interaction: discord.Interaction[Any], step: int) -> None:
+        self.page = max(0, self.page + step)
+        text, more = await self.render(self.page)
+        self._set_buttons(more)
+        await interaction.response.edit_message(content=text, view=self)
+
+    @discord.ui.button(label="Previous", style=discord.ButtonStyle.secondary)
+    async def previous(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
+        await self._turn(interaction, -1)
+
+    @discord.ui.button(label="Next", style=discord.ButtonStyle.secondary)
+    async def next(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
+        await self._turn(interaction, +1)
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        return interaction.user.id == self.owner_id

@@ -1,0 +1,110 @@
+"""`python -m bot` as a subprocess, against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from bot.simulator import KlingSimulator
+
+from tests.conftest import API_KEY, make_image
+
+
+def env_for(sim: KlingSimulator, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KLING_", "DISCORD_", "DATABASE_"))}
+    env.update(
+        KLING_BASE_URL=sim.base_url(),
+        KLING_API_KEY=API_KEY,
+        KLING_ENDPOINT_PATH="acct-endpoint",
+        DATABASE_PATH=str(tmp_path / "db.sqlite3"),
+        POLL_INTERVAL_SECONDS="0.05",
+    )
+    env.update(extra)
+    return env
+
+
+async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, env=env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_generate_writes_the_exact_bytes_the_simulator_served(sim: KlingSimulator, tmp_path: Path) -> None:
+    sim.render_seconds = 0.3
+    out = tmp_path / "fox.mp4"
+    code, stdout, stderr = await run_cli(
+        "generate", "--prompt", "a fox", "--duration", "3", "--out", str(out), env=env_for(sim, tmp_path), cwd=tmp_path
+    )
+    assert code == 0, stderr
+    assert out.read_bytes() == (resources.files("bot") / "assets" / "sample.mp4").read_bytes()
+    assert "elapsed" in stderr and "ok: job" in stdout
+    [post] = [r for r in sim.requests if r.method == "POST"]
+    assert post.json["settings"]["duration"] == 3
+
+
+async def test_generate_with_an_image_file(sim: KlingSimulator, tmp_path: Path) -> None:
+    image = tmp_path / "frame.png"
+    image.write_bytes(make_image(400, 400))
+    code, _, stderr = await run_cli(
+        "generate", "--image", str(image), "--out", str(tmp_path / "o.mp4"), env=env_for(sim, tmp_path), cwd=tmp_path
+    )
+    assert code == 0, stderr
+    [post] = [r for r in sim.requests if r.method == "POST"]
+    assert post.path.endswith("image-to-video/kling-3.0-turbo")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--prompt", "x", "--duration", "20"],
+        ["--prompt", "x", "--resolution", "4k"],
+        ["--prompt", "x", "--aspect-ratio", "4:3"],
+        ["--prompt", ""],
+        ["--prompt", "x", "--image", "missing.png"],
+    ],
+)
+async def test_bad_options_are_refused_before_anything_is_sent(
+    sim: KlingSimulator, tmp_path: Path, args: list[str]
+) -> None:
+    code, _, stderr = await run_cli("generate", *args, "--out", "o.mp4", env=env_for(sim, tmp_path), cwd=tmp_path)
+    assert code == 2 and stderr.startswith("error: ")
+    assert sim.requests == []
+
+
+async def test_a_refusal_exits_non_zero_with_the_providers_reason(sim: KlingSimulator, tmp_path: Path) -> None:
+    code, _, stderr = await run_cli(
+        "generate", "--prompt", "forbidden", "--out", "o.mp4", env=env_for(sim, tmp_path), cwd=tmp_path
+    )
+    assert code == 1 and "content policy" in stderr
+
+
+async def test_a_render_failure_exits_non_zero(sim: KlingSimulator, tmp_path: Path) -> None:
+    code, _, stderr = await run_cli(
+        "generate", "--prompt", "fail-render", "--out", "o.mp4", env=env_for(sim, tmp_path), cwd=tmp_path
+    )
+    assert code == 1 and "failed" in stderr
+
+
+async def test_a_missing_setting_is_one_clear_line(sim: KlingSimulator, tmp_path: Path) -> None:
+    env = env_for(sim, tmp_path)
+    del env["KLING_API_KEY"]
+    env["POLL_INTERVAL_SECONDS"] = "soon"
+    code, stdout, stderr = await run_cli("check", env=env, cwd=tmp_path)
+    assert code == 2 and stdout == ""
+    [line] = stderr.strip().splitlines()
+    assert "KLING_API_KEY" in line and "POLL_INTERVAL_SECONDS" in line and "Traceback" not in stderr
+
+
+async def test_check_reports_a_refused_key_and_an_accepted_one(sim: KlingSimulator, tmp_path: Path) -> None:
+    code, _, stderr = await run_cli("check", env=env_for(sim, tmp_path, KLING_API_KEY="wrong"), cwd=tmp_path)
+    assert code == 1 and "refused" in stderr and "wrong" not in stderr
+    code, stdout, _ = await run_cli("check", env=env_for(sim, tmp_path), cwd=tmp_path)
+    assert code == 0 and stdout.startswith("ok:")

@@ -1,0 +1,154 @@
+"""JobService over the simulator and a real SQLite file: create, poll, resume, time out."""
+
+from __future__ import annotations
+
+import pytest
+from bot.simulator import KlingSimulator
+
+from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
+from bot.kling import KlingClient
+from bot.store import Store
+from tests.conftest import FakeClock
+
+
+def submits(sim: KlingSimulator) -> int:
+    return sum(1 for r in sim.requests if r.method == "POST")
+
+
+def task_queries(sim: KlingSimulator) -> list:
+    return [r for r in sim.requests if r.path.endswith("/kling/tasks")]
+
+
+async def jobs_count(store: Store) -> int:
+    return len(await store.jobs_in(("reserved", "submitted", "processing", "succeeded", "failed", "delivered")))
+
+
+async def test_create_submits_with_our_id_as_external_task_id(sim: KlingSimulator, service: JobService) -> None:
+    job = await service.create(JobRequest("text", "a red fox in snow", duration=5, resolution="1080p", user_id=7))
+    assert job.status == "submitted"
+    assert job.provider_task_id in sim.tasks
+    [post] = [r for r in sim.requests if r.method == "POST"]
+    assert post.json["options"]["external_task_id"] == job.id
+    assert post.json["settings"] == {"resolution": "1080p", "aspect_ratio": "16:9", "duration": 5}
+    assert job.cost_estimate == 5000
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (JobRequest("text", "   "), "prompt is empty"),
+        (JobRequest("text", "x" * 3073), "at most 3072"),
+        (JobRequest("image", "x" * 2501, image_url="https://e/x.png"), "at most 2500"),
+        (JobRequest("text", "ok", duration=2), "from 3 to 15"),
+        (JobRequest("text", "ok", duration=16), "from 3 to 15"),
+        (JobRequest("text", "ok", resolution="4k"), "720p or 1080p"),
+        (JobRequest("text", "ok", aspect_ratio="4:3"), "16:9, 9:16 or 1:1"),
+        (JobRequest("image", "ok", aspect_ratio="16:9", image_url="https://e/x.png"), "leave the aspect ratio out"),
+        (JobRequest("image", "ok"), "exactly one first-frame"),
+        (JobRequest("image", "ok", image_url="file:///etc/passwd"), "http(s) link"),
+    ],
+)
+async def test_invalid_requests_write_nothing_and_send_nothing(
+    sim: KlingSimulator, service: JobService, store: Store, request_: JobRequest, message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=message.replace("(", r"\(").replace(")", r"\)")):
+        await service.create(request_)
+    assert sim.requests == []
+    assert await jobs_count(store) == 0
+
+
+async def test_a_refused_submit_is_recorded_as_failed_with_the_reason(sim: KlingSimulator, service: JobService) -> None:
+    with pytest.raises(SubmitRefused) as refused:
+        await service.create(JobRequest("text", "a forbidden scene"))
+    job = refused.value.job
+    assert job.status == "failed"
+    assert job.error is not None and "content policy" in job.error
+    assert job.provider_task_id is None
+
+
+async def test_poll_moves_45_jobs_to_succeeded_in_3_requests(
+    sim: KlingSimulator, service: JobService, store: Store
+) -> None:
+    sim.hold = True
+    created = [await service.create(JobRequest("text", f"clip {n}", duration=5)) for n in range(45)]
+    sim.finish()
+    changes = await service.poll_once()
+    assert len(task_queries(sim)) == 3
+    assert sorted(c.job.id for c in changes) == sorted(j.id for j in created)
+    job = await store.get_job(created[0].id)
+    assert job is not None and job.status == "succeeded"
+    assert job.video_url is not None and job.video_url.startswith(sim.base_url().split("/v1")[0])
+    assert job.billed_amount == "4" and job.cost_billed == 4000
+    assert job.video_seconds == pytest.approx(5.041)
+
+
+async def test_processing_then_failed_is_followed(sim: KlingSimulator, service: JobService) -> None:
+    sim.hold = True
+    job = await service.create(JobRequest("text", "please fail-render this"))
+    [change] = await service.poll_once()
+    assert (change.previous, change.job.status) == ("submitted", "processing")
+    sim.finish(job.provider_task_id, fail_message="render error")
+    [change] = await service.poll_once()
+    assert change.job.status == "failed" and "render error" in (change.job.error or "")
+
+
+async def test_a_job_that_never_finishes_times_out(sim: KlingSimulator, service: JobService, clock: FakeClock) -> None:
+    sim.hold = True
+    job = await service.create(JobRequest("text", "slow"))
+    assert all(c.job.status != "failed" for c in await service.poll_once())
+    clock.advance(30 * 60 + 1)
+    [change] = await service.poll_once()
+    assert change.job.id == job.id and change.job.status == "failed"
+    assert "did not finish within 30 minutes" in (change.job.error or "")
+
+
+async def test_resume_adopts_a_job_sent_before_a_crash_without_a_second_submit(
+    sim: KlingSimulator, service: JobService, kling: KlingClient, store: Store
+) -> None:
+    # The crash: the row is written and the submit reached the provider, but the answer was never recorded.
+    sim.fail_next("accept_then_error", on="submit")
+    sim.fail_next("server_error", on="query", times=10)
+    job = await service.create(JobRequest("text", "crash here"))
+    assert job.status == "reserved"
+    assert submits(sim) == 1
+    [change] = await service.resume()
+    assert change.job.status in ("submitted", "succeeded")
+    assert change.job.provider_task_id in sim.tasks
+    assert submits(sim) == 1
+
+
+async def test_resume_sends_a_job_that_never_reached_the_provider(
+    sim: KlingSimulator, service: JobService, store: Store
+) -> None:
+    sim.fail_next("server_error", on="submit", times=10)
+    sim.fail_next("server_error", on="query", times=10)
+    job = await service.create(JobRequest("text", "never sent"))
+    assert job.status == "reserved" and sim.tasks == {}
+    [change] = await service.resume()
+    assert change.job.status == "submitted" and len(sim.tasks) == 1
+
+
+async def test_stale_reserved_jobs_are_settled_by_the_poll(
+    sim: KlingSimulator, service: JobService, clock: FakeClock
+) -> None:
+    sim.fail_next("server_error", on="submit", times=10)
+    sim.fail_next("server_error", on="query", times=10)
+    job = await service.create(JobRequest("text", "later"))
+    assert await service.poll_once() == []  # too fresh: create() may still be at work on it
+    clock.advance(121)
+    changes = await service.poll_once()
+    assert [c.job.id for c in changes] == [job.id]
+    assert len(sim.tasks) == 1
+
+
+async def test_an_image_job_sends_the_stored_frame_as_base64(
+    sim: KlingSimulator, service: JobService, store: Store, png_frame: bytes
+) -> None:
+    from bot.images import prepare_first_frame
+
+    frame = prepare_first_frame(png_frame)
+    job = await service.create(JobRequest("image", "", image=frame, image_source="frame.png"))
+    [post] = [r for r in sim.requests if r.method == "POST"]
+    assert post.json["contents"] == [{"type": "first_frame", "url": frame.base64}]
+    assert "aspect_ratio" not in post.json["settings"]
+    assert job.image_sha256 is not None and (await store.get_image(job.image_sha256)) is not None

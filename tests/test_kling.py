@@ -1,0 +1,284 @@
+"""The API client against the simulator over real HTTP: bodies, batching, errors, retries, secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from bot.simulator import KlingSimulator
+from pydantic import SecretStr
+
+from bot.kling import (
+    KlingAccountError,
+    KlingAuthError,
+    KlingBadRequest,
+    KlingClient,
+    KlingContentPolicy,
+    KlingRateLimited,
+    KlingUnavailable,
+)
+from tests.conftest import API_KEY, RecordedSleeps
+
+TEXT_PATH = "/v1/ai/acct-endpoint/kling/videos/text-to-video/kling-3.0-turbo"
+IMAGE_PATH = "/v1/ai/acct-endpoint/kling/videos/image-to-video/kling-3.0-turbo"
+TASKS_PATH = "/v1/ai/acct-endpoint/kling/tasks"
+
+
+def posts(sim: KlingSimulator) -> list:
+    return [r for r in sim.requests if r.method == "POST"]
+
+
+def queries(sim: KlingSimulator) -> list:
+    return [r for r in sim.requests if r.path == TASKS_PATH]
+
+
+async def test_submit_text_sends_the_reference_body(sim: KlingSimulator, kling: KlingClient) -> None:
+    task = await kling.submit_text(
+        "A golden retriever running on a sunny beach",
+        duration=5,
+        resolution="1080p",
+        aspect_ratio="16:9",
+        external_task_id="job-1",
+    )
+    [request] = sim.requests
+    assert request.path == TEXT_PATH
+    assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert request.json == {
+        "prompt": "A golden retriever running on a sunny beach",
+        "settings": {"resolution": "1080p", "aspect_ratio": "16:9", "duration": 5},
+        "options": {"external_task_id": "job-1", "watermark_info": {"enabled": False}},
+    }
+    assert task.status == "submitted"
+    assert task.id.isdigit() and int(task.id) > 2**53
+
+
+async def test_submit_image_sends_contents_and_no_aspect_ratio(sim: KlingSimulator, kling: KlingClient) -> None:
+    await kling.submit_image(
+        "https://example.org/frame.jpg", "waves", duration=8, resolution="720p", external_task_id="job-2"
+    )
+    [request] = sim.requests
+    assert request.path == IMAGE_PATH
+    assert request.json == {
+        "contents": [
+            {"type": "first_frame", "url": "https://example.org/frame.jpg"},
+            {"type": "prompt", "text": "waves"},
+        ],
+        "settings": {"resolution": "720p", "duration": 8},
+        "options": {"external_task_id": "job-2", "watermark_info": {"enabled": False}},
+    }
+
+
+async def test_query_batches_45_ids_into_3_requests(sim: KlingSimulator, kling: KlingClient) -> None:
+    ids = []
+    for n in range(45):
+        task = await kling.submit_text(
+            f"clip {n}", duration=3, resolution="720p", aspect_ratio="1:1", external_task_id=f"j{n}"
+        )
+        ids.append(task.id)
+    tasks = await kling.query(task_ids=ids)
+    assert sorted(t.id for t in tasks) == sorted(ids)
+    sizes = [len(r.query["task_ids"].split(",")) for r in queries(sim)]
+    assert sizes == [20, 20, 5]
+    succeeded = tasks[0]
+    assert succeeded.status == "succeeded"
+    assert succeeded.video is not None and succeeded.video.url.endswith(".mp4")
+    assert succeeded.billed_amount == "2.4"  # 3 s at 720p, 0.8 per second
+
+
+async def test_unknown_id_answers_an_empty_list(kling: KlingClient) -> None:
+    assert await kling.query(task_ids=["12345"]) == []
+    assert await kling.find_external("never-sent") is None
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("auth", KlingAuthError),
+        ("credits", KlingAccountError),
+        ("rate_limit", KlingRateLimited),
+        ("concurrency", KlingRateLimited),
+        ("server_error", KlingUnavailable),
+        ("unavailable", KlingUnavailable),
+        ("html", KlingUnavailable),
+        ("bad_json", KlingUnavailable),
+    ],
+)
+async def test_each_fault_becomes_its_typed_error(
+    sim: KlingSimulator, session: aiohttp.ClientSession, fault: str, error: type[Exception]
+) -> None:
+    client = KlingClient(session, root_url=f"{sim.base_url()}/acct-endpoint", api_key=SecretStr(API_KEY), max_retries=0)
+    sim.fail_next(fault, on="query")
+    with pytest.raises(error):
+        await client.query(task_ids=["1"])
+
+
+async def test_wrong_key_is_an_auth_error_and_is_not_retried(
+    sim: KlingSimulator, session: aiohttp.ClientSession
+) -> None:
+    sleeps = RecordedSleeps()
+    client = KlingClient(session, root_url=f"{sim.base_url()}/acct-endpoint", api_key=SecretStr("wrong"), sleep=sleeps)
+    with pytest.raises(KlingAuthError) as caught:
+        await client.query(task_ids=["1"])
+    assert caught.value.status == 401
+    assert len(sim.requests) == 1 and sleeps.delays == []
+
+
+async def test_content_policy_is_refused_without_retry(sim: KlingSimulator, kling: KlingClient) -> None:
+    with pytest.raises(KlingContentPolicy) as caught:
+        await kling.submit_text(
+            "something forbidden", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="j"
+        )
+    assert caught.value.code == 1301
+    assert len(posts(sim)) == 1
+
+
+async def test_bad_request_carries_the_providers_message(sim: KlingSimulator, kling: KlingClient) -> None:
+    await kling.submit_text("one", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="dup")
+    with pytest.raises(KlingBadRequest) as caught:
+        # A second task under the same external id is refused (1201); it does not exist under another id.
+        await kling.submit_image("not-base64!", None, duration=5, resolution="720p", external_task_id="other")
+    assert caught.value.code == 1201
+    assert caught.value.message
+
+
+async def test_submit_retries_a_rate_limit_honouring_retry_after(
+    sim: KlingSimulator, kling: KlingClient, sleeps: RecordedSleeps
+) -> None:
+    sim.fail_next("rate_limit", on="submit", times=2, retry_after=7)
+    task = await kling.submit_text("ok", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="r")
+    assert task.status == "submitted"
+    assert len(posts(sim)) == 3
+    assert len(sleeps.delays) == 2 and all(d >= 7 for d in sleeps.delays)
+
+
+async def test_rate_limit_past_the_retries_is_raised(sim: KlingSimulator, kling: KlingClient) -> None:
+    sim.fail_next("rate_limit", on="submit", times=10)
+    with pytest.raises(KlingRateLimited):
+        await kling.submit_text("ok", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="r")
+    assert len(posts(sim)) == 4  # the first try and three retries
+
+
+async def test_query_retries_server_errors_with_growing_backoff(
+    sim: KlingSimulator, kling: KlingClient, sleeps: RecordedSleeps
+) -> None:
+    sim.fail_next("server_error", on="query", times=1)
+    sim.fail_next("html", on="query", times=1)
+    assert await kling.query(task_ids=["1"]) == []
+    assert len(queries(sim)) == 3
+    assert len(sleeps.delays) == 2 and 0 < sleeps.delays[0] <= 1.0 < sleeps.delays[1] * 2
+
+
+async def test_submit_after_a_lost_answer_finds_the_task_and_does_not_resend(
+    sim: KlingSimulator, kling: KlingClient
+) -> None:
+    sim.fail_next("accept_then_error", on="submit")
+    task = await kling.submit_text("x", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="lost")
+    assert len(posts(sim)) == 1
+    assert [t.id for t in sim.tasks.values()] == [task.id]
+    assert queries(sim)[0].query["external_task_ids"] == "lost"
+
+
+async def test_submit_after_a_server_error_resends_once_the_task_is_known_absent(
+    sim: KlingSimulator, kling: KlingClient
+) -> None:
+    sim.fail_next("server_error", on="submit")
+    await kling.submit_text("x", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="retry")
+    assert len(posts(sim)) == 2
+    assert len(sim.tasks) == 1
+
+
+async def test_a_slow_answer_times_out_as_unavailable(sim: KlingSimulator, session: aiohttp.ClientSession) -> None:
+    client = KlingClient(
+        session, root_url=f"{sim.base_url()}/acct-endpoint", api_key=SecretStr(API_KEY), timeout=0.2, max_retries=0
+    )
+    sim.fail_next("slow", on="query", delay=1.0)
+    with pytest.raises(KlingUnavailable, match="no answer within"):
+        await client.query(task_ids=["1"])
+
+
+async def test_malformed_records_are_skipped_not_fatal(sim: KlingSimulator, kling: KlingClient) -> None:
+    sim.fail_next("malformed", on="query")
+    assert await kling.query(task_ids=["1"]) == []
+
+
+@pytest.fixture
+async def raw_api() -> AsyncIterator[tuple[str, list[dict]]]:
+    """A bare server answering queries with hand-written JSON, for what the simulator never sends."""
+    answers: list[dict] = []
+
+    async def tasks(request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(answers.pop(0)), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/e/kling/tasks", tasks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/e", answers
+    finally:
+        await runner.cleanup()
+
+
+async def test_numeric_ids_above_2_53_are_kept_exactly_and_unknown_fields_ignored(
+    raw_api: tuple[str, list[dict]], session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, answers = raw_api
+    big = 2**63 - 7
+    answers.append(
+        {
+            "code": 0,
+            "message": "SUCCEED",
+            "request_id": "r",
+            "surprise": {"nested": [1, 2]},
+            "data": [
+                {"id": big, "status": "queued_by_gateway", "message": "", "extra_field": True},
+                {
+                    "id": "901930004609634393",
+                    "status": "succeeded",
+                    "outputs": [
+                        {"type": "video", "id": 901930006506119262, "url": "https://cdn/v.mp4", "duration": "5.041"}
+                    ],
+                    "billing": [{"amount": "4.8", "charge_type": "unit", "package_type": "video"}],
+                },
+            ],
+        }
+    )
+    client = KlingClient(session, root_url=root, api_key=SecretStr(API_KEY))
+    with caplog.at_level(logging.WARNING):
+        unknown, done = await client.query(task_ids=["x"])
+    assert unknown.id == str(big) and unknown.status == "queued_by_gateway"
+    assert "status we do not know" in caplog.text
+    assert done.video is not None and done.video.id == "901930006506119262" and done.video.seconds == 5.041
+    assert done.billed_amount == "4.8"
+
+
+async def test_code_other_than_zero_fails_even_with_http_200(
+    raw_api: tuple[str, list[dict]], session: aiohttp.ClientSession
+) -> None:
+    root, answers = raw_api
+    answers.append({"code": 1301, "message": "content safety", "data": None})
+    client = KlingClient(session, root_url=root, api_key=SecretStr(API_KEY))
+    with pytest.raises(KlingContentPolicy, match="content safety"):
+        await client.query(task_ids=["x"])
+
+
+async def test_the_key_never_appears_in_repr_errors_or_logs(
+    sim: KlingSimulator, kling: KlingClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.fail_next("auth", on="query")
+    sim.fail_next("server_error", on="query", times=2)
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(2):
+            try:
+                await kling.query(task_ids=["1"])
+            except Exception as exc:
+                assert API_KEY not in f"{exc!s} {exc!r}"
+    assert API_KEY not in repr(kling)
+    assert API_KEY not in caplog.text
