@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
     if command == "simulate":
-        from bot import simulator
+        from bot.simulator import run_forever
 
         setup_logging()
-        return _run(simulator.run_forever(args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds))
+        return _run(run_forever(args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds))
     try:
         settings = load_settings()
     except ConfigError as exc:

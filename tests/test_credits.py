@@ -6,11 +6,11 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-from bot.simulator import KlingSimulator
 
 from bot.credits import CreditService, QuotaRefused
 from bot.jobs import JobRequest, JobService
 from bot.kling import KlingClient
+from bot.simulator import KlingSimulator
 from bot.store import QuotaSettings, Store
 from tests.conftest import FakeClock
 
