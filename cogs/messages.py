@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import discord
-from bot.quota import format_credits
 
+from bot.quota import format_credits
 from bot.store import Job
 
 COLOURS = {

@@ -7,12 +7,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 import discord
-from bot.quota import format_credits
 from discord import app_commands
 from discord.ext import commands
 
 from bot.app import VideoBot
 from bot.credits import CreditService, QuotaStatus
+from bot.quota import format_credits
 from bot.store import AuditEntry
 from cogs.views import PagedView
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from bot.simulator import KlingSimulator
 from pydantic import SecretStr
 
 from bot.jobs import JobService
 from bot.kling import KlingClient
+from bot.simulator import KlingSimulator
 from bot.store import Store
 
 API_KEY = "sk-test-0123456789abcdef"

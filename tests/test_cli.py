@@ -9,8 +9,8 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from bot.simulator import KlingSimulator
 
+from bot.simulator import KlingSimulator
 from tests.conftest import API_KEY, make_image
 
 

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-from bot.simulator import KlingSimulator
 from pydantic import SecretStr
 
 from bot.kling import (
@@ -21,6 +20,7 @@ from bot.kling import (
     KlingRateLimited,
     KlingUnavailable,
 )
+from bot.simulator import KlingSimulator
 from tests.conftest import API_KEY, RecordedSleeps
 
 TEXT_PATH = "/v1/ai/acct-endpoint/kling/videos/text-to-video/kling-3.0-turbo"
