@@ -77,10 +77,10 @@ class Settings(BaseSettings):
         return f"{self.kling_base_url.rstrip('/')}/{self.kling_endpoint_path}"
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(env_file: str | None = ".env", **overrides: object) -> Settings:
     """Build the settings, turning pydantic's report into one line per bad setting."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type, call-arg]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

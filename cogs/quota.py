@@ -129,7 +129,7 @@ class QuotaCog(commands.Cog):
     @admin.command(name="set", description="Give a member their own limit per period")
     @app_commands.describe(limit="Credits per period")
     async def set_limit(
-        self, interaction: discord.Interaction[Any], member: discord.Member, limit: app_commands.Range[float, 0, 1e6]
+        self, interaction: discord.Interaction[Any], member: discord.Member, limit: app_commands.Range[float, 0.0, 1e6]
     ) -> None:
         entry = await self.credits.set_member_limit(
             self._guild(interaction), interaction.user.id, member.id, millicredits(limit)
@@ -168,7 +168,7 @@ class QuotaCog(commands.Cog):
     @admin.command(name="default", description="The server's default limit and its period")
     @app_commands.describe(limit="Credits per period", period="When credits reset (UTC calendar)")
     async def default(
-        self, interaction: discord.Interaction[Any], limit: app_commands.Range[float, 0, 1e6], period: Period
+        self, interaction: discord.Interaction[Any], limit: app_commands.Range[float, 0.0, 1e6], period: Period
     ) -> None:
         entry = await self.credits.set_default(
             self._guild(interaction), interaction.user.id, millicredits(limit), period

@@ -1,0 +1,98 @@
+"""Runs the real bot in-process against the fake Discord and the Kling simulator, with a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import discord
+
+from bot.app import VideoBot, apply_discord_endpoints
+from bot.config import Settings, load_settings
+from bot.resources import Resources, open_resources
+from bot.simulator import KlingSimulator
+from tests.fake_discord import FakeDiscord, wait_until
+
+KEY = "sk-harness-secret-key-0123"
+
+
+class Harness:
+    """The fake Discord, the simulator and a database; `running()` starts the bot (again, for restarts)."""
+
+    def __init__(self, discord_fake: FakeDiscord, sim: KlingSimulator, database: Path) -> None:
+        self.discord = discord_fake
+        self.sim = sim
+        self.database = database
+        self.bot: VideoBot | None = None
+        self.settings_overrides: dict[str, Any] = {}
+
+    def settings(self) -> Settings:
+        return load_settings(
+            env_file=None,
+            discord_token=self.discord.token,
+            kling_api_key=KEY,
+            kling_endpoint_path="harness",
+            kling_base_url=self.sim.base_url(),
+            database_path=self.database,
+            poll_interval_seconds=0.05,
+            discord_api_base_url=self.discord.api_base,
+            discord_gateway_url=self.discord.gateway_url,
+            api_max_retries=1,
+            **self.settings_overrides,
+        )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[VideoBot]:
+        """Start the bot, wait until it is ready, and stop it cleanly on exit."""
+        settings = self.settings()
+        apply_discord_endpoints(settings)
+        self.discord.identified.clear()
+        async with open_resources(settings) as resources:
+            bot = VideoBot(settings, resources, guild_ready_timeout=0.05)
+            self.bot = bot
+            task = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
+            try:
+                await self.discord.wait_ready()
+                await asyncio.wait_for(bot.wait_until_ready(), 10)
+                yield bot
+            finally:
+                await bot.close()
+                await task
+                self.bot = None
+
+    @property
+    def resources(self) -> Resources:
+        assert self.bot is not None, "the bot is not running"
+        return self.bot.resources
+
+    async def job_in(self, *states: str) -> Any:
+        """Wait until the single job in the database reaches one of the states; return it."""
+        found: list[Any] = []
+
+        async def reached() -> bool:
+            jobs = await self.resources.store.jobs_in(states)
+            found[:] = jobs
+            return bool(jobs)
+
+        await wait_until(reached)
+        return found[0]
+
+
+@contextlib.asynccontextmanager
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    """Start the fake Discord and the simulator; restore discord.py's endpoints afterwards."""
+    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    fake = FakeDiscord()
+    sim = KlingSimulator(api_key=KEY, endpoint_path="harness", render_seconds=0.2)
+    await fake.start()
+    await sim.start()
+    try:
+        yield Harness(fake, sim, tmp_path / "bot.sqlite3")
+    finally:
+        await sim.close()
+        await fake.close()
+        discord.http.Route.BASE = base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
