@@ -43,7 +43,9 @@ class StatusMessages:
             )
             if card and job.message_id and job.message_id != job.status_message_id:
                 parent = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-                await parent.get_partial_message(job.message_id).edit(embed=job_card(job))
+                await parent.get_partial_message(job.message_id).edit(
+                    embed=job_card(job), allowed_mentions=discord.AllowedMentions.none()
+                )
         except discord.HTTPException as exc:
             log.info("job %s: status edit failed: %s", job.id, exc)
         self.last_edit[job.id] = time.monotonic()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Literal
 
 import discord
@@ -283,7 +284,8 @@ class VideoCog(commands.Cog):
         if not can_send:
             raise UserFacingError("I am not allowed to post in this channel; ask a moderator to let me send messages.")
         try:
-            request = await build()
+            # The job lives where its card is posted (a re-roll's card goes beside the original, not in its thread).
+            request = replace(await build(), channel_id=getattr(channel, "id", interaction.channel_id))
             job = await self.jobs.create(request)
         except InvalidRequest as exc:
             raise UserFacingError(f"{exc} Nothing was sent or charged.") from None
@@ -315,7 +317,7 @@ class VideoCog(commands.Cog):
         thread = await self._open_thread(interaction, channel, card, job)
         if thread is None:
             note = NO_THREAD_NOTE
-            await card.edit(embed=job_card(job, note=note))
+            await card.edit(embed=job_card(job, note=note), allowed_mentions=discord.AllowedMentions.none())
             status = card
         else:
             status = await thread.send(

@@ -13,17 +13,32 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import discord
 from aiohttp import web
 
 JSON = "application/json"  # exactly: discord.py fails on "application/json; charset=utf-8"
 P = discord.Permissions
-MEMBER_PERMISSIONS = P(view_channel=True, send_messages=True, read_message_history=True, use_application_commands=True,
-                       send_messages_in_threads=True, create_public_threads=True, attach_files=True, embed_links=True)  # fmt: skip
-BOT_PERMISSIONS = P(view_channel=True, send_messages=True, read_message_history=True, send_messages_in_threads=True,
-                    create_public_threads=True, attach_files=True, embed_links=True)  # fmt: skip
+MEMBER_PERMISSIONS = P(
+    view_channel=True,
+    send_messages=True,
+    read_message_history=True,
+    use_application_commands=True,
+    send_messages_in_threads=True,
+    create_public_threads=True,
+    attach_files=True,
+    embed_links=True,
+)
+BOT_PERMISSIONS = P(
+    view_channel=True,
+    send_messages=True,
+    read_message_history=True,
+    send_messages_in_threads=True,
+    create_public_threads=True,
+    attach_files=True,
+    embed_links=True,
+)
 MODERATOR_PERMISSIONS = P(manage_guild=True, manage_messages=True)
 
 
@@ -92,9 +107,13 @@ class FakeDiscord:
         self.moderator_role = self.snowflake()
         self.roles = [
             {"id": self.guild_id, "name": "@everyone", "position": 0, "permissions": str(MEMBER_PERMISSIONS.value)},
-            {"id": self.moderator_role, "name": "Moderator", "position": 1,
-             "permissions": str((MEMBER_PERMISSIONS | MODERATOR_PERMISSIONS).value)},
-        ]  # fmt: skip
+            {
+                "id": self.moderator_role,
+                "name": "Moderator",
+                "position": 1,
+                "permissions": str((MEMBER_PERMISSIONS | MODERATOR_PERMISSIONS).value),
+            },
+        ]
         for role in self.roles:
             role.update(color=0, hoist=False, managed=False, mentionable=False, flags=0)
         self.users = {name: self._user(name) for name in ("alice", "bob", "mod")}
@@ -116,30 +135,62 @@ class FakeDiscord:
         return str(next(self._ids))
 
     def _user(self, name: str, *, bot: bool = False) -> dict[str, Any]:
-        return {"id": self.snowflake(), "username": name, "discriminator": "0", "global_name": name,
-                "avatar": None, "bot": bot}  # fmt: skip
+        return {
+            "id": self.snowflake(),
+            "username": name,
+            "discriminator": "0",
+            "global_name": name,
+            "avatar": None,
+            "bot": bot,
+        }
 
     def add_channel(self, name: str, kind: int, *, parent: str | None = None) -> str:
         channel_id = self.snowflake()
         channel: dict[str, Any] = {
-            "id": channel_id, "type": kind, "guild_id": self.guild_id, "name": name, "position": len(self.channels),
-            "permission_overwrites": [], "nsfw": False, "parent_id": parent, "rate_limit_per_user": 0, "flags": 0,
-            "topic": None, "last_message_id": None,
-        }  # fmt: skip
+            "id": channel_id,
+            "type": kind,
+            "guild_id": self.guild_id,
+            "name": name,
+            "position": len(self.channels),
+            "permission_overwrites": [],
+            "nsfw": False,
+            "parent_id": parent,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+            "topic": None,
+            "last_message_id": None,
+        }
         if kind == 15:
-            channel.update(available_tags=[], default_reaction_emoji=None, default_sort_order=None,
-                           default_forum_layout=0)  # fmt: skip
+            channel.update(
+                available_tags=[], default_reaction_emoji=None, default_sort_order=None, default_forum_layout=0
+            )
         if kind in (10, 11, 12):
-            channel.update(owner_id=self.users["alice"]["id"], message_count=0,
-                           member_count=1, thread_metadata={"archived": False, "auto_archive_duration": 1440,
-                           "archive_timestamp": now_iso(), "locked": False})  # fmt: skip
+            channel.update(
+                owner_id=self.users["alice"]["id"],
+                message_count=0,
+                member_count=1,
+                thread_metadata={
+                    "archived": False,
+                    "auto_archive_duration": 1440,
+                    "archive_timestamp": now_iso(),
+                    "locked": False,
+                },
+            )
         self.channels[channel_id] = channel
         self.messages[channel_id] = []
         return channel_id
 
     def member(self, name: str) -> dict[str, Any]:
-        return {"user": self.users[name], "roles": self.member_roles[name], "joined_at": now_iso(), "deaf": False,
-                "mute": False, "flags": 0, "nick": None, "avatar": None}  # fmt: skip
+        return {
+            "user": self.users[name],
+            "roles": self.member_roles[name],
+            "joined_at": now_iso(),
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": None,
+            "avatar": None,
+        }
 
     def permissions_of(self, name: str) -> int:
         value = int(self.roles[0]["permissions"])
@@ -160,29 +211,68 @@ class FakeDiscord:
         ]
         threads = [c for c in self.channels.values() if c["type"] in (10, 11, 12)]
         return {
-            "id": self.guild_id, "name": "Test server", "icon": None, "owner_id": self.users["mod"]["id"],
-            "roles": self.roles, "emojis": [], "stickers": [], "features": [], "member_count": len(members),
-            "members": members, "channels": [c for c in self.channels.values() if c not in threads],
-            "threads": threads, "voice_states": [], "presences": [], "large": False, "unavailable": False,
-            "premium_tier": 0, "preferred_locale": "en-US", "verification_level": 0, "mfa_level": 0,
-            "nsfw_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0, "afk_timeout": 300,
-            "system_channel_id": None, "joined_at": now_iso(),
-        }  # fmt: skip
+            "id": self.guild_id,
+            "name": "Test server",
+            "icon": None,
+            "owner_id": self.users["mod"]["id"],
+            "roles": self.roles,
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "member_count": len(members),
+            "members": members,
+            "channels": [c for c in self.channels.values() if c not in threads],
+            "threads": threads,
+            "voice_states": [],
+            "presences": [],
+            "large": False,
+            "unavailable": False,
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "verification_level": 0,
+            "mfa_level": 0,
+            "nsfw_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "afk_timeout": 300,
+            "system_channel_id": None,
+            "joined_at": now_iso(),
+        }
 
-    def add_attachment(self, filename: str, data: bytes, content_type: str | None = None,
-                       width: int | None = None, height: int | None = None) -> dict[str, Any]:  # fmt: skip
+    def add_attachment(
+        self,
+        filename: str,
+        data: bytes,
+        content_type: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> dict[str, Any]:
         attachment_id = self.snowflake()
         self.files[attachment_id] = data
         url = f"http://127.0.0.1:{self.port}/cdn/{attachment_id}/{filename}"
-        payload: dict[str, Any] = {"id": attachment_id, "filename": filename, "size": len(data), "url": url,
-                                   "proxy_url": url, "width": width, "height": height}  # fmt: skip
+        payload: dict[str, Any] = {
+            "id": attachment_id,
+            "filename": filename,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+            "width": width,
+            "height": height,
+        }
         if content_type:
             payload["content_type"] = content_type
         return payload
 
-    def post_message(self, channel_id: str, author: dict[str, Any], content: str = "", **extra: Any) -> dict[str, Any]:
-        """Put a message in a channel as if someone had posted it."""
-        message = self._message(channel_id, {"content": content, **extra}, [], author=author)
+    def post_message(
+        self,
+        channel_id: str,
+        author: dict[str, Any],
+        content: str = "",
+        attachments: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        """Put a message in a channel as if a member had posted it (attachments from `add_attachment`)."""
+        message = self._message(channel_id, {"content": content}, [], author=author)
+        message["attachments"] = list(attachments)
         self.messages[channel_id].append(message)
         return message
 
@@ -190,8 +280,9 @@ class FakeDiscord:
         self.deleted_channels.add(channel_id)
         self.channels.pop(channel_id, None)
 
-    def fail_next(self, method: str, path_regex: str, status: int, code: int = 0, message: str = "",
-                  times: int = 1) -> None:  # fmt: skip
+    def fail_next(
+        self, method: str, path_regex: str, status: int, code: int = 0, message: str = "", times: int = 1
+    ) -> None:
         self._faults.append((method, re.compile(path_regex), status, code, message, [times]))
 
     def threads(self) -> list[dict[str, Any]]:
@@ -245,11 +336,19 @@ class FakeDiscord:
                     if payload["d"]["token"] != self.token:
                         await socket.close(code=4004)
                         break
-                    await self._send(socket, "READY", {
-                        "v": 10, "user": self.bot_user, "guilds": [{"id": self.guild_id, "unavailable": True}],
-                        "session_id": "fake-session", "resume_gateway_url": self.gateway_url,
-                        "application": {"id": self.application_id, "flags": 0}, "private_channels": [],
-                    })  # fmt: skip
+                    await self._send(
+                        socket,
+                        "READY",
+                        {
+                            "v": 10,
+                            "user": self.bot_user,
+                            "guilds": [{"id": self.guild_id, "unavailable": True}],
+                            "session_id": "fake-session",
+                            "resume_gateway_url": self.gateway_url,
+                            "application": {"id": self.application_id, "flags": 0},
+                            "private_channels": [],
+                        },
+                    )
                     await self._send(socket, "GUILD_CREATE", self.guild_payload())
                     self.identified.set()
                 elif payload["op"] == 6:
@@ -266,24 +365,43 @@ class FakeDiscord:
         for socket in list(self._sockets):
             await self._send(socket, event, data)
 
-    async def wait_ready(self, timeout: float = 10) -> None:
-        await asyncio.wait_for(self.identified.wait(), timeout)
+    async def wait_ready(self, within: float = 10) -> None:
+        await asyncio.wait_for(self.identified.wait(), within)
 
     # --- interactions -------------------------------------------------------------------------------------
 
-    async def _interact(self, kind: int, data: dict[str, Any], *, user: str, channel: str | None,
-                        message: dict[str, Any] | None = None, attachment_size_limit: int | None = None) -> Interaction:  # fmt: skip
+    async def _interact(
+        self,
+        kind: int,
+        data: dict[str, Any],
+        *,
+        user: str,
+        channel: str | None,
+        message: dict[str, Any] | None = None,
+        attachment_size_limit: int | None = None,
+    ) -> Interaction:
         channel_id = channel or self.general
         permissions = self.permissions_of(user)
         payload: dict[str, Any] = {
-            "id": self.snowflake(), "application_id": self.application_id, "type": kind, "data": data,
-            "guild_id": self.guild_id, "guild": {"id": self.guild_id, "locale": "en-US", "features": []},
-            "channel": self.channels[channel_id], "channel_id": channel_id,
-            "member": {**self.member(user), "permissions": str(permissions)}, "token": f"itoken-{self.snowflake()}",
-            "version": 1, "app_permissions": str(self.bot_permissions_in(channel_id)), "locale": "en-US",
-            "guild_locale": "en-US", "entitlements": [], "authorizing_integration_owners": {"0": self.guild_id},
-            "context": 0, "attachment_size_limit": attachment_size_limit or self.filesize_limit,
-        }  # fmt: skip
+            "id": self.snowflake(),
+            "application_id": self.application_id,
+            "type": kind,
+            "data": data,
+            "guild_id": self.guild_id,
+            "guild": {"id": self.guild_id, "locale": "en-US", "features": []},
+            "channel": self.channels[channel_id],
+            "channel_id": channel_id,
+            "member": {**self.member(user), "permissions": str(permissions)},
+            "token": f"itoken-{self.snowflake()}",
+            "version": 1,
+            "app_permissions": str(self.bot_permissions_in(channel_id)),
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": self.guild_id},
+            "context": 0,
+            "attachment_size_limit": attachment_size_limit or self.filesize_limit,
+        }
         if message is not None:
             payload["message"] = message
         interaction = Interaction(payload["id"], payload["token"], payload)
@@ -291,9 +409,18 @@ class FakeDiscord:
         await self.dispatch("INTERACTION_CREATE", payload)
         return interaction
 
-    async def slash(self, name: str, options: dict[str, Any] | None = None, *, sub: str | None = None,
-                    user: str = "alice", channel: str | None = None, attachments: list[dict[str, Any]] = (),  # type: ignore[assignment]
-                    attachment_size_limit: int | None = None, types: dict[str, int] | None = None) -> Interaction:  # fmt: skip
+    async def slash(
+        self,
+        name: str,
+        options: dict[str, Any] | None = None,
+        *,
+        sub: str | None = None,
+        user: str = "alice",
+        channel: str | None = None,
+        attachments: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        attachment_size_limit: int | None = None,
+        types: dict[str, int] | None = None,
+    ) -> Interaction:
         """Run `/name [sub] option:value ...`; attachments are passed as option values (their payloads)."""
         resolved: dict[str, Any] = {}
         built = []
@@ -305,7 +432,8 @@ class FakeDiscord:
                 name = value["username"]
                 resolved.setdefault("users", {})[value["id"]] = value
                 resolved.setdefault("members", {})[value["id"]] = {
-                    k: v for k, v in self.member(name).items() if k != "user"} | {"permissions": "0"}  # fmt: skip
+                    k: v for k, v in self.member(name).items() if k != "user"
+                } | {"permissions": "0"}
                 built.append({"name": key, "type": 6, "value": value["id"]})
             else:
                 kind = (types or {}).get(key) or (
@@ -323,21 +451,37 @@ class FakeDiscord:
                 if kind == 7:
                     resolved.setdefault("channels", {})[value] = {**self.channels[value], "permissions": "0"}
                 built.append({"name": key, "type": kind, "value": value})
-        data: dict[str, Any] = {"id": self.snowflake(), "name": name, "type": 1, "guild_id": self.guild_id,
-                                "options": [{"name": sub, "type": 1, "options": built}] if sub else built}  # fmt: skip
+        data: dict[str, Any] = {
+            "id": self.snowflake(),
+            "name": name,
+            "type": 1,
+            "guild_id": self.guild_id,
+            "options": [{"name": sub, "type": 1, "options": built}] if sub else built,
+        }
         if resolved:
             data["resolved"] = resolved
         return await self._interact(2, data, user=user, channel=channel, attachment_size_limit=attachment_size_limit)
 
-    async def message_menu(self, name: str, message: dict[str, Any], *, user: str = "alice",
-                           channel: str | None = None) -> Interaction:  # fmt: skip
-        data = {"id": self.snowflake(), "name": name, "type": 3, "target_id": message["id"],
-                "resolved": {"messages": {message["id"]: message}}}  # fmt: skip
+    async def message_menu(
+        self, name: str, message: dict[str, Any], *, user: str = "alice", channel: str | None = None
+    ) -> Interaction:
+        data = {
+            "id": self.snowflake(),
+            "name": name,
+            "type": 3,
+            "target_id": message["id"],
+            "resolved": {"messages": {message["id"]: self._public(message)}},
+        }
         return await self._interact(2, data, user=user, channel=channel or message["channel_id"])
 
     async def press(self, custom_id: str, message: dict[str, Any], *, user: str = "alice") -> Interaction:
-        return await self._interact(3, {"custom_id": custom_id, "component_type": 2}, user=user,
-                                    channel=message["channel_id"], message=message)  # fmt: skip
+        return await self._interact(
+            3,
+            {"custom_id": custom_id, "component_type": 2},
+            user=user,
+            channel=message["channel_id"],
+            message=self._public(message),
+        )
 
     async def submit_modal(self, shown: Interaction, values: dict[str, str], *, user: str = "alice") -> Interaction:
         """Fill the modal the bot showed, by field label, and submit it."""
@@ -404,29 +548,70 @@ class FakeDiscord:
         return self._json(self.bot_user)
 
     async def _application(self, request: web.Request, body: Any, files: Any) -> web.Response:
-        return self._json({"id": self.application_id, "name": "video-bot", "icon": None, "description": "",
-                           "bot_public": True, "bot_require_code_grant": False, "owner": self.users["mod"],
-                           "verify_key": "00", "flags": 0, "interactions_endpoint_url": None})  # fmt: skip
+        return self._json(
+            {
+                "id": self.application_id,
+                "name": "video-bot",
+                "icon": None,
+                "description": "",
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "owner": self.users["mod"],
+                "verify_key": "00",
+                "flags": 0,
+                "interactions_endpoint_url": None,
+            }
+        )
 
     async def _sync(self, request: web.Request, body: Any, files: Any, *guild: str) -> web.Response:
-        return self._json([{**c, "id": self.snowflake(), "application_id": self.application_id, "version": "1",
-                            "default_member_permissions": c.get("default_member_permissions")} for c in body])  # fmt: skip
+        return self._json(
+            [
+                {
+                    **c,
+                    "id": self.snowflake(),
+                    "application_id": self.application_id,
+                    "version": "1",
+                    "default_member_permissions": c.get("default_member_permissions"),
+                }
+                for c in body
+            ]
+        )
 
-    def _message(self, channel_id: str, body: dict[str, Any], files: list[tuple[str, bytes]],
-                 author: dict[str, Any] | None = None, message_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def _message(
+        self,
+        channel_id: str,
+        body: dict[str, Any],
+        files: list[tuple[str, bytes]],
+        author: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
         attachments = []
         for index, (filename, data) in enumerate(files):
             attachment = self.add_attachment(filename, data)
             attachment["index"] = index
             attachments.append(attachment)
         return {
-            "id": message_id or self.snowflake(), "channel_id": channel_id, "guild_id": self.guild_id,
-            "author": author or self.bot_user, "content": body.get("content") or "", "embeds": body.get("embeds") or [],
-            "components": body.get("components") or [], "attachments": attachments, "files": files,
-            "flags": body.get("flags") or 0, "allowed_mentions": body.get("allowed_mentions"),
-            "nonce": body.get("nonce"), "mentions": [], "mention_roles": [], "mention_everyone": False,
-            "pinned": False, "tts": False, "type": 0, "timestamp": now_iso(), "edited_timestamp": None,
-        }  # fmt: skip
+            "id": message_id or self.snowflake(),
+            "channel_id": channel_id,
+            "guild_id": self.guild_id,
+            "author": author or self.bot_user,
+            "content": body.get("content") or "",
+            "embeds": body.get("embeds") or [],
+            "components": body.get("components") or [],
+            "attachments": attachments,
+            "files": files,
+            "flags": body.get("flags") or 0,
+            "allowed_mentions": body.get("allowed_mentions"),
+            "nonce": body.get("nonce"),
+            "mentions": [],
+            "mention_roles": [],
+            "mention_everyone": False,
+            "pinned": False,
+            "tts": False,
+            "type": 0,
+            "timestamp": now_iso(),
+            "edited_timestamp": None,
+        }
 
     @staticmethod
     def _public(message: dict[str, Any]) -> dict[str, Any]:
@@ -460,8 +645,9 @@ class FakeDiscord:
     def _find(self, channel_id: str, message_id: str) -> dict[str, Any] | None:
         return next((m for m in self.messages.get(channel_id, []) if m["id"] == message_id), None)
 
-    async def _edit_message(self, request: web.Request, body: Any, files: Any, channel_id: str,
-                            message_id: str) -> web.Response:  # fmt: skip
+    async def _edit_message(
+        self, request: web.Request, body: Any, files: Any, channel_id: str, message_id: str
+    ) -> web.Response:
         if channel_id in self.deleted_channels:
             return self._error(404, 10003, "Unknown Channel")
         message = self._find(channel_id, message_id)
@@ -473,8 +659,9 @@ class FakeDiscord:
         message["edited_timestamp"] = now_iso()
         return self._json(self._public(message))
 
-    async def _delete_message(self, request: web.Request, body: Any, files: Any, channel_id: str,
-                              message_id: str) -> web.Response:  # fmt: skip
+    async def _delete_message(
+        self, request: web.Request, body: Any, files: Any, channel_id: str, message_id: str
+    ) -> web.Response:
         message = self._find(channel_id, message_id)
         if message is None:
             return self._error(404, 10008, "Unknown Message")
@@ -492,8 +679,9 @@ class FakeDiscord:
             return self._error(404, 10003, "Unknown Channel")
         return self._json(self.channels[channel_id])
 
-    async def _start_thread(self, request: web.Request, body: Any, files: Any, channel_id: str,
-                            message_id: str) -> web.Response:  # fmt: skip
+    async def _start_thread(
+        self, request: web.Request, body: Any, files: Any, channel_id: str, message_id: str
+    ) -> web.Response:
         channel = self.channels.get(channel_id)
         if channel is None:
             return self._error(404, 10003, "Unknown Channel")
@@ -506,19 +694,32 @@ class FakeDiscord:
         if message_id in self.channels:
             return self._error(400, 160004, "A thread has already been created for this message")
         thread = {
-            "id": message_id, "type": 11, "guild_id": self.guild_id, "parent_id": channel_id, "name": body["name"],
-            "owner_id": self.bot_user["id"], "message_count": 0, "member_count": 1, "rate_limit_per_user": 0,
-            "flags": 0, "last_message_id": None,
-            "thread_metadata": {"archived": False, "auto_archive_duration": body.get("auto_archive_duration", 1440),
-                                "archive_timestamp": now_iso(), "locked": False},
-        }  # fmt: skip
+            "id": message_id,
+            "type": 11,
+            "guild_id": self.guild_id,
+            "parent_id": channel_id,
+            "name": body["name"],
+            "owner_id": self.bot_user["id"],
+            "message_count": 0,
+            "member_count": 1,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+            "last_message_id": None,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": body.get("auto_archive_duration", 1440),
+                "archive_timestamp": now_iso(),
+                "locked": False,
+            },
+        }
         self.channels[message_id] = thread
         self.messages[message_id] = []
         await self.dispatch("THREAD_CREATE", {**thread, "newly_created": True})
         return self._json(thread, 201)
 
-    async def _callback(self, request: web.Request, body: Any, files: Any, interaction_id: str,
-                        token: str) -> web.Response:  # fmt: skip
+    async def _callback(
+        self, request: web.Request, body: Any, files: Any, interaction_id: str, token: str
+    ) -> web.Response:
         interaction = self.interactions.get(interaction_id)
         if interaction is None or interaction.token != token:
             return self._error(404, 10062, "Unknown interaction")
@@ -569,13 +770,17 @@ class FakeDiscord:
         interaction.answered.set()
         return self._json(self._public(message))
 
-    async def _edit_original(self, request: web.Request, body: Any, files: Any, app_id: str, token: str,
-                             message_id: str) -> web.Response:  # fmt: skip
+    async def _edit_original(
+        self, request: web.Request, body: Any, files: Any, app_id: str, token: str, message_id: str
+    ) -> web.Response:
         interaction = self._webhook_interaction(token)
         if interaction is None or not interaction.messages:
             return self._error(404, 10008, "Unknown Message")
-        message = interaction.messages[0] if message_id == "@original" else next(
-            (m for m in interaction.messages if m["id"] == message_id), None)  # fmt: skip
+        message = (
+            interaction.messages[0]
+            if message_id == "@original"
+            else next((m for m in interaction.messages if m["id"] == message_id), None)
+        )
         if message is None:
             return self._error(404, 10008, "Unknown Message")
         for key in ("content", "embeds", "components"):
@@ -584,8 +789,9 @@ class FakeDiscord:
         message["flags"] &= ~128
         return self._json(self._public(message))
 
-    async def _delete_original(self, request: web.Request, body: Any, files: Any, app_id: str, token: str,
-                               message_id: str) -> web.Response:  # fmt: skip
+    async def _delete_original(
+        self, request: web.Request, body: Any, files: Any, app_id: str, token: str, message_id: str
+    ) -> web.Response:
         interaction = self._webhook_interaction(token)
         if interaction is not None and interaction.messages:
             interaction.messages.pop(0)
@@ -599,7 +805,7 @@ class FakeDiscord:
             return self._error(404, 10007, "Unknown Member")
         return self._json(self.member(name))
 
-    _routes: list[tuple[str, str, Any]] = [
+    _routes: ClassVar[list[tuple[str, str, Any]]] = [
         (r"/users/@me", "GET", _me),
         (r"/oauth2/applications/@me", "GET", _application),
         (r"/applications/\d+/commands", "PUT", _sync),
@@ -624,9 +830,9 @@ class FakeDiscord:
         return web.Response(body=data, content_type="application/octet-stream")
 
 
-async def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> None:
+async def wait_until(predicate: Any, within: float = 5.0, interval: float = 0.01) -> None:
     """Poll a condition (a callable, sync or async) until it holds; fail the test if it never does."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         result = predicate()
         if asyncio.iscoroutine(result):
@@ -634,5 +840,5 @@ async def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.0
         if result:
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)

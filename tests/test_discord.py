@@ -10,6 +10,7 @@ import pytest
 
 from bot.simulator import sample_video
 from tests.conftest import make_image
+from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
 
 
@@ -60,3 +61,245 @@ async def test_video_image_sends_the_attachment_as_base64(world: Harness) -> Non
     assert post.json["contents"][0] == {"type": "first_frame", "url": base64.b64encode(png).decode()}
     assert post.json["contents"][1] == {"type": "prompt", "text": "waves roll in"}
     assert "aspect_ratio" not in post.json["settings"]
+
+
+async def test_animate_image_from_the_message_menu_and_its_modal(world: Harness) -> None:
+    fake = world.discord
+    png = make_image(500, 500)
+    async with world.running():
+        message = fake.post_message(
+            fake.general, fake.users["bob"], "look", attachments=[fake.add_attachment("cat.png", png, "image/png")]
+        )
+        shown = await fake.message_menu("Animate image", message)
+        await wait_until(lambda: shown.modal is not None)
+        assert [row["components"][0]["label"] for row in shown.modal["components"]] == [
+            "Prompt (optional)",
+            "Duration in seconds (3-15)",
+            "Resolution (720p or 1080p)",
+        ]
+        await fake.submit_modal(shown, {"Prompt (optional)": "the cat blinks", "Duration in seconds (3-15)": "4"})
+        job = await world.job_in("delivered")
+    assert (job.kind, job.prompt, job.duration, job.image_source) == ("image", "the cat blinks", 4, "cat.png")
+    [post] = submits(world)
+    assert post.json["contents"][0]["url"] == base64.b64encode(png).decode()
+
+
+async def test_animate_image_on_a_message_without_an_image_says_so(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        message = fake.post_message(fake.general, fake.users["bob"], "no picture here")
+        shown = await fake.message_menu("Animate image", message)
+        await shown.answered.wait()
+    assert shown.ephemeral() and "no image attached" in shown.texts()[0]
+
+
+def pdf_attachment(world: Harness) -> dict:
+    return world.discord.add_attachment("photo.png", b"%PDF-1.7 pretending", "image/png", 600, 600)
+
+
+@pytest.mark.parametrize(
+    ("command", "options", "expected"),
+    [
+        ("text", {"prompt": "   "}, "The prompt is empty"),
+        ("text", {"prompt": "x" * 3073}, "at most 3072"),
+        ("text", {"prompt": "ok", "duration": 20}, "from 3 to 15"),
+        ("text", {"prompt": "ok", "aspect_ratio": "4:3"}, "16:9, 9:16 or 1:1"),
+        ("image", {"image": "pdf"}, "not a readable image"),
+        ("image", {"image": (200, 600)}, "at least 300 pixels"),
+        ("image", {"image": (300, 800)}, "too elongated"),
+        ("image", {"image": "gif"}, "GIF image"),
+        ("image", {"image": "huge"}, "send an image under"),
+        ("image", {"image": (640, 480), "prompt": "y" * 2501}, "at most 2500"),
+    ],
+    ids=["empty", "long", "duration", "aspect", "pdf", "small", "elongated", "gif", "huge", "long-image-prompt"],
+)
+async def test_invalid_input_is_answered_privately_and_nothing_is_sent_or_written(
+    world: Harness, command: str, options: dict, expected: str
+) -> None:
+    fake = world.discord
+    async with world.running():
+        if command == "image":
+            kind = options["image"]
+            if kind == "pdf":
+                options["image"] = pdf_attachment(world)
+            elif kind == "gif":
+                options["image"] = fake.add_attachment("a.gif", make_image(400, 400, "GIF"), "image/gif")
+            elif kind == "huge":
+                options["image"] = fake.add_attachment("big.png", b"0" * (21 * 1024 * 1024), "image/png")
+            else:
+                options["image"] = fake.add_attachment("a.png", make_image(*kind), "image/png", *kind)
+        interaction = await fake.slash("video", options, sub=command)
+        await wait_until(lambda: interaction.messages and not interaction.messages[0]["flags"] & 128)
+        assert await world.resources.store.jobs_in(("reserved", "failed", "submitted")) == []
+    assert interaction.ephemeral(0), interaction.messages
+    assert expected in interaction.texts()[0]
+    assert world.sim.requests == []
+    assert fake.messages[fake.general] == [] and fake.threads() == []
+
+
+async def test_a_content_policy_refusal_is_explained_and_charges_nothing(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        interaction = await fake.slash("video", {"prompt": "something forbidden"}, sub="text")
+        job = await world.job_in("failed")
+        status = await world.resources.credits.status(int(fake.guild_id), int(fake.users["alice"]["id"]), ())
+    assert "content policy" in interaction.texts()[0] and interaction.ephemeral(0)
+    assert "content policy" in (job.error or "")
+    assert (status.used, status.reserved) == (0, 0)
+    assert fake.messages[fake.general] == []
+
+
+async def test_a_video_too_large_for_the_server_is_posted_as_a_link(world: Harness) -> None:
+    fake = world.discord
+    world.sim.video_bytes = b"\x00\x00\x00\x18ftypmp42" + bytes(2 * 1024 * 1024)
+    async with world.running():
+        await fake.slash("video", {"prompt": "a long take"}, sub="text", attachment_size_limit=1024 * 1024)
+        job = await world.job_in("delivered")
+    [thread] = fake.threads()
+    video = fake.messages[thread["id"]][-1]
+    assert video["files"] == []
+    assert job.video_url in video["content"] and "expires" in video["content"]
+
+
+async def test_in_a_forum_post_the_job_is_posted_in_place_and_says_so_once(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        interaction = await fake.slash("video", {"prompt": "forum clip"}, sub="text", channel=fake.forum_post)
+        job = await world.job_in("delivered")
+    assert job.thread_id is None
+    card, video = fake.messages[fake.forum_post]
+    assert card["embeds"][0]["footer"]["text"].startswith("A thread could not be started here")
+    assert sum("thread could not be started" in str(m) for m in fake.messages[fake.forum_post]) == 1
+    assert video["files"] and "this channel" in interaction.texts()[0]
+    assert card["content"].startswith("✅ **Done**")  # the card doubles as the status message
+
+
+async def test_without_thread_permission_the_job_is_posted_in_place(world: Harness) -> None:
+    import discord
+
+    fake = world.discord
+    fake.bot_permissions[fake.general] = (
+        discord.Permissions(send_messages=True, attach_files=True, embed_links=True)
+    ).value
+    async with world.running():
+        await fake.slash("video", {"prompt": "no threads"}, sub="text")
+        await world.job_in("delivered")
+    assert fake.threads() == [] and len(fake.messages[fake.general]) == 2
+
+
+async def test_a_deleted_thread_makes_the_job_undeliverable_and_the_loop_goes_on(world: Harness) -> None:
+    fake = world.discord
+    world.sim.hold = True
+    async with world.running():
+        await fake.slash("video", {"prompt": "first"}, sub="text")
+        first = await world.job_in("processing")
+        await wait_until(lambda: fake.threads())
+        fake.delete_channel(fake.threads()[0]["id"])
+        world.sim.finish()
+        lost = await world.job_in("undeliverable")
+        world.sim.hold = False
+        await fake.slash("video", {"prompt": "second"}, sub="text")
+        delivered = await world.job_in("delivered")
+        status = await fake.slash("video", {"job": first.id[:8]}, sub="status")
+        await wait_until(lambda: status.texts() and "Loading" not in status.texts()[0] and status.texts()[0])
+    assert (lost.id == first.id and "10003" in (lost.error or "")) or "Unknown Channel" in (lost.error or "")
+    assert delivered.prompt == "second"
+    assert lost.video_url in status.texts()[0]
+
+
+async def test_mentions_in_the_prompt_ping_nobody(world: Harness) -> None:
+    fake = world.discord
+    prompt = f"@everyone @here <@&{fake.moderator_role}> <@{fake.users['bob']['id']}> dance"
+    async with world.running():
+        await fake.slash("video", {"prompt": prompt}, sub="text")
+        await world.job_in("delivered")
+    [thread] = fake.threads()
+    posted = [m for r in fake.posted("POST", r"/messages$") for m in [r.json]]
+    edits = [r.json for r in fake.posted("PATCH", r"/messages/")]
+    assert posted and edits
+    for body in posted + edits:
+        mentions = body.get("allowed_mentions")
+        assert mentions is not None and mentions["parse"] == [], body
+        assert mentions.get("users", []) in ([], [int(fake.users["alice"]["id"])])
+        assert "roles" not in mentions or mentions["roles"] == []
+    assert fake.messages[fake.general][0]["embeds"][0]["description"].endswith("dance")
+    assert "@everyone" not in fake.messages[thread["id"]][-1]["content"]
+
+
+async def test_a_discord_server_error_while_posting_is_retried(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await fake.slash("video", {"prompt": "flaky"}, sub="text")
+        await wait_until(lambda: fake.threads())
+        thread_id = fake.threads()[0]["id"]
+        fake.fail_next("POST", rf"/channels/{thread_id}/messages$", 403, 50013, "Missing Permissions", times=2)
+        job = await world.job_in("delivered")
+    assert job.delivery_attempts == 2
+    assert len([m for m in fake.messages[thread_id] if m["files"]]) == 1
+
+
+async def test_reroll_and_delete_work_after_a_restart(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await fake.slash("video", {"prompt": "a paper boat", "duration": 3, "aspect_ratio": "9:16"}, sub="text")
+        original = await world.job_in("delivered")
+    [thread] = fake.threads()
+    video = fake.messages[thread["id"]][-1]
+    async with world.running():  # a new process in all but name: no view state survives
+        reroll = await fake.press(f"video:reroll:{original.id}", video, user="bob")
+        await wait_until(lambda: len(fake.threads()) == 2)
+        refused = await fake.press(f"video:delete:{original.id}", video, user="bob")
+        await refused.answered.wait()
+        deleted = await fake.press(f"video:delete:{original.id}", video, user="alice")
+        await wait_until(lambda: video not in fake.messages[thread["id"]])
+        jobs = await world.resources.store.member_jobs(int(fake.guild_id), int(fake.users["bob"]["id"]))
+    assert "on its way" in reroll.texts()[0]
+    [again] = jobs
+    assert (again.prompt, again.duration, again.aspect_ratio, again.channel_id) == (
+        "a paper boat", 3, "9:16", int(fake.general),
+    )  # fmt: skip
+    assert "Only the member who asked" in refused.texts()[0] and refused.ephemeral()
+    assert deleted.texts() == ["Deleted."]
+
+
+async def test_a_moderator_may_delete_anyones_video(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await fake.slash("video", {"prompt": "mod cleanup"}, sub="text")
+        job = await world.job_in("delivered")
+        [thread] = fake.threads()
+        video = fake.messages[thread["id"]][-1]
+        await fake.press(f"video:delete:{job.id}", video, user="mod")
+        await wait_until(lambda: video not in fake.messages[thread["id"]])
+
+
+async def test_stopped_while_rendering_and_started_again_delivers_exactly_once(world: Harness) -> None:
+    fake = world.discord
+    world.sim.hold = True
+    async with world.running():
+        await fake.slash("video", {"prompt": "patience"}, sub="text")
+        await world.job_in("processing")
+    world.sim.finish()
+    async with world.running():
+        job = await world.job_in("delivered")
+        await __import__("asyncio").sleep(0.3)  # a few more ticks: nothing more may be posted
+    videos = [m for m in fake.messages[str(job.thread_id)] if m["files"]]
+    assert len(videos) == 1 and len(submits(world)) == 1
+
+
+async def test_status_and_history(world: Harness) -> None:
+    fake = world.discord
+    world.sim.hold = True
+    async with world.running():
+        for n in range(2):
+            await fake.slash("video", {"prompt": f"clip {n}"}, sub="text")
+            await wait_until(lambda n=n: len(fake.threads()) == n + 1)
+        status = await fake.slash("video", {}, sub="status")
+        await wait_until(lambda: status.texts() and status.texts()[0])
+        history = await fake.slash("video", {}, sub="history")
+        await wait_until(lambda: history.texts() and history.texts()[0])
+        world.sim.finish()
+    text = status.texts()[0]
+    assert text.startswith("**Your videos in progress**") and text.count("elapsed") == 2
+    assert all(f"<#{t['id']}>" in text for t in fake.threads())
+    assert "page 1 of 1" in history.texts()[0] and history.ephemeral()
