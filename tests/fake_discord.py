@@ -429,10 +429,10 @@ class FakeDiscord:
                 resolved.setdefault("attachments", {})[value["id"]] = value
                 built.append({"name": key, "type": 11, "value": value["id"]})
             elif isinstance(value, dict) and "username" in value:  # a user: resolve as a member of the guild
-                name = value["username"]
+                member_name = value["username"]
                 resolved.setdefault("users", {})[value["id"]] = value
                 resolved.setdefault("members", {})[value["id"]] = {
-                    k: v for k, v in self.member(name).items() if k != "user"
+                    k: v for k, v in self.member(member_name).items() if k != "user"
                 } | {"permissions": "0"}
                 built.append({"name": key, "type": 6, "value": value["id"]})
             else:
