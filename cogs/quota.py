@@ -122,12 +122,13 @@ class QuotaCog(commands.Cog):
         return interaction.guild_id
 
     @admin.command(name="show", description="A member's credits and where their limit comes from")
+    @app_commands.describe(member="The member to look at")
     async def show(self, interaction: discord.Interaction[Any], member: discord.Member) -> None:
         status = await self.credits.status(self._guild(interaction), member.id, member_roles(member))
         await self._reply(interaction, f"{member.mention}\n" + describe_status(status, self.credits, "They"))
 
     @admin.command(name="set", description="Give a member their own limit per period")
-    @app_commands.describe(limit="Credits per period")
+    @app_commands.describe(member="The member", limit="Credits per period")
     async def set_limit(
         self, interaction: discord.Interaction[Any], member: discord.Member, limit: app_commands.Range[float, 0.0, 1e6]
     ) -> None:
@@ -137,13 +138,16 @@ class QuotaCog(commands.Cog):
         await self._done(interaction, entry)
 
     @admin.command(name="clear", description="Remove a member's own limit (their roles or the default apply)")
+    @app_commands.describe(member="The member")
     async def clear(self, interaction: discord.Interaction[Any], member: discord.Member) -> None:
         await self._done(
             interaction, await self.credits.clear_member(self._guild(interaction), interaction.user.id, member.id)
         )
 
     @admin.command(name="role", description="Set a role's limit, make it unlimited, or remove its setting")
-    @app_commands.describe(limit="Credits per period, 'unlimited', or 'none' to remove the role's setting")
+    @app_commands.describe(
+        role="The role", limit="Credits per period, 'unlimited', or 'none' to remove the role's setting"
+    )
     async def role(self, interaction: discord.Interaction[Any], role: discord.Role, limit: str) -> None:
         word = limit.strip().lower()
         if word in ("none", "remove", "clear"):
@@ -176,6 +180,7 @@ class QuotaCog(commands.Cog):
         await self._done(interaction, entry)
 
     @admin.command(name="caps", description="How many jobs may be in progress at once, per member and per server")
+    @app_commands.describe(member="Jobs in progress per member", server="Jobs in progress in the whole server")
     async def caps(
         self,
         interaction: discord.Interaction[Any],
@@ -187,6 +192,7 @@ class QuotaCog(commands.Cog):
         )
 
     @admin.command(name="grant", description="Bonus credits for a member, for the current period")
+    @app_commands.describe(member="The member", amount="Credits to add", reason="Why (kept in the audit log)")
     async def grant(
         self,
         interaction: discord.Interaction[Any],
@@ -200,6 +206,7 @@ class QuotaCog(commands.Cog):
         await self._done(interaction, entry)
 
     @admin.command(name="block", description="Stop a member from making videos; they see the reason")
+    @app_commands.describe(member="The member", reason="Shown to the member and kept in the audit log")
     async def block(
         self, interaction: discord.Interaction[Any], member: discord.Member, reason: app_commands.Range[str, 1, 200]
     ) -> None:
@@ -208,6 +215,7 @@ class QuotaCog(commands.Cog):
         )
 
     @admin.command(name="unblock", description="Let a blocked member make videos again")
+    @app_commands.describe(member="The member")
     async def unblock(self, interaction: discord.Interaction[Any], member: discord.Member) -> None:
         await self._done(
             interaction, await self.credits.unblock(self._guild(interaction), interaction.user.id, member.id)
@@ -233,6 +241,7 @@ class QuotaCog(commands.Cog):
         await self._reply(interaction, "\n".join(lines))
 
     @admin.command(name="log-channel", description="Where moderator actions and job starts and ends are posted")
+    @app_commands.describe(channel="The channel (leave empty to stop posting)")
     async def log_channel(
         self, interaction: discord.Interaction[Any], channel: discord.TextChannel | None = None
     ) -> None:
@@ -242,6 +251,7 @@ class QuotaCog(commands.Cog):
         await self._done(interaction, entry)
 
     @admin.command(name="audit", description="Moderator actions, newest first")
+    @app_commands.describe(member="Only actions on this member")
     async def audit(self, interaction: discord.Interaction[Any], member: discord.Member | None = None) -> None:
         guild_id = self._guild(interaction)
         target = member.id if member else None

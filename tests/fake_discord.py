@@ -572,6 +572,7 @@ class FakeDiscord:
                     "application_id": self.application_id,
                     "version": "1",
                     "default_member_permissions": c.get("default_member_permissions"),
+                    "description": c.get("description", ""),
                 }
                 for c in body
             ]

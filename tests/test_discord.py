@@ -303,3 +303,23 @@ async def test_status_and_history(world: Harness) -> None:
     assert text.startswith("**Your videos in progress**") and text.count("elapsed") == 2
     assert all(f"<#{t['id']}>" in text for t in fake.threads())
     assert "page 1 of 1" in history.texts()[0] and history.ephemeral()
+
+
+async def test_status_edits_are_throttled_while_jobs_render(world: Harness) -> None:
+    import asyncio
+
+    fake = world.discord
+    world.sim.hold = True
+    world.settings_overrides = {"member_jobs_in_flight": 50, "server_jobs_in_flight": 50}
+    async with world.running():
+        for n in range(12):
+            await fake.slash("video", {"prompt": f"throttle {n}"}, sub="text")
+        await wait_until(
+            lambda: len([r for r in fake.posted("PATCH", "/messages/") if "rendering" in str(r.json).lower()]) >= 24
+        )
+        before = len(fake.posted("PATCH", "/messages/"))
+        await asyncio.sleep(1.0)  # twenty ticks: no elapsed-time edit is due for 30 s
+        after = len(fake.posted("PATCH", "/messages/"))
+        world.sim.finish()
+    # Each job: its status message and its card once on "rendering"; nothing more until 30 s have passed.
+    assert before == 24 and after == before
