@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     job_timeout_minutes: float = Field(default=30.0, gt=0)
     api_timeout_seconds: float = Field(default=30.0, gt=0)
     api_max_retries: int = Field(default=4, ge=0, le=10)
+    # Jobs the bot keeps at the provider at once; more wait in the bot's queue (the account has a limit too).
+    provider_concurrency: int = Field(default=5, ge=1, le=1000)
 
     default_duration: int = Field(default=5, ge=3, le=15)
     default_resolution: Resolution = "720p"

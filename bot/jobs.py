@@ -41,6 +41,10 @@ class InvalidRequest(ValueError):
     """The request breaks a rule; the message says exactly what to change. Nothing was written or sent."""
 
 
+class ServiceUnavailable(Exception):
+    """The video service cannot take jobs right now; nothing was written or charged."""
+
+
 class SubmitRefused(Exception):
     """The provider refused the job; it is recorded as failed and charges nothing."""
 
@@ -108,6 +112,8 @@ class JobService:
         rates: Mapping[str, int] = quota.DEFAULT_RATES,
         credits: CreditService | None = None,
         callback_url: str | None = None,
+        provider_concurrency: int = 5,
+        pause_seconds: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -116,7 +122,12 @@ class JobService:
         self.job_timeout = job_timeout
         self.rates = rates
         self.callback_url = callback_url
+        self.provider_concurrency = provider_concurrency
+        self.pause_seconds = pause_seconds
         self.clock = clock
+        # Set when the provider refused our key or account: submissions wait for an operator (and a probe).
+        self.paused_until: float | None = None
+        self.alerts: list[str] = []
 
     @staticmethod
     def validate(request: JobRequest) -> None:
@@ -154,12 +165,26 @@ class JobService:
         """The credits (milli) a job of this shape reserves."""
         return quota.job_cost(duration, resolution, self.rates)
 
+    def unavailable_reason(self) -> str | None:
+        """Why new jobs cannot be taken now, or None when they can."""
+        if self.paused_until is not None:
+            return (
+                "The video service is unavailable: the bot's account needs an operator's attention. "
+                "Nothing was charged; try again later."
+            )
+        if self.kling.breaker.refusing:
+            return "The video service is not answering right now. Nothing was charged; try again in a few minutes."
+        return None
+
     async def create(self, request: JobRequest) -> Job:
         """Validate, reserve credits and record the job, submit it.
 
         Raises `InvalidRequest` or `QuotaRefused` (nothing written) or `SubmitRefused` (recorded as failed).
         """
         self.validate(request)
+        unavailable = self.unavailable_reason()
+        if unavailable is not None:
+            raise ServiceUnavailable(unavailable)
         now = self.clock()
         image_sha = None
         if request.image is not None:
@@ -205,7 +230,17 @@ class JobService:
         else:
             await self.store.add_job(job)
         log.info("job %s reserved (%s, %ss, %s)", job.id, job.kind, job.duration, job.resolution)
+        if await self.store.count_in(("reserved", "submitted", "processing")) > self.provider_concurrency:
+            return await self._queue(job, "the video service is at the bot's limit of jobs at once")
         return await self._submit(job, first_frame=request.image.base64 if request.image else None)
+
+    async def _queue(self, job: Job, why: str) -> Job:
+        """Park a reserved job (its credits stay reserved) until the dispatcher finds a free slot."""
+        await self.store.transition(job.id, "reserved", "queued", updated_at=self.clock())
+        log.info("job %s queued: %s", job.id, why)
+        current = await self.store.get_job(job.id)
+        assert current is not None
+        return current
 
     async def _submit(self, job: Job, *, first_frame: str | None = None) -> Job:
         """Send a reserved job. A refusal fails it; server trouble leaves it reserved for `_settle_reserved`."""
@@ -218,6 +253,11 @@ class JobService:
             if attempts >= MAX_SUBMIT_ATTEMPTS:
                 return await self._fail(job, explain(exc), "reserved") or job
             return replace(job, attempts=attempts)
+        except KlingRateLimited as exc:
+            return await self._queue(job, f"the provider is busy ({exc})")
+        except (KlingAuthError, KlingAccountError) as exc:
+            self._pause(exc)
+            return await self._queue(job, f"submissions paused ({exc})")
         except KlingError as exc:
             reason = explain(exc)
             log.warning("job %s refused by the provider: %s", job.id, exc)
@@ -280,8 +320,70 @@ class JobService:
             return None
         return await self.store.get_job(job.id)
 
+    def _pause(self, error: KlingError) -> None:
+        if self.paused_until is None:
+            self.alerts.append(f"The video service refused the bot's account: {explain(error)} ({error})")
+            log.error("submissions paused for %.0fs: %s", self.pause_seconds, error)
+        self.paused_until = self.clock() + self.pause_seconds
+
+    def take_alerts(self) -> list[str]:
+        """Operator alerts raised since the last call (each once, not once per job)."""
+        alerts, self.alerts = self.alerts, []
+        return alerts
+
+    async def queue_order(self) -> list[Job]:
+        """Queued jobs in the order they will be sent: round-robin across members, oldest first within each."""
+        queued = await self.store.jobs_in(("queued",))
+        seen: dict[tuple[int | None, int | None], int] = {}
+        ranked = []
+        for index, job in enumerate(queued):  # already oldest first
+            member = (job.guild_id, job.user_id)
+            turn = seen.get(member, 0)
+            seen[member] = turn + 1
+            ranked.append((turn, index, job))
+        return [job for _, _, job in sorted(ranked, key=lambda item: (item[0], item[1]))]
+
+    async def dispatch_once(self) -> list[JobChange]:
+        """Send queued jobs while the provider has room, fairly across members."""
+        if self.paused_until is not None:
+            if self.clock() < self.paused_until:
+                return []
+            self.paused_until = None  # the next submit is the probe
+        if self.kling.breaker.refusing:
+            return []
+        free = self.provider_concurrency - await self.store.count_in(("reserved", "submitted", "processing"))
+        changes: list[JobChange] = []
+        for job in (await self.queue_order())[: max(0, free)]:
+            if not await self.store.transition(job.id, "queued", "reserved", updated_at=self.clock()):
+                continue
+            try:
+                sent = await self._submit(replace(job, status="reserved"))
+            except SubmitRefused as refused:
+                sent = refused.job
+            if sent.status == "queued":
+                break  # the provider is full or paused: the rest wait too
+            changes.append(JobChange(sent, "queued"))
+        return changes
+
+    async def cancel(self, job_id: str, *, user_id: int, moderator: bool = False) -> Job:
+        """Cancel a queued job and release its credits; raises InvalidRequest saying why it cannot be."""
+        job = await self.store.get_job(job_id)
+        if job is None or (job.user_id != user_id and not moderator):
+            raise InvalidRequest("You have no such job; only its requester or a moderator can cancel it.")
+        if job.status != "queued" or not await self.store.transition(
+            job.id, "queued", "cancelled", error="cancelled", finished_at=self.clock(), updated_at=self.clock()
+        ):
+            raise InvalidRequest(
+                "Only a job still waiting in the queue can be cancelled; once sent, the video service "
+                "cannot stop it (and still charges for it)."
+            )
+        log.info("job %s cancelled by %s", job.id, user_id)
+        cancelled = await self.store.get_job(job.id)
+        assert cancelled is not None
+        return cancelled
+
     async def poll_once(self) -> list[JobChange]:
-        """Settle stale reserved jobs, query every job in flight (20 per request), time out the slow ones."""
+        """Settle stale reserved jobs, send queued ones, query every job in flight (20 per request), time out."""
         changes = await self._settle_reserved(self.clock() - RESERVED_GRACE_SECONDS)
         in_flight = await self.store.jobs_in(IN_FLIGHT)
         if in_flight:
@@ -300,6 +402,7 @@ class JobService:
                 if change is not None:
                     changes.append(JobChange(change, job.status))
         changes.extend(await self._time_out())
+        changes.extend(await self.dispatch_once())  # last, so the slots freed just now are used at once
         return changes
 
     async def resume(self) -> list[JobChange]:

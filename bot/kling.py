@@ -184,6 +184,56 @@ def _retry_after(headers: Any) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
+class CircuitBreaker:
+    """Stops calling a provider that keeps failing: after `threshold` server errors in a row it opens for
+    `cooldown` seconds, then lets one probe through at a time; a success closes it."""
+
+    def __init__(
+        self, threshold: int = 10, cooldown: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.probing = False
+
+    @property
+    def is_open(self) -> bool:
+        """True while calls are refused without being sent (a probe may be due)."""
+        return self.opened_at is not None
+
+    @property
+    def refusing(self) -> bool:
+        """True while open and no probe is due: callers should not even try."""
+        if self.opened_at is None:
+            return False
+        return self.probing or self.clock() - self.opened_at < self.cooldown
+
+    def allow(self) -> bool:
+        """May a call go out now? When open, only one probe after the cooldown."""
+        if self.opened_at is None:
+            return True
+        if self.probing or self.clock() - self.opened_at < self.cooldown:
+            return False
+        self.probing = True
+        return True
+
+    def record(self, ok: bool) -> None:
+        """Note how a call that went out ended."""
+        self.probing = False
+        if ok:
+            if self.opened_at is not None:
+                log.info("the video service answers again; circuit closed")
+            self.failures, self.opened_at = 0, None
+            return
+        self.failures += 1
+        if self.failures >= self.threshold:
+            if self.opened_at is None:
+                log.error("the video service failed %d times in a row; circuit open", self.failures)
+            self.opened_at = self.clock()
+
+
 class KlingClient:
     """Submit and query Kling tasks over one shared `aiohttp.ClientSession`, retrying what is safe to retry."""
 
@@ -198,7 +248,9 @@ class KlingClient:
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
+        self.breaker = breaker or CircuitBreaker()
         self._session = session
         self._root = root_url.rstrip("/")
         self._api_key = api_key
@@ -338,7 +390,28 @@ class KlingClient:
         params: dict[str, str] | None = None,
         json_body: dict[str, Any] | None = None,
     ) -> Any:
-        """One HTTP exchange: returns the envelope's `data`, or raises the typed error."""
+        """One HTTP exchange through the breaker: returns the envelope's `data`, or raises the typed error."""
+        if not self.breaker.allow():
+            raise KlingUnavailable("the video service is failing; not calling it for a while")
+        try:
+            data = await self._exchange(method, path, params=params, json_body=json_body)
+        except KlingUnavailable:
+            self.breaker.record(ok=False)
+            raise
+        except BaseException:
+            self.breaker.record(ok=True)  # the provider answered, if only to refuse; a cancel is no failure
+            raise
+        self.breaker.record(ok=True)
+        return data
+
+    async def _exchange(
+        self,
+        method: Literal["GET", "POST"],
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
+    ) -> Any:
         headers = {
             "Authorization": f"Bearer {self._api_key.get_secret_value()}",
             "Content-Type": "application/json",

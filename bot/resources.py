@@ -47,6 +47,7 @@ async def open_resources(settings: Settings, *, callback_url: str | None = None)
                 rates=settings.credit_rates,
                 credits=credits,
                 callback_url=callback_url,
+                provider_concurrency=settings.provider_concurrency,
             )
             yield Resources(session, store, kling, jobs, credits)
         finally:

@@ -374,6 +374,11 @@ class Store:
         sql += " ORDER BY created_at DESC LIMIT ? OFFSET ?"
         return await self._jobs(sql, [*params, limit, offset])
 
+    async def count_in(self, statuses: Sequence[str]) -> int:
+        """How many jobs are in any of these states."""
+        marks = ", ".join("?" for _ in statuses)
+        return int(await self._scalar(f"SELECT COUNT(*) FROM jobs WHERE status IN ({marks})", statuses))
+
     async def count_member_jobs(self, guild_id: int, user_id: int) -> int:
         """How many jobs a member has in one server."""
         return int(

@@ -30,8 +30,22 @@ class StatusMessages:
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot
         self.last_edit: dict[str, float] = {}
+        self.shown_position: dict[str, int] = {}
 
-    async def show(self, job: Job, *, card: bool) -> None:
+    async def show_queue(self) -> None:
+        """Keep each queued job's place in line current (only the places that changed are edited)."""
+        order = await self.bot.resources.jobs.queue_order()
+        edits = 0
+        for place, job in enumerate(order, start=1):
+            if self.shown_position.get(job.id) != place and edits < ELAPSED_EDITS_PER_TICK:
+                await self.show(job, card=False, position=place)
+                self.shown_position[job.id] = place
+                edits += 1
+        queued = {job.id for job in order}
+        for job_id in [j for j in self.shown_position if j not in queued]:
+            del self.shown_position[job_id]
+
+    async def show(self, job: Job, *, card: bool, position: int | None = None) -> None:
         """Bring the status message (and, on a change of state, the card) up to date; errors are only logged."""
         if job.channel_id is None or job.status_message_id is None:
             return
@@ -39,7 +53,8 @@ class StatusMessages:
         channel = self.bot.get_partial_messageable(job.thread_id or job.channel_id, guild_id=job.guild_id)
         try:
             await channel.get_partial_message(job.status_message_id).edit(
-                content=status_line(job, time.time(), estimate), allowed_mentions=discord.AllowedMentions.none()
+                content=status_line(job, time.time(), estimate, position),
+                allowed_mentions=discord.AllowedMentions.none(),
             )
             if card and job.message_id and job.message_id != job.status_message_id:
                 parent = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
@@ -106,9 +121,12 @@ class Poller(commands.Cog):
             log.exception("resuming jobs after the restart failed; the poll loop will settle them")
 
     async def run_once(self) -> None:
-        """One tick: poll, announce what moved, deliver what finished, refresh elapsed times."""
+        """One tick: poll, announce what moved, deliver what finished, refresh queue places and elapsed times."""
         for change in await self.jobs.poll_once():
             await self.announce(change.job)
+        for alert in self.jobs.take_alerts():
+            for guild in self.bot.guilds:
+                await self.bot.post_log(guild.id, f"⚠️ {alert}")
         finished = await self.jobs.store.jobs_in(("succeeded",))
         if finished:
             limit = asyncio.Semaphore(PARALLEL_DELIVERIES)
@@ -124,7 +142,13 @@ class Poller(commands.Cog):
                     await self.announce(current)
 
             await asyncio.gather(*(deliver(job) for job in finished))
+        await self.status.show_queue()
         await self.status.refresh_elapsed(await self.jobs.store.jobs_in(IN_FLIGHT))
+
+    @commands.Cog.listener()
+    async def on_job_changed(self, job: Job) -> None:
+        """A command moved a job (a cancel): show it like a move the poll found."""
+        await self.announce(job)
 
     async def announce(self, job: Job) -> None:
         """Show a change of state; a failure is also posted so the member is notified."""

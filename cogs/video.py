@@ -16,7 +16,7 @@ from discord.ext import commands
 from bot.app import UserFacingError, VideoBot, reply_ephemeral
 from bot.credits import QuotaRefused
 from bot.images import ImageRejected, prepare_first_frame
-from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, SubmitRefused
+from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.store import OPEN, Job
 from cogs.messages import STATE_WORDS, clock, job_card, options_line, status_line, thread_name
 from cogs.quota import member_roles
@@ -243,6 +243,41 @@ class VideoCog(commands.Cog):
             if j.id.startswith(current.strip().lower())
         ]
 
+    @video.command(name="cancel", description="Cancel a job that is still waiting in the queue")
+    @app_commands.describe(job="The job id (the first characters are enough)")
+    async def cancel(self, interaction: discord.Interaction[Any], job: str) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild_id is not None
+        prefix = job.strip().lower()
+        store = self.jobs.store
+        if is_moderator(interaction):
+            found = next((j for j in await store.jobs_in(("queued",)) if j.id.startswith(prefix)), None)
+        else:
+            found = await self._find_job(interaction, prefix)
+        if found is None or found.guild_id != interaction.guild_id:
+            raise UserFacingError("There is no queued job with that id here.")
+        try:
+            cancelled = await self.jobs.cancel(
+                found.id, user_id=interaction.user.id, moderator=is_moderator(interaction)
+            )
+        except InvalidRequest as exc:
+            raise UserFacingError(str(exc)) from None
+        self.bot.dispatch("job_changed", cancelled)
+        await interaction.followup.send(f"Cancelled `{cancelled.id[:8]}`; its credits are free again.", ephemeral=True)
+
+    @cancel.autocomplete("job")
+    async def _cancel_job_choices(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        jobs = await self.jobs.store.member_jobs(interaction.guild_id, interaction.user.id, statuses=("queued",))
+        return [
+            app_commands.Choice(name=f"{j.id[:8]} · {j.prompt[:80]}", value=j.id)
+            for j in jobs
+            if j.id.startswith(current.strip().lower())
+        ]
+
     @video.command(name="history", description="Your recent videos")
     async def history(self, interaction: discord.Interaction[Any]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -291,6 +326,8 @@ class VideoCog(commands.Cog):
             raise UserFacingError(f"{exc} Nothing was sent or charged.") from None
         except QuotaRefused as exc:
             raise UserFacingError(f"{exc} Nothing was charged.") from None
+        except ServiceUnavailable as exc:
+            raise UserFacingError(str(exc)) from None
         except SubmitRefused as exc:
             raise UserFacingError(exc.reason) from None
         await self._post_job(interaction, channel, job)
@@ -320,9 +357,11 @@ class VideoCog(commands.Cog):
             await card.edit(embed=job_card(job, note=note), allowed_mentions=discord.AllowedMentions.none())
             status = card
         else:
-            status = await thread.send(
-                status_line(job, time.time(), await self.jobs.estimate_seconds(job.duration, job.resolution))
-            )
+            position = None
+            if job.status == "queued":
+                position = next((n for n, j in enumerate(await self.jobs.queue_order(), 1) if j.id == job.id), None)
+            estimate = await self.jobs.estimate_seconds(job.duration, job.resolution)
+            status = await thread.send(status_line(job, time.time(), estimate, position))
         await self.jobs.set_discord_refs(
             job.id, message_id=card.id, thread_id=thread.id if thread else None, status_message_id=status.id
         )

@@ -89,7 +89,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def service(store: Store, kling: KlingClient, clock: FakeClock) -> JobService:
-    return JobService(store, kling, job_timeout=30 * 60, clock=clock)
+    return JobService(store, kling, job_timeout=30 * 60, clock=clock, provider_concurrency=100)
 
 
 def make_image(width: int, height: int, fmt: str = "PNG", **save: object) -> bytes:

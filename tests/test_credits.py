@@ -25,7 +25,7 @@ def credits(store: Store, clock: FakeClock) -> CreditService:
 
 @pytest.fixture
 def paid_service(store: Store, kling: KlingClient, clock: FakeClock, credits: CreditService) -> JobService:
-    return JobService(store, kling, credits=credits, clock=clock)
+    return JobService(store, kling, credits=credits, clock=clock, provider_concurrency=100)
 
 
 def video(

@@ -310,7 +310,7 @@ async def test_status_edits_are_throttled_while_jobs_render(world: Harness) -> N
 
     fake = world.discord
     world.sim.hold = True
-    world.settings_overrides = {"member_jobs_in_flight": 50, "server_jobs_in_flight": 50}
+    world.settings_overrides = {"member_jobs_in_flight": 50, "server_jobs_in_flight": 50, "provider_concurrency": 50}
     async with world.running():
         for n in range(12):
             await fake.slash("video", {"prompt": f"throttle {n}"}, sub="text")
@@ -323,3 +323,42 @@ async def test_status_edits_are_throttled_while_jobs_render(world: Harness) -> N
         world.sim.finish()
     # Each job: its status message and its card once on "rendering"; nothing more until 30 s have passed.
     assert before == 24 and after == before
+
+
+async def test_queued_jobs_show_their_place_and_can_be_cancelled(world: Harness) -> None:
+    fake = world.discord
+    world.sim.hold = True
+    world.settings_overrides = {"provider_concurrency": 1}
+    async with world.running():
+        for n in range(3):
+            await fake.slash("video", {"prompt": f"line {n}"}, sub="text", user="bob" if n == 2 else "alice")
+            await wait_until(lambda n=n: len(fake.threads()) == n + 1)
+        threads = fake.threads()
+        second, third = threads[1]["id"], threads[2]["id"]
+        assert fake.messages[second][0]["content"] == "🕒 **Queued**: number 1 in line."
+        assert fake.messages[third][0]["content"] == "🕒 **Queued**: number 2 in line."
+        queued = await world.resources.store.jobs_in(("queued",))
+        cancel = await fake.slash("video", {"job": queued[0].id[:8]}, sub="cancel")
+        await wait_until(lambda: cancel.texts() and cancel.texts()[0].startswith("Cancelled"))
+        await wait_until(lambda: fake.messages[third][0]["content"] == "🕒 **Queued**: number 1 in line.")
+        await wait_until(lambda: fake.messages[second][0]["content"] == "**Cancelled**.")
+        world.sim.hold = False
+        world.sim.finish()
+        await wait_until(lambda: any(m["files"] for m in fake.messages[third]))
+    assert len(world.sim.tasks) == 2
+
+
+async def test_an_exhausted_account_is_reported_once_to_each_log_channel(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await world.resources.credits.set_log_channel(int(fake.guild_id), 1, int(fake.log_channel))
+        world.sim.fail_next("credits", on="submit")
+        first = await fake.slash("video", {"prompt": "one"}, sub="text")
+        await wait_until(lambda: first.texts() and "on its way" in first.texts()[0])
+        second = await fake.slash("video", {"prompt": "two"}, sub="text", user="bob")
+        await wait_until(lambda: second.texts() and "Loading" not in second.texts()[0] and second.texts()[0])
+        await wait_until(lambda: fake.messages[fake.log_channel])
+        await __import__("asyncio").sleep(0.3)
+    alerts = [m["content"] for m in fake.messages[fake.log_channel] if m["content"].startswith("⚠️")]
+    assert len(alerts) == 1 and "out of credits" in alerts[0]
+    assert "account needs an operator" in second.texts()[0] and second.ephemeral()

@@ -1,0 +1,114 @@
+"""Queue instead of reject: the bot's own limit, the provider's limits, fairness, cancel, breaker, pause."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.credits import CreditService
+from bot.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable
+from bot.kling import CircuitBreaker, KlingClient
+from bot.simulator import KlingSimulator
+from bot.store import QuotaSettings, Store
+from tests.conftest import FakeClock
+
+GUILD = 1
+ROOMY = QuotaSettings(default_limit=1_000_000, period="total", member_in_flight=50, server_in_flight=50)
+
+
+@pytest.fixture
+def credits(store: Store, clock: FakeClock) -> CreditService:
+    return CreditService(store, ROOMY, clock=clock)
+
+
+@pytest.fixture
+def narrow(store: Store, kling: KlingClient, clock: FakeClock, credits: CreditService) -> JobService:
+    return JobService(store, kling, credits=credits, clock=clock, provider_concurrency=2)
+
+
+def video(user: int, prompt: str = "clip") -> JobRequest:
+    return JobRequest("text", prompt, guild_id=GUILD, user_id=user, channel_id=5)
+
+
+def posts(sim: KlingSimulator) -> int:
+    return sum(1 for r in sim.requests if r.method == "POST")
+
+
+async def test_beyond_the_bots_limit_jobs_queue_and_go_fairly_as_slots_free(
+    sim: KlingSimulator, narrow: JobService, credits: CreditService
+) -> None:
+    sim.hold = True
+    made = [await narrow.create(video(1, f"a{n}")) for n in range(4)]
+    made += [await narrow.create(video(2, "b0")), await narrow.create(video(3, "c0"))]
+    assert [j.status for j in made] == ["submitted", "submitted", "queued", "queued", "queued", "queued"]
+    assert posts(sim) == 2
+    assert [j.prompt for j in await narrow.queue_order()] == ["a2", "b0", "c0", "a3"]
+    assert (await credits.status(GUILD, 1, ())).reserved == 4 * 4_000  # queued jobs keep their credits
+    sim.finish()
+    await narrow.poll_once()  # the two finish: two slots free
+    order = [r.json["prompt"] for r in sim.requests if r.method == "POST"]
+    assert order == ["a0", "a1", "a2", "b0"]
+
+
+async def test_the_providers_concurrency_limit_queues_instead_of_failing(
+    sim: KlingSimulator, service: JobService, store: Store
+) -> None:
+    sim.fail_next("concurrency", on="submit", times=10)
+    job = await service.create(JobRequest("text", "busy provider"))
+    assert job.status == "queued" and job.error is None
+    sim.hold = True
+    await service.poll_once()
+    assert (await store.get_job(job.id)).status == "queued"  # type: ignore[union-attr]
+    sim._faults.clear()
+    await service.poll_once()
+    assert (await store.get_job(job.id)).status in ("submitted", "processing")  # type: ignore[union-attr]
+
+
+async def test_cancel_releases_a_queued_job_and_refuses_a_sent_one(
+    sim: KlingSimulator, narrow: JobService, credits: CreditService
+) -> None:
+    sim.hold = True
+    sent = await narrow.create(video(1))
+    await narrow.create(video(1))
+    waiting = await narrow.create(video(1))
+    with pytest.raises(InvalidRequest, match="only its requester or a moderator"):
+        await narrow.cancel(waiting.id, user_id=2)
+    cancelled = await narrow.cancel(waiting.id, user_id=2, moderator=True)
+    assert cancelled.status == "cancelled"
+    assert (await credits.status(GUILD, 1, ())).reserved == 2 * 4_000
+    with pytest.raises(InvalidRequest, match="cannot stop it"):
+        await narrow.cancel(sent.id, user_id=1)
+
+
+async def test_the_circuit_breaker_refuses_new_jobs_at_once_and_probes_once(
+    sim: KlingSimulator, service: JobService, store: Store
+) -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown=30, clock=lambda: now[0])
+    now = [0.0]
+    service.kling.breaker = breaker
+    sim.fail_next("server_error", times=3)
+    assert (await service.create(JobRequest("text", "first"))).status == "reserved"
+    assert breaker.is_open
+    before = len(sim.requests)
+    with pytest.raises(ServiceUnavailable, match="not answering"):
+        await service.create(JobRequest("text", "second"))
+    assert len(sim.requests) == before and len(await store.jobs_in(("reserved", "failed"))) == 1
+    now[0] = 31.0  # after the cooldown the next call is the one probe; it succeeds and closes the circuit
+    assert (await service.create(JobRequest("text", "third"))).status == "submitted"
+    assert not breaker.is_open
+
+
+async def test_a_refused_account_pauses_submissions_and_alerts_once(
+    sim: KlingSimulator, service: JobService, clock: FakeClock
+) -> None:
+    sim.fail_next("credits", on="submit")
+    job = await service.create(JobRequest("text", "no credits left"))
+    assert job.status == "queued"
+    with pytest.raises(ServiceUnavailable, match="operator"):
+        await service.create(JobRequest("text", "another"))
+    await service.poll_once()
+    assert posts(sim) == 1
+    [alert] = service.take_alerts()
+    assert "out of credits" in alert and service.take_alerts() == []
+    clock.advance(301)
+    await service.poll_once()  # the pause is over: the queued job is the probe
+    assert posts(sim) == 2
