@@ -10,6 +10,8 @@ from pathlib import Path
 
 import aiohttp
 
+from bot.crashpoints import crash_point
+
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
@@ -51,6 +53,7 @@ async def download_video(
                     if max_bytes is not None and size > max_bytes:
                         raise VideoTooLarge(None if announced is None else announced, max_bytes)
                     out.write(chunk)
+                    crash_point("mid_download")
         if size == 0:
             raise DownloadFailed("the video link served an empty file")
         os.replace(partial, destination)

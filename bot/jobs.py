@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from bot import quota
+from bot.crashpoints import crash_point
 from bot.credits import CreditService
 from bot.images import FirstFrame
 from bot.kling import (
@@ -230,6 +231,7 @@ class JobService:
         else:
             await self.store.add_job(job)
         log.info("job %s reserved (%s, %ss, %s)", job.id, job.kind, job.duration, job.resolution)
+        crash_point("after_reserve")
         if await self.store.count_in(("reserved", "submitted", "processing")) > self.provider_concurrency:
             return await self._queue(job, "the video service is at the bot's limit of jobs at once")
         return await self._submit(job, first_frame=request.image.base64 if request.image else None)
@@ -263,6 +265,7 @@ class JobService:
             log.warning("job %s refused by the provider: %s", job.id, exc)
             failed = await self._fail(job, reason, "reserved")
             raise SubmitRefused(failed or job, reason, exc) from None
+        crash_point("after_submit")
         return await self._adopt(job, task, "reserved")
 
     async def _send(self, job: Job, first_frame: str | None) -> KlingTask:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.crashpoints import crash_point
 from bot.delivery import DownloadFailed, VideoTooLarge, download_video
 from bot.store import Job
 from cogs.messages import failure_text, result_embed
@@ -33,6 +34,7 @@ class Deliverer:
         self.bot = bot
         self.jobs = bot.resources.jobs
         self.session = bot.resources.session
+        self.started_at = time.time()
 
     def upload_limit(self, job: Job) -> int:
         """The interaction's limit recorded with the job, else the server's, else Discord's default."""
@@ -45,8 +47,14 @@ class Deliverer:
         """Fetch and post one finished video; every failure is counted, logged and bounded."""
         if job.video_url is None or job.channel_id is None:
             return
-        if job.message_id is None and time.time() - job.created_at < CARD_GRACE_SECONDS:
+        # A job this process is still posting the card of gets a moment; one from before a restart never will.
+        if (
+            job.message_id is None
+            and job.created_at > self.started_at
+            and time.time() - job.created_at < CARD_GRACE_SECONDS
+        ):
             return
+        crash_point("before_post")
         target = self.bot.get_partial_messageable(job.thread_id or job.channel_id, guild_id=job.guild_id)
         limit = self.upload_limit(job)
         with tempfile.TemporaryDirectory(prefix="video-") as folder:
@@ -85,6 +93,7 @@ class Deliverer:
                     allowed_mentions=pings,
                     nonce=nonce,
                 )
+            crash_point("after_post")
         except discord.HTTPException as exc:
             if path is not None and exc.status == 413:
                 log.info("job %s: Discord refused the file as too large; posting the link", job.id)

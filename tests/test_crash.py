@@ -1,0 +1,81 @@
+"""SIGKILL at each dangerous point, then a restart: every job delivered once, submitted once, charged once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.crashpoints import POINTS
+from bot.simulator import KlingSimulator, sample_video
+from bot.store import Store
+from tests.fake_discord import FakeDiscord, wait_until
+from tests.test_discord_process import bot_env, fakes  # noqa: F401  (the fixture)
+
+
+async def start_bot(env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", env=env, cwd=cwd,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+def delivered(database: Path) -> bool:
+    """Read the bot's database from outside, as an operator would (WAL lets both connections work)."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return db.execute("SELECT count(*) FROM jobs WHERE status = 'delivered'").fetchone()[0] == 1
+
+
+def videos(fake: FakeDiscord) -> list[dict]:
+    return [m for channel in fake.messages.values() for m in channel if m["files"]]
+
+
+@pytest.mark.parametrize("point", POINTS)
+async def test_killed_at_a_dangerous_point_the_job_is_still_delivered_exactly_once(
+    fakes: tuple[FakeDiscord, KlingSimulator],  # noqa: F811
+    tmp_path: Path,
+    point: str,
+) -> None:
+    fake, sim = fakes
+    env = bot_env(fake, sim, tmp_path)
+    crashing = await start_bot({**env, "KLING_BOT_CRASH_AT": point}, tmp_path)
+    try:
+        await fake.wait_ready(within=20)
+        await fake.slash("video", {"prompt": f"survive {point}"}, sub="text")
+        await asyncio.wait_for(crashing.wait(), 20)
+    finally:
+        if crashing.returncode is None:
+            crashing.kill()
+    assert crashing.returncode == -signal.SIGKILL
+
+    fake.identified.clear()
+    restarted = await start_bot(env, tmp_path)
+    try:
+        await fake.wait_ready(within=20)
+        await wait_until(lambda: delivered(tmp_path / "bot.sqlite3"), within=20)
+        await asyncio.sleep(0.5)  # several more ticks: a second post would show up now
+        restarted.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(restarted.wait(), 10)
+    finally:
+        if restarted.returncode is None:
+            restarted.kill()
+    assert restarted.returncode == 0
+
+    [video] = videos(fake)
+    assert video["files"][0][1] == sample_video()
+    assert sum(1 for r in sim.requests if r.method == "POST") == 1
+    assert len(sim.tasks) == 1
+    store = await Store.open(tmp_path / "bot.sqlite3")
+    try:
+        [job] = await store.jobs_in(("delivered",))
+        usage = await store.usage(int(fake.guild_id), int(fake.users["alice"]["id"]), 0)
+        assert await store.count_in(("reserved", "queued", "submitted", "processing", "succeeded", "failed")) == 0
+    finally:
+        await store.close()
+    assert job.result_message_id == int(video["id"])
+    assert (usage.used, usage.reserved) == (4_000, 0)  # 5 s at 720p, billed once
