@@ -103,6 +103,9 @@ class KlingSimulator:
         self.video_bytes = video_bytes
         self.clock = clock
         self.hold = False
+        # Fuzzing switches: rewrite each task record a query returns; break the video links.
+        self.rewrite: Callable[[dict[str, Any]], Any] | None = None
+        self.video_fault: str | None = None  # "404" or "html"
         self.requests: list[RecordedRequest] = []
         self.tasks: dict[str, SimTask] = {}
         self._faults: list[_Fault] = []
@@ -202,6 +205,8 @@ class KlingSimulator:
         return None
 
     def _fault_response(self, fault: _Fault) -> web.Response:
+        if fault.kind == "empty":
+            return web.Response(status=200, body=b"", content_type="application/json")
         if fault.kind in ("html", "bad_json"):
             return web.Response(status=502 if fault.kind == "html" else 200, text=HTML_PAGE, content_type="text/html")
         if fault.kind == "malformed":
@@ -306,7 +311,10 @@ class KlingSimulator:
         found += [t for e in external_ids for t in self.tasks.values() if t.external_id == e]
         for task in found:
             self._advance(task)
-        return self._envelope([self._record(task) for task in found])
+        records = [self._record(task) for task in found]
+        if self.rewrite is not None:
+            records = [self.rewrite(record) for record in records]
+        return self._envelope(records)
 
     def _advance(self, task: SimTask) -> None:
         """Move a task along by the clock: submitted, then processing, then its end."""
@@ -370,8 +378,10 @@ class KlingSimulator:
 
     async def _video(self, request: web.Request) -> web.StreamResponse:
         output_id = request.match_info["output_id"]
-        if not any(t.output_id == output_id for t in self.tasks.values()):
+        if not any(t.output_id == output_id for t in self.tasks.values()) or self.video_fault == "404":
             raise web.HTTPNotFound()
+        if self.video_fault == "html":
+            return web.Response(text=HTML_PAGE, content_type="text/html")
         data = self.video_bytes if self.video_bytes is not None else sample_video()
         response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
         response.content_length = len(data)

@@ -125,7 +125,7 @@ async def test_invalid_input_is_answered_privately_and_nothing_is_sent_or_writte
             elif kind == "gif":
                 options["image"] = fake.add_attachment("a.gif", make_image(400, 400, "GIF"), "image/gif")
             elif kind == "huge":
-                options["image"] = fake.add_attachment("big.png", b"0" * (21 * 1024 * 1024), "image/png")
+                options["image"] = fake.add_attachment("big.png", b"0" * (40 * 1024 * 1024), "image/png")
             else:
                 options["image"] = fake.add_attachment("a.png", make_image(*kind), "image/png", *kind)
         interaction = await fake.slash("video", options, sub=command)
@@ -362,3 +362,23 @@ async def test_an_exhausted_account_is_reported_once_to_each_log_channel(world: 
     alerts = [m["content"] for m in fake.messages[fake.log_channel] if m["content"].startswith("⚠️")]
     assert len(alerts) == 1 and "out of credits" in alerts[0]
     assert "account needs an operator" in second.texts()[0] and second.ephemeral()
+
+
+async def test_after_a_gateway_disconnect_the_bot_carries_on_and_delivers_once(world: Harness) -> None:
+    fake = world.discord
+    world.sim.hold = True
+    async with world.running():
+        await fake.slash("video", {"prompt": "through the storm"}, sub="text")
+        await world.job_in("processing")
+        fake.identified.clear()
+        await fake.drop_gateway()
+        world.sim.hold = False
+        world.sim.finish()
+        await world.job_in("delivered")  # the poll loop kept going while the gateway was away
+        await wait_until(lambda: fake._sockets, within=10)  # reconnected
+        after = await fake.slash("video", {"prompt": "after the storm"}, sub="text")
+        await wait_until(lambda: after.texts() and "on its way" in after.texts()[0], within=10)
+        await wait_until(lambda: len(fake.threads()) == 2)
+        await wait_until(lambda: any(m["files"] for m in fake.messages[fake.threads()[1]["id"]]))
+    first = fake.threads()[0]["id"]
+    assert len([m for m in fake.messages[first] if m["files"]]) == 1

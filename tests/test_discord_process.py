@@ -101,3 +101,34 @@ async def test_run_serves_and_stops_cleanly_on_sigterm(
     log = err.decode()
     assert "received SIGTERM" in log and "stopped cleanly" in log
     assert KEY not in log and fake.token not in log
+
+
+async def test_backup_copies_the_database_while_the_bot_runs(
+    fakes: tuple[FakeDiscord, KlingSimulator], tmp_path: Path
+) -> None:
+    import sqlite3
+
+    fake, sim = fakes
+    env = bot_env(fake, sim, tmp_path)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await fake.wait_ready(within=20)
+        await fake.slash("video", {"prompt": "worth keeping"}, sub="text")
+        await wait_until(lambda: any(m["files"] for t in fake.threads() for m in fake.messages[t["id"]]), within=20)
+        backup = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "backup", str(tmp_path / "copy.sqlite3"), env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(backup.communicate(), 30)
+        assert backup.returncode == 0, err.decode()
+        assert process.returncode is None  # the bot kept running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 10)
+    copy = sqlite3.connect(tmp_path / "copy.sqlite3")
+    assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert copy.execute("SELECT prompt FROM jobs").fetchall() == [("worth keeping",)]
+    copy.close()
