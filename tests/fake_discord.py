@@ -66,6 +66,8 @@ class Interaction:
     callbacks: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)  # @original first (once it exists), then followups
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_at: float = field(default_factory=time.perf_counter)  # when the gateway event went out
+    first_answer_at: float | None = None  # when the bot's first callback arrived
 
     @property
     def deferred(self) -> bool:
@@ -727,6 +729,7 @@ class FakeDiscord:
         if interaction.callbacks:
             return self._error(400, 40060, "Interaction has already been acknowledged.")
         interaction.callbacks.append(body)
+        interaction.first_answer_at = time.perf_counter()
         response: dict[str, Any] = {"interaction": {"id": interaction_id, "type": interaction.payload["type"]}}
         data = body.get("data") or {}
         if body["type"] == 4:  # a message

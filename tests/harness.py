@@ -30,19 +30,18 @@ class Harness:
         self.settings_overrides: dict[str, Any] = {}
 
     def settings(self) -> Settings:
-        return load_settings(
-            env_file=None,
-            discord_token=self.discord.token,
-            kling_api_key=KEY,
-            kling_endpoint_path="harness",
-            kling_base_url=self.sim.base_url(),
-            database_path=self.database,
-            poll_interval_seconds=0.05,
-            discord_api_base_url=self.discord.api_base,
-            discord_gateway_url=self.discord.gateway_url,
-            api_max_retries=1,
-            **self.settings_overrides,
-        )
+        values: dict[str, Any] = {
+            "discord_token": self.discord.token,
+            "kling_api_key": KEY,
+            "kling_endpoint_path": "harness",
+            "kling_base_url": self.sim.base_url(),
+            "database_path": self.database,
+            "poll_interval_seconds": 0.05,
+            "discord_api_base_url": self.discord.api_base,
+            "discord_gateway_url": self.discord.gateway_url,
+            "api_max_retries": 1,
+        }
+        return load_settings(env_file=None, **(values | self.settings_overrides))
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[VideoBot]:

@@ -40,8 +40,8 @@ def bot_env(fake: FakeDiscord, sim: KlingSimulator, tmp_path: Path, **extra: str
         KLING_BASE_URL=sim.base_url(),
         DATABASE_PATH=str(tmp_path / "bot.sqlite3"),
         POLL_INTERVAL_SECONDS="0.1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
