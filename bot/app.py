@@ -13,6 +13,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot.callbacks import CallbackServer
 from bot.config import Settings
 from bot.resources import Resources, open_resources
 
@@ -73,10 +74,31 @@ class VideoBot(commands.Bot):
         )
         self.settings = settings
         self.resources = resources
+        self.callbacks: CallbackServer | None = None
+        self._hints: set[asyncio.Task[None]] = set()
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
             await self.load_extension(extension)
+        settings = self.settings
+        if settings.callback_public_url:
+            secret = settings.callback_secret.get_secret_value() if settings.callback_secret else None
+            self.callbacks = CallbackServer(self.task_hint, secret=secret)
+            port = await self.callbacks.start(settings.callback_host, settings.callback_port)
+            log.info("taking callbacks on port %d for %s", port, settings.callback_public_url)
+
+    async def task_hint(self, task_id: str) -> None:
+        """A callback named a task: have the poller look at it now, without holding up the provider's request."""
+        poller = self.get_cog("Poller")
+        if poller is not None:
+            hint = asyncio.get_running_loop().create_task(poller.hint(task_id))  # type: ignore[attr-defined]
+            self._hints.add(hint)
+            hint.add_done_callback(self._hints.discard)
+
+    async def close(self) -> None:
+        if self.callbacks is not None:
+            await self.callbacks.close()
+        await super().close()
 
     async def post_log(self, guild_id: int | None, text: str) -> None:
         """Post to the server's log channel, if its moderators set one; a failure is only logged."""

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     member_jobs_in_flight: int = Field(default=2, ge=1, le=100)
     server_jobs_in_flight: int = Field(default=10, ge=1, le=1000)
 
+    # Callbacks: with a public URL, the provider calls the bot when a task changes, and the bot asks at once.
+    callback_public_url: str | None = Field(default=None, pattern=r"^https?://")
+    callback_secret: SecretStr | None = None
+    callback_host: str = "0.0.0.0"
+    callback_port: int = Field(default=8090, ge=0, le=65535)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property

@@ -408,6 +408,22 @@ class JobService:
         changes.extend(await self.dispatch_once())  # last, so the slots freed just now are used at once
         return changes
 
+    async def refresh(self, task_id: str) -> list[JobChange]:
+        """Ask the provider about one task now (a callback's hint); its answer, not the hint, moves the job."""
+        job = await self.store.job_by_task(task_id)
+        if job is None or job.status not in IN_FLIGHT:
+            return []
+        try:
+            tasks = await self.kling.query(task_ids=[task_id])
+        except KlingError as exc:
+            log.warning("hinted task %s: query failed: %s", task_id, exc)
+            return []
+        changes = []
+        for task in tasks:
+            if task.id == task_id and (moved := await self._apply(job, task)) is not None:
+                changes.append(JobChange(moved, job.status))
+        return changes
+
     async def resume(self) -> list[JobChange]:
         """After a restart: settle every job left `reserved` by its external id before sending anything again."""
         return await self._settle_reserved(None)

@@ -27,7 +27,7 @@ class Resources:
 
 
 @contextlib.asynccontextmanager
-async def open_resources(settings: Settings, *, callback_url: str | None = None) -> AsyncIterator[Resources]:
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     """Open the session and the store, build the client and the service; close everything on exit."""
     async with aiohttp.ClientSession(headers={"User-Agent": "kling-video-bot/0.1"}) as session:
         store = await Store.open(settings.database_path)
@@ -46,7 +46,7 @@ async def open_resources(settings: Settings, *, callback_url: str | None = None)
                 job_timeout=settings.job_timeout_minutes * 60,
                 rates=settings.credit_rates,
                 credits=credits,
-                callback_url=callback_url,
+                callback_url=settings.callback_public_url,
                 provider_concurrency=settings.provider_concurrency,
             )
             yield Resources(session, store, kling, jobs, credits)

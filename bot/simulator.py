@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import itertools
+import json
 import logging
 import time
 import uuid
@@ -113,6 +114,8 @@ class KlingSimulator:
         self._runner: web.AppRunner | None = None
         self._port = 0
         self._callbacks: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self.callback_secret: str | None = None  # signs callbacks (Standard Webhooks) when set
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         base = "/v1/ai/{endpoint}/kling"
         self.app.router.add_post(f"{base}/videos/text-to-video/{MODEL}", self._submit_text)
@@ -148,9 +151,19 @@ class KlingSimulator:
         server = site._server
         assert server is not None
         self._port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        # Tasks move by the clock even when nobody asks, as the real ones do (and callbacks say so).
+        while True:
+            await asyncio.sleep(0.02)
+            for task in list(self.tasks.values()):
+                self._advance(task)
 
     async def close(self) -> None:
         """Stop listening and drop pending callbacks."""
+        if self._ticker is not None:
+            self._ticker.cancel()
         for task in self._callbacks:
             task.cancel()
         if self._runner is not None:
@@ -345,8 +358,16 @@ class KlingSimulator:
             sending.add_done_callback(self._callbacks.discard)
 
     async def _callback(self, url: str, record: dict[str, Any]) -> None:
+        body = json.dumps(record).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.callback_secret is not None:
+            from bot.callbacks import sign
+
+            webhook_id, timestamp = f"msg_{uuid.uuid4().hex}", int(time.time())
+            headers.update({"webhook-id": webhook_id, "webhook-timestamp": str(timestamp),
+                            "webhook-signature": sign(self.callback_secret, webhook_id, timestamp, body)})  # fmt: skip
         try:
-            async with aiohttp.ClientSession() as session, session.post(url, json=record) as response:
+            async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as response:
                 await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("callback to %s failed: %s", url, exc)

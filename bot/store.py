@@ -360,6 +360,11 @@ class Store:
         rows = await self._jobs(f"{_SELECT_JOB} WHERE id = ?", (job_id,))
         return rows[0] if rows else None
 
+    async def job_by_task(self, task_id: str) -> Job | None:
+        """The job the provider knows under this task id, or None."""
+        rows = await self._jobs(f"{_SELECT_JOB} WHERE provider_task_id = ?", (task_id,))
+        return rows[0] if rows else None
+
     async def jobs_in(self, statuses: Sequence[str], *, updated_before: float | None = None) -> list[Job]:
         """Jobs in any of these states, oldest first (optionally only those untouched since a time)."""
         marks = ", ".join("?" for _ in statuses)

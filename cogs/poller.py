@@ -85,6 +85,7 @@ class Poller(commands.Cog):
         self.deliverer = Deliverer(bot)
         self.status = StatusMessages(bot)
         self.busy = False
+        self.lock = asyncio.Lock()  # a callback's hint and a tick never deliver the same job at once
         self.tick.change_interval(seconds=bot.settings.poll_interval_seconds)
 
     async def cog_load(self) -> None:
@@ -122,11 +123,28 @@ class Poller(commands.Cog):
 
     async def run_once(self) -> None:
         """One tick: poll, announce what moved, deliver what finished, refresh queue places and elapsed times."""
-        for change in await self.jobs.poll_once():
-            await self.announce(change.job)
-        for alert in self.jobs.take_alerts():
-            for guild in self.bot.guilds:
-                await self.bot.post_log(guild.id, f"⚠️ {alert}")
+        async with self.lock:
+            for change in await self.jobs.poll_once():
+                await self.announce(change.job)
+            for alert in self.jobs.take_alerts():
+                for guild in self.bot.guilds:
+                    await self.bot.post_log(guild.id, f"⚠️ {alert}")
+            await self.deliver_finished()
+        await self.status.show_queue()
+        await self.status.refresh_elapsed(await self.jobs.store.jobs_in(IN_FLIGHT))
+
+    async def hint(self, task_id: str) -> None:
+        """A callback said a task changed: ask about it now and deliver it if it is done."""
+        try:
+            async with self.lock:
+                for change in await self.jobs.refresh(task_id):
+                    await self.announce(change.job)
+                await self.deliver_finished()
+        except Exception:
+            log.exception("handling the callback for task %s failed; polling will catch up", task_id)
+
+    async def deliver_finished(self) -> None:
+        """Post every finished video, a few at a time."""
         finished = await self.jobs.store.jobs_in(("succeeded",))
         if finished:
             limit = asyncio.Semaphore(PARALLEL_DELIVERIES)
@@ -142,8 +160,6 @@ class Poller(commands.Cog):
                     await self.announce(current)
 
             await asyncio.gather(*(deliver(job) for job in finished))
-        await self.status.show_queue()
-        await self.status.refresh_elapsed(await self.jobs.store.jobs_in(IN_FLIGHT))
 
     @commands.Cog.listener()
     async def on_job_changed(self, job: Job) -> None:

@@ -1,0 +1,107 @@
+"""Provider callbacks: Standard Webhooks signatures, and a callback as a hint that is never trusted alone."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bot.callbacks import CALLBACK_PATH, BadSignature, sign, verify
+from tests.fake_discord import wait_until
+from tests.harness import Harness, harness
+
+SECRET = "whsec_" + base64.b64encode(b"a-very-secret-callback-key").decode()
+
+
+def signed(body: bytes, *, secret: str = SECRET, at: int | None = None) -> dict[str, str]:
+    stamp = int(time.time()) if at is None else at
+    return {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": sign(secret, "msg_1", stamp, body),
+    }
+
+
+def test_a_good_signature_passes_among_several() -> None:
+    body = b'{"id": "1"}'
+    headers = signed(body)
+    headers["webhook-signature"] = "v1,bm90IGl0 " + headers["webhook-signature"]
+    verify(SECRET, headers, body, time.time())
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "timestamp"),
+        ({"webhook-timestamp": "x"}, "timestamp"),
+        (signed(b'{"id": "1"}', at=int(time.time()) - 301), "stale"),
+        (signed(b'{"id": "1"}', at=int(time.time()) + 301), "future"),
+        (signed(b'{"id": "1"}', secret="whsec_" + base64.b64encode(b"another key").decode()), "no matching"),
+        (signed(b'{"id": "2"}'), "no matching"),  # the body was changed
+    ],
+)
+def test_bad_signatures_are_refused(headers: dict[str, str], message: str) -> None:
+    with pytest.raises(BadSignature, match=message):
+        verify(SECRET, headers, b'{"id": "1"}', time.time())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(tmp_path) as running:
+        port = free_port()
+        running.settings_overrides = {
+            "callback_public_url": f"http://127.0.0.1:{port}{CALLBACK_PATH}",
+            "callback_secret": SECRET,
+            "callback_host": "127.0.0.1",
+            "callback_port": port,
+            "poll_interval_seconds": 60.0,  # polling cannot deliver within the test: only callbacks can
+        }
+        running.sim.callback_secret = SECRET
+        yield running
+
+
+async def test_signed_callbacks_deliver_without_waiting_for_a_poll(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await fake.slash("video", {"prompt": "called back"}, sub="text")
+        job = await world.job_in("delivered")
+    [post] = [r for r in world.sim.requests if r.method == "POST"]
+    assert post.json["options"]["callback_url"] == world.settings_overrides["callback_public_url"]
+    asked = [r for r in world.sim.requests if r.query.get("task_ids") == job.provider_task_id]
+    assert asked  # the callback was only a hint: the bot asked the provider itself
+    assert len([m for m in fake.messages[str(job.thread_id)] if m["files"]]) == 1
+
+
+async def test_a_forged_or_unsigned_callback_changes_nothing(world: Harness) -> None:
+    fake = world.discord
+    world.sim.hold = True
+    world.sim.callback_secret = None  # the simulator's own callbacks are now unsigned: refused
+    async with world.running():
+        await fake.slash("video", {"prompt": "forge me"}, sub="text")
+        job = await world.job_in("submitted", "processing")
+        url = world.settings_overrides["callback_public_url"]
+        lie = json.dumps({"id": job.provider_task_id, "status": "succeeded", "outputs": [
+            {"type": "video", "id": "1", "url": "http://127.0.0.1:1/evil.mp4"}]}).encode()  # fmt: skip
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, data=lie) as unsigned:
+                assert unsigned.status == 401
+            async with session.post(url, data=lie, headers=signed(lie)) as forged:
+                assert forged.status == 204  # well signed, so taken as a hint: the bot asks the provider
+            await wait_until(lambda: any(r.query.get("task_ids") == job.provider_task_id for r in world.sim.requests))
+            await asyncio.sleep(0.2)
+        current = await world.resources.store.get_job(job.id)
+        world.sim.finish()
+    assert current is not None and current.status in ("submitted", "processing") and current.video_url is None
