@@ -9,6 +9,7 @@ import signal
 from typing import Any
 
 import discord
+import prometheus_client
 import yarl
 from discord import app_commands
 from discord.ext import commands
@@ -81,6 +82,10 @@ class VideoBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         settings = self.settings
+        if settings.metrics_port:
+            # A daemon thread, shared by every bot in the process; it never touches the event loop.
+            prometheus_client.start_http_server(settings.metrics_port)
+            log.info("metrics on port %d", settings.metrics_port)
         if settings.callback_public_url:
             secret = settings.callback_secret.get_secret_value() if settings.callback_secret else None
             self.callbacks = CallbackServer(self.task_hint, secret=secret)

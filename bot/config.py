@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     callback_host: str = "0.0.0.0"
     callback_port: int = Field(default=8090, ge=0, le=65535)
 
+    # Prometheus metrics on http://0.0.0.0:METRICS_PORT/metrics when set.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import aiohttp
 from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
 
+from bot import metrics
+
 log = logging.getLogger(__name__)
 
 MODEL = "kling-3.0-turbo"
@@ -219,6 +221,10 @@ class CircuitBreaker:
         self.probing = True
         return True
 
+    def release(self) -> None:
+        """A call ended without telling us anything (it was cancelled): let the next probe go."""
+        self.probing = False
+
     def record(self, ok: bool) -> None:
         """Note how a call that went out ended."""
         self.probing = False
@@ -393,13 +399,17 @@ class KlingClient:
         """One HTTP exchange through the breaker: returns the envelope's `data`, or raises the typed error."""
         if not self.breaker.allow():
             raise KlingUnavailable("the video service is failing; not calling it for a while")
+        call = "query" if path == TASKS else path.split("/")[3]  # text-to-video or image-to-video
         try:
-            data = await self._exchange(method, path, params=params, json_body=json_body)
-        except KlingUnavailable:
-            self.breaker.record(ok=False)
+            with metrics.API_SECONDS.labels(call).time():
+                data = await self._exchange(method, path, params=params, json_body=json_body)
+        except KlingError as exc:
+            metrics.API_ERRORS.labels(str(exc.code or exc.status or "network")).inc()
+            # A refusal is an answer: only server trouble counts against the provider.
+            self.breaker.record(ok=not isinstance(exc, KlingUnavailable))
             raise
         except BaseException:
-            self.breaker.record(ok=True)  # the provider answered, if only to refuse; a cancel is no failure
+            self.breaker.release()  # cancelled: says nothing about the provider
             raise
         self.breaker.record(ok=True)
         return data

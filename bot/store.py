@@ -387,6 +387,21 @@ class Store:
         sql += " ORDER BY created_at DESC LIMIT ? OFFSET ?"
         return await self._jobs(sql, [*params, limit, offset])
 
+    async def count_by_status(self) -> dict[str, int]:
+        """How many jobs are in each state (an index scan: call it now and then, not per job)."""
+        async with self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status") as cursor:
+            return {row[0]: int(row[1]) for row in await cursor.fetchall()}
+
+    async def credits_used(self, guild_id: int, since: float) -> int:
+        """Credits a server's members used or hold since a time."""
+        return int(
+            await self._scalar(
+                "SELECT COALESCE(SUM(COALESCE(cost_billed, cost_estimate)), 0) FROM jobs"
+                " WHERE guild_id = ? AND created_at >= ? AND status NOT IN ('failed', 'cancelled')",
+                (guild_id, since),
+            )
+        )
+
     async def count_in(self, statuses: Sequence[str]) -> int:
         """How many jobs are in any of these states."""
         marks = ", ".join("?" for _ in statuses)

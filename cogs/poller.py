@@ -9,8 +9,9 @@ import time
 import discord
 from discord.ext import commands, tasks
 
+from bot import metrics
 from bot.app import VideoBot
-from bot.store import FINAL, IN_FLIGHT, Job
+from bot.store import FINAL, IN_FLIGHT, OPEN, Job
 from cogs.delivery import Deliverer
 from cogs.messages import job_card, status_line
 
@@ -22,6 +23,7 @@ ELAPSED_EDIT_EVERY = 30.0
 ELAPSED_EDITS_PER_TICK = 20
 PARALLEL_DELIVERIES = 3
 STOP_GRACE_SECONDS = 8.0
+METRICS_EVERY = 30.0
 
 
 class StatusMessages:
@@ -86,6 +88,8 @@ class Poller(commands.Cog):
         self.status = StatusMessages(bot)
         self.busy = False
         self.lock = asyncio.Lock()  # a callback's hint and a tick never deliver the same job at once
+        self.metrics_at = float("-inf")
+        self.metrics_every = METRICS_EVERY
         self.tick.change_interval(seconds=bot.settings.poll_interval_seconds)
 
     async def cog_load(self) -> None:
@@ -106,11 +110,29 @@ class Poller(commands.Cog):
     async def tick(self) -> None:
         self.busy = True
         try:
-            await self.run_once()
+            with metrics.POLL_TICK_SECONDS.time():
+                await self.run_once()
+            await self.update_metrics()
         except Exception:
             log.exception("poll tick failed; the loop goes on")
         finally:
             self.busy = False
+
+    async def update_metrics(self) -> None:
+        """The gauges: the queue every tick; states and credits (whole-table counts) at most every 30 s."""
+        store = self.jobs.store
+        metrics.QUEUE.set(await store.count_in(("queued",)))
+        if time.monotonic() - self.metrics_at < self.metrics_every:
+            return
+        self.metrics_at = time.monotonic()
+        counts = await store.count_by_status()
+        for state in (*OPEN, *FINAL, "failed"):
+            metrics.JOBS.labels(state).set(counts.get(state, 0))
+        credits = self.bot.resources.credits
+        for guild in self.bot.guilds:
+            settings = await store.quota_settings(guild.id, credits.defaults)
+            since = credits.window(settings.period).start.timestamp()
+            metrics.CREDITS_USED.labels(str(guild.id)).set(await store.credits_used(guild.id, since) / 1000)
 
     @tick.before_loop
     async def before_tick(self) -> None:

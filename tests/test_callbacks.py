@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from bot.callbacks import CALLBACK_PATH, BadSignature, sign, verify
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
+from tests.ports import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"a-very-secret-callback-key").decode()
 
@@ -54,12 +54,6 @@ OTHER = "whsec_" + base64.b64encode(b"another key").decode()
 def test_bad_signatures_are_refused(make_headers: Callable[[], dict[str, str]], message: str) -> None:
     with pytest.raises(BadSignature, match=message):
         verify(SECRET, make_headers(), b'{"id": "1"}', time.time())
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
