@@ -36,6 +36,12 @@ ASPECT_RATIOS = ("16:9", "9:16", "1:1")
 MAX_SUBMIT_ATTEMPTS = 3
 # A job left `reserved` this long was not being submitted by anyone: look it up and settle it.
 RESERVED_GRACE_SECONDS = 120.0
+# Adaptive polling: a job is not asked about before EARLY_FRACTION of the median render time of its shape (but for
+# a safety check every SAFETY_POLL_SECONDS), and the loop ticks faster until LATE_FRACTION of it has passed.
+EARLY_FRACTION = 0.8
+LATE_FRACTION = 1.5
+SAFETY_POLL_SECONDS = 60.0
+MIN_FAST_DELAY = 1.0
 
 
 class InvalidRequest(ValueError):
@@ -115,6 +121,7 @@ class JobService:
         callback_url: str | None = None,
         provider_concurrency: int = 5,
         pause_seconds: float = 300.0,
+        adaptive: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -129,6 +136,8 @@ class JobService:
         # Set when the provider refused our key or account: submissions wait for an operator (and a probe).
         self.paused_until: float | None = None
         self.alerts: list[str] = []
+        self.adaptive = adaptive
+        self.last_asked: dict[str, float] = {}  # job id -> when the provider was last asked about it
 
     @staticmethod
     def validate(request: JobRequest) -> None:
@@ -388,8 +397,10 @@ class JobService:
     async def poll_once(self) -> list[JobChange]:
         """Settle stale reserved jobs, send queued ones, query every job in flight (20 per request), time out."""
         changes = await self._settle_reserved(self.clock() - RESERVED_GRACE_SECONDS)
-        in_flight = await self.store.jobs_in(IN_FLIGHT)
+        in_flight = await self._due(await self.store.jobs_in(IN_FLIGHT))
         if in_flight:
+            now = self.clock()
+            self.last_asked.update((job.id, now) for job in in_flight)
             by_task = {job.provider_task_id: job for job in in_flight if job.provider_task_id}
             try:
                 tasks = await self.kling.query(task_ids=list(by_task))
@@ -423,6 +434,48 @@ class JobService:
             if task.id == task_id and (moved := await self._apply(job, task)) is not None:
                 changes.append(JobChange(moved, job.status))
         return changes
+
+    async def _expected(self, jobs: list[Job]) -> dict[tuple[int, str], float | None]:
+        """The median render time of each shape among these jobs (one query per shape)."""
+        return {
+            shape: await self.estimate_seconds(*shape) for shape in {(job.duration, job.resolution) for job in jobs}
+        }
+
+    async def _due(self, jobs: list[Job]) -> list[Job]:
+        """The jobs worth asking about now: none before it can be ready, but for a rare safety check."""
+        if not self.adaptive or not jobs:
+            return jobs
+        now = self.clock()
+        expected = await self._expected(jobs)
+        due = []
+        for job in jobs:
+            started = job.submitted_at or job.created_at
+            typical = expected[(job.duration, job.resolution)]
+            early = typical is not None and now - started < EARLY_FRACTION * typical
+            if not early or now - self.last_asked.get(job.id, started) >= SAFETY_POLL_SECONDS:
+                due.append(job)
+        # Forget jobs that left flight, so the map stays as small as the jobs in flight.
+        self.last_asked = {job.id: self.last_asked[job.id] for job in jobs if job.id in self.last_asked}
+        return due
+
+    async def suggested_delay(self, base: float) -> float:
+        """How long the poll loop should sleep: shorter while a job is around its expected finish."""
+        if not self.adaptive:
+            return base
+        jobs = await self.store.jobs_in(IN_FLIGHT)
+        now = self.clock()
+        expected = await self._expected(jobs)
+        delay = base
+        for job in jobs:
+            typical = expected[(job.duration, job.resolution)]
+            if typical is None:
+                continue
+            elapsed = now - (job.submitted_at or job.created_at)
+            if EARLY_FRACTION * typical <= elapsed <= LATE_FRACTION * typical:
+                delay = min(delay, max(base / 4, MIN_FAST_DELAY))
+            elif elapsed < EARLY_FRACTION * typical:
+                delay = min(delay, max(EARLY_FRACTION * typical - elapsed, MIN_FAST_DELAY))
+        return min(delay, base)
 
     async def resume(self) -> list[JobChange]:
         """After a restart: settle every job left `reserved` by its external id before sending anything again."""

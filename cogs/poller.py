@@ -113,6 +113,9 @@ class Poller(commands.Cog):
             with metrics.POLL_TICK_SECONDS.time():
                 await self.run_once()
             await self.update_metrics()
+            delay = await self.jobs.suggested_delay(self.bot.settings.poll_interval_seconds)
+            if delay != self.tick.seconds:
+                self.tick.change_interval(seconds=delay)
         except Exception:
             log.exception("poll tick failed; the loop goes on")
         finally:
