@@ -236,13 +236,55 @@ async def bench_intake(folder: Path, count: int) -> None:
     row("intake", "jobs created per second", f"{count / elapsed:.0f}", f"{count} in {elapsed:.1f} s")
 
 
-async def bench_latency(folder: Path, samples: int, interval: float) -> None:
-    from tests.harness import harness
+async def bench_adaptive(folder: Path, jobs: int, render: float, interval: float) -> None:
+    print(f"Fixed against adaptive polling, virtual time: {jobs} jobs of {render:g} s, interval {interval:g} s")
+    results = {}
+    for adaptive, every in ((False, interval), (False, interval / 4), (True, interval)):
+        now = [1_800_000_000.0]
+        async with core(folder, f"adaptive{adaptive}{every}") as (sim, store, kling, _):
+            sim.clock = lambda now=now: now[0]
+            sim.render_seconds, sim.processing_after, sim.hold = render, 5.0, False
+            service = JobService(
+                store, kling, provider_concurrency=10**9, adaptive=adaptive, clock=lambda now=now: now[0]
+            )
+            await bulk_insert(store, [  # recent history of this shape: it takes `render` seconds
+                replace(TEMPLATE, id=f"old{n}", status="delivered", submitted_at=now[0] - 900 - render,
+                        finished_at=now[0] - 900, created_at=now[0] - 900 - render)
+                for n in range(5)
+            ])  # fmt: skip
+            from bot.jobs import JobRequest
 
-    print(f"Latency from 'the provider finished' to 'the video is in the thread', polling every {interval:g} s")
-    async with harness(folder / "latency") as world:
+            for n in range(jobs):
+                await service.create(JobRequest("text", f"clip {n}"))
+                now[0] += 0.37  # members do not all press Enter in the same second
+            before = len(sim.requests)
+            while await store.count_in(IN_FLIGHT):
+                now[0] += await service.suggested_delay(every)
+                await service.poll_once()
+            queries = sum(1 for r in sim.requests[before:] if r.path.endswith("/kling/tasks"))
+            done = await store.jobs_in(("succeeded",))
+            tasks = {t.id: t for t in sim.tasks.values()}
+            late = [j.finished_at - (tasks[j.provider_task_id].created + render) for j in done]  # type: ignore[operator, index]
+            results[(adaptive, every)] = (queries, statistics.median(late), max(late))
+    for (adaptive, every), (queries, median, worst) in results.items():
+        label = f"adaptive, base {every:g} s" if adaptive else f"fixed every {every:g} s"
+        row("adaptive", f"{label}: queries, latency median / max", f"{queries}",
+            f"{median:.1f} s / {worst:.1f} s after the finish")  # fmt: skip
+
+
+async def bench_latency(folder: Path, samples: int, interval: float, callbacks: bool = False) -> None:
+    from tests.harness import harness
+    from tests.ports import free_port
+
+    how = "with callbacks" if callbacks else f"polling every {interval:g} s"
+    print(f"Latency from 'the provider finished' to 'the video is in the thread', {how}")
+    async with harness(folder / f"latency{callbacks}") as world:
         world.sim.hold = True
         world.settings_overrides = {"poll_interval_seconds": interval, "default_quota_credits": 1e6}
+        if callbacks:
+            port = free_port()
+            world.settings_overrides.update(callback_public_url=f"http://127.0.0.1:{port}/kling/callback",
+                                            callback_host="127.0.0.1", callback_port=port)  # fmt: skip
         latencies = []
         async with world.running():
             for n in range(samples):
@@ -256,8 +298,8 @@ async def bench_latency(folder: Path, samples: int, interval: float) -> None:
                               if f"latency {n}" in str(t["name"])):  # fmt: skip
                     await asyncio.sleep(0.005)
                 latencies.append(time.perf_counter() - finished)
-    row("latency", "finished to posted, median / max", f"{ms(statistics.median(latencies))} / {ms(max(latencies))}",
-        f"fixed interval {interval:g} s; callbacks not built yet")  # fmt: skip
+    row("latency", f"finished to posted, {how}: median / max",
+        f"{ms(statistics.median(latencies))} / {ms(max(latencies))}")  # fmt: skip
 
 
 def rss_mb(pid: int) -> float:
@@ -315,7 +357,9 @@ def main() -> None:
             await bench_store(folder, 100_000 if args.quick else 1_000_000)
             await bench_delivery(folder, 20 if args.quick else 100)
             await bench_intake(folder, 50 if args.quick else 200)
+            await bench_adaptive(folder, 20 if args.quick else 100, 40.0, 10.0)
             await bench_latency(folder, 3 if args.quick else 5, 1.0 if args.quick else 2.0)
+            await bench_latency(folder, 3 if args.quick else 5, 1.0 if args.quick else 2.0, callbacks=True)
             await bench_memory(folder, 1000 if args.quick else 10_000)
 
     logging.basicConfig(level=logging.ERROR)

@@ -38,8 +38,8 @@ MAX_SUBMIT_ATTEMPTS = 3
 RESERVED_GRACE_SECONDS = 120.0
 # Adaptive polling: a job is not asked about before EARLY_FRACTION of the median render time of its shape (but for
 # a safety check every SAFETY_POLL_SECONDS), and the loop ticks faster until LATE_FRACTION of it has passed.
-EARLY_FRACTION = 0.8
-LATE_FRACTION = 1.5
+EARLY_FRACTION = 0.9
+LATE_FRACTION = 1.25
 SAFETY_POLL_SECONDS = 60.0
 MIN_FAST_DELAY = 1.0
 

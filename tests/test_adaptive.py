@@ -37,10 +37,10 @@ async def test_a_job_is_not_asked_about_before_it_can_be_ready(
     sim.hold = True
     await service.create(JobRequest("text", "patience", duration=5, resolution="720p"))
     for _ in range(3):
-        clock.advance(10)  # 10, 20, 30 s: before 0.8 x 40 s
+        clock.advance(10)  # 10, 20, 30 s: before 0.9 x 40 s
         await service.poll_once()
     assert queries(sim) == 0
-    clock.advance(3)  # 33 s
+    clock.advance(6)  # 36 s
     await service.poll_once()
     assert queries(sim) == 1
 
@@ -65,11 +65,13 @@ async def test_the_loop_ticks_faster_around_the_expected_finish(
     assert await service.suggested_delay(10) == 10  # nothing in flight
     await service.create(JobRequest("text", "soon"))
     clock.advance(25)
-    assert await service.suggested_delay(10) == 7  # sleep until 0.8 x 40 s, no longer
-    clock.advance(10)
+    assert await service.suggested_delay(10) == 10  # sleep until 0.9 x 40 s = 36 s: a whole interval
+    clock.advance(5)
+    assert await service.suggested_delay(10) == 6  # 30 s: wake at 36 s, no later
+    clock.advance(6)
     assert await service.suggested_delay(10) == 2.5  # around the finish: a quarter of the interval
-    clock.advance(30)
+    clock.advance(20)
     assert await service.suggested_delay(10) == 10  # well past it: back to normal
     service.adaptive = False
-    clock.advance(-30)
+    clock.advance(-20)
     assert await service.suggested_delay(10) == 10
