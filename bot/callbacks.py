@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from bot.serving import serve
+
 log = logging.getLogger(__name__)
 
 MAX_SKEW_SECONDS = 5 * 60
@@ -97,13 +99,8 @@ class CallbackServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (0 picks a free one)."""
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        self._runner, bound = await serve(self.app, host, port)
+        return bound
 
     async def close(self) -> None:
         """Stop listening."""

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import discord
 from aiohttp import web
 
+from bot.serving import serve
+
 JSON = "application/json"  # exactly: discord.py fails on "application/json; charset=utf-8"
 P = discord.Permissions
 MEMBER_PERMISSIONS = P(
@@ -296,12 +298,7 @@ class FakeDiscord:
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve(self.app, "127.0.0.1", 0)
 
     async def close(self) -> None:
         for socket in list(self._sockets):

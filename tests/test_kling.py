@@ -20,6 +20,7 @@ from bot.kling import (
     KlingRateLimited,
     KlingUnavailable,
 )
+from bot.serving import serve
 from bot.simulator import KlingSimulator
 from tests.conftest import API_KEY, RecordedSleeps
 
@@ -215,11 +216,7 @@ async def raw_api() -> AsyncIterator[tuple[str, list[dict]]]:
 
     app = web.Application()
     app.router.add_get("/e/kling/tasks", tasks)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve(app, "127.0.0.1", 0)
     try:
         yield f"http://127.0.0.1:{port}/e", answers
     finally:
