@@ -56,6 +56,7 @@ async def download_video(
                     crash_point("mid_download")
         if size == 0:
             raise DownloadFailed("the video link served an empty file")
+        os.chmod(partial, 0o644)  # mkstemp makes it private; the video is an ordinary file for its owner
         os.replace(partial, destination)
     except TimeoutError:
         raise DownloadFailed("the video download timed out") from None
