@@ -382,3 +382,18 @@ async def test_after_a_gateway_disconnect_the_bot_carries_on_and_delivers_once(w
         await wait_until(lambda: any(m["files"] for m in fake.messages[fake.threads()[1]["id"]]))
     first = fake.threads()[0]["id"]
     assert len([m for m in fake.messages[first] if m["files"]]) == 1
+
+
+async def test_a_render_failure_is_explained_in_the_thread_and_refunded(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await fake.slash("video", {"prompt": "please fail-render now"}, sub="text")
+        job = await world.job_in("failed")
+        await wait_until(lambda: fake.threads() and len(fake.messages[fake.threads()[0]["id"]]) == 2)
+        status = await world.resources.credits.status(int(fake.guild_id), int(fake.users["alice"]["id"]), ())
+    [thread] = fake.threads()
+    status_message, told = fake.messages[thread["id"]]
+    assert status_message["content"].startswith("❌ **Failed**: The video service failed: Video generation failed")
+    assert told["content"].startswith(f"<@{fake.users['alice']['id']}> your video could not be made")
+    assert told["allowed_mentions"] == {"parse": [], "users": [int(fake.users["alice"]["id"])]}
+    assert job.error and (status.used, status.reserved) == (0, 0)
