@@ -136,6 +136,7 @@ class JobService:
         # Set when the provider refused our key or account: submissions wait for an operator (and a probe).
         self.paused_until: float | None = None
         self.alerts: list[str] = []
+        self.alerted = False  # the operator was told of the current account trouble; once until a submit works
         self.adaptive = adaptive
         self.last_asked: dict[str, float] = {}  # job id -> when the provider was last asked about it
 
@@ -241,6 +242,8 @@ class JobService:
             await self.store.add_job(job)
         log.info("job %s reserved (%s, %ss, %s)", job.id, job.kind, job.duration, job.resolution)
         crash_point("after_reserve")
+        if await self.store.count_in(("queued",)):
+            return await self._queue(job, "others are waiting: the dispatcher sends jobs fairly")
         if await self.store.count_in(("reserved", "submitted", "processing")) > self.provider_concurrency:
             return await self._queue(job, "the video service is at the bot's limit of jobs at once")
         return await self._submit(job, first_frame=request.image.base64 if request.image else None)
@@ -275,6 +278,7 @@ class JobService:
             failed = await self._fail(job, reason, "reserved")
             raise SubmitRefused(failed or job, reason, exc) from None
         crash_point("after_submit")
+        self.alerted = False  # the account works again: a new trouble deserves a new alert
         return await self._adopt(job, task, "reserved")
 
     async def _send(self, job: Job, first_frame: str | None) -> KlingTask:
@@ -333,7 +337,8 @@ class JobService:
         return await self.store.get_job(job.id)
 
     def _pause(self, error: KlingError) -> None:
-        if self.paused_until is None:
+        if not self.alerted:
+            self.alerted = True
             self.alerts.append(f"The video service refused the bot's account: {explain(error)} ({error})")
             log.error("submissions paused for %.0fs: %s", self.pause_seconds, error)
         self.paused_until = self.clock() + self.pause_seconds

@@ -109,6 +109,20 @@ async def test_a_refused_account_pauses_submissions_and_alerts_once(
     assert posts(sim) == 1
     [alert] = service.take_alerts()
     assert "out of credits" in alert and service.take_alerts() == []
+    sim.fail_next("credits", on="submit")
     clock.advance(301)
-    await service.poll_once()  # the pause is over: the queued job is the probe
-    assert posts(sim) == 2
+    await service.poll_once()  # the pause is over: the queued job is the probe, and is refused again
+    assert posts(sim) == 2 and service.take_alerts() == []  # still the same trouble: no second alert
+    clock.advance(301)
+    await service.poll_once()  # the operator topped up: the probe goes through
+    assert posts(sim) == 3 and job.id in {t.external_id for t in sim.tasks.values()}
+
+
+async def test_a_new_job_does_not_jump_the_queue(sim: KlingSimulator, narrow: JobService) -> None:
+    sim.fail_next("concurrency", on="submit", times=4)  # the first try and the client's three retries
+    first = await narrow.create(video(1, "first"))
+    assert first.status == "queued"  # the provider was full
+    second = await narrow.create(video(2, "second"))
+    assert second.status == "queued"  # a slot looks free, but the first is waiting
+    await narrow.poll_once()
+    assert [r.json["prompt"] for r in sim.requests if r.method == "POST"] == ["first"] * 5 + ["second"]
