@@ -23,7 +23,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from PIL import Image, UnidentifiedImageError
 
+from bot.callbacks import sign
 from bot.serving import serve
 
 log = logging.getLogger(__name__)
@@ -357,8 +359,6 @@ class KlingSimulator:
         body = json.dumps(record).encode()
         headers = {"Content-Type": "application/json"}
         if self.callback_secret is not None:
-            from bot.callbacks import sign
-
             webhook_id, timestamp = f"msg_{uuid.uuid4().hex}", int(time.time())
             headers.update({"webhook-id": webhook_id, "webhook-timestamp": str(timestamp),
                             "webhook-signature": sign(self.callback_secret, webhook_id, timestamp, body)})  # fmt: skip
@@ -425,8 +425,6 @@ def _check_first_frame(url: str) -> str | None:
         data = base64.b64decode(url, validate=True)
     except (binascii.Error, ValueError):
         return "first_frame is neither a URL nor valid Base64"
-    from PIL import Image, UnidentifiedImageError
-
     try:
         image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError):

@@ -15,7 +15,7 @@ from discord.ext import commands
 
 from bot.app import UserFacingError, VideoBot, reply_ephemeral
 from bot.credits import QuotaRefused
-from bot.images import ImageRejected, prepare_first_frame
+from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, prepare_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.store import OPEN, Job
 from cogs.messages import STATE_WORDS, clock, job_card, options_line, status_line, thread_name
@@ -33,8 +33,6 @@ RequestBuilder = Callable[[], Awaitable[JobRequest]]
 
 async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str]:
     """Read an attachment and check it for real; returns the prepared frame and where it came from."""
-    from bot.images import MAX_UPLOAD_BYTES
-
     if attachment.size > MAX_UPLOAD_BYTES:
         raise InvalidRequest(
             f"{attachment.filename} is {attachment.size / 1024 / 1024:.1f} MB; send an image under 10 MB."
@@ -400,8 +398,6 @@ class VideoCog(commands.Cog):
                 stored = await self.jobs.store.get_image(original.image_sha256)
                 if stored is None:
                     raise InvalidRequest("The first frame of that video is no longer stored.")
-                from bot.images import FirstFrame
-
                 frame = FirstFrame(stored.data, stored.mime, stored.width, stored.height, None)
             return self.request(
                 interaction,

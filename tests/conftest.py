@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from PIL import Image
 from pydantic import SecretStr
 
 from bot.jobs import JobService
@@ -94,10 +96,6 @@ def service(store: Store, kling: KlingClient, clock: FakeClock) -> JobService:
 
 def make_image(width: int, height: int, fmt: str = "PNG", **save: object) -> bytes:
     """A real image file of the given size and format."""
-    import io
-
-    from PIL import Image
-
     out = io.BytesIO()
     Image.new("RGB", (width, height), (200, 80, 40)).save(out, fmt, **save)
     return out.getvalue()

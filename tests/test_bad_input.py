@@ -20,6 +20,7 @@ from bot.jobs import InvalidRequest, JobRequest, JobService
 from bot.kling import KlingClient
 from bot.simulator import KlingSimulator
 from bot.store import Store
+from cogs.messages import job_card, thread_name
 from tests.conftest import API_KEY, RecordedSleeps
 from tests.fake_discord import wait_until
 from tests.harness import KEY, Harness, harness
@@ -53,8 +54,6 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
 
 
 def check_prompt(prompt: str) -> None:
-    from cogs.messages import job_card, thread_name
-
     async def scenario() -> None:
         async with service_over_simulator() as (service, sim, _store):
             try:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bot.credits import CreditService, QuotaRefused
-from bot.jobs import JobRequest, JobService
+from bot.jobs import JobRequest, JobService, SubmitRefused
 from bot.kling import KlingClient
 from bot.simulator import KlingSimulator
 from bot.store import QuotaSettings, Store
@@ -109,8 +109,6 @@ async def test_failed_and_timed_out_jobs_release_their_credits(
 
 
 async def test_a_refused_submit_charges_nothing(paid_service: JobService, credits: CreditService) -> None:
-    from bot.jobs import SubmitRefused
-
     with pytest.raises(SubmitRefused):
         await paid_service.create(JobRequest("text", "forbidden", guild_id=GUILD, user_id=ALICE, channel_id=5))
     assert (await credits.status(GUILD, ALICE, ())).remaining == 20_000

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import discord
 import pytest
 
 from bot.simulator import sample_video
@@ -175,8 +177,6 @@ async def test_in_a_forum_post_the_job_is_posted_in_place_and_says_so_once(world
 
 
 async def test_without_thread_permission_the_job_is_posted_in_place(world: Harness) -> None:
-    import discord
-
     fake = world.discord
     fake.bot_permissions[fake.general] = (
         discord.Permissions(send_messages=True, attach_files=True, embed_links=True)
@@ -282,7 +282,7 @@ async def test_stopped_while_rendering_and_started_again_delivers_exactly_once(w
     world.sim.finish()
     async with world.running():
         job = await world.job_in("delivered")
-        await __import__("asyncio").sleep(0.3)  # a few more ticks: nothing more may be posted
+        await asyncio.sleep(0.3)  # a few more ticks: nothing more may be posted
     videos = [m for m in fake.messages[str(job.thread_id)] if m["files"]]
     assert len(videos) == 1 and len(submits(world)) == 1
 
@@ -306,8 +306,6 @@ async def test_status_and_history(world: Harness) -> None:
 
 
 async def test_status_edits_are_throttled_while_jobs_render(world: Harness) -> None:
-    import asyncio
-
     fake = world.discord
     world.sim.hold = True
     world.settings_overrides = {"member_jobs_in_flight": 50, "server_jobs_in_flight": 50, "provider_concurrency": 50}
@@ -358,7 +356,7 @@ async def test_an_exhausted_account_is_reported_once_to_each_log_channel(world: 
         second = await fake.slash("video", {"prompt": "two"}, sub="text", user="bob")
         await wait_until(lambda: second.texts() and "Loading" not in second.texts()[0] and second.texts()[0])
         await wait_until(lambda: fake.messages[fake.log_channel])
-        await __import__("asyncio").sleep(0.3)
+        await asyncio.sleep(0.3)
     alerts = [m["content"] for m in fake.messages[fake.log_channel] if m["content"].startswith("⚠️")]
     assert len(alerts) == 1 and "out of credits" in alerts[0]
     assert "account needs an operator" in second.texts()[0] and second.ephemeral()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -106,8 +107,6 @@ async def test_run_serves_and_stops_cleanly_on_sigterm(
 async def test_backup_copies_the_database_while_the_bot_runs(
     fakes: tuple[FakeDiscord, KlingSimulator], tmp_path: Path
 ) -> None:
-    import sqlite3
-
     fake, sim = fakes
     env = bot_env(fake, sim, tmp_path)
     process = await asyncio.create_subprocess_exec(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot.images import prepare_first_frame
 from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
 from bot.kling import KlingClient
 from bot.simulator import KlingSimulator
@@ -148,8 +149,6 @@ async def test_stale_reserved_jobs_are_settled_by_the_poll(
 async def test_an_image_job_sends_the_stored_frame_as_base64(
     sim: KlingSimulator, service: JobService, store: Store, png_frame: bytes
 ) -> None:
-    from bot.images import prepare_first_frame
-
     frame = prepare_first_frame(png_frame)
     job = await service.create(JobRequest("image", "", image=frame, image_source="frame.png"))
     [post] = [r for r in sim.requests if r.method == "POST"]
