@@ -26,6 +26,20 @@ STATE_WORDS = {
 }
 
 
+MESSAGE_LIMIT = 2000  # Discord refuses longer message content
+
+
+def fit_lines(header: str, lines: list[str], limit: int = MESSAGE_LIMIT) -> str:
+    """A header and as many whole lines as fit in one message, then how many were left out."""
+    text = header
+    for shown, line in enumerate(lines):
+        more = f"\n… and {len(lines) - shown} more"
+        if len(text) + 1 + len(line) + len(more) > limit:
+            return text + more
+        text += "\n" + line
+    return text
+
+
 def clock(seconds: float) -> str:
     """Seconds as m:ss (or h:mm:ss)."""
     seconds = max(0, int(seconds))

@@ -14,6 +14,7 @@ from bot.app import VideoBot
 from bot.credits import CreditService, QuotaStatus
 from bot.quota import format_credits
 from bot.store import AuditEntry
+from cogs.messages import fit_lines
 from cogs.views import PagedView
 
 log = logging.getLogger(__name__)
@@ -229,16 +230,17 @@ class QuotaCog(commands.Cog):
         if not rows:
             await self._reply(interaction, f"No videos {since}.")
             return
-        lines = [f"**Usage {since}**", "member · jobs · seconds · credits · billed units"]
+        lines = ["member · jobs · seconds · credits · billed units"]
         lines += [
             f"<@{r.user_id}> · {r.jobs} · {r.seconds:.0f} · {format_credits(r.credits)} · {format_credits(r.billed)}"
             for r in rows
         ]
-        lines.append(
+        total = (
             f"**Total** · {sum(r.jobs for r in rows)} · {sum(r.seconds for r in rows):.0f} · "
             f"{format_credits(sum(r.credits for r in rows))} · {format_credits(sum(r.billed for r in rows))}"
         )
-        await self._reply(interaction, "\n".join(lines))
+        # The total goes first when lines must be dropped, so it is never the one left out.
+        await self._reply(interaction, fit_lines(f"**Usage {since}**\n{total}", lines))
 
     @admin.command(name="log-channel", description="Where moderator actions and job starts and ends are posted")
     @app_commands.describe(channel="The channel (leave empty to stop posting)")
@@ -262,10 +264,8 @@ class QuotaCog(commands.Cog):
             )
             if not entries:
                 return "No moderator actions recorded.", False
-            shown = entries[:AUDIT_PAGE]
-            return f"**Audit log** (page {page + 1})\n" + "\n".join(map(describe_audit, shown)), len(
-                entries
-            ) > AUDIT_PAGE
+            shown = [describe_audit(entry) for entry in entries[:AUDIT_PAGE]]
+            return fit_lines(f"**Audit log** (page {page + 1})", shown), len(entries) > AUDIT_PAGE
 
         await interaction.response.defer(ephemeral=True, thinking=True)
         await PagedView(interaction.user.id, render).show(interaction)

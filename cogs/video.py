@@ -18,7 +18,7 @@ from bot.credits import QuotaRefused
 from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, prepare_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.store import OPEN, Job
-from cogs.messages import STATE_WORDS, clock, job_card, options_line, status_line, thread_name
+from cogs.messages import STATE_WORDS, clock, fit_lines, job_card, options_line, status_line, thread_name
 from cogs.quota import member_roles
 from cogs.views import DeleteButton, PagedView, RerollButton
 
@@ -223,7 +223,7 @@ class VideoCog(commands.Cog):
             if not jobs:
                 text = "You have no videos in progress. Start one with `/video text` or `/video image`."
             else:
-                text = "**Your videos in progress**\n" + "\n".join(self._job_line(j, now) for j in jobs)
+                text = fit_lines("**Your videos in progress**", [self._job_line(j, now) for j in jobs])
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
     @status.autocomplete("job")
@@ -289,9 +289,8 @@ class VideoCog(commands.Cog):
                 return "You have not made any videos here yet.", False
             pages = (total + HISTORY_PAGE - 1) // HISTORY_PAGE
             lines = [self._history_line(j) for j in jobs]
-            return f"**Your videos** (page {page + 1} of {pages})\n" + "\n".join(lines), (
-                page + 1
-            ) * HISTORY_PAGE < total
+            more = (page + 1) * HISTORY_PAGE < total
+            return fit_lines(f"**Your videos** (page {page + 1} of {pages})", lines), more
 
         await PagedView(user_id, render).show(interaction)
 
@@ -469,7 +468,7 @@ class VideoCog(commands.Cog):
             lines.append(f"Reason: {job.error}")
         if job.status == "undeliverable" and job.video_url:
             lines.append(f"Video link (expires): {job.video_url}")
-        return "\n".join(lines)
+        return fit_lines(lines[0], lines[1:])
 
     def _history_line(self, job: Job) -> str:
         line = (

@@ -101,3 +101,11 @@ async def test_usage_lists_the_top_members_and_the_total(world: Harness) -> None
     text = await admin(fake, "usage", {"period": "total"})
     assert f"<@{fake.users['alice']['id']}> · 1 · 5 · 4 · 4" in text
     assert "**Total** · 1 · 5 · 4 · 4" in text
+
+
+async def test_a_long_audit_page_still_fits_in_one_message(world: Harness) -> None:
+    fake = world.discord
+    for n in range(12):
+        await admin(fake, "grant", {"member": fake.users["bob"], "amount": 1.0, "reason": f"{n} " + "r" * 190})
+    text = await admin(fake, "audit", {})
+    assert len(text) <= 2000 and "… and" in text
