@@ -12,6 +12,8 @@ RUN pip install . && useradd --create-home --uid 10001 bot && mkdir /data && cho
 
 USER bot
 VOLUME ["/data"]
+# Only used when set: CALLBACK_PORT (the provider's callbacks) and METRICS_PORT (Prometheus).
+EXPOSE 8090 9100
 # `docker stop` sends SIGTERM: the bot finishes its tick, closes the database and exits.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["python", "-m", "bot"]
