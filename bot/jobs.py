@@ -79,6 +79,7 @@ class JobRequest:
     user_id: int | None = None
     role_ids: tuple[int, ...] = ()
     attachment_size_limit: int | None = None
+    wait_if_unavailable: bool = False  # the member chose to queue rather than be refused while the service is down
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,7 @@ class JobService:
         """
         self.validate(request)
         unavailable = self.unavailable_reason()
-        if unavailable is not None:
+        if unavailable is not None and not request.wait_if_unavailable:
             raise ServiceUnavailable(unavailable)
         now = self.clock()
         image_sha = None
@@ -242,6 +243,8 @@ class JobService:
             await self.store.add_job(job)
         log.info("job %s reserved (%s, %ss, %s)", job.id, job.kind, job.duration, job.resolution)
         crash_point("after_reserve")
+        if unavailable is not None:
+            return await self._queue(job, "the video service is down; the member chose to wait")
         if await self.store.count_in(("queued",)):
             return await self._queue(job, "others are waiting: the dispatcher sends jobs fairly")
         if await self.store.count_in(("reserved", "submitted", "processing")) > self.provider_concurrency:

@@ -102,6 +102,28 @@ class AnimateModal(discord.ui.Modal, title="Animate image"):
         await reply_ephemeral(interaction, "Something went wrong on our side; it has been logged.")
 
 
+class WaitView(discord.ui.View):
+    """Offered when the video service is down: the member may choose to queue the job instead."""
+
+    def __init__(self, cog: VideoCog, request: JobRequest, channel: discord.abc.Messageable) -> None:
+        super().__init__(timeout=600)
+        self.cog = cog
+        self.request = replace(request, wait_if_unavailable=True)
+        self.channel = channel
+
+    @discord.ui.button(label="Queue it for when the service is back", style=discord.ButtonStyle.primary)
+    async def queue_it(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
+        self.stop()
+
+        async def build() -> JobRequest:
+            return self.request
+
+        try:
+            await self.cog.start_job(interaction, build, channel=self.channel)
+        except UserFacingError as exc:
+            await reply_ephemeral(interaction, str(exc))
+
+
 class VideoCog(commands.Cog):
     """Turns Discord input into `JobRequest`s and jobs into messages."""
 
@@ -324,7 +346,12 @@ class VideoCog(commands.Cog):
         except QuotaRefused as exc:
             raise UserFacingError(f"{exc} Nothing was charged.") from None
         except ServiceUnavailable as exc:
-            raise UserFacingError(str(exc)) from None
+            await interaction.followup.send(
+                f"{exc} Or I can queue it (your credits are held) and make it when the service is back.",
+                view=WaitView(self, request, channel),
+                ephemeral=True,
+            )
+            return None
         except SubmitRefused as exc:
             raise UserFacingError(exc.reason) from None
         await self._post_job(interaction, channel, job)

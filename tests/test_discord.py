@@ -395,3 +395,22 @@ async def test_a_render_failure_is_explained_in_the_thread_and_refunded(world: H
     assert told["content"].startswith(f"<@{fake.users['alice']['id']}> your video could not be made")
     assert told["allowed_mentions"] == {"parse": [], "users": [int(fake.users["alice"]["id"])]}
     assert job.error and (status.used, status.reserved) == (0, 0)
+
+
+async def test_while_the_service_is_down_a_member_may_choose_to_queue(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        breaker = world.resources.kling.breaker
+        breaker.opened_at = breaker.clock()  # the provider has been failing: the circuit is open
+        refused = await fake.slash("video", {"prompt": "when you can"}, sub="text")
+        await wait_until(lambda: refused.texts() and "not answering" in refused.texts()[0])
+        assert refused.ephemeral() and world.sim.requests == []
+        [button] = refused.messages[0]["components"][0]["components"]
+        assert button["label"] == "Queue it for when the service is back"
+        chosen = await fake.press(button["custom_id"], refused.messages[0])
+        job = await world.job_in("queued")
+        await wait_until(lambda: chosen.texts() and "on its way" in chosen.texts()[0])
+        assert world.sim.requests == []  # nothing is sent while the circuit is open
+        breaker.opened_at = breaker.clock() - breaker.cooldown  # time for one probe: the queued job
+        delivered = await world.job_in("delivered")
+    assert delivered.id == job.id and len(world.sim.tasks) == 1
