@@ -129,7 +129,7 @@ class Poller(commands.Cog):
             return
         self.metrics_at = time.monotonic()
         counts = await store.count_by_status()
-        for state in (*OPEN, *FINAL, "failed"):
+        for state in (*OPEN, *FINAL):
             metrics.JOBS.labels(state).set(counts.get(state, 0))
         credits = self.bot.resources.credits
         for guild in self.bot.guilds:
@@ -196,7 +196,7 @@ class Poller(commands.Cog):
         await self.status.show(job, card=True)
         if job.status == "failed":
             await self.deliverer.tell_failure(job)
-        if job.status in FINAL or job.status == "failed":
+        if job.status in FINAL:
             where = f"<#{job.thread_id or job.channel_id}>"
             await self.bot.post_log(job.guild_id, f"⏹️ video `{job.id[:8]}` of <@{job.user_id}> {job.status} in {where}")
 
