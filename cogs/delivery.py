@@ -36,6 +36,16 @@ class Deliverer:
         self.session = bot.resources.session
         self.started_at = time.time()
 
+    def card_pending(self, job: Job) -> bool:
+        """True while the command that made the job may still be posting its card (it shows the job then).
+
+        A job from before a restart never gets one, so it is not waited for."""
+        return (
+            job.message_id is None
+            and job.created_at > self.started_at
+            and time.time() - job.created_at < CARD_GRACE_SECONDS
+        )
+
     def upload_limit(self, job: Job) -> int:
         """The interaction's limit recorded with the job, else the server's, else Discord's default."""
         if job.attachment_size_limit:
@@ -45,14 +55,7 @@ class Deliverer:
 
     async def deliver(self, job: Job) -> None:
         """Fetch and post one finished video; every failure is counted, logged and bounded."""
-        if job.video_url is None or job.channel_id is None:
-            return
-        # A job this process is still posting the card of gets a moment; one from before a restart never will.
-        if (
-            job.message_id is None
-            and job.created_at > self.started_at
-            and time.time() - job.created_at < CARD_GRACE_SECONDS
-        ):
+        if job.video_url is None or job.channel_id is None or self.card_pending(job):
             return
         crash_point("before_post")
         target = self.bot.get_partial_messageable(job.thread_id or job.channel_id, guild_id=job.guild_id)

@@ -72,8 +72,9 @@ class StatusMessages:
     async def refresh_elapsed(self, jobs: list[Job]) -> None:
         """Advance the elapsed time of the stalest messages, within the per-tick budget."""
         now = time.monotonic()
-        due = [j for j in jobs if now - self.last_edit.get(j.id, 0.0) >= ELAPSED_EDIT_EVERY]
-        due.sort(key=lambda j: self.last_edit.get(j.id, 0.0))
+        self.last_edit = {job.id: self.last_edit.get(job.id, now) for job in jobs}  # new: its message is fresh
+        due = [j for j in jobs if now - self.last_edit[j.id] >= ELAPSED_EDIT_EVERY]
+        due.sort(key=lambda j: self.last_edit[j.id])
         for job in due[:ELAPSED_EDITS_PER_TICK]:
             await self.show(job, card=False)
 
@@ -193,6 +194,8 @@ class Poller(commands.Cog):
 
     async def announce(self, job: Job) -> None:
         """Show a change of state; a failure is also posted so the member is notified."""
+        if self.deliverer.card_pending(job):
+            return  # the command announces it once the card and the thread exist
         await self.status.show(job, card=True)
         if job.status == "failed":
             await self.deliverer.tell_failure(job)

@@ -389,6 +389,9 @@ class VideoCog(commands.Cog):
         await self.jobs.set_discord_refs(
             job.id, message_id=card.id, thread_id=thread.id if thread else None, status_message_id=status.id
         )
+        current = await self.jobs.store.get_job(job.id)
+        if current is not None and current.status != job.status:
+            self.bot.dispatch("job_changed", current)  # it moved while its card was being posted: show that now
         where = thread.mention if thread else "this channel"
         await interaction.followup.send(
             f"Your video `{job.id[:8]}` is on its way ({options_line(job)}); follow it in {where}.", ephemeral=True

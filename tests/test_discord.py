@@ -294,6 +294,12 @@ async def test_status_and_history(world: Harness) -> None:
         for n in range(2):
             await fake.slash("video", {"prompt": f"clip {n}"}, sub="text")
             await wait_until(lambda n=n: len(fake.threads()) == n + 1)
+
+        async def both_have_threads() -> bool:
+            jobs = await world.resources.store.member_jobs(int(fake.guild_id), int(fake.users["alice"]["id"]))
+            return len(jobs) == 2 and all(j.thread_id for j in jobs)
+
+        await wait_until(both_have_threads)
         status = await fake.slash("video", {}, sub="status")
         await wait_until(lambda: status.texts() and status.texts()[0])
         history = await fake.slash("video", {}, sub="history")
