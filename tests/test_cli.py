@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from bot.simulator import KlingSimulator
 from tests.conftest import API_KEY, make_image
+from tests.harness import bot_process
 
 
 def env_for(sim: KlingSimulator, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -28,10 +28,7 @@ def env_for(sim: KlingSimulator, tmp_path: Path, **extra: str) -> dict[str, str]
 
 
 async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, env=env, cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process = await bot_process(*args, env=env, cwd=cwd)
     out, err = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()

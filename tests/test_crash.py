@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,8 @@ from bot.crashpoints import POINTS
 from bot.simulator import KlingSimulator, sample_video
 from bot.store import Store
 from tests.fake_discord import FakeDiscord, wait_until
+from tests.harness import bot_process
 from tests.test_discord_process import bot_env, fakes  # noqa: F401  (the fixture)
-
-
-async def start_bot(env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", env=env, cwd=cwd,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
 
 
 def delivered(database: Path) -> bool:
@@ -43,7 +36,7 @@ async def test_killed_at_a_dangerous_point_the_job_is_still_delivered_exactly_on
 ) -> None:
     fake, sim = fakes
     env = bot_env(fake, sim, tmp_path)
-    crashing = await start_bot({**env, "KLING_BOT_CRASH_AT": point}, tmp_path)
+    crashing = await bot_process("run", env={**env, "KLING_BOT_CRASH_AT": point}, cwd=tmp_path)
     try:
         await fake.wait_ready(within=20)
         await fake.slash("video", {"prompt": f"survive {point}"}, sub="text")
@@ -54,7 +47,7 @@ async def test_killed_at_a_dangerous_point_the_job_is_still_delivered_exactly_on
     assert crashing.returncode == -signal.SIGKILL
 
     fake.identified.clear()
-    restarted = await start_bot(env, tmp_path)
+    restarted = await bot_process("run", env=env, cwd=tmp_path)
     try:
         await fake.wait_ready(within=20)
         await wait_until(lambda: delivered(tmp_path / "bot.sqlite3"), within=20)

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from bot.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, wait_until
-from tests.harness import KEY
+from tests.harness import KEY, bot_process
 
 
 @pytest.fixture
@@ -51,10 +50,7 @@ async def test_sync_registers_the_commands_in_the_guild(
 ) -> None:
     fake, sim = fakes
     env = bot_env(fake, sim, tmp_path, DISCORD_GUILD_ID=fake.guild_id)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "sync", env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process = await bot_process("sync", env=env, cwd=tmp_path)
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err.decode()
     assert "4 commands registered in server" in out.decode()
@@ -83,10 +79,7 @@ async def test_run_serves_and_stops_cleanly_on_sigterm(
     fakes: tuple[FakeDiscord, KlingSimulator], tmp_path: Path
 ) -> None:
     fake, sim = fakes
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", env=bot_env(fake, sim, tmp_path), cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process = await bot_process("run", env=bot_env(fake, sim, tmp_path), cwd=tmp_path)
     try:
         await fake.wait_ready(within=20)
         await fake.slash("video", {"prompt": "a process clip"}, sub="text")
@@ -109,18 +102,12 @@ async def test_backup_copies_the_database_while_the_bot_runs(
 ) -> None:
     fake, sim = fakes
     env = bot_env(fake, sim, tmp_path)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    process = await bot_process("run", env=env, cwd=tmp_path)
     try:
         await fake.wait_ready(within=20)
         await fake.slash("video", {"prompt": "worth keeping"}, sub="text")
         await wait_until(lambda: any(m["files"] for t in fake.threads() for m in fake.messages[t["id"]]), within=20)
-        backup = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "backup", str(tmp_path / "copy.sqlite3"), env=env, cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        backup = await bot_process("backup", str(tmp_path / "copy.sqlite3"), env=env, cwd=tmp_path)
         _, err = await asyncio.wait_for(backup.communicate(), 30)
         assert backup.returncode == 0, err.decode()
         assert process.returncode is None  # the bot kept running
