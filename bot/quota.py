@@ -1,11 +1,11 @@
-"""Quota policy, pure: a member's limit, the period window, a job's cost. Credits are integer milli-credits."""
+"""Quota policy, pure: a member's limit, the period window, a job's cost, in integer milli-credits."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 Millicredits = int
@@ -15,6 +15,8 @@ PERIODS: tuple[Period, ...] = ("day", "week", "month", "total")
 # The provider's price list: about 0.8 units per second at 720p and 1.0 at 1080p.
 DEFAULT_RATES: Mapping[str, Millicredits] = {"720p": 800, "1080p": 1000}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Plain digits only: no sign, exponent or underscores, so "1e999999999" cannot make a huge integer.
+_AMOUNT = re.compile(r"([0-9]*)(?:\.([0-9]*))?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,7 @@ class Limit:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Whether a job may start, and if not, why."""
+    """Whether a job may start; `remaining` is after this job when allowed, before it when refused."""
 
     allowed: bool
     reason: Literal["ok", "blocked", "no_credits", "member_busy", "server_busy"]
@@ -45,8 +47,8 @@ class Decision:
 
 
 def period_window(period: str, now: datetime) -> Window:
-    """The calendar period (UTC) holding `now`; weeks start on Monday."""
-    if now.tzinfo is None:
+    """The calendar period (UTC) holding `now`; weeks start on Monday. `now` must be timezone-aware."""
+    if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     now = now.astimezone(UTC)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -57,10 +59,7 @@ def period_window(period: str, now: datetime) -> Window:
         return Window(start, start + timedelta(days=7))
     if period == "month":
         start = midnight.replace(day=1)
-        reset = (
-            start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-        )
-        return Window(start, reset)
+        return Window(start, start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1))
     if period == "total":
         return Window(EPOCH, None)
     raise ValueError(f"unknown period {period!r}")
@@ -73,26 +72,26 @@ def resolve_limit(
     role_limits: Mapping[int, Millicredits | None],
     blocked_reason: str | None,
 ) -> Limit:
-    """Blocked, else the member's override, else the best of their roles (unlimited beats any number), else default."""
+    """Blocked, else the member's override, else their best role (unlimited beats numbers), else default."""
     if blocked_reason is not None:
         return Limit(0, "blocked", reason=blocked_reason)
     if override is not None:
         return Limit(override, "override")
-    if role_limits:
-        unlimited = [role for role, limit in role_limits.items() if limit is None]
-        if unlimited:
-            return Limit(None, "role", role_id=min(unlimited))
-        role, best = max(
-            ((r, v) for r, v in role_limits.items() if v is not None), key=lambda item: (item[1], -item[0])
-        )
-        return Limit(best, "role", role_id=role)
-    return Limit(default, "default")
+    if not role_limits:
+        return Limit(default, "default")
+    unlimited = [role for role, value in role_limits.items() if value is None]
+    if unlimited:
+        return Limit(None, "role", role_id=min(unlimited))
+    # Ties go to the lowest role id, so the answer does not depend on the mapping's order.
+    numbered = [(r, v) for r, v in role_limits.items() if v is not None]
+    role, best = max(numbered, key=lambda rv: (rv[1], -rv[0]))
+    return Limit(best, "role", role_id=role)
 
 
 def remaining(
     limit: Limit, *, used: Millicredits, reserved: Millicredits, granted: Millicredits
 ) -> Millicredits | None:
-    """Credits left this period (None: unlimited); never negative. Grants do not lift a block."""
+    """Credits left this period, bonus grants included (None: unlimited); never negative; a block stays 0."""
     if limit.millicredits is None:
         return None
     if limit.source == "blocked":
@@ -112,7 +111,7 @@ def check(
     server_in_flight: int,
     server_in_flight_cap: int,
 ) -> Decision:
-    """May a job costing `cost` start now? Blocks first, then the in-flight caps, then the credits."""
+    """May a job costing `cost` start now? A block first, then the in-flight caps, then the credits."""
     left = remaining(limit, used=used, reserved=reserved, granted=granted)
     if limit.source == "blocked":
         return Decision(False, "blocked", 0)
@@ -125,31 +124,34 @@ def check(
     return Decision(True, "ok", None if left is None else left - cost)
 
 
-def job_cost(duration: int, resolution: str, rates: Mapping[str, Millicredits] = DEFAULT_RATES) -> Millicredits:
-    """The credits a job reserves: its duration times the rate of its resolution."""
+def job_cost(duration: int, resolution: str, rates: Mapping[str, int] = DEFAULT_RATES) -> Millicredits:
+    """The credits a job reserves: its duration (seconds) times the rate of its resolution."""
     if resolution not in rates:
         raise ValueError(f"no credit rate for resolution {resolution!r}")
+    if duration < 0:
+        raise ValueError(f"a duration cannot be negative: {duration}")
     return duration * rates[resolution]
 
 
 def parse_billed_amount(amount: str) -> Millicredits:
-    """The provider's decimal string ("4.8") as milli-credits (4800), exactly."""
-    try:
-        value = Decimal(amount.strip())
-    except InvalidOperation:
-        raise ValueError(f"not a decimal amount: {amount!r}") from None
-    if not value.is_finite() or value < 0:
+    """The provider's decimal string ("4.8") as milli-credits (4800), exactly; a sub-milli rest rounds up."""
+    match = _AMOUNT.fullmatch(amount.strip())
+    whole, fraction = match.groups() if match else ("", None)
+    if not (whole or fraction):
         raise ValueError(f"not a billable amount: {amount!r}")
-    return int((value * 1000).to_integral_value())
+    fraction = fraction or ""
+    extra = 1 if fraction[3:].strip("0") else 0  # never charge less than the provider billed
+    return int(whole or "0") * 1000 + int(fraction[:3].ljust(3, "0")) + extra
 
 
 def format_credits(millicredits: Millicredits) -> str:
-    """Milli-credits as a plain decimal: 4000 -> "4", 4800 -> "4.8", 125 -> "0.125"."""
-    text = f"{Decimal(millicredits) / 1000:f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    """Milli-credits as a plain decimal: 4000 -> "4", 4800 -> "4.8", 125 -> "0.125", -1500 -> "-1.5"."""
+    whole, milli = divmod(abs(millicredits), 1000)
+    sign = "-" if millicredits < 0 else ""
+    return f"{sign}{whole}.{milli:03d}".rstrip("0").rstrip(".")
 
 
 def seconds_of_720p(millicredits: Millicredits, rates: Mapping[str, Millicredits] = DEFAULT_RATES) -> int:
-    """About how many seconds of 720p video these credits buy."""
+    """About how many whole seconds of 720p video these credits buy (0 for none or fewer)."""
     rate = rates.get("720p") or DEFAULT_RATES["720p"]
     return max(0, millicredits) // rate

@@ -1,0 +1,25 @@
+"""The benchmark still runs end to end (its figures are read by people, not asserted here)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_the_quick_benchmark_prints_every_section() -> None:
+    root = ROOT
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.run", "--quick", cwd=root, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 240)
+    assert process.returncode == 0, err.decode()[-2000:]
+    table = [line for line in out.decode().splitlines() if line.startswith("| ")]
+    sections = {line.split(" | ")[0].removeprefix("| ") for line in table[1:]}
+    assert {"N=10", "N=1000", "plan", "delivery", "intake", "adaptive", "latency", "memory"} <= sections
+    assert "| N=1000 | API requests per tick | 50 | floor 50, naive 1000 |" in table  # the floor, exactly
