@@ -6,6 +6,7 @@ Faults can be switched on (`fail_next`) to prove the client copes with what the 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import binascii
@@ -15,15 +16,15 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from bot.callbacks import sign
 from bot.serving import serve
@@ -33,13 +34,21 @@ log = logging.getLogger(__name__)
 MODEL = "kling-3.0-turbo"
 MAX_IDS = 20
 RATES = {"720p": Decimal("0.8"), "1080p": Decimal("1.0")}
+ASPECT_RATIOS = ("16:9", "9:16", "1:1")
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # Kling's safe size for a first frame
+FAULTS = frozenset(
+    {"rate_limit", "concurrency", "server_error", "unavailable", "html", "slow", "credits", "auth",
+     "accept_then_error", "bad_json", "malformed", "empty"}
+)  # fmt: skip
+TICK_SECONDS = 0.02
+CHUNK_BYTES = 64 * 1024
 HTML_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center>" \
     "<hr><center>nginx</center></body></html>"  # fmt: skip
 
 
 @dataclass
 class RecordedRequest:
-    """One request as the simulator received it."""
+    """One API request as the simulator received it (the video downloads are not recorded)."""
 
     method: str
     path: str
@@ -78,16 +87,31 @@ class _Fault:
     delay: float
 
 
-@dataclass
-class _Outcome:
-    status: int
-    code: int
-    message: str
-    headers: dict[str, str] = field(default_factory=dict)
+class _Answer(Exception):
+    """Ends a request early with this response: a refusal or a fault."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _envelope(
+    data: Any, code: int = 0, message: str = "SUCCEED", status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"code": code, "message": message, "data": data, "request_id": str(uuid.uuid4())}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _refuse(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> _Answer:
+    return _Answer(_envelope(None, code, message, status, headers))
+
+
+def _bad(message: str) -> _Answer:
+    return _refuse(400, 1201, message)
 
 
 class KlingSimulator:
-    """The provider in a box: submit, query, states over time, billing and a downloadable mp4."""
+    """The provider in a box: submit, query, states over time, billing, callbacks and a downloadable mp4."""
 
     def __init__(
         self,
@@ -108,19 +132,20 @@ class KlingSimulator:
         self.video_bytes = video_bytes
         self.clock = clock
         self.hold = False
-        # Fuzzing switches: rewrite each task record a query returns; break the video links.
+        # Fuzzing switches: rewrite each task record a query returns; break the video links ("404" or "html").
         self.rewrite: Callable[[dict[str, Any]], Any] | None = None
-        self.video_fault: str | None = None  # "404" or "html"
+        self.video_fault: str | None = None
+        self.callback_secret: str | None = None  # signs callbacks (Standard Webhooks) when set
         self.requests: list[RecordedRequest] = []
         self.tasks: dict[str, SimTask] = {}
         self._faults: list[_Fault] = []
         self._ids = itertools.count(901930004609634393)
         self._runner: web.AppRunner | None = None
         self._port = 0
+        self._origin = "http://127.0.0.1:0"
         self._callbacks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
-        self.callback_secret: str | None = None  # signs callbacks (Standard Webhooks) when set
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._middleware])
         base = "/v1/ai/{endpoint}/kling"
         self.app.router.add_post(f"{base}/videos/text-to-video/{MODEL}", self._submit_text)
         self.app.router.add_post(f"{base}/videos/image-to-video/{MODEL}", self._submit_image)
@@ -137,74 +162,80 @@ class KlingSimulator:
         self, fault: str, *, on: str = "any", times: int = 1, retry_after: float | None = None, delay: float = 0.0
     ) -> None:
         """The next `times` requests of kind `on` ("submit", "query", "any") get `fault` instead."""
+        if fault not in FAULTS or on not in ("submit", "query", "any"):
+            raise ValueError(f"unknown fault {fault!r} or request kind {on!r}")
         self._faults.append(_Fault(fault, on, times, retry_after, delay))
 
     def finish(self, task_id: str | None = None, *, fail_message: str | None = None) -> None:
         """End one task (or every unfinished one) now: succeeded, or failed with `fail_message`."""
-        for task in self.tasks.values():
+        for task in list(self.tasks.values()):
             if task_id in (None, task.id) and not task.finished:
                 task.fail_message = fail_message or task.fail_message
                 self._end(task)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on host:port (0: any free port)."""
+        """Listen on host:port (0: any free port) and let tasks move by the clock."""
         self._runner, self._port = await serve(self.app, host, port)
+        shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+        self._origin = f"http://{shown}:{self._port}"
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def close(self) -> None:
+        """Stop listening and drop pending callbacks."""
+        pending = [*self._callbacks, *([self._ticker] if self._ticker is not None else [])]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._ticker = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     async def _tick(self) -> None:
         # Tasks move by the clock even when nobody asks, as the real ones do (and callbacks say so).
         while True:
-            await asyncio.sleep(0.02)
-            for task in list(self.tasks.values()):
-                self._advance(task)
-
-    async def close(self) -> None:
-        """Stop listening and drop pending callbacks."""
-        if self._ticker is not None:
-            self._ticker.cancel()
-        for task in self._callbacks:
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                for task in list(self.tasks.values()):
+                    self._advance(task)
+            except Exception:
+                log.exception("the simulator could not advance its tasks")
 
     # --- plumbing ----------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-        return web.json_response(body, status=status, headers=headers)
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        api = request.path.startswith("/v1/ai/")
+        if api:
+            body, headers = await _json_body(request), dict(request.headers)
+            self.requests.append(RecordedRequest(request.method, request.path, dict(request.query), body, headers))
+        try:
+            return await handler(request)
+        except _Answer as answer:
+            return answer.response
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+            if not api:
+                raise
+            return _envelope(None, 1203, f"no such API: {request.method} {request.path}", 404)
 
-    def _envelope(self, data: Any, code: int = 0, message: str = "SUCCEED", status: int = 200) -> web.Response:
-        return self._json(status, {"code": code, "message": message, "data": data, "request_id": str(uuid.uuid4())})
-
-    def _error(self, outcome: _Outcome) -> web.Response:
-        body = {"code": outcome.code, "message": outcome.message, "data": None, "request_id": str(uuid.uuid4())}
-        return self._json(outcome.status, body, outcome.headers)
-
-    async def _enter(self, request: web.Request, kind: str) -> tuple[Any, web.Response | None, _Fault | None]:
-        """Record the request, check the key and the endpoint, and pick a pending fault."""
-        body: Any = None
-        if request.method == "POST":
-            try:
-                body = await request.json()
-            except ValueError:
-                body = None
-        self.requests.append(
-            RecordedRequest(request.method, request.path, dict(request.query), body, dict(request.headers))
-        )
+    async def _enter(self, request: web.Request, kind: str) -> tuple[Any, _Fault | None]:
+        """Check the key and the endpoint and apply a pending fault; returns the body and a fault the route plays."""
         fault = self._take_fault(kind)
         if fault is not None and fault.kind == "slow":
             await asyncio.sleep(fault.delay)
             fault = None
         auth = request.headers.get("Authorization", "")
         if not auth:
-            return body, self._error(_Outcome(401, 1000, "authentication failed: no Authorization header")), None
+            raise _refuse(401, 1000, "authentication failed: no Authorization header")
         if auth != f"Bearer {self.api_key}":
-            return body, self._error(_Outcome(401, 1002, "authentication failed: invalid access key")), None
+            raise _refuse(401, 1002, "authentication failed: invalid access key")
         if request.match_info["endpoint"] != self.endpoint_path:
-            return body, self._error(_Outcome(404, 1203, "endpoint not found")), None
-        if fault is not None and fault.kind != "accept_then_error":
-            return body, self._fault_response(fault), None
-        return body, None, fault
+            raise _refuse(404, 1203, "endpoint not found")
+        if fault is None or fault.kind == "malformed" or (fault.kind, kind) == ("accept_then_error", "submit"):
+            return await _json_body(request), fault
+        raise _Answer(_fault_response(fault))
 
     def _take_fault(self, kind: str) -> _Fault | None:
         for fault in self._faults:
@@ -215,79 +246,70 @@ class KlingSimulator:
                 return fault
         return None
 
-    def _fault_response(self, fault: _Fault) -> web.Response:
-        if fault.kind == "empty":
-            return web.Response(status=200, body=b"", content_type="application/json")
-        if fault.kind in ("html", "bad_json"):
-            return web.Response(status=502 if fault.kind == "html" else 200, text=HTML_PAGE, content_type="text/html")
-        if fault.kind == "malformed":
-            return self._envelope([{"unexpected": True}, {"id": None, "status": 7}])
-        retry = {"Retry-After": f"{fault.retry_after if fault.retry_after is not None else 1:g}"}
-        outcomes = {
-            "rate_limit": _Outcome(429, 1302, "request rate limit exceeded", retry),
-            "concurrency": _Outcome(429, 1303, "concurrent task limit exceeded", retry),
-            "server_error": _Outcome(500, 5000, "internal error"),
-            "unavailable": _Outcome(503, 5001, "service under maintenance"),
-            "credits": _Outcome(429, 1101, "resource pack exhausted"),
-            "auth": _Outcome(401, 1002, "authentication failed: invalid access key"),
-        }
-        if fault.kind not in outcomes:
-            raise ValueError(f"unknown fault {fault.kind!r}")
-        return self._error(outcomes[fault.kind])
-
     # --- submit ------------------------------------------------------------------------------------------
 
     async def _submit_text(self, request: web.Request) -> web.Response:
-        body, refused, fault = await self._enter(request, "submit")
-        if refused is not None:
-            return refused
-        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or not body["prompt"].strip():
-            return self._error(_Outcome(400, 1201, "prompt is required"))
-        prompt = body["prompt"]
+        body, fault = await self._enter(request, "submit")
+        if not isinstance(body, dict):
+            raise _bad("the body must be a JSON object")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _bad("prompt is required")
         if len(prompt) > 3072:
-            return self._error(_Outcome(400, 1201, "prompt must be at most 3072 characters"))
-        settings = body.get("settings") or {}
-        aspect = settings.get("aspect_ratio", "16:9")
-        if aspect not in ("16:9", "9:16", "1:1"):
-            return self._error(_Outcome(400, 1201, f"aspect_ratio {aspect!r} is not supported"))
+            raise _bad("prompt must be at most 3072 characters")
+        aspect = _section(body, "settings").get("aspect_ratio", "16:9")
+        if aspect not in ASPECT_RATIOS:
+            raise _bad(f"aspect_ratio {aspect!r} is not supported (16:9, 9:16, 1:1)")
         return self._create(body, "text", prompt, fault)
 
     async def _submit_image(self, request: web.Request) -> web.Response:
-        body, refused, fault = await self._enter(request, "submit")
-        if refused is not None:
-            return refused
+        body, fault = await self._enter(request, "submit")
         if not isinstance(body, dict) or not isinstance(body.get("contents"), list):
-            return self._error(_Outcome(400, 1201, "contents is required"))
-        if "aspect_ratio" in (body.get("settings") or {}):
-            return self._error(_Outcome(400, 1201, "aspect_ratio is not accepted for image to video"))
-        frames = [c for c in body["contents"] if isinstance(c, dict) and c.get("type") == "first_frame"]
-        prompts = [c for c in body["contents"] if isinstance(c, dict) and c.get("type") == "prompt"]
-        if len(frames) != 1 or not isinstance(frames[0].get("url"), str):
-            return self._error(_Outcome(400, 1201, "exactly one first_frame is required"))
-        problem = _check_first_frame(frames[0]["url"])
-        if problem:
-            return self._error(_Outcome(400, 1201, problem))
-        prompt = str(prompts[0].get("text", "")) if prompts else ""
+            raise _bad("contents is required")
+        if "aspect_ratio" in _section(body, "settings"):
+            raise _bad("aspect_ratio is not accepted for image to video: the first frame sets it")
+        frames, texts = [], []
+        for item in body["contents"]:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind == "first_frame":
+                frames.append(item.get("url"))
+            elif kind == "prompt":
+                texts.append(item.get("text"))
+            else:
+                raise _bad(f"contents type {kind!r} is not supported (first_frame, prompt)")
+        if len(frames) != 1 or not isinstance(frames[0], str):
+            raise _bad("contents must hold exactly one first_frame with a url")
+        if len(texts) > 1 or not all(isinstance(text, str) for text in texts):
+            raise _bad("contents may hold one prompt, whose text is a string")
+        _check_first_frame(frames[0])
+        prompt = texts[0] if texts else ""
         if len(prompt) > 2500:
-            return self._error(_Outcome(400, 1201, "prompt must be at most 2500 characters"))
+            raise _bad("prompt must be at most 2500 characters")
         return self._create(body, "image", prompt, fault)
 
     def _create(self, body: dict[str, Any], kind: str, prompt: str, fault: _Fault | None) -> web.Response:
-        settings = body.get("settings") or {}
-        options = body.get("options") or {}
+        settings, options = _section(body, "settings"), _section(body, "options")
         duration, resolution = settings.get("duration", 5), settings.get("resolution", "720p")
         if not isinstance(duration, int) or isinstance(duration, bool) or not 3 <= duration <= 15:
-            return self._error(_Outcome(400, 1201, "duration must be an integer from 3 to 15"))
+            raise _bad("duration must be an integer from 3 to 15")
         if resolution not in RATES:
-            return self._error(_Outcome(400, 1201, f"resolution {resolution!r} is not supported"))
-        external = options.get("external_task_id")
+            raise _bad(f"resolution {resolution!r} is not supported (720p, 1080p)")
+        external, callback_url = options.get("external_task_id") or None, options.get("callback_url") or None
+        if external is not None and not isinstance(external, str):
+            raise _bad("external_task_id must be a string")
+        if callback_url is not None and not str(callback_url).startswith(("http://", "https://")):
+            raise _bad("callback_url must be an http(s) URL")
         if external and any(t.external_id == external for t in self.tasks.values()):
-            return self._error(_Outcome(400, 1201, "external_task_id already exists"))
+            raise _bad("external_task_id already exists")
         if "forbidden" in prompt.lower():
-            return self._error(_Outcome(400, 1301, "prompt did not pass the content safety check"))
-        in_flight = sum(1 for t in self.tasks.values() if not t.finished)
-        if self.concurrency_limit is not None and in_flight >= self.concurrency_limit:
-            return self._error(_Outcome(429, 1303, "concurrent task limit exceeded"))
+            raise _refuse(400, 1301, "prompt did not pass the content safety check")
+        if self.concurrency_limit is not None:
+            for other in list(self.tasks.values()):
+                self._advance(other)
+            if sum(not t.finished for t in self.tasks.values()) >= self.concurrency_limit:
+                raise _refuse(429, 1303, "concurrent task limit exceeded")
+        if fault is not None and fault.kind == "malformed":  # an answer the client cannot use: no task id
+            return _envelope({"status": "submitted", "message": ""})
         now_ms = int(time.time() * 1000)
         task = SimTask(
             id=str(next(self._ids)),
@@ -297,7 +319,7 @@ class KlingSimulator:
             duration=duration,
             resolution=resolution,
             created=self.clock(),
-            callback_url=options.get("callback_url"),
+            callback_url=callback_url,
             fail_message="Video generation failed: internal render error" if "fail-render" in prompt else None,
             create_ms=now_ms,
             update_ms=now_ms,
@@ -305,37 +327,38 @@ class KlingSimulator:
         self.tasks[task.id] = task
         log.info("task %s created (%s, %ss, %s)", task.id, kind, duration, resolution)
         if fault is not None:  # accept_then_error: the task exists, but the answer is lost
-            return self._error(_Outcome(500, 5000, "internal error"))
-        return self._envelope(self._record(task))
+            raise _refuse(500, 5000, "internal error")
+        return _envelope(self._record(task, self._origin))
 
     # --- query and states --------------------------------------------------------------------------------
 
     async def _query(self, request: web.Request) -> web.Response:
-        _, refused, _ = await self._enter(request, "query")
-        if refused is not None:
-            return refused
+        _, fault = await self._enter(request, "query")
+        if fault is not None:  # malformed: records of the wrong shape and type
+            return _envelope([{"unexpected": True}, {"id": None, "status": 7}])
         task_ids = [i for i in request.query.get("task_ids", "").split(",") if i]
         external_ids = [i for i in request.query.get("external_task_ids", "").split(",") if i]
         if len(task_ids) + len(external_ids) > MAX_IDS:
-            return self._error(_Outcome(400, 1201, f"at most {MAX_IDS} ids per query"))
+            raise _bad(f"at most {MAX_IDS} ids per query")
         found = [self.tasks[i] for i in task_ids if i in self.tasks]
         found += [t for e in external_ids for t in self.tasks.values() if t.external_id == e]
         for task in found:
             self._advance(task)
-        records = [self._record(task) for task in found]
+        origin = f"{request.scheme}://{request.host}"
+        records = [self._record(task, origin) for task in found]
         if self.rewrite is not None:
             records = [self.rewrite(record) for record in records]
-        return self._envelope(records)
+        return _envelope(records)
 
     def _advance(self, task: SimTask) -> None:
-        """Move a task along by the clock: submitted, then processing, then its end."""
+        """Move a task along by the clock: submitted, then processing, then its end (unless held)."""
         if task.finished:
             return
         age = self.clock() - task.created
         processing_after = self.processing_after if self.processing_after is not None else self.render_seconds / 4
         if not self.hold and age >= self.render_seconds:
             self._end(task)
-        elif (self.hold or age >= processing_after) and task.status == "submitted":
+        elif age >= processing_after and task.status == "submitted":
             self._set(task, "processing")
 
     def _end(self, task: SimTask) -> None:
@@ -350,8 +373,11 @@ class KlingSimulator:
     def _set(self, task: SimTask, status: str) -> None:
         task.status = status
         task.update_ms = int(time.time() * 1000)
+        log.info("task %s is %s", task.id, status)
         if task.callback_url:
-            sending = asyncio.get_running_loop().create_task(self._callback(task.callback_url, self._record(task)))
+            sending = asyncio.get_running_loop().create_task(
+                self._callback(task.callback_url, self._record(task, self._origin))
+            )
             self._callbacks.add(sending)
             sending.add_done_callback(self._callbacks.discard)
 
@@ -363,12 +389,15 @@ class KlingSimulator:
             headers.update({"webhook-id": webhook_id, "webhook-timestamp": str(timestamp),
                             "webhook-signature": sign(self.callback_secret, webhook_id, timestamp, body)})  # fmt: skip
         try:
-            async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as response:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+                session.post(url, data=body, headers=headers) as response,
+            ):
                 await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("callback to %s failed: %s", url, exc)
+        except Exception as exc:  # fire and forget: a callback that fails is only logged
+            log.warning("callback to %s failed: %r", url, exc)
 
-    def _record(self, task: SimTask) -> dict[str, Any]:
+    def _record(self, task: SimTask, origin: str) -> dict[str, Any]:
         """The task as the reference shows it (no external id: the provider's page does not echo it)."""
         record: dict[str, Any] = {
             "id": task.id,
@@ -378,24 +407,17 @@ class KlingSimulator:
             "update_time": task.update_ms,
         }
         if task.status == "succeeded":
-            base = f"http://127.0.0.1:{self._port}"
-            amount = RATES[task.resolution] * task.duration
-            record["outputs"] = [
-                {
-                    "type": "video",
-                    "id": task.output_id,
-                    "url": f"{base}/videos/{task.output_id}.mp4",
-                    "duration": f"{task.duration + 0.041:.3f}",
-                }
-            ]
-            record["billing"] = [{"amount": _plain(amount), "charge_type": "unit", "package_type": "video"}]
+            url, duration = f"{origin}/videos/{task.output_id}.mp4", f"{task.duration + 0.041:.3f}"
+            record["outputs"] = [{"type": "video", "id": task.output_id, "url": url, "duration": duration}]
+            amount = _plain(RATES[task.resolution] * task.duration)
+            record["billing"] = [{"amount": amount, "charge_type": "unit", "package_type": "video"}]
         return record
 
     # --- the CDN -----------------------------------------------------------------------------------------
 
     async def _video(self, request: web.Request) -> web.StreamResponse:
         output_id = request.match_info["output_id"]
-        if not any(t.output_id == output_id for t in self.tasks.values()) or self.video_fault == "404":
+        if self.video_fault == "404" or not any(t.output_id == output_id for t in self.tasks.values()):
             raise web.HTTPNotFound()
         if self.video_fault == "html":
             return web.Response(text=HTML_PAGE, content_type="text/html")
@@ -404,10 +426,48 @@ class KlingSimulator:
         response.content_length = len(data)
         await response.prepare(request)
         view = memoryview(data)
-        for start in range(0, len(data), 256 * 1024):
-            await response.write(view[start : start + 256 * 1024])
+        for start in range(0, len(data), CHUNK_BYTES):
+            await response.write(view[start : start + CHUNK_BYTES])
         await response.write_eof()
         return response
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON, or None (aiohttp keeps the bytes, so asking twice is cheap)."""
+    if not request.body_exists:
+        return None
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
+def _fault_response(fault: _Fault) -> web.Response:
+    if fault.kind == "empty":
+        return web.Response(status=200, body=b"", content_type="application/json")
+    if fault.kind in ("html", "bad_json"):
+        return web.Response(status=502 if fault.kind == "html" else 200, text=HTML_PAGE, content_type="text/html")
+    retry = {"Retry-After": f"{fault.retry_after if fault.retry_after is not None else 1:g}"}
+    status, code, message, headers = {
+        "rate_limit": (429, 1302, "request rate limit exceeded", retry),
+        "concurrency": (429, 1303, "concurrent task limit exceeded", {}),
+        "server_error": (500, 5000, "internal error", {}),
+        "accept_then_error": (500, 5000, "internal error", {}),  # on a query: just a lost answer
+        "unavailable": (503, 5001, "service under maintenance", {}),
+        "credits": (429, 1101, "resource pack exhausted", {}),
+        "auth": (401, 1002, "authentication failed: invalid access key", {}),
+    }[fault.kind]
+    return _refuse(status, code, message, headers).response
+
+
+def _section(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """`settings` or `options`: absent is empty; anything but an object is refused."""
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(f"{name} must be an object")
+    return value
 
 
 def _plain(value: Decimal) -> str:
@@ -415,32 +475,34 @@ def _plain(value: Decimal) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def _check_first_frame(url: str) -> str | None:
-    """What the provider says about a first frame: an http(s) URL, or raw Base64 of a JPEG or PNG within limits."""
+def _check_first_frame(url: str) -> None:
+    """Refuse what the provider refuses: not an http(s) URL nor raw Base64 of a JPEG or PNG within limits."""
     if url.startswith(("http://", "https://")):
-        return None
+        return
     if url.startswith("data:"):
-        return "first_frame must be a URL or raw Base64 without a data: prefix"
+        raise _bad("first_frame must be a URL or raw Base64 without a data: prefix")
     try:
         data = base64.b64decode(url, validate=True)
     except (binascii.Error, ValueError):
-        return "first_frame is neither a URL nor valid Base64"
+        raise _bad("first_frame is neither a URL nor valid Base64") from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise _bad("first_frame must be at most 10 MB")
     try:
-        image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError):
-        return "first_frame is not a readable image"
-    if image.format not in ("JPEG", "PNG"):
-        return f"first_frame format {image.format} is not supported (jpg, jpeg, png)"
-    width, height = image.size
+        with Image.open(io.BytesIO(data)) as image:
+            kind, (width, height) = image.format, image.size
+            image.verify()
+    except Exception:  # Pillow raises many types for a broken file; all mean the same here
+        raise _bad("first_frame is not a readable image") from None
+    if kind not in ("JPEG", "MPO", "PNG"):  # MPO: a camera's JPEG with extra frames
+        raise _bad(f"first_frame format {kind} is not supported (jpg, jpeg, png)")
     if min(width, height) < 300:
-        return "first_frame must be at least 300 px on each side"
+        raise _bad("first_frame must be at least 300 px on each side")
     if max(width, height) / min(width, height) > 2.5:
-        return "first_frame aspect ratio must be between 1:2.5 and 2.5:1"
-    return None
+        raise _bad("first_frame aspect ratio must be between 1:2.5 and 2.5:1")
 
 
 def sample_video() -> bytes:
-    """The small real mp4 the simulator serves (3 s, H.264 and AAC)."""
+    """The small real mp4 the simulator serves (3 s, 320x180, H.264 and AAC)."""
     return (resources.files("bot") / "assets" / "sample.mp4").read_bytes()
 
 
@@ -449,9 +511,8 @@ async def run_forever(host: str, port: int, api_key: str, endpoint_path: str, re
     simulator = KlingSimulator(api_key=api_key, endpoint_path=endpoint_path, render_seconds=render_seconds)
     await simulator.start(host, port)
     print(
-        f"Kling simulator on http://{host}:{simulator._port}/v1/ai; point the bot at it with:\n"
-        f"  KLING_BASE_URL=http://{host}:{simulator._port}/v1/ai KLING_API_KEY={api_key} "
-        f"KLING_ENDPOINT_PATH={endpoint_path}\n"
+        f"Kling simulator on {simulator._origin}/v1/ai (endpoint path {endpoint_path!r}); point the bot at it with:\n"
+        f"  KLING_BASE_URL={simulator._origin}/v1/ai KLING_API_KEY={api_key} KLING_ENDPOINT_PATH={endpoint_path}\n"
         "Prompts containing 'forbidden' are refused; 'fail-render' fails after rendering. Ctrl-C stops it.",
         flush=True,
     )
@@ -460,3 +521,22 @@ async def run_forever(host: str, port: int, api_key: str, endpoint_path: str, re
     finally:
         await simulator.close()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bot.simulator`: the simulator alone, until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m bot.simulator", description="A local Kling API simulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--api-key", default="sim-key")
+    parser.add_argument("--endpoint-path", default="sim")
+    parser.add_argument("--render-seconds", type=float, default=8.0)
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(run_forever(args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
