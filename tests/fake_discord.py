@@ -3,24 +3,36 @@
 It runs all of discord.py's real code (see shared/notes/testing-discord.md) and enforces what real Discord
 enforces and the bot depends on: permissions, upload limits, no threads in forums or threads, deleted channels,
 message nonces, the first followup after a defer replacing the loading message.
+
+    async with running_fake() as fake, running_bot(bot, fake):
+        interaction = await fake.send_slash("ping", [], subcommand="pong")
+        await interaction.wait_response()
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import discord
-from aiohttp import web
+import yarl
+from aiohttp import BodyPartReader, WSMsgType, web
 
 from bot.serving import serve
 
 JSON = "application/json"  # exactly: discord.py fails on "application/json; charset=utf-8"
+MiB = 1024 * 1024
+FILESIZE_LIMITS = {0: 10 * MiB, 1: 10 * MiB, 2: 50 * MiB, 3: 100 * MiB}  # by guild premium tier, as discord.py
+NONCE_SECONDS = 5 * 60  # how long Discord remembers an enforced nonce ("a few minutes")
+THREADS = (10, 11, 12)
+EPHEMERAL, LOADING = 64, 128
 P = discord.Permissions
 MEMBER_PERMISSIONS = P(
     view_channel=True,
@@ -32,16 +44,17 @@ MEMBER_PERMISSIONS = P(
     attach_files=True,
     embed_links=True,
 )
-BOT_PERMISSIONS = P(
-    view_channel=True,
-    send_messages=True,
-    read_message_history=True,
-    send_messages_in_threads=True,
-    create_public_threads=True,
-    attach_files=True,
-    embed_links=True,
-)
+BOT_PERMISSIONS = P(MEMBER_PERMISSIONS.value & ~P(use_application_commands=True).value)
 MODERATOR_PERMISSIONS = P(manage_guild=True, manage_messages=True)
+UNKNOWN_CHANNEL = (404, 10003, "Unknown Channel")
+UNKNOWN_MESSAGE = (404, 10008, "Unknown Message")
+MISSING_PERMISSIONS = (403, 50013, "Missing Permissions")
+WRONG_CHANNEL_TYPE = (400, 50024, "Cannot execute action on this channel type")
+Files = list[tuple[str, bytes]]
+
+
+class Refused(Exception):
+    """Discord's answer to a request it refuses: (HTTP status, JSON error code, message)."""
 
 
 def now_iso() -> str:
@@ -50,12 +63,13 @@ def now_iso() -> str:
 
 @dataclass
 class Recorded:
-    """One REST request the fake received."""
+    """One REST request the fake received (multipart: `json` is the parsed payload_json)."""
 
     method: str
     path: str
     json: Any
     files: list[tuple[str, bytes]]
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,11 +79,16 @@ class Interaction:
     id: str
     token: str
     payload: dict[str, Any]
-    callbacks: list[dict[str, Any]] = field(default_factory=list)
+    callbacks: list[dict[str, Any]] = field(default_factory=list)  # the interaction responses, as received
     messages: list[dict[str, Any]] = field(default_factory=list)  # @original first (once it exists), then followups
+    followups: list[dict[str, Any]] = field(default_factory=list)  # messages sent through the webhook
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     sent_at: float = field(default_factory=time.perf_counter)  # when the gateway event went out
     first_answer_at: float | None = None  # when the bot's first callback arrived
+
+    @property
+    def responses(self) -> list[dict[str, Any]]:
+        return self.callbacks
 
     @property
     def deferred(self) -> bool:
@@ -79,37 +98,62 @@ class Interaction:
     def modal(self) -> dict[str, Any] | None:
         return next((c["data"] for c in self.callbacks if c["type"] == 9), None)
 
+    @property
+    def original(self) -> dict[str, Any] | None:
+        """The @original message, with every edit applied (None before it exists)."""
+        return self.messages[0] if self.messages else None
+
+    @property
+    def content(self) -> str | None:
+        return None if self.original is None else self.original["content"]
+
+    @property
+    def embeds(self) -> list[dict[str, Any]]:
+        return [] if self.original is None else self.original["embeds"]
+
     def texts(self) -> list[str]:
         return [m["content"] for m in self.messages]
 
     def ephemeral(self, index: int = -1) -> bool:
-        return bool(self.messages[index]["flags"] & 64)
+        """Whether message `index` (default: the latest) carries the ephemeral flag (64)."""
+        return bool(self.messages[index]["flags"] & EPHEMERAL)
+
+    async def wait_response(self, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
+        """Wait for the bot's first answer; returns the first callback (or the first followup if none)."""
+        await asyncio.wait_for(self.answered.wait(), timeout)
+        return self.callbacks[0] if self.callbacks else self.followups[0]
 
 
 class FakeDiscord:
     """One guild with members, roles and channels; a bot logs in with `token`."""
 
-    def __init__(self, *, filesize_limit: int = 10 * 1024 * 1024) -> None:
+    def __init__(self, *, filesize_limit: int | None = None, premium_tier: int = 0) -> None:
         self._ids = itertools.count(1_300_000_000_000_000_000)
         self.token = "fake-bot-token"
         self.application_id = self.snowflake()
         self.bot_user = self._user("video-bot", bot=True)
         self.guild_id = self.snowflake()
-        self.filesize_limit = filesize_limit
+        self.premium_tier = premium_tier
+        self.filesize_limit = filesize_limit or FILESIZE_LIMITS[premium_tier]  # what uploads are checked against
         self.requests: list[Recorded] = []
-        self.unexpected: list[str] = []
+        self.unexpected: list[str] = []  # "METHOD /path" of every request no route matched
         self.channels: dict[str, dict[str, Any]] = {}
-        self.messages: dict[str, list[dict[str, Any]]] = {}
+        self.messages: dict[str, list[dict[str, Any]]] = {}  # per channel (threads are channels), oldest first
         self.deleted_channels: set[str] = set()
         self.interactions: dict[str, Interaction] = {}
         self.files: dict[str, bytes] = {}  # CDN: attachment id -> bytes
         self.bot_permissions: dict[str, int] = {}  # per channel, overriding BOT_PERMISSIONS
-        self.identified = asyncio.Event()
+        self.identified = asyncio.Event()  # a bot IDENTIFYed and was sent READY and GUILD_CREATE
+        self.resumes = 0
         self._faults: list[tuple[str, re.Pattern[str], int, int, str, list[int]]] = []
-        self._sockets: list[web.WebSocketResponse] = []
+        self._nonces: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._sockets: list[web.WebSocketResponse] = []  # identified or resumed sessions
+        self._connections: set[web.WebSocketResponse] = set()
+        self._history: list[dict[str, Any]] = []  # dispatched events, replayed on RESUME
+        self._tasks: set[asyncio.Task[None]] = set()
         self._seq = 0
         self.moderator_role = self.snowflake()
-        self.roles = [
+        self.roles: list[dict[str, Any]] = [
             {"id": self.guild_id, "name": "@everyone", "position": 0, "permissions": str(MEMBER_PERMISSIONS.value)},
             {
                 "id": self.moderator_role,
@@ -126,8 +170,9 @@ class FakeDiscord:
         self.forum = self.add_channel("showcase", 15)
         self.forum_post = self.add_channel("my forum post", 11, parent=self.forum)
         self.log_channel = self.add_channel("mod-log", 0)
-        self.app = web.Application(client_max_size=200 * 1024 * 1024)
+        self.app = web.Application(client_max_size=200 * MiB)
         self.app.router.add_get("/gateway", self._gateway)
+        self.app.router.add_get("/attachments/{attachment}/{filename}", self._cdn)
         self.app.router.add_get("/cdn/{attachment}/{filename}", self._cdn)
         self.app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
         self._runner: web.AppRunner | None = None
@@ -137,6 +182,10 @@ class FakeDiscord:
 
     def snowflake(self) -> str:
         return str(next(self._ids))
+
+    @property
+    def bot_user_id(self) -> str:
+        return str(self.bot_user["id"])
 
     def _user(self, name: str, *, bot: bool = False) -> dict[str, Any]:
         return {
@@ -168,21 +217,31 @@ class FakeDiscord:
             channel.update(
                 available_tags=[], default_reaction_emoji=None, default_sort_order=None, default_forum_layout=0
             )
-        if kind in (10, 11, 12):
-            channel.update(
-                owner_id=self.users["alice"]["id"],
-                message_count=0,
-                member_count=1,
-                thread_metadata={
-                    "archived": False,
-                    "auto_archive_duration": 1440,
-                    "archive_timestamp": now_iso(),
-                    "locked": False,
-                },
-            )
+        if kind in THREADS:
+            channel.update(self._thread_fields(self.users["alice"]["id"], 1440))
         self.channels[channel_id] = channel
         self.messages[channel_id] = []
         return channel_id
+
+    @staticmethod
+    def _thread_fields(owner_id: str, archive_minutes: int) -> dict[str, Any]:
+        return {
+            "owner_id": owner_id,
+            "message_count": 0,
+            "member_count": 1,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": archive_minutes,
+                "archive_timestamp": now_iso(),
+                "locked": False,
+            },
+        }
+
+    def channel_id(self, ref: str) -> str:
+        """A channel's id, given its id or its name ("general")."""
+        if ref in self.channels or ref in self.deleted_channels:
+            return ref
+        return str(next(c["id"] for c in self.channels.values() if c["name"] == ref))
 
     def member(self, name: str) -> dict[str, Any]:
         return {
@@ -213,7 +272,7 @@ class FakeDiscord:
         members = [self.member(n) for n in self.users] + [
             {"user": self.bot_user, "roles": [], "joined_at": now_iso(), "deaf": False, "mute": False, "flags": 0}
         ]
-        threads = [c for c in self.channels.values() if c["type"] in (10, 11, 12)]
+        threads = [c for c in self.channels.values() if c["type"] in THREADS]
         return {
             "id": self.guild_id,
             "name": "Test server",
@@ -231,7 +290,8 @@ class FakeDiscord:
             "presences": [],
             "large": False,
             "unavailable": False,
-            "premium_tier": 0,
+            "premium_tier": self.premium_tier,
+            "premium_subscription_count": 0,
             "preferred_locale": "en-US",
             "verification_level": 0,
             "mfa_level": 0,
@@ -251,9 +311,10 @@ class FakeDiscord:
         width: int | None = None,
         height: int | None = None,
     ) -> dict[str, Any]:
+        """Store bytes on the CDN; returns the attachment payload (for `data.resolved.attachments`)."""
         attachment_id = self.snowflake()
         self.files[attachment_id] = data
-        url = f"http://127.0.0.1:{self.port}/cdn/{attachment_id}/{filename}"
+        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{filename}"
         payload: dict[str, Any] = {
             "id": attachment_id,
             "filename": filename,
@@ -272,7 +333,7 @@ class FakeDiscord:
         channel_id: str,
         author: dict[str, Any],
         content: str = "",
-        attachments: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        attachments: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
         """Put a message in a channel as if a member had posted it (attachments from `add_attachment`)."""
         message = self._message(channel_id, {"content": content}, [], author=author)
@@ -280,17 +341,24 @@ class FakeDiscord:
         self.messages[channel_id].append(message)
         return message
 
+    def find_message(self, message_id: str) -> dict[str, Any]:
+        return next(m for ms in self.messages.values() for m in ms if m["id"] == message_id)
+
     def delete_channel(self, channel_id: str) -> None:
+        """The channel (or thread) disappears: later requests to it answer 404 Unknown Channel (10003)."""
         self.deleted_channels.add(channel_id)
         self.channels.pop(channel_id, None)
 
     def fail_next(
         self, method: str, path_regex: str, status: int, code: int = 0, message: str = "", times: int = 1
     ) -> None:
+        """The next `times` requests matching answer this Discord error (checked before anything else)."""
         self._faults.append((method, re.compile(path_regex), status, code, message, [times]))
 
-    def threads(self) -> list[dict[str, Any]]:
-        return [c for c in self.channels.values() if c["type"] == 11 and c["parent_id"] == self.general]
+    def threads(self, parent: str | None = None) -> list[dict[str, Any]]:
+        """Public threads in `parent` (default: general), oldest first."""
+        parent = self.channel_id(parent) if parent else self.general
+        return [c for c in self.channels.values() if c["type"] == 11 and c["parent_id"] == parent]
 
     def posted(self, method: str = "POST", pattern: str = "") -> list[Recorded]:
         return [r for r in self.requests if r.method == method and re.search(pattern, r.path)]
@@ -301,7 +369,9 @@ class FakeDiscord:
         self._runner, self.port = await serve(self.app, "127.0.0.1", 0)
 
     async def close(self) -> None:
-        for socket in list(self._sockets):
+        for task in list(self._tasks):
+            await task
+        for socket in list(self._connections):
             await socket.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -315,57 +385,79 @@ class FakeDiscord:
         return f"ws://127.0.0.1:{self.port}/gateway"
 
     async def drop_gateway(self) -> None:
-        """Close the bot's websocket with a resumable code, as Discord does now and then."""
-        for socket in list(self._sockets):
+        """Close the bot's websocket with a resumable code (4000), as Discord does now and then."""
+        sockets, self._sockets[:] = list(self._sockets), []  # events from now on wait for the RESUME
+        for socket in sockets:
             await socket.close(code=4000)
+
+    def disconnect_gateway(self) -> None:
+        """`drop_gateway` from synchronous code: the bot reconnects and RESUMEs (missed events are replayed)."""
+        task = asyncio.get_running_loop().create_task(self.drop_gateway())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- gateway ------------------------------------------------------------------------------------------
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
-        self._sockets.append(socket)
+        self._connections.add(socket)
         await socket.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 45000}}))
         try:
             async for frame in socket:
+                if frame.type != WSMsgType.TEXT:
+                    continue
                 payload = json.loads(frame.data)
                 if payload["op"] == 1:
                     await socket.send_str(json.dumps({"op": 11}))
+                elif payload["op"] in (2, 6) and payload["d"]["token"] != self.token:
+                    await socket.close(code=4004)  # Authentication failed
                 elif payload["op"] == 2:
-                    if payload["d"]["token"] != self.token:
-                        await socket.close(code=4004)
-                        break
-                    await self._send(
-                        socket,
-                        "READY",
-                        {
-                            "v": 10,
-                            "user": self.bot_user,
-                            "guilds": [{"id": self.guild_id, "unavailable": True}],
-                            "session_id": "fake-session",
-                            "resume_gateway_url": self.gateway_url,
-                            "application": {"id": self.application_id, "flags": 0},
-                            "private_channels": [],
-                        },
-                    )
+                    await self._send(socket, "READY", self._ready_payload())
                     await self._send(socket, "GUILD_CREATE", self.guild_payload())
+                    self._sockets.append(socket)
                     self.identified.set()
                 elif payload["op"] == 6:
+                    self._sockets.append(socket)
+                    for missed in [e for e in self._history if e["s"] > (payload["d"]["seq"] or 0)]:
+                        await socket.send_str(json.dumps(missed))
                     await self._send(socket, "RESUMED", {})
+                    self.resumes += 1
         finally:
-            self._sockets.remove(socket)
+            self._connections.discard(socket)
+            if socket in self._sockets:
+                self._sockets.remove(socket)
         return socket
 
-    async def _send(self, socket: web.WebSocketResponse, event: str, data: Any) -> None:
+    def _ready_payload(self) -> dict[str, Any]:
+        return {
+            "v": 10,
+            "user": self.bot_user,
+            "guilds": [{"id": self.guild_id, "unavailable": True}],
+            "session_id": "fake-session",
+            "resume_gateway_url": self.gateway_url,
+            "application": {"id": self.application_id, "flags": 0},
+            "private_channels": [],
+        }
+
+    def _frame(self, event: str, data: Any) -> dict[str, Any]:
         self._seq += 1
-        await socket.send_str(json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}))
+        return {"op": 0, "t": event, "s": self._seq, "d": data}
+
+    async def _send(self, socket: web.WebSocketResponse, event: str, data: Any) -> None:
+        await socket.send_str(json.dumps(self._frame(event, data)))
 
     async def dispatch(self, event: str, data: Any) -> None:
+        """Send a gateway event to the connected bot (kept for replay if it is between connections)."""
+        frame = self._frame(event, data)
+        self._history.append(frame)
         for socket in list(self._sockets):
-            await self._send(socket, event, data)
+            if not socket.closed:
+                await socket.send_str(json.dumps(frame))
 
-    async def wait_ready(self, within: float = 10) -> None:
-        await asyncio.wait_for(self.identified.wait(), within)
+    async def wait_ready(self, timeout: float = 10, *, within: float | None = None) -> None:  # noqa: ASYNC109
+        """Until a bot has IDENTIFYed and been sent READY and GUILD_CREATE."""
+        await asyncio.wait_for(self.identified.wait(), within or timeout)
 
     # --- interactions -------------------------------------------------------------------------------------
 
@@ -379,7 +471,7 @@ class FakeDiscord:
         message: dict[str, Any] | None = None,
         attachment_size_limit: int | None = None,
     ) -> Interaction:
-        channel_id = channel or self.general
+        channel_id = self.channel_id(channel) if channel else self.general
         permissions = self.permissions_of(user)
         payload: dict[str, Any] = {
             "id": self.snowflake(),
@@ -408,6 +500,55 @@ class FakeDiscord:
         await self.dispatch("INTERACTION_CREATE", payload)
         return interaction
 
+    def _resolve(self, options: list[dict[str, Any]], resolved: dict[str, Any]) -> None:
+        """Fill `data.resolved` for attachment, user, channel and role options (values given as ids)."""
+        for option in options:
+            kind, value = option["type"], option.get("value", "")
+            if kind in (1, 2):
+                self._resolve(option.get("options", []), resolved)
+            elif kind == 11 and isinstance(value, dict):  # an attachment payload from add_attachment
+                resolved.setdefault("attachments", {})[value["id"]] = value
+                option["value"] = value["id"]
+            elif kind == 6:
+                name = next(n for n, u in self.users.items() if u["id"] == value)
+                resolved.setdefault("users", {})[value] = self.users[name]
+                member = {k: v for k, v in self.member(name).items() if k != "user"}
+                resolved.setdefault("members", {})[value] = member | {"permissions": str(self.permissions_of(name))}
+            elif kind == 7:
+                resolved.setdefault("channels", {})[value] = {**self.channels[value], "permissions": "0"}
+            elif kind == 8:
+                resolved.setdefault("roles", {})[value] = next(r for r in self.roles if r["id"] == value)
+
+    async def send_slash(
+        self,
+        name: str,
+        options: Sequence[dict[str, Any]] = (),
+        *,
+        user: str = "alice",
+        channel: str = "general",
+        subcommand: str | None = None,
+        attachments: Sequence[dict[str, Any]] = (),
+        attachment_size_limit: int | None = None,
+    ) -> Interaction:
+        """Run a chat-input command. `options` are Discord's option dicts ({"name", "type", "value"}); an
+        attachment option (type 11) may carry the `add_attachment` payload as its value. `subcommand` may be
+        "group sub". `attachments` are added to `data.resolved.attachments` as they are."""
+        built = [dict(o) for o in options]
+        resolved: dict[str, Any] = {}
+        for attachment in attachments:
+            resolved.setdefault("attachments", {})[attachment["id"]] = attachment
+        self._resolve(built, resolved)
+        if subcommand:  # "sub" or "group sub"
+            *groups, sub = subcommand.split()
+            built = [{"name": sub, "type": 1, "options": built}]
+            for group in reversed(groups):
+                built = [{"name": group, "type": 2, "options": built}]
+        data: dict[str, Any] = {"id": self.snowflake(), "name": name, "type": 1, "guild_id": self.guild_id}
+        data["options"] = built
+        if resolved:
+            data["resolved"] = resolved
+        return await self._interact(2, data, user=user, channel=channel, attachment_size_limit=attachment_size_limit)
+
     async def slash(
         self,
         name: str,
@@ -416,86 +557,113 @@ class FakeDiscord:
         sub: str | None = None,
         user: str = "alice",
         channel: str | None = None,
-        attachments: list[dict[str, Any]] = (),  # type: ignore[assignment]
         attachment_size_limit: int | None = None,
         types: dict[str, int] | None = None,
     ) -> Interaction:
-        """Run `/name [sub] option:value ...`; attachments are passed as option values (their payloads)."""
-        resolved: dict[str, Any] = {}
+        """`/name [sub] option:value ...` with option types guessed from the values: an attachment payload
+        (from add_attachment), a user dict (from `users`), bool, int, float or str; `types` overrides."""
         built = []
         for key, value in (options or {}).items():
             if isinstance(value, dict) and "filename" in value:
-                resolved.setdefault("attachments", {})[value["id"]] = value
-                built.append({"name": key, "type": 11, "value": value["id"]})
-            elif isinstance(value, dict) and "username" in value:  # a user: resolve as a member of the guild
-                member_name = value["username"]
-                resolved.setdefault("users", {})[value["id"]] = value
-                resolved.setdefault("members", {})[value["id"]] = {
-                    k: v for k, v in self.member(member_name).items() if k != "user"
-                } | {"permissions": "0"}
-                built.append({"name": key, "type": 6, "value": value["id"]})
+                kind = 11
+            elif isinstance(value, dict) and "username" in value:
+                kind, value = 6, value["id"]
+            elif key in (types or {}):
+                kind = (types or {})[key]
             else:
-                kind = (types or {}).get(key) or (
-                    5
-                    if isinstance(value, bool)
-                    else 4
-                    if isinstance(value, int)
-                    else 10
-                    if isinstance(value, float)
-                    else 3
-                )
-                if kind == 8:
-                    role = next(r for r in self.roles if r["id"] == value)
-                    resolved.setdefault("roles", {})[value] = role
-                if kind == 7:
-                    resolved.setdefault("channels", {})[value] = {**self.channels[value], "permissions": "0"}
-                built.append({"name": key, "type": kind, "value": value})
-        data: dict[str, Any] = {
-            "id": self.snowflake(),
-            "name": name,
-            "type": 1,
-            "guild_id": self.guild_id,
-            "options": [{"name": sub, "type": 1, "options": built}] if sub else built,
-        }
-        if resolved:
-            data["resolved"] = resolved
-        return await self._interact(2, data, user=user, channel=channel, attachment_size_limit=attachment_size_limit)
-
-    async def message_menu(
-        self, name: str, message: dict[str, Any], *, user: str = "alice", channel: str | None = None
-    ) -> Interaction:
-        data = {
-            "id": self.snowflake(),
-            "name": name,
-            "type": 3,
-            "target_id": message["id"],
-            "resolved": {"messages": {message["id"]: self._public(message)}},
-        }
-        return await self._interact(2, data, user=user, channel=channel or message["channel_id"])
-
-    async def press(self, custom_id: str, message: dict[str, Any], *, user: str = "alice") -> Interaction:
-        return await self._interact(
-            3,
-            {"custom_id": custom_id, "component_type": 2},
+                kind = {bool: 5, int: 4, float: 10}.get(type(value), 3)
+            built.append({"name": key, "type": kind, "value": value})
+        return await self.send_slash(
+            name,
+            built,
             user=user,
-            channel=message["channel_id"],
-            message=self._public(message),
+            channel=channel or self.general,
+            subcommand=sub,
+            attachment_size_limit=attachment_size_limit,
         )
+
+    async def send_context_menu(
+        self, name: str, message: str | dict[str, Any], *, user: str = "alice", channel: str | None = None
+    ) -> Interaction:
+        """Run a message command (data.type 3) on a message (its id, or its payload)."""
+        target = self.find_message(message) if isinstance(message, str) else message
+        resolved = {"messages": {target["id"]: self._public(target)}}
+        data = {"id": self.snowflake(), "name": name, "type": 3, "target_id": target["id"], "resolved": resolved}
+        return await self._interact(2, data, user=user, channel=channel or target["channel_id"])
+
+    async def send_component(
+        self,
+        custom_id: str,
+        message: str | dict[str, Any],
+        *,
+        user: str = "alice",
+        channel: str | None = None,
+        values: list[str] | None = None,
+    ) -> Interaction:
+        """Press a button (with `values`: choose in a string select) on a message (its id, or its payload)."""
+        target = self.find_message(message) if isinstance(message, str) else message
+        data: dict[str, Any] = {"custom_id": custom_id, "component_type": 2 if values is None else 3}
+        if values is not None:
+            data["values"] = values
+        channel = channel or target["channel_id"]
+        return await self._interact(3, data, user=user, channel=channel, message=self._public(target))
+
+    message_menu = send_context_menu
+    press = send_component
+
+    async def send_modal_submit(
+        self, custom_id: str, values: dict[str, Any], *, user: str = "alice", channel: str | None = None
+    ) -> Interaction:
+        """Submit a modal, `values` by field custom_id (a list for selects). If the bot showed this modal to
+        `user`, the submission mirrors its layout (Label components, type 18, or action rows) and comes from
+        the same channel; otherwise it holds text inputs in action rows."""
+        shown = next(
+            (
+                i
+                for i in reversed(self.interactions.values())
+                if i.modal and i.modal["custom_id"] == custom_id and i.payload["member"]["user"] == self.users[user]
+            ),
+            None,
+        )
+        if shown is not None and shown.modal is not None:
+            layout, channel = shown.modal["components"], channel or shown.payload["channel_id"]
+        else:
+            layout = [{"type": 1, "components": [{"type": 4, "custom_id": key}]} for key in values]
+        answers = self._modal_answers(layout, lambda item: values.get(item["custom_id"]))
+        return await self._interact(5, {"custom_id": custom_id, "components": answers}, user=user, channel=channel)
 
     async def submit_modal(self, shown: Interaction, values: dict[str, str], *, user: str = "alice") -> Interaction:
         """Fill the modal the bot showed, by field label, and submit it."""
         modal = shown.modal
         assert modal is not None, "the bot showed no modal"
-        rows = []
-        for row in modal["components"]:
-            inner = row.get("components") or [row.get("component")]
-            for item in inner:
-                value = values.get(item.get("label", ""), item.get("value") or "")
-                rows.append({"type": 1, "components": [{"type": 4, "custom_id": item["custom_id"], "value": value}]})
-        data = {"custom_id": modal["custom_id"], "components": rows}
+        components = self._modal_answers(modal["components"], lambda item: values.get(item.get("label", "")))
+        data = {"custom_id": modal["custom_id"], "components": components}
         return await self._interact(5, data, user=user, channel=shown.payload["channel_id"])
 
+    @staticmethod
+    def _modal_answers(layout: list[dict[str, Any]], value_of: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+        """What Discord sends back for a modal layout: rows and labels kept, each input with its value."""
+
+        def answer(item: dict[str, Any], label: str | None) -> dict[str, Any]:
+            value = value_of({**item, "label": label or item.get("label", "")})
+            out: dict[str, Any] = {"type": item["type"], "custom_id": item["custom_id"]}
+            if item["type"] == 4:
+                out["value"] = value if value is not None else item.get("value") or ""
+            else:  # selects and file uploads answer a list of values
+                out["values"] = value or []
+            return out
+
+        answers = []
+        for row in layout:
+            if row["type"] == 1:
+                answers.append({"type": 1, "components": [answer(c, None) for c in row["components"]]})
+            elif row["type"] == 18:
+                answers.append({"type": 18, "component": answer(row["component"], row.get("label"))})
+        return answers
+
     # --- REST ---------------------------------------------------------------------------------------------
+    # A handler gets the recorded request and the ids from its path; it returns the JSON body (None: 204) or
+    # raises Refused with Discord's status, code and message.
 
     @staticmethod
     def _json(body: Any, status: int = 200) -> web.Response:
@@ -504,26 +672,25 @@ class FakeDiscord:
     def _error(self, status: int, code: int, message: str) -> web.Response:
         return self._json({"message": message, "code": code}, status)
 
-    async def _read(self, request: web.Request) -> tuple[Any, list[tuple[str, bytes]]]:
-        files: list[tuple[str, bytes]] = []
+    async def _read(self, request: web.Request) -> tuple[Any, Files]:
+        files: Files = []
         if request.content_type == "multipart/form-data":
             payload: Any = None
-            reader = await request.multipart()
-            async for part in reader:
+            async for part in await request.multipart():
+                assert isinstance(part, BodyPartReader)
                 if part.name == "payload_json":
-                    payload = json.loads(await part.text())  # type: ignore[union-attr]
+                    payload = json.loads(await part.text())
                 else:
-                    files.append((part.filename or "", bytes(await part.read())))  # type: ignore[union-attr]
+                    files.append((part.filename or "", bytes(await part.read())))
             return payload, files
-        if request.can_read_body:
-            raw = await request.read()
-            return (json.loads(raw) if raw else None), files
-        return None, files
+        raw = await request.read() if request.can_read_body else b""
+        return (json.loads(raw) if raw else None), files
 
-    async def _rest(self, request: web.Request) -> web.StreamResponse:
+    async def _rest(self, request: web.Request) -> web.Response:
         path = "/" + request.match_info["path"]
         body, files = await self._read(request)
-        self.requests.append(Recorded(request.method, path, body, files))
+        call = Recorded(request.method, path, body, files, dict(request.query))
+        self.requests.append(call)
         for fault in self._faults:
             method, pattern, status, code, message, left = fault
             if method == request.method and pattern.search(path):
@@ -531,65 +698,56 @@ class FakeDiscord:
                 if left[0] <= 0:
                     self._faults.remove(fault)
                 return self._error(status, code, message or f"{status} injected")
-        if (
-            not path.startswith(("/interactions/", "/webhooks/"))
-            and request.headers.get("Authorization") != f"Bot {self.token}"
-        ):
+        public = path.startswith(("/interactions/", "/webhooks/", "/gateway"))
+        if not public and request.headers.get("Authorization") != f"Bot {self.token}":
             return self._error(401, 0, "401: Unauthorized")
-        for pattern, method, handler in self._routes:
-            match = re.fullmatch(pattern, path)
-            if match and method == request.method:
-                return await handler(self, request, body, files, *match.groups())
+        for route, method, handler in self._routes:
+            if (match := re.fullmatch(route, path)) and method == request.method:
+                try:
+                    answer = await handler(self, call, *match.groups())
+                except Refused as refused:
+                    return self._error(*refused.args)
+                return web.Response(status=204) if answer is None else self._json(answer)
         self.unexpected.append(f"{request.method} {path}")
         return self._error(404, 0, "404: Not Found")
 
-    async def _me(self, request: web.Request, body: Any, files: Any) -> web.Response:
-        return self._json(self.bot_user)
+    async def _me(self, call: Recorded) -> Any:
+        return self.bot_user
 
-    async def _application(self, request: web.Request, body: Any, files: Any) -> web.Response:
-        return self._json(
-            {
-                "id": self.application_id,
-                "name": "video-bot",
-                "icon": None,
-                "description": "",
-                "bot_public": True,
-                "bot_require_code_grant": False,
-                "owner": self.users["mod"],
-                "verify_key": "00",
-                "flags": 0,
-                "interactions_endpoint_url": None,
-            }
-        )
+    async def _application(self, call: Recorded) -> Any:
+        return {
+            "id": self.application_id,
+            "name": "video-bot",
+            "icon": None,
+            "description": "",
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "owner": self.users["mod"],
+            "verify_key": "00",
+            "flags": 0,
+            "interactions_endpoint_url": None,
+        }
 
-    async def _sync(self, request: web.Request, body: Any, files: Any, *guild: str) -> web.Response:
-        return self._json(
-            [
-                {
-                    **c,
-                    "id": self.snowflake(),
-                    "application_id": self.application_id,
-                    "version": "1",
-                    "default_member_permissions": c.get("default_member_permissions"),
-                    "description": c.get("description", ""),
-                }
-                for c in body
-            ]
-        )
+    async def _get_gateway(self, call: Recorded, bot: str | None) -> Any:
+        limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
+        return {"url": self.gateway_url} | ({"shards": 1, "session_start_limit": limit} if bot else {})
+
+    async def _sync(self, call: Recorded, *guild: str) -> Any:
+        return [
+            {"description": "", **c, "id": self.snowflake(), "application_id": self.application_id, "version": "1"}
+            | {"default_member_permissions": c.get("default_member_permissions")}
+            for c in call.json
+        ]
 
     def _message(
         self,
         channel_id: str,
         body: dict[str, Any],
-        files: list[tuple[str, bytes]],
+        files: Files,
         author: dict[str, Any] | None = None,
         message_id: str | None = None,
     ) -> dict[str, Any]:
-        attachments = []
-        for index, (filename, data) in enumerate(files):
-            attachment = self.add_attachment(filename, data)
-            attachment["index"] = index
-            attachments.append(attachment)
+        """A stored message: the public payload plus `files` [(filename, bytes)] and `allowed_mentions`."""
         return {
             "id": message_id or self.snowflake(),
             "channel_id": channel_id,
@@ -598,217 +756,235 @@ class FakeDiscord:
             "content": body.get("content") or "",
             "embeds": body.get("embeds") or [],
             "components": body.get("components") or [],
-            "attachments": attachments,
+            "attachments": self._attachments(files),
             "files": files,
             "flags": body.get("flags") or 0,
             "allowed_mentions": body.get("allowed_mentions"),
             "nonce": body.get("nonce"),
-            "mentions": [],
-            "mention_roles": [],
-            "mention_everyone": False,
-            "pinned": False,
-            "tts": False,
-            "type": 0,
             "timestamp": now_iso(),
             "edited_timestamp": None,
+            "type": 0,
+            "mentions": [],
+            "mention_roles": [],
+            **dict.fromkeys(("mention_everyone", "pinned", "tts"), False),
         }
+
+    def _attachments(self, files: Files) -> list[dict[str, Any]]:
+        return [self.add_attachment(name, data) | {"index": i} for i, (name, data) in enumerate(files)]
+
+    def _edit(self, message: dict[str, Any], body: dict[str, Any], files: Files) -> None:
+        """Apply a PATCH: given fields replace; `attachments` keeps the listed old ones and adds the new files."""
+        for key in ("content", "embeds", "components", "allowed_mentions"):
+            if key in body:
+                message[key] = body[key] if body[key] is not None else ([] if key != "content" else "")
+        if "attachments" in body or files:
+            kept = {a["id"] for a in body.get("attachments") or [] if "id" in a}
+            old = [(a, f) for a, f in zip(message["attachments"], message["files"], strict=False) if a["id"] in kept]
+            message["attachments"] = [a for a, _ in old] + self._attachments(files)
+            message["files"] = [f for _, f in old] + files
+        if "flags" in body:  # ephemeral cannot be changed by an edit
+            message["flags"] = (body["flags"] or 0) & ~EPHEMERAL | message["flags"] & EPHEMERAL
+        message["flags"] &= ~LOADING
+        message["edited_timestamp"] = now_iso()
 
     @staticmethod
     def _public(message: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in message.items() if k not in ("files", "allowed_mentions")}
 
-    def _check_upload(self, files: list[tuple[str, bytes]], limit: int) -> web.Response | None:
+    @staticmethod
+    def _check_upload(files: Files, limit: int) -> None:
         if any(len(data) > limit for _, data in files):
-            return self._error(413, 40005, "Request entity too large")
-        return None
+            raise Refused(413, 40005, "Request entity too large")
 
-    async def _create_message(self, request: web.Request, body: Any, files: Any, channel_id: str) -> web.Response:
-        if channel_id in self.deleted_channels or channel_id not in self.channels:
-            return self._error(404, 10003, "Unknown Channel")
-        channel = self.channels[channel_id]
-        if channel["type"] in (15, 16):
-            return self._error(400, 50008, "Cannot send messages in a non-text channel")
-        permissions = P(self.bot_permissions_in(channel_id))
-        allowed = permissions.send_messages_in_threads if channel["type"] in (10, 11, 12) else permissions.send_messages
-        if not allowed or (files and not permissions.attach_files):
-            return self._error(403, 50013, "Missing Permissions")
-        if (too_big := self._check_upload(files, self.filesize_limit)) is not None:
-            return too_big
-        if body.get("enforce_nonce") and body.get("nonce"):
-            for earlier in self.messages[channel_id]:
-                if earlier["nonce"] == body["nonce"]:
-                    return self._json(self._public(earlier))
-        message = self._message(channel_id, body, files)
-        self.messages[channel_id].append(message)
-        return self._json(self._public(message))
+    def _channel(self, channel_id: str) -> dict[str, Any]:
+        if channel_id not in self.channels:
+            raise Refused(*UNKNOWN_CHANNEL)
+        return self.channels[channel_id]
 
     def _find(self, channel_id: str, message_id: str) -> dict[str, Any] | None:
         return next((m for m in self.messages.get(channel_id, []) if m["id"] == message_id), None)
 
-    async def _edit_message(
-        self, request: web.Request, body: Any, files: Any, channel_id: str, message_id: str
-    ) -> web.Response:
-        if channel_id in self.deleted_channels:
-            return self._error(404, 10003, "Unknown Channel")
-        message = self._find(channel_id, message_id)
-        if message is None:
-            return self._error(404, 10008, "Unknown Message")
-        for key in ("content", "embeds", "components", "flags", "allowed_mentions"):
-            if key in body:
-                message[key] = body[key]
-        message["edited_timestamp"] = now_iso()
-        return self._json(self._public(message))
+    def _stored(self, channel_id: str, message_id: str) -> dict[str, Any]:
+        self._channel(channel_id)
+        if (message := self._find(channel_id, message_id)) is None:
+            raise Refused(*UNKNOWN_MESSAGE)
+        return message
 
-    async def _delete_message(
-        self, request: web.Request, body: Any, files: Any, channel_id: str, message_id: str
-    ) -> web.Response:
-        message = self._find(channel_id, message_id)
-        if message is None:
-            return self._error(404, 10008, "Unknown Message")
-        self.messages[channel_id].remove(message)
-        return web.Response(status=204)
+    async def _create_message(self, call: Recorded, channel_id: str) -> Any:
+        body, files = call.json or {}, call.files
+        kind = self._channel(channel_id)["type"]
+        if kind in (15, 16):
+            raise Refused(400, 50008, "Cannot send messages in a non-text channel")
+        permissions = P(self.bot_permissions_in(channel_id))
+        allowed = permissions.send_messages_in_threads if kind in THREADS else permissions.send_messages
+        if not allowed or (files and not permissions.attach_files):
+            raise Refused(*MISSING_PERMISSIONS)
+        self._check_upload(files, self.filesize_limit)
+        key = (channel_id, str(body.get("nonce")))
+        if (
+            body.get("enforce_nonce")
+            and key in self._nonces
+            and time.monotonic() - self._nonces[key][0] < NONCE_SECONDS
+        ):
+            return self._public(self._nonces[key][1])  # Discord answers a repeated nonce with the first message
+        message = self._message(channel_id, body, files)
+        self.messages[channel_id].append(message)
+        if body.get("nonce"):
+            self._nonces[key] = (time.monotonic(), message)
+        return self._public(message)
 
-    async def _get_messages(self, request: web.Request, body: Any, files: Any, channel_id: str) -> web.Response:
-        if channel_id not in self.channels:
-            return self._error(404, 10003, "Unknown Channel")
-        limit = int(request.query.get("limit", 50))
-        return self._json([self._public(m) for m in reversed(self.messages[channel_id][-limit:])])
+    async def _edit_message(self, call: Recorded, channel_id: str, message_id: str) -> Any:
+        message = self._stored(channel_id, message_id)
+        self._check_upload(call.files, self.filesize_limit)
+        self._edit(message, call.json or {}, call.files)
+        return self._public(message)
 
-    async def _get_channel(self, request: web.Request, body: Any, files: Any, channel_id: str) -> web.Response:
-        if channel_id not in self.channels:
-            return self._error(404, 10003, "Unknown Channel")
-        return self._json(self.channels[channel_id])
+    async def _delete_message(self, call: Recorded, channel_id: str, message_id: str) -> None:
+        self.messages[channel_id].remove(self._stored(channel_id, message_id))
 
-    async def _start_thread(
-        self, request: web.Request, body: Any, files: Any, channel_id: str, message_id: str
-    ) -> web.Response:
-        channel = self.channels.get(channel_id)
-        if channel is None:
-            return self._error(404, 10003, "Unknown Channel")
-        if channel["type"] not in (0, 5):
-            return self._error(400, 50024, "Cannot execute action on this channel type")
-        if not P(self.bot_permissions_in(channel_id)).create_public_threads:
-            return self._error(403, 50013, "Missing Permissions")
-        if self._find(channel_id, message_id) is None:
-            return self._error(404, 10008, "Unknown Message")
-        if message_id in self.channels:
-            return self._error(400, 160004, "A thread has already been created for this message")
+    async def _get_messages(self, call: Recorded, channel_id: str) -> Any:
+        self._channel(channel_id)
+        limit = int(call.query.get("limit", 50))
+        return [self._public(m) for m in reversed(self.messages[channel_id][-limit:])]
+
+    async def _get_channel(self, call: Recorded, channel_id: str) -> Any:
+        return self._channel(channel_id)
+
+    async def _new_thread(self, parent: str, thread_id: str, kind: int, body: dict[str, Any]) -> dict[str, Any]:
         thread = {
-            "id": message_id,
-            "type": 11,
+            "id": thread_id,
+            "type": kind,
             "guild_id": self.guild_id,
-            "parent_id": channel_id,
+            "parent_id": parent,
             "name": body["name"],
-            "owner_id": self.bot_user["id"],
-            "message_count": 0,
-            "member_count": 1,
-            "rate_limit_per_user": 0,
+            "rate_limit_per_user": body.get("rate_limit_per_user") or 0,
             "flags": 0,
             "last_message_id": None,
-            "thread_metadata": {
-                "archived": False,
-                "auto_archive_duration": body.get("auto_archive_duration", 1440),
-                "archive_timestamp": now_iso(),
-                "locked": False,
-            },
+            **self._thread_fields(self.bot_user_id, body.get("auto_archive_duration") or 1440),
         }
-        self.channels[message_id] = thread
-        self.messages[message_id] = []
+        self.channels[thread_id] = thread
+        self.messages[thread_id] = []
         await self.dispatch("THREAD_CREATE", {**thread, "newly_created": True})
-        return self._json(thread, 201)
+        return thread
 
-    async def _callback(
-        self, request: web.Request, body: Any, files: Any, interaction_id: str, token: str
-    ) -> web.Response:
+    async def _start_thread(self, call: Recorded, channel_id: str, message_id: str) -> Any:
+        """A public thread from a message: the thread's id is the message's."""
+        if self._channel(channel_id)["type"] not in (0, 5):  # not in forum or media channels, nor inside a thread
+            raise Refused(*WRONG_CHANNEL_TYPE)
+        if not P(self.bot_permissions_in(channel_id)).create_public_threads:
+            raise Refused(*MISSING_PERMISSIONS)
+        self._stored(channel_id, message_id)
+        if message_id in self.channels:
+            raise Refused(400, 160004, "A thread has already been created for this message")
+        return await self._new_thread(channel_id, message_id, 11, call.json)
+
+    async def _create_thread(self, call: Recorded, channel_id: str) -> Any:
+        """A thread without a starter message, or a forum post (thread and first message share one id)."""
+        kind = self._channel(channel_id)["type"]
+        if kind in THREADS:
+            raise Refused(*WRONG_CHANNEL_TYPE)
+        if kind not in (15, 16):
+            return await self._new_thread(channel_id, self.snowflake(), call.json.get("type") or 12, call.json)
+        self._check_upload(call.files, self.filesize_limit)
+        thread = await self._new_thread(channel_id, self.snowflake(), 11, call.json)
+        message = self._message(thread["id"], call.json.get("message") or {}, call.files, message_id=thread["id"])
+        self.messages[thread["id"]].append(message)
+        return {**thread, "message": self._public(message)}
+
+    def _respond(self, interaction: Interaction, body: dict[str, Any], files: Files) -> dict[str, Any]:
+        """A new interaction message; it shows in the channel unless ephemeral."""
+        message = self._message(interaction.payload["channel_id"], body, files)
+        message["interaction_metadata"] = {
+            "id": interaction.id,
+            "type": interaction.payload["type"],
+            "user": interaction.payload["member"]["user"],
+            "authorizing_integration_owners": interaction.payload["authorizing_integration_owners"],
+        }
+        interaction.messages.append(message)
+        if not message["flags"] & EPHEMERAL and message["channel_id"] in self.messages:
+            self.messages[message["channel_id"]].append(message)
+        return message
+
+    async def _callback(self, call: Recorded, interaction_id: str, token: str) -> Any:
         interaction = self.interactions.get(interaction_id)
         if interaction is None or interaction.token != token:
-            return self._error(404, 10062, "Unknown interaction")
+            raise Refused(404, 10062, "Unknown interaction")
         if interaction.callbacks:
-            return self._error(400, 40060, "Interaction has already been acknowledged.")
+            raise Refused(400, 40060, "Interaction has already been acknowledged.")
+        body, data = call.json, call.json.get("data") or {}
+        self._check_upload(call.files, interaction.payload["attachment_size_limit"])
         interaction.callbacks.append(body)
         interaction.first_answer_at = time.perf_counter()
         response: dict[str, Any] = {"interaction": {"id": interaction_id, "type": interaction.payload["type"]}}
-        data = body.get("data") or {}
+        message: dict[str, Any] | None = None
         if body["type"] == 4:  # a message
-            if (too_big := self._check_upload(files, interaction.payload["attachment_size_limit"])) is not None:
-                return too_big
-            message = self._message(interaction.payload["channel_id"], data, files)
-            interaction.messages.append(message)
-            response["resource"] = {"type": 4, "message": self._public(message)}
+            message = self._respond(interaction, data, call.files)
         elif body["type"] == 5:  # "thinking": the loading message becomes @original
-            message = self._message(interaction.payload["channel_id"], {"flags": data.get("flags", 0) | 128}, [])
-            interaction.messages.append(message)
-            response["resource"] = {"type": 5, "message": self._public(message)}
+            message = self._respond(interaction, {"flags": (data.get("flags") or 0) | LOADING}, [])
         elif body["type"] == 7:  # update the message the component is on
             target = interaction.payload["message"]
-            stored = self._find(target["channel_id"], target["id"]) or target
-            for key in ("content", "embeds", "components"):
-                if key in data:
-                    stored[key] = data[key]
-            interaction.messages.append(stored)
+            message = self._find(target["channel_id"], target["id"]) or target
+            self._edit(message, data, call.files)
+            interaction.messages.append(message)
+        if message is not None:
+            response["interaction"].update(
+                response_message_id=message["id"],
+                response_message_loading=bool(message["flags"] & LOADING),
+                response_message_ephemeral=bool(message["flags"] & EPHEMERAL),
+            )
+            response["resource"] = {"type": body["type"], "message": self._public(message)}
         interaction.answered.set()
-        return self._json(response)
+        return response
 
-    def _webhook_interaction(self, token: str) -> Interaction | None:
-        return next((i for i in self.interactions.values() if i.token == token), None)
+    def _webhook_interaction(self, token: str) -> Interaction:
+        found = next((i for i in self.interactions.values() if i.token == token), None)
+        if found is None:
+            raise Refused(404, 10015, "Unknown Webhook")
+        return found
 
-    async def _followup(self, request: web.Request, body: Any, files: Any, app_id: str, token: str) -> web.Response:
+    async def _followup(self, call: Recorded, app_id: str, token: str) -> Any:
         interaction = self._webhook_interaction(token)
-        if interaction is None:
-            return self._error(404, 10015, "Unknown Webhook")
-        if (too_big := self._check_upload(files, interaction.payload["attachment_size_limit"])) is not None:
-            return too_big
-        loading = next((m for m in interaction.messages if m["flags"] & 128), None)
-        if loading is not None:  # the first followup after a defer replaces the loading message, flags and all
-            loading.update(self._message(loading["channel_id"], body, files, message_id=loading["id"]))
-            loading["flags"] = (loading["flags"] & 64) | ((body.get("flags") or 0) & ~128)
-            if interaction.callbacks and (interaction.callbacks[0].get("data") or {}).get("flags", 0) & 64:
-                loading["flags"] |= 64
+        body = call.json or {}
+        self._check_upload(call.files, interaction.payload["attachment_size_limit"])
+        loading = next((m for m in interaction.messages if m["flags"] & LOADING), None)
+        if loading is not None:  # the first followup after a defer replaces the loading message
+            ephemeral = loading["flags"] & EPHEMERAL  # the defer decided; the followup's flag cannot change it
+            loading.update(self._message(loading["channel_id"], body, call.files, message_id=loading["id"]))
+            loading["flags"] = ((body.get("flags") or 0) & ~(LOADING | EPHEMERAL)) | ephemeral
             message = loading
         else:
-            message = self._message(interaction.payload["channel_id"], body, files)
-            interaction.messages.append(message)
+            message = self._respond(interaction, body, call.files)
+        interaction.followups.append(message)
         interaction.answered.set()
-        return self._json(self._public(message))
+        return self._public(message)
 
-    async def _edit_original(
-        self, request: web.Request, body: Any, files: Any, app_id: str, token: str, message_id: str
-    ) -> web.Response:
+    async def _webhook_message(self, call: Recorded, app_id: str, token: str, message_id: str) -> Any:
+        """GET, PATCH or DELETE @original or a followup."""
         interaction = self._webhook_interaction(token)
-        if interaction is None or not interaction.messages:
-            return self._error(404, 10008, "Unknown Message")
-        message = (
-            interaction.messages[0]
-            if message_id == "@original"
-            else next((m for m in interaction.messages if m["id"] == message_id), None)
-        )
+        original = interaction.messages[:1] if message_id == "@original" else []
+        message = next(iter(original or [m for m in interaction.messages if m["id"] == message_id]), None)
         if message is None:
-            return self._error(404, 10008, "Unknown Message")
-        for key in ("content", "embeds", "components"):
-            if key in body:
-                message[key] = body[key]
-        message["flags"] &= ~128
-        return self._json(self._public(message))
+            raise Refused(*UNKNOWN_MESSAGE)
+        if call.method == "PATCH":
+            self._check_upload(call.files, interaction.payload["attachment_size_limit"])
+            self._edit(message, call.json or {}, call.files)
+        elif call.method == "DELETE":
+            interaction.messages.remove(message)
+            if message in self.messages.get(message["channel_id"], []):
+                self.messages[message["channel_id"]].remove(message)
+            return None
+        return self._public(message)
 
-    async def _delete_original(
-        self, request: web.Request, body: Any, files: Any, app_id: str, token: str, message_id: str
-    ) -> web.Response:
-        interaction = self._webhook_interaction(token)
-        if interaction is not None and interaction.messages:
-            interaction.messages.pop(0)
-        return web.Response(status=204)
-
-    async def _get_member(
-        self, request: web.Request, body: Any, files: Any, guild_id: str, user_id: str
-    ) -> web.Response:
+    async def _get_member(self, call: Recorded, guild_id: str, user_id: str) -> Any:
         name = next((n for n, u in self.users.items() if u["id"] == user_id), None)
         if name is None:
-            return self._error(404, 10007, "Unknown Member")
-        return self._json(self.member(name))
+            raise Refused(404, 10007, "Unknown Member")
+        return self.member(name)
 
     _routes: ClassVar[list[tuple[str, str, Any]]] = [
         (r"/users/@me", "GET", _me),
         (r"/oauth2/applications/@me", "GET", _application),
+        (r"/gateway(/bot)?", "GET", _get_gateway),
         (r"/applications/\d+/commands", "PUT", _sync),
         (r"/applications/\d+/guilds/(\d+)/commands", "PUT", _sync),
         (r"/channels/(\d+)/messages", "POST", _create_message),
@@ -816,11 +992,13 @@ class FakeDiscord:
         (r"/channels/(\d+)/messages/(\d+)", "PATCH", _edit_message),
         (r"/channels/(\d+)/messages/(\d+)", "DELETE", _delete_message),
         (r"/channels/(\d+)/messages/(\d+)/threads", "POST", _start_thread),
+        (r"/channels/(\d+)/threads", "POST", _create_thread),
         (r"/channels/(\d+)", "GET", _get_channel),
         (r"/interactions/(\d+)/([^/]+)/callback", "POST", _callback),
         (r"/webhooks/(\d+)/([^/]+)", "POST", _followup),
-        (r"/webhooks/(\d+)/([^/]+)/messages/([^/]+)", "PATCH", _edit_original),
-        (r"/webhooks/(\d+)/([^/]+)/messages/([^/]+)", "DELETE", _delete_original),
+        (r"/webhooks/(\d+)/([^/]+)/messages/([^/]+)", "GET", _webhook_message),
+        (r"/webhooks/(\d+)/([^/]+)/messages/([^/]+)", "PATCH", _webhook_message),
+        (r"/webhooks/(\d+)/([^/]+)/messages/([^/]+)", "DELETE", _webhook_message),
         (r"/guilds/(\d+)/members/(\d+)", "GET", _get_member),
     ]
 
@@ -829,6 +1007,60 @@ class FakeDiscord:
         if data is None:
             raise web.HTTPNotFound()
         return web.Response(body=data, content_type="application/octet-stream")
+
+
+# --- running things against the fake ------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running_fake(**options: Any) -> AsyncIterator[FakeDiscord]:
+    """A started FakeDiscord; closed afterwards, and discord.py's endpoints restored."""
+    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    fake = FakeDiscord(**options)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.close()
+        discord.http.Route.BASE = base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
+
+
+ClientT = TypeVar("ClientT", bound=discord.Client)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    bot: ClientT,
+    fake: FakeDiscord,
+    *,
+    token: str | None = None,
+    timeout: float = 10,  # noqa: ASYNC109
+) -> AsyncIterator[ClientT]:
+    """Point discord.py at the fake, start `bot` and wait until it is ready; close it (and its session) on exit.
+
+    Pass `guild_ready_timeout=0.05` to the bot, or readiness waits two seconds for guilds."""
+    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    discord.http.Route.BASE = fake.api_base
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fake.gateway_url)
+    fake.identified.clear()
+    task = asyncio.create_task(bot.start(token or fake.token))
+    ready = asyncio.create_task(bot.wait_until_ready())
+    try:
+        await asyncio.wait({task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # login failed: raise why
+            raise RuntimeError("the bot stopped before it was ready")
+        if not ready.done():
+            raise TimeoutError(f"the bot was not ready within {timeout}s")
+        yield bot
+    finally:
+        ready.cancel()
+        await bot.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        discord.http.Route.BASE = base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
 
 
 async def wait_until(predicate: Any, within: float = 5.0, interval: float = 0.01) -> None:
