@@ -252,16 +252,7 @@ class VideoCog(commands.Cog):
     async def _status_job_choices(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[app_commands.Choice[str]]:
-        if interaction.guild_id is None:
-            return []
-        jobs = await self.jobs.store.member_jobs(interaction.guild_id, interaction.user.id, limit=25)
-        return [
-            app_commands.Choice(
-                name=f"{j.id[:8]} · {STATE_WORDS.get(j.status, j.status)} · {j.prompt[:60]}", value=j.id
-            )
-            for j in jobs
-            if j.id.startswith(current.strip().lower())
-        ]
+        return await self._job_choices(interaction, current, None)
 
     @video.command(name="cancel", description="Cancel a job that is still waiting in the queue")
     @app_commands.describe(job="The job id (the first characters are enough)")
@@ -289,13 +280,22 @@ class VideoCog(commands.Cog):
     async def _cancel_job_choices(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[app_commands.Choice[str]]:
+        return await self._job_choices(interaction, current, ("queued",))
+
+    async def _job_choices(
+        self, interaction: discord.Interaction[Any], current: str, statuses: tuple[str, ...] | None
+    ) -> list[app_commands.Choice[str]]:
+        """The member's jobs whose id starts with what they typed (Discord allows 100 characters a name)."""
         if interaction.guild_id is None:
             return []
-        jobs = await self.jobs.store.member_jobs(interaction.guild_id, interaction.user.id, statuses=("queued",))
+        jobs = await self.jobs.store.member_jobs(interaction.guild_id, interaction.user.id, statuses=statuses, limit=25)
+        typed = current.strip().lower()
         return [
-            app_commands.Choice(name=f"{j.id[:8]} · {j.prompt[:80]}", value=j.id)
+            app_commands.Choice(
+                name=f"{j.id[:8]} · {STATE_WORDS.get(j.status, j.status)} · {j.prompt}"[:100], value=j.id
+            )
             for j in jobs
-            if j.id.startswith(current.strip().lower())
+            if j.id.startswith(typed)
         ]
 
     @video.command(name="history", description="Your recent videos")

@@ -420,3 +420,22 @@ async def test_while_the_service_is_down_a_member_may_choose_to_queue(world: Har
         breaker.opened_at = breaker.clock() - breaker.cooldown  # time for one probe: the queued job
         delivered = await world.job_in("delivered")
     assert delivered.id == job.id and len(world.sim.tasks) == 1
+
+
+async def test_job_autocomplete_offers_the_members_jobs_within_discords_limits(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await fake.slash("video", {"prompt": "a very long prompt " * 20}, sub="text")
+        job = await world.job_in("delivered")
+        focused = {"name": "job", "type": 3, "value": "", "focused": True}
+        data = {
+            "id": fake.snowflake(), "name": "video", "type": 1, "guild_id": fake.guild_id,
+            "options": [{"name": "status", "type": 1, "options": [focused]}],
+        }  # fmt: skip
+        asked = await fake._interact(4, data, user="alice", channel=fake.general)
+        await wait_until(lambda: asked.callbacks)
+    [answer] = asked.callbacks
+    assert answer["type"] == 8
+    [choice] = answer["data"]["choices"]
+    assert choice["value"] == job.id and choice["name"].startswith(f"{job.id[:8]} · done")
+    assert len(choice["name"]) <= 100
