@@ -17,6 +17,7 @@ from bot.images import ImageRejected, prepare_first_frame
 from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
 from bot.kling import KlingError
 from bot.resources import open_resources
+from bot.store import StoreUnavailable
 
 log = logging.getLogger("bot")
 
@@ -89,6 +90,9 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
         result = asyncio.run(coroutine)
     except KeyboardInterrupt:
         return 130
+    except StoreUnavailable as exc:
+        print(f"error: DATABASE_PATH: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return result
 
 

@@ -141,7 +141,7 @@ async def run_bot(settings: Settings) -> int:
     """Run until stopped; SIGTERM and SIGINT close the gateway, the session and the database cleanly."""
     token = _require_token(settings)
     apply_discord_endpoints(settings)
-    async with open_resources(settings) as resources, VideoBot(settings, resources) as bot:
+    async with open_resources(settings, single_instance=True) as resources, VideoBot(settings, resources) as bot:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, functools.partial(_stop, bot, signum))

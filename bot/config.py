@@ -20,7 +20,8 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     """Every setting of the bot; see `.env.example` for what each one means."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # An empty line in `.env` (as `.env.example` ships them) means "not set": the default applies.
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     discord_token: SecretStr = SecretStr("")
     kling_api_key: SecretStr

@@ -27,10 +27,12 @@ class Resources:
 
 
 @contextlib.asynccontextmanager
-async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Open the session and the store, build the client and the service; close everything on exit."""
+async def open_resources(settings: Settings, *, single_instance: bool = False) -> AsyncIterator[Resources]:
+    """Open the session and the store, build the client and the service; close everything on exit.
+
+    `single_instance` is for the bot itself: a second bot on the same SQLite file is refused."""
     async with aiohttp.ClientSession(headers={"User-Agent": "kling-video-bot/0.1"}) as session:
-        store = await Store.open(settings.database_path)
+        store = await Store.open(settings.database_path, single_instance=single_instance)
         try:
             kling = KlingClient(
                 session,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
+import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
@@ -258,34 +261,79 @@ class StoredImage:
     data: bytes
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be opened or is held by another bot process; the message says why, in one line."""
+
+
+def _hold_instance_lock(path: Path) -> int:
+    """Take the database's process lock (`<database>.lock`) or refuse: SQLite serves one bot process."""
+    lock_path = path.with_name(path.name + ".lock")
+    handle = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise StoreUnavailable(
+            f"another bot process is running on {path}; SQLite serves one process (stop the other one first)"
+        ) from None
+    return handle
+
+
 class Store:
     """One long-lived aiosqlite connection in WAL mode; writes are serialised by a lock and run in transactions."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, instance_lock: int | None = None) -> None:
         self._db = db
         self._lock = asyncio.Lock()
+        self._instance_lock = instance_lock
 
     @classmethod
-    async def open(cls, path: Path | str) -> Store:
-        """Open (creating if needed) the database and bring its schema up to date."""
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
+    async def open(cls, path: Path | str, *, single_instance: bool = False) -> Store:
+        """Open (creating if needed) the database and bring its schema up to date.
+
+        With `single_instance`, refuse when another process holds the database (the bot itself, not its tools).
+        Every failure is a `StoreUnavailable` naming the cause."""
+        instance_lock = None
+        try:
+            if str(path) != ":memory:":
+                path = Path(path)
+                if path.is_dir():
+                    raise StoreUnavailable(f"{path} is a directory, not a database file")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if single_instance:
+                    instance_lock = _hold_instance_lock(path)
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open {path}: {exc.strerror or exc}") from None
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {path}: {exc}") from None
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
             await db.execute("PRAGMA synchronous=NORMAL")
-            store = cls(db)
+            store = cls(db, instance_lock)
             await store._migrate()
+            await db.execute("BEGIN IMMEDIATE")  # a read-only file or folder fails here, at start, not at a job
+            await db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            await db.close()
+            if instance_lock is not None:
+                os.close(instance_lock)
+            raise StoreUnavailable(f"cannot use {path}: {exc}") from None
         except BaseException:
             await db.close()
+            if instance_lock is not None:
+                os.close(instance_lock)
             raise
         return store
 
     async def close(self) -> None:
-        """Close the connection (checkpointing the WAL)."""
+        """Close the connection (checkpointing the WAL) and let another process have the database."""
         await self._db.close()
+        if self._instance_lock is not None:
+            os.close(self._instance_lock)
+            self._instance_lock = None
 
     async def _migrate(self) -> None:
         version = await self._scalar("PRAGMA user_version")
@@ -295,11 +343,6 @@ class Store:
             # executescript commits first, so wrap the script and the version bump in one transaction ourselves.
             await self._db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
             log.info("database schema upgraded to version %d", number)
-
-    @property
-    def schema_version(self) -> int:
-        """The number of migrations this code knows."""
-        return len(MIGRATIONS)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
