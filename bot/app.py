@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 EXTENSIONS = ("cogs.video", "cogs.poller", "cogs.quota")
 
 
+# Never "nothing was charged" here: the error may come after a job was accepted.
+SOMETHING_WENT_WRONG = "Something went wrong on our side; it has been logged. `/video status` shows any video started."
+
+
 class UserFacingError(app_commands.AppCommandError):
     """An expected problem whose message is shown to the member as is."""
 
@@ -45,7 +49,7 @@ class VideoTree(app_commands.CommandTree["VideoBot"]):
                 interaction.user.id,
                 exc_info=error,
             )
-            text = "Something went wrong on our side; it has been logged. Nothing was charged."
+            text = SOMETHING_WENT_WRONG
         await reply_ephemeral(interaction, text)
 
 

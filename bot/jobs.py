@@ -21,6 +21,7 @@ from bot.kling import (
     KlingClient,
     KlingContentPolicy,
     KlingError,
+    KlingNotSent,
     KlingRateLimited,
     KlingTask,
     KlingUnavailable,
@@ -34,8 +35,15 @@ DURATIONS = range(3, 16)
 RESOLUTIONS = ("720p", "1080p")
 ASPECT_RATIOS = ("16:9", "9:16", "1:1")
 MAX_SUBMIT_ATTEMPTS = 3
-# A job left `reserved` this long was not being submitted by anyone: look it up and settle it.
+# A job left `reserved` (and never sent) this long was not being sent by anyone: send it now.
 RESERVED_GRACE_SECONDS = 120.0
+# A submit whose answer was lost is looked up by its external id, at least twice over this long, before it is sent
+# again: a gateway may create the task late and may not refuse a second one under the same id.
+SUBMIT_LOOKUP_SECONDS = 150.0
+# A job still rendering past JOB_TIMEOUT_MINUTES is late, not failed: the provider bills it either way, so it is
+# asked about less and less often (at most every LATE_POLL_MAX_SECONDS) for this long before it is given up.
+LATE_LIMIT_SECONDS = 24 * 3600.0
+LATE_POLL_MAX_SECONDS = 300.0
 # Adaptive polling: a job is not asked about before EARLY_FRACTION of the median render time of its shape (but for
 # a safety check every SAFETY_POLL_SECONDS), and the loop ticks faster until LATE_FRACTION of it has passed.
 EARLY_FRACTION = 0.9
@@ -74,6 +82,7 @@ class JobRequest:
     image: FirstFrame | None = None
     image_url: str | None = None
     image_source: str | None = None
+    frame_url: str | None = None  # a public URL of `image` too, for a gateway that refuses Base64
     guild_id: int | None = None
     channel_id: int | None = None
     user_id: int | None = None
@@ -123,9 +132,15 @@ class JobService:
         provider_concurrency: int = 5,
         pause_seconds: float = 300.0,
         adaptive: bool = True,
+        origin: str = "discord",
+        lookup_window: float = SUBMIT_LOOKUP_SECONDS,
+        late_limit: float = LATE_LIMIT_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.origin = origin  # the bot runs 'discord' jobs; the command line its own 'cli' ones
+        self.lookup_window = lookup_window
+        self.late_limit = late_limit
         self.kling = kling
         self.credits = credits
         self.job_timeout = job_timeout
@@ -189,10 +204,14 @@ class JobService:
         return None
 
     async def create(self, request: JobRequest) -> Job:
-        """Validate, reserve credits and record the job, submit it.
+        """Reserve and start a job at once (the command line; the bot posts the job's card in between).
 
-        Raises `InvalidRequest` or `QuotaRefused` (nothing written) or `SubmitRefused` (recorded as failed).
-        """
+        Raises `InvalidRequest`, `ServiceUnavailable` or `QuotaRefused` (nothing written) or `SubmitRefused`
+        (recorded as failed, its credits released)."""
+        return await self.start(await self.reserve(request), request)
+
+    async def reserve(self, request: JobRequest) -> Job:
+        """Validate, check the quota and write the job with its credits held; nothing is sent yet."""
         self.validate(request)
         unavailable = self.unavailable_reason()
         if unavailable is not None and not request.wait_if_unavailable:
@@ -236,6 +255,8 @@ class JobService:
             finished_at=None,
             delivered_at=None,
             updated_at=now,
+            origin=self.origin,
+            frame_url=request.frame_url,
         )
         if self.credits is not None and job.guild_id is not None and job.user_id is not None:
             await self.credits.reserve(job, request.role_ids)
@@ -243,13 +264,29 @@ class JobService:
             await self.store.add_job(job)
         log.info("job %s reserved (%s, %ss, %s)", job.id, job.kind, job.duration, job.resolution)
         crash_point("after_reserve")
-        if unavailable is not None:
-            return await self._queue(job, "the video service is down; the member chose to wait")
-        if await self.store.count_in(("queued",)):
-            return await self._queue(job, "others are waiting: the dispatcher sends jobs fairly")
-        if await self.store.count_in(("reserved", "submitted", "processing")) > self.provider_concurrency:
-            return await self._queue(job, "the video service is at the bot's limit of jobs at once")
-        return await self._submit(job, first_frame=request.image.base64 if request.image else None)
+        return job
+
+    async def start(self, job: Job, request: JobRequest | None = None) -> Job:
+        """Send a reserved job, or queue it when the provider or our own limit has no room (the bot only)."""
+        first_frame = request.image.base64 if request is not None and request.image is not None else None
+        if self.origin == "discord":
+            if self.unavailable_reason() is not None:
+                return await self._queue(job, "the video service is down; the member chose to wait")
+            if await self.store.count_in(("queued",)):
+                return await self._queue(job, "others are waiting: the dispatcher sends jobs fairly")
+            if await self.store.count_in(("reserved", "submitted", "processing")) > self.provider_concurrency:
+                return await self._queue(job, "the video service is at the bot's limit of jobs at once")
+        return await self._submit(job, first_frame=first_frame)
+
+    async def release(self, job: Job, reason: str) -> Job | None:
+        """Give up a reserved job that was never sent (its card could not be posted): its credits are freed."""
+        if job.attempts:
+            return None
+        now = self.clock()
+        if not await self.store.transition(job.id, "reserved", "cancelled", error=reason, finished_at=now,
+                                           updated_at=now):  # fmt: skip
+            return None
+        return await self.store.get_job(job.id)
 
     async def _queue(self, job: Job, why: str) -> Job:
         """Park a reserved job (its credits stay reserved) until the dispatcher finds a free slot."""
@@ -260,29 +297,42 @@ class JobService:
         return current
 
     async def _submit(self, job: Job, *, first_frame: str | None = None) -> Job:
-        """Send a reserved job. A refusal fails it; server trouble leaves it reserved for `_settle_reserved`."""
+        """Send a reserved job. A refusal fails it; a lost answer leaves it reserved and looked up by its id."""
         attempts = job.attempts + 1
-        await self.store.update_job(job.id, "reserved", attempts=attempts, updated_at=self.clock())
+        now = self.clock()
+        await self.store.update_job(job.id, "reserved", attempts=attempts, updated_at=now)
+        job = replace(job, attempts=attempts, updated_at=now)
         try:
             task = await self._send(job, first_frame)
+        except KlingNotSent as exc:
+            return await self._cannot_send(job, exc, "the video service is failing; the job waits for it")
         except KlingUnavailable as exc:
-            log.warning("job %s: submit attempt %d failed: %s", job.id, attempts, exc)
-            if attempts >= MAX_SUBMIT_ATTEMPTS:
-                return await self._fail(job, explain(exc), "reserved") or job
-            return replace(job, attempts=attempts)
+            # The task may exist, or appear later: settle it by its external id before anything is sent again.
+            log.warning("job %s: submit attempt %d got no usable answer: %s", job.id, attempts, exc)
+            await self.store.update_job(job.id, "reserved", uncertain_since=now, lookups=1, updated_at=now)
+            return replace(job, uncertain_since=now, lookups=1)
         except KlingRateLimited as exc:
-            return await self._queue(job, f"the provider is busy ({exc})")
+            return await self._cannot_send(job, exc, f"the provider is busy ({exc})")
         except (KlingAuthError, KlingAccountError) as exc:
             self._pause(exc)
-            return await self._queue(job, f"submissions paused ({exc})")
+            return await self._cannot_send(job, exc, f"submissions paused ({exc})")
         except KlingError as exc:
-            reason = explain(exc)
-            log.warning("job %s refused by the provider: %s", job.id, exc)
-            failed = await self._fail(job, reason, "reserved")
-            raise SubmitRefused(failed or job, reason, exc) from None
+            return await self._refused(job, exc)
         crash_point("after_submit")
         self.alerted = False  # the account works again: a new trouble deserves a new alert
         return await self._adopt(job, task, "reserved")
+
+    async def _cannot_send(self, job: Job, error: KlingError, why: str) -> Job:
+        # The bot queues the job for later; the command line has no queue, so it ends the job with the reason.
+        if self.origin == "discord":
+            return await self._queue(job, why)
+        return await self._refused(job, error)
+
+    async def _refused(self, job: Job, error: KlingError) -> Job:
+        reason = explain(error)
+        log.warning("job %s refused by the provider: %s", job.id, error)
+        failed = await self._fail(job, reason, "reserved")
+        raise SubmitRefused(failed or job, reason, error) from None
 
     async def _send(self, job: Job, first_frame: str | None) -> KlingTask:
         if job.kind == "text":
@@ -294,11 +344,12 @@ class JobService:
                 external_task_id=job.id,
                 callback_url=self.callback_url,
             )
-        if first_frame is None:
-            first_frame = job.image_url or await self._stored_frame(job)
+        if job.image_url is None and first_frame is None:
+            first_frame = await self._stored_frame(job)
         return await self.kling.submit_image(
-            first_frame,
             job.prompt or None,
+            base64_frame=first_frame if job.image_url is None else None,
+            url_frame=job.image_url or job.frame_url,
             duration=job.duration,
             resolution=job.resolution,
             external_task_id=job.id,
@@ -353,7 +404,7 @@ class JobService:
 
     async def queue_order(self) -> list[Job]:
         """Queued jobs in the order they will be sent: round-robin across members, oldest first within each."""
-        queued = await self.store.jobs_in(("queued",))
+        queued = await self.store.jobs_in(("queued",), origin=self.origin)
         seen: dict[tuple[int | None, int | None], int] = {}
         ranked = []
         for index, job in enumerate(queued):  # already oldest first
@@ -385,33 +436,43 @@ class JobService:
             changes.append(JobChange(sent, "queued"))
         return changes
 
-    async def cancel(self, job_id: str, *, user_id: int, moderator: bool = False) -> Job:
-        """Cancel a queued job and release its credits; raises InvalidRequest saying why it cannot be."""
+    async def cancel(self, job_id: str, *, guild_id: int | None, user_id: int, moderator: bool = False) -> Job:
+        """Cancel a job not yet at the provider; raises InvalidRequest saying truthfully why it cannot be.
+
+        A queued job is cancelled and its credits freed at once. A job whose submit got no answer is not sent
+        again; whether the provider made it anyway is known within minutes (then it is delivered and charged)."""
         job = await self.store.get_job(job_id)
-        if job is None or (job.user_id != user_id and not moderator):
-            raise InvalidRequest("You have no such job; only its requester or a moderator can cancel it.")
-        if job.status != "queued" or not await self.store.transition(
-            job.id, "queued", "cancelled", error="cancelled", finished_at=self.clock(), updated_at=self.clock()
+        if job is None or job.guild_id != guild_id or (job.user_id != user_id and not moderator):
+            raise InvalidRequest("There is no such job of yours here; only its requester or a moderator can cancel it.")
+        now = self.clock()
+        if job.status == "queued" and await self.store.transition(
+            job.id, "queued", "cancelled", error="cancelled", finished_at=now, updated_at=now
         ):
+            log.info("job %s cancelled by %s", job.id, user_id)
+        elif job.status == "reserved" and job.uncertain_since is not None:
+            await self.store.update_job(job.id, "reserved", cancel_requested=True, updated_at=now)
+            log.info("job %s: cancel requested by %s while its submit is uncertain", job.id, user_id)
+        elif job.status in ("reserved", "queued"):
+            raise InvalidRequest("That job is being sent to the video service right now; try again in a moment.")
+        else:
             raise InvalidRequest(
-                "Only a job still waiting in the queue can be cancelled; once sent, the video service "
-                "cannot stop it (and still charges for it)."
+                "Only a job not yet at the video service can be cancelled; once there, it cannot be stopped "
+                "(and the service charges for it)."
             )
-        log.info("job %s cancelled by %s", job.id, user_id)
         cancelled = await self.store.get_job(job.id)
         assert cancelled is not None
         return cancelled
 
     async def poll_once(self) -> list[JobChange]:
-        """Settle stale reserved jobs, send queued ones, query every job in flight (20 per request), time out."""
-        changes = await self._settle_reserved(self.clock() - RESERVED_GRACE_SECONDS)
-        in_flight = await self._due(await self.store.jobs_in(IN_FLIGHT))
+        """Settle reserved jobs, query every job at the provider that is due (batched), time out, send queued ones."""
+        changes = await self._settle_reserved(everything=False)
+        in_flight = await self._due(await self.store.jobs_in(IN_FLIGHT, origin=self.origin))
         if in_flight:
             now = self.clock()
             self.last_asked.update((job.id, now) for job in in_flight)
             by_task = {job.provider_task_id: job for job in in_flight if job.provider_task_id}
             try:
-                tasks = await self.kling.query(task_ids=list(by_task))
+                tasks = await self.kling.query(list(by_task))
             except KlingError as exc:
                 log.warning("poll: query of %d jobs failed: %s", len(by_task), exc)
                 tasks = []
@@ -430,10 +491,10 @@ class JobService:
     async def refresh(self, task_id: str) -> list[JobChange]:
         """Ask the provider about one task now (a callback's hint); its answer, not the hint, moves the job."""
         job = await self.store.job_by_task(task_id)
-        if job is None or job.status not in IN_FLIGHT:
+        if job is None or job.status not in IN_FLIGHT or job.origin != self.origin:
             return []
         try:
-            tasks = await self.kling.query(task_ids=[task_id])
+            tasks = await self.kling.query([task_id])
         except KlingError as exc:
             log.warning("hinted task %s: query failed: %s", task_id, exc)
             return []
@@ -442,6 +503,10 @@ class JobService:
             if task.id == task_id and (moved := await self._apply(job, task)) is not None:
                 changes.append(JobChange(moved, job.status))
         return changes
+
+    def is_late(self, job: Job) -> bool:
+        """At the provider for longer than JOB_TIMEOUT_MINUTES: still expected, asked about less often."""
+        return job.status in IN_FLIGHT and self.clock() - (job.submitted_at or job.created_at) > self.job_timeout
 
     async def _expected(self, jobs: list[Job]) -> dict[tuple[int, str], float | None]:
         """The median render time of each shape among these jobs (one query per shape)."""
@@ -458,9 +523,16 @@ class JobService:
         due = []
         for job in jobs:
             started = job.submitted_at or job.created_at
+            asked = now - self.last_asked.get(job.id, started)
+            overdue = now - started - self.job_timeout
+            if overdue > 0:
+                # Late: back off from once a minute to every few minutes.
+                if asked >= min(LATE_POLL_MAX_SECONDS, max(SAFETY_POLL_SECONDS, overdue / 10)):
+                    due.append(job)
+                continue
             typical = expected[(job.duration, job.resolution)]
             early = typical is not None and now - started < EARLY_FRACTION * typical
-            if not early or now - self.last_asked.get(job.id, started) >= SAFETY_POLL_SECONDS:
+            if not early or asked >= SAFETY_POLL_SECONDS:
                 due.append(job)
         # Forget jobs that left flight, so the map stays as small as the jobs in flight.
         self.last_asked = {job.id: self.last_asked[job.id] for job in jobs if job.id in self.last_asked}
@@ -470,7 +542,7 @@ class JobService:
         """How long the poll loop should sleep: shorter while a job is around its expected finish."""
         if not self.adaptive:
             return base
-        jobs = await self.store.jobs_in(IN_FLIGHT)
+        jobs = await self.store.jobs_in(IN_FLIGHT, origin=self.origin)
         now = self.clock()
         expected = await self._expected(jobs)
         delay = base
@@ -487,27 +559,68 @@ class JobService:
 
     async def resume(self) -> list[JobChange]:
         """After a restart: settle every job left `reserved` by its external id before sending anything again."""
-        return await self._settle_reserved(None)
+        return await self._settle_reserved(everything=True)
 
-    async def _settle_reserved(self, older_than: float | None) -> list[JobChange]:
+    async def _settle_reserved(self, *, everything: bool) -> list[JobChange]:
+        """Send reserved jobs nobody is sending; find lost submits at the provider, or send them again once
+        look-ups by external id have not found them, at least twice over `lookup_window`."""
         changes = []
-        for job in await self.store.jobs_in(("reserved",), updated_before=older_than):
-            try:
-                task = await self.kling.find_external(job.id)
-            except KlingError as exc:
-                log.warning("job %s: lookup by external id failed: %s", job.id, exc)
-                continue
-            if task is not None:
-                log.info("job %s found at the provider as %s; not sending it again", job.id, task.id)
-                settled = await self._adopt(job, task, "reserved")
-            else:
-                try:
-                    settled = await self._submit(job)
-                except SubmitRefused as refused:
-                    settled = refused.job
-            if settled.status != "reserved":
+        now = self.clock()
+        for job in await self.store.jobs_in(("reserved",), origin=self.origin):
+            if job.uncertain_since is None:
+                if not everything and now - job.updated_at < RESERVED_GRACE_SECONDS:
+                    continue  # a command or a dispatch is sending it right now
+                if job.attempts:
+                    # Sent before a crash, its answer unknown: a lost submit from the time of that attempt.
+                    job = replace(job, uncertain_since=job.updated_at, lookups=0)
+                    await self.store.update_job(
+                        job.id, "reserved", uncertain_since=job.uncertain_since, lookups=0, updated_at=now
+                    )
+            settled = await self._settle_one(job, now)
+            if settled is not None and settled.status != "reserved":
                 changes.append(JobChange(settled, "reserved"))
         return changes
+
+    async def _settle_one(self, job: Job, now: float) -> Job | None:
+        if job.uncertain_since is None:  # never sent (the bot stopped between the reservation and the send)
+            return await self._submit_quietly(job)
+        try:
+            task = await self.kling.find_external(job.id)
+        except KlingError as exc:
+            log.warning("job %s: lookup by external id failed: %s", job.id, exc)
+            return None
+        if task is not None:
+            log.info("job %s found at the provider as %s; not sending it again", job.id, task.id)
+            return await self._adopt(job, task, "reserved")
+        lookups = job.lookups + 1
+        await self.store.update_job(job.id, "reserved", lookups=lookups, updated_at=now)
+        if lookups < 2 or now - job.uncertain_since < self.lookup_window:
+            return None
+        minutes = (now - job.uncertain_since) / 60
+        if job.cancel_requested:
+            log.info("job %s: absent after %.1f minutes of look-ups; cancelled as asked", job.id, minutes)
+            return await self._end_unsent(job, "cancelled", "cancelled; the video service never had it")
+        if job.attempts >= MAX_SUBMIT_ATTEMPTS:
+            reason = (
+                f"The video service did not take this job after {job.attempts} tries "
+                f"(checked for {minutes:.0f} minutes); nothing was charged."
+            )
+            return await self._end_unsent(job, "failed", reason)
+        log.info("job %s: absent after %d look-ups over %.1f minutes; sending it again", job.id, lookups, minutes)
+        await self.store.update_job(job.id, "reserved", uncertain_since=None, lookups=0, updated_at=now)
+        return await self._submit_quietly(replace(job, uncertain_since=None, lookups=0))
+
+    async def _submit_quietly(self, job: Job) -> Job:
+        try:
+            return await self._submit(job)
+        except SubmitRefused as refused:
+            return refused.job
+
+    async def _end_unsent(self, job: Job, status: str, reason: str) -> Job | None:
+        now = self.clock()
+        if not await self.store.transition(job.id, "reserved", status, error=reason, finished_at=now, updated_at=now):
+            return None
+        return await self.store.get_job(job.id)
 
     async def _apply(self, job: Job, task: KlingTask) -> Job | None:
         """Move a job to where the provider says its task is; returns the new row if it moved."""
@@ -539,23 +652,36 @@ class JobService:
             return await self._fail(job, f"The video service failed: {reason}", IN_FLIGHT)
         elif task.status in ("submitted", "processing"):
             return None
-        else:
-            log.warning("job %s: unknown provider status %r; still waiting", job.id, task.status)
+        else:  # the client logged this status once; keep asking
+            log.debug("job %s: unknown provider status %r; still waiting", job.id, task.status)
             await self.store.update_job(job.id, IN_FLIGHT, provider_status=task.status, updated_at=now)
             return None
         return await self.store.get_job(job.id) if moved else None
 
     async def _time_out(self) -> list[JobChange]:
-        deadline = self.clock() - self.job_timeout
+        """Fail jobs that never reached the provider within JOB_TIMEOUT_MINUTES, and late ones after a day."""
+        now = self.clock()
         changes = []
-        for job in await self.store.jobs_in(IN_FLIGHT):
-            if (job.submitted_at or job.created_at) < deadline:
-                minutes = self.job_timeout / 60
-                failed = await self._fail(
-                    job, f"The video did not finish within {minutes:g} minutes; nothing was charged.", IN_FLIGHT
+        minutes = self.job_timeout / 60
+        for job in await self.store.jobs_in(("reserved", "queued"), origin=self.origin):
+            if job.attempts and job.status == "reserved":
+                continue  # perhaps at the provider: settled by its external id, never timed out blindly
+            if now - job.created_at > self.job_timeout:
+                reason = (
+                    f"The video service could not take this job for {minutes:g} minutes, so it was never sent; "
+                    "nothing was charged."
                 )
+                failed = await self._fail(job, reason, job.status)
                 if failed is not None:
-                    log.warning("job %s timed out", job.id)
+                    log.warning("job %s: never sent within %g minutes; failed", job.id, minutes)
+                    changes.append(JobChange(failed, job.status))
+        for job in await self.store.jobs_in(IN_FLIGHT, origin=self.origin):
+            if now - (job.submitted_at or job.created_at) > self.job_timeout + self.late_limit:
+                hours = (self.job_timeout + self.late_limit) / 3600
+                reason = f"The video did not arrive within {hours:g} hours; your credits were given back."
+                failed = await self._fail(job, reason, IN_FLIGHT)
+                if failed is not None:
+                    log.warning("job %s given up after %g hours at the provider", job.id, hours)
                     changes.append(JobChange(failed, job.status))
         return changes
 
@@ -593,6 +719,10 @@ class JobService:
             status_message_id=status_message_id,
             updated_at=self.clock(),
         )
+
+    async def set_frame_url(self, job_id: str, url: str) -> None:
+        """A public URL of a reserved job's first frame (posted on its card), for a gateway that refuses Base64."""
+        await self.store.update_job(job_id, "reserved", frame_url=url, updated_at=self.clock())
 
     async def estimate_seconds(self, duration: int, resolution: str) -> float | None:
         """The median render time of recent finished jobs of this shape, or None without history."""

@@ -1,4 +1,4 @@
-"""Client of the Kling 3.0 turbo API as served by Cloudsway's gateway (see shared/api/kling-3.0-turbo.md)."""
+"""Client of the Kling 3.0 turbo API as served by Cloudsway's gateway (see docs/provider-api.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal
 
 import aiohttp
-from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from bot import metrics
 
@@ -24,7 +32,12 @@ IMAGE_TO_VIDEO = f"/kling/videos/image-to-video/{MODEL}"
 TASKS = "/kling/tasks"
 MAX_IDS_PER_QUERY = 20  # the provider's cap, checked against production
 
+MAX_RETRY_AFTER = 60.0  # a gateway's Retry-After beyond this is not believed
+
 KNOWN_STATUSES = frozenset({"submitted", "processing", "succeeded", "failed"})
+# Kling's older endpoints (and perhaps the gateway) spell the two ends differently.
+STATUS_SPELLINGS = {"succeed": "succeeded", "success": "succeeded", "fail": "failed"}
+_unknown_statuses: set[str] = set()  # logged once each per process
 
 
 def _digits_as_str(value: object) -> object:
@@ -34,7 +47,31 @@ def _digits_as_str(value: object) -> object:
     return value
 
 
+def _number_as_text(value: object) -> object:
+    # The page writes durations and amounts as strings; a gateway may send numbers.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _status(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip().lower()
+        return STATUS_SPELLINGS.get(value, value)
+    return value
+
+
+def _or_none(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    # An odd optional field becomes "unknown" instead of dropping the whole task record.
+    try:
+        return handler(value)
+    except ValidationError:
+        return None
+
+
 IdStr = Annotated[str, BeforeValidator(_digits_as_str)]
+Text = Annotated[str, BeforeValidator(_number_as_text)]
+Status = Annotated[str, BeforeValidator(_status)]
 
 
 class _Model(BaseModel):
@@ -44,10 +81,10 @@ class _Model(BaseModel):
 class KlingOutput(_Model):
     """One result of a finished task; `url` is a signed CDN link that expires."""
 
-    type: str
+    type: str = "video"
     id: IdStr = ""
     url: str
-    duration: str | None = None
+    duration: Annotated[Text | None, WrapValidator(_or_none)] = None
 
     @property
     def seconds(self) -> float | None:
@@ -59,23 +96,23 @@ class KlingOutput(_Model):
 
 
 class KlingBilling(_Model):
-    """What the provider charged; `amount` is a decimal string."""
+    """What the provider charged; `amount` is a decimal string (or a number, from some gateways)."""
 
-    amount: str
-    charge_type: str | None = None
-    package_type: str | None = None
+    amount: Text
+    charge_type: Annotated[Text | None, WrapValidator(_or_none)] = None
+    package_type: Annotated[Text | None, WrapValidator(_or_none)] = None
 
 
 class KlingTask(_Model):
     """A task as the provider reports it; the status is kept even when we do not know it."""
 
     id: IdStr
-    status: str
-    message: str | None = ""
-    outputs: list[KlingOutput] | None = None
-    billing: list[KlingBilling] | None = None
-    create_time: int | None = None
-    update_time: int | None = None
+    status: Status
+    message: Annotated[Text | None, WrapValidator(_or_none)] = ""
+    outputs: Annotated[list[KlingOutput] | None, WrapValidator(_or_none)] = None
+    billing: Annotated[list[KlingBilling] | None, WrapValidator(_or_none)] = None
+    create_time: Annotated[int | None, WrapValidator(_or_none)] = None
+    update_time: Annotated[int | None, WrapValidator(_or_none)] = None
 
     @property
     def video(self) -> KlingOutput | None:
@@ -149,6 +186,15 @@ class KlingRateLimited(KlingError):
 
 class KlingUnavailable(KlingError):
     """Server trouble: 5xx, codes 5000-5002, a body that is not the API's JSON, a time-out, no connection."""
+
+
+class KlingNotSent(KlingUnavailable):
+    """The circuit breaker is open: the call was not sent at all."""
+
+
+class KlingSubmitUncertain(KlingUnavailable):
+    """A submit got no usable answer and the task is not visible yet: it may still appear (gateways create
+    tasks late and may not refuse a repeated external id), so it must not be sent again for a while."""
 
 
 def classify(
@@ -265,6 +311,10 @@ class KlingClient:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._sleep = sleep
+        # What this gateway turned out to accept, learned at run time (see docs/provider-api.md).
+        self.batch_size = MAX_IDS_PER_QUERY
+        self._announced_sizes: set[int] = set()
+        self.frame_form: Literal["base64", "url"] = "base64"
 
     def __repr__(self) -> str:
         return f"KlingClient(root_url={self._root!r})"
@@ -289,43 +339,102 @@ class KlingClient:
 
     async def submit_image(
         self,
-        first_frame: str,
         prompt: str | None,
         *,
+        base64_frame: str | None = None,
+        url_frame: str | None = None,
         duration: int,
         resolution: str,
         external_task_id: str,
         callback_url: str | None = None,
     ) -> KlingTask:
-        """Start an image-to-video task; `first_frame` is an http(s) URL or raw Base64 (no `data:` prefix)."""
-        contents: list[dict[str, str]] = [{"type": "first_frame", "url": first_frame}]
-        if prompt:
-            contents.append({"type": "prompt", "text": prompt})
-        body = {
-            "contents": contents,
-            "settings": {"resolution": resolution, "duration": duration},
-            "options": self._options(external_task_id, callback_url),
-        }
-        return await self._submit(IMAGE_TO_VIDEO, body, external_task_id)
+        """Start an image-to-video task from raw Base64 (no `data:` prefix) or an http(s) URL of the first frame.
 
-    async def query(self, *, task_ids: Sequence[str] = (), external_task_ids: Sequence[str] = ()) -> list[KlingTask]:
-        """Look tasks up by the provider's ids and our own, 20 ids per request; unknown ids are absent."""
-        ids = [("task_ids", i) for i in task_ids] + [("external_task_ids", i) for i in external_task_ids]
-        tasks: list[KlingTask] = []
-        for start in range(0, len(ids), MAX_IDS_PER_QUERY):
-            chunk = ids[start : start + MAX_IDS_PER_QUERY]
-            params = {
-                "task_ids": ",".join(i for kind, i in chunk if kind == "task_ids"),
-                "external_task_ids": ",".join(i for kind, i in chunk if kind == "external_task_ids"),
+        Given both, a form the gateway refuses is retried once in the other, and the one that works is kept."""
+        forms: list[tuple[Literal["base64", "url"], str | None]] = [("base64", base64_frame), ("url", url_frame)]
+        if self.frame_form == "url":
+            forms.reverse()
+        candidates = [(form, frame) for form, frame in forms if frame]
+        if not candidates:
+            raise ValueError("an image task needs a first frame")
+        for number, (form, frame) in enumerate(candidates, start=1):
+            contents: list[dict[str, str]] = [{"type": "first_frame", "url": frame}]
+            if prompt:
+                contents.append({"type": "prompt", "text": prompt})
+            body = {
+                "contents": contents,
+                "settings": {"resolution": resolution, "duration": duration},
+                "options": self._options(external_task_id, callback_url),
             }
-            data = await self._with_retries(functools.partial(self._call, "GET", TASKS, params=params), "query")
-            tasks.extend(_parse_tasks(data))
-        return tasks
+            try:
+                task = await self._submit(IMAGE_TO_VIDEO, body, external_task_id)
+            except KlingBadRequest as exc:
+                if number == len(candidates):
+                    raise
+                log.warning("the gateway refused a %s first frame (%s); trying the other form", form, exc)
+                continue
+            if self.frame_form != form:
+                log.info("first frames go to this gateway as %s from now on", form)
+                self.frame_form = form
+            return task
+        raise AssertionError("unreachable: the last form either returned or raised")
+
+    async def query(self, task_ids: Sequence[str]) -> list[KlingTask]:
+        """Look tasks up by the provider's ids, as many per request as the gateway answers; unknown ids are absent.
+
+        Starts at the documented 20 ids; a gateway that refuses lists or drops ids from them teaches a smaller
+        batch, kept for the life of the process."""
+        found: dict[str, KlingTask] = {}
+        await self._query_batches(list(dict.fromkeys(task_ids)), found)
+        return list(found.values())
+
+    async def _query_batches(self, ids: list[str], found: dict[str, KlingTask]) -> None:
+        start = 0
+        while start < len(ids):
+            chunk = ids[start : start + self.batch_size]
+            start += len(chunk)
+            try:
+                tasks = await self._query_once("task_ids", chunk)
+            except KlingBadRequest as exc:
+                if len(chunk) == 1:
+                    # A gateway may refuse an id it does not know instead of leaving it out: then it is absent.
+                    log.info("query for task %s refused (%s); taking it as unknown", chunk[0], exc)
+                    continue
+                log.info("the gateway refused a list of %d ids (%s); asking fewer at a time", len(chunk), exc)
+                self.batch_size = min(self.batch_size, len(chunk) // 2)
+                await self._query_batches(chunk, found)
+                continue
+            found.update((task.id, task) for task in tasks if task.id in chunk)
+            missing = [i for i in chunk if i not in found]
+            if missing and len(chunk) > 1:
+                # Unknown ids, or a gateway that answers only part of a list: ask again in smaller batches.
+                answered, size = len(found), self.batch_size
+                self.batch_size = min(size, len(chunk) // 2)
+                await self._query_batches(missing, found)
+                if len(found) == answered:
+                    self.batch_size = size  # they were simply unknown: the list size was not the problem
+            elif self.batch_size < MAX_IDS_PER_QUERY and self.batch_size not in self._announced_sizes:
+                self._announced_sizes.add(self.batch_size)
+                log.warning("the gateway answers %d id(s) per query; using that from now on", self.batch_size)
 
     async def find_external(self, external_task_id: str) -> KlingTask | None:
-        """The task we submitted under our own id, or None if the provider never received it."""
-        found = await self.query(external_task_ids=[external_task_id])
+        """The task we submitted under our own id, or None if the provider does not know it (yet)."""
+        try:
+            found = await self._query_once("external_task_ids", [external_task_id])
+        except KlingBadRequest as exc:
+            log.info("lookup of external id %s refused (%s); taking it as unknown", external_task_id, exc)
+            return None
+        if len(found) > 1:
+            # A gateway that does not deduplicate external ids: the oldest task is the one we keep.
+            log.error("external id %s names %d tasks at the provider: %s", external_task_id, len(found),
+                      ", ".join(t.id for t in found))  # fmt: skip
+            found.sort(key=lambda task: (task.create_time or 0, task.id))
         return found[0] if found else None
+
+    async def _query_once(self, kind: str, ids: Sequence[str]) -> list[KlingTask]:
+        params = {"task_ids": "", "external_task_ids": ""} | {kind: ",".join(ids)}
+        data = await self._with_retries(functools.partial(self._call, "GET", TASKS, params=params), "query")
+        return _parse_tasks(data)
 
     async def check_auth(self) -> None:
         """One cheap authenticated call (a query for no known task); raises the typed error if it fails."""
@@ -348,15 +457,22 @@ class KlingClient:
                 if attempt >= self._max_retries:
                     raise
                 delay = self._delay(attempt, exc.retry_after)
-            except KlingUnavailable:
-                # The gateway may have created the task before it failed: look before sending it again.
-                existing = await self.find_external(external_task_id)
+            except KlingNotSent:
+                raise
+            except KlingUnavailable as exc:
+                # The gateway may have created the task, or may create it late: never send it again from here.
+                try:
+                    existing = await self.find_external(external_task_id)
+                except KlingError:
+                    existing = None
                 if existing is not None:
                     log.info("submit %s failed but the task exists as %s", external_task_id, existing.id)
                     return existing
-                if attempt >= self._max_retries:
-                    raise
-                delay = self._delay(attempt, None)
+                raise KlingSubmitUncertain(
+                    f"the submit got no usable answer ({exc}); the task may still appear",
+                    code=exc.code,
+                    status=exc.status,
+                ) from None
             except KlingBadRequest as exc:
                 if exc.code != 1201:
                     raise
@@ -386,7 +502,7 @@ class KlingClient:
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         backoff = min(self._backoff_cap, self._backoff_base * 2.0**attempt) * random.uniform(0.5, 1.0)
-        return max(retry_after, backoff) if retry_after is not None else backoff
+        return max(min(retry_after, MAX_RETRY_AFTER), backoff) if retry_after is not None else backoff
 
     async def _call(
         self,
@@ -398,7 +514,7 @@ class KlingClient:
     ) -> Any:
         """One HTTP exchange through the breaker: returns the envelope's `data`, or raises the typed error."""
         if not self.breaker.allow():
-            raise KlingUnavailable("the video service is failing; not calling it for a while")
+            raise KlingNotSent("the video service is failing; not calling it for a while")
         call = "query" if path == TASKS else path.split("/")[3]  # text-to-video or image-to-video
         try:
             with metrics.API_SECONDS.labels(call).time():
@@ -480,5 +596,6 @@ def _parse_tasks(data: Any) -> list[KlingTask]:
 
 
 def _note_status(task: KlingTask) -> None:
-    if task.status not in KNOWN_STATUSES:
-        log.warning("task %s has a status we do not know: %r", task.id, task.status)
+    if task.status not in KNOWN_STATUSES and task.status not in _unknown_statuses:
+        _unknown_statuses.add(task.status)
+        log.warning("task %s has a status we do not know: %r; such tasks are polled on", task.id, task.status)

@@ -124,6 +124,17 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX jobs_open;
     CREATE INDEX jobs_status ON jobs (status, created_at);
     """,
+    """
+    -- Who made the job: the bot ('discord') or `python -m bot generate` ('cli'); each only runs its own.
+    ALTER TABLE jobs ADD COLUMN origin TEXT NOT NULL DEFAULT 'discord';
+    -- A public URL of the same first frame, for a gateway that refuses Base64.
+    ALTER TABLE jobs ADD COLUMN frame_url TEXT;
+    -- A submit whose answer was lost: since when, and how many look-ups by external id have not found it.
+    ALTER TABLE jobs ADD COLUMN uncertain_since REAL;
+    ALTER TABLE jobs ADD COLUMN lookups INTEGER NOT NULL DEFAULT 0;
+    -- The member cancelled a job whose submit is uncertain: it is not sent again.
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 # The states a job moves through (see DESIGN.md); "in flight" means the provider is working on it.
@@ -169,12 +180,18 @@ class Job:
     finished_at: float | None
     delivered_at: float | None
     updated_at: float
+    origin: str = "discord"
+    frame_url: str | None = None
+    uncertain_since: float | None = None
+    lookups: int = 0
+    cancel_requested: bool = False
 
 
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 # Columns a transition may set; everything else is fixed when the job is written.
-_MUTABLE = frozenset(JOB_COLUMNS) - {"id", "guild_id", "channel_id", "user_id", "kind", "created_at", "status"}
+_FIXED = {"id", "guild_id", "channel_id", "user_id", "kind", "created_at", "status", "origin"}
+_MUTABLE = frozenset(JOB_COLUMNS) - _FIXED
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,14 +425,14 @@ class Store:
         rows = await self._jobs(f"{_SELECT_JOB} WHERE provider_task_id = ?", (task_id,))
         return rows[0] if rows else None
 
-    async def jobs_in(self, statuses: Sequence[str], *, updated_before: float | None = None) -> list[Job]:
-        """Jobs in any of these states, oldest first (optionally only those untouched since a time)."""
+    async def jobs_in(self, statuses: Sequence[str], *, origin: str | None = None) -> list[Job]:
+        """Jobs in any of these states (of one origin, if given), oldest first."""
         marks = ", ".join("?" for _ in statuses)
         sql = f"{_SELECT_JOB} WHERE status IN ({marks})"
         params: list[Any] = list(statuses)
-        if updated_before is not None:
-            sql += " AND updated_at < ?"
-            params.append(updated_before)
+        if origin is not None:
+            sql += " AND origin = ?"
+            params.append(origin)
         return await self._jobs(sql + " ORDER BY created_at", params)
 
     async def member_jobs(

@@ -70,8 +70,13 @@ def thread_name(job: Job) -> str:
     return name or f"Video {job.id[:8]}"
 
 
-def job_card(job: Job, *, note: str | None = None) -> discord.Embed:
-    """The public message a job's thread hangs on: who, prompt, options, state."""
+def frame_filename(mime: str) -> str:
+    """The file name of a first frame posted on a job's card."""
+    return "first-frame.png" if mime == "image/png" else "first-frame.jpg"
+
+
+def job_card(job: Job, *, note: str | None = None, frame: str | None = None) -> discord.Embed:
+    """The public message a job's thread hangs on: who, prompt, options, state (and the first frame, attached)."""
     embed = discord.Embed(
         title=f"Video job {job.id[:8]}",
         description=quote_prompt(job.prompt),
@@ -83,14 +88,29 @@ def job_card(job: Job, *, note: str | None = None) -> discord.Embed:
     embed.add_field(name="State", value=STATE_WORDS.get(job.status, job.status))
     if job.image_source:
         embed.add_field(name="First frame", value=discord.utils.escape_markdown(job.image_source[:200]), inline=False)
+    if frame:
+        embed.set_image(url=f"attachment://{frame}")
     if note:
         embed.set_footer(text=note)
     return embed
 
 
-def status_line(job: Job, now: float, estimate: float | None, queue_position: int | None = None) -> str:
+def status_line(
+    job: Job, now: float, estimate: float | None, queue_position: int | None = None, *, late: bool = False
+) -> str:
     """The thread's status message: the state, the elapsed time and an estimate from recent jobs."""
     state = STATE_WORDS.get(job.status, job.status)
+    if late:
+        elapsed = now - (job.submitted_at or job.created_at)
+        return (
+            f"🐢 **Late**: {clock(elapsed)} elapsed, far longer than usual. The video service still has it, so I keep "
+            "asking; your credits stay held until it arrives (or are given back if it never does)."
+        )
+    if job.status == "reserved" and job.uncertain_since is not None:
+        return (
+            "⏳ **Checking**: the video service did not confirm this job when it was sent. I am checking whether it "
+            "has it before sending it again, so it is never made (or charged) twice."
+        )
     if job.status in ("submitted", "processing"):
         elapsed = now - (job.submitted_at or job.created_at)
         line = f"⏳ **{state.capitalize()}**: {clock(elapsed)} elapsed"
@@ -128,4 +148,15 @@ def failure_text(job: Job) -> str:
     """What the member reads when their job failed; their credits were given back."""
     return (
         f"<@{job.user_id}> your video could not be made: {job.error or 'no reason given'} Your credits were not used."
+    )
+
+
+def cancel_text(job: Job) -> str:
+    """The truthful answer to /video cancel: freed now, or not sent again while the service is asked."""
+    if job.status == "cancelled":
+        return f"Cancelled `{job.id[:8]}`; it was never sent, and its credits are free again."
+    return (
+        f"`{job.id[:8]}` was sent, but the video service never confirmed it. I will not send it again. If the service "
+        "turns out to have it after all, the video is still delivered (and charged); otherwise its credits are freed "
+        "within a few minutes."
     )

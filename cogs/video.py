@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -13,12 +15,22 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import UserFacingError, VideoBot, reply_ephemeral
+from bot.app import SOMETHING_WENT_WRONG, UserFacingError, VideoBot, reply_ephemeral
 from bot.credits import QuotaRefused
 from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, prepare_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.store import OPEN, Job
-from cogs.messages import STATE_WORDS, clock, fit_lines, job_card, options_line, status_line, thread_name
+from cogs.messages import (
+    STATE_WORDS,
+    cancel_text,
+    clock,
+    fit_lines,
+    frame_filename,
+    job_card,
+    options_line,
+    status_line,
+    thread_name,
+)
 from cogs.quota import member_roles
 from cogs.views import DeleteButton, PagedView, RerollButton
 
@@ -29,10 +41,27 @@ HISTORY_PAGE = 5
 NO_THREAD_NOTE = "A thread could not be started here, so this job's updates follow in this channel."
 
 RequestBuilder = Callable[[], Awaitable[JobRequest]]
+THREAD_TYPES = (discord.ChannelType.public_thread, discord.ChannelType.private_thread, discord.ChannelType.news_thread)
 
 
-async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str]:
-    """Read an attachment and check it for real; returns the prepared frame and where it came from."""
+def missing_permissions(permissions: discord.Permissions, *, in_thread: bool) -> list[str]:
+    """What the bot lacks to post a job's card, thread, status and video here, in Discord's own words."""
+    needed = {
+        "view_channel": "View Channel",
+        "send_messages_in_threads" if in_thread else "send_messages": (
+            "Send Messages in Threads" if in_thread else "Send Messages"
+        ),
+        "embed_links": "Embed Links",
+        "attach_files": "Attach Files",
+    }
+    if not in_thread:
+        needed["create_public_threads"] = "Create Public Threads"
+    return [name for flag, name in needed.items() if not getattr(permissions, flag)]
+
+
+async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str, str | None]:
+    """Read an attachment and check it for real; returns the prepared frame, where it came from, and its Discord
+    URL when the frame is the attachment as is (a gateway that refuses Base64 can fetch that)."""
     if attachment.size > MAX_UPLOAD_BYTES:
         raise InvalidRequest(
             f"{attachment.filename} is {attachment.size / 1024 / 1024:.1f} MB; send an image under 10 MB."
@@ -45,7 +74,7 @@ async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str]:
         frame = await asyncio.to_thread(prepare_first_frame, data)
     except ImageRejected as exc:
         raise InvalidRequest(str(exc)) from None
-    return frame, attachment.filename
+    return frame, attachment.filename, attachment.url if frame.converted_from is None else None
 
 
 def is_moderator(interaction: discord.Interaction[Any]) -> bool:
@@ -84,7 +113,7 @@ class AnimateModal(discord.ui.Modal, title="Animate image"):
                 raise InvalidRequest(
                     f"The duration must be a whole number from 3 to 15, not {self.duration.value!r}."
                 ) from None
-            frame, source = await read_first_frame(self.attachment)
+            frame, source, url = await read_first_frame(self.attachment)
             return self.cog.request(
                 interaction,
                 "image",
@@ -93,13 +122,17 @@ class AnimateModal(discord.ui.Modal, title="Animate image"):
                 resolution=self.resolution.value.strip().lower(),
                 image=frame,
                 image_source=source,
+                frame_url=url,
             )
 
         await self.cog.start_job(interaction, build)
 
     async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
+        if isinstance(error, UserFacingError):  # a member's mistake: the same answer as /video image gives
+            await reply_ephemeral(interaction, str(error))
+            return
         log.error("Animate image failed for user %s", interaction.user.id, exc_info=error)
-        await reply_ephemeral(interaction, "Something went wrong on our side; it has been logged.")
+        await reply_ephemeral(interaction, SOMETHING_WENT_WRONG)
 
 
 class WaitView(discord.ui.View):
@@ -210,9 +243,16 @@ class VideoCog(commands.Cog):
         duration: app_commands.Range[int, 3, 15] | None = None,
     ) -> None:
         async def build() -> JobRequest:
-            frame, source = await read_first_frame(image)
+            frame, source, url = await read_first_frame(image)
             return self.request(
-                interaction, "image", prompt, duration=duration, resolution=resolution, image=frame, image_source=source
+                interaction,
+                "image",
+                prompt,
+                duration=duration,
+                resolution=resolution,
+                image=frame,
+                image_source=source,
+                frame_url=url,
             )
 
         await self.start_job(interaction, build)
@@ -262,25 +302,29 @@ class VideoCog(commands.Cog):
         prefix = job.strip().lower()
         store = self.jobs.store
         if is_moderator(interaction):
-            found = next((j for j in await store.jobs_in(("queued",)) if j.id.startswith(prefix)), None)
+            waiting = await store.jobs_in(("queued", "reserved"))
+            found = next((j for j in waiting if j.guild_id == interaction.guild_id and j.id.startswith(prefix)), None)
         else:
             found = await self._find_job(interaction, prefix)
-        if found is None or found.guild_id != interaction.guild_id:
-            raise UserFacingError("There is no queued job with that id here.")
+        if found is None:
+            raise UserFacingError("There is no job waiting to be sent with that id here.")
         try:
             cancelled = await self.jobs.cancel(
-                found.id, user_id=interaction.user.id, moderator=is_moderator(interaction)
+                found.id,
+                guild_id=interaction.guild_id,
+                user_id=interaction.user.id,
+                moderator=is_moderator(interaction),
             )
         except InvalidRequest as exc:
             raise UserFacingError(str(exc)) from None
         self.bot.dispatch("job_changed", cancelled)
-        await interaction.followup.send(f"Cancelled `{cancelled.id[:8]}`; its credits are free again.", ephemeral=True)
+        await interaction.followup.send(cancel_text(cancelled), ephemeral=True)
 
     @cancel.autocomplete("job")
     async def _cancel_job_choices(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[app_commands.Choice[str]]:
-        return await self._job_choices(interaction, current, ("queued",))
+        return await self._job_choices(interaction, current, ("queued", "reserved"))
 
     async def _job_choices(
         self, interaction: discord.Interaction[Any], current: str, statuses: tuple[str, ...] | None
@@ -325,22 +369,25 @@ class VideoCog(commands.Cog):
         *,
         channel: discord.abc.Messageable | None = None,
     ) -> Job | None:
-        """Defer, validate, create the job, post its card and open its thread; errors go back privately."""
+        """Check where the job will live, reserve it, post its card and thread, then send it.
+
+        Everything that can refuse the job runs before a credit is held; once the job is reserved, no Discord
+        failure is reported as "nothing was charged"."""
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         channel = channel or interaction.channel  # type: ignore[assignment]
         if not isinstance(channel, discord.abc.Messageable) or isinstance(channel, discord.ForumChannel):
             raise UserFacingError("Use this command in a text channel or a thread.")
-        permissions = interaction.app_permissions
-        can_send = (
-            permissions.send_messages_in_threads if isinstance(channel, discord.Thread) else permissions.send_messages
-        )
-        if not can_send:
-            raise UserFacingError("I am not allowed to post in this channel; ask a moderator to let me send messages.")
+        missing = missing_permissions(self._permissions_in(interaction, channel), in_thread=self._no_thread(channel))
+        if missing:
+            raise UserFacingError(
+                f"I cannot make videos in this channel: I lack {', '.join(missing)}. "
+                "Ask a moderator to give me that here. Nothing was charged."
+            )
         try:
             # The job lives where its card is posted (a re-roll's card goes beside the original, not in its thread).
             request = replace(await build(), channel_id=getattr(channel, "id", interaction.channel_id))
-            job = await self.jobs.create(request)
+            job = await self.jobs.reserve(request)
         except InvalidRequest as exc:
             raise UserFacingError(f"{exc} Nothing was sent or charged.") from None
         except QuotaRefused as exc:
@@ -352,56 +399,94 @@ class VideoCog(commands.Cog):
                 ephemeral=True,
             )
             return None
+        card = await self._post_card(interaction, channel, job, request)
+        if card is None:
+            await self.jobs.release(job, "its card could not be posted")
+            raise UserFacingError("I could not post in this channel, so nothing was sent or charged. Try again.")
+        try:
+            job = await self.jobs.start(job, request)
         except SubmitRefused as exc:
+            with contextlib.suppress(discord.HTTPException):
+                await card.delete()  # a refused prompt stays private
             raise UserFacingError(exc.reason) from None
-        await self._post_job(interaction, channel, job)
+        thread = await self._open_job_thread(interaction, channel, card, job)
+        current = await self.jobs.store.get_job(job.id)
+        if current is not None and current.status != job.status:
+            self.bot.dispatch("job_changed", current)  # it moved while its thread was being opened
+        where = thread.mention if thread else "this channel"
+        await interaction.followup.send(
+            f"Your video `{job.id[:8]}` is on its way ({options_line(job)}); follow it in {where}.", ephemeral=True
+        )
         await self.bot.post_log(
             job.guild_id,
             f"▶️ <@{job.user_id}> started video `{job.id[:8]}` ({options_line(job)}) in <#{job.channel_id}>",
         )
         return job
 
-    async def _post_job(
-        self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, job: Job
-    ) -> None:
-        note = None
+    def _permissions_in(
+        self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable
+    ) -> discord.Permissions:
+        """The bot's permissions where the card goes: Discord tells them for the interaction's own channel."""
+        if getattr(channel, "id", None) == interaction.channel_id:
+            return interaction.app_permissions
+        guild = interaction.guild
+        if guild is not None and isinstance(channel, discord.abc.GuildChannel | discord.Thread):
+            return channel.permissions_for(guild.me)
+        return interaction.app_permissions
+
+    @staticmethod
+    def _no_thread(channel: discord.abc.Messageable) -> bool:
+        """True where no thread can be opened (inside a thread or a forum post): the job is posted in place."""
+        return isinstance(channel, discord.Thread) or getattr(channel, "type", None) in THREAD_TYPES
+
+    async def _post_card(
+        self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, job: Job, request: JobRequest
+    ) -> discord.Message | None:
+        """Post the job's card with the first frame it animates (whose URL a gateway may fetch); None if refused."""
+        frame = request.image
+        file = discord.File(io.BytesIO(frame.data), filename=frame_filename(frame.mime)) if frame else None
         try:
-            card = await channel.send(embed=job_card(job), allowed_mentions=discord.AllowedMentions.none())
+            card = await channel.send(
+                embed=job_card(job, frame=frame_filename(frame.mime) if frame else None),
+                allowed_mentions=discord.AllowedMentions.none(),
+                files=[file] if file else [],
+            )
         except discord.HTTPException:
             log.warning("job %s: could not post its card in channel %s", job.id, interaction.channel_id, exc_info=True)
-            await interaction.followup.send(
-                f"Your video `{job.id[:8]}` is being made, but I could not post in this channel. "
-                "Follow it with `/video status`.",
-                ephemeral=True,
-            )
-            return
-        thread = await self._open_thread(interaction, channel, card, job)
+            return None
+        frame_url = request.frame_url or (card.attachments[0].url if frame and card.attachments else None)
+        if frame_url is not None:
+            await self.jobs.set_frame_url(job.id, frame_url)
+        return card
+
+    async def _open_job_thread(
+        self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, card: discord.Message, job: Job
+    ) -> discord.Thread | None:
+        """Open the accepted job's thread and status message; where that fails, the card carries the status."""
+        thread = None if self._no_thread(channel) else await self._open_thread(interaction, channel, card, job)
+        status = card
         if thread is None:
-            note = NO_THREAD_NOTE
-            await card.edit(embed=job_card(job, note=note), allowed_mentions=discord.AllowedMentions.none())
-            status = card
+            with contextlib.suppress(discord.HTTPException):
+                await card.edit(
+                    embed=job_card(job, note=NO_THREAD_NOTE), allowed_mentions=discord.AllowedMentions.none()
+                )
         else:
             position = None
             if job.status == "queued":
                 position = next((n for n, j in enumerate(await self.jobs.queue_order(), 1) if j.id == job.id), None)
-            estimate = await self.jobs.estimate_seconds(job.duration, job.resolution)
-            status = await thread.send(status_line(job, time.time(), estimate, position))
+            try:
+                estimate = await self.jobs.estimate_seconds(job.duration, job.resolution)
+                status = await thread.send(status_line(job, time.time(), estimate, position))
+            except discord.HTTPException:
+                log.warning("job %s: could not post its status in thread %s; the card shows it", job.id, thread.id)
         await self.jobs.set_discord_refs(
             job.id, message_id=card.id, thread_id=thread.id if thread else None, status_message_id=status.id
         )
-        current = await self.jobs.store.get_job(job.id)
-        if current is not None and current.status != job.status:
-            self.bot.dispatch("job_changed", current)  # it moved while its card was being posted: show that now
-        where = thread.mention if thread else "this channel"
-        await interaction.followup.send(
-            f"Your video `{job.id[:8]}` is on its way ({options_line(job)}); follow it in {where}.", ephemeral=True
-        )
+        return thread
 
     async def _open_thread(
         self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, card: discord.Message, job: Job
     ) -> discord.Thread | None:
-        if isinstance(channel, discord.Thread) or not interaction.app_permissions.create_public_threads:
-            return None
         if not isinstance(channel, discord.TextChannel | discord.VoiceChannel | discord.PartialMessageable):
             return None
         try:

@@ -176,15 +176,53 @@ async def test_in_a_forum_post_the_job_is_posted_in_place_and_says_so_once(world
     assert card["content"].startswith("✅ **Done**")  # the card doubles as the status message
 
 
-async def test_without_thread_permission_the_job_is_posted_in_place(world: Harness) -> None:
+ALL_NEEDED = dict(
+    view_channel=True,
+    send_messages=True,
+    send_messages_in_threads=True,
+    create_public_threads=True,
+    embed_links=True,
+    attach_files=True,
+)
+
+
+@pytest.mark.parametrize(
+    ("lacking", "named"),
+    [
+        ("view_channel", "View Channel"),
+        ("send_messages", "Send Messages"),
+        ("create_public_threads", "Create Public Threads"),
+        ("embed_links", "Embed Links"),
+        ("attach_files", "Attach Files"),
+    ],
+)
+async def test_a_missing_permission_is_named_before_anything_is_charged(
+    world: Harness, lacking: str, named: str
+) -> None:
     fake = world.discord
-    fake.bot_permissions[fake.general] = (
-        discord.Permissions(send_messages=True, attach_files=True, embed_links=True)
-    ).value
+    fake.bot_permissions[fake.general] = discord.Permissions(**(ALL_NEEDED | {lacking: False})).value
     async with world.running():
-        await fake.slash("video", {"prompt": "no threads"}, sub="text")
+        interaction = await fake.slash("video", {"prompt": "no room"}, sub="text")
+        await wait_until(lambda: interaction.messages and not interaction.messages[0]["flags"] & 128)
+        assert await world.resources.store.count_in(("reserved", "queued", "submitted", "failed", "cancelled")) == 0
+    [answer] = interaction.texts()
+    assert named in answer and "moderator" in answer and "Nothing was charged" in answer
+    assert interaction.ephemeral()
+    assert submits(world) == [] and fake.messages[fake.general] == []
+
+
+async def test_inside_a_thread_the_bot_needs_send_messages_in_threads(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await fake.slash("video", {"prompt": "parent"}, sub="text")
         await world.job_in("delivered")
-    assert fake.threads() == [] and len(fake.messages[fake.general]) == 2
+        [thread] = fake.threads()
+        lacking = ALL_NEEDED | {"send_messages_in_threads": False}
+        fake.bot_permissions[thread["id"]] = discord.Permissions(**lacking).value
+        interaction = await fake.slash("video", {"prompt": "inside"}, sub="text", channel=thread["id"])
+        await wait_until(lambda: interaction.messages and not interaction.messages[0]["flags"] & 128)
+    assert "Send Messages in Threads" in interaction.texts()[0]
+    assert len(submits(world)) == 1
 
 
 async def test_a_deleted_thread_makes_the_job_undeliverable_and_the_loop_goes_on(world: Harness) -> None:
