@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--api-key", default="sim-key")
     simulate.add_argument("--endpoint-path", default="sim")
     simulate.add_argument("--render-seconds", type=float, default=8.0)
+    simulate.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE", help="a gateway variant")
     return parser
 
 
@@ -65,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         from bot.simulator import run_forever
 
         setup_logging()
-        return _run(run_forever(args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds))
+        return _run(
+            run_forever(args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds, args.variant)
+        )
     try:
         settings = load_settings()
     except ConfigError as exc:

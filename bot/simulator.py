@@ -2,6 +2,25 @@
 
 The tests use it over 127.0.0.1; `python -m bot simulate` lets a server owner try the bot without a key or cost.
 Faults can be switched on (`fail_next`) to prove the client copes with what the real gateway does.
+
+Nobody has proven that Cloudsway's gateway behaves as its page says, so `GatewayVariant` (`sim.variant`, or
+`--variant KEY=VALUE` on the command line) switches on one plausible difference each; every default follows the page:
+- query_lists=accept|refuse|partial: the page lists `task_ids=a,b,c`; refuse: several ids in one parameter get
+  400/1201; partial: several ids answer only the first task that exists, the rest dropped silently.
+- query_cap=N: the page names no limit (Kling's is 20, the default); more than N ids in one query get 400/1201.
+- statuses=page|legacy: the page says `succeeded`/`failed`; legacy says `succeed`/`fail` (Kling's older endpoints).
+- numbers=true: the page has string ids, durations, amounts and integer times; this flips each to the other type.
+- first_frame=any|url_only|base64_only: the page shows an http(s) URL, Kling also takes raw Base64; url_only
+  refuses Base64, base64_only refuses URLs (a gateway that cannot fetch outside URLs), each with 400/1201.
+- fetch_urls=true|false: the provider must fetch a first-frame URL; true fetches it at submit and refuses what is
+  not a readable JPEG/PNG within limits (the reserved example.com/.org/.net, *.example and *.invalid hosts are
+  taken unchecked, as placeholders); false takes every URL unchecked.
+- callbacks=page|native: the page's callbacks would carry its task record; native carries Kling's own
+  `task_id`/`task_status`/`task_status_msg`/`external_task_id`/`task_result.videos` shape.
+- late_submit=S: a submit checks its request, answers a proxy's 504 HTML page, and its task appears (and starts
+  rendering) S seconds later by the simulator's clock; the page answers at once.
+- dedupe_external_ids=false: Kling refuses a repeated external_task_id (400/1201); false makes a second task
+  (both render and bill) and a query by that external id answers all of them.
 """
 
 from __future__ import annotations
@@ -14,13 +33,15 @@ import io
 import itertools
 import json
 import logging
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -44,6 +65,78 @@ TICK_SECONDS = 0.02
 CHUNK_BYTES = 64 * 1024
 HTML_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center>" \
     "<hr><center>nginx</center></body></html>"  # fmt: skip
+TIMEOUT_PAGE = "<html><head><title>504 Gateway Time-out</title></head><body><center><h1>504 Gateway Time-out</h1>" \
+    "</center><hr><center>nginx</center></body></html>"  # fmt: skip
+FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
+# Hosts reserved for examples (RFC 2606): nothing can be fetched there, so tests use them as placeholder URLs.
+PLACEHOLDER_HOSTS = ("example.com", "example.net", "example.org")
+PLACEHOLDER_TLDS = (".example", ".invalid")
+VARIANT_HELP = "make the gateway differ from its page (repeatable); see bot/simulator.py's docstring for the keys"
+LEGACY_STATUSES = {"succeeded": "succeed", "failed": "fail"}
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+@dataclass
+class GatewayVariant:
+    """How this simulated gateway differs from the provider's page; every default follows the page."""
+
+    query_lists: Literal["accept", "refuse", "partial"] = "accept"
+    query_cap: int = MAX_IDS
+    statuses: Literal["page", "legacy"] = "page"
+    numbers: bool = False
+    first_frame: Literal["any", "url_only", "base64_only"] = "any"
+    fetch_urls: bool = True
+    callbacks: Literal["page", "native"] = "page"
+    late_submit: float | None = None
+    dedupe_external_ids: bool = True
+
+    @classmethod
+    def parse(cls, items: Sequence[str]) -> GatewayVariant:
+        """Build a variant from `KEY=VALUE` items; raises ValueError naming the first bad item."""
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for item in items:
+            key, equals, raw = (part.strip() for part in item.partition("="))
+            if not equals or key not in hints:
+                raise ValueError(f"bad gateway variant {item!r}: expected KEY=VALUE, KEY one of {', '.join(hints)}")
+            try:
+                values[key] = _parse_value(hints[key], raw)
+            except ValueError as exc:
+                raise ValueError(f"bad gateway variant {item!r}: {exc}") from None
+        return cls(**values)
+
+
+def _describe(variant: GatewayVariant) -> str:
+    """The switches that differ from the page, as `KEY=VALUE, ...`, or that none does."""
+    shown = []
+    for f in fields(variant):
+        value = getattr(variant, f.name)
+        if value != f.default:  # written back as `--variant` takes it: true, 40, partial
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+            shown.append(f"{f.name}={text.lower()}")
+    return ", ".join(shown) or "none (the provider's page)"
+
+
+def _parse_value(hint: Any, raw: str) -> Any:
+    if get_origin(hint) is Literal:
+        if raw not in get_args(hint):
+            raise ValueError(f"expected one of {', '.join(get_args(hint))}")
+        return raw
+    if hint is bool:
+        if raw.lower() not in (*_TRUE, *_FALSE):
+            raise ValueError("expected true or false")
+        return raw.lower() in _TRUE
+    if hint is int:
+        number = int(raw)
+        if number < 1:
+            raise ValueError("expected a whole number of at least 1")
+        return number
+    if raw.lower() in ("", "none", "off"):  # late_submit: float | None
+        return None
+    seconds = float(raw)
+    if not 0 <= seconds < float("inf"):
+        raise ValueError("expected seconds, 0 or more")
+    return seconds
 
 
 @dataclass
@@ -123,6 +216,7 @@ class KlingSimulator:
         concurrency_limit: int | None = None,
         video_bytes: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
+        variant: GatewayVariant | None = None,
     ) -> None:
         self.api_key = api_key
         self.endpoint_path = endpoint_path
@@ -131,6 +225,7 @@ class KlingSimulator:
         self.concurrency_limit = concurrency_limit
         self.video_bytes = video_bytes
         self.clock = clock
+        self.variant = variant if variant is not None else GatewayVariant()
         self.hold = False
         # Fuzzing switches: rewrite each task record a query returns; break the video links ("404" or "html").
         self.rewrite: Callable[[dict[str, Any]], Any] | None = None
@@ -138,6 +233,8 @@ class KlingSimulator:
         self.callback_secret: str | None = None  # signs callbacks (Standard Webhooks) when set
         self.requests: list[RecordedRequest] = []
         self.tasks: dict[str, SimTask] = {}
+        self.fetched_urls: list[str] = []  # first-frame URLs the simulator fetched (variant.fetch_urls)
+        self._pending: list[SimTask] = []  # late submits: each appears when the clock reaches its `created`
         self._faults: list[_Fault] = []
         self._ids = itertools.count(901930004609634393)
         self._runner: web.AppRunner | None = None
@@ -165,6 +262,14 @@ class KlingSimulator:
         if fault not in FAULTS or on not in ("submit", "query", "any"):
             raise ValueError(f"unknown fault {fault!r} or request kind {on!r}")
         self._faults.append(_Fault(fault, on, times, retry_after, delay))
+
+    def tasks_for(self, external_id: str) -> list[SimTask]:
+        """The tasks that exist with this external id, oldest first (late submits only once they appeared)."""
+        self._appear()
+        return self._existing(external_id)
+
+    def _existing(self, external_id: str) -> list[SimTask]:
+        return [task for task in self.tasks.values() if task.external_id == external_id]
 
     def finish(self, task_id: str | None = None, *, fail_message: str | None = None) -> None:
         """End one task (or every unfinished one) now: succeeded, or failed with `fail_message`."""
@@ -196,6 +301,7 @@ class KlingSimulator:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
+                self._appear()
                 for task in list(self.tasks.values()):
                     self._advance(task)
             except Exception:
@@ -281,11 +387,42 @@ class KlingSimulator:
             raise _bad("contents must hold exactly one first_frame with a url")
         if len(texts) > 1 or not all(isinstance(text, str) for text in texts):
             raise _bad("contents may hold one prompt, whose text is a string")
-        _check_first_frame(frames[0])
         prompt = texts[0] if texts else ""
         if len(prompt) > 2500:
             raise _bad("prompt must be at most 2500 characters")
+        await self._check_first_frame(frames[0])
         return self._create(body, "image", prompt, fault)
+
+    async def _check_first_frame(self, url: str) -> None:
+        """Refuse a first frame as the variant's gateway would: by its form, then (a URL) by what it serves."""
+        is_url = url.startswith(("http://", "https://"))
+        if is_url and self.variant.first_frame == "base64_only":
+            raise _bad("first_frame must be raw Base64: this gateway does not fetch URLs")
+        if not is_url and self.variant.first_frame == "url_only":
+            raise _bad("first_frame url must be an http(s) URL")
+        if not is_url:
+            _check_image(_decode_base64(url))
+        elif self.variant.fetch_urls and not _placeholder(url):
+            _check_image(await self._fetch(url))
+
+    async def _fetch(self, url: str) -> bytes:
+        """The first frame's bytes, fetched now as the provider must; refused if it cannot be had."""
+        self.fetched_urls.append(url)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=FETCH_TIMEOUT) as session,
+                session.get(url) as response,
+            ):
+                if response.status != 200:
+                    raise _bad(f"first_frame url could not be fetched (HTTP {response.status})")
+                data = bytearray()
+                async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                    data += chunk
+                    if len(data) > MAX_IMAGE_BYTES:  # enough to refuse it; the rest need not come
+                        break
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise _bad(f"first_frame url could not be fetched ({type(exc).__name__})") from None
+        return bytes(data)
 
     def _create(self, body: dict[str, Any], kind: str, prompt: str, fault: _Fault | None) -> web.Response:
         settings, options = _section(body, "settings"), _section(body, "options")
@@ -299,7 +436,7 @@ class KlingSimulator:
             raise _bad("external_task_id must be a string")
         if callback_url is not None and not str(callback_url).startswith(("http://", "https://")):
             raise _bad("callback_url must be an http(s) URL")
-        if external and any(t.external_id == external for t in self.tasks.values()):
+        if external and self.variant.dedupe_external_ids and self.tasks_for(external):
             raise _bad("external_task_id already exists")
         if "forbidden" in prompt.lower():
             raise _refuse(400, 1301, "prompt did not pass the content safety check")
@@ -310,7 +447,7 @@ class KlingSimulator:
                 raise _refuse(429, 1303, "concurrent task limit exceeded")
         if fault is not None and fault.kind == "malformed":  # an answer the client cannot use: no task id
             return _envelope({"status": "submitted", "message": ""})
-        now_ms = int(time.time() * 1000)
+        now_ms, late = int(time.time() * 1000), self.variant.late_submit
         task = SimTask(
             id=str(next(self._ids)),
             external_id=external,
@@ -318,17 +455,34 @@ class KlingSimulator:
             prompt=prompt,
             duration=duration,
             resolution=resolution,
-            created=self.clock(),
+            created=self.clock() + (late or 0.0),
             callback_url=callback_url,
             fail_message="Video generation failed: internal render error" if "fail-render" in prompt else None,
             create_ms=now_ms,
             update_ms=now_ms,
         )
+        if late is not None:  # the proxy gave up waiting; the request still reaches the provider, later
+            self._pending.append(task)
+            log.info("task %s will appear in %gs (late submit)", task.id, late)
+            return web.Response(status=504, text=TIMEOUT_PAGE, content_type="text/html")
         self.tasks[task.id] = task
         log.info("task %s created (%s, %ss, %s)", task.id, kind, duration, resolution)
         if fault is not None:  # accept_then_error: the task exists, but the answer is lost
             raise _refuse(500, 5000, "internal error")
         return _envelope(self._record(task, self._origin))
+
+    def _appear(self) -> None:
+        """Let late submits whose time has come exist; a repeated external id is then refused unheard."""
+        now = self.clock()
+        due = [task for task in self._pending if task.created <= now]
+        for task in due:
+            self._pending.remove(task)
+            if task.external_id and self.variant.dedupe_external_ids and self._existing(task.external_id):
+                log.info("late task %s dropped: external_task_id %s already exists", task.id, task.external_id)
+                continue
+            task.create_ms = task.update_ms = int(time.time() * 1000)
+            self.tasks[task.id] = task
+            log.info("task %s appeared (late submit)", task.id)
 
     # --- query and states --------------------------------------------------------------------------------
 
@@ -338,10 +492,16 @@ class KlingSimulator:
             return _envelope([{"unexpected": True}, {"id": None, "status": 7}])
         task_ids = [i for i in request.query.get("task_ids", "").split(",") if i]
         external_ids = [i for i in request.query.get("external_task_ids", "").split(",") if i]
-        if len(task_ids) + len(external_ids) > MAX_IDS:
-            raise _bad(f"at most {MAX_IDS} ids per query")
+        cap, lists = self.variant.query_cap, self.variant.query_lists
+        if len(task_ids) + len(external_ids) > cap:
+            raise _bad(f"at most {cap} ids per query")
+        if lists == "refuse" and max(len(task_ids), len(external_ids)) > 1:
+            raise _bad("invalid parameter: task_ids and external_task_ids take one id each")
+        self._appear()
         found = [self.tasks[i] for i in task_ids if i in self.tasks]
         found += [t for e in external_ids for t in self.tasks.values() if t.external_id == e]
+        if lists == "partial":  # answered as if only the first id had been asked for
+            found = found[:1]
         for task in found:
             self._advance(task)
         origin = f"{request.scheme}://{request.host}"
@@ -376,10 +536,26 @@ class KlingSimulator:
         log.info("task %s is %s", task.id, status)
         if task.callback_url:
             sending = asyncio.get_running_loop().create_task(
-                self._callback(task.callback_url, self._record(task, self._origin))
+                self._callback(task.callback_url, self._callback_body(task))
             )
             self._callbacks.add(sending)
             sending.add_done_callback(self._callbacks.discard)
+
+    def _callback_body(self, task: SimTask) -> dict[str, Any]:
+        """What a callback carries: the page's task record, or Kling's native callback shape."""
+        record = self._record(task, self._origin)
+        if self.variant.callbacks == "page":
+            return record
+        body: dict[str, Any] = {
+            "task_id": record["id"],
+            "task_status": record["status"],
+            "task_status_msg": record["message"],
+            "external_task_id": task.external_id or "",
+        }
+        if "outputs" in record:
+            videos = [{"id": out["id"], "url": out["url"], "duration": out["duration"]} for out in record["outputs"]]
+            body["task_result"] = {"videos": videos}
+        return body
 
     async def _callback(self, url: str, record: dict[str, Any]) -> None:
         body = json.dumps(record).encode()
@@ -399,18 +575,25 @@ class KlingSimulator:
 
     def _record(self, task: SimTask, origin: str) -> dict[str, Any]:
         """The task as the reference shows it (no external id: the provider's page does not echo it)."""
+        numbers = self.variant.numbers
+        status = LEGACY_STATUSES.get(task.status, task.status) if self.variant.statuses == "legacy" else task.status
         record: dict[str, Any] = {
-            "id": task.id,
-            "status": task.status,
+            "id": int(task.id) if numbers else task.id,
+            "status": status,
             "message": task.message,
-            "create_time": task.create_ms,
-            "update_time": task.update_ms,
+            "create_time": str(task.create_ms) if numbers else task.create_ms,
+            "update_time": str(task.update_ms) if numbers else task.update_ms,
         }
         if task.status == "succeeded":
             url, duration = f"{origin}/videos/{task.output_id}.mp4", f"{task.duration + 0.041:.3f}"
-            record["outputs"] = [{"type": "video", "id": task.output_id, "url": url, "duration": duration}]
-            amount = _plain(RATES[task.resolution] * task.duration)
-            record["billing"] = [{"amount": amount, "charge_type": "unit", "package_type": "video"}]
+            output_id, amount = task.output_id, _plain(RATES[task.resolution] * task.duration)
+            record["outputs"] = [
+                {"type": "video", "id": int(output_id) if numbers else output_id, "url": url,
+                 "duration": float(duration) if numbers else duration}
+            ]  # fmt: skip
+            record["billing"] = [
+                {"amount": float(amount) if numbers else amount, "charge_type": "unit", "package_type": "video"}
+            ]
         return record
 
     # --- the CDN -----------------------------------------------------------------------------------------
@@ -475,16 +658,24 @@ def _plain(value: Decimal) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def _check_first_frame(url: str) -> None:
-    """Refuse what the provider refuses: not an http(s) URL nor raw Base64 of a JPEG or PNG within limits."""
-    if url.startswith(("http://", "https://")):
-        return
-    if url.startswith("data:"):
+def _placeholder(url: str) -> bool:
+    """Whether the URL's host is reserved for examples, so that fetching it can only fail."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    return host.endswith(PLACEHOLDER_TLDS) or any(host == h or host.endswith("." + h) for h in PLACEHOLDER_HOSTS)
+
+
+def _decode_base64(text: str) -> bytes:
+    """A first frame given as raw Base64 (not a data: URL), decoded, or refused."""
+    if text.startswith("data:"):
         raise _bad("first_frame must be a URL or raw Base64 without a data: prefix")
     try:
-        data = base64.b64decode(url, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise _bad("first_frame is neither a URL nor valid Base64") from None
+
+
+def _check_image(data: bytes) -> None:
+    """Refuse what the provider refuses: anything but a JPEG or PNG within Kling's size and shape limits."""
     if len(data) > MAX_IMAGE_BYTES:
         raise _bad("first_frame must be at most 10 MB")
     try:
@@ -506,13 +697,23 @@ def sample_video() -> bytes:
     return (resources.files("bot") / "assets" / "sample.mp4").read_bytes()
 
 
-async def run_forever(host: str, port: int, api_key: str, endpoint_path: str, render_seconds: float) -> int:
-    """Serve until interrupted, printing how to point the bot at it."""
-    simulator = KlingSimulator(api_key=api_key, endpoint_path=endpoint_path, render_seconds=render_seconds)
+async def run_forever(
+    host: str, port: int, api_key: str, endpoint_path: str, render_seconds: float, variant: Sequence[str] = ()
+) -> int:
+    """Serve until interrupted, printing how to point the bot at it; `variant` holds `KEY=VALUE` switches."""
+    try:
+        parsed = GatewayVariant.parse(variant)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    simulator = KlingSimulator(
+        api_key=api_key, endpoint_path=endpoint_path, render_seconds=render_seconds, variant=parsed
+    )
     await simulator.start(host, port)
     print(
         f"Kling simulator on {simulator._origin}/v1/ai (endpoint path {endpoint_path!r}); point the bot at it with:\n"
         f"  KLING_BASE_URL={simulator._origin}/v1/ai KLING_API_KEY={api_key} KLING_ENDPOINT_PATH={endpoint_path}\n"
+        f"Gateway variant: {_describe(parsed)}.\n"
         "Prompts containing 'forbidden' are refused; 'fail-render' fails after rendering. Ctrl-C stops it.",
         flush=True,
     )
@@ -531,9 +732,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default="sim-key")
     parser.add_argument("--endpoint-path", default="sim")
     parser.add_argument("--render-seconds", type=float, default=8.0)
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE", help=VARIANT_HELP)
     args = parser.parse_args(argv)
+    run = run_forever(args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds, args.variant)
     try:
-        return asyncio.run(run_forever(args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds))
+        return asyncio.run(run)
     except KeyboardInterrupt:
         return 130
 

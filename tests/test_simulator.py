@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
+import os
+import re
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,10 +16,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from PIL import Image
 
+from bot.callbacks import verify
 from bot.serving import serve
-from bot.simulator import KlingSimulator, sample_video
-from tests.conftest import make_image
+from bot.simulator import GatewayVariant, KlingSimulator, run_forever, sample_video
+from tests.conftest import FakeClock, make_image
+from tests.fake_discord import wait_until
 
 KEY = {"Authorization": "Bearer k"}
 TEXT, IMAGE = "videos/text-to-video/kling-3.0-turbo", "videos/image-to-video/kling-3.0-turbo"
@@ -63,6 +70,13 @@ def envelope(code: int, data: Any = None) -> Any:
 
 def frame(width: int = 640, height: int = 360, fmt: str = "PNG") -> str:
     return base64.b64encode(make_image(width, height, fmt)).decode()
+
+
+def noise(width: int, height: int) -> bytes:
+    """An uncompressed PNG of random pixels: about 3 bytes per pixel whatever the encoder."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(out, "PNG", compress_level=0)
+    return out.getvalue()
 
 
 async def test_a_task_moves_by_the_clock_and_ends_with_outputs_and_billing(
@@ -335,3 +349,320 @@ async def test_callbacks_post_the_task_record_on_each_change(
 def test_the_sample_is_a_small_real_mp4() -> None:
     data = sample_video()
     assert data[4:8] == b"ftyp" and b"avc1" in data and b"mp4a" in data and 10_000 < len(data) < 200_000
+
+
+# --- gateway variants: one switch each, every default the provider's page ------------------------------------
+
+
+@pytest.fixture
+async def variant_sim() -> AsyncIterator[tuple[KlingSimulator, FakeClock, str]]:
+    """A simulator on a fake clock whose variant each test sets (tasks: processing at 5 s, done at 40 s)."""
+    clock = FakeClock()
+    simulator = KlingSimulator(api_key="k", endpoint_path="e", render_seconds=40, processing_after=5, clock=clock)
+    await simulator.start()
+    try:
+        yield simulator, clock, f"{simulator.base_url()}/e/kling"
+    finally:
+        await simulator.close()
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[tuple[str, asyncio.Queue[tuple[dict[str, str], bytes]]]]:
+    """A callback receiver: its URL and a queue of (headers, raw body) as they arrive."""
+    received: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
+
+    async def handle(request: web.Request) -> web.Response:
+        received.put_nowait((dict(request.headers), await request.read()))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner, port = await serve(app, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{port}/hook", received
+    finally:
+        await runner.cleanup()
+
+
+def test_variant_parse_reads_each_switch_and_names_a_bad_item() -> None:
+    assert GatewayVariant.parse([]) == GatewayVariant()
+    parsed = GatewayVariant.parse(
+        ["query_lists=partial", "query_cap=5", "statuses=legacy", "numbers=true", "first_frame=url_only",
+         "fetch_urls=false", "callbacks=native", "late_submit=40", "dedupe_external_ids=no"]
+    )  # fmt: skip
+    assert parsed == GatewayVariant("partial", 5, "legacy", True, "url_only", False, "native", 40.0, False)
+    assert GatewayVariant.parse(["late_submit=none"]).late_submit is None
+    for bad in ("query_lists=maybe", "numbers=perhaps", "query_cap=0", "query_cap=x", "late_submit=-1",
+                "late_submit=inf", "colour=blue", "numbers"):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            GatewayVariant.parse(["statuses=legacy", bad])
+
+
+async def test_query_lists_refuse_takes_one_id_per_parameter(
+    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+) -> None:
+    sim, _, root = variant_sim
+    sim.variant = GatewayVariant(query_lists="refuse")
+    first = (await submit(session, root, {"prompt": "a", "options": {"external_task_id": "x"}}))[1]["data"]
+    second = (await submit(session, root, {"prompt": "b", "options": {"external_task_id": "y"}}))[1]["data"]
+    assert await query(session, root, task_ids=first["id"]) == (200, envelope(0, [first]))
+    both = await query(session, root, task_ids=first["id"], external_task_ids="y")
+    assert both == (200, envelope(0, [first, second]))
+    for params in ({"task_ids": f"{first['id']},{second['id']}"}, {"external_task_ids": "x,y"}):
+        status, answer = await query(session, root, **params)
+        assert (status, answer["code"], answer["data"]) == (400, 1201, None) and "parameter" in answer["message"]
+    sim.variant.query_lists = "accept"
+    assert await query(session, root, external_task_ids="x,y") == (200, envelope(0, [first, second]))
+
+
+async def test_query_lists_partial_answers_only_the_first_task_that_exists(
+    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+) -> None:
+    sim, _, root = variant_sim
+    sim.variant = GatewayVariant(query_lists="partial")
+    first = (await submit(session, root, {"prompt": "a", "options": {"external_task_id": "x"}}))[1]["data"]
+    second = (await submit(session, root, {"prompt": "b"}))[1]["data"]
+    assert await query(session, root, task_ids=f"{first['id']},{second['id']}") == (200, envelope(0, [first]))
+    assert await query(session, root, task_ids=f"404,{second['id']},{first['id']}") == (200, envelope(0, [second]))
+    assert await query(session, root, task_ids="404", external_task_ids="nope,x") == (200, envelope(0, [first]))
+    assert await query(session, root, task_ids="404,405") == (200, envelope(0, []))
+
+
+async def test_query_cap_refuses_more_ids_than_n(
+    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+) -> None:
+    sim, _, root = variant_sim
+    assert await query(session, root, task_ids=",".join(map(str, range(20)))) == (200, envelope(0, []))
+    assert await query(session, root, task_ids=",".join(map(str, range(21)))) == (400, envelope(1201))
+    sim.variant = GatewayVariant(query_cap=2)
+    assert await query(session, root, task_ids="1", external_task_ids="a") == (200, envelope(0, []))
+    assert await query(session, root, task_ids="1,2", external_task_ids="a") == (400, envelope(1201))
+    assert await query(session, root, task_ids="1,2,3") == (400, envelope(1201))
+
+
+async def test_legacy_statuses_in_submits_queries_and_callbacks(
+    variant_sim: tuple[KlingSimulator, FakeClock, str],
+    session: aiohttp.ClientSession,
+    hook: tuple[str, asyncio.Queue[tuple[dict[str, str], bytes]]],
+) -> None:
+    sim, clock, root = variant_sim
+    url, received = hook
+    sim.variant = GatewayVariant(statuses="legacy")
+    done = (await submit(session, root, {"prompt": "p", "options": {"callback_url": url}}))[1]["data"]
+    failed = (await submit(session, root, {"prompt": "fail-render"}))[1]["data"]
+    assert (done["status"], failed["status"]) == ("submitted", "submitted")
+    seen = []
+    for step in (5, 35):
+        clock.advance(step)
+        answer = (await query(session, root, task_ids=f"{done['id']},{failed['id']}"))[1]["data"]
+        seen.append([task["status"] for task in answer])
+        callback = json.loads((await asyncio.wait_for(received.get(), 2))[1])
+        assert callback == answer[0]
+    assert seen == [["processing", "processing"], ["succeed", "fail"]]
+
+
+async def test_numbers_flip_the_types_of_every_record(
+    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+) -> None:
+    sim, clock, root = variant_sim
+    sim.variant = GatewayVariant(numbers=True)
+    body = {"prompt": "p", "settings": {"duration": 6}}
+    submitted = (await submit(session, root, body))[1]["data"]
+    assert type(submitted["id"]) is int and str(submitted["id"]) in sim.tasks
+    assert type(submitted["create_time"]) is str and submitted["create_time"].isdigit()
+    assert submitted["update_time"] == submitted["create_time"]
+    clock.advance(40)
+    [done] = (await query(session, root, task_ids=str(submitted["id"])))[1]["data"]
+    [output] = done["outputs"]
+    assert done["id"] == submitted["id"] and type(done["update_time"]) is str and done["update_time"].isdigit()
+    assert type(output["id"]) is int and output["id"] == int(sim.tasks[str(done["id"])].output_id)
+    assert output["duration"] == 6.041 and type(output["duration"]) is float
+    assert done["billing"] == [{"amount": 4.8, "charge_type": "unit", "package_type": "video"}]
+    assert type(done["billing"][0]["amount"]) is float
+    sim.variant.numbers = False  # the page again: strings of digits and integer times
+    [done] = (await query(session, root, task_ids=str(submitted["id"])))[1]["data"]
+    assert done["id"] == str(submitted["id"]) and type(done["create_time"]) is int
+    assert (done["outputs"][0]["duration"], done["billing"][0]["amount"]) == ("6.041", "4.8")
+
+
+@pytest.mark.parametrize(
+    ("first_frame", "url_code", "base64_code", "message"),
+    [("any", 0, 0, None), ("url_only", 0, 1201, "http(s) URL"), ("base64_only", 1201, 0, "raw Base64")],
+)
+async def test_first_frame_forms_the_gateway_takes(
+    variant_sim: tuple[KlingSimulator, FakeClock, str],
+    session: aiohttp.ClientSession,
+    first_frame: str,
+    url_code: int,
+    base64_code: int,
+    message: str | None,
+) -> None:
+    sim, _, root = variant_sim
+    sim.variant = GatewayVariant.parse([f"first_frame={first_frame}", "fetch_urls=false"])
+    answers = []
+    for url in ("https://cdn.test/frame.png", frame()):
+        status, answer = await submit(session, root, {"contents": [{"type": "first_frame", "url": url}]}, IMAGE)
+        assert status == (200 if answer["code"] == 0 else 400)
+        answers.append(answer)
+    assert [answer["code"] for answer in answers] == [url_code, base64_code]
+    assert len(sim.tasks) == [url_code, base64_code].count(0)
+    if message is not None:
+        assert any(message in answer["message"] for answer in answers)
+
+
+async def test_fetch_urls_refuses_a_first_frame_url_it_cannot_read(
+    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+) -> None:
+    sim, _, root = variant_sim
+    files = {"good.jpg": make_image(640, 360, "JPEG"), "small.png": make_image(200, 600), "page.html": b"<html/>",
+             "webp.png": make_image(640, 360, "WEBP"), "big.png": noise(1200, 1200),
+             "huge.png": noise(1900, 1900)}  # fmt: skip
+    assert 4_000_000 < len(files["big.png"]) < 10 * 1024 * 1024 < len(files["huge.png"])
+
+    async def serve_file(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        return web.Response(body=files[name]) if name in files else web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve_file)
+    runner, port = await serve(app, "127.0.0.1", 0)
+    try:
+        origin = f"http://127.0.0.1:{port}"
+
+        async def image(name: str) -> Answer:
+            body = {"contents": [{"type": "first_frame", "url": f"{origin}/{name}"}]}
+            status, answer = await submit(session, root, body, IMAGE)
+            return status, (answer["code"], answer["message"])
+
+        assert (await image("good.jpg"))[0] == 200
+        assert await image("missing.png") == (400, (1201, "first_frame url could not be fetched (HTTP 404)"))
+        assert await image("small.png") == (400, (1201, "first_frame must be at least 300 px on each side"))
+        assert await image("page.html") == (400, (1201, "first_frame is not a readable image"))
+        assert (await image("webp.png"))[1][0] == 1201
+        assert (await image("big.png"))[0] == 200  # many chunks, all read
+        assert await image("huge.png") == (400, (1201, "first_frame must be at most 10 MB"))
+        fetched = ("good.jpg", "missing.png", "small.png", "page.html", "webp.png", "big.png", "huge.png")
+        assert sim.fetched_urls == [f"{origin}/{name}" for name in fetched]
+        assert len(sim.tasks) == 2
+        sim.variant.fetch_urls = False  # unchecked, as before this switch
+        assert (await image("missing.png"))[0] == 200 and len(sim.fetched_urls) == len(fetched)
+    finally:
+        await runner.cleanup()
+    sim.variant.fetch_urls = True
+    closed = {"contents": [{"type": "first_frame", "url": f"{origin}/good.jpg"}]}
+    status, answer = await submit(session, root, closed, IMAGE)
+    assert (status, answer["code"]) == (400, 1201) and answer["message"].startswith("first_frame url could not be")
+
+
+async def test_native_callbacks_carry_klings_shape_and_are_signed(
+    variant_sim: tuple[KlingSimulator, FakeClock, str],
+    session: aiohttp.ClientSession,
+    hook: tuple[str, asyncio.Queue[tuple[dict[str, str], bytes]]],
+) -> None:
+    sim, clock, root = variant_sim
+    url, received = hook
+    sim.variant = GatewayVariant(callbacks="native")
+    sim.callback_secret = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
+    options = {"callback_url": url, "external_task_id": "job-9"}
+    task_id = (await submit(session, root, {"prompt": "p", "options": options}))[1]["data"]["id"]
+    failing = (await submit(session, root, {"prompt": "fail-render", "options": {"callback_url": url}}))[1]["data"]
+    bodies = []
+    for step in (5, 35):
+        clock.advance(step)
+        for _ in range(2):
+            headers, raw = await asyncio.wait_for(received.get(), 2)
+            verify(sim.callback_secret, {k.lower(): v for k, v in headers.items()}, raw, time.time())
+            bodies.append(json.loads(raw))
+    [task] = (await query(session, root, task_ids=task_id))[1]["data"]
+    [output] = task["outputs"]
+    processing = {"task_id": task_id, "task_status": "processing", "task_status_msg": "", "external_task_id": "job-9"}
+    videos = [{"id": output["id"], "url": output["url"], "duration": "5.041"}]
+    finished = {**processing, "task_status": "succeeded", "task_result": {"videos": videos}}
+    failed = {"task_id": failing["id"], "task_status": "failed", "external_task_id": "",
+              "task_status_msg": "Video generation failed: internal render error"}  # fmt: skip
+    succeeding = [body for body in bodies if body["task_id"] == task_id]
+    failing_bodies = [body for body in bodies if body["task_id"] == failing["id"]]
+    assert succeeding == [processing, finished]
+    assert failing_bodies == [{**failed, "task_status": "processing", "task_status_msg": ""}, failed]
+
+
+async def test_late_submit_answers_504_and_the_task_appears_later(
+    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+) -> None:
+    sim, clock, root = variant_sim
+    sim.variant = GatewayVariant(late_submit=30)
+    assert await submit(session, root, {"prompt": "p", "settings": {"duration": 2}}) == (400, envelope(1201))
+    assert (await submit(session, root, {"prompt": "forbidden"}))[1]["code"] == 1301
+    async with session.post(
+        f"{root}/{TEXT}", json={"prompt": "p", "options": {"external_task_id": "late"}}, headers=KEY
+    ) as response:
+        assert response.status == 504 and response.content_type == "text/html"
+        assert "504 Gateway Time-out" in await response.text()
+    assert sim.tasks == {} and sim.tasks_for("late") == []
+    clock.advance(29.9)
+    assert await query(session, root, external_task_ids="late") == (200, envelope(0, []))
+    clock.advance(0.1)
+    [task] = (await query(session, root, external_task_ids="late"))[1]["data"]
+    assert task["status"] == "submitted" and [t.id for t in sim.tasks_for("late")] == [task["id"]]
+    assert (await query(session, root, task_ids=task["id"]))[1]["data"] == [task]
+    clock.advance(39.9)  # its render time counts from its appearance: processing at 5 s, done at 40 s
+    assert (await query(session, root, task_ids=task["id"]))[1]["data"][0]["status"] == "processing"
+    clock.advance(0.1)
+    assert (await query(session, root, task_ids=task["id"]))[1]["data"][0]["status"] == "succeeded"
+    async with session.post(f"{root}/{TEXT}", json={"prompt": "q"}, headers=KEY) as response:
+        assert response.status == 504
+    clock.advance(30)
+    await wait_until(lambda: len(sim.tasks) == 2)  # the ticker, with no query at all
+
+
+async def test_late_submit_then_a_resubmit_leaves_one_task_when_ids_are_deduplicated(
+    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+) -> None:
+    sim, clock, root = variant_sim
+    sim.variant = GatewayVariant(late_submit=30)
+    body = {"prompt": "p", "options": {"external_task_id": "job"}}
+    async with session.post(f"{root}/{TEXT}", json=body, headers=KEY) as response:
+        assert response.status == 504
+    sim.variant.late_submit = None  # the resubmit arrives before the late one does
+    status, answer = await submit(session, root, body)
+    assert status == 200 and [t.id for t in sim.tasks_for("job")] == [answer["data"]["id"]]
+    clock.advance(30)
+    assert [t["id"] for t in (await query(session, root, external_task_ids="job"))[1]["data"]] == [answer["data"]["id"]]
+    sim.variant.dedupe_external_ids = False
+    assert len(sim.tasks_for("job")) == 1  # the late one was refused when it arrived, not kept for later
+
+
+async def test_external_ids_not_deduplicated_make_a_second_task(
+    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+) -> None:
+    sim, clock, root = variant_sim
+    sim.variant = GatewayVariant(dedupe_external_ids=False)
+    body = {"prompt": "p", "options": {"external_task_id": "twice"}}
+    first, second = [(await submit(session, root, body))[1]["data"]["id"] for _ in range(2)]
+    assert first != second and [t.id for t in sim.tasks_for("twice")] == [first, second]
+    clock.advance(40)
+    tasks = (await query(session, root, external_task_ids="twice"))[1]["data"]
+    assert [(t["id"], t["status"], t["billing"][0]["amount"]) for t in tasks] == [
+        (first, "succeeded", "4"), (second, "succeeded", "4")
+    ]  # fmt: skip
+    sim.variant.dedupe_external_ids = True
+    assert await submit(session, root, body) == (400, envelope(1201)) and len(sim.tasks_for("twice")) == 2
+
+
+async def test_the_command_line_takes_variants_and_prints_them() -> None:
+    assert await run_forever("127.0.0.1", 0, "k", "e", 1.0, ["numbers=maybe"]) == 2
+    variants = ["query_lists=partial", "statuses=legacy", "numbers=true", "late_submit=40"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "simulate", "--port", "0", *(arg for v in variants for arg in ("--variant", v)),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        lines = []
+        while not lines or "Gateway variant" not in lines[-1]:
+            lines.append((await asyncio.wait_for(process.stdout.readline(), 20)).decode())
+            assert lines[-1], "the simulator ended before printing its variant"
+        assert lines[-1].strip() == f"Gateway variant: {', '.join(variants)}."
+    finally:
+        process.terminate()
+        await process.wait()
