@@ -204,13 +204,14 @@ async def test_at_most_two_checks_run_at_once(monkeypatch: pytest.MonkeyPatch) -
     counting = _CountingCheck(asyncio.get_running_loop())
     monkeypatch.setattr(images, "prepare_first_frame", counting)
     checks = [asyncio.create_task(check_first_frame(bytes([n]))) for n in range(8)]
-    for _ in range(2):
-        assert await asyncio.wait_for(counting.entered.get(), 10) <= 2
-    for _ in range(6):  # let one finish, and the next may start
-        counting.let_go.release()
-        assert await asyncio.wait_for(counting.entered.get(), 10) <= 2
-    for _ in range(2):
-        counting.let_go.release()
+    try:
+        for _ in range(2):
+            assert await asyncio.wait_for(counting.entered.get(), 10) <= 2
+        for _ in range(6):  # let one finish, and the next may start
+            counting.let_go.release()
+            assert await asyncio.wait_for(counting.entered.get(), 10) <= 2
+    finally:
+        counting.let_go.release(8)  # no thread stays blocked, even when an assertion failed
     frames = await asyncio.gather(*checks)
     assert [frame.data for frame in frames] == [bytes([n]) for n in range(8)]
     assert counting.most == 2
@@ -220,18 +221,19 @@ async def test_a_cancelled_check_keeps_its_slot_until_its_thread_ends(monkeypatc
     counting = _CountingCheck(asyncio.get_running_loop())
     monkeypatch.setattr(images, "prepare_first_frame", counting)
     first, second = (asyncio.create_task(check_first_frame(b"x")) for _ in range(2))
-    for _ in range(2):
+    try:
+        for _ in range(2):
+            await asyncio.wait_for(counting.entered.get(), 10)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        third = asyncio.create_task(check_first_frame(b"y"))
+        for _ in range(3):
+            await asyncio.sleep(0)  # lets the third task reach its slot (or, were the slot freed, its thread)
+        assert counting.entered.empty()
+        counting.let_go.release()  # one of the two running checks ends, cancelled or not
         await asyncio.wait_for(counting.entered.get(), 10)
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    third = asyncio.create_task(check_first_frame(b"y"))
-    for _ in range(3):
-        await asyncio.sleep(0)  # lets the third task reach its slot (or, if it were wrong, its thread)
-    assert counting.entered.empty()
-    counting.let_go.release()  # one of the two running checks ends, cancelled or not
-    await asyncio.wait_for(counting.entered.get(), 10)
-    for _ in range(2):
-        counting.let_go.release()
+    finally:
+        counting.let_go.release(3)
     assert (await second).data == b"x" and (await third).data == b"y"
     assert counting.most == 2
