@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import warnings
+import weakref
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})  # MPO: phones' multi-picture JPEGs
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # what we agree to read at all
 MAX_SEND_BYTES = 10 * 1024 * 1024  # Kling's safe size for a first frame
 MIN_SIDE = 300
 MAX_RATIO = 2.5
-MAX_PIXELS = 40_000_000  # far above any camera photo; beyond it is a decompression bomb
+MAX_PIXELS = 50_000_000  # above any phone photo (48-50 MP sensors); refused from the header alone
+MAX_SIDE = 4096  # more than the provider needs: a longer side beyond it is downscaled
+MAX_DECODE_PIXELS = MAX_SIDE * MAX_SIDE  # most pixels decoded at once (~67 MB as RGBA)
+MAX_CONCURRENT_CHECKS = 2  # each check may hold ~100 MB of pixels at its peak
+
+_JPEG_SCALES = (1, 2, 4, 8)  # the reductions libjpeg can decode at directly
+# One limit per event loop: an asyncio.Semaphore binds to the first loop that waits on it, and tests
+# (or a restarted bot) run several loops in one process.
+_check_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 class ImageRejected(ValueError):
@@ -37,52 +47,105 @@ class FirstFrame:
         return base64.b64encode(self.data).decode("ascii")
 
 
+async def check_first_frame(data: bytes) -> FirstFrame:
+    """prepare_first_frame in a worker thread, at most MAX_CONCURRENT_CHECKS at once across the bot."""
+    slots = _check_slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(MAX_CONCURRENT_CHECKS))
+    await slots.acquire()
+    try:
+        work = asyncio.ensure_future(asyncio.to_thread(prepare_first_frame, data))
+    except BaseException:
+        slots.release()
+        raise
+    # The slot is freed when the thread ends, not when the caller stops waiting: a cancelled
+    # command must not let another decode start while its own still holds the memory.
+    work.add_done_callback(lambda done: _free_check_slot(slots, done))
+    return await asyncio.shield(work)
+
+
+def _free_check_slot(slots: asyncio.Semaphore, work: asyncio.Future[FirstFrame]) -> None:
+    slots.release()
+    if not work.cancelled():
+        work.exception()  # retrieved here so an abandoned check does not log "never retrieved"
+
+
 def prepare_first_frame(data: bytes) -> FirstFrame:
-    """Check an uploaded image and convert it to PNG or JPEG where needed; CPU-bound, run it in a thread."""
+    """Check an uploaded image and convert it to PNG or JPEG where needed; CPU-bound, run it in a thread.
+
+    Sizes are checked from the header before any pixel is decoded, and a big JPEG is decoded at reduced scale.
+    """
     if len(data) > MAX_UPLOAD_BYTES:
         raise ImageRejected(f"The image is too large ({_mib(len(data))}); send one under {_mib(MAX_SEND_BYTES)}.")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))  # lazy: reads the header only
             fmt = image.format or "unknown"
             if fmt not in ACCEPTED_FORMATS:
                 raise ImageRejected(f"That file is a {fmt} image; send a JPG, PNG or WebP picture.")
             width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageRejected(f"The image is {width}x{height} pixels, too many; send a smaller one.")
-            _check_shape(width, height)
-            image.load()  # decodes everything, so a truncated file fails here, not at the provider
+            _check_size(width, height, fmt)
+            passthrough = fmt in ("JPEG", "PNG") and not getattr(image, "is_animated", False)
+            passthrough = passthrough and len(data) <= MAX_SEND_BYTES and max(width, height) <= MAX_SIDE
+            if fmt in ("JPEG", "MPO"):
+                # libjpeg still reads every byte at reduced scale, so a truncated file fails all the same;
+                # a JPEG sent as it is needs no full-size pixels at all.
+                scale = _JPEG_SCALES[-1] if passthrough else _jpeg_scale(width, height)
+                image.draft("RGB", (width // scale, height // scale))
+            image.load()  # decodes, so a truncated file fails here, not at the provider
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageRejected("The image has far too many pixels; send a smaller one.") from None
         except ImageRejected:
             raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise ImageRejected("That file is not a readable image; send a JPG, PNG or WebP picture.") from None
-    animated = getattr(image, "is_animated", False)
-    if fmt in ("JPEG", "PNG") and not animated and len(data) <= MAX_SEND_BYTES:
-        return FirstFrame(data, f"image/{fmt.lower()}", width, height, None)
+    if passthrough:
+        return FirstFrame(data, "image/jpeg" if fmt == "JPEG" else "image/png", width, height, None)
     return _convert(image, fmt)
 
 
-def _check_shape(width: int, height: int) -> None:
+def _check_size(width: int, height: int, fmt: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageRejected(
+            f"The image is {width}x{height} pixels ({_mp(width * height)}), too many; send one under {_mp(MAX_PIXELS)}."
+        )
     if min(width, height) < MIN_SIDE:
         raise ImageRejected(f"The image is {width}x{height}; each side must be at least {MIN_SIDE} pixels.")
     if max(width, height) / min(width, height) > MAX_RATIO:
         raise ImageRejected(
             f"The image is {width}x{height}, too elongated; its sides may differ by at most 1:{MAX_RATIO:g}."
         )
+    # Only JPEG can be decoded at reduced scale; anything else is decoded whole, so its size is the memory.
+    if fmt not in ("JPEG", "MPO") and width * height > MAX_DECODE_PIXELS:
+        raise ImageRejected(
+            f"The image is {width}x{height} pixels ({_mp(width * height)}); a PNG or WebP may have at most "
+            f"{_mp(MAX_DECODE_PIXELS)}. Resize it to {MAX_SIDE} pixels on its longer side, or send it as a JPG."
+        )
+
+
+def _jpeg_scale(width: int, height: int) -> int:
+    # The smallest reduction that fits the decode budget; MAX_PIXELS keeps it within 1/2 in practice.
+    for scale in _JPEG_SCALES:
+        if (width // scale) * (height // scale) <= MAX_DECODE_PIXELS:
+            return scale
+    return _JPEG_SCALES[-1]
 
 
 def _convert(image: Image.Image, original: str) -> FirstFrame:
     # Keep transparency in PNG; photos go to JPEG, which stays far smaller.
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    # The EXIF orientation is lost on re-encoding, so turn the pixels upright first.
+    ImageOps.exif_transpose(image, in_place=True)
+    mode = "RGBA" if has_alpha else "RGB"
+    if image.mode != mode:  # convert() copies even when nothing changes
+        image = image.convert(mode)
+    if max(image.size) > MAX_SIDE:
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     if has_alpha:
-        image.convert("RGBA").save(out, "PNG", optimize=True)
+        image.save(out, "PNG", optimize=True)
         mime = "image/png"
     else:
-        image.convert("RGB").save(out, "JPEG", quality=92)
+        image.save(out, "JPEG", quality=92)
         mime = "image/jpeg"
     if out.tell() > MAX_SEND_BYTES:
         out = io.BytesIO()
@@ -95,3 +158,7 @@ def _convert(image: Image.Image, original: str) -> FirstFrame:
 
 def _mib(size: int) -> str:
     return f"{size / 1024 / 1024:.1f} MB"
+
+
+def _mp(pixels: int) -> str:
+    return f"{pixels / 1_000_000:.1f} megapixels"
