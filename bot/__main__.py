@@ -15,7 +15,6 @@ from bot.config import ConfigError, Settings, load_settings
 from bot.delivery import DownloadFailed, download_video
 from bot.images import ImageRejected, prepare_first_frame
 from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
-from bot.kling import KlingError
 from bot.resources import open_resources
 from bot.store import StoreUnavailable
 
@@ -100,15 +99,16 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
 
 
 async def check(settings: Settings) -> int:
-    """Print what is wrong with the settings or the API key, or that all is well."""
-    async with open_resources(settings) as resources:
-        try:
-            await resources.kling.check_auth()
-        except KlingError as exc:
-            print(f"error: the Kling API at {settings.kling_api_root} refused: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-    print(f"ok: settings valid, database at {settings.database_path}, Kling API at {settings.kling_api_root}")
-    return EXIT_OK
+    """The preflight: one line per check on stdout, the blocking ones again on stderr; exit 1 if any blocks."""
+    from bot.preflight import preflight  # imported here to keep this command's dependencies out of the others
+
+    items = await preflight(settings)
+    for item in items:
+        print(item.line())
+    blocking = [item for item in items if item.status == "fail"]
+    for item in blocking:
+        print(f"error: {item.name}: {item.detail}", file=sys.stderr)
+    return EXIT_FAILED if blocking else EXIT_OK
 
 
 async def backup(settings: Settings, target: Path) -> int:

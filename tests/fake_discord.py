@@ -51,6 +51,8 @@ UNKNOWN_MESSAGE = (404, 10008, "Unknown Message")
 MISSING_PERMISSIONS = (403, 50013, "Missing Permissions")
 WRONG_CHANNEL_TYPE = (400, 50024, "Cannot execute action on this channel type")
 Files = list[tuple[str, bytes]]
+# Guild fields only GUILD_CREATE carries; GET /guilds/{id} leaves them out.
+GATEWAY_ONLY = ("members", "channels", "threads", "voice_states", "presences", "joined_at", "large", "member_count")
 
 
 class Refused(Exception):
@@ -143,6 +145,8 @@ class FakeDiscord:
         self.interactions: dict[str, Interaction] = {}
         self.files: dict[str, bytes] = {}  # CDN: attachment id -> bytes
         self.bot_permissions: dict[str, int] = {}  # per channel, overriding BOT_PERMISSIONS
+        self.commands: dict[str | None, list[dict[str, Any]]] = {}  # as last synced, by guild id (None: global)
+        self.bot_roles: list[str] = []  # role ids the bot member has (besides @everyone)
         self.identified = asyncio.Event()  # a bot IDENTIFYed and was sent READY and GUILD_CREATE
         self.resumes = 0
         self._faults: list[tuple[str, re.Pattern[str], int, int, str, list[int]]] = []
@@ -264,14 +268,67 @@ class FakeDiscord:
 
     def bot_permissions_in(self, channel_id: str) -> int:
         channel = self.channels.get(channel_id, {})
-        return self.bot_permissions.get(
-            channel_id, self.bot_permissions.get(channel.get("parent_id") or "", BOT_PERMISSIONS.value)
-        )
+        parent = channel.get("parent_id") or ""
+        if channel_id in self.bot_permissions or parent in self.bot_permissions:
+            return self.bot_permissions.get(channel_id, self.bot_permissions.get(parent, 0))
+        # Otherwise BOT_PERMISSIONS and the bot's roles, then the channel's overwrites in Discord's order:
+        # @everyone, the bot's roles combined, the bot member (threads: the parent's overwrites).
+        source = self.channels.get(parent, channel) if channel.get("type") in THREADS else channel
+        value = BOT_PERMISSIONS.value
+        for role in self.roles:
+            if role["id"] in self.bot_roles:
+                value |= int(role["permissions"])
+        permissions = P(value)
+        overwrites = source.get("permission_overwrites", [])
+        steps = [[o for o in overwrites if o["id"] == self.guild_id and o["type"] == 0]]
+        steps += [[o for o in overwrites if o["id"] in self.bot_roles and o["type"] == 0]]
+        steps += [[o for o in overwrites if o["id"] == self.bot_user_id and o["type"] == 1]]
+        for step in steps:
+            allow = deny = 0
+            for overwrite in step:
+                allow, deny = allow | int(overwrite["allow"]), deny | int(overwrite["deny"])
+            permissions.handle_overwrite(allow, deny)
+        return permissions.value
+
+    def add_role(self, name: str, permissions: int = 0) -> str:
+        """A new role (give it to the bot with `bot_roles.append`); returns its id."""
+        role_id = self.snowflake()
+        self.roles.append(
+            {"id": role_id, "name": name, "position": len(self.roles), "permissions": str(permissions), "color": 0,
+             "hoist": False, "managed": False, "mentionable": False, "flags": 0}
+        )  # fmt: skip
+        return role_id
+
+    def add_overwrite(self, channel: str, target: str, *, allow: int = 0, deny: int = 0) -> None:
+        """A permission overwrite on a channel (by id or name) for a role id (the guild's id: @everyone) or a user
+        id. Overwrites for @everyone and the bot also decide what the fake lets the bot do there."""
+        kind = 1 if target in {u["id"] for u in [*self.users.values(), self.bot_user]} else 0
+        overwrite = {"id": target, "type": kind, "allow": str(allow), "deny": str(deny)}
+        self.channels[self.channel_id(channel)]["permission_overwrites"].append(overwrite)
+
+    def rest_channel(self, channel_id: str) -> dict[str, Any]:
+        """A channel as GET /guilds/{id}/channels shows it: a `bot_permissions` entry becomes what it would be
+        on Discord, an overwrite for the bot member that allows exactly those permissions and denies the rest."""
+        channel = dict(self.channels[channel_id])
+        if channel_id in self.bot_permissions:
+            allowed = self.bot_permissions[channel_id]
+            others = [o for o in channel["permission_overwrites"] if o["id"] != self.bot_user_id]
+            mine = {"id": self.bot_user_id, "type": 1, "allow": str(allowed), "deny": str(P.all().value & ~allowed)}
+            channel["permission_overwrites"] = [*others, mine]
+        return channel
+
+    def bot_member(self) -> dict[str, Any]:
+        return {
+            "user": self.bot_user,
+            "roles": list(self.bot_roles),
+            "joined_at": now_iso(),
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+        }
 
     def guild_payload(self) -> dict[str, Any]:
-        members = [self.member(n) for n in self.users] + [
-            {"user": self.bot_user, "roles": [], "joined_at": now_iso(), "deaf": False, "mute": False, "flags": 0}
-        ]
+        members = [self.member(n) for n in self.users] + [self.bot_member()]
         threads = [c for c in self.channels.values() if c["type"] in THREADS]
         return {
             "id": self.guild_id,
@@ -733,11 +790,45 @@ class FakeDiscord:
         return {"url": self.gateway_url} | ({"shards": 1, "session_start_limit": limit} if bot else {})
 
     async def _sync(self, call: Recorded, *guild: str) -> Any:
-        return [
+        synced = [
             {"description": "", **c, "id": self.snowflake(), "application_id": self.application_id, "version": "1"}
             | {"default_member_permissions": c.get("default_member_permissions")}
             for c in call.json
         ]
+        self.commands[guild[0] if guild else None] = synced  # a sync replaces all commands in its scope
+        return synced
+
+    async def _get_commands(self, call: Recorded, *guild: str) -> Any:
+        if guild and guild[0] != self.guild_id:
+            raise Refused(403, 50001, "Missing Access")
+        return self.commands.get(guild[0] if guild else None, [])
+
+    def _known_guild(self, guild_id: str) -> None:
+        if guild_id != self.guild_id:
+            raise Refused(404, 10004, "Unknown Guild")
+
+    async def _my_guilds(self, call: Recorded) -> Any:
+        if int(call.query.get("after", 0)) >= int(self.guild_id):
+            return []
+        permissions = 0  # the bot's guild-level permissions: @everyone and its roles
+        for role in self.roles:
+            if role["id"] == self.guild_id or role["id"] in self.bot_roles:
+                permissions |= int(role["permissions"])
+        return [{"id": self.guild_id, "name": "Test server", "icon": None, "owner": False,
+                 "permissions": str(permissions), "features": []}]  # fmt: skip
+
+    async def _get_guild(self, call: Recorded, guild_id: str) -> Any:
+        self._known_guild(guild_id)
+        payload = self.guild_payload()
+        return {k: v for k, v in payload.items() if k not in GATEWAY_ONLY}
+
+    async def _get_roles(self, call: Recorded, guild_id: str) -> Any:
+        self._known_guild(guild_id)
+        return self.roles
+
+    async def _get_guild_channels(self, call: Recorded, guild_id: str) -> Any:
+        self._known_guild(guild_id)
+        return [self.rest_channel(c["id"]) for c in self.channels.values() if c["type"] not in THREADS]
 
     def _message(
         self,
@@ -976,6 +1067,8 @@ class FakeDiscord:
         return self._public(message)
 
     async def _get_member(self, call: Recorded, guild_id: str, user_id: str) -> Any:
+        if user_id == self.bot_user_id:
+            return self.bot_member()
         name = next((n for n, u in self.users.items() if u["id"] == user_id), None)
         if name is None:
             raise Refused(404, 10007, "Unknown Member")
@@ -1000,6 +1093,12 @@ class FakeDiscord:
         (r"/webhooks/(\d+)/([^/]+)/messages/([^/]+)", "PATCH", _webhook_message),
         (r"/webhooks/(\d+)/([^/]+)/messages/([^/]+)", "DELETE", _webhook_message),
         (r"/guilds/(\d+)/members/(\d+)", "GET", _get_member),
+        (r"/users/@me/guilds", "GET", _my_guilds),
+        (r"/guilds/(\d+)", "GET", _get_guild),
+        (r"/guilds/(\d+)/roles", "GET", _get_roles),
+        (r"/guilds/(\d+)/channels", "GET", _get_guild_channels),
+        (r"/applications/\d+/commands", "GET", _get_commands),
+        (r"/applications/\d+/guilds/(\d+)/commands", "GET", _get_commands),
     ]
 
     async def _cdn(self, request: web.Request) -> web.Response:
