@@ -122,7 +122,7 @@ async def bench_polling(folder: Path, sizes: list[int], repeats: int) -> None:
 
                 async def naive(jobs: list[Job] = jobs) -> None:
                     for job in jobs:
-                        await kling.query(task_ids=[job.provider_task_id or ""])
+                        await kling.query([job.provider_task_id or ""])
 
                 naive_walls.append((await timed(naive))[0])
             floor = math.ceil(n / MAX_IDS_PER_QUERY)

@@ -1,6 +1,6 @@
 """The provider's task callbacks: a hint to query a task at once, never trusted on its own.
 
-With a secret, each callback must carry a valid Standard Webhooks signature (see shared/notes/kling-facts.md):
+With a secret, each callback must carry a valid Standard Webhooks signature (docs/provider-api.md):
 HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{raw body}`, keyed with the Base64 secret after `whsec_`.
 """
 
@@ -61,6 +61,23 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, now: float) -> 
         raise BadSignature("no matching signature")
 
 
+def callback_task_id(body: bytes) -> str | None:
+    """The task a callback names: `id` in the page's task record, `task_id` in Kling's native shape (either may
+    sit inside a `data` envelope). Nothing else in it is used: the bot asks the provider itself."""
+    try:
+        record = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(record, dict) and isinstance(record.get("data"), dict):
+        record = record["data"]
+    if not isinstance(record, dict):
+        return None
+    value = record.get("task_id", record.get("id"))
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return None
+    return str(value)
+
+
 class CallbackServer:
     """A small aiohttp app that turns each valid callback into `on_hint(task_id)`."""
 
@@ -89,9 +106,8 @@ class CallbackServer:
             except BadSignature as exc:
                 log.warning("refused a callback from %s: %s", request.remote, exc)
                 return web.Response(status=401, text="bad signature")
-        try:
-            task_id = str(json.loads(body)["id"])
-        except (ValueError, KeyError, TypeError):
+        task_id = callback_task_id(body)
+        if task_id is None:
             log.warning("a callback without a task id from %s", request.remote)
             return web.Response(status=400, text="no task id")
         await self.on_hint(task_id)

@@ -431,6 +431,10 @@ class KlingClient:
             found.sort(key=lambda task: (task.create_time or 0, task.id))
         return found[0] if found else None
 
+    async def ask_once(self, task_ids: Sequence[str]) -> list[KlingTask]:
+        """One query with exactly these ids, whatever the gateway was found to take (the preflight's probe)."""
+        return await self._query_once("task_ids", task_ids)
+
     async def _query_once(self, kind: str, ids: Sequence[str]) -> list[KlingTask]:
         params = {"task_ids": "", "external_task_ids": ""} | {kind: ",".join(ids)}
         data = await self._with_retries(functools.partial(self._call, "GET", TASKS, params=params), "query")

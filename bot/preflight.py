@@ -239,9 +239,9 @@ async def _check_kling(settings: Settings, kling: KlingClient) -> list[CheckItem
         ]
     items = [CheckItem("kling key", "ok", f"accepted by {root}")]
     try:
-        await kling.query(task_ids=["0", "1"])  # two unknown ids: one request with task_ids=0,1
+        await kling.ask_once(["0", "1"])  # two unknown ids: one request with task_ids=0,1
     except KlingBadRequest as exc:
-        detail = f"comma-separated task ids refused ({exc}): the bot will fall back to one id per query"
+        detail = f"comma-separated task ids refused ({exc}): the bot asks fewer ids at a time, down to one"
         items.append(CheckItem("kling id lists", "warn", detail))
     except KlingError as exc:
         items.append(CheckItem("kling id lists", "warn", f"could not tell: {exc}"))

@@ -1,4 +1,4 @@
-"""A Kling 3.0 turbo simulator that speaks the provider's API (shared/api/kling-3.0-turbo.md and the facts notes).
+"""A Kling 3.0 turbo simulator that speaks the provider's API as docs/provider-api.md describes it.
 
 The tests use it over 127.0.0.1; `python -m bot simulate` lets a server owner try the bot without a key or cost.
 Faults can be switched on (`fail_next`) to prove the client copes with what the real gateway does.

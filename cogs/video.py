@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import logging
@@ -17,7 +16,7 @@ from discord.ext import commands
 
 from bot.app import SOMETHING_WENT_WRONG, UserFacingError, VideoBot, reply_ephemeral
 from bot.credits import QuotaRefused
-from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, prepare_first_frame
+from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, check_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.store import OPEN, Job
 from cogs.messages import (
@@ -71,7 +70,7 @@ async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str, st
     except discord.HTTPException:
         raise InvalidRequest("The image could not be downloaded from Discord; try uploading it again.") from None
     try:
-        frame = await asyncio.to_thread(prepare_first_frame, data)
+        frame = await check_first_frame(data)
     except ImageRejected as exc:
         raise InvalidRequest(str(exc)) from None
     return frame, attachment.filename, attachment.url if frame.converted_from is None else None

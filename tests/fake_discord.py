@@ -1,6 +1,6 @@
 """A protocol-level fake of Discord: REST, the gateway websocket and the attachment CDN, on 127.0.0.1.
 
-It runs all of discord.py's real code (see shared/notes/testing-discord.md) and enforces what real Discord
+It runs all of discord.py's real code and enforces what real Discord
 enforces and the bot depends on: permissions, upload limits, no threads in forums or threads, deleted channels,
 message nonces, the first followup after a defer replacing the loading message.
 

@@ -104,6 +104,9 @@ async def test_failed_and_timed_out_jobs_release_their_credits(
     assert (await credits.status(GUILD, ALICE, ())).reserved == 4_000
     clock.advance(31 * 60)
     await paid_service.poll_once()
+    assert (await credits.status(GUILD, ALICE, ())).reserved == 4_000  # late: still held
+    clock.advance(24 * 3600)
+    await paid_service.poll_once()
     status = await credits.status(GUILD, ALICE, ())
     assert (status.reserved, status.used, status.remaining) == (0, 0, 20_000)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from bot.images import prepare_first_frame
-from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
+from bot.jobs import (
+    LATE_POLL_MAX_SECONDS,
+    SUBMIT_LOOKUP_SECONDS,
+    InvalidRequest,
+    JobRequest,
+    JobService,
+    SubmitRefused,
+)
 from bot.kling import KlingClient
 from bot.simulator import KlingSimulator
 from bot.store import Store
@@ -93,14 +100,37 @@ async def test_processing_then_failed_is_followed(sim: KlingSimulator, service: 
     assert change.job.status == "failed" and "render error" in (change.job.error or "")
 
 
-async def test_a_job_that_never_finishes_times_out(sim: KlingSimulator, service: JobService, clock: FakeClock) -> None:
+async def test_a_late_job_keeps_its_credits_is_asked_less_often_and_given_up_after_a_day(
+    sim: KlingSimulator, service: JobService, clock: FakeClock
+) -> None:
     sim.hold = True
     job = await service.create(JobRequest("text", "slow"))
-    assert all(c.job.status != "failed" for c in await service.poll_once())
     clock.advance(30 * 60 + 1)
+    assert all(c.job.status != "failed" for c in await service.poll_once())  # past JOB_TIMEOUT_MINUTES: late
+    late = await service.store.get_job(job.id)
+    assert late is not None and late.status in ("submitted", "processing") and service.is_late(late)
+    asked = len([r for r in sim.requests if r.method == "GET"])
+    clock.advance(10)
+    await service.poll_once()
+    assert len([r for r in sim.requests if r.method == "GET"]) == asked  # backed off: not asked every tick
+    clock.advance(24 * 3600)
     [change] = await service.poll_once()
     assert change.job.id == job.id and change.job.status == "failed"
-    assert "did not finish within 30 minutes" in (change.job.error or "")
+    assert "did not arrive within 24.5 hours" in (change.job.error or "")
+
+
+async def test_a_late_video_that_arrives_is_delivered_not_failed(
+    sim: KlingSimulator, service: JobService, clock: FakeClock
+) -> None:
+    sim.hold = True
+    job = await service.create(JobRequest("text", "very slow"))
+    clock.advance(3 * 3600)
+    await service.poll_once()
+    sim.hold = False
+    sim.finish(job.provider_task_id)
+    clock.advance(LATE_POLL_MAX_SECONDS)
+    [change] = await service.poll_once()
+    assert change.job.status == "succeeded" and change.job.cost_billed == 4_000
 
 
 async def test_resume_adopts_a_job_sent_before_a_crash_without_a_second_submit(
@@ -118,32 +148,30 @@ async def test_resume_adopts_a_job_sent_before_a_crash_without_a_second_submit(
     assert submits(sim) == 1
 
 
-async def test_resume_sends_a_job_that_never_reached_the_provider(
-    sim: KlingSimulator, service: JobService, store: Store
-) -> None:
-    sim.fail_next("server_error", on="submit")
-    sim.fail_next("server_error", on="query", times=4)  # create() cannot even tell whether the task exists
-    job = await service.create(JobRequest("text", "never sent"))
-    assert job.status == "reserved" and sim.tasks == {}
-    [change] = await service.resume()
-    assert change.job.status == "submitted" and len(sim.tasks) == 1
-
-
-async def test_stale_reserved_jobs_are_settled_by_the_poll(
+async def test_a_lost_submit_is_sent_again_only_after_lookups_over_the_window(
     sim: KlingSimulator, service: JobService, clock: FakeClock
 ) -> None:
     sim.fail_next("server_error", on="submit")
-    sim.fail_next("server_error", on="query", times=4)  # create() cannot even tell whether the task exists
-    job = await service.create(JobRequest("text", "later"))
-    assert await service.poll_once() == []  # too fresh: create() may still be at work on it
-    clock.advance(121)
+    job = await service.create(JobRequest("text", "never sent"))
+    assert job.status == "reserved" and job.uncertain_since is not None and sim.tasks == {}
+    for _ in range(5):  # every tick looks it up, none sends it again before the window is over
+        clock.advance(SUBMIT_LOOKUP_SECONDS / 6)
+        assert await service.poll_once() == []
+    assert submits(sim) == 1
+    lookups = [r for r in sim.requests if r.query.get("external_task_ids") == job.id]
+    assert len(lookups) >= 5
+    clock.advance(SUBMIT_LOOKUP_SECONDS / 6 + 1)
     changes = await service.poll_once()
-    # Settled (submitted now), then found finished by the same tick's query.
-    assert [(c.job.id, c.previous, c.job.status) for c in changes] == [
-        (job.id, "reserved", "submitted"),
-        (job.id, "submitted", "succeeded"),
-    ]
-    assert len(sim.tasks) == 1
+    assert (changes[0].previous, changes[0].job.status) == ("reserved", "submitted")
+    assert submits(sim) == 2 and len(sim.tasks) == 1
+
+
+async def test_resume_sends_a_job_reserved_but_never_sent(
+    sim: KlingSimulator, service: JobService, store: Store
+) -> None:
+    job = await service.reserve(JobRequest("text", "crashed before the send"))
+    [change] = await service.resume()
+    assert change.job.id == job.id and change.job.status == "submitted" and submits(sim) == 1
 
 
 async def test_an_image_job_sends_the_stored_frame_as_base64(

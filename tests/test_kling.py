@@ -18,6 +18,7 @@ from bot.kling import (
     KlingClient,
     KlingContentPolicy,
     KlingRateLimited,
+    KlingSubmitUncertain,
     KlingUnavailable,
 )
 from bot.serving import serve
@@ -59,7 +60,7 @@ async def test_submit_text_sends_the_reference_body(sim: KlingSimulator, kling: 
 
 async def test_submit_image_sends_contents_and_no_aspect_ratio(sim: KlingSimulator, kling: KlingClient) -> None:
     await kling.submit_image(
-        "https://example.org/frame.jpg", "waves", duration=8, resolution="720p", external_task_id="job-2"
+        "waves", url_frame="https://example.org/frame.jpg", duration=8, resolution="720p", external_task_id="job-2"
     )
     [request] = sim.requests
     assert request.path == IMAGE_PATH
@@ -80,7 +81,7 @@ async def test_query_batches_45_ids_into_3_requests(sim: KlingSimulator, kling: 
             f"clip {n}", duration=3, resolution="720p", aspect_ratio="1:1", external_task_id=f"j{n}"
         )
         ids.append(task.id)
-    tasks = await kling.query(task_ids=ids)
+    tasks = await kling.query(ids)
     assert sorted(t.id for t in tasks) == sorted(ids)
     sizes = [len(r.query["task_ids"].split(",")) for r in queries(sim)]
     assert sizes == [20, 20, 5]
@@ -91,7 +92,7 @@ async def test_query_batches_45_ids_into_3_requests(sim: KlingSimulator, kling: 
 
 
 async def test_unknown_id_answers_an_empty_list(kling: KlingClient) -> None:
-    assert await kling.query(task_ids=["12345"]) == []
+    assert await kling.query(["12345"]) == []
     assert await kling.find_external("never-sent") is None
 
 
@@ -114,7 +115,7 @@ async def test_each_fault_becomes_its_typed_error(
     client = KlingClient(session, root_url=f"{sim.base_url()}/acct-endpoint", api_key=SecretStr(API_KEY), max_retries=0)
     sim.fail_next(fault, on="query")
     with pytest.raises(error):
-        await client.query(task_ids=["1"])
+        await client.query(["1"])
 
 
 async def test_wrong_key_is_an_auth_error_and_is_not_retried(
@@ -123,7 +124,7 @@ async def test_wrong_key_is_an_auth_error_and_is_not_retried(
     sleeps = RecordedSleeps()
     client = KlingClient(session, root_url=f"{sim.base_url()}/acct-endpoint", api_key=SecretStr("wrong"), sleep=sleeps)
     with pytest.raises(KlingAuthError) as caught:
-        await client.query(task_ids=["1"])
+        await client.query(["1"])
     assert caught.value.status == 401
     assert len(sim.requests) == 1 and sleeps.delays == []
 
@@ -141,7 +142,7 @@ async def test_bad_request_carries_the_providers_message(sim: KlingSimulator, kl
     await kling.submit_text("one", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="dup")
     with pytest.raises(KlingBadRequest) as caught:
         # A second task under the same external id is refused (1201); it does not exist under another id.
-        await kling.submit_image("not-base64!", None, duration=5, resolution="720p", external_task_id="other")
+        await kling.submit_image(None, base64_frame="not-base64!", duration=5, resolution="720p", external_task_id="o")
     assert caught.value.code == 1201
     assert caught.value.message
 
@@ -168,7 +169,7 @@ async def test_query_retries_server_errors_with_growing_backoff(
 ) -> None:
     sim.fail_next("server_error", on="query", times=1)
     sim.fail_next("html", on="query", times=1)
-    assert await kling.query(task_ids=["1"]) == []
+    assert await kling.query(["1"]) == []
     assert len(queries(sim)) == 3
     assert len(sleeps.delays) == 2 and 0 < sleeps.delays[0] <= 1.0 < sleeps.delays[1] * 2
 
@@ -183,13 +184,14 @@ async def test_submit_after_a_lost_answer_finds_the_task_and_does_not_resend(
     assert queries(sim)[0].query["external_task_ids"] == "lost"
 
 
-async def test_submit_after_a_server_error_resends_once_the_task_is_known_absent(
+async def test_a_submit_after_a_server_error_is_never_resent_by_the_client(
     sim: KlingSimulator, kling: KlingClient
 ) -> None:
     sim.fail_next("server_error", on="submit")
-    await kling.submit_text("x", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="retry")
-    assert len(posts(sim)) == 2
-    assert len(sim.tasks) == 1
+    with pytest.raises(KlingSubmitUncertain):
+        await kling.submit_text("x", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="retry")
+    assert len(posts(sim)) == 1 and sim.tasks == {}
+    assert [q.query["external_task_ids"] for q in queries(sim)] == ["retry"]  # looked up once, at once
 
 
 async def test_a_slow_answer_times_out_as_unavailable(sim: KlingSimulator, session: aiohttp.ClientSession) -> None:
@@ -198,12 +200,12 @@ async def test_a_slow_answer_times_out_as_unavailable(sim: KlingSimulator, sessi
     )
     sim.fail_next("slow", on="query", delay=1.0)
     with pytest.raises(KlingUnavailable, match="no answer within"):
-        await client.query(task_ids=["1"])
+        await client.query(["1"])
 
 
 async def test_malformed_records_are_skipped_not_fatal(sim: KlingSimulator, kling: KlingClient) -> None:
     sim.fail_next("malformed", on="query")
-    assert await kling.query(task_ids=["1"]) == []
+    assert await kling.query(["1"]) == []
 
 
 @pytest.fixture
@@ -249,7 +251,7 @@ async def test_numeric_ids_above_2_53_are_kept_exactly_and_unknown_fields_ignore
     )
     client = KlingClient(session, root_url=root, api_key=SecretStr(API_KEY))
     with caplog.at_level(logging.WARNING):
-        unknown, done = await client.query(task_ids=["x"])
+        unknown, done = await client.query([str(big), "901930004609634393"])
     assert unknown.id == str(big) and unknown.status == "queued_by_gateway"
     assert "status we do not know" in caplog.text
     assert done.video is not None and done.video.id == "901930006506119262" and done.video.seconds == 5.041
@@ -263,7 +265,7 @@ async def test_code_other_than_zero_fails_even_with_http_200(
     answers.append({"code": 1301, "message": "content safety", "data": None})
     client = KlingClient(session, root_url=root, api_key=SecretStr(API_KEY))
     with pytest.raises(KlingContentPolicy, match="content safety"):
-        await client.query(task_ids=["x"])
+        await client.query(["x"])
 
 
 async def test_the_key_never_appears_in_repr_errors_or_logs(
@@ -274,7 +276,7 @@ async def test_the_key_never_appears_in_repr_errors_or_logs(
     with caplog.at_level(logging.DEBUG):
         for _ in range(2):
             try:
-                await kling.query(task_ids=["1"])
+                await kling.query(["1"])
             except Exception as exc:
                 assert API_KEY not in f"{exc!s} {exc!r}"
     assert API_KEY not in repr(kling)

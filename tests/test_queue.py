@@ -71,12 +71,14 @@ async def test_cancel_releases_a_queued_job_and_refuses_a_sent_one(
     await narrow.create(video(1))
     waiting = await narrow.create(video(1))
     with pytest.raises(InvalidRequest, match="only its requester or a moderator"):
-        await narrow.cancel(waiting.id, user_id=2)
-    cancelled = await narrow.cancel(waiting.id, user_id=2, moderator=True)
+        await narrow.cancel(waiting.id, guild_id=GUILD, user_id=2)
+    with pytest.raises(InvalidRequest, match="no such job"):
+        await narrow.cancel(waiting.id, guild_id=GUILD + 1, user_id=2, moderator=True)  # another server's moderator
+    cancelled = await narrow.cancel(waiting.id, guild_id=GUILD, user_id=2, moderator=True)
     assert cancelled.status == "cancelled"
     assert (await credits.status(GUILD, 1, ())).reserved == 2 * 4_000
-    with pytest.raises(InvalidRequest, match="cannot stop it"):
-        await narrow.cancel(sent.id, user_id=1)
+    with pytest.raises(InvalidRequest, match="cannot be stopped"):
+        await narrow.cancel(sent.id, guild_id=GUILD, user_id=1)
 
 
 async def test_the_circuit_breaker_refuses_new_jobs_at_once_and_probes_once(
