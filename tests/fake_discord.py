@@ -143,6 +143,9 @@ class FakeDiscord:
         self.interactions: dict[str, Interaction] = {}
         self.files: dict[str, bytes] = {}  # CDN: attachment id -> bytes
         self.bot_permissions: dict[str, int] = {}  # per channel, overriding BOT_PERMISSIONS
+        # When True, GUILD_CREATE also shows `bot_permissions` as the bot's member overwrites, so the bot's cache
+        # (`channel.permissions_for(guild.me)`) knows them; set it before the bot starts.
+        self.bot_overwrites = False
         self.identified = asyncio.Event()  # a bot IDENTIFYed and was sent READY and GUILD_CREATE
         self.resumes = 0
         self._faults: list[tuple[str, re.Pattern[str], int, int, str, list[int]]] = []
@@ -284,7 +287,7 @@ class FakeDiscord:
             "features": [],
             "member_count": len(members),
             "members": members,
-            "channels": [c for c in self.channels.values() if c not in threads],
+            "channels": [self._with_bot_overwrite(c) for c in self.channels.values() if c not in threads],
             "threads": threads,
             "voice_states": [],
             "presences": [],
@@ -302,6 +305,14 @@ class FakeDiscord:
             "system_channel_id": None,
             "joined_at": now_iso(),
         }
+
+    def _with_bot_overwrite(self, channel: dict[str, Any]) -> dict[str, Any]:
+        if not self.bot_overwrites or channel["id"] not in self.bot_permissions:
+            return channel
+        allow = self.bot_permissions[channel["id"]]
+        deny = P.all().value & ~allow
+        mine = {"id": self.bot_user_id, "type": 1, "allow": str(allow), "deny": str(deny)}
+        return channel | {"permission_overwrites": [*channel["permission_overwrites"], mine]}
 
     def add_attachment(
         self,
