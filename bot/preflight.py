@@ -17,7 +17,7 @@ import aiohttp
 from bot.config import Settings
 from bot.kling import KlingBadRequest, KlingClient, KlingError
 from bot.resources import open_resources
-from bot.store import Store
+from bot.store import Store, StoreUnavailable
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -187,7 +187,7 @@ async def preflight(settings: Settings) -> list[CheckItem]:
     async with contextlib.AsyncExitStack() as stack:
         try:
             resources = await stack.enter_async_context(open_resources(settings))
-        except (OSError, sqlite3.Error, RuntimeError) as exc:
+        except (OSError, sqlite3.Error, RuntimeError, StoreUnavailable) as exc:
             items.append(CheckItem("database", "fail", f"cannot open {settings.database_path}: {exc}"))
             return items
         items += await run_checks(settings, resources.session, resources.store, resources.kling)

@@ -230,6 +230,8 @@ class KlingSimulator:
         # Fuzzing switches: rewrite each task record a query returns; break the video links ("404" or "html").
         self.rewrite: Callable[[dict[str, Any]], Any] | None = None
         self.video_fault: str | None = None
+        self.video_trickle_seconds = 0.0  # > 0: a slow CDN, each video then sent one byte per that many seconds
+        self.video_requests: list[str] = []  # the output id of each video GET, in order
         self.callback_secret: str | None = None  # signs callbacks (Standard Webhooks) when set
         self.requests: list[RecordedRequest] = []
         self.tasks: dict[str, SimTask] = {}
@@ -600,6 +602,8 @@ class KlingSimulator:
 
     async def _video(self, request: web.Request) -> web.StreamResponse:
         output_id = request.match_info["output_id"]
+        self.video_requests.append(output_id)
+        trickle = self.video_trickle_seconds  # as set when the request came: later ones may be fast again
         if self.video_fault == "404" or not any(t.output_id == output_id for t in self.tasks.values()):
             raise web.HTTPNotFound()
         if self.video_fault == "html":
@@ -609,8 +613,11 @@ class KlingSimulator:
         response.content_length = len(data)
         await response.prepare(request)
         view = memoryview(data)
-        for start in range(0, len(data), CHUNK_BYTES):
-            await response.write(view[start : start + CHUNK_BYTES])
+        step = 1 if trickle else CHUNK_BYTES
+        for start in range(0, len(data), step):
+            if trickle:
+                await asyncio.sleep(trickle)
+            await response.write(view[start : start + step])
         await response.write_eof()
         return response
 

@@ -1,10 +1,14 @@
-"""Posting finished videos into their threads: the file when it fits, a link when it does not."""
+"""Posting finished videos into their threads: the file when it fits and may be attached, else a link.
+
+Deliveries run as background tasks (`DeliveryWorker`), so one slow download or post never holds up the others."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +17,14 @@ import discord
 from bot.crashpoints import crash_point
 from bot.delivery import DownloadFailed, VideoTooLarge, download_video
 from bot.store import Job
-from cogs.messages import failure_text, result_embed
+from cogs.messages import (
+    NO_ATTACH_REASON,
+    THREAD_GONE_NOTE,
+    failure_text,
+    result_embed,
+    too_large_reason,
+    video_link_text,
+)
 from cogs.views import result_view
 
 if TYPE_CHECKING:
@@ -23,6 +34,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default per-file limit since 2025
 MAX_TRIES = 3
+DELIVERY_SECONDS = 300.0  # the download, and then the post, each at most: a stalled CDN or Discord must not hang
+PARALLEL_DELIVERIES = 4
 # A job's card is posted right after it is submitted; give the command that long before posting without it.
 CARD_GRACE_SECONDS = 120.0
 
@@ -30,11 +43,12 @@ CARD_GRACE_SECONDS = 120.0
 class Deliverer:
     """Takes `succeeded` jobs to `delivered` (or `undeliverable`, or `failed` when the video never came)."""
 
-    def __init__(self, bot: VideoBot) -> None:
+    def __init__(self, bot: VideoBot, *, time_limit: float = DELIVERY_SECONDS) -> None:
         self.bot = bot
         self.jobs = bot.resources.jobs
         self.session = bot.resources.session
         self.started_at = time.time()
+        self.time_limit = time_limit
 
     def card_pending(self, job: Job) -> bool:
         """True while the command that made the job may still be posting its card (it shows the job then).
@@ -53,67 +67,145 @@ class Deliverer:
         guild = self.bot.get_guild(job.guild_id) if job.guild_id else None
         return guild.filesize_limit if guild else DEFAULT_UPLOAD_LIMIT
 
+    def can_attach(self, job: Job, channel_id: int) -> bool:
+        """Whether the bot may attach files in this channel or thread, from the cache; unknown counts as allowed."""
+        guild = self.bot.get_guild(job.guild_id) if job.guild_id else None
+        if guild is None:
+            return True
+        channel = guild.get_channel_or_thread(channel_id)
+        if channel is None and channel_id == job.thread_id and job.channel_id:
+            channel = guild.get_channel(job.channel_id)  # a thread has its parent channel's permissions
+        if channel is None:
+            return True
+        try:
+            return channel.permissions_for(guild.me).attach_files
+        except discord.ClientException:  # a thread whose parent is not cached
+            return True
+
     async def deliver(self, job: Job) -> None:
-        """Fetch and post one finished video; every failure is counted, logged and bounded."""
+        """Fetch and post one finished video, each within `time_limit`; every failure is counted, logged, bounded."""
         if job.video_url is None or job.channel_id is None or self.card_pending(job):
             return
         crash_point("before_post")
-        target = self.bot.get_partial_messageable(job.thread_id or job.channel_id, guild_id=job.guild_id)
         limit = self.upload_limit(job)
+        if not self.can_attach(job, job.thread_id or job.channel_id):
+            log.info("job %s: no Attach Files permission in its thread; posting the link", job.id)
+            await self._post_in_time(job, None, NO_ATTACH_REASON)
+            return
         with tempfile.TemporaryDirectory(prefix="video-") as folder:
             path = Path(folder) / f"{job.id}.mp4"
             try:
-                await download_video(self.session, job.video_url, path, max_bytes=limit)
+                await download_video(self.session, job.video_url, path, max_bytes=limit, time_limit=self.time_limit)
             except VideoTooLarge:
-                await self._post(job, target, None, limit)
+                await self._post_in_time(job, None, too_large_reason(limit))
                 return
             except DownloadFailed as exc:
                 await self._download_failed(job, str(exc))
                 return
-            await self._post(job, target, path, limit)
+            await self._post_in_time(job, path, too_large_reason(limit))
 
-    async def _post(self, job: Job, target: discord.PartialMessageable, path: Path | None, limit: int) -> None:
+    async def _post_in_time(self, job: Job, path: Path | None, link_reason: str) -> None:
+        """Post within `time_limit`, Discord's own retries (5xx, rate limits) included."""
+        try:
+            async with asyncio.timeout(self.time_limit):
+                await self._post(job, path, link_reason)
+        except TimeoutError:
+            await self._timed_out(job)
+
+    async def _post(self, job: Job, path: Path | None, link_reason: str) -> None:
+        """Post in the job's thread; when the thread was deleted, in its channel instead."""
+        assert job.channel_id is not None
+        try:
+            message = await self._send(job, job.thread_id or job.channel_id, path, link_reason)
+        except discord.NotFound as exc:
+            if job.thread_id is None:
+                await self._post_failed(job, exc)
+            else:
+                await self._post_in_channel(job, path, link_reason)
+            return
+        except discord.HTTPException as exc:
+            await self._post_failed(job, exc)
+            return
+        await self._delivered(job, message)
+
+    async def _post_in_channel(self, job: Job, path: Path | None, link_reason: str) -> None:
+        """The thread is gone: post in the job's channel, saying so; if that fails too, the job is undeliverable."""
+        assert job.channel_id is not None
+        log.info("job %s: its thread %s was deleted; posting the video in the channel", job.id, job.thread_id)
+        if path is not None and not self.can_attach(job, job.channel_id):
+            path, link_reason = None, NO_ATTACH_REASON
+        try:
+            message = await self._send(job, job.channel_id, path, link_reason, note=THREAD_GONE_NOTE)
+        except discord.HTTPException as exc:
+            reason = f"Its thread was deleted and the channel refused the post: {exc.status} {exc.text or ''}".strip()
+            if await self.jobs.mark_undeliverable(job.id, reason):
+                log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
+            return
+        # The job now lives in its channel: the card links there, and no status edit goes to the dead thread.
+        await self.jobs.set_discord_refs(job.id, message_id=job.message_id, thread_id=None, status_message_id=None)
+        await self._delivered(job, message)
+
+    async def _send(
+        self, job: Job, channel_id: int, path: Path | None, link_reason: str, *, note: str = ""
+    ) -> discord.Message:
+        """Post the file, or the link when there is no file or Discord refuses the file (too large, not allowed)."""
+        target = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
         mention = f"<@{job.user_id}>" if job.user_id else ""
         pings = discord.AllowedMentions(users=[discord.Object(job.user_id)] if job.user_id else False)
         # The nonce makes Discord answer a repeated post with the first message (enforce_nonce), so a crash
-        # between the post and the database update cannot post the video twice.
+        # between the post and the database update, or a cancelled delivery, cannot post the video twice.
         nonce = f"kv{job.id}"
-        try:
-            if path is not None:
+        if path is not None:
+            try:
                 message = await target.send(
-                    f"{mention} your video is ready.",
+                    f"{mention} your video is ready." + (f"\n{note}" if note else ""),
                     embed=result_embed(job),
                     file=discord.File(path, filename=f"video-{job.id[:8]}.mp4"),
                     view=result_view(job.id),
                     allowed_mentions=pings,
                     nonce=nonce,
                 )
-            else:
-                message = await target.send(
-                    self._link_text(job, mention, limit),
-                    embed=result_embed(job),
-                    view=result_view(job.id),
-                    allowed_mentions=pings,
-                    nonce=nonce,
-                )
-            crash_point("after_post")
-        except discord.HTTPException as exc:
-            if path is not None and exc.status == 413:
-                log.info("job %s: Discord refused the file as too large; posting the link", job.id)
-                await self._post(job, target, None, limit)
-                return
-            await self._post_failed(job, exc)
-            return
-        await self.jobs.mark_delivered(job.id, result_message_id=message.id)
-        log.info("job %s delivered (%s)", job.id, "file" if path else "link")
-
-    @staticmethod
-    def _link_text(job: Job, mention: str, limit: int) -> str:
-        return (
-            f"{mention} your video is ready, but it is larger than this server's {limit / 1024 / 1024:.0f} MB "
-            f"upload limit, so here is its link: {job.video_url}\n"
-            "The link expires (within a day or so): download the video soon."
+                crash_point("after_post")
+                return message
+            except discord.HTTPException as exc:
+                if exc.status == 413:
+                    log.info("job %s: Discord refused the file as too large; posting the link", job.id)
+                    link_reason = too_large_reason(self.upload_limit(job))
+                elif exc.status == 403 and exc.code == 50013:
+                    # Counted, as a refused post; the link needs no Attach Files, so it goes at once.
+                    await self.jobs.note_delivery_problem(await self._fresh(job), f"Discord refused the file: {exc}")
+                    log.info("job %s: Discord refused the file (missing permissions); posting the link", job.id)
+                    link_reason = NO_ATTACH_REASON
+                else:
+                    raise
+        message = await target.send(
+            video_link_text(job, mention, link_reason, note),
+            embed=result_embed(job),
+            view=result_view(job.id),
+            allowed_mentions=pings,
+            nonce=nonce,
         )
+        crash_point("after_post")
+        return message
+
+    async def _delivered(self, job: Job, message: discord.Message) -> None:
+        # Shielded: once posted, a shutdown's cancel must not lose the record (the nonce would catch a repeat, but
+        # only for a few minutes).
+        await asyncio.shield(self.jobs.mark_delivered(job.id, result_message_id=message.id))
+        log.info("job %s delivered (%s)", job.id, "file" if message.attachments else "link")
+
+    async def _fresh(self, job: Job) -> Job:
+        """The job as stored now (its try count may have moved during this delivery)."""
+        return await self.jobs.store.get_job(job.id) or job
+
+    async def _timed_out(self, job: Job) -> None:
+        reason = f"posting it took longer than {self.time_limit:g} s"
+        tries = await self.jobs.note_delivery_problem(await self._fresh(job), reason)
+        log.warning("job %s: post try %d timed out", job.id, tries)
+        if tries < MAX_TRIES:
+            return  # the next tick tries again
+        if await self.jobs.mark_undeliverable(job.id, f"The video could not be posted: {reason}."):
+            log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
 
     async def _download_failed(self, job: Job, reason: str) -> None:
         tries = await self.jobs.note_delivery_problem(job, reason)
@@ -124,8 +216,8 @@ class Deliverer:
 
     async def _post_failed(self, job: Job, error: discord.HTTPException) -> None:
         reason = f"Discord refused the post: {error.status} {error.text or type(error).__name__}"
-        gone = isinstance(error, discord.NotFound)  # the thread or channel was deleted: retrying cannot help
-        tries = MAX_TRIES if gone else await self.jobs.note_delivery_problem(job, reason)
+        gone = isinstance(error, discord.NotFound)  # the channel was deleted: retrying cannot help
+        tries = MAX_TRIES if gone else await self.jobs.note_delivery_problem(await self._fresh(job), reason)
         log.warning("job %s: post try %d failed: %s", job.id, tries, reason)
         if tries < MAX_TRIES:
             return
@@ -142,3 +234,59 @@ class Deliverer:
             await target.send(failure_text(job), allowed_mentions=pings)
         except discord.HTTPException:
             log.warning("job %s: could not post its failure", job.id, exc_info=True)
+
+
+class DeliveryWorker:
+    """Delivers finished jobs in the background: one task per job, at most `parallel` at once.
+
+    The poll tick and callback hints only `schedule`; nothing waits for a delivery but the shutdown."""
+
+    def __init__(
+        self, deliverer: Deliverer, on_done: Callable[[str], Awaitable[None]], *, parallel: int = PARALLEL_DELIVERIES
+    ) -> None:
+        self.deliverer = deliverer
+        self.on_done = on_done  # called with the job id after each try (it announces a change of state)
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.limit = asyncio.Semaphore(parallel)
+        self.closed = False
+
+    def schedule(self, job: Job) -> bool:
+        """Start delivering `job` unless it is being delivered already; True when a delivery was started."""
+        if self.closed or job.id in self.running:
+            return False
+        task = asyncio.get_running_loop().create_task(self._run(job.id), name=f"deliver-{job.id[:8]}")
+        self.running[job.id] = task
+        task.add_done_callback(lambda done: self._forget(job.id, done))
+        return True
+
+    def _forget(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self.running.get(job_id) is task:
+            del self.running[job_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job %s: delivery task failed", job_id, exc_info=task.exception())
+
+    async def _run(self, job_id: str) -> None:
+        async with self.limit:
+            # Read again: the scheduler's copy may be stale (a delivery that just ended may have moved the job).
+            job = await self.deliverer.jobs.store.get_job(job_id)
+            if job is None or job.status != "succeeded":
+                return
+            try:
+                await self.deliverer.deliver(job)
+            except Exception:
+                log.exception("job %s: delivery failed unexpectedly", job_id)
+        await self.on_done(job_id)
+
+    async def stop(self, grace: float) -> None:
+        """Take no more jobs; give running deliveries `grace` seconds, then cancel them (their jobs stay
+        `succeeded`, so they are delivered after a restart)."""
+        self.closed = True
+        tasks = list(self.running.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        if pending:
+            log.warning("cancelling %d deliveries still running after %.0f s", len(pending), grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -86,6 +86,10 @@ def job_card(job: Job, *, note: str | None = None, frame: str | None = None) -> 
         embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
     embed.add_field(name="Options", value=options_line(job))
     embed.add_field(name="State", value=STATE_WORDS.get(job.status, job.status))
+    if job.status == "delivered" and job.result_message_id and job.guild_id and job.channel_id:
+        where = job.thread_id or job.channel_id  # a deleted thread's video went to the channel (thread_id cleared)
+        link = f"https://discord.com/channels/{job.guild_id}/{where}/{job.result_message_id}"
+        embed.add_field(name="Video", value=f"[Posted here]({link})")
     if job.image_source:
         embed.add_field(name="First frame", value=discord.utils.escape_markdown(job.image_source[:200]), inline=False)
     if frame:
@@ -160,3 +164,23 @@ def cancel_text(job: Job) -> str:
         "turns out to have it after all, the video is still delivered (and charged); otherwise its credits are freed "
         "within a few minutes."
     )
+
+
+THREAD_GONE_NOTE = "This job's thread was deleted, so the video is posted here."
+
+
+def video_link_text(job: Job, mention: str, reason: str, note: str = "") -> str:
+    """The message that carries a video's link when its file cannot be posted; `reason` says why."""
+    text = (
+        f"{mention} your video is ready, but {reason}, so here is its link: {job.video_url}\n"
+        "The link expires (within a day or so): download the video soon."
+    )
+    return f"{text}\n{note}" if note else text
+
+
+def too_large_reason(limit: int) -> str:
+    """Why a video goes as a link: it exceeds the upload limit."""
+    return f"it is larger than this server's {limit / 1024 / 1024:.0f} MB upload limit"
+
+
+NO_ATTACH_REASON = "I am not allowed to attach files here"

@@ -12,7 +12,7 @@ from discord.ext import commands, tasks
 from bot import metrics
 from bot.app import VideoBot
 from bot.store import FINAL, IN_FLIGHT, OPEN, Job
-from cogs.delivery import Deliverer
+from cogs.delivery import Deliverer, DeliveryWorker
 from cogs.messages import job_card, status_line
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 # jobs in flight cost well under one request per second against Discord's 50 per second.
 ELAPSED_EDIT_EVERY = 30.0
 ELAPSED_EDITS_PER_TICK = 20
-PARALLEL_DELIVERIES = 3
-STOP_GRACE_SECONDS = 8.0
+STOP_GRACE_SECONDS = 8.0  # on shutdown: for a tick in progress, then for running deliveries
 METRICS_EVERY = 30.0
 
 
@@ -49,22 +48,28 @@ class StatusMessages:
 
     async def show(self, job: Job, *, card: bool, position: int | None = None) -> None:
         """Bring the status message (and, on a change of state, the card) up to date; errors are only logged."""
-        if job.channel_id is None or job.status_message_id is None:
+        if job.channel_id is None:
             return
-        estimate = await self.bot.resources.jobs.estimate_seconds(job.duration, job.resolution)
-        channel = self.bot.get_partial_messageable(job.thread_id or job.channel_id, guild_id=job.guild_id)
-        try:
-            await channel.get_partial_message(job.status_message_id).edit(
-                content=status_line(job, time.time(), estimate, position),
-                allowed_mentions=discord.AllowedMentions.none(),
-            )
-            if card and job.message_id and job.message_id != job.status_message_id:
-                parent = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        if job.status_message_id is not None:
+            estimate = await self.bot.resources.jobs.estimate_seconds(job.duration, job.resolution)
+            channel = self.bot.get_partial_messageable(job.thread_id or job.channel_id, guild_id=job.guild_id)
+            try:
+                await channel.get_partial_message(job.status_message_id).edit(
+                    content=status_line(job, time.time(), estimate, position),
+                    allowed_mentions=discord.AllowedMentions.none(),
+                )
+            except discord.HTTPException as exc:
+                log.info("job %s: status edit failed: %s", job.id, exc)
+        # The card separately: a deleted thread (status message gone) must not keep the card from saying where the
+        # video went, and a deleted card is only logged.
+        if card and job.message_id and job.message_id != job.status_message_id:
+            parent = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            try:
                 await parent.get_partial_message(job.message_id).edit(
                     embed=job_card(job), allowed_mentions=discord.AllowedMentions.none()
                 )
-        except discord.HTTPException as exc:
-            log.info("job %s: status edit failed: %s", job.id, exc)
+            except discord.HTTPException as exc:
+                log.info("job %s: card edit failed: %s", job.id, exc)
         self.last_edit[job.id] = time.monotonic()
         if job.status not in IN_FLIGHT:
             self.last_edit.pop(job.id, None)
@@ -86,9 +91,11 @@ class Poller(commands.Cog):
         self.bot = bot
         self.jobs = bot.resources.jobs
         self.deliverer = Deliverer(bot)
+        self.deliveries = DeliveryWorker(self.deliverer, self.delivery_done)
+        self.stop_grace = STOP_GRACE_SECONDS
         self.status = StatusMessages(bot)
         self.busy = False
-        self.lock = asyncio.Lock()  # a callback's hint and a tick never deliver the same job at once
+        self.lock = asyncio.Lock()  # a callback's hint and a tick never apply the same provider answer at once
         self.metrics_at = float("-inf")
         self.metrics_every = METRICS_EVERY
         self.tick.change_interval(seconds=bot.settings.poll_interval_seconds)
@@ -97,15 +104,17 @@ class Poller(commands.Cog):
         self.tick.start()
 
     async def cog_unload(self) -> None:
-        # Let a tick in progress finish (it may be posting a video); a sleeping loop is simply cancelled.
+        # Let a tick in progress finish (a sleeping loop is simply cancelled), then the running deliveries.
+        self.deliveries.closed = True  # nothing new starts while stopping
         task = self.tick.get_task()
         if self.busy and task is not None:
             self.tick.stop()
             try:
-                await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_SECONDS)
+                await asyncio.wait_for(asyncio.shield(task), self.stop_grace)
             except TimeoutError:
-                log.warning("the poll tick did not finish in %.0fs; cancelling it", STOP_GRACE_SECONDS)
+                log.warning("the poll tick did not finish in %.0fs; cancelling it", self.stop_grace)
         self.tick.cancel()
+        await self.deliveries.stop(self.stop_grace)
 
     @tasks.loop(seconds=10)
     async def tick(self) -> None:
@@ -148,44 +157,38 @@ class Poller(commands.Cog):
             log.exception("resuming jobs after the restart failed; the poll loop will settle them")
 
     async def run_once(self) -> None:
-        """One tick: poll, announce what moved, deliver what finished, refresh queue places and elapsed times."""
+        """One tick: poll, announce what moved, start delivering what finished, refresh queue places and times.
+
+        Deliveries run in the background: the tick never waits for a download or an upload."""
         async with self.lock:
             for change in await self.jobs.poll_once():
                 await self.announce(change.job)
             for alert in self.jobs.take_alerts():
                 for guild in self.bot.guilds:
                     await self.bot.post_log(guild.id, f"⚠️ {alert}")
-            await self.deliver_finished()
+        await self.deliver_finished()
         await self.status.show_queue()
         await self.status.refresh_elapsed(await self.jobs.store.jobs_in(IN_FLIGHT))
 
     async def hint(self, task_id: str) -> None:
-        """A callback said a task changed: ask about it now and deliver it if it is done."""
+        """A callback said a task changed: ask about it now and start delivering it if it is done."""
         try:
             async with self.lock:
                 for change in await self.jobs.refresh(task_id):
                     await self.announce(change.job)
-                await self.deliver_finished()
+            await self.deliver_finished()
         except Exception:
             log.exception("handling the callback for task %s failed; polling will catch up", task_id)
 
-    async def deliver_finished(self) -> None:
-        """Post every finished video, a few at a time."""
-        finished = await self.jobs.store.jobs_in(("succeeded",))
-        if finished:
-            limit = asyncio.Semaphore(PARALLEL_DELIVERIES)
+    async def deliver_finished(self) -> int:
+        """Hand every finished job to the delivery worker (one already being delivered is skipped); no waiting."""
+        return sum(self.deliveries.schedule(job) for job in await self.jobs.store.jobs_in(("succeeded",)))
 
-            async def deliver(job: Job) -> None:
-                async with limit:
-                    try:
-                        await self.deliverer.deliver(job)
-                    except Exception:
-                        log.exception("job %s: delivery failed unexpectedly", job.id)
-                current = await self.jobs.store.get_job(job.id)
-                if current is not None and current.status != job.status:
-                    await self.announce(current)
-
-            await asyncio.gather(*(deliver(job) for job in finished))
+    async def delivery_done(self, job_id: str) -> None:
+        """After a try at delivering: show the job's new state (delivered, undeliverable, failed), if it moved."""
+        current = await self.jobs.store.get_job(job_id)
+        if current is not None and current.status != "succeeded":
+            await self.announce(current)
 
     @commands.Cog.listener()
     async def on_job_changed(self, job: Job) -> None:

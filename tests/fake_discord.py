@@ -147,6 +147,9 @@ class FakeDiscord:
         self.bot_permissions: dict[str, int] = {}  # per channel, overriding BOT_PERMISSIONS
         self.commands: dict[str | None, list[dict[str, Any]]] = {}  # as last synced, by guild id (None: global)
         self.bot_roles: list[str] = []  # role ids the bot member has (besides @everyone)
+        # When True, GUILD_CREATE also shows `bot_permissions` as the bot's member overwrites, so the bot's cache
+        # (`channel.permissions_for(guild.me)`) knows them; set it before the bot starts.
+        self.bot_overwrites = False
         self.identified = asyncio.Event()  # a bot IDENTIFYed and was sent READY and GUILD_CREATE
         self.resumes = 0
         self._faults: list[tuple[str, re.Pattern[str], int, int, str, list[int]]] = []
@@ -341,7 +344,7 @@ class FakeDiscord:
             "features": [],
             "member_count": len(members),
             "members": members,
-            "channels": [c for c in self.channels.values() if c not in threads],
+            "channels": [self._with_bot_overwrite(c) for c in self.channels.values() if c not in threads],
             "threads": threads,
             "voice_states": [],
             "presences": [],
@@ -359,6 +362,20 @@ class FakeDiscord:
             "system_channel_id": None,
             "joined_at": now_iso(),
         }
+
+    def _with_bot_overwrite(self, channel: dict[str, Any]) -> dict[str, Any]:
+        if not self.bot_overwrites or channel["id"] not in self.bot_permissions:
+            return channel
+        allow = self.bot_permissions[channel["id"]]
+        deny = P.all().value & ~allow
+        mine = {"id": self.bot_user_id, "type": 1, "allow": str(allow), "deny": str(deny)}
+        return channel | {"permission_overwrites": [*channel["permission_overwrites"], mine]}
+
+    async def set_bot_permissions(self, channel_id: str, value: int) -> None:
+        """Change the bot's permissions in a channel as a moderator would: Discord sends CHANNEL_UPDATE."""
+        self.bot_permissions[channel_id] = value
+        channel = self._with_bot_overwrite(self.channels[channel_id])
+        await self.dispatch("CHANNEL_UPDATE", channel | {"guild_id": self.guild_id})
 
     def add_attachment(
         self,
