@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.delivery import DownloadFailed, download_video
+from bot.delivery import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
 from bot.images import ImageRejected, prepare_first_frame
 from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
 from bot.resources import open_resources
@@ -154,7 +154,7 @@ async def generate(settings: Settings, args: argparse.Namespace) -> int:
     except InvalidRequest as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    async with open_resources(settings) as resources:
+    async with open_resources(settings, origin="cli") as resources:
         try:
             job = await resources.jobs.create(request)
         except SubmitRefused as exc:
@@ -172,8 +172,8 @@ async def generate(settings: Settings, args: argparse.Namespace) -> int:
             print(f"error: job {job.id} {job.status}: {job.error}", file=sys.stderr)
             return EXIT_FAILED
         try:
-            size = await download_video(resources.session, job.video_url, args.out, max_bytes=None)
-        except DownloadFailed as exc:
+            size = await download_video(resources.session, job.video_url, args.out, max_bytes=MAX_VIDEO_BYTES)
+        except (DownloadFailed, VideoTooLarge) as exc:
             await resources.jobs.mark_undeliverable(job.id, str(exc))
             print(f"error: job {job.id}: {exc}; the link was {job.video_url}", file=sys.stderr)
             return EXIT_FAILED

@@ -68,7 +68,7 @@ async def reply_ephemeral(interaction: discord.Interaction[Any], text: str, **kw
 class VideoBot(commands.Bot):
     """The bot; resources are built outside and injected, so tests and the command line share them."""
 
-    def __init__(self, settings: Settings, resources: Resources, **options: Any) -> None:
+    def __init__(self, settings: Settings, resources: Resources, *, serve_http: bool = True, **options: Any) -> None:
         options.setdefault("intents", discord.Intents.default())
         super().__init__(
             command_prefix=commands.when_mentioned,
@@ -80,12 +80,15 @@ class VideoBot(commands.Bot):
         self.settings = settings
         self.resources = resources
         self.callbacks: CallbackServer | None = None
+        self.serve_http = serve_http  # `sync` must not bind the callback or metrics port beside a running bot
         self._hints: set[asyncio.Task[None]] = set()
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         settings = self.settings
+        if not self.serve_http:
+            return
         if settings.metrics_port:
             # A daemon thread, shared by every bot in the process; it never touches the event loop.
             prometheus_client.start_http_server(settings.metrics_port)
@@ -167,7 +170,7 @@ async def sync_commands(settings: Settings) -> int:
     """Register the slash commands with Discord: instantly in DISCORD_GUILD_ID, or globally (up to an hour)."""
     token = _require_token(settings)
     apply_discord_endpoints(settings)
-    async with open_resources(settings) as resources, VideoBot(settings, resources) as bot:
+    async with open_resources(settings) as resources, VideoBot(settings, resources, serve_http=False) as bot:
         await bot.login(token)  # runs setup_hook, which loads the cogs and so the commands
         if settings.discord_guild_id:
             guild = discord.Object(settings.discord_guild_id)

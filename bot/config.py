@@ -30,8 +30,10 @@ class Settings(BaseSettings):
     database_path: Path = Path("data/bot.sqlite3")
     poll_interval_seconds: float = Field(default=10.0, gt=0, le=300)
 
-    # How long a job may stay unfinished at the provider before we give up and refund it.
+    # How long a job may wait to be sent, or render, before it is failed (waiting) or shown as late (rendering).
     job_timeout_minutes: float = Field(default=30.0, gt=0)
+    # A submit whose answer was lost is looked up by its id this long (and at least twice) before it is resent.
+    submit_lookup_seconds: float = Field(default=150.0, gt=0)
     api_timeout_seconds: float = Field(default=30.0, gt=0)
     api_max_retries: int = Field(default=4, ge=0, le=10)
     # Jobs the bot keeps at the provider at once; more wait in the bot's queue (the account has a limit too).

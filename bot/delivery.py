@@ -15,6 +15,8 @@ from bot.crashpoints import crash_point
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+# What `generate` agrees to write for one video (a 15 s 1080p clip is tens of MB): a link serving more is wrong.
+MAX_VIDEO_BYTES = 512 * 1024 * 1024
 
 
 class VideoTooLarge(Exception):

@@ -27,10 +27,13 @@ class Resources:
 
 
 @contextlib.asynccontextmanager
-async def open_resources(settings: Settings, *, single_instance: bool = False) -> AsyncIterator[Resources]:
+async def open_resources(
+    settings: Settings, *, single_instance: bool = False, origin: str = "discord"
+) -> AsyncIterator[Resources]:
     """Open the session and the store, build the client and the service; close everything on exit.
 
-    `single_instance` is for the bot itself: a second bot on the same SQLite file is refused."""
+    `single_instance` is for the bot itself: a second bot on the same SQLite file is refused. `origin` names whose
+    jobs the service runs: the bot's ('discord') or the command line's ('cli'), never the other's."""
     async with aiohttp.ClientSession(headers={"User-Agent": "kling-video-bot/0.1"}) as session:
         store = await Store.open(settings.database_path, single_instance=single_instance)
         try:
@@ -50,6 +53,8 @@ async def open_resources(settings: Settings, *, single_instance: bool = False) -
                 credits=credits,
                 callback_url=settings.callback_public_url,
                 provider_concurrency=settings.provider_concurrency,
+                origin=origin,
+                lookup_window=settings.submit_lookup_seconds,
             )
             yield Resources(session, store, kling, jobs, credits)
         finally:

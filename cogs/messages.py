@@ -92,8 +92,10 @@ def job_card(job: Job, *, note: str | None = None, frame: str | None = None) -> 
         embed.add_field(name="Video", value=f"[Posted here]({link})")
     if job.image_source:
         embed.add_field(name="First frame", value=discord.utils.escape_markdown(job.image_source[:200]), inline=False)
-    if frame:
-        embed.set_image(url=f"attachment://{frame}")
+    # The first post attaches the frame; later edits show it by its URL (the card's copy or the member's image).
+    image = f"attachment://{frame}" if frame else job.frame_url if job.kind == "image" else None
+    if image:
+        embed.set_image(url=image)
     if note:
         embed.set_footer(text=note)
     return embed

@@ -55,7 +55,9 @@ class StatusMessages:
             channel = self.bot.get_partial_messageable(job.thread_id or job.channel_id, guild_id=job.guild_id)
             try:
                 await channel.get_partial_message(job.status_message_id).edit(
-                    content=status_line(job, time.time(), estimate, position),
+                    content=status_line(
+                        job, time.time(), estimate, position, late=self.bot.resources.jobs.is_late(job)
+                    ),
                     allowed_mentions=discord.AllowedMentions.none(),
                 )
             except discord.HTTPException as exc:

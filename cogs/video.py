@@ -398,12 +398,12 @@ class VideoCog(commands.Cog):
                 ephemeral=True,
             )
             return None
-        card = await self._post_card(interaction, channel, job, request)
+        card, frame_url = await self._post_card(interaction, channel, job, request)
         if card is None:
             await self.jobs.release(job, "its card could not be posted")
             raise UserFacingError("I could not post in this channel, so nothing was sent or charged. Try again.")
         try:
-            job = await self.jobs.start(job, request)
+            job = await self.jobs.start(replace(job, frame_url=frame_url), request)
         except SubmitRefused as exc:
             with contextlib.suppress(discord.HTTPException):
                 await card.delete()  # a refused prompt stays private
@@ -440,8 +440,9 @@ class VideoCog(commands.Cog):
 
     async def _post_card(
         self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, job: Job, request: JobRequest
-    ) -> discord.Message | None:
-        """Post the job's card with the first frame it animates (whose URL a gateway may fetch); None if refused."""
+    ) -> tuple[discord.Message | None, str | None]:
+        """Post the job's card with the first frame it animates; returns it (None if refused) and the URL of that
+        frame a gateway can fetch (the member's attachment when sent as is, else the card's copy)."""
         frame = request.image
         file = discord.File(io.BytesIO(frame.data), filename=frame_filename(frame.mime)) if frame else None
         try:
@@ -452,11 +453,11 @@ class VideoCog(commands.Cog):
             )
         except discord.HTTPException:
             log.warning("job %s: could not post its card in channel %s", job.id, interaction.channel_id, exc_info=True)
-            return None
+            return None, None
         frame_url = request.frame_url or (card.attachments[0].url if frame and card.attachments else None)
         if frame_url is not None:
             await self.jobs.set_frame_url(job.id, frame_url)
-        return card
+        return card, frame_url
 
     async def _open_job_thread(
         self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, card: discord.Message, job: Job

@@ -12,7 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.callbacks import CALLBACK_PATH, BadSignature, sign, verify
+from bot.callbacks import CALLBACK_PATH, BadSignature, callback_task_id, sign, verify
+from bot.simulator import GatewayVariant
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
 from tests.ports import free_port
@@ -103,3 +104,37 @@ async def test_a_forged_or_unsigned_callback_changes_nothing(world: Harness) -> 
         current = await world.resources.store.get_job(job.id)
         world.sim.finish()
     assert current is not None and current.status in ("submitted", "processing") and current.video_url is None
+
+
+@pytest.mark.parametrize("shape", ["page", "native"])
+async def test_unsigned_callbacks_of_either_shape_are_hints_when_no_secret_is_set(tmp_path: Path, shape: str) -> None:
+    async with harness(tmp_path) as world:
+        port = free_port()
+        world.settings_overrides = {
+            "callback_public_url": f"http://127.0.0.1:{port}{CALLBACK_PATH}",
+            "callback_host": "127.0.0.1",
+            "callback_port": port,
+            "poll_interval_seconds": 60.0,  # only a callback can deliver within the test
+        }
+        world.sim.variant = GatewayVariant(callbacks=shape)  # type: ignore[arg-type]
+        async with world.running():
+            await world.discord.slash("video", {"prompt": f"{shape} callback"}, sub="text")
+            job = await world.job_in("delivered")
+        asked = [r for r in world.sim.requests if r.query.get("task_ids") == job.provider_task_id]
+        assert asked  # the callback named the task; the bot asked the provider itself
+
+
+@pytest.mark.parametrize(
+    ("body", "task_id"),
+    [
+        (b'{"id": "12"}', "12"),
+        (b'{"task_id": 901930004609634393, "task_status": "succeed"}', "901930004609634393"),
+        (b'{"data": {"task_id": "7"}}', "7"),
+        (b'{"task_status": "succeed"}', None),
+        (b"[1, 2]", None),
+        (b"not json", None),
+        (b'{"id": true}', None),
+    ],
+)
+def test_the_task_id_is_read_from_either_shape(body: bytes, task_id: str | None) -> None:
+    assert callback_task_id(body) == task_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -22,8 +23,8 @@ from bot.kling import (
     KlingUnavailable,
 )
 from bot.serving import serve
-from bot.simulator import KlingSimulator
-from tests.conftest import API_KEY, RecordedSleeps
+from bot.simulator import GatewayVariant, KlingSimulator
+from tests.conftest import API_KEY, RecordedSleeps, make_image
 
 TEXT_PATH = "/v1/ai/acct-endpoint/kling/videos/text-to-video/kling-3.0-turbo"
 IMAGE_PATH = "/v1/ai/acct-endpoint/kling/videos/image-to-video/kling-3.0-turbo"
@@ -281,3 +282,88 @@ async def test_the_key_never_appears_in_repr_errors_or_logs(
                 assert API_KEY not in f"{exc!s} {exc!r}"
     assert API_KEY not in repr(kling)
     assert API_KEY not in caplog.text
+
+
+async def submitted_ids(kling: KlingClient, count: int) -> list[str]:
+    tasks = [
+        await kling.submit_text(f"p{n}", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id=f"e{n}")
+        for n in range(count)
+    ]
+    return [t.id for t in tasks]
+
+
+@pytest.mark.parametrize(
+    ("variant", "learned"),
+    [
+        (GatewayVariant(query_lists="partial"), 1),
+        (GatewayVariant(query_lists="refuse"), 1),
+        (GatewayVariant(query_cap=3), 3),  # the list of 6 is refused, half of it works
+    ],
+    ids=["partial", "refuse", "cap-3"],
+)
+async def test_a_gateway_that_takes_fewer_ids_teaches_the_batch_size_once(
+    sim: KlingSimulator, kling: KlingClient, variant: GatewayVariant, learned: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = await submitted_ids(kling, 6)
+    sim.variant = variant
+    with caplog.at_level(logging.INFO):
+        assert sorted(t.id for t in await kling.query(ids)) == sorted(ids)
+        assert kling.batch_size == learned
+        before = len(queries(sim))
+        assert len(await kling.query(ids)) == 6
+    assert len(queries(sim)) - before == -(-6 // learned)  # the learned size from the first request on
+    assert caplog.text.count(f"answers {learned} id(s) per query") == 1
+
+
+async def test_unknown_ids_in_a_list_do_not_shrink_the_batch(sim: KlingSimulator, kling: KlingClient) -> None:
+    ids = await submitted_ids(kling, 3)
+    found = await kling.query([*ids, "404404", "505505"])
+    assert sorted(t.id for t in found) == sorted(ids) and kling.batch_size == 20
+
+
+async def test_retry_after_is_capped_at_a_minute(
+    sim: KlingSimulator, kling: KlingClient, sleeps: RecordedSleeps
+) -> None:
+    sim.fail_next("rate_limit", on="query", retry_after=86_400)
+    await kling.query(["1"])
+    assert sleeps.delays and max(sleeps.delays) <= 60
+
+
+async def test_a_refused_first_frame_form_is_retried_once_in_the_other_and_remembered(
+    sim: KlingSimulator, kling: KlingClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.variant = GatewayVariant(first_frame="url_only", fetch_urls=False)
+    frame = base64.b64encode(make_image(400, 400)).decode()
+    with caplog.at_level(logging.INFO):
+        for n in range(2):
+            await kling.submit_image(
+                None, base64_frame=frame, url_frame=f"https://cdn.test/{n}.png", duration=5, resolution="720p",
+                external_task_id=f"f{n}",
+            )  # fmt: skip
+    forms = [p.json["contents"][0]["url"][:5] for p in posts(sim)]
+    assert forms == [frame[:5], "https", "https"] and kling.frame_form == "url"
+    assert caplog.text.count("as url from now on") == 1
+
+
+async def test_odd_field_types_never_drop_a_record(
+    raw_api: tuple[str, list[dict]], session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, answers = raw_api
+    record = {
+        "id": 77,
+        "status": "SUCCEED",
+        "message": 0,
+        "create_time": "1764000000000",
+        "update_time": {"odd": True},
+        "outputs": [{"type": "video", "id": 8, "url": "https://cdn/v.mp4", "duration": 5.041}],
+        "billing": [{"amount": 4.8}],
+    }
+    answers.append({"code": 0, "message": "", "data": [record, {"id": "78", "status": "warming_up"}]})
+    answers.append({"code": 0, "message": "", "data": [{"id": "78", "status": "warming_up"}]})
+    client = KlingClient(session, root_url=root, api_key=SecretStr(API_KEY))
+    with caplog.at_level(logging.WARNING):
+        done, odd = await client.query(["77", "78"])
+        await client.query(["78"])
+    assert (done.id, done.status, done.create_time, done.update_time) == ("77", "succeeded", 1764000000000, None)
+    assert done.video is not None and done.video.seconds == 5.041 and done.billed_amount == "4.8"
+    assert odd.status == "warming_up" and caplog.text.count("'warming_up'") == 1  # logged once, polled on
