@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from importlib import resources
 from pathlib import Path
 
+import aiohttp
 import pytest
+from pydantic import SecretStr
 
+from bot.jobs import JobRequest, JobService
+from bot.kling import KlingClient
 from bot.simulator import KlingSimulator
+from bot.store import Store
 from tests.conftest import API_KEY, make_image
 from tests.harness import bot_process
 
@@ -105,3 +111,36 @@ async def test_check_reports_a_refused_key_and_an_accepted_one(sim: KlingSimulat
     assert code == 1 and "refused" in stderr and "wrong" not in stderr
     code, stdout, _ = await run_cli("check", env=env_for(sim, tmp_path), cwd=tmp_path)
     assert code == 0 and stdout.startswith("ok:")
+
+
+@pytest.mark.parametrize(("fault", "reason"), [("credits", "out of credits"), ("concurrency", "busy")])
+async def test_a_submit_the_provider_turns_away_ends_the_job_and_says_why(
+    sim: KlingSimulator, tmp_path: Path, fault: str, reason: str
+) -> None:
+    sim.fail_next(fault, on="submit", times=20)
+    env = env_for(sim, tmp_path, API_MAX_RETRIES="1")
+    code, _, stderr = await run_cli("generate", "--prompt", "turned away", "--out", "o.mp4", env=env, cwd=tmp_path)
+    assert code == 1 and reason in stderr and "None" not in stderr
+    database = sqlite3.connect(tmp_path / "db.sqlite3")
+    assert database.execute("SELECT status, origin FROM jobs").fetchall() == [("failed", "cli")]
+    database.close()
+
+
+async def test_the_bot_never_runs_the_command_lines_jobs(sim: KlingSimulator, tmp_path: Path) -> None:
+    sim.hold = True
+    store = await Store.open(tmp_path / "shared.sqlite3")
+    try:
+        async with aiohttp.ClientSession() as session:
+            kling = KlingClient(session, root_url=f"{sim.base_url()}/acct-endpoint", api_key=SecretStr(API_KEY))
+            cli = JobService(store, kling, origin="cli")
+            bot = JobService(store, kling, origin="discord")
+            mine = await cli.create(JobRequest("text", "from the command line"))
+            assert (await bot.create(JobRequest("text", "from discord"))).status == "submitted"
+            sim.hold = False
+            sim.finish()
+            moved = await bot.poll_once()
+            assert [c.job.prompt for c in moved] == ["from discord"]
+            assert (await store.get_job(mine.id)).status == "submitted"  # type: ignore[union-attr]
+            assert [c.job.id for c in await cli.poll_once()] == [mine.id]
+    finally:
+        await store.close()

@@ -95,6 +95,53 @@ async def test_animate_image_on_a_message_without_an_image_says_so(world: Harnes
     assert shown.ephemeral() and "no image attached" in shown.texts()[0]
 
 
+@pytest.mark.parametrize(
+    ("image", "values", "expected"),
+    [
+        ((500, 500), {"Duration in seconds (3-15)": "soon"}, "The duration must be a whole number"),
+        ((500, 500), {"Duration in seconds (3-15)": "99"}, "from 3 to 15"),
+        ((500, 500), {"Resolution (720p or 1080p)": "4k"}, "The resolution must be 720p or 1080p"),
+        ((200, 200), {}, "at least 300 pixels"),
+        ((500, 500), {"Duration in seconds (3-15)": "15", "Resolution (720p or 1080p)": "1080p"}, "credits"),
+    ],
+    ids=["words", "too-long", "resolution", "small-image", "over-quota"],
+)
+async def test_animate_image_answers_member_mistakes_like_video_image(
+    world: Harness, image: tuple[int, int], values: dict[str, str], expected: str
+) -> None:
+    fake = world.discord
+    world.settings_overrides = {"default_quota_credits": 10}  # 15 s at 1080p costs 15 credits
+    async with world.running():
+        png = make_image(*image)
+        message = fake.post_message(
+            fake.general, fake.users["bob"], "look", attachments=[fake.add_attachment("cat.png", png, "image/png")]
+        )
+        shown = await fake.message_menu("Animate image", message)
+        await wait_until(lambda: shown.modal is not None)
+        answer = await fake.submit_modal(shown, values)
+        await wait_until(lambda: answer.messages and not answer.messages[0]["flags"] & 128)
+    text = answer.texts()[-1]
+    assert expected in text and "went wrong" not in text and answer.ephemeral()
+    assert submits(world) == []
+
+
+async def test_once_accepted_a_refused_status_post_never_says_nothing_was_charged(world: Harness) -> None:
+    fake = world.discord
+    world.sim.hold = True
+    async with world.running():
+        # Discord refuses the bot's first post in the new thread (its status message).
+        fake.fail_next("POST", rf"/channels/(?!{fake.general})\d+/messages$", 403, 50013, "Missing Permissions")
+        interaction = await fake.slash("video", {"prompt": "carry on"}, sub="text")
+        await wait_until(lambda: interaction.texts() and "Thinking" not in interaction.texts()[-1])
+        world.sim.hold = False
+        world.sim.finish()
+        await world.job_in("delivered")
+    answer = " ".join(interaction.texts())
+    assert "on its way" in answer and "charged" not in answer
+    [thread] = fake.threads()
+    assert any(m["files"] for m in fake.messages[thread["id"]])
+
+
 def pdf_attachment(world: Harness) -> dict:
     return world.discord.add_attachment("photo.png", b"%PDF-1.7 pretending", "image/png", 600, 600)
 

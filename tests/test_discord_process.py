@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -118,3 +119,26 @@ async def test_backup_copies_the_database_while_the_bot_runs(
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert copy.execute("SELECT prompt FROM jobs").fetchall() == [("worth keeping",)]
     copy.close()
+
+
+async def test_sync_binds_neither_the_callback_nor_the_metrics_port(
+    fakes: tuple[FakeDiscord, KlingSimulator], tmp_path: Path
+) -> None:
+    fake, sim = fakes
+    with socket.socket() as taken_callback, socket.socket() as taken_metrics:  # a running bot holds both
+        for taken in (taken_callback, taken_metrics):
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+        env = bot_env(
+            fake,
+            sim,
+            tmp_path,
+            CALLBACK_PUBLIC_URL="https://bot.example/kling/callback",
+            CALLBACK_HOST="127.0.0.1",
+            CALLBACK_PORT=str(taken_callback.getsockname()[1]),
+            METRICS_PORT=str(taken_metrics.getsockname()[1]),
+        )
+        process = await bot_process("sync", env=env, cwd=tmp_path)
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert "commands registered" in out.decode() and "address" not in err.decode().lower()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from bot.credits import CreditService
+from bot.credits import CreditService, QuotaRefused
 from bot.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable
 from bot.kling import CircuitBreaker, KlingClient
 from bot.simulator import KlingSimulator
@@ -128,3 +130,53 @@ async def test_a_new_job_does_not_jump_the_queue(sim: KlingSimulator, narrow: Jo
     assert second.status == "queued"  # a slot looks free, but the first is waiting
     await narrow.poll_once()
     assert [r.json["prompt"] for r in sim.requests if r.method == "POST"] == ["first"] * 5 + ["second"]
+
+
+async def test_jobs_never_sent_while_the_service_is_down_time_out_and_free_the_members_slots(
+    sim: KlingSimulator, store: Store, kling: KlingClient, clock: FakeClock
+) -> None:
+    credits = CreditService(
+        store, QuotaSettings(1_000_000, "total", member_in_flight=2, server_in_flight=50), clock=clock
+    )
+    service = JobService(store, kling, credits=credits, clock=clock, job_timeout=30 * 60)
+    kling.breaker.opened_at = kling.breaker.clock()  # down: members who choose to wait get queued jobs
+    waiting = [await service.create(replace(video(1, f"w{n}"), wait_if_unavailable=True)) for n in range(2)]
+    assert [j.status for j in waiting] == ["queued", "queued"]
+    with pytest.raises(QuotaRefused):
+        await service.create(replace(video(1), wait_if_unavailable=True))  # both slots held
+    clock.advance(30 * 60 + 1)
+    changes = await service.poll_once()
+    assert sorted((c.previous, c.job.status) for c in changes) == [("queued", "failed")] * 2
+    assert all("never sent" in (c.job.error or "") and "nothing was charged" in (c.job.error or "") for c in changes)
+    status = await credits.status(GUILD, 1, ())
+    assert (status.reserved, status.in_flight) == (0, 0)
+    assert posts(sim) == 0
+
+
+async def test_cancelling_a_job_whose_submit_is_uncertain_never_resends_it(
+    sim: KlingSimulator, narrow: JobService, clock: FakeClock, credits: CreditService
+) -> None:
+    sim.fail_next("server_error", on="submit")
+    job = await narrow.create(video(1, "lost answer"))
+    assert job.status == "reserved" and job.uncertain_since is not None
+    asked = await narrow.cancel(job.id, guild_id=GUILD, user_id=1)
+    assert asked.status == "reserved" and asked.cancel_requested  # held until the provider's answer is known
+    for _ in range(4):
+        clock.advance(60)
+        await narrow.poll_once()
+    final = await narrow.store.get_job(job.id)
+    assert final is not None and final.status == "cancelled" and posts(sim) == 1
+    assert (await credits.status(GUILD, 1, ())).reserved == 0
+
+
+async def test_a_cancelled_uncertain_job_the_provider_did_make_is_still_delivered_and_charged(
+    sim: KlingSimulator, narrow: JobService, clock: FakeClock
+) -> None:
+    sim.fail_next("accept_then_error", on="submit")  # the task exists; the answer is lost
+    sim.fail_next("server_error", on="query", times=4)  # and the first look-up cannot tell
+    job = await narrow.create(video(1, "made anyway"))
+    await narrow.cancel(job.id, guild_id=GUILD, user_id=1)
+    clock.advance(60)
+    await narrow.poll_once()
+    final = await narrow.store.get_job(job.id)
+    assert final is not None and final.status in ("submitted", "processing", "succeeded") and posts(sim) == 1
