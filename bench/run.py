@@ -29,8 +29,9 @@ from bot.credits import CreditService
 from bot.delivery import download_video
 from bot.jobs import JobService
 from bot.kling import MAX_IDS_PER_QUERY, KlingClient
+from bot.model import AT_PROVIDER, Job, QuotaSettings
 from bot.simulator import KlingSimulator, SimTask
-from bot.store import IN_FLIGHT, JOB_COLUMNS, Job, QuotaSettings, Store
+from bot.store import JOB_COLUMNS, Store
 
 KEY = "bench-key"
 ROWS: list[tuple[str, str, str, str]] = []  # section, measure, ours, baseline or floor
@@ -110,7 +111,7 @@ async def bench_polling(folder: Path, sizes: list[int], repeats: int) -> None:
             walls, cpus, dbs, requests = [], [], [], 0
             for _ in range(repeats):
                 before = len(sim.requests)
-                db_wall, _ = await timed(lambda: store.jobs_in(IN_FLIGHT))
+                db_wall, _ = await timed(lambda: store.jobs_in(AT_PROVIDER))
                 wall, cpu = await timed(service.poll_once)
                 requests = len(sim.requests) - before
                 walls.append(wall)
@@ -118,7 +119,7 @@ async def bench_polling(folder: Path, sizes: list[int], repeats: int) -> None:
                 dbs.append(db_wall)
             naive_walls = []
             for _ in range(repeats if n <= 1000 else 1):
-                jobs = await store.jobs_in(IN_FLIGHT)
+                jobs = await store.jobs_in(AT_PROVIDER)
 
                 async def naive(jobs: list[Job] = jobs) -> None:
                     for job in jobs:
@@ -148,7 +149,7 @@ async def bench_store(folder: Path, total: int) -> None:
                     for i in range(start, min(size, start + batch))
                 ])  # fmt: skip
             await in_flight(sim, store, 100, now)
-            find = [(await timed(lambda: store.jobs_in(IN_FLIGHT)))[0] for _ in range(50)]
+            find = [(await timed(lambda: store.jobs_in(AT_PROVIDER)))[0] for _ in range(50)]
             credits = CreditService(store, QuotaSettings(10**12, "month", 10**6, 10**6))
             reserve = []
             for i in range(200):
@@ -160,7 +161,7 @@ async def bench_store(folder: Path, total: int) -> None:
                 f"{ms(percentile(reserve, 50))} / {ms(percentile(reserve, 99))}")  # fmt: skip
             if size == total:
                 for name, sql, params in [
-                    ("poll", "SELECT id FROM jobs WHERE status IN (?, ?) ORDER BY created_at", IN_FLIGHT),
+                    ("poll", "SELECT id FROM jobs WHERE status IN (?, ?) ORDER BY created_at", AT_PROVIDER),
                     ("usage", "SELECT SUM(cost_estimate) FROM jobs WHERE guild_id = ? AND user_id = ? "
                               "AND created_at >= ?", (1, 3, now - 86400)),
                     ("member in flight", "SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ? AND status "
@@ -258,7 +259,7 @@ async def bench_adaptive(folder: Path, jobs: int, render: float, interval: float
                 await service.create(JobRequest("text", f"clip {n}"))
                 now[0] += 0.37  # members do not all press Enter in the same second
             before = len(sim.requests)
-            while await store.count_in(IN_FLIGHT):
+            while await store.count_in(AT_PROVIDER):
                 now[0] += await service.suggested_delay(every)
                 await service.poll_once()
             queries = sum(1 for r in sim.requests[before:] if r.path.endswith("/kling/tasks"))

@@ -15,6 +15,7 @@ from bot.config import ConfigError, Settings, load_settings
 from bot.delivery import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
 from bot.images import ImageRejected, prepare_first_frame
 from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
+from bot.model import HOLDING_A_SLOT
 from bot.resources import open_resources
 from bot.store import StoreUnavailable
 
@@ -161,7 +162,7 @@ async def generate(settings: Settings, args: argparse.Namespace) -> int:
             print(f"error: job {exc.job.id} refused: {exc.reason} ({exc.error})", file=sys.stderr)
             return EXIT_FAILED
         started = time.monotonic()
-        while job.status in ("reserved", "submitted", "processing"):
+        while job.status in HOLDING_A_SLOT:
             print(f"job {job.id}: {job.status}, {time.monotonic() - started:.0f}s elapsed", file=sys.stderr)
             await asyncio.sleep(settings.poll_interval_seconds)
             await resources.jobs.poll_once()

@@ -116,7 +116,7 @@ class VideoBot(commands.Bot):
         """Post to the server's log channel, if its moderators set one; a failure is only logged."""
         if guild_id is None:
             return
-        settings = await self.resources.store.quota_settings(guild_id, self.settings.quota_defaults)
+        settings = await self.resources.credits.settings(guild_id)
         if settings.log_channel_id is None:
             return
         try:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bot.store import QuotaSettings
+from bot.model import QuotaSettings
 
 Resolution = Literal["720p", "1080p"]
 

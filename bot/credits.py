@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from bot import quota
-from bot.store import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, Store, UsageRow
+from bot.model import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, UsageRow
+from bot.store import Store
 
 PERIODS = ("day", "week", "month", "total")
 
@@ -262,6 +263,21 @@ class CreditService:
             f"<#{before.log_channel_id}>" if before.log_channel_id else "none",
             f"<#{channel_id}>" if channel_id else "none",
         )
+
+    async def audit_entries(
+        self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0
+    ) -> list[AuditEntry]:
+        """A server's moderator actions (on one member, if given), newest first."""
+        return await self.store.audit_entries(guild_id, target_id=target_id, limit=limit, offset=offset)
+
+    async def settings(self, guild_id: int) -> QuotaSettings:
+        """A server's quota rules and log channel (the defaults until its moderators change them)."""
+        return await self.store.quota_settings(guild_id, self.defaults)
+
+    async def credits_used(self, guild_id: int) -> int:
+        """Milli-credits a server's members used or hold in its current period (for the metrics)."""
+        settings = await self.settings(guild_id)
+        return await self.store.credits_used(guild_id, self._window_start(settings.period))
 
     async def usage(self, guild_id: int, period: str | None) -> tuple[list[UsageRow], quota.Window]:
         """The server's top members in a period (the server's own period by default)."""

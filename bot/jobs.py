@@ -6,7 +6,7 @@ import logging
 import secrets
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -26,7 +26,8 @@ from bot.kling import (
     KlingTask,
     KlingUnavailable,
 )
-from bot.store import FINAL, IN_FLIGHT, OPEN, Job, Store
+from bot.model import AT_PROVIDER, FINAL, HOLDING_A_SLOT, OPEN, WAITING, Job
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ class JobService:
                 return await self._queue(job, "the video service is down; the member chose to wait")
             if await self.store.count_in(("queued",)):
                 return await self._queue(job, "others are waiting: the dispatcher sends jobs fairly")
-            if await self.store.count_in(("reserved", "submitted", "processing")) > self.provider_concurrency:
+            if await self.store.count_in(HOLDING_A_SLOT) > self.provider_concurrency:
                 return await self._queue(job, "the video service is at the bot's limit of jobs at once")
         return await self._submit(job, first_frame=first_frame)
 
@@ -422,7 +423,7 @@ class JobService:
             self.paused_until = None  # the next submit is the probe
         if self.kling.breaker.refusing:
             return []
-        free = self.provider_concurrency - await self.store.count_in(("reserved", "submitted", "processing"))
+        free = self.provider_concurrency - await self.store.count_in(HOLDING_A_SLOT)
         changes: list[JobChange] = []
         for job in (await self.queue_order())[: max(0, free)]:
             if not await self.store.transition(job.id, "queued", "reserved", updated_at=self.clock()):
@@ -452,7 +453,7 @@ class JobService:
         elif job.status == "reserved" and job.uncertain_since is not None:
             await self.store.update_job(job.id, "reserved", cancel_requested=True, updated_at=now)
             log.info("job %s: cancel requested by %s while its submit is uncertain", job.id, user_id)
-        elif job.status in ("reserved", "queued"):
+        elif job.status in WAITING:
             raise InvalidRequest("That job is being sent to the video service right now; try again in a moment.")
         else:
             raise InvalidRequest(
@@ -466,7 +467,7 @@ class JobService:
     async def poll_once(self) -> list[JobChange]:
         """Settle reserved jobs, query every job at the provider that is due (batched), time out, send queued ones."""
         changes = await self._settle_reserved(everything=False)
-        in_flight = await self._due(await self.store.jobs_in(IN_FLIGHT, origin=self.origin))
+        in_flight = await self._due(await self.store.jobs_in(AT_PROVIDER, origin=self.origin))
         if in_flight:
             now = self.clock()
             self.last_asked.update((job.id, now) for job in in_flight)
@@ -491,7 +492,7 @@ class JobService:
     async def refresh(self, task_id: str) -> list[JobChange]:
         """Ask the provider about one task now (a callback's hint); its answer, not the hint, moves the job."""
         job = await self.store.job_by_task(task_id)
-        if job is None or job.status not in IN_FLIGHT or job.origin != self.origin:
+        if job is None or job.status not in AT_PROVIDER or job.origin != self.origin:
             return []
         try:
             tasks = await self.kling.query([task_id])
@@ -506,7 +507,7 @@ class JobService:
 
     def is_late(self, job: Job) -> bool:
         """At the provider for longer than JOB_TIMEOUT_MINUTES: still expected, asked about less often."""
-        return job.status in IN_FLIGHT and self.clock() - (job.submitted_at or job.created_at) > self.job_timeout
+        return job.status in AT_PROVIDER and self.clock() - (job.submitted_at or job.created_at) > self.job_timeout
 
     async def _expected(self, jobs: list[Job]) -> dict[tuple[int, str], float | None]:
         """The median render time of each shape among these jobs (one query per shape)."""
@@ -542,7 +543,7 @@ class JobService:
         """How long the poll loop should sleep: shorter while a job is around its expected finish."""
         if not self.adaptive:
             return base
-        jobs = await self.store.jobs_in(IN_FLIGHT, origin=self.origin)
+        jobs = await self.store.jobs_in(AT_PROVIDER, origin=self.origin)
         now = self.clock()
         expected = await self._expected(jobs)
         delay = base
@@ -633,11 +634,11 @@ class JobService:
             video = task.video
             if video is None:
                 log.warning("job %s: task %s succeeded without a video", job.id, task.id)
-                return await self._fail(job, "The video service finished but sent no video.", IN_FLIGHT)
+                return await self._fail(job, "The video service finished but sent no video.", AT_PROVIDER)
             billed = _billed_millicredits(task)
             moved = await self.store.transition(
                 job.id,
-                IN_FLIGHT,
+                AT_PROVIDER,
                 "succeeded",
                 provider_status=task.status,
                 video_url=video.url,
@@ -649,12 +650,12 @@ class JobService:
             )
         elif task.status == "failed":
             reason = task.message or "The video service could not make this video."
-            return await self._fail(job, f"The video service failed: {reason}", IN_FLIGHT)
+            return await self._fail(job, f"The video service failed: {reason}", AT_PROVIDER)
         elif task.status in ("submitted", "processing"):
             return None
         else:  # the client logged this status once; keep asking
             log.debug("job %s: unknown provider status %r; still waiting", job.id, task.status)
-            await self.store.update_job(job.id, IN_FLIGHT, provider_status=task.status, updated_at=now)
+            await self.store.update_job(job.id, AT_PROVIDER, provider_status=task.status, updated_at=now)
             return None
         return await self.store.get_job(job.id) if moved else None
 
@@ -663,7 +664,7 @@ class JobService:
         now = self.clock()
         changes = []
         minutes = self.job_timeout / 60
-        for job in await self.store.jobs_in(("reserved", "queued"), origin=self.origin):
+        for job in await self.store.jobs_in(WAITING, origin=self.origin):
             if job.attempts and job.status == "reserved":
                 continue  # perhaps at the provider: settled by its external id, never timed out blindly
             if now - job.created_at > self.job_timeout:
@@ -675,11 +676,11 @@ class JobService:
                 if failed is not None:
                     log.warning("job %s: never sent within %g minutes; failed", job.id, minutes)
                     changes.append(JobChange(failed, job.status))
-        for job in await self.store.jobs_in(IN_FLIGHT, origin=self.origin):
+        for job in await self.store.jobs_in(AT_PROVIDER, origin=self.origin):
             if now - (job.submitted_at or job.created_at) > self.job_timeout + self.late_limit:
                 hours = (self.job_timeout + self.late_limit) / 3600
                 reason = f"The video did not arrive within {hours:g} hours; your credits were given back."
-                failed = await self._fail(job, reason, IN_FLIGHT)
+                failed = await self._fail(job, reason, AT_PROVIDER)
                 if failed is not None:
                     log.warning("job %s given up after %g hours at the provider", job.id, hours)
                     changes.append(JobChange(failed, job.status))
@@ -706,6 +707,42 @@ class JobService:
     async def fail_download(self, job: Job, reason: str) -> Job | None:
         """The provider's video never came (its link is dead or not a video): fail the job, releasing its credits."""
         return await self._fail(job, f"The finished video could not be fetched: {reason}.", "succeeded")
+
+    # --- reads for the front ends -----------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job with this id, or None."""
+        return await self.store.get_job(job_id)
+
+    async def find(
+        self, guild_id: int, prefix: str, *, user_id: int | None, statuses: Sequence[str] | None = None
+    ) -> Job | None:
+        """A job of this server by the first characters of its id: a member's own, or any (user_id None: a
+        moderator's look-up). Another server's job is never found, whatever its id."""
+        return await self.store.find_job(guild_id, prefix.strip().lower(), user_id=user_id, statuses=statuses)
+
+    async def member_jobs(
+        self, guild_id: int, user_id: int, *, statuses: Sequence[str] | None = None, limit: int = 10, offset: int = 0
+    ) -> list[Job]:
+        """A member's jobs in one server, newest first."""
+        return await self.store.member_jobs(guild_id, user_id, statuses=statuses, limit=limit, offset=offset)
+
+    async def count_member_jobs(self, guild_id: int, user_id: int) -> int:
+        """How many jobs a member has made in one server."""
+        return await self.store.count_member_jobs(guild_id, user_id)
+
+    async def in_state(self, *statuses: str) -> list[Job]:
+        """This service's jobs in any of these states, oldest first."""
+        return await self.store.jobs_in(statuses, origin=self.origin)
+
+    async def count_by_status(self) -> dict[str, int]:
+        """How many jobs are in each state (for the metrics)."""
+        return await self.store.count_by_status()
+
+    async def first_frame(self, job: Job) -> FirstFrame | None:
+        """The stored first frame of an image job (for a re-roll), or None."""
+        stored = await self.store.get_image(job.image_sha256) if job.image_sha256 else None
+        return FirstFrame(stored.data, stored.mime, stored.width, stored.height, None) if stored else None
 
     async def set_discord_refs(
         self, job_id: str, *, message_id: int | None, thread_id: int | None, status_message_id: int | None

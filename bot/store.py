@@ -10,11 +10,22 @@ import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import aiosqlite
+
+from bot.model import (
+    AuditEntry,
+    Job,
+    MemberQuota,
+    QuotaFacts,
+    QuotaSettings,
+    StoredImage,
+    Usage,
+    UsageRow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,126 +148,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-# The states a job moves through (see DESIGN.md); "in flight" means the provider is working on it.
-IN_FLIGHT = ("submitted", "processing")
-OPEN = ("reserved", "queued", "submitted", "processing", "succeeded")
-FINAL = ("delivered", "failed", "cancelled", "undeliverable")
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One row of `jobs`."""
-
-    id: str
-    guild_id: int | None
-    channel_id: int | None
-    user_id: int | None
-    kind: str
-    prompt: str
-    duration: int
-    resolution: str
-    aspect_ratio: str | None
-    image_sha256: str | None
-    image_url: str | None
-    image_source: str | None
-    status: str
-    provider_task_id: str | None
-    provider_status: str | None
-    error: str | None
-    video_url: str | None
-    video_seconds: float | None
-    billed_amount: str | None
-    cost_estimate: int
-    cost_billed: int | None
-    attachment_size_limit: int | None
-    message_id: int | None
-    thread_id: int | None
-    status_message_id: int | None
-    result_message_id: int | None
-    attempts: int
-    delivery_attempts: int
-    created_at: float
-    submitted_at: float | None
-    finished_at: float | None
-    delivered_at: float | None
-    updated_at: float
-    origin: str = "discord"
-    frame_url: str | None = None
-    uncertain_since: float | None = None
-    lookups: int = 0
-    cancel_requested: bool = False
-
-
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 # Columns a transition may set; everything else is fixed when the job is written.
 _FIXED = {"id", "guild_id", "channel_id", "user_id", "kind", "created_at", "status", "origin"}
 _MUTABLE = frozenset(JOB_COLUMNS) - _FIXED
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaSettings:
-    """A server's quota rules; limits in milli-credits."""
-
-    default_limit: int
-    period: str
-    member_in_flight: int
-    server_in_flight: int
-    log_channel_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MemberQuota:
-    """A member's own override (milli-credits) and block reason."""
-
-    override: int | None
-    blocked_reason: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """A member's credits in the current period, derived from jobs and grants, and their jobs in flight."""
-
-    used: int
-    reserved: int
-    granted: int
-    in_flight: int
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaFacts:
-    """Everything the quota policy needs, read inside the reserving transaction."""
-
-    settings: QuotaSettings
-    member: MemberQuota
-    role_quotas: dict[int, int | None]
-    usage: Usage
-    server_in_flight: int
-
-
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    """One member's line in a server's usage table."""
-
-    user_id: int
-    jobs: int
-    seconds: float
-    credits: int
-    billed: int
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One moderator action: who did what to whom, before and after."""
-
-    guild_id: int
-    moderator_id: int
-    action: str
-    target_id: int | None
-    before: str | None
-    after: str | None
-    reason: str | None
-    created_at: float
 
 
 class _Decision(Protocol):
@@ -265,17 +161,6 @@ class _Decision(Protocol):
 
 
 DecisionT = TypeVar("DecisionT", bound=_Decision)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredImage:
-    """A first frame kept so a job can be submitted again after a crash, or re-rolled."""
-
-    sha256: str
-    mime: str
-    width: int
-    height: int
-    data: bytes
 
 
 class StoreUnavailable(Exception):
@@ -434,6 +319,24 @@ class Store:
             sql += " AND origin = ?"
             params.append(origin)
         return await self._jobs(sql + " ORDER BY created_at", params)
+
+    async def find_job(
+        self, guild_id: int, prefix: str, *, user_id: int | None = None, statuses: Sequence[str] | None = None
+    ) -> Job | None:
+        """The newest job of a server (of one member, if given) whose id starts with `prefix` (hex), or None."""
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return None
+        # A range on the primary key, so the prefix is found by the index whatever the server's history.
+        sql = f"{_SELECT_JOB} WHERE id >= ? AND id < ? AND guild_id = ?"
+        params: list[Any] = [prefix, prefix + "g", guild_id]
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            params.append(user_id)
+        if statuses is not None:
+            sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            params.extend(statuses)
+        rows = await self._jobs(sql + " ORDER BY created_at DESC LIMIT 1", params)
+        return rows[0] if rows else None
 
     async def member_jobs(
         self, guild_id: int, user_id: int, *, statuses: Sequence[str] | None = None, limit: int = 10, offset: int = 0

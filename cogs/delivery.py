@@ -16,7 +16,7 @@ import discord
 
 from bot.crashpoints import crash_point
 from bot.delivery import DownloadFailed, VideoTooLarge, download_video
-from bot.store import Job
+from bot.model import Job
 from cogs.messages import (
     NO_ATTACH_REASON,
     THREAD_GONE_NOTE,
@@ -196,7 +196,7 @@ class Deliverer:
 
     async def _fresh(self, job: Job) -> Job:
         """The job as stored now (its try count may have moved during this delivery)."""
-        return await self.jobs.store.get_job(job.id) or job
+        return await self.jobs.get(job.id) or job
 
     async def _timed_out(self, job: Job) -> None:
         reason = f"posting it took longer than {self.time_limit:g} s"
@@ -268,7 +268,7 @@ class DeliveryWorker:
     async def _run(self, job_id: str) -> None:
         async with self.limit:
             # Read again: the scheduler's copy may be stale (a delivery that just ended may have moved the job).
-            job = await self.deliverer.jobs.store.get_job(job_id)
+            job = await self.deliverer.jobs.get(job_id)
             if job is None or job.status != "succeeded":
                 return
             try:

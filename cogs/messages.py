@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import discord
 
+from bot.model import Job
 from bot.quota import format_credits
-from bot.store import Job
 
 COLOURS = {
     "failed": discord.Colour.red(),

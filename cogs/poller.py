@@ -11,7 +11,7 @@ from discord.ext import commands, tasks
 
 from bot import metrics
 from bot.app import VideoBot
-from bot.store import FINAL, IN_FLIGHT, OPEN, Job
+from bot.model import AT_PROVIDER, FINAL, STATES, Job
 from cogs.delivery import Deliverer, DeliveryWorker
 from cogs.messages import job_card, status_line
 
@@ -73,7 +73,7 @@ class StatusMessages:
             except discord.HTTPException as exc:
                 log.info("job %s: card edit failed: %s", job.id, exc)
         self.last_edit[job.id] = time.monotonic()
-        if job.status not in IN_FLIGHT:
+        if job.status not in AT_PROVIDER:
             self.last_edit.pop(job.id, None)
 
     async def refresh_elapsed(self, jobs: list[Job]) -> None:
@@ -135,19 +135,16 @@ class Poller(commands.Cog):
 
     async def update_metrics(self) -> None:
         """The gauges: the queue every tick; states and credits (whole-table counts) at most every 30 s."""
-        store = self.jobs.store
-        metrics.QUEUE.set(await store.count_in(("queued",)))
+        metrics.QUEUE.set(len(await self.jobs.in_state("queued")))
         if time.monotonic() - self.metrics_at < self.metrics_every:
             return
         self.metrics_at = time.monotonic()
-        counts = await store.count_by_status()
-        for state in (*OPEN, *FINAL):
+        counts = await self.jobs.count_by_status()
+        for state in STATES:
             metrics.JOBS.labels(state).set(counts.get(state, 0))
         credits = self.bot.resources.credits
         for guild in self.bot.guilds:
-            settings = await store.quota_settings(guild.id, credits.defaults)
-            since = credits.window(settings.period).start.timestamp()
-            metrics.CREDITS_USED.labels(str(guild.id)).set(await store.credits_used(guild.id, since) / 1000)
+            metrics.CREDITS_USED.labels(str(guild.id)).set(await credits.credits_used(guild.id) / 1000)
 
     @tick.before_loop
     async def before_tick(self) -> None:
@@ -170,7 +167,7 @@ class Poller(commands.Cog):
                     await self.bot.post_log(guild.id, f"⚠️ {alert}")
         await self.deliver_finished()
         await self.status.show_queue()
-        await self.status.refresh_elapsed(await self.jobs.store.jobs_in(IN_FLIGHT))
+        await self.status.refresh_elapsed(await self.jobs.in_state(*AT_PROVIDER))
 
     async def hint(self, task_id: str) -> None:
         """A callback said a task changed: ask about it now and start delivering it if it is done."""
@@ -184,11 +181,11 @@ class Poller(commands.Cog):
 
     async def deliver_finished(self) -> int:
         """Hand every finished job to the delivery worker (one already being delivered is skipped); no waiting."""
-        return sum(self.deliveries.schedule(job) for job in await self.jobs.store.jobs_in(("succeeded",)))
+        return sum(self.deliveries.schedule(job) for job in await self.jobs.in_state("succeeded"))
 
     async def delivery_done(self, job_id: str) -> None:
         """After a try at delivering: show the job's new state (delivered, undeliverable, failed), if it moved."""
-        current = await self.jobs.store.get_job(job_id)
+        current = await self.jobs.get(job_id)
         if current is not None and current.status != "succeeded":
             await self.announce(current)
 

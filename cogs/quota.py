@@ -12,8 +12,8 @@ from discord.ext import commands
 
 from bot.app import VideoBot
 from bot.credits import CreditService, QuotaStatus
+from bot.model import AuditEntry
 from bot.quota import format_credits
-from bot.store import AuditEntry
 from cogs.messages import fit_lines
 from cogs.views import PagedView
 
@@ -259,7 +259,7 @@ class QuotaCog(commands.Cog):
         target = member.id if member else None
 
         async def render(page: int) -> tuple[str, bool]:
-            entries = await self.credits.store.audit_entries(
+            entries = await self.credits.audit_entries(
                 guild_id, target_id=target, limit=AUDIT_PAGE + 1, offset=page * AUDIT_PAGE
             )
             if not entries:

@@ -16,9 +16,9 @@ from discord.ext import commands
 
 from bot.app import SOMETHING_WENT_WRONG, UserFacingError, VideoBot, reply_ephemeral
 from bot.credits import QuotaRefused
-from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, check_first_frame
+from bot.images import MAX_UPLOAD_BYTES, ImageRejected, check_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
-from bot.store import OPEN, Job
+from bot.model import OPEN, WAITING, Job
 from cogs.messages import (
     STATE_WORDS,
     cancel_text,
@@ -280,7 +280,7 @@ class VideoCog(commands.Cog):
             found = await self._find_job(interaction, job)
             text = self._job_details(found, now)
         else:
-            jobs = await self.jobs.store.member_jobs(interaction.guild_id, interaction.user.id, statuses=OPEN, limit=25)
+            jobs = await self.jobs.member_jobs(interaction.guild_id, interaction.user.id, statuses=OPEN, limit=25)
             if not jobs:
                 text = "You have no videos in progress. Start one with `/video text` or `/video image`."
             else:
@@ -298,13 +298,9 @@ class VideoCog(commands.Cog):
     async def cancel(self, interaction: discord.Interaction[Any], job: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
-        prefix = job.strip().lower()
-        store = self.jobs.store
-        if is_moderator(interaction):
-            waiting = await store.jobs_in(("queued", "reserved"))
-            found = next((j for j in waiting if j.guild_id == interaction.guild_id and j.id.startswith(prefix)), None)
-        else:
-            found = await self._find_job(interaction, prefix)
+        moderator = is_moderator(interaction)
+        user_id = None if moderator else interaction.user.id
+        found = await self.jobs.find(interaction.guild_id, job, user_id=user_id, statuses=WAITING)
         if found is None:
             raise UserFacingError("There is no job waiting to be sent with that id here.")
         try:
@@ -323,7 +319,7 @@ class VideoCog(commands.Cog):
     async def _cancel_job_choices(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[app_commands.Choice[str]]:
-        return await self._job_choices(interaction, current, ("queued", "reserved"))
+        return await self._job_choices(interaction, current, WAITING)
 
     async def _job_choices(
         self, interaction: discord.Interaction[Any], current: str, statuses: tuple[str, ...] | None
@@ -331,7 +327,7 @@ class VideoCog(commands.Cog):
         """The member's jobs whose id starts with what they typed (Discord allows 100 characters a name)."""
         if interaction.guild_id is None:
             return []
-        jobs = await self.jobs.store.member_jobs(interaction.guild_id, interaction.user.id, statuses=statuses, limit=25)
+        jobs = await self.jobs.member_jobs(interaction.guild_id, interaction.user.id, statuses=statuses, limit=25)
         typed = current.strip().lower()
         return [
             app_commands.Choice(
@@ -346,10 +342,10 @@ class VideoCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         guild_id, user_id = interaction.guild_id, interaction.user.id
         assert guild_id is not None
-        total = await self.jobs.store.count_member_jobs(guild_id, user_id)
+        total = await self.jobs.count_member_jobs(guild_id, user_id)
 
         async def render(page: int) -> tuple[str, bool]:
-            jobs = await self.jobs.store.member_jobs(guild_id, user_id, limit=HISTORY_PAGE, offset=page * HISTORY_PAGE)
+            jobs = await self.jobs.member_jobs(guild_id, user_id, limit=HISTORY_PAGE, offset=page * HISTORY_PAGE)
             if not jobs:
                 return "You have not made any videos here yet.", False
             pages = (total + HISTORY_PAGE - 1) // HISTORY_PAGE
@@ -409,7 +405,7 @@ class VideoCog(commands.Cog):
                 await card.delete()  # a refused prompt stays private
             raise UserFacingError(exc.reason) from None
         thread = await self._open_job_thread(interaction, channel, card, job)
-        current = await self.jobs.store.get_job(job.id)
+        current = await self.jobs.get(job.id)
         if current is not None and current.status != job.status:
             self.bot.dispatch("job_changed", current)  # it moved while its thread was being opened
         where = thread.mention if thread else "this channel"
@@ -501,7 +497,7 @@ class VideoCog(commands.Cog):
 
     async def reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """The same prompt and options as a new job of whoever pressed the button."""
-        original = await self.jobs.store.get_job(job_id)
+        original = await self.jobs.get(job_id)
         if original is None or original.guild_id != interaction.guild_id:
             await reply_ephemeral(interaction, "That video's job is no longer known to me.")
             return
@@ -509,10 +505,9 @@ class VideoCog(commands.Cog):
         async def build() -> JobRequest:
             frame = None
             if original.image_sha256:
-                stored = await self.jobs.store.get_image(original.image_sha256)
-                if stored is None:
+                frame = await self.jobs.first_frame(original)
+                if frame is None:
                     raise InvalidRequest("The first frame of that video is no longer stored.")
-                frame = FirstFrame(stored.data, stored.mime, stored.width, stored.height, None)
             return self.request(
                 interaction,
                 original.kind,  # type: ignore[arg-type]
@@ -534,7 +529,7 @@ class VideoCog(commands.Cog):
 
     async def delete_video(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """Remove the video message, if the presser asked for it or moderates the channel."""
-        job = await self.jobs.store.get_job(job_id)
+        job = await self.jobs.get(job_id)
         owner = job is not None and job.user_id == interaction.user.id
         if not owner and not is_moderator(interaction):
             await reply_ephemeral(interaction, "Only the member who asked for this video or a moderator can delete it.")
@@ -554,11 +549,11 @@ class VideoCog(commands.Cog):
 
     async def _find_job(self, interaction: discord.Interaction[Any], prefix: str) -> Job:
         assert interaction.guild_id is not None
-        prefix = prefix.strip().lower()
-        for job in await self.jobs.store.member_jobs(interaction.guild_id, interaction.user.id, limit=200):
-            if job.id.startswith(prefix):
-                return job
-        raise UserFacingError(f"You have no job starting with `{discord.utils.escape_markdown(prefix[:16])}`.")
+        job = await self.jobs.find(interaction.guild_id, prefix, user_id=interaction.user.id)
+        if job is None:
+            shown = discord.utils.escape_markdown(prefix.strip()[:16])
+            raise UserFacingError(f"You have no job starting with `{shown}` here.")
+        return job
 
     def _where(self, job: Job) -> str:
         if job.thread_id:

@@ -10,8 +10,9 @@ import pytest
 from bot.credits import CreditService, QuotaRefused
 from bot.jobs import JobRequest, JobService, SubmitRefused
 from bot.kling import KlingClient
+from bot.model import QuotaSettings
 from bot.simulator import KlingSimulator
-from bot.store import QuotaSettings, Store
+from bot.store import Store
 from tests.conftest import FakeClock
 
 GUILD, OTHER_GUILD, ALICE, MOD = 100, 200, 1, 9

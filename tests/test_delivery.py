@@ -11,7 +11,8 @@ import discord
 import pytest
 
 from bot.app import VideoBot
-from bot.store import Job, Store
+from bot.model import Job
+from bot.store import Store
 from cogs.poller import Poller
 from tests.fake_discord import BOT_PERMISSIONS, wait_until
 from tests.harness import Harness, harness

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.model import AT_PROVIDER, Job
 from bot.simulator import GatewayVariant, KlingSimulator
-from bot.store import IN_FLIGHT, Job
 from tests.conftest import make_image
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
@@ -64,7 +64,7 @@ async def test_every_job_is_delivered_once_and_charged_once(world: Harness, name
         await wait_until(lambda: store_count(world) == 5, within=10)
 
         async def all_at_the_provider() -> bool:
-            return await store.count_in(IN_FLIGHT) == 5
+            return await store.count_in(AT_PROVIDER) == 5
 
         await wait_until(all_at_the_provider, within=10)
         sim.hold = False

@@ -9,8 +9,9 @@ import pytest
 from bot.credits import CreditService, QuotaRefused
 from bot.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable
 from bot.kling import CircuitBreaker, KlingClient
+from bot.model import QuotaSettings
 from bot.simulator import KlingSimulator
-from bot.store import QuotaSettings, Store
+from bot.store import Store
 from tests.conftest import FakeClock
 
 GUILD = 1

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import MIGRATIONS, Job, Store
+from bot.model import Job
+from bot.store import MIGRATIONS, Store
 
 BLANK = Job(
     id="j1", guild_id=1, channel_id=2, user_id=3, kind="text", prompt="a cat", duration=5, resolution="720p",

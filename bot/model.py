@@ -1,0 +1,138 @@
+"""The bot's plain data: jobs and their states, quota rules and usage, audit entries. No I/O.
+
+The store turns rows into these; the services, the cogs and the command line use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The states a job moves through (see README): each set is named once, by what it means.
+WAITING = ("reserved", "queued")  # accepted, not (known to be) at the provider yet
+AT_PROVIDER = ("submitted", "processing")  # the provider is rendering it: polled
+# Jobs that take one of the provider's slots: a reserved job is being sent (or its answer was lost).
+HOLDING_A_SLOT = ("reserved", *AT_PROVIDER)
+IN_PROGRESS = (*WAITING, *AT_PROVIDER)  # what a member's and a server's caps on jobs at once count
+OPEN = (*IN_PROGRESS, "succeeded")  # not settled yet: a succeeded job still has to be posted
+FINAL = ("delivered", "failed", "cancelled", "undeliverable")
+STATES = (*OPEN, *FINAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of `jobs`."""
+
+    id: str
+    guild_id: int | None
+    channel_id: int | None
+    user_id: int | None
+    kind: str
+    prompt: str
+    duration: int
+    resolution: str
+    aspect_ratio: str | None
+    image_sha256: str | None
+    image_url: str | None
+    image_source: str | None
+    status: str
+    provider_task_id: str | None
+    provider_status: str | None
+    error: str | None
+    video_url: str | None
+    video_seconds: float | None
+    billed_amount: str | None
+    cost_estimate: int
+    cost_billed: int | None
+    attachment_size_limit: int | None
+    message_id: int | None
+    thread_id: int | None
+    status_message_id: int | None
+    result_message_id: int | None
+    attempts: int
+    delivery_attempts: int
+    created_at: float
+    submitted_at: float | None
+    finished_at: float | None
+    delivered_at: float | None
+    updated_at: float
+    origin: str = "discord"
+    frame_url: str | None = None
+    uncertain_since: float | None = None
+    lookups: int = 0
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSettings:
+    """A server's quota rules; limits in milli-credits."""
+
+    default_limit: int
+    period: str
+    member_in_flight: int
+    server_in_flight: int
+    log_channel_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberQuota:
+    """A member's own override (milli-credits) and block reason."""
+
+    override: int | None
+    blocked_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A member's credits in the current period, derived from jobs and grants, and their jobs in flight."""
+
+    used: int
+    reserved: int
+    granted: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaFacts:
+    """Everything the quota policy needs, read inside the reserving transaction."""
+
+    settings: QuotaSettings
+    member: MemberQuota
+    role_quotas: dict[int, int | None]
+    usage: Usage
+    server_in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One member's line in a server's usage table."""
+
+    user_id: int
+    jobs: int
+    seconds: float
+    credits: int
+    billed: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One moderator action: who did what to whom, before and after."""
+
+    guild_id: int
+    moderator_id: int
+    action: str
+    target_id: int | None
+    before: str | None
+    after: str | None
+    reason: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """A first frame kept so a job can be submitted again after a crash, or re-rolled."""
+
+    sha256: str
+    mime: str
+    width: int
+    height: int
+    data: bytes
