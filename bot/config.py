@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.model import QuotaSettings
+from bot.quota import Period
 
 Resolution = Literal["720p", "1080p"]
 
@@ -52,7 +53,7 @@ class Settings(BaseSettings):
 
     # Quotas: what a server starts with until its moderators change it with /quota-admin.
     default_quota_credits: float = Field(default=50.0, ge=0)
-    default_quota_period: Literal["day", "week", "month", "total"] = "week"
+    default_quota_period: Period = "week"
     member_jobs_in_flight: int = Field(default=2, ge=1, le=100)
     server_jobs_in_flight: int = Field(default=10, ge=1, le=1000)
 

@@ -11,11 +11,17 @@ from bot import quota
 from bot.model import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, UsageRow
 from bot.store import Store
 
-PERIODS = ("day", "week", "month", "total")
-
 
 class QuotaRefused(Exception):
-    """The member may not start this job now; the message says why and when that changes."""
+    """The member may not start this job now; `reason` says why, `reset_at` when their credits come back (None
+    when the refusal is not about credits, or the period never resets). The front end words the time."""
+
+    def __init__(self, reason: str, reset_at: datetime | None = None, *, about_credits: bool = False) -> None:
+        when = f" Your credits reset at {reset_at:%Y-%m-%d %H:%M} UTC." if reset_at else ""
+        super().__init__(reason + when)
+        self.reason = reason
+        self.reset_at = reset_at
+        self.about_credits = about_credits
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,29 +92,30 @@ class CreditService:
             job, role_ids=role_ids, defaults=self.defaults, window_start=self._window_start, decide=decide
         )
         if not decision.allowed:
-            raise QuotaRefused(self._refusal(decision, limits["limit"], facts, job.cost_estimate))
+            raise self._refusal(decision, limits["limit"], facts, job.cost_estimate)
 
-    def _refusal(self, decision: quota.Decision, limit: quota.Limit, facts: QuotaFacts, cost: int) -> str:
+    def _refusal(self, decision: quota.Decision, limit: quota.Limit, facts: QuotaFacts, cost: int) -> QuotaRefused:
         settings = facts.settings
         if decision.reason == "blocked":
-            return f"You are blocked from making videos in this server: {limit.reason or 'no reason given'}."
+            return QuotaRefused(
+                f"You are blocked from making videos in this server: {limit.reason or 'no reason given'}."
+            )
         if decision.reason == "member_busy":
-            return (
+            return QuotaRefused(
                 f"You already have {facts.usage.in_flight} videos in progress (the limit is "
                 f"{settings.member_in_flight}); wait for one to finish."
             )
         if decision.reason == "server_busy":
-            return (
+            return QuotaRefused(
                 f"This server already has {facts.server_in_flight} videos in progress (the limit is "
                 f"{settings.server_in_flight}); try again in a minute."
             )
         left = decision.remaining or 0
-        reset = self.window(settings.period).reset_at
-        when = f"Your credits reset <t:{int(reset.timestamp())}:R>." if reset else "Your credits do not reset."
-        return (
-            f"This video needs {self.describe(cost)} and you have {self.describe(left)} left. {when} "
+        reason = (
+            f"This video needs {self.describe(cost)} and you have {self.describe(left)} left. "
             "A shorter or 720p video costs less."
         )
+        return QuotaRefused(reason, self.window(settings.period).reset_at, about_credits=True)
 
     def describe(self, millicredits: int) -> str:
         """Credits with about how many seconds of 720p video they buy."""
@@ -223,7 +230,7 @@ class CreditService:
 
     async def set_default(self, guild_id: int, moderator_id: int, limit: int, period: str) -> AuditEntry:
         """The server's default limit and its period."""
-        if period not in PERIODS:
+        if period not in quota.PERIODS:
             raise ValueError(f"unknown period {period!r}")
         before = await self.store.quota_settings(guild_id, self.defaults)
         after = replace(before, default_limit=limit, period=period)

@@ -27,6 +27,7 @@ from bot.kling import (
     KlingUnavailable,
 )
 from bot.model import AT_PROVIDER, FINAL, HOLDING_A_SLOT, OPEN, WAITING, Job
+from bot.scheduling import AccountPause, Shape, due_for_poll, fair_order, poll_delay, shape_of
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,8 @@ RESERVED_GRACE_SECONDS = 120.0
 # again: a gateway may create the task late and may not refuse a second one under the same id.
 SUBMIT_LOOKUP_SECONDS = 150.0
 # A job still rendering past JOB_TIMEOUT_MINUTES is late, not failed: the provider bills it either way, so it is
-# asked about less and less often (at most every LATE_POLL_MAX_SECONDS) for this long before it is given up.
+# asked about less and less often (see bot/scheduling.py) for this long before it is given up.
 LATE_LIMIT_SECONDS = 24 * 3600.0
-LATE_POLL_MAX_SECONDS = 300.0
-# Adaptive polling: a job is not asked about before EARLY_FRACTION of the median render time of its shape (but for
-# a safety check every SAFETY_POLL_SECONDS), and the loop ticks faster until LATE_FRACTION of it has passed.
-EARLY_FRACTION = 0.9
-LATE_FRACTION = 1.25
-SAFETY_POLL_SECONDS = 60.0
-MIN_FAST_DELAY = 1.0
 
 
 class InvalidRequest(ValueError):
@@ -148,12 +142,9 @@ class JobService:
         self.rates = rates
         self.callback_url = callback_url
         self.provider_concurrency = provider_concurrency
-        self.pause_seconds = pause_seconds
         self.clock = clock
         # Set when the provider refused our key or account: submissions wait for an operator (and a probe).
-        self.paused_until: float | None = None
-        self.alerts: list[str] = []
-        self.alerted = False  # the operator was told of the current account trouble; once until a submit works
+        self.pause = AccountPause(pause_seconds, clock)
         self.adaptive = adaptive
         self.last_asked: dict[str, float] = {}  # job id -> when the provider was last asked about it
 
@@ -195,7 +186,7 @@ class JobService:
 
     def unavailable_reason(self) -> str | None:
         """Why new jobs cannot be taken now, or None when they can."""
-        if self.paused_until is not None:
+        if self.pause.active:
             return (
                 "The video service is unavailable: the bot's account needs an operator's attention. "
                 "Nothing was charged; try again later."
@@ -320,7 +311,7 @@ class JobService:
         except KlingError as exc:
             return await self._refused(job, exc)
         crash_point("after_submit")
-        self.alerted = False  # the account works again: a new trouble deserves a new alert
+        self.pause.worked()
         return await self._adopt(job, task, "reserved")
 
     async def _cannot_send(self, job: Job, error: KlingError, why: str) -> Job:
@@ -392,35 +383,21 @@ class JobService:
         return await self.store.get_job(job.id)
 
     def _pause(self, error: KlingError) -> None:
-        if not self.alerted:
-            self.alerted = True
-            self.alerts.append(f"The video service refused the bot's account: {explain(error)} ({error})")
-            log.error("submissions paused for %.0fs: %s", self.pause_seconds, error)
-        self.paused_until = self.clock() + self.pause_seconds
+        if self.pause.pause(f"The video service refused the bot's account: {explain(error)} ({error})"):
+            log.error("submissions paused for %.0fs: %s", self.pause.seconds, error)
 
     def take_alerts(self) -> list[str]:
         """Operator alerts raised since the last call (each once, not once per job)."""
-        alerts, self.alerts = self.alerts, []
-        return alerts
+        return self.pause.take_alerts()
 
     async def queue_order(self) -> list[Job]:
         """Queued jobs in the order they will be sent: round-robin across members, oldest first within each."""
-        queued = await self.store.jobs_in(("queued",), origin=self.origin)
-        seen: dict[tuple[int | None, int | None], int] = {}
-        ranked = []
-        for index, job in enumerate(queued):  # already oldest first
-            member = (job.guild_id, job.user_id)
-            turn = seen.get(member, 0)
-            seen[member] = turn + 1
-            ranked.append((turn, index, job))
-        return [job for _, _, job in sorted(ranked, key=lambda item: (item[0], item[1]))]
+        return fair_order(await self.store.jobs_in(("queued",), origin=self.origin))
 
     async def dispatch_once(self) -> list[JobChange]:
         """Send queued jobs while the provider has room, fairly across members."""
-        if self.paused_until is not None:
-            if self.clock() < self.paused_until:
-                return []
-            self.paused_until = None  # the next submit is the probe
+        if self.pause.holding():
+            return []
         if self.kling.breaker.refusing:
             return []
         free = self.provider_concurrency - await self.store.count_in(HOLDING_A_SLOT)
@@ -509,33 +486,22 @@ class JobService:
         """At the provider for longer than JOB_TIMEOUT_MINUTES: still expected, asked about less often."""
         return job.status in AT_PROVIDER and self.clock() - (job.submitted_at or job.created_at) > self.job_timeout
 
-    async def _expected(self, jobs: list[Job]) -> dict[tuple[int, str], float | None]:
+    async def _typical(self, jobs: list[Job]) -> dict[Shape, float | None]:
         """The median render time of each shape among these jobs (one query per shape)."""
-        return {
-            shape: await self.estimate_seconds(*shape) for shape in {(job.duration, job.resolution) for job in jobs}
-        }
+        return {shape: await self.estimate_seconds(*shape) for shape in {shape_of(job) for job in jobs}}
 
     async def _due(self, jobs: list[Job]) -> list[Job]:
-        """The jobs worth asking about now: none before it can be ready, but for a rare safety check."""
+        """The jobs worth asking about now (see `scheduling.due_for_poll`)."""
         if not self.adaptive or not jobs:
             return jobs
-        now = self.clock()
-        expected = await self._expected(jobs)
-        due = []
-        for job in jobs:
-            started = job.submitted_at or job.created_at
-            asked = now - self.last_asked.get(job.id, started)
-            overdue = now - started - self.job_timeout
-            if overdue > 0:
-                # Late: back off from once a minute to every few minutes.
-                if asked >= min(LATE_POLL_MAX_SECONDS, max(SAFETY_POLL_SECONDS, overdue / 10)):
-                    due.append(job)
-                continue
-            typical = expected[(job.duration, job.resolution)]
-            early = typical is not None and now - started < EARLY_FRACTION * typical
-            if not early or asked >= SAFETY_POLL_SECONDS:
-                due.append(job)
-        # Forget jobs that left flight, so the map stays as small as the jobs in flight.
+        due = due_for_poll(
+            jobs,
+            now=self.clock(),
+            last_asked=self.last_asked,
+            typical=await self._typical(jobs),
+            job_timeout=self.job_timeout,
+        )
+        # Forget jobs that left the provider, so the map stays as small as the jobs there.
         self.last_asked = {job.id: self.last_asked[job.id] for job in jobs if job.id in self.last_asked}
         return due
 
@@ -544,19 +510,7 @@ class JobService:
         if not self.adaptive:
             return base
         jobs = await self.store.jobs_in(AT_PROVIDER, origin=self.origin)
-        now = self.clock()
-        expected = await self._expected(jobs)
-        delay = base
-        for job in jobs:
-            typical = expected[(job.duration, job.resolution)]
-            if typical is None:
-                continue
-            elapsed = now - (job.submitted_at or job.created_at)
-            if EARLY_FRACTION * typical <= elapsed <= LATE_FRACTION * typical:
-                delay = min(delay, max(base / 4, MIN_FAST_DELAY))
-            elif elapsed < EARLY_FRACTION * typical:
-                delay = min(delay, max(EARLY_FRACTION * typical - elapsed, MIN_FAST_DELAY))
-        return min(delay, base)
+        return poll_delay(jobs, now=self.clock(), typical=await self._typical(jobs), base=base)
 
     async def resume(self) -> list[JobChange]:
         """After a restart: settle every job left `reserved` by its external id before sending anything again."""

@@ -178,11 +178,6 @@ class KlingRateLimited(KlingError):
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
 
-    @property
-    def concurrency(self) -> bool:
-        """True when the account's concurrency limit, not the request rate, was hit."""
-        return self.code == 1303
-
 
 class KlingUnavailable(KlingError):
     """Server trouble: 5xx, codes 5000-5002, a body that is not the API's JSON, a time-out, no connection."""

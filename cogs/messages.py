@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import discord
 
+from bot.credits import QuotaRefused
 from bot.model import Job
 from bot.quota import format_credits
 
@@ -64,10 +65,18 @@ def quote_prompt(prompt: str, limit: int = 1000) -> str:
 
 
 def thread_name(job: Job) -> str:
-    """A thread title from the prompt's first line (Discord allows 100 characters)."""
-    first = " ".join(job.prompt.split())
-    name = first[:90] if first else "Video from an image"
-    return name or f"Video {job.id[:8]}"
+    """A thread title: the prompt on one line, cut to 90 characters (Discord allows 100)."""
+    one_line = " ".join(job.prompt.split())
+    return one_line[:90] if one_line else "Video from an image"
+
+
+def refusal_text(refused: QuotaRefused) -> str:
+    """A quota refusal for Discord: the reason, and when the credits come back as a relative timestamp."""
+    if not refused.about_credits:
+        return refused.reason
+    if refused.reset_at is None:
+        return f"{refused.reason} Your credits do not reset."
+    return f"{refused.reason} Your credits reset <t:{int(refused.reset_at.timestamp())}:R>."
 
 
 def frame_filename(mime: str) -> str:

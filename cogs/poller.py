@@ -17,10 +17,10 @@ from cogs.messages import job_card, status_line
 
 log = logging.getLogger(__name__)
 
-# Elapsed-time edits: each status message at most every 30 s, and at most 20 of them per tick, so a hundred
+# Status edits for elapsed times and queue places: each message at most every 30 s, at most 20 per tick, so a hundred
 # jobs in flight cost well under one request per second against Discord's 50 per second.
 ELAPSED_EDIT_EVERY = 30.0
-ELAPSED_EDITS_PER_TICK = 20
+STATUS_EDITS_PER_TICK = 20
 STOP_GRACE_SECONDS = 8.0  # on shutdown: for a tick in progress, then for running deliveries
 METRICS_EVERY = 30.0
 
@@ -38,7 +38,7 @@ class StatusMessages:
         order = await self.bot.resources.jobs.queue_order()
         edits = 0
         for place, job in enumerate(order, start=1):
-            if self.shown_position.get(job.id) != place and edits < ELAPSED_EDITS_PER_TICK:
+            if self.shown_position.get(job.id) != place and edits < STATUS_EDITS_PER_TICK:
                 await self.show(job, card=False, position=place)
                 self.shown_position[job.id] = place
                 edits += 1
@@ -82,7 +82,7 @@ class StatusMessages:
         self.last_edit = {job.id: self.last_edit.get(job.id, now) for job in jobs}  # new: its message is fresh
         due = [j for j in jobs if now - self.last_edit[j.id] >= ELAPSED_EDIT_EVERY]
         due.sort(key=lambda j: self.last_edit[j.id])
-        for job in due[:ELAPSED_EDITS_PER_TICK]:
+        for job in due[:STATUS_EDITS_PER_TICK]:
             await self.show(job, card=False)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -13,13 +13,12 @@ from discord.ext import commands
 from bot.app import VideoBot
 from bot.credits import CreditService, QuotaStatus
 from bot.model import AuditEntry
-from bot.quota import format_credits
+from bot.quota import Period, format_credits
 from cogs.messages import fit_lines
 from cogs.views import PagedView
 
 log = logging.getLogger(__name__)
 
-Period = Literal["day", "week", "month", "total"]
 AUDIT_PAGE = 10
 SOURCES = {
     "blocked": "you are blocked",

@@ -27,6 +27,7 @@ from cogs.messages import (
     frame_filename,
     job_card,
     options_line,
+    refusal_text,
     status_line,
     thread_name,
 )
@@ -63,7 +64,8 @@ async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str, st
     URL when the frame is the attachment as is (a gateway that refuses Base64 can fetch that)."""
     if attachment.size > MAX_UPLOAD_BYTES:
         raise InvalidRequest(
-            f"{attachment.filename} is {attachment.size / 1024 / 1024:.1f} MB; send an image under 10 MB."
+            f"{attachment.filename} is {attachment.size / 1024 / 1024:.1f} MB; "
+            f"send an image under {MAX_UPLOAD_BYTES // 1024 // 1024} MB."
         )
     try:
         data = await attachment.read()
@@ -386,7 +388,7 @@ class VideoCog(commands.Cog):
         except InvalidRequest as exc:
             raise UserFacingError(f"{exc} Nothing was sent or charged.") from None
         except QuotaRefused as exc:
-            raise UserFacingError(f"{exc} Nothing was charged.") from None
+            raise UserFacingError(f"{refusal_text(exc)} Nothing was charged.") from None
         except ServiceUnavailable as exc:
             await interaction.followup.send(
                 f"{exc} Or I can queue it (your credits are held) and make it when the service is back.",

@@ -6,7 +6,6 @@ import pytest
 
 from bot.images import prepare_first_frame
 from bot.jobs import (
-    LATE_POLL_MAX_SECONDS,
     SUBMIT_LOOKUP_SECONDS,
     InvalidRequest,
     JobRequest,
@@ -14,6 +13,7 @@ from bot.jobs import (
     SubmitRefused,
 )
 from bot.kling import KlingClient
+from bot.scheduling import LATE_POLL_MAX_SECONDS
 from bot.simulator import KlingSimulator
 from bot.store import Store
 from tests.conftest import FakeClock

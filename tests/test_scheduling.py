@@ -1,0 +1,77 @@
+"""The pure scheduling rules: fair queue order, which jobs a poll asks about, the loop's sleep, the account pause."""
+
+from __future__ import annotations
+
+from bot.model import Job
+from bot.scheduling import (
+    LATE_POLL_MAX_SECONDS,
+    SAFETY_POLL_SECONDS,
+    AccountPause,
+    due_for_poll,
+    fair_order,
+    poll_delay,
+)
+from tests.conftest import FakeClock
+
+T0 = 1_000_000.0
+
+
+def job(job_id: str, user: int = 1, *, submitted: float = T0, duration: int = 5) -> Job:
+    return Job(
+        id=job_id, guild_id=1, channel_id=2, user_id=user, kind="text", prompt="p", duration=duration,
+        resolution="720p", aspect_ratio="16:9", image_sha256=None, image_url=None, image_source=None,
+        status="submitted", provider_task_id=job_id, provider_status=None, error=None, video_url=None,
+        video_seconds=None, billed_amount=None, cost_estimate=4000, cost_billed=None, attachment_size_limit=None,
+        message_id=None, thread_id=None, status_message_id=None, result_message_id=None, attempts=1,
+        delivery_attempts=0, created_at=submitted, submitted_at=submitted, finished_at=None, delivered_at=None,
+        updated_at=submitted,
+    )  # fmt: skip
+
+
+def test_the_queue_goes_round_robin_across_members_oldest_first_within_each() -> None:
+    queued = [job("a1", 1), job("a2", 1), job("a3", 1), job("b1", 2), job("c1", 3), job("b2", 2)]
+    assert [j.id for j in fair_order(queued)] == ["a1", "b1", "c1", "a2", "b2", "a3"]
+
+
+def test_a_job_is_not_asked_about_before_it_can_be_ready_but_for_the_safety_check() -> None:
+    typical = {(5, "720p"): 40.0}
+    fresh = job("fresh")
+    assert due_for_poll([fresh], now=T0 + 20, last_asked={}, typical=typical, job_timeout=1800) == []
+    assert due_for_poll([fresh], now=T0 + 37, last_asked={}, typical=typical, job_timeout=1800) == [fresh]
+    asked_long_ago = {"fresh": T0 + 1}
+    later = T0 + 1 + SAFETY_POLL_SECONDS
+    assert due_for_poll([fresh], now=later, last_asked=asked_long_ago, typical={(5, "720p"): 600.0}, job_timeout=1800)
+    assert due_for_poll([fresh], now=T0 + 1, last_asked={}, typical={}, job_timeout=1800) == [fresh]  # no history
+
+
+def test_a_late_job_is_asked_less_often_the_later_it_is() -> None:
+    late = job("late")
+    soon = T0 + 1800 + 10  # ten seconds late: once a minute
+    assert not due_for_poll([late], now=soon, last_asked={"late": soon - 30}, typical={}, job_timeout=1800)
+    assert due_for_poll([late], now=soon, last_asked={"late": soon - 61}, typical={}, job_timeout=1800)
+    hours = T0 + 1800 + 3 * 3600  # hours late: every five minutes
+    assert not due_for_poll([late], now=hours, last_asked={"late": hours - 200}, typical={}, job_timeout=1800)
+    assert due_for_poll(
+        [late], now=hours, last_asked={"late": hours - LATE_POLL_MAX_SECONDS}, typical={}, job_timeout=1800
+    )
+
+
+def test_the_loop_sleeps_less_around_an_expected_finish_and_never_more_than_its_base() -> None:
+    typical = {(5, "720p"): 40.0}
+    one = job("one")
+    assert poll_delay([], now=T0, typical=typical, base=10) == 10
+    assert poll_delay([one], now=T0 + 30, typical=typical, base=10) == 6  # wakes at 0.9 x 40 s
+    assert poll_delay([one], now=T0 + 40, typical=typical, base=10) == 2.5  # around the finish: base / 4
+    assert poll_delay([one], now=T0 + 100, typical=typical, base=10) == 10  # past it: the base again
+
+
+def test_the_account_pause_alerts_once_per_trouble_and_lets_one_probe_through() -> None:
+    clock = FakeClock()
+    pause = AccountPause(300, clock)
+    assert pause.pause("out of credits") and not pause.pause("still out of credits")
+    assert pause.take_alerts() == ["out of credits"] and pause.take_alerts() == []
+    assert pause.holding()
+    clock.advance(301)
+    assert not pause.holding() and not pause.active  # time for the probe
+    pause.worked()
+    assert pause.pause("out again")  # a new trouble after a submit worked: a new alert
