@@ -148,7 +148,7 @@ class CreditService:
 
     # --- moderators -------------------------------------------------------------------------------------
 
-    async def _audit(
+    def _audit(
         self,
         guild_id: int,
         moderator_id: int,
@@ -158,9 +158,8 @@ class CreditService:
         after: str | None,
         reason: str | None = None,
     ) -> AuditEntry:
-        entry = AuditEntry(guild_id, moderator_id, action, target_id, before, after, reason, self.clock())
-        await self.store.add_audit(entry)
-        return entry
+        """The audit row of a change; the store writes it in the change's own transaction."""
+        return AuditEntry(guild_id, moderator_id, action, target_id, before, after, reason, self.clock())
 
     @staticmethod
     def _member_text(member: MemberQuota) -> str:
@@ -176,10 +175,11 @@ class CreditService:
     ) -> AuditEntry:
         before = await self.store.member_quota(guild_id, user_id)
         after = replace(before, **changes)  # type: ignore[arg-type]
-        await self.store.save_member_quota(guild_id, user_id, after)
-        return await self._audit(
+        entry = self._audit(
             guild_id, moderator_id, action, user_id, self._member_text(before), self._member_text(after), reason
         )
+        await self.store.save_member_quota(guild_id, user_id, after, entry)
+        return entry
 
     async def set_member_limit(self, guild_id: int, moderator_id: int, user_id: int, limit: int) -> AuditEntry:
         """Give one member their own limit (milli-credits per period)."""
@@ -201,8 +201,7 @@ class CreditService:
         """Bonus credits for the current period."""
         settings = await self.store.quota_settings(guild_id, self.defaults)
         before = await self.store.usage(guild_id, user_id, self._window_start(settings.period))
-        await self.store.add_grant(guild_id, user_id, amount, reason, moderator_id, self.clock())
-        return await self._audit(
+        entry = self._audit(
             guild_id,
             moderator_id,
             "grant",
@@ -211,13 +210,14 @@ class CreditService:
             f"granted {quota.format_credits(before.granted + amount)}",
             reason,
         )
+        await self.store.add_grant(guild_id, user_id, amount, entry)
+        return entry
 
     async def set_role(
         self, guild_id: int, moderator_id: int, role_id: int, limit: int | None, *, remove: bool = False
     ) -> AuditEntry:
         """A role's limit (None: unlimited), or remove it so the role no longer counts."""
         before = await self.store.role_quotas(guild_id, [role_id])
-        await self.store.save_role_quota(guild_id, role_id, limit, remove=remove)
 
         def text(values: dict[int, int | None]) -> str:
             if role_id not in values:
@@ -226,7 +226,9 @@ class CreditService:
             return "unlimited" if value is None else f"limit {quota.format_credits(value)}"
 
         after = {} if remove else {role_id: limit}
-        return await self._audit(guild_id, moderator_id, "role", role_id, text(before), text(after))
+        entry = self._audit(guild_id, moderator_id, "role", role_id, text(before), text(after))
+        await self.store.save_role_quota(guild_id, role_id, limit, entry, remove=remove)
+        return entry
 
     async def set_default(self, guild_id: int, moderator_id: int, limit: int, period: str) -> AuditEntry:
         """The server's default limit and its period."""
@@ -234,8 +236,7 @@ class CreditService:
             raise ValueError(f"unknown period {period!r}")
         before = await self.store.quota_settings(guild_id, self.defaults)
         after = replace(before, default_limit=limit, period=period)
-        await self.store.save_quota_settings(guild_id, after)
-        return await self._audit(
+        entry = self._audit(
             guild_id,
             moderator_id,
             "default",
@@ -243,13 +244,14 @@ class CreditService:
             f"{quota.format_credits(before.default_limit)} per {before.period}",
             f"{quota.format_credits(limit)} per {period}",
         )
+        await self.store.save_quota_settings(guild_id, after, entry)
+        return entry
 
     async def set_caps(self, guild_id: int, moderator_id: int, member: int, server: int) -> AuditEntry:
         """The caps on jobs in flight per member and per server."""
         before = await self.store.quota_settings(guild_id, self.defaults)
         after = replace(before, member_in_flight=member, server_in_flight=server)
-        await self.store.save_quota_settings(guild_id, after)
-        return await self._audit(
+        entry = self._audit(
             guild_id,
             moderator_id,
             "caps",
@@ -257,19 +259,22 @@ class CreditService:
             f"{before.member_in_flight} per member, {before.server_in_flight} per server",
             f"{member} per member, {server} per server",
         )
+        await self.store.save_quota_settings(guild_id, after, entry)
+        return entry
 
     async def set_log_channel(self, guild_id: int, moderator_id: int, channel_id: int | None) -> AuditEntry:
         """Where moderator actions and job starts and ends are posted (None: nowhere)."""
         before = await self.store.quota_settings(guild_id, self.defaults)
-        await self.store.save_quota_settings(guild_id, replace(before, log_channel_id=channel_id))
-        return await self._audit(
+        entry = self._audit(
             guild_id,
             moderator_id,
             "log-channel",
             channel_id,
-            f"<#{before.log_channel_id}>" if before.log_channel_id else "none",
-            f"<#{channel_id}>" if channel_id else "none",
+            str(before.log_channel_id) if before.log_channel_id else "none",
+            str(channel_id) if channel_id else "none",
         )
+        await self.store.save_quota_settings(guild_id, replace(before, log_channel_id=channel_id), entry)
+        return entry
 
     async def audit_entries(
         self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0

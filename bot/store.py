@@ -402,9 +402,11 @@ class Store:
             row = await cursor.fetchone()
         return QuotaSettings(*row) if row else defaults
 
-    async def save_quota_settings(self, guild_id: int, settings: QuotaSettings) -> None:
-        """Store a server's quota settings (all of them: callers change one field with `replace`)."""
+    async def save_quota_settings(self, guild_id: int, settings: QuotaSettings, audit: AuditEntry) -> None:
+        """Store a server's quota settings (all of them: callers change one field with `replace`) and the
+        moderator's audit row, in one transaction."""
         async with self.transaction() as db:
+            await _insert_audit(db, audit)
             await db.execute(
                 "INSERT INTO guild_settings (guild_id, default_limit, period, member_in_flight, server_in_flight,"
                 " log_channel_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id) DO UPDATE SET"
@@ -423,9 +425,10 @@ class Store:
             row = await cursor.fetchone()
         return MemberQuota(*row) if row else MemberQuota(None, None)
 
-    async def save_member_quota(self, guild_id: int, user_id: int, quota: MemberQuota) -> None:
-        """Store a member's override and block; both empty removes the row."""
+    async def save_member_quota(self, guild_id: int, user_id: int, quota: MemberQuota, audit: AuditEntry) -> None:
+        """Store a member's override and block (both empty removes the row) and the audit row, in one transaction."""
         async with self.transaction() as db:
+            await _insert_audit(db, audit)
             if quota == MemberQuota(None, None):
                 await db.execute("DELETE FROM member_quotas WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
                 return
@@ -446,9 +449,12 @@ class Store:
         async with self._db.execute(sql, params) as cursor:
             return {row[0]: row[1] for row in await cursor.fetchall()}
 
-    async def save_role_quota(self, guild_id: int, role_id: int, quota: int | None, *, remove: bool = False) -> None:
-        """Set a role's limit (None: unlimited), or remove the role's setting."""
+    async def save_role_quota(
+        self, guild_id: int, role_id: int, quota: int | None, audit: AuditEntry, *, remove: bool = False
+    ) -> None:
+        """Set a role's limit (None: unlimited), or remove the role's setting; with the audit row, in one transaction."""
         async with self.transaction() as db:
+            await _insert_audit(db, audit)
             if remove:
                 await db.execute("DELETE FROM role_quotas WHERE guild_id = ? AND role_id = ?", (guild_id, role_id))
                 return
@@ -458,11 +464,12 @@ class Store:
                 (guild_id, role_id, quota),
             )
 
-    async def add_grant(
-        self, guild_id: int, user_id: int, amount: int, reason: str, moderator_id: int, now: float
-    ) -> None:
-        """Give a member bonus credits for the current period."""
+    async def add_grant(self, guild_id: int, user_id: int, amount: int, audit: AuditEntry) -> None:
+        """Give a member bonus credits for the current period, with the audit row (its moderator, reason and time),
+        in one transaction."""
+        reason, moderator_id, now = audit.reason or "", audit.moderator_id, audit.created_at
         async with self.transaction() as db:
+            await _insert_audit(db, audit)
             await db.execute(
                 "INSERT INTO grants (guild_id, user_id, amount, reason, moderator_id, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -544,15 +551,6 @@ class Store:
         ) as cursor:
             return [UsageRow(int(r[0]), int(r[1]), float(r[2]), int(r[3]), int(r[4])) for r in await cursor.fetchall()]
 
-    async def add_audit(self, entry: AuditEntry) -> None:
-        """Record one moderator action."""
-        async with self.transaction() as db:
-            await db.execute(
-                "INSERT INTO audit_log (guild_id, moderator_id, action, target_id, before, after, reason, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                astuple(entry),
-            )
-
     async def audit_entries(
         self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0
     ) -> list[AuditEntry]:
@@ -599,3 +597,12 @@ class Store:
                 await self._db.backup(destination)
             finally:
                 await destination.close()
+
+
+async def _insert_audit(db: aiosqlite.Connection, entry: AuditEntry) -> None:
+    """One moderator action, written inside the transaction of the change it records."""
+    await db.execute(
+        "INSERT INTO audit_log (guild_id, moderator_id, action, target_id, before, after, reason, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        astuple(entry),
+    )

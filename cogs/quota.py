@@ -70,10 +70,10 @@ def describe_audit(entry: AuditEntry) -> str:
     target = f" <@{entry.target_id}>" if entry.target_id and entry.action not in ("role", "log-channel") else ""
     if entry.action == "role" and entry.target_id:
         target = f" <@&{entry.target_id}>"
-    line = (
-        f"<t:{int(entry.created_at)}:f> <@{entry.moderator_id}> **{entry.action}**{target}: "
-        f"{entry.before} → {entry.after}"
-    )
+    before, after = entry.before, entry.after
+    if entry.action == "log-channel":  # the core records channel ids; Discord shows them as links
+        before, after = (f"<#{v}>" if v and v.isdigit() else v for v in (before, after))
+    line = f"<t:{int(entry.created_at)}:f> <@{entry.moderator_id}> **{entry.action}**{target}: {before} → {after}"
     return line + (f" ({discord.utils.escape_markdown(entry.reason)})" if entry.reason else "")
 
 

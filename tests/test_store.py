@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.model import Job
+from bot.model import AuditEntry, Job, MemberQuota
 from bot.store import MIGRATIONS, Store
 
 BLANK = Job(
@@ -98,3 +98,13 @@ async def test_backup_is_a_consistent_copy(store: Store, tmp_path: Path) -> None
     copy = await Store.open(tmp_path / "copy.sqlite3")
     assert await copy.get_job("j1") == BLANK
     await copy.close()
+
+
+async def test_a_moderators_change_and_its_audit_row_are_one_transaction(store: Store) -> None:
+    good = AuditEntry(1, 9, "set", 5, "no override", "limit 10", None, 1.0)
+    await store.save_member_quota(1, 5, MemberQuota(10_000, None), good)
+    broken = replace(good, action=None)  # type: ignore[arg-type]  # the audit row cannot be written
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.save_member_quota(1, 5, MemberQuota(99_000, None), broken)
+    assert await store.member_quota(1, 5) == MemberQuota(10_000, None)  # the change went with its audit row
+    assert len(await store.audit_entries(1)) == 1
