@@ -452,7 +452,7 @@ class Store:
     async def save_role_quota(
         self, guild_id: int, role_id: int, quota: int | None, audit: AuditEntry, *, remove: bool = False
     ) -> None:
-        """Set a role's limit (None: unlimited), or remove the role's setting; with the audit row, in one transaction."""
+        """Set a role's limit (None: unlimited) or remove its setting, with the audit row, in one transaction."""
         async with self.transaction() as db:
             await _insert_audit(db, audit)
             if remove:
