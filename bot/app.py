@@ -27,12 +27,30 @@ EXTENSIONS = ("cogs.video", "cogs.poller", "cogs.quota")
 SOMETHING_WENT_WRONG = "Something went wrong on our side; it has been logged. `/video status` shows any video started."
 
 
+STOPPING = "The bot is restarting; try again in a minute. Nothing was charged."
+# On shutdown, command and button handlers already running get this long to finish before the store closes.
+HANDLER_GRACE_SECONDS = 10.0
+# discord.py names the tasks that run command, button and form handlers; these are the ones a shutdown waits for.
+HANDLER_TASKS = (
+    "CommandTree-invoker",
+    "discord-ui-view-dispatch",
+    "discord-ui-modal-dispatch",
+    "discord-ui-dynamic-item",
+)
+
+
 class UserFacingError(app_commands.AppCommandError):
     """An expected problem whose message is shown to the member as is."""
 
 
 class VideoTree(app_commands.CommandTree["VideoBot"]):
     """Expected errors become ephemeral messages; the rest are logged with the interaction's context."""
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        if self.client.closing:
+            await reply_ephemeral(interaction, STOPPING)
+            return False
+        return True
 
     async def on_error(self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError) -> None:
         if isinstance(error, UserFacingError):
@@ -81,6 +99,7 @@ class VideoBot(commands.Bot):
         self.resources = resources
         self.callbacks: CallbackServer | None = None
         self.serve_http = serve_http  # `sync` must not bind the callback or metrics port beside a running bot
+        self.closing = False
         self._hints: set[asyncio.Task[None]] = set()
 
     async def setup_hook(self) -> None:
@@ -108,6 +127,15 @@ class VideoBot(commands.Bot):
             hint.add_done_callback(self._hints.discard)
 
     async def close(self) -> None:
+        """Stop taking interactions, let the handlers in flight finish (bounded), then stop the rest."""
+        if not self.closing:
+            self.closing = True
+            running = [t for t in asyncio.all_tasks() if t.get_name().startswith(HANDLER_TASKS) and not t.done()]
+            if running:
+                log.info("waiting for %d command handler(s) to finish", len(running))
+                _, late = await asyncio.wait(running, timeout=HANDLER_GRACE_SECONDS)
+                if late:
+                    log.warning("%d command handler(s) still running after %.0fs", len(late), HANDLER_GRACE_SECONDS)
         if self.callbacks is not None:
             await self.callbacks.close()
         await super().close()

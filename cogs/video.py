@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import SOMETHING_WENT_WRONG, UserFacingError, VideoBot, reply_ephemeral
+from bot.app import SOMETHING_WENT_WRONG, STOPPING, UserFacingError, VideoBot, reply_ephemeral
 from bot.credits import QuotaRefused
 from bot.images import MAX_UPLOAD_BYTES, ImageRejected, check_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
@@ -370,6 +370,8 @@ class VideoCog(commands.Cog):
 
         Everything that can refuse the job runs before a credit is held; once the job is reserved, no Discord
         failure is reported as "nothing was charged"."""
+        if self.bot.closing:  # a button or a form during shutdown: the store is about to close
+            raise UserFacingError(STOPPING)
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         channel = channel or interaction.channel  # type: ignore[assignment]

@@ -504,3 +504,16 @@ async def test_job_autocomplete_offers_the_members_jobs_within_discords_limits(w
     [choice] = answer["data"]["choices"]
     assert choice["value"] == job.id and choice["name"].startswith(f"{job.id[:8]} · done")
     assert len(choice["name"]) <= 100
+
+
+async def test_a_command_in_flight_at_shutdown_finishes_before_the_store_closes(
+    world: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = world.discord
+    async with world.running():
+        world.sim.fail_next("slow", on="submit", delay=1.0)  # the provider takes its time to answer
+        interaction = await fake.slash("video", {"prompt": "just before the stop"}, sub="text")
+        await wait_until(lambda: any(r.method == "POST" for r in world.sim.requests))
+    # Leaving the block stopped the bot while the command waited on the provider.
+    assert "on its way" in interaction.texts()[-1]
+    assert "Connection closed" not in caplog.text and "failed" not in caplog.text
