@@ -153,6 +153,7 @@ class FakeDiscord:
         self.identified = asyncio.Event()  # a bot IDENTIFYed and was sent READY and GUILD_CREATE
         self.resumes = 0
         self._faults: list[tuple[str, re.Pattern[str], int, int, str, list[int]]] = []
+        self._delays: list[tuple[str, re.Pattern[str], float, list[int]]] = []
         self._nonces: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self._sockets: list[web.WebSocketResponse] = []  # identified or resumed sessions
         self._connections: set[web.WebSocketResponse] = set()
@@ -428,6 +429,10 @@ class FakeDiscord:
     ) -> None:
         """The next `times` requests matching answer this Discord error (checked before anything else)."""
         self._faults.append((method, re.compile(path_regex), status, code, message, [times]))
+
+    def delay_next(self, method: str, path_regex: str, seconds: float, times: int = 1) -> None:
+        """The next `times` requests matching are answered `seconds` late (then normally)."""
+        self._delays.append((method, re.compile(path_regex), seconds, [times]))
 
     def threads(self, parent: str | None = None) -> list[dict[str, Any]]:
         """Public threads in `parent` (default: general), oldest first."""
@@ -765,6 +770,12 @@ class FakeDiscord:
         body, files = await self._read(request)
         call = Recorded(request.method, path, body, files, dict(request.query))
         self.requests.append(call)
+        for delay in self._delays:
+            method, pattern, seconds, left = delay
+            if method == request.method and pattern.search(path) and left[0] > 0:
+                left[0] -= 1
+                await asyncio.sleep(seconds)  # Discord being slow on this route, as under load
+                break
         for fault in self._faults:
             method, pattern, status, code, message, left = fault
             if method == request.method and pattern.search(path):
