@@ -273,6 +273,10 @@ class KlingSimulator:
     def _existing(self, external_id: str) -> list[SimTask]:
         return [task for task in self.tasks.values() if task.external_id == external_id]
 
+    def clear_faults(self) -> None:
+        """Forget every fault switched on with `fail_next` that has not played yet."""
+        self._faults.clear()
+
     def finish(self, task_id: str | None = None, *, fail_message: str | None = None) -> None:
         """End one task (or every unfinished one) now: succeeded, or failed with `fail_message`."""
         for task in list(self.tasks.values()):

@@ -97,6 +97,8 @@ class Poller(commands.Cog):
         self.stop_grace = STOP_GRACE_SECONDS
         self.status = StatusMessages(bot)
         self.busy = False
+        self.ticks = 0  # ticks completed, for operators' debugging and for tests that count ticks
+        self.hints_handled = 0  # callbacks' hints acted on, likewise
         self.lock = asyncio.Lock()  # a callback's hint and a tick never apply the same provider answer at once
         self.metrics_at = float("-inf")
         self.metrics_every = METRICS_EVERY
@@ -132,6 +134,7 @@ class Poller(commands.Cog):
             log.exception("poll tick failed; the loop goes on")
         finally:
             self.busy = False
+            self.ticks += 1
 
     async def update_metrics(self) -> None:
         """The gauges: the queue every tick; states and credits (whole-table counts) at most every 30 s."""
@@ -178,6 +181,8 @@ class Poller(commands.Cog):
             await self.deliver_finished()
         except Exception:
             log.exception("handling the callback for task %s failed; polling will catch up", task_id)
+        finally:
+            self.hints_handled += 1
 
     async def deliver_finished(self) -> int:
         """Hand every finished job to the delivery worker (one already being delivered is skipped); no waiting."""

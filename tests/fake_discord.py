@@ -430,6 +430,11 @@ class FakeDiscord:
         """The next `times` requests matching answer this Discord error (checked before anything else)."""
         self._faults.append((method, re.compile(path_regex), status, code, message, [times]))
 
+    @property
+    def connected(self) -> bool:
+        """True while a bot holds an open gateway connection."""
+        return any(not socket.closed for socket in self._sockets)
+
     def delay_next(self, method: str, path_regex: str, seconds: float, times: int = 1) -> None:
         """The next `times` requests matching are answered `seconds` late (then normally)."""
         self._delays.append((method, re.compile(path_regex), seconds, [times]))
@@ -540,7 +545,7 @@ class FakeDiscord:
 
     # --- interactions -------------------------------------------------------------------------------------
 
-    async def _interact(
+    async def interact(
         self,
         kind: int,
         data: dict[str, Any],
@@ -626,7 +631,7 @@ class FakeDiscord:
         data["options"] = built
         if resolved:
             data["resolved"] = resolved
-        return await self._interact(2, data, user=user, channel=channel, attachment_size_limit=attachment_size_limit)
+        return await self.interact(2, data, user=user, channel=channel, attachment_size_limit=attachment_size_limit)
 
     async def slash(
         self,
@@ -668,7 +673,7 @@ class FakeDiscord:
         target = self.find_message(message) if isinstance(message, str) else message
         resolved = {"messages": {target["id"]: self._public(target)}}
         data = {"id": self.snowflake(), "name": name, "type": 3, "target_id": target["id"], "resolved": resolved}
-        return await self._interact(2, data, user=user, channel=channel or target["channel_id"])
+        return await self.interact(2, data, user=user, channel=channel or target["channel_id"])
 
     async def send_component(
         self,
@@ -685,7 +690,7 @@ class FakeDiscord:
         if values is not None:
             data["values"] = values
         channel = channel or target["channel_id"]
-        return await self._interact(3, data, user=user, channel=channel, message=self._public(target))
+        return await self.interact(3, data, user=user, channel=channel, message=self._public(target))
 
     message_menu = send_context_menu
     press = send_component
@@ -709,7 +714,7 @@ class FakeDiscord:
         else:
             layout = [{"type": 1, "components": [{"type": 4, "custom_id": key}]} for key in values]
         answers = self._modal_answers(layout, lambda item: values.get(item["custom_id"]))
-        return await self._interact(5, {"custom_id": custom_id, "components": answers}, user=user, channel=channel)
+        return await self.interact(5, {"custom_id": custom_id, "components": answers}, user=user, channel=channel)
 
     async def submit_modal(self, shown: Interaction, values: dict[str, str], *, user: str = "alice") -> Interaction:
         """Fill the modal the bot showed, by field label, and submit it."""
@@ -717,7 +722,7 @@ class FakeDiscord:
         assert modal is not None, "the bot showed no modal"
         components = self._modal_answers(modal["components"], lambda item: values.get(item.get("label", "")))
         data = {"custom_id": modal["custom_id"], "components": components}
-        return await self._interact(5, data, user=user, channel=shown.payload["channel_id"])
+        return await self.interact(5, data, user=user, channel=shown.payload["channel_id"])
 
     @staticmethod
     def _modal_answers(layout: list[dict[str, Any]], value_of: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:

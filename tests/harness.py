@@ -68,6 +68,24 @@ class Harness:
         assert self.bot is not None, "the bot is not running"
         return self.bot.resources
 
+    def poller(self) -> Any:
+        """The running bot's poll loop (its class comes from the loaded extension, so it is looked up by name)."""
+        assert self.bot is not None, "the bot is not running"
+        poller = self.bot.get_cog("Poller")
+        assert poller is not None
+        return poller
+
+    async def more_ticks(self, count: int = 5) -> None:
+        """Wait until the poll loop has run `count` more ticks: a window in which something due would happen."""
+        poller = self.poller()
+        target = poller.ticks + count
+        await wait_until(lambda: poller.ticks >= target)
+
+    async def hints_handled(self, count: int) -> None:
+        """Wait until the poll loop has acted on `count` callbacks' hints in all."""
+        poller = self.poller()
+        await wait_until(lambda: poller.hints_handled >= count)
+
     async def job_in(self, *states: str) -> Any:
         """Wait until the single job in the database reaches one of the states; return it."""
         found: list[Any] = []

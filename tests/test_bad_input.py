@@ -177,7 +177,7 @@ async def test_secrets_appear_nowhere(world: Harness, caplog: pytest.LogCaptureF
             world.sim.fail_next("auth", on="query", times=5)
             world.sim.hold = True
             await fake.slash("video", {"prompt": "fail-render please"}, sub="text", user="bob")
-            await asyncio.sleep(0.3)
+            await world.more_ticks(5)  # polls that hit the refused key
             world.sim.hold = False
             await world.job_in("failed")
     everything = caplog.text + repr(fake.requests) + repr(fake.messages) + repr(fake.interactions)

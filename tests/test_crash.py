@@ -7,7 +7,9 @@ import contextlib
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from bot.crashpoints import POINTS
@@ -15,13 +17,24 @@ from bot.simulator import KlingSimulator, sample_video
 from bot.store import Store
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import bot_process
+from tests.ports import free_port
 from tests.test_discord_process import bot_env, fakes  # noqa: F401  (the fixture)
+
+TICK_COUNT = "kling_bot_poll_tick_seconds_count "
 
 
 def delivered(database: Path) -> bool:
     """Read the bot's database from outside, as an operator would (WAL lets both connections work)."""
     with contextlib.closing(sqlite3.connect(database)) as db:
         return db.execute("SELECT count(*) FROM jobs WHERE status = 'delivered'").fetchone()[0] == 1
+
+
+async def ticks_done(port: int, *, at_least: float | None = None) -> Any:
+    """The poll ticks the bot process counted (its Prometheus endpoint); with `at_least`, whether it got there."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as answer:
+        text = await answer.text()
+    count = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(TICK_COUNT))
+    return count if at_least is None else count >= at_least
 
 
 def videos(fake: FakeDiscord) -> list[dict]:
@@ -47,11 +60,14 @@ async def test_killed_at_a_dangerous_point_the_job_is_still_delivered_exactly_on
     assert crashing.returncode == -signal.SIGKILL
 
     fake.identified.clear()
-    restarted = await bot_process("run", env=env, cwd=tmp_path)
+    metrics_port = free_port()
+    restarted = await bot_process("run", env={**env, "METRICS_PORT": str(metrics_port)}, cwd=tmp_path)
     try:
         await fake.wait_ready(within=20)
         await wait_until(lambda: delivered(tmp_path / "bot.sqlite3"), within=20)
-        await asyncio.sleep(0.5)  # several more ticks: a second post would show up now
+        # Several more ticks, counted on the bot's own metrics: a second post would show up in them.
+        seen = await ticks_done(metrics_port)
+        await wait_until(lambda: ticks_done(metrics_port, at_least=seen + 5), within=20)
         restarted.send_signal(signal.SIGTERM)
         await asyncio.wait_for(restarted.wait(), 10)
     finally:

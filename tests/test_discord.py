@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -347,7 +346,7 @@ async def test_stopped_while_rendering_and_started_again_delivers_exactly_once(w
     world.sim.finish()
     async with world.running():
         job = await world.job_in("delivered")
-        await asyncio.sleep(0.3)  # a few more ticks: nothing more may be posted
+        await world.more_ticks(5)  # nothing more may be posted in them
     videos = [m for m in fake.messages[str(job.thread_id)] if m["files"]]
     assert len(videos) == 1 and len(submits(world)) == 1
 
@@ -387,7 +386,7 @@ async def test_status_edits_are_throttled_while_jobs_render(world: Harness) -> N
             lambda: len([r for r in fake.posted("PATCH", "/messages/") if "rendering" in str(r.json).lower()]) >= 24
         )
         before = len(fake.posted("PATCH", "/messages/"))
-        await asyncio.sleep(1.0)  # twenty ticks: no elapsed-time edit is due for 30 s
+        await world.more_ticks(20)  # no elapsed-time edit is due for 30 s
         after = len(fake.posted("PATCH", "/messages/"))
         world.sim.finish()
     # Each job: its status message and its card once on "rendering"; nothing more until 30 s have passed.
@@ -427,7 +426,7 @@ async def test_an_exhausted_account_is_reported_once_to_each_log_channel(world: 
         second = await fake.slash("video", {"prompt": "two"}, sub="text", user="bob")
         await wait_until(lambda: second.texts() and "Loading" not in second.texts()[0] and second.texts()[0])
         await wait_until(lambda: fake.messages[fake.log_channel])
-        await asyncio.sleep(0.3)
+        await world.more_ticks(5)  # time for a second alert, which must not come
     alerts = [m["content"] for m in fake.messages[fake.log_channel] if m["content"].startswith("⚠️")]
     assert len(alerts) == 1 and "out of credits" in alerts[0]
     assert "account needs an operator" in second.texts()[0] and second.ephemeral()
@@ -444,7 +443,7 @@ async def test_after_a_gateway_disconnect_the_bot_carries_on_and_delivers_once(w
         world.sim.hold = False
         world.sim.finish()
         await world.job_in("delivered")  # the poll loop kept going while the gateway was away
-        await wait_until(lambda: fake._sockets, within=10)  # reconnected
+        await wait_until(lambda: fake.connected, within=10)  # reconnected
         after = await fake.slash("video", {"prompt": "after the storm"}, sub="text")
         await wait_until(lambda: after.texts() and "on its way" in after.texts()[0], within=10)
         await wait_until(lambda: len(fake.threads()) == 2)
@@ -497,7 +496,7 @@ async def test_job_autocomplete_offers_the_members_jobs_within_discords_limits(w
             "id": fake.snowflake(), "name": "video", "type": 1, "guild_id": fake.guild_id,
             "options": [{"name": "status", "type": 1, "options": [focused]}],
         }  # fmt: skip
-        asked = await fake._interact(4, data, user="alice", channel=fake.general)
+        asked = await fake.interact(4, data, user="alice", channel=fake.general)
         await wait_until(lambda: asked.callbacks)
     [answer] = asked.callbacks
     assert answer["type"] == 8

@@ -61,7 +61,7 @@ async def test_the_providers_concurrency_limit_queues_instead_of_failing(
     sim.hold = True
     await service.poll_once()
     assert (await store.get_job(job.id)).status == "queued"  # type: ignore[union-attr]
-    sim._faults.clear()
+    sim.clear_faults()
     await service.poll_once()
     assert (await store.get_job(job.id)).status in ("submitted", "processing")  # type: ignore[union-attr]
 
