@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import discord
@@ -86,7 +88,7 @@ async def reply_ephemeral(interaction: discord.Interaction[Any], text: str, **kw
 class VideoBot(commands.Bot):
     """The bot; resources are built outside and injected, so tests and the command line share them."""
 
-    def __init__(self, settings: Settings, resources: Resources, *, serve_http: bool = True, **options: Any) -> None:
+    def __init__(self, settings: Settings, resources: Resources, **options: Any) -> None:
         options.setdefault("intents", discord.Intents.default())
         super().__init__(
             command_prefix=commands.when_mentioned,
@@ -97,32 +99,43 @@ class VideoBot(commands.Bot):
         )
         self.settings = settings
         self.resources = resources
-        self.callbacks: CallbackServer | None = None
-        self.serve_http = serve_http  # `sync` must not bind the callback or metrics port beside a running bot
         self.closing = False
+        # The poll loop registers itself here when its cog loads: a callback's hint goes to it.
+        self.hint_handler: Callable[[str], Coroutine[Any, Any, None]] | None = None
         self._hints: set[asyncio.Task[None]] = set()
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
             await self.load_extension(extension)
+
+    async def login(self, token: str) -> None:
+        apply_discord_endpoints(self.settings)
+        await super().login(token)
+
+    @contextlib.asynccontextmanager
+    async def http_servers(self) -> AsyncIterator[None]:
+        """The callback endpoint and the metrics page, when configured: open while the bot runs (never for `sync`,
+        which runs beside a bot that holds their ports)."""
         settings = self.settings
-        if not self.serve_http:
-            return
-        if settings.metrics_port:
-            # A daemon thread, shared by every bot in the process; it never touches the event loop.
-            prometheus_client.start_http_server(settings.metrics_port)
-            log.info("metrics on port %d", settings.metrics_port)
-        if settings.callback_public_url:
-            secret = settings.callback_secret.get_secret_value() if settings.callback_secret else None
-            self.callbacks = CallbackServer(self.task_hint, secret=secret)
-            port = await self.callbacks.start(settings.callback_host, settings.callback_port)
-            log.info("taking callbacks on port %d for %s", port, settings.callback_public_url)
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.metrics_port:
+                # Its own thread; it never touches the event loop.
+                server, thread = prometheus_client.start_http_server(settings.metrics_port)
+                stack.callback(thread.join, 5)
+                stack.callback(server.shutdown)
+                log.info("metrics on port %d", settings.metrics_port)
+            if settings.callback_public_url:
+                secret = settings.callback_secret.get_secret_value() if settings.callback_secret else None
+                callbacks = CallbackServer(self.task_hint, secret=secret)
+                port = await callbacks.start(settings.callback_host, settings.callback_port)
+                stack.push_async_callback(callbacks.close)
+                log.info("taking callbacks on port %d for %s", port, settings.callback_public_url)
+            yield
 
     async def task_hint(self, task_id: str) -> None:
         """A callback named a task: have the poller look at it now, without holding up the provider's request."""
-        poller = self.get_cog("Poller")
-        if poller is not None:
-            hint = asyncio.get_running_loop().create_task(poller.hint(task_id))  # type: ignore[attr-defined]
+        if self.hint_handler is not None:
+            hint = asyncio.get_running_loop().create_task(self.hint_handler(task_id))
             self._hints.add(hint)
             hint.add_done_callback(self._hints.discard)
 
@@ -136,8 +149,6 @@ class VideoBot(commands.Bot):
                 _, late = await asyncio.wait(running, timeout=HANDLER_GRACE_SECONDS)
                 if late:
                     log.warning("%d command handler(s) still running after %.0fs", len(late), HANDLER_GRACE_SECONDS)
-        if self.callbacks is not None:
-            await self.callbacks.close()
         await super().close()
 
     async def post_log(self, guild_id: int | None, text: str) -> None:
@@ -160,7 +171,11 @@ class VideoBot(commands.Bot):
 
 
 def apply_discord_endpoints(settings: Settings) -> None:
-    """Point discord.py at Discord or at a compatible server; done once, before login."""
+    """Point discord.py at Discord or at a compatible server, at each login.
+
+    discord.py has no setting for this: every REST URL is `Route.BASE + path` and a bot connects to
+    `DiscordWebSocket.DEFAULT_GATEWAY`, both class attributes. This is the only place that sets them; each bot sets
+    them from its own settings when it logs in, so nothing has to undo them."""
     discord.http.Route.BASE = settings.discord_api_base_url.rstrip("/")
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
@@ -175,8 +190,11 @@ def _require_token(settings: Settings) -> str:
 async def run_bot(settings: Settings) -> int:
     """Run until stopped; SIGTERM and SIGINT close the gateway, the session and the database cleanly."""
     token = _require_token(settings)
-    apply_discord_endpoints(settings)
-    async with open_resources(settings, single_instance=True) as resources, VideoBot(settings, resources) as bot:
+    async with (
+        open_resources(settings, single_instance=True) as resources,
+        VideoBot(settings, resources) as bot,
+        bot.http_servers(),
+    ):
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, functools.partial(_stop, bot, signum))
@@ -197,8 +215,7 @@ def _stop(bot: VideoBot, signum: int) -> None:
 async def sync_commands(settings: Settings) -> int:
     """Register the slash commands with Discord: instantly in DISCORD_GUILD_ID, or globally (up to an hour)."""
     token = _require_token(settings)
-    apply_discord_endpoints(settings)
-    async with open_resources(settings) as resources, VideoBot(settings, resources, serve_http=False) as bot:
+    async with open_resources(settings) as resources, VideoBot(settings, resources) as bot:
         await bot.login(token)  # runs setup_hook, which loads the cogs and so the commands
         if settings.discord_guild_id:
             guild = discord.Object(settings.discord_guild_id)

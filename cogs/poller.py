@@ -105,6 +105,7 @@ class Poller(commands.Cog):
         self.tick.change_interval(seconds=bot.settings.poll_interval_seconds)
 
     async def cog_load(self) -> None:
+        self.bot.hint_handler = self.hint
         self.tick.start()
 
     async def cog_unload(self) -> None:

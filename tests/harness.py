@@ -9,9 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import discord
-
-from bot.app import VideoBot, apply_discord_endpoints
+from bot.app import VideoBot
 from bot.config import Settings, load_settings
 from bot.resources import Resources, open_resources
 from bot.simulator import KlingSimulator
@@ -48,20 +46,20 @@ class Harness:
     async def running(self) -> AsyncIterator[VideoBot]:
         """Start the bot, wait until it is ready, and stop it cleanly on exit."""
         settings = self.settings()
-        apply_discord_endpoints(settings)
         self.discord.identified.clear()
         async with open_resources(settings) as resources:
             bot = VideoBot(settings, resources, guild_ready_timeout=0.05)
             self.bot = bot
-            task = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
-            try:
-                await self.discord.wait_ready()
-                await asyncio.wait_for(bot.wait_until_ready(), 10)
-                yield bot
-            finally:
-                await bot.close()
-                await task
-                self.bot = None
+            async with bot.http_servers():  # as `python -m bot run` does
+                task = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
+                try:
+                    await self.discord.wait_ready()
+                    await asyncio.wait_for(bot.wait_until_ready(), 10)
+                    yield bot
+                finally:
+                    await bot.close()
+                    await task
+                    self.bot = None
 
     @property
     def resources(self) -> Resources:
@@ -109,8 +107,7 @@ async def bot_process(*args: str, env: dict[str, str], cwd: Path) -> asyncio.sub
 
 @contextlib.asynccontextmanager
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    """Start the fake Discord and the simulator; restore discord.py's endpoints afterwards."""
-    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    """Start the fake Discord and the simulator (each bot points discord.py at its Discord when it logs in)."""
     fake = FakeDiscord()
     sim = KlingSimulator(api_key=KEY, endpoint_path="harness", render_seconds=0.2)
     await fake.start()
@@ -120,5 +117,3 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     finally:
         await sim.close()
         await fake.close()
-        discord.http.Route.BASE = base
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
