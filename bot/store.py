@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 import aiosqlite
 
 from bot.model import (
+    IN_PROGRESS,
     AuditEntry,
     Job,
     MemberQuota,
@@ -151,6 +152,8 @@ MIGRATIONS: tuple[str, ...] = (
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 # Columns a transition may set; everything else is fixed when the job is written.
+# Written into the SQL as literals (our own constants), so the partial indexes on these states can serve the counts.
+_IN_PROGRESS = ", ".join(f"'{state}'" for state in IN_PROGRESS)
 _FIXED = {"id", "guild_id", "channel_id", "user_id", "kind", "created_at", "status", "origin"}
 _MUTABLE = frozenset(JOB_COLUMNS) - _FIXED
 
@@ -486,7 +489,7 @@ class Store:
             "SELECT"
             " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable')"
             "   THEN COALESCE(cost_billed, cost_estimate) END), 0),"
-            " COALESCE(SUM(CASE WHEN status IN ('reserved', 'queued', 'submitted', 'processing')"
+            f" COALESCE(SUM(CASE WHEN status IN ({_IN_PROGRESS})"
             "   THEN cost_estimate END), 0)"
             " FROM jobs WHERE guild_id = ? AND user_id = ? AND created_at >= ?",
             (guild_id, user_id, since),
@@ -498,8 +501,7 @@ class Store:
         ) as cursor:
             (granted,) = await cursor.fetchone() or (0,)
         async with db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?"
-            " AND status IN ('reserved', 'queued', 'submitted', 'processing')",
+            f"SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ? AND status IN ({_IN_PROGRESS})",
             (guild_id, user_id),
         ) as cursor:
             (in_flight,) = await cursor.fetchone() or (0,)
@@ -507,8 +509,7 @@ class Store:
 
     async def _server_in_flight(self, db: aiosqlite.Connection, guild_id: int) -> int:
         async with db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE guild_id = ?"
-            " AND status IN ('reserved', 'queued', 'submitted', 'processing')",
+            f"SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND status IN ({_IN_PROGRESS})",
             (guild_id,),
         ) as cursor:
             (count,) = await cursor.fetchone() or (0,)

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 import discord
-
-if TYPE_CHECKING:
-    from cogs.video import VideoCog
 
 log = logging.getLogger(__name__)
 
 JOB_ID = r"(?P<job_id>[0-9a-f]{16})"
 
 
-def _video_cog(interaction: discord.Interaction[Any]) -> VideoCog:
-    cog = interaction.client.get_cog("VideoCog")
+@runtime_checkable
+class VideoActions(Protocol):
+    """What the buttons need from the video cog (found by what it does, not by a name and a cast)."""
+
+    async def reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
+
+    async def delete_video(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
+
+
+def _video_cog(interaction: discord.Interaction[Any]) -> VideoActions:
+    cog = next((c for c in interaction.client.cogs.values() if isinstance(c, VideoActions)), None)
     if cog is None:
         raise RuntimeError("the video cog is not loaded")
-    return cog  # type: ignore[no-any-return]
+    return cog
 
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:reroll:{JOB_ID}"):
