@@ -466,19 +466,25 @@ class JobService:
         changes.extend(await self.dispatch_once())  # last, so the slots freed just now are used at once
         return changes
 
-    async def refresh(self, task_id: str) -> list[JobChange]:
-        """Ask the provider about one task now (a callback's hint); its answer, not the hint, moves the job."""
-        job = await self.store.job_by_task(task_id)
-        if job is None or job.status not in AT_PROVIDER or job.origin != self.origin:
+    async def refresh(self, task_ids: Sequence[str]) -> list[JobChange]:
+        """Ask the provider now about tasks callbacks named (in one batched query); its answers, not the
+        callbacks, move the jobs."""
+        jobs = {}
+        for task_id in dict.fromkeys(task_ids):
+            job = await self.store.job_by_task(task_id)
+            if job is not None and job.status in AT_PROVIDER and job.origin == self.origin:
+                jobs[task_id] = job
+        if not jobs:
             return []
         try:
-            tasks = await self.kling.query([task_id])
+            tasks = await self.kling.query(list(jobs))
         except KlingError as exc:
-            log.warning("hinted task %s: query failed: %s", task_id, exc)
+            log.warning("hinted tasks %s: query failed: %s", ", ".join(jobs), exc)
             return []
         changes = []
         for task in tasks:
-            if task.id == task_id and (moved := await self._apply(job, task)) is not None:
+            job = jobs.get(task.id)
+            if job is not None and (moved := await self._apply(job, task)) is not None:
                 changes.append(JobChange(moved, job.status))
         return changes
 

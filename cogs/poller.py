@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # jobs in flight cost well under one request per second against Discord's 50 per second.
 ELAPSED_EDIT_EVERY = 30.0
 STATUS_EDITS_PER_TICK = 20
+HINT_COALESCE_SECONDS = 0.03  # callbacks arriving this close together are answered by one query
 STOP_GRACE_SECONDS = 8.0  # on shutdown: for a tick in progress, then for running deliveries
 METRICS_EVERY = 30.0
 
@@ -99,6 +100,8 @@ class Poller(commands.Cog):
         self.busy = False
         self.ticks = 0  # ticks completed, for operators' debugging and for tests that count ticks
         self.hints_handled = 0  # callbacks' hints acted on, likewise
+        self.hinted: set[str] = set()  # task ids named by callbacks, waiting for the next batched query
+        self.hint_flush: asyncio.Task[None] | None = None
         self.lock = asyncio.Lock()  # a callback's hint and a tick never apply the same provider answer at once
         self.metrics_at = float("-inf")
         self.metrics_every = METRICS_EVERY
@@ -119,6 +122,9 @@ class Poller(commands.Cog):
             except TimeoutError:
                 log.warning("the poll tick did not finish in %.0fs; cancelling it", self.stop_grace)
         self.tick.cancel()
+        if self.hint_flush is not None:  # hints not yet asked about: the next poll covers them
+            self.hint_flush.cancel()
+            await asyncio.gather(self.hint_flush, return_exceptions=True)
         await self.deliveries.stop(self.stop_grace)
 
     @tasks.loop(seconds=10)
@@ -174,16 +180,24 @@ class Poller(commands.Cog):
         await self.status.refresh_elapsed(await self.jobs.in_state(*AT_PROVIDER))
 
     async def hint(self, task_id: str) -> None:
-        """A callback said a task changed: ask about it now and start delivering it if it is done."""
+        """A callback said a task changed: ask about it soon, together with the others that arrive meanwhile
+        (callbacks come in bursts when many videos finish at once: one query answers them all)."""
+        self.hinted.add(task_id)
+        if self.hint_flush is None or self.hint_flush.done():
+            self.hint_flush = asyncio.get_running_loop().create_task(self._flush_hints())
+
+    async def _flush_hints(self) -> None:
+        await asyncio.sleep(HINT_COALESCE_SECONDS)  # let the rest of the burst arrive
+        task_ids, self.hinted = list(self.hinted), set()
         try:
             async with self.lock:
-                for change in await self.jobs.refresh(task_id):
+                for change in await self.jobs.refresh(task_ids):
                     await self.announce(change.job)
             await self.deliver_finished()
         except Exception:
-            log.exception("handling the callback for task %s failed; polling will catch up", task_id)
+            log.exception("handling the callbacks for %d task(s) failed; polling will catch up", len(task_ids))
         finally:
-            self.hints_handled += 1
+            self.hints_handled += len(task_ids)
 
     async def deliver_finished(self) -> int:
         """Hand every finished job to the delivery worker (one already being delivered is skipped); no waiting."""

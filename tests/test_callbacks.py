@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -13,6 +14,7 @@ import pytest
 
 from bot.callbacks import CALLBACK_PATH, BadSignature, callback_task_id, sign, verify
 from bot.simulator import GatewayVariant
+from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
 from tests.ports import free_port
 
@@ -135,3 +137,39 @@ async def test_unsigned_callbacks_of_either_shape_are_hints_when_no_secret_is_se
 )
 def test_the_task_id_is_read_from_either_shape(body: bytes, task_id: str | None) -> None:
     assert callback_task_id(body) == task_id
+
+
+async def test_callbacks_arriving_together_are_answered_by_one_query(tmp_path: Path) -> None:
+    async with harness(tmp_path) as world:
+        port = free_port()
+        world.settings_overrides = {
+            "callback_public_url": f"http://127.0.0.1:{port}{CALLBACK_PATH}",
+            "callback_host": "127.0.0.1",
+            "callback_port": port,
+            "poll_interval_seconds": 60.0,  # no poll within the test: only the callbacks ask
+            "member_jobs_in_flight": 10,
+            "provider_concurrency": 10,
+        }
+        world.sim.hold = True
+        async with world.running():
+            for n in range(8):
+                await world.discord.slash("video", {"prompt": f"burst {n}"}, sub="text")
+
+            async def all_at_the_provider() -> bool:
+                return len(await world.resources.jobs.in_state("submitted", "processing")) == 8
+
+            await wait_until(all_at_the_provider)
+            jobs = await world.resources.jobs.in_state("submitted", "processing")
+            asked_before = len([r for r in world.sim.requests if r.method == "GET"])
+            url = world.settings_overrides["callback_public_url"]
+            async with aiohttp.ClientSession() as session:
+
+                async def call_back(task_id: str) -> int:
+                    async with session.post(url, json={"task_id": task_id, "task_status": "succeed"}) as answer:
+                        return answer.status
+
+                assert await asyncio.gather(*(call_back(j.provider_task_id or "") for j in jobs)) == [204] * 8
+            await world.hints_handled(8)
+            queries = [r for r in world.sim.requests if r.method == "GET"][asked_before:]
+    assert len(queries) == 1  # one batched query for the whole burst
+    assert sorted(queries[0].query["task_ids"].split(",")) == sorted(j.provider_task_id for j in jobs)
