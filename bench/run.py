@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -104,7 +105,7 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
 
 
 async def bench_polling(folder: Path, sizes: list[int], repeats: int) -> None:
-    print("Polling cost per tick, jobs in flight (ours: batched 20 per query; naive: one query per job)")
+    print("Polling cost per tick, jobs in flight (ours: batched 20 per query; naive: a task per job, all at once)")
     for n in sizes:
         async with core(folder, f"poll{n}") as (sim, store, kling, service):
             await in_flight(sim, store, n, time.time())
@@ -122,8 +123,8 @@ async def bench_polling(folder: Path, sizes: list[int], repeats: int) -> None:
                 jobs = await store.jobs_in(AT_PROVIDER)
 
                 async def naive(jobs: list[Job] = jobs) -> None:
-                    for job in jobs:
-                        await kling.query([job.provider_task_id or ""])
+                    # What open-source bots do: every job polls itself, concurrently.
+                    await asyncio.gather(*(kling.query([job.provider_task_id or ""]) for job in jobs))
 
                 naive_walls.append((await timed(naive))[0])
             floor = math.ceil(n / MAX_IDS_PER_QUERY)
@@ -348,6 +349,7 @@ async def bench_memory(folder: Path, jobs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--runs", type=int, default=1, help="run everything N times; print min / median / max")
     args = parser.parse_args()
     sizes = [10, 100, 1000] if args.quick else [10, 100, 1000, 10_000]
 
@@ -364,10 +366,30 @@ def main() -> None:
             await bench_memory(folder, 1000 if args.quick else 10_000)
 
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(run())
+    runs = []
+    for _ in range(args.runs):
+        ROWS.clear()
+        asyncio.run(run())
+        runs.append(list(ROWS))
+    print(f"\n{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, {args.runs} run(s)")
     print("\n| section | measure | ours | baseline / floor |\n|---|---|---|---|")
-    for section, measure, ours, other in ROWS:
+    for index, (section, measure, ours, other) in enumerate(runs[0]):
+        ours = spread([run[index][2] for run in runs])
+        other = spread([run[index][3] for run in runs])
         print(f"| {section} | {measure} | {ours} | {other} |")
+
+
+def spread(values: list[str]) -> str:
+    """One figure as min / median / max over the runs when it is a plain number with a unit, else the first."""
+    parsed = [value.split(" ", 1) for value in values]
+    try:
+        numbers = sorted(float(number) for number, _ in parsed)
+    except ValueError:
+        return values[0]
+    if len(values) == 1 or len({unit for _, unit in parsed}) != 1:
+        return values[0]
+    unit = parsed[0][1]
+    return f"{numbers[0]:g} / {statistics.median(numbers):g} / {numbers[-1]:g} {unit}"
 
 
 if __name__ == "__main__":
