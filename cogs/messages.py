@@ -113,13 +113,13 @@ def job_card(job: Job, *, note: str | None = None, frame: str | None = None) -> 
 def status_line(
     job: Job, now: float, estimate: float | None, queue_position: int | None = None, *, late: bool = False
 ) -> str:
-    """The thread's status message: the state, the elapsed time and an estimate from recent jobs."""
+    """The thread's status message: the state, when it started (a live Discord timestamp) and an estimate."""
     state = STATE_WORDS.get(job.status, job.status)
     if late:
-        elapsed = now - (job.submitted_at or job.created_at)
         return (
-            f"🐢 **Late**: {clock(elapsed)} elapsed, far longer than usual. The video service still has it, so I keep "
-            "asking; your credits stay held until it arrives (or are given back if it never does)."
+            f"🐢 **Late**: started <t:{int(job.submitted_at or job.created_at)}:R>, far longer than usual. The video "
+            "service still has it, so I keep asking; your credits stay held until it arrives (or are given back if "
+            "it never does), and the video will be posted below."
         )
     if job.status == "reserved" and job.uncertain_since is not None:
         return (
@@ -127,11 +127,11 @@ def status_line(
             "has it before sending it again, so it is never made (or charged) twice."
         )
     if job.status in ("submitted", "processing"):
-        elapsed = now - (job.submitted_at or job.created_at)
-        line = f"⏳ **{state.capitalize()}**: {clock(elapsed)} elapsed"
+        # A Discord timestamp counts by itself: no edit is needed to keep it current.
+        line = f"⏳ **{state.capitalize()}**: started <t:{int(job.submitted_at or job.created_at)}:R>"
         if estimate:
-            line += f", usually about {clock(estimate)}"
-        return line + "."
+            line += f", usually done in about {clock(estimate)}"
+        return line + ". The video will be posted below."
     if job.status == "queued" and queue_position is not None:
         return f"🕒 **Queued**: number {queue_position} in line."
     if job.status in ("succeeded", "delivered"):

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 # Status edits for elapsed times and queue places: each message at most every 30 s, at most 20 per tick, so a hundred
 # jobs in flight cost well under one request per second against Discord's 50 per second.
-ELAPSED_EDIT_EVERY = 30.0
 STATUS_EDITS_PER_TICK = 20
 HINT_COALESCE_SECONDS = 0.03  # callbacks arriving this close together are answered by one query
 STOP_GRACE_SECONDS = 8.0  # on shutdown: for a tick in progress, then for running deliveries
@@ -27,12 +26,14 @@ METRICS_EVERY = 30.0
 
 
 class StatusMessages:
-    """Edits each job's status message (and its card) as it moves; elapsed-time edits are throttled."""
+    """Keeps each job's status message and card current with as few Discord requests as possible: a state
+    change edits them once; times are Discord timestamps that count by themselves, so nothing is edited to
+    advance them; a delivered video is its own news (only the card is edited, to link it)."""
 
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot
-        self.last_edit: dict[str, float] = {}
         self.shown_position: dict[str, int] = {}
+        self.shown_late: set[str] = set()
 
     async def show_queue(self) -> None:
         """Keep each queued job's place in line current (only the places that changed are edited)."""
@@ -47,25 +48,35 @@ class StatusMessages:
         for job_id in [j for j in self.shown_position if j not in queued]:
             del self.shown_position[job_id]
 
+    async def show_late(self, jobs: list[Job]) -> None:
+        """Say once that a job is late (its timestamp keeps counting on its own)."""
+        jobs_service = self.bot.resources.jobs
+        late = [job for job in jobs if jobs_service.is_late(job)]
+        for job in [j for j in late if j.id not in self.shown_late][:STATUS_EDITS_PER_TICK]:
+            await self.show(job, card=False)
+            self.shown_late.add(job.id)
+        self.shown_late &= {job.id for job in late}
+
     async def show(self, job: Job, *, card: bool, position: int | None = None) -> None:
         """Bring the status message (and, on a change of state, the card) up to date; errors are only logged."""
         if job.channel_id is None:
             return
-        if job.status_message_id is not None:
+        card_is_status = job.message_id is not None and job.message_id == job.status_message_id
+        # Once delivered, the video's own message below the status says so: only the card changes.
+        if job.status_message_id is not None and (job.status != "delivered" or card_is_status):
             estimate = await self.bot.resources.jobs.estimate_seconds(job.duration, job.resolution)
             channel = self.bot.get_partial_messageable(job.thread_id or job.channel_id, guild_id=job.guild_id)
+            late = self.bot.resources.jobs.is_late(job)
             try:
                 await channel.get_partial_message(job.status_message_id).edit(
-                    content=status_line(
-                        job, time.time(), estimate, position, late=self.bot.resources.jobs.is_late(job)
-                    ),
+                    content=status_line(job, time.time(), estimate, position, late=late),
                     allowed_mentions=discord.AllowedMentions.none(),
                 )
             except discord.HTTPException as exc:
                 log.info("job %s: status edit failed: %s", job.id, exc)
         # The card separately: a deleted thread (status message gone) must not keep the card from saying where the
         # video went, and a deleted card is only logged.
-        if card and job.message_id and job.message_id != job.status_message_id:
+        if card and job.message_id and not card_is_status:
             parent = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             try:
                 await parent.get_partial_message(job.message_id).edit(
@@ -73,18 +84,6 @@ class StatusMessages:
                 )
             except discord.HTTPException as exc:
                 log.info("job %s: card edit failed: %s", job.id, exc)
-        self.last_edit[job.id] = time.monotonic()
-        if job.status not in AT_PROVIDER:
-            self.last_edit.pop(job.id, None)
-
-    async def refresh_elapsed(self, jobs: list[Job]) -> None:
-        """Advance the elapsed time of the stalest messages, within the per-tick budget."""
-        now = time.monotonic()
-        self.last_edit = {job.id: self.last_edit.get(job.id, now) for job in jobs}  # new: its message is fresh
-        due = [j for j in jobs if now - self.last_edit[j.id] >= ELAPSED_EDIT_EVERY]
-        due.sort(key=lambda j: self.last_edit[j.id])
-        for job in due[:STATUS_EDITS_PER_TICK]:
-            await self.show(job, card=False)
 
 
 class Poller(commands.Cog):
@@ -177,7 +176,7 @@ class Poller(commands.Cog):
                     await self.bot.post_log(guild.id, f"⚠️ {alert}")
         await self.deliver_finished()
         await self.status.show_queue()
-        await self.status.refresh_elapsed(await self.jobs.in_state(*AT_PROVIDER))
+        await self.status.show_late(await self.jobs.in_state(*AT_PROVIDER))
 
     async def hint(self, task_id: str) -> None:
         """A callback said a task changed: ask about it soon, together with the others that arrive meanwhile
@@ -218,6 +217,8 @@ class Poller(commands.Cog):
         """Show a change of state; a failure is also posted so the member is notified."""
         if self.deliverer.card_pending(job):
             return  # the command announces it once the card and the thread exist
+        if job.status == "succeeded":
+            return  # its delivery follows at once, and shows the end state (or undeliverable, or failed)
         await self.status.show(job, card=True)
         if job.status == "failed":
             await self.deliverer.tell_failure(job)

@@ -38,7 +38,9 @@ async def test_video_text_ends_with_the_exact_mp4_in_its_thread(world: Harness) 
     assert thread["id"] == card["id"] == str(job.message_id)
     assert card["embeds"][0]["description"] == "a red fox in snow"
     status, video = fake.messages[thread["id"]]
-    assert status["content"].startswith("✅ **Done**")
+    assert "The video will be posted below." in status["content"]  # and it was: no edit needed to say so
+    fields = {f["name"]: f["value"] for f in card["embeds"][0]["fields"]}
+    assert fields["State"] == "done" and str(job.result_message_id) in fields["Video"]
     assert video["files"] == [(f"video-{job.id[:8]}.mp4", sample_video())]
     assert video["content"] == f"<@{fake.users['alice']['id']}> your video is ready."
     assert video["allowed_mentions"] == {"parse": [], "users": [int(fake.users["alice"]["id"])]}
@@ -516,3 +518,22 @@ async def test_a_command_in_flight_at_shutdown_finishes_before_the_store_closes(
     # Leaving the block stopped the bot while the command waited on the provider.
     assert "on its way" in interaction.texts()[-1]
     assert "Connection closed" not in caplog.text and "failed" not in caplog.text
+
+
+async def test_a_delivered_video_costs_two_discord_requests(world: Harness) -> None:
+    fake = world.discord
+    world.sim.hold = True
+    async with world.running():
+        await fake.slash("video", {"prompt": "count the requests"}, sub="text")
+        await world.job_in("processing")
+        await wait_until(lambda: len(fake.posted("PATCH", "/messages/")) >= 2)  # "rendering" shown
+        await world.more_ticks(3)
+        before = len(fake.requests)
+        world.sim.finish()
+        await world.job_in("delivered")
+        await world.more_ticks(3)  # whatever else the delivery causes has happened
+        requests = fake.requests[before:]
+    assert [(r.method, r.path.split("/")[-1]) for r in requests] == [
+        ("POST", "messages"),  # the video, in the thread
+        ("PATCH", requests[1].path.split("/")[-1]),  # the card: done, and where the video is
+    ]
