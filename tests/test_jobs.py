@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from bot.images import prepare_first_frame
 from bot.jobs import (
@@ -14,9 +16,9 @@ from bot.jobs import (
 )
 from bot.kling import KlingClient
 from bot.scheduling import LATE_POLL_MAX_SECONDS
-from bot.simulator import KlingSimulator
+from bot.simulator import GatewayVariant, KlingSimulator
 from bot.store import Store
-from tests.conftest import FakeClock
+from tests.conftest import API_KEY, FakeClock
 
 
 def submits(sim: KlingSimulator) -> int:
@@ -183,3 +185,32 @@ async def test_an_image_job_sends_the_stored_frame_as_base64(
     assert post.json["contents"] == [{"type": "first_frame", "url": frame.base64}]
     assert "aspect_ratio" not in post.json["settings"]
     assert job.image_sha256 is not None and (await store.get_image(job.image_sha256)) is not None
+
+
+async def test_a_task_created_40_s_late_by_a_gateway_that_keeps_duplicates_is_found_not_sent_again(
+    store: Store, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    sim = KlingSimulator(
+        api_key=API_KEY,
+        endpoint_path="acct-endpoint",
+        render_seconds=30.0,
+        clock=clock,
+        variant=GatewayVariant(late_submit=40, dedupe_external_ids=False),
+    )
+    await sim.start()
+    try:
+        client = KlingClient(session, root_url=f"{sim.base_url()}/acct-endpoint", api_key=SecretStr(API_KEY))
+        service = JobService(store, client, clock=clock)
+        job = await service.create(JobRequest("text", "answered late"))
+        assert job.status == "reserved" and submits(sim) == 1  # a gateway time-out; no task visible yet
+        for _ in range(3):  # 15 s apart: absent each time, and never sent again
+            clock.advance(15)
+            await service.poll_once()
+        moved = await service.get(job.id)
+        assert moved is not None and moved.status in ("submitted", "processing")  # found at 45 s
+        assert submits(sim) == 1 and len(sim.tasks_for(job.id)) == 1  # one task, so one bill
+        clock.advance(SUBMIT_LOOKUP_SECONDS)
+        await service.poll_once()
+        assert submits(sim) == 1 and len(sim.tasks_for(job.id)) == 1
+    finally:
+        await sim.close()
