@@ -335,8 +335,10 @@ async def test_a_moderator_may_delete_anyones_video(world: Harness) -> None:
         job = await world.job_in("delivered")
         [thread] = fake.threads()
         video = fake.messages[thread["id"]][-1]
-        await fake.press(f"video:delete:{job.id}", video, user="mod")
+        pressed = await fake.press(f"video:delete:{job.id}", video, user="mod")
         await wait_until(lambda: video not in fake.messages[thread["id"]])
+        await wait_until(lambda: pressed.texts() and pressed.texts()[-1] == "Deleted.")
+    assert pressed.ephemeral()
 
 
 async def test_stopped_while_rendering_and_started_again_delivers_exactly_once(world: Harness) -> None:
