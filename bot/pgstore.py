@@ -209,9 +209,14 @@ class PgStore:
             dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False, name="kling-bot"
         )
         try:
+            # One direct connection first: a wrong DSN fails at once with libpq's reason, where the pool would retry
+            # until its timeout and say only that it timed out.
+            holder = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10)
+            if not single_instance:
+                await holder.close()
+                holder = None
             await pool.open(wait=True, timeout=10.0)
-            if single_instance:
-                holder = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            if holder is not None:
                 cursor = await holder.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_INSTANCE_LOCK,))
                 row = await cursor.fetchone()
                 if not (row and row[0]):
@@ -222,10 +227,11 @@ class PgStore:
             if holder is not None:
                 await holder.close()
             await pool.close()
+            reason = " ".join(str(exc).split()) or type(exc).__name__  # libpq's reasons span lines; ours is one
             if isinstance(exc, PoolTimeout | psycopg.OperationalError):
-                raise StoreUnavailable(f"cannot open {where}: {str(exc).strip() or type(exc).__name__}") from None
+                raise StoreUnavailable(f"cannot open {where}: {reason}") from None
             if isinstance(exc, psycopg.Error):
-                raise StoreUnavailable(f"cannot use {where}: {str(exc).strip()}") from None
+                raise StoreUnavailable(f"cannot use {where}: {reason}") from None
             raise
         return store
 

@@ -36,7 +36,7 @@ class PostgresServer:
         import psycopg
 
         with psycopg.connect(self.dsn(), autocommit=True) as connection:
-            connection.execute(sql.encode())
+            connection.execute(sql)
 
     def stop(self) -> None:
         """Stop the server and delete its files."""
@@ -62,7 +62,16 @@ def start_server() -> PostgresServer:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return PostgresServer(handle, folder)
+    server = PostgresServer(handle, folder)
+    try:
+        # A throwaway server needs no durability; without fsync each CREATE DATABASE takes a tenth of the time.
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            server.admin(f"ALTER SYSTEM SET {setting} = off")
+        server.admin("SELECT pg_reload_conf()")
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 @pytest.fixture(scope="session")

@@ -394,3 +394,16 @@ async def test_single_instance_refuses_a_second_bot_process(backend: Backend) ->
     await backend.open()  # tools (backup, generate) open without the claim
     await backend.close(first)
     await backend.open(single_instance=True)
+
+
+async def test_an_unreachable_database_is_a_one_line_store_unavailable(backend: Backend, tmp_path: Path) -> None:
+    if backend.name == "sqlite":
+        target: Any = tmp_path  # a folder, not a database file
+        opener: Any = Store.open
+    else:
+        from bot.pgstore import PgStore
+
+        target, opener = f"postgresql://postgres:secret@/nosuchdb?host={tmp_path}", PgStore.open
+    with pytest.raises(StoreUnavailable) as caught:
+        await opener(target)
+    assert "secret" not in str(caught.value) and "\n" not in str(caught.value)
