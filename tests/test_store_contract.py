@@ -1,0 +1,409 @@
+"""One contract, two backends: every test runs on SQLite (`Store`) and on PostgreSQL (`PgStore`) alike."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.credits import CreditService, QuotaRefused
+from bot.store import MIGRATIONS, AuditEntry, Job, MemberQuota, QuotaSettings, Store, StoreUnavailable, Usage
+from tests.conftest import FakeClock
+
+pytest_plugins = ["tests.postgres"]
+
+GUILD, OTHER_GUILD, ALICE, BOB, MOD = 100, 200, 1, 2, 9
+BIG = 2**63 - 1  # the largest id a signed 64-bit column holds; Discord snowflakes are far below it
+DEFAULTS = QuotaSettings(default_limit=20_000, period="week", member_in_flight=2, server_in_flight=10)
+
+BLANK = Job(
+    id="j1", guild_id=GUILD, channel_id=2, user_id=ALICE, kind="text", prompt="a cat", duration=5,
+    resolution="720p", aspect_ratio="16:9", image_sha256=None, image_url=None, image_source=None, status="reserved",
+    provider_task_id=None, provider_status=None, error=None, video_url=None, video_seconds=None, billed_amount=None,
+    cost_estimate=4000, cost_billed=None, attachment_size_limit=None, message_id=None, thread_id=None,
+    status_message_id=None, result_message_id=None, attempts=0, delivery_attempts=0, created_at=100.0,
+    submitted_at=None, finished_at=None, delivered_at=None, updated_at=100.0,
+)  # fmt: skip
+
+AnyStore = Any  # Store or PgStore: the same methods
+
+
+@dataclass
+class Backend:
+    """Opens handles on one database of one kind, and closes them all after the test."""
+
+    name: str
+    opener: Callable[..., Awaitable[AnyStore]]
+    integrity_error: type[Exception]
+    opened: list[AnyStore] = field(default_factory=list)
+
+    async def open(self, **options: Any) -> AnyStore:
+        store = await self.opener(**options)
+        self.opened.append(store)
+        return store
+
+    async def close(self, store: AnyStore) -> None:
+        self.opened.remove(store)
+        await store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "bot.sqlite3"
+        chosen = Backend("sqlite", lambda **kw: Store.open(path, **kw), sqlite3.IntegrityError)
+    else:
+        psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+        from bot.pgstore import PgStore
+
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        chosen = Backend("postgres", lambda **kw: PgStore.open(dsn, **kw), psycopg.IntegrityError)
+    try:
+        yield chosen
+    finally:
+        for store in chosen.opened:
+            await store.close()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AnyStore:
+    return await backend.open()
+
+
+@pytest.fixture
+def credits(store: AnyStore, clock: FakeClock) -> CreditService:
+    return CreditService(store, DEFAULTS, clock=clock)
+
+
+async def schema_version(backend: Backend, store: AnyStore) -> int:
+    if backend.name == "sqlite":
+        return int(await store._scalar("PRAGMA user_version"))
+    return int(await store.schema_version())
+
+
+def job(n: int, clock: FakeClock, user: int = ALICE, guild: int = GUILD, cost: int = 4000) -> Job:
+    return replace(BLANK, id=f"job-{guild}-{user}-{n}", guild_id=guild, user_id=user, cost_estimate=cost,
+                   created_at=clock(), updated_at=clock())  # fmt: skip
+
+
+# --- schema -------------------------------------------------------------------------------------------------
+
+
+async def test_migrations_apply_and_reopening_is_idempotent(backend: Backend) -> None:
+    store = await backend.open()
+    assert await schema_version(backend, store) == len(MIGRATIONS)
+    await store.add_job(BLANK)
+    await backend.close(store)
+    again = await backend.open()
+    assert await schema_version(backend, again) == len(MIGRATIONS)
+    assert await again.get_job("j1") == BLANK
+
+
+async def test_two_handles_opening_a_new_database_at_once_both_work(backend: Backend) -> None:
+    if backend.name == "sqlite":
+        pytest.skip("one SQLite file serves one process; concurrent first opens are a PostgreSQL concern")
+    first, second = await asyncio.gather(backend.open(), backend.open())
+    assert await schema_version(backend, first) == await schema_version(backend, second) == len(MIGRATIONS)
+
+
+async def test_a_database_from_a_newer_bot_is_refused(backend: Backend) -> None:
+    store = await backend.open()
+    async with store.transaction() as db:
+        if backend.name == "sqlite":
+            await db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+        else:
+            await db.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS) + 1,))
+    await backend.close(store)
+    with pytest.raises(RuntimeError, match="newer"):
+        await backend.open()
+
+
+async def test_foreign_keys_are_enforced(backend: Backend, store: AnyStore) -> None:
+    with pytest.raises(backend.integrity_error):
+        await store.add_job(replace(BLANK, image_sha256="no-such-image"))
+
+
+# --- jobs ---------------------------------------------------------------------------------------------------
+
+
+async def test_every_job_field_round_trips_with_64_bit_ids(store: AnyStore) -> None:
+    digest = await store.put_image(b"\x89PNG\x00\x01", "image/png", 1280, 720)
+    full = Job(
+        id="full", guild_id=BIG, channel_id=BIG - 1, user_id=2**53 + 1, kind="image", prompt="ünïcode 🦊 'quotes'",
+        duration=10, resolution="1080p", aspect_ratio="9:16", image_sha256=digest, image_url="https://x/y.png",
+        image_source="attachment", status="delivered", provider_task_id="task-1", provider_status="succeed",
+        error="none", video_url="https://cdn/v.mp4", video_seconds=10.041666666666666, billed_amount="12.5",
+        cost_estimate=12_000, cost_billed=12_500, attachment_size_limit=26_214_400, message_id=BIG - 2,
+        thread_id=BIG - 3, status_message_id=BIG - 4, result_message_id=BIG - 5, attempts=2, delivery_attempts=3,
+        created_at=1_800_000_000.123456, submitted_at=1_800_000_001.5, finished_at=1_800_000_050.25,
+        delivered_at=1_800_000_051.0, updated_at=1_800_000_051.0, origin="cli", frame_url="https://x/frame.jpg",
+        uncertain_since=1_800_000_002.75, lookups=4, cancel_requested=True,
+    )  # fmt: skip
+    await store.add_job(full)
+    assert await store.get_job("full") == full
+    assert await store.job_by_task("task-1") == full
+    assert await store.get_job("missing") is None and await store.job_by_task("missing") is None
+    assert await store.member_jobs(BIG, 2**53 + 1) == [full]
+
+
+async def test_a_transition_happens_once_when_coroutines_race(store: AnyStore) -> None:
+    await store.add_job(BLANK)
+    results = await asyncio.gather(
+        *(store.transition("j1", "reserved", "submitted", provider_task_id=str(n), updated_at=101.0) for n in range(10))
+    )
+    assert results.count(True) == 1
+    moved = await store.get_job("j1")
+    assert moved is not None and moved.status == "submitted"
+    assert not await store.transition("j1", "reserved", "failed", updated_at=102.0)
+    assert await store.transition("j1", ("queued", "submitted"), "processing", updated_at=103.0)
+
+
+async def test_updates_are_guarded_and_refuse_fixed_columns(store: AnyStore) -> None:
+    await store.add_job(BLANK)
+    with pytest.raises(ValueError, match="not a mutable"):
+        await store.update_job("j1", "reserved", user_id=9, updated_at=1.0)
+    with pytest.raises(ValueError, match="updated_at"):
+        await store.update_job("j1", "reserved", attempts=1)
+    assert await store.update_job("j1", "reserved", cancel_requested=True, attempts=1, updated_at=2.0)
+    assert await store.update_job("j1", "reserved", cancel_requested=0, updated_at=2.5)  # SQLite-style flag
+    assert not await store.update_job("j1", "submitted", attempts=5, updated_at=3.0)
+    updated = await store.get_job("j1")
+    assert updated is not None and (updated.attempts, updated.cancel_requested, updated.updated_at) == (1, 0, 2.5)
+
+
+async def test_jobs_in_are_oldest_first_and_filtered_by_origin(store: AnyStore) -> None:
+    await store.add_job(replace(BLANK, id="late", created_at=300.0, status="queued"))
+    await store.add_job(replace(BLANK, id="cli", created_at=50.0, status="submitted", origin="cli"))
+    await store.add_job(replace(BLANK, id="early", created_at=10.0, status="submitted"))
+    await store.add_job(replace(BLANK, id="done", created_at=5.0, status="delivered"))
+    assert [j.id for j in await store.jobs_in(("queued", "submitted"))] == ["early", "cli", "late"]
+    assert [j.id for j in await store.jobs_in(("queued", "submitted"), origin="discord")] == ["early", "late"]
+    assert [j.id for j in await store.jobs_in(["submitted"], origin="cli")] == ["cli"]
+    assert await store.jobs_in(()) == []
+    assert await store.count_in(("queued", "submitted")) == 3
+    assert await store.count_by_status() == {"queued": 1, "submitted": 2, "delivered": 1}
+
+
+async def test_member_jobs_page_newest_first_within_one_server(store: AnyStore) -> None:
+    for n in range(5):
+        await store.add_job(replace(BLANK, id=f"j{n}", created_at=100.0 + n, status="failed" if n % 2 else "queued"))
+    await store.add_job(replace(BLANK, id="other-guild", guild_id=OTHER_GUILD))
+    await store.add_job(replace(BLANK, id="other-user", user_id=BOB))
+    assert [j.id for j in await store.member_jobs(GUILD, ALICE)] == ["j4", "j3", "j2", "j1", "j0"]
+    assert [j.id for j in await store.member_jobs(GUILD, ALICE, limit=2, offset=1)] == ["j3", "j2"]
+    assert [j.id for j in await store.member_jobs(GUILD, ALICE, statuses=["queued"])] == ["j4", "j2", "j0"]
+    assert await store.member_jobs(GUILD, ALICE, offset=10) == []
+    assert await store.count_member_jobs(GUILD, ALICE) == 5
+
+
+async def test_credits_used_and_render_times(store: AnyStore) -> None:
+    await store.add_job(replace(BLANK, id="a", created_at=100.0, cost_estimate=4000, cost_billed=3500))
+    await store.add_job(replace(BLANK, id="b", created_at=100.0, cost_estimate=2000, status="failed"))
+    await store.add_job(replace(BLANK, id="c", created_at=10.0, cost_estimate=8000))
+    for n, (start, end) in enumerate([(0.0, 40.0), (10.0, 70.5), (20.0, 30.0)]):
+        await store.add_job(
+            replace(BLANK, id=f"d{n}", guild_id=OTHER_GUILD, status="delivered", submitted_at=start, finished_at=end)
+        )
+    await store.add_job(replace(BLANK, id="wrong-shape", status="delivered", duration=10, submitted_at=0.0,
+                                finished_at=5.0))  # fmt: skip
+    assert await store.credits_used(GUILD, 50.0) == 3500 + 4000  # "a" billed, "wrong-shape" estimated
+    assert await store.credits_used(GUILD, 0.0) == 3500 + 4000 + 8000
+    assert await store.render_times(5, "720p") == [60.5, 40.0, 10.0]
+    assert await store.render_times(5, "720p", limit=1) == [60.5]
+
+
+# --- quotas -------------------------------------------------------------------------------------------------
+
+
+async def test_quota_settings_member_and_role_quotas_round_trip(store: AnyStore) -> None:
+    assert await store.quota_settings(GUILD, DEFAULTS) == DEFAULTS
+    custom = QuotaSettings(default_limit=2**40, period="month", member_in_flight=3, server_in_flight=7,
+                           log_channel_id=BIG)  # fmt: skip
+    await store.save_quota_settings(BIG, custom)
+    await store.save_quota_settings(BIG, replace(custom, period="day"))
+    assert await store.quota_settings(BIG, DEFAULTS) == replace(custom, period="day")
+    assert await store.quota_settings(GUILD, DEFAULTS) == DEFAULTS
+
+    assert await store.member_quota(GUILD, ALICE) == MemberQuota(None, None)
+    await store.save_member_quota(GUILD, ALICE, MemberQuota(5_000, None))
+    await store.save_member_quota(GUILD, ALICE, MemberQuota(5_000, "spam"))
+    assert await store.member_quota(GUILD, ALICE) == MemberQuota(5_000, "spam")
+    await store.save_member_quota(GUILD, ALICE, MemberQuota(None, None))
+    assert await store.member_quota(GUILD, ALICE) == MemberQuota(None, None)
+
+    await store.save_role_quota(GUILD, BIG, 30_000)
+    await store.save_role_quota(GUILD, 8, None)
+    await store.save_role_quota(OTHER_GUILD, 8, 1)
+    assert await store.role_quotas(GUILD) == {BIG: 30_000, 8: None}
+    assert await store.role_quotas(GUILD, [8, 99]) == {8: None}
+    assert await store.role_quotas(GUILD, []) == {}
+    await store.save_role_quota(GUILD, 8, None, remove=True)
+    assert await store.role_quotas(GUILD) == {BIG: 30_000}
+
+
+async def test_usage_counts_jobs_by_state_and_grants_since_a_time(store: AnyStore) -> None:
+    states = {"reserved": 1000, "processing": 2000, "succeeded": 4000, "delivered": 8000, "failed": 16000}
+    for status, cost in states.items():
+        await store.add_job(replace(BLANK, id=status, status=status, cost_estimate=cost, created_at=100.0))
+    await store.add_job(replace(BLANK, id="billed", status="delivered", cost_estimate=1, cost_billed=32000))
+    await store.add_job(replace(BLANK, id="old", status="queued", cost_estimate=64000, created_at=1.0))
+    await store.add_grant(GUILD, ALICE, 500, "contest", MOD, 100.0)
+    await store.add_grant(GUILD, ALICE, 700, "old", MOD, 1.0)
+    await store.add_grant(OTHER_GUILD, ALICE, 900, "elsewhere", MOD, 100.0)
+    usage = await store.usage(GUILD, ALICE, 50.0)
+    assert usage == Usage(used=4000 + 8000 + 32000, reserved=3000, granted=500, in_flight=3)
+    assert await store.usage(GUILD, BOB, 0.0) == Usage(0, 0, 0, 0)
+
+
+async def test_usage_table_ranks_members_by_credits(store: AnyStore) -> None:
+    await store.add_job(replace(BLANK, id="a1", user_id=ALICE, cost_estimate=4000, video_seconds=5.5))
+    await store.add_job(replace(BLANK, id="a2", user_id=ALICE, cost_estimate=4000, status="failed"))
+    await store.add_job(replace(BLANK, id="b1", user_id=BIG, cost_estimate=4000, cost_billed=9000, duration=10))
+    await store.add_job(replace(BLANK, id="b2", user_id=BIG, cost_estimate=1000, created_at=1.0))
+    rows = await store.usage_table(GUILD, 50.0)
+    assert [(r.user_id, r.jobs, r.seconds, r.credits, r.billed) for r in rows] == [
+        (BIG, 1, 10.0, 9000, 9000),
+        (ALICE, 1, 5.5, 4000, 0),
+    ]
+    assert len(await store.usage_table(GUILD, 50.0, limit=1)) == 1
+
+
+async def test_audit_entries_are_newest_first_and_filtered(store: AnyStore) -> None:
+    entries = [AuditEntry(GUILD, MOD, f"act{n}", ALICE if n % 2 else BIG, "b", "a", None, 100.0 + n) for n in range(5)]
+    for entry in entries:
+        await store.add_audit(entry)
+    await store.add_audit(AuditEntry(OTHER_GUILD, MOD, "elsewhere", None, None, None, "why", 1.0))
+    assert await store.audit_entries(GUILD) == entries[::-1]
+    assert await store.audit_entries(GUILD, target_id=ALICE) == [entries[3], entries[1]]
+    assert await store.audit_entries(GUILD, limit=2, offset=1) == [entries[3], entries[2]]
+    assert [e.reason for e in await store.audit_entries(OTHER_GUILD)] == ["why"]
+
+
+# --- images and backup --------------------------------------------------------------------------------------
+
+
+async def test_images_are_kept_once_per_content(store: AnyStore) -> None:
+    data = bytes(range(256)) * 10
+    first = await store.put_image(data, "image/png", 400, 300)
+    again = await store.put_image(data, "image/jpeg", 1, 1)  # the same bytes: the first row stays
+    assert first == again
+    stored = await store.get_image(first)
+    assert stored is not None and stored.data == data
+    assert (stored.mime, stored.width, stored.height) == ("image/png", 400, 300)
+    assert await store.get_image("0" * 64) is None
+
+
+async def test_backup_is_a_sqlite_copy_that_store_opens(store: AnyStore, tmp_path: Path, clock: FakeClock) -> None:
+    digest = await store.put_image(b"frame", "image/png", 2, 2)
+    await store.add_job(replace(BLANK, image_sha256=digest, guild_id=BIG, cancel_requested=True))
+    await store.add_grant(BIG, ALICE, 500, "contest", MOD, 100.0)
+    await store.add_audit(AuditEntry(BIG, MOD, "grant", ALICE, "0", "0.5", "contest", 100.0))
+    await store.backup(tmp_path / "backups" / "copy.sqlite3")
+    copy = await Store.open(tmp_path / "backups" / "copy.sqlite3")
+    try:
+        assert await copy.get_job("j1") == replace(BLANK, image_sha256=digest, guild_id=BIG, cancel_requested=True)
+        assert (await copy.get_image(digest)) == (await store.get_image(digest))
+        assert await copy.usage(BIG, ALICE, 0.0) == await store.usage(BIG, ALICE, 0.0)
+        assert await copy.audit_entries(BIG) == await store.audit_entries(BIG)
+    finally:
+        await copy.close()
+
+
+# --- reservations -------------------------------------------------------------------------------------------
+
+
+async def test_fifty_concurrent_commands_with_room_for_five_start_exactly_five(
+    store: AnyStore, credits: CreditService, clock: FakeClock
+) -> None:
+    await credits.set_caps(GUILD, MOD, member=100, server=100)
+    await credits.set_default(GUILD, MOD, limit=20_000, period="week")  # 5 jobs of 4 credits
+    results = await asyncio.gather(*(credits.reserve(job(n, clock), ()) for n in range(50)), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, QuotaRefused)]
+    assert results.count(None) == 5 and len(refused) == 45
+    assert "you have 0 credits" in str(refused[0])
+    status = await credits.status(GUILD, ALICE, ())
+    assert (status.reserved, status.used, status.remaining, status.in_flight) == (20_000, 0, 0, 5)
+    assert await store.count_member_jobs(GUILD, ALICE) == 5
+
+
+async def test_reservation_decisions_follow_block_caps_and_grants(
+    store: AnyStore, credits: CreditService, clock: FakeClock
+) -> None:
+    await credits.block(GUILD, MOD, ALICE, "too many requests")
+    with pytest.raises(QuotaRefused, match="too many requests"):
+        await credits.reserve(job(0, clock), ())
+    assert await store.count_member_jobs(GUILD, ALICE) == 0
+    await credits.unblock(GUILD, MOD, ALICE)
+    await credits.reserve(job(1, clock), ())
+    await credits.reserve(job(2, clock), ())
+    with pytest.raises(QuotaRefused, match="2 videos in progress"):
+        await credits.reserve(job(3, clock), ())
+    await credits.set_caps(GUILD, MOD, member=5, server=3)
+    await credits.reserve(job(4, clock, user=BOB), ())
+    with pytest.raises(QuotaRefused, match="This server already has 3"):
+        await credits.reserve(job(5, clock, user=BIG), ())
+    await credits.set_caps(GUILD, MOD, member=5, server=10)
+    await credits.set_role(GUILD, MOD, BIG, 0)  # a role with no credits at all...
+    with pytest.raises(QuotaRefused, match="needs 4 credits"):
+        await credits.reserve(job(6, clock, user=BIG), (BIG,))
+    await credits.grant(GUILD, MOD, BIG, 4_000, "contest")  # ...until a moderator grants some
+    await credits.reserve(job(7, clock, user=BIG), (BIG,))
+
+
+async def _reserve_across_two_instances(
+    backend: Backend, clock: FakeClock, count: int, users: Callable[[int], int], *, member: int, server: int, limit: int
+) -> list[BaseException | None]:
+    first, second = await backend.open(), await backend.open()
+    services = [CreditService(s, DEFAULTS, clock=clock) for s in (first, second)]
+    await services[0].set_caps(GUILD, MOD, member=member, server=server)
+    await services[0].set_default(GUILD, MOD, limit=limit, period="week")
+    return await asyncio.gather(
+        *(services[n % 2].reserve(job(n, clock, user=users(n)), ()) for n in range(count)), return_exceptions=True
+    )
+
+
+async def test_two_processes_with_room_for_one_job_start_exactly_one(backend: Backend, clock: FakeClock) -> None:
+    if backend.name == "sqlite":
+        pytest.skip("SQLite serves one bot process (Store.open(single_instance=True) refuses a second)")
+    results = await _reserve_across_two_instances(
+        backend, clock, 40, lambda n: ALICE, member=100, server=100, limit=4_000
+    )
+    assert results.count(None) == 1, results
+    assert all(isinstance(r, QuotaRefused) for r in results if r is not None)
+
+
+async def test_two_processes_respect_the_server_cap_across_members(backend: Backend, clock: FakeClock) -> None:
+    if backend.name == "sqlite":
+        pytest.skip("SQLite serves one bot process (Store.open(single_instance=True) refuses a second)")
+    results = await _reserve_across_two_instances(
+        backend, clock, 40, lambda n: 1000 + n, member=100, server=1, limit=1_000_000
+    )
+    assert results.count(None) == 1, results
+    assert all(isinstance(r, QuotaRefused) and "server already has 1" in str(r) for r in results if r is not None)
+
+
+async def test_single_instance_refuses_a_second_bot_process(backend: Backend) -> None:
+    first = await backend.open(single_instance=True)
+    with pytest.raises(StoreUnavailable, match="another bot process"):
+        await backend.open(single_instance=True)
+    await backend.open()  # tools (backup, generate) open without the claim
+    await backend.close(first)
+    await backend.open(single_instance=True)
+
+
+async def test_an_unreachable_database_is_a_one_line_store_unavailable(backend: Backend, tmp_path: Path) -> None:
+    if backend.name == "sqlite":
+        target: Any = tmp_path  # a folder, not a database file
+        opener: Any = Store.open
+    else:
+        from bot.pgstore import PgStore
+
+        target, opener = f"postgresql://postgres:secret@/nosuchdb?host={tmp_path}", PgStore.open
+    with pytest.raises(StoreUnavailable) as caught:
+        await opener(target)
+    assert "secret" not in str(caught.value) and "\n" not in str(caught.value)
