@@ -5,7 +5,7 @@ The store turns rows into these; the services, the cogs and the command line use
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 # The states a job moves through (see README): each set is named once, by what it means.
 WAITING = ("reserved", "queued")  # accepted, not (known to be) at the provider yet
@@ -136,3 +136,8 @@ class StoredImage:
     width: int
     height: int
     data: bytes
+
+
+# Fields fixed when a job is written; a state change may set any other (the state itself through a guarded move).
+FIXED_JOB_FIELDS = frozenset({"id", "guild_id", "channel_id", "user_id", "kind", "created_at", "status", "origin"})
+MUTABLE_JOB_FIELDS = frozenset(f.name for f in fields(Job)) - FIXED_JOB_FIELDS

@@ -18,21 +18,23 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from bot.store import (
-    _MUTABLE,
-    JOB_COLUMNS,
-    MIGRATIONS,
+from bot.model import (
+    MUTABLE_JOB_FIELDS,
     AuditEntry,
-    DecisionT,
     Job,
     MemberQuota,
     QuotaFacts,
     QuotaSettings,
-    Store,
     StoredImage,
-    StoreUnavailable,
     Usage,
     UsageRow,
+)
+from bot.store import (
+    JOB_COLUMNS,
+    MIGRATIONS,
+    DecisionT,
+    Store,
+    StoreUnavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -307,7 +309,7 @@ class PgStore:
         return await self._guarded_update(job_id, in_status, changes)
 
     async def _guarded_update(self, job_id: str, states: str | Iterable[str], changes: dict[str, Any]) -> bool:
-        unknown = set(changes) - _MUTABLE - {"status"}
+        unknown = set(changes) - MUTABLE_JOB_FIELDS - {"status"}
         if unknown:
             raise ValueError(f"not a mutable job column: {sorted(unknown)}")
         if "updated_at" not in changes:
@@ -342,6 +344,23 @@ class PgStore:
             sql += " AND origin = %s"
             params.append(origin)
         return await self._jobs(sql + " ORDER BY created_at", params)
+
+    async def find_job(
+        self, guild_id: int, prefix: str, *, user_id: int | None = None, statuses: Sequence[str] | None = None
+    ) -> Job | None:
+        """The newest job of a server (of one member, if given) whose id starts with `prefix` (hex), or None."""
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return None
+        sql = f"{_SELECT_JOB} WHERE id >= %s AND id < %s AND guild_id = %s"
+        params: list[Any] = [prefix, prefix + "g", guild_id]
+        if user_id is not None:
+            sql += " AND user_id = %s"
+            params.append(user_id)
+        if statuses is not None:
+            sql += " AND status = ANY(%s::text[])"
+            params.append(list(statuses))
+        rows = await self._jobs(sql + " ORDER BY created_at DESC LIMIT 1", params)
+        return rows[0] if rows else None
 
     async def member_jobs(
         self, guild_id: int, user_id: int, *, statuses: Sequence[str] | None = None, limit: int = 10, offset: int = 0
@@ -409,9 +428,11 @@ class PgStore:
         row = await cursor.fetchone()
         return QuotaSettings(*row) if row else defaults
 
-    async def save_quota_settings(self, guild_id: int, settings: QuotaSettings) -> None:
-        """Store a server's quota settings (all of them: callers change one field with `replace`)."""
+    async def save_quota_settings(self, guild_id: int, settings: QuotaSettings, audit: AuditEntry) -> None:
+        """Store a server's quota settings (all of them: callers change one field with `replace`) and the
+        moderator's audit row, in one transaction."""
         async with self.transaction() as db:
+            await _insert_audit(db, audit)
             await db.execute(
                 "INSERT INTO guild_settings (guild_id, default_limit, period, member_in_flight, server_in_flight,"
                 " log_channel_id) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (guild_id) DO UPDATE SET"
@@ -435,9 +456,10 @@ class PgStore:
         row = await cursor.fetchone()
         return MemberQuota(*row) if row else MemberQuota(None, None)
 
-    async def save_member_quota(self, guild_id: int, user_id: int, quota: MemberQuota) -> None:
-        """Store a member's override and block; both empty removes the row."""
+    async def save_member_quota(self, guild_id: int, user_id: int, quota: MemberQuota, audit: AuditEntry) -> None:
+        """Store a member's override and block (both empty removes the row) and the audit row, in one transaction."""
         async with self.transaction() as db:
+            await _insert_audit(db, audit)
             if quota == MemberQuota(None, None):
                 await db.execute("DELETE FROM member_quotas WHERE guild_id = %s AND user_id = %s", (guild_id, user_id))
                 return
@@ -463,9 +485,12 @@ class PgStore:
         cursor = await db.execute(sql, params)
         return {row[0]: row[1] for row in await cursor.fetchall()}
 
-    async def save_role_quota(self, guild_id: int, role_id: int, quota: int | None, *, remove: bool = False) -> None:
-        """Set a role's limit (None: unlimited), or remove the role's setting."""
+    async def save_role_quota(
+        self, guild_id: int, role_id: int, quota: int | None, audit: AuditEntry, *, remove: bool = False
+    ) -> None:
+        """Set a role's limit (None: unlimited) or remove its setting, with the audit row, in one transaction."""
         async with self.transaction() as db:
+            await _insert_audit(db, audit)
             if remove:
                 await db.execute("DELETE FROM role_quotas WHERE guild_id = %s AND role_id = %s", (guild_id, role_id))
                 return
@@ -475,11 +500,11 @@ class PgStore:
                 (guild_id, role_id, quota),
             )
 
-    async def add_grant(
-        self, guild_id: int, user_id: int, amount: int, reason: str, moderator_id: int, now: float
-    ) -> None:
-        """Give a member bonus credits for the current period."""
+    async def add_grant(self, guild_id: int, user_id: int, amount: int, audit: AuditEntry) -> None:
+        """Give a member bonus credits for the current period, with the audit row, in one transaction."""
+        reason, moderator_id, now = audit.reason or "", audit.moderator_id, audit.created_at
         async with self.transaction() as db:
+            await _insert_audit(db, audit)
             await db.execute(
                 "INSERT INTO grants (guild_id, user_id, amount, reason, moderator_id, created_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
@@ -568,15 +593,6 @@ class PgStore:
         )
         return [UsageRow(int(r[0]), int(r[1]), float(r[2]), int(r[3]), int(r[4])) for r in rows]
 
-    async def add_audit(self, entry: AuditEntry) -> None:
-        """Record one moderator action."""
-        async with self.transaction() as db:
-            await db.execute(
-                "INSERT INTO audit_log (guild_id, moderator_id, action, target_id, before, after, reason, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                astuple(entry),
-            )
-
     async def audit_entries(
         self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0
     ) -> list[AuditEntry]:
@@ -649,3 +665,12 @@ class PgStore:
             raise
         await copy.close()
         os.replace(partial, target)
+
+
+async def _insert_audit(db: Connection, entry: AuditEntry) -> None:
+    """One moderator action, written inside the transaction of the change it records."""
+    await db.execute(
+        "INSERT INTO audit_log (guild_id, moderator_id, action, target_id, before, after, reason, created_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        astuple(entry),
+    )

@@ -18,6 +18,7 @@ import aiosqlite
 
 from bot.model import (
     IN_PROGRESS,
+    MUTABLE_JOB_FIELDS,
     AuditEntry,
     Job,
     MemberQuota,
@@ -154,8 +155,6 @@ _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 # Columns a transition may set; everything else is fixed when the job is written.
 # Written into the SQL as literals (our own constants), so the partial indexes on these states can serve the counts.
 _IN_PROGRESS = ", ".join(f"'{state}'" for state in IN_PROGRESS)
-_FIXED = {"id", "guild_id", "channel_id", "user_id", "kind", "created_at", "status", "origin"}
-_MUTABLE = frozenset(JOB_COLUMNS) - _FIXED
 
 
 class _Decision(Protocol):
@@ -288,7 +287,7 @@ class Store:
         return await self._guarded_update(job_id, in_status, changes)
 
     async def _guarded_update(self, job_id: str, states: str | Iterable[str], changes: dict[str, Any]) -> bool:
-        unknown = set(changes) - _MUTABLE - {"status"}
+        unknown = set(changes) - MUTABLE_JOB_FIELDS - {"status"}
         if unknown:
             raise ValueError(f"not a mutable job column: {sorted(unknown)}")
         if "updated_at" not in changes:

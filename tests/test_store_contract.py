@@ -220,29 +220,34 @@ async def test_credits_used_and_render_times(store: AnyStore) -> None:
 # --- quotas -------------------------------------------------------------------------------------------------
 
 
+def audit(guild_id: int = GUILD, *, reason: str | None = None, at: float = 1.0) -> AuditEntry:
+    """The audit row a moderator's change is written with."""
+    return AuditEntry(guild_id, MOD, "set", None, "before", "after", reason, at)
+
+
 async def test_quota_settings_member_and_role_quotas_round_trip(store: AnyStore) -> None:
     assert await store.quota_settings(GUILD, DEFAULTS) == DEFAULTS
     custom = QuotaSettings(default_limit=2**40, period="month", member_in_flight=3, server_in_flight=7,
                            log_channel_id=BIG)  # fmt: skip
-    await store.save_quota_settings(BIG, custom)
-    await store.save_quota_settings(BIG, replace(custom, period="day"))
+    await store.save_quota_settings(BIG, custom, audit(BIG))
+    await store.save_quota_settings(BIG, replace(custom, period="day"), audit(BIG))
     assert await store.quota_settings(BIG, DEFAULTS) == replace(custom, period="day")
     assert await store.quota_settings(GUILD, DEFAULTS) == DEFAULTS
 
     assert await store.member_quota(GUILD, ALICE) == MemberQuota(None, None)
-    await store.save_member_quota(GUILD, ALICE, MemberQuota(5_000, None))
-    await store.save_member_quota(GUILD, ALICE, MemberQuota(5_000, "spam"))
+    await store.save_member_quota(GUILD, ALICE, MemberQuota(5_000, None), audit())
+    await store.save_member_quota(GUILD, ALICE, MemberQuota(5_000, "spam"), audit())
     assert await store.member_quota(GUILD, ALICE) == MemberQuota(5_000, "spam")
-    await store.save_member_quota(GUILD, ALICE, MemberQuota(None, None))
+    await store.save_member_quota(GUILD, ALICE, MemberQuota(None, None), audit())
     assert await store.member_quota(GUILD, ALICE) == MemberQuota(None, None)
 
-    await store.save_role_quota(GUILD, BIG, 30_000)
-    await store.save_role_quota(GUILD, 8, None)
-    await store.save_role_quota(OTHER_GUILD, 8, 1)
+    await store.save_role_quota(GUILD, BIG, 30_000, audit())
+    await store.save_role_quota(GUILD, 8, None, audit())
+    await store.save_role_quota(OTHER_GUILD, 8, 1, audit(OTHER_GUILD))
     assert await store.role_quotas(GUILD) == {BIG: 30_000, 8: None}
     assert await store.role_quotas(GUILD, [8, 99]) == {8: None}
     assert await store.role_quotas(GUILD, []) == {}
-    await store.save_role_quota(GUILD, 8, None, remove=True)
+    await store.save_role_quota(GUILD, 8, None, audit(), remove=True)
     assert await store.role_quotas(GUILD) == {BIG: 30_000}
 
 
@@ -252,9 +257,9 @@ async def test_usage_counts_jobs_by_state_and_grants_since_a_time(store: AnyStor
         await store.add_job(replace(BLANK, id=status, status=status, cost_estimate=cost, created_at=100.0))
     await store.add_job(replace(BLANK, id="billed", status="delivered", cost_estimate=1, cost_billed=32000))
     await store.add_job(replace(BLANK, id="old", status="queued", cost_estimate=64000, created_at=1.0))
-    await store.add_grant(GUILD, ALICE, 500, "contest", MOD, 100.0)
-    await store.add_grant(GUILD, ALICE, 700, "old", MOD, 1.0)
-    await store.add_grant(OTHER_GUILD, ALICE, 900, "elsewhere", MOD, 100.0)
+    await store.add_grant(GUILD, ALICE, 500, audit(reason="contest", at=100.0))
+    await store.add_grant(GUILD, ALICE, 700, audit(reason="old", at=1.0))
+    await store.add_grant(OTHER_GUILD, ALICE, 900, audit(OTHER_GUILD, reason="elsewhere", at=100.0))
     usage = await store.usage(GUILD, ALICE, 50.0)
     assert usage == Usage(used=4000 + 8000 + 32000, reserved=3000, granted=500, in_flight=3)
     assert await store.usage(GUILD, BOB, 0.0) == Usage(0, 0, 0, 0)
@@ -276,8 +281,8 @@ async def test_usage_table_ranks_members_by_credits(store: AnyStore) -> None:
 async def test_audit_entries_are_newest_first_and_filtered(store: AnyStore) -> None:
     entries = [AuditEntry(GUILD, MOD, f"act{n}", ALICE if n % 2 else BIG, "b", "a", None, 100.0 + n) for n in range(5)]
     for entry in entries:
-        await store.add_audit(entry)
-    await store.add_audit(AuditEntry(OTHER_GUILD, MOD, "elsewhere", None, None, None, "why", 1.0))
+        await store.save_member_quota(GUILD, entry.target_id or 0, MemberQuota(1, None), entry)
+    await store.save_member_quota(OTHER_GUILD, 5, MemberQuota(1, None), audit(OTHER_GUILD, reason="why"))
     assert await store.audit_entries(GUILD) == entries[::-1]
     assert await store.audit_entries(GUILD, target_id=ALICE) == [entries[3], entries[1]]
     assert await store.audit_entries(GUILD, limit=2, offset=1) == [entries[3], entries[2]]
@@ -301,8 +306,7 @@ async def test_images_are_kept_once_per_content(store: AnyStore) -> None:
 async def test_backup_is_a_sqlite_copy_that_store_opens(store: AnyStore, tmp_path: Path, clock: FakeClock) -> None:
     digest = await store.put_image(b"frame", "image/png", 2, 2)
     await store.add_job(replace(BLANK, image_sha256=digest, guild_id=BIG, cancel_requested=True))
-    await store.add_grant(BIG, ALICE, 500, "contest", MOD, 100.0)
-    await store.add_audit(AuditEntry(BIG, MOD, "grant", ALICE, "0", "0.5", "contest", 100.0))
+    await store.add_grant(BIG, ALICE, 500, AuditEntry(BIG, MOD, "grant", ALICE, "0", "0.5", "contest", 100.0))
     await store.backup(tmp_path / "backups" / "copy.sqlite3")
     copy = await Store.open(tmp_path / "backups" / "copy.sqlite3")
     try:
