@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import io
 import warnings
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,11 +22,17 @@ MAX_PIXELS = 50_000_000  # above any phone photo (48-50 MP sensors); refused fro
 MAX_SIDE = 4096  # more than the provider needs: a longer side beyond it is downscaled
 MAX_DECODE_PIXELS = MAX_SIDE * MAX_SIDE  # most pixels decoded at once (~67 MB as RGBA)
 MAX_CONCURRENT_CHECKS = 2  # each check may hold ~100 MB of pixels at its peak
+MAX_CONCURRENT_SENDS = 2  # a 10 MB frame in flight holds ~25 MB more (its Base64 text and the JSON body)
+BASE64_PIECE = 3 * 16 * 1024  # bytes encoded per call; a multiple of 3, so the pieces join into one valid text
 
 _JPEG_SCALES = (1, 2, 4, 8)  # the reductions libjpeg can decode at directly
 # One limit per event loop: an asyncio.Semaphore binds to the first loop that waits on it, and tests
 # (or a restarted bot) run several loops in one process.
 _check_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+_send_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+# One thread encodes every frame: the GIL lets only one encode run at a time anyway, and each thread that handles
+# big buffers keeps its own malloc arena, so more threads would hold more memory after a burst.
+_encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="base64")
 
 
 class ImageRejected(ValueError):
@@ -60,6 +68,26 @@ async def check_first_frame(data: bytes) -> FirstFrame:
     # command must not let another decode start while its own still holds the memory.
     work.add_done_callback(lambda done: _free_check_slot(slots, done))
     return await asyncio.shield(work)
+
+
+def send_slots() -> asyncio.Semaphore:
+    """This loop's limit on first frames being encoded and sent at once; hold it (`async with`) around both."""
+    return _send_slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(MAX_CONCURRENT_SENDS))
+
+
+async def base64_text(data: bytes) -> str:
+    """The raw Base64 of `data` (as `FirstFrame.base64`), encoded in the encoder thread."""
+    return await asyncio.get_running_loop().run_in_executor(_encoder, encode_base64, data)
+
+
+def encode_base64(data: bytes) -> str:
+    """Raw Base64 encoded piece by piece; CPU-bound (~30 ms for 10 MB), run it in a thread."""
+    # One b2a_base64 call over 10 MB holds the GIL throughout and so stalls the event loop even from a thread;
+    # between small pieces the loop gets its turn.
+    view, out = memoryview(data), bytearray()
+    for start in range(0, len(view), BASE64_PIECE):
+        out += binascii.b2a_base64(view[start : start + BASE64_PIECE], newline=False)
+    return out.decode("ascii")
 
 
 def _free_check_slot(slots: asyncio.Semaphore, work: asyncio.Future[FirstFrame]) -> None:

@@ -13,7 +13,7 @@ from typing import Literal
 from bot import quota
 from bot.crashpoints import crash_point
 from bot.credits import CreditService
-from bot.images import FirstFrame
+from bot.images import FirstFrame, base64_text, send_slots
 from bot.kling import (
     KlingAccountError,
     KlingAuthError,
@@ -260,7 +260,6 @@ class JobService:
 
     async def start(self, job: Job, request: JobRequest | None = None) -> Job:
         """Send a reserved job, or queue it when the provider or our own limit has no room (the bot only)."""
-        first_frame = request.image.base64 if request is not None and request.image is not None else None
         if self.origin == "discord":
             if self.unavailable_reason() is not None:
                 return await self._queue(job, "the video service is down; the member chose to wait")
@@ -268,7 +267,11 @@ class JobService:
                 return await self._queue(job, "others are waiting: the dispatcher sends jobs fairly")
             if await self.store.count_in(HOLDING_A_SLOT) > self.provider_concurrency:
                 return await self._queue(job, "the video service is at the bot's limit of jobs at once")
-        return await self._submit(job, first_frame=first_frame)
+        if request is None or request.image is None:
+            return await self._submit(job)
+        # Only a few full-size frames are encoded and sent at once, so a burst of big images stays within memory.
+        async with send_slots():
+            return await self._submit(job, first_frame=await base64_text(request.image.data))
 
     async def release(self, job: Job, reason: str) -> Job | None:
         """Give up a reserved job that was never sent (its card could not be posted): its credits are freed."""
@@ -352,7 +355,7 @@ class JobService:
         stored = await self.store.get_image(job.image_sha256 or "")
         if stored is None:
             raise KlingBadRequest("the first-frame image of this job is missing from the database")
-        return FirstFrame(stored.data, stored.mime, stored.width, stored.height, None).base64
+        return await base64_text(stored.data)
 
     async def _adopt(self, job: Job, task: KlingTask, previous: str) -> Job:
         """Record the provider's task for a job we sent, then apply whatever state it is already in."""
