@@ -1,28 +1,25 @@
-"""Big first frames are encoded off the event loop, arrive intact, and only a few are in memory at once."""
+"""Big first frames are encoded off the event loop, arrive intact, and only a few are in memory at once.
+
+How much the loop lags during a burst is a timing, measured by `python -m bench.burst`, not asserted here."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-import statistics
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import pytest
-from pydantic import SecretStr
 
-from bench.burst import LagProbe, noise_jpeg
+from bench.burst import noise_jpeg
 from bot import images, kling
 from bot.images import MAX_CONCURRENT_SENDS, FirstFrame, encode_base64, prepare_first_frame
 from bot.jobs import JobRequest, JobService
-from bot.kling import KlingClient, encode_json
+from bot.kling import encode_json
 from bot.simulator import KlingSimulator
-from bot.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -46,44 +43,6 @@ async def remote_root() -> AsyncIterator[str]:
     finally:
         process.terminate()
         await process.wait()
-
-
-def on_loop_encode_seconds(data: bytes) -> float:
-    """What one frame cost the loop before: its Base64, then the JSON body around it, each in one call."""
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        json.dumps({"contents": [{"type": "first_frame", "url": base64.b64encode(data).decode("ascii")}]})
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-async def test_a_burst_of_big_frames_leaves_the_event_loop_free(
-    remote_root: str, store: Store, big_jpeg: bytes
-) -> None:
-    one_encode = on_loop_encode_seconds(big_jpeg)
-    assert one_encode > 0.020, "the frame is too small to tell encoding on the loop from off it"
-    frame = prepare_first_frame(big_jpeg)
-    stalls = []
-    async with aiohttp.ClientSession() as session:
-        client = KlingClient(session, root_url=remote_root, api_key=SecretStr("sim-key"), timeout=60.0)
-        service = JobService(store, client, provider_concurrency=100)
-        # One job first, so the connection, the encoder threads and the simulator are warm before measuring.
-        await service.create(JobRequest("image", "warm-up", image=frame, guild_id=1, user_id=99))
-        # Another round only after a stall: other processes on a busy machine may take the CPU for a while,
-        # while encoding on the loop stalls it by a whole encode every time.
-        for _ in range(3):
-            requests = [JobRequest("image", f"frame {n}", image=frame, guild_id=1, user_id=n) for n in range(4)]
-            reserved = [await service.reserve(request) for request in requests]
-            async with LagProbe().running() as probe:
-                sends = [service.start(job, rq) for job, rq in zip(reserved, requests, strict=True)]
-                started = await asyncio.gather(*sends)
-            assert [job.status for job in started] == ["submitted"] * 4
-            stalls.append(max(probe.lags))
-            if stalls[-1] < 0.5 * one_encode:
-                break
-    worst = min(stalls)
-    assert worst < 0.5 * one_encode, f"the loop stalled {worst * 1000:.0f} ms; one encode takes {one_encode * 1000:.0f}"
 
 
 async def test_a_big_frame_arrives_at_the_provider_intact(
