@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,24 +24,6 @@ from bot.simulator import KlingSimulator
 @pytest.fixture(scope="module")
 def big_jpeg() -> bytes:
     return noise_jpeg(7)  # ~9 MB: one Base64 and JSON encode of it takes tens of milliseconds
-
-
-@pytest.fixture
-async def remote_root() -> AsyncIterator[str]:
-    """The simulator in its own process (and at low priority: it stands for a remote server), so its decoding of
-    our bodies neither stalls the loop we measure nor takes the CPU from it."""
-    process = await asyncio.create_subprocess_exec(
-        "nice", "-n", "19", sys.executable, "-m", "bot.simulator",
-        "--port", "0", "--api-key", "sim-key", "--render-seconds", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        first = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
-        yield first.split(" on ")[1].split()[0] + "/sim"
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 async def test_a_big_frame_arrives_at_the_provider_intact(
