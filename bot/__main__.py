@@ -76,25 +76,25 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     setup_logging(settings.log_level)
     if command == "check":
-        return _run(check(settings))
+        return _run(check(settings), settings.database_setting)
     if command == "generate":
-        return _run(generate(settings, args))
+        return _run(generate(settings, args), settings.database_setting)
     if command == "backup":
-        return _run(backup(settings, args.file))
+        return _run(backup(settings, args.file), settings.database_setting)
     from bot import app  # Discord is only imported by the commands that need it
 
     if command == "sync":
-        return _run(app.sync_commands(settings))
-    return _run(app.run_bot(settings))
+        return _run(app.sync_commands(settings), settings.database_setting)
+    return _run(app.run_bot(settings), settings.database_setting)
 
 
-def _run(coroutine: Coroutine[Any, Any, int]) -> int:
+def _run(coroutine: Coroutine[Any, Any, int], database_setting: str = "DATABASE_PATH") -> int:
     try:
         result = asyncio.run(coroutine)
     except KeyboardInterrupt:
         return 130
     except StoreUnavailable as exc:
-        print(f"error: DATABASE_PATH: {exc}", file=sys.stderr)
+        print(f"error: {database_setting}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return result
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,8 @@ class Settings(BaseSettings):
     kling_endpoint_path: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._~-]+$")
     kling_base_url: str = Field(default="https://genaiapi-m2.cloudsway.net/v1/ai", pattern=r"^https?://")
     database_path: Path = Path("data/bot.sqlite3")
+    # A postgresql:// URL for several bot processes on one database; unset: the SQLite file at DATABASE_PATH.
+    database_url: str | None = Field(default=None, pattern=r"^(postgres(ql)?|sqlite)://")
     poll_interval_seconds: float = Field(default=10.0, gt=0, le=300)
 
     # How long a job may wait to be sent, or render, before it is failed (waiting) or shown as late (rendering).
@@ -85,6 +88,28 @@ class Settings(BaseSettings):
             member_in_flight=self.member_jobs_in_flight,
             server_in_flight=self.server_jobs_in_flight,
         )
+
+    @property
+    def database(self) -> str:
+        """What the store opens: DATABASE_URL when set, else the SQLite file at DATABASE_PATH."""
+        return self.database_url or str(self.database_path)
+
+    @property
+    def database_label(self) -> str:
+        """The database for messages and logs: a PostgreSQL URL without its password."""
+        if not self.database_url:
+            return str(self.database_path)
+        parts = urlsplit(self.database_url)
+        if parts.password is None:
+            return self.database_url
+        host = parts.hostname or ""
+        where = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=where))
+
+    @property
+    def database_setting(self) -> str:
+        """The setting that names the database, for messages."""
+        return "DATABASE_URL" if self.database_url else "DATABASE_PATH"
 
     @property
     def kling_api_root(self) -> str:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from bot import quota
 from bot.model import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, UsageRow
-from bot.store import Store
+from bot.storage import Storage
 
 
 class QuotaRefused(Exception):
@@ -43,7 +43,7 @@ class CreditService:
 
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         defaults: QuotaSettings,
         *,
         rates: Mapping[str, int] = quota.DEFAULT_RATES,

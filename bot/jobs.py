@@ -28,7 +28,7 @@ from bot.kling import (
 )
 from bot.model import AT_PROVIDER, FINAL, HOLDING_A_SLOT, OPEN, WAITING, Job
 from bot.scheduling import AccountPause, Shape, due_for_poll, fair_order, poll_delay, shape_of
-from bot.store import Store
+from bot.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class JobService:
 
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         kling: KlingClient,
         *,
         job_timeout: float = 30 * 60,

@@ -17,7 +17,8 @@ import aiohttp
 from bot.config import Settings
 from bot.kling import KlingBadRequest, KlingClient, KlingError
 from bot.resources import open_resources
-from bot.store import Store, StoreUnavailable
+from bot.storage import Storage
+from bot.store import StoreUnavailable
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -188,14 +189,14 @@ async def preflight(settings: Settings) -> list[CheckItem]:
         try:
             resources = await stack.enter_async_context(open_resources(settings))
         except (OSError, sqlite3.Error, RuntimeError, StoreUnavailable) as exc:
-            items.append(CheckItem("database", "fail", f"cannot open {settings.database_path}: {exc}"))
+            items.append(CheckItem("database", "fail", f"cannot open {settings.database_label}: {exc}"))
             return items
         items += await run_checks(settings, resources.session, resources.store, resources.kling)
     return items
 
 
 async def run_checks(
-    settings: Settings, session: aiohttp.ClientSession, store: Store, kling: KlingClient
+    settings: Settings, session: aiohttp.ClientSession, store: Storage, kling: KlingClient
 ) -> list[CheckItem]:
     """The database, the Kling key, comma-separated queries, then Discord (skipped without DISCORD_TOKEN)."""
     items = [await _check_database(settings, store)]
@@ -220,12 +221,12 @@ async def run_checks(
     return items
 
 
-async def _check_database(settings: Settings, store: Store) -> CheckItem:
+async def _check_database(settings: Settings, store: Storage) -> CheckItem:
     try:
         jobs = sum((await store.count_by_status()).values())
     except sqlite3.Error as exc:
-        return CheckItem("database", "fail", f"{settings.database_path} opens but cannot be read: {exc}")
-    return CheckItem("database", "ok", f"opens at {settings.database_path} ({jobs} jobs)")
+        return CheckItem("database", "fail", f"{settings.database_label} opens but cannot be read: {exc}")
+    return CheckItem("database", "ok", f"opens at {settings.database_label} ({jobs} jobs)")
 
 
 async def _check_kling(settings: Settings, kling: KlingClient) -> list[CheckItem]:

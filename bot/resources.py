@@ -12,7 +12,7 @@ from bot.config import Settings
 from bot.credits import CreditService
 from bot.jobs import JobService
 from bot.kling import KlingClient
-from bot.store import Store
+from bot.storage import Storage, open_storage
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +20,7 @@ class Resources:
     """One HTTP session, one database connection, and the service built on them."""
 
     session: aiohttp.ClientSession
-    store: Store
+    store: Storage
     kling: KlingClient
     jobs: JobService
     credits: CreditService
@@ -32,10 +32,11 @@ async def open_resources(
 ) -> AsyncIterator[Resources]:
     """Open the session and the store, build the client and the service; close everything on exit.
 
-    `single_instance` is for the bot itself: a second bot on the same SQLite file is refused. `origin` names whose
+    `single_instance` is for the bot itself: a second bot on the same SQLite file is refused (PostgreSQL, which
+    several processes share, is not locked so). `origin` names whose
     jobs the service runs: the bot's ('discord') or the command line's ('cli'), never the other's."""
     async with aiohttp.ClientSession(headers={"User-Agent": "kling-video-bot/0.1"}) as session:
-        store = await Store.open(settings.database_path, single_instance=single_instance)
+        store = await open_storage(settings.database, single_instance=single_instance)
         try:
             kling = KlingClient(
                 session,

@@ -1,0 +1,107 @@
+"""The one interface the services use to keep jobs and quotas, and the choice of backend behind it.
+
+`bot.store.Store` (SQLite, the embedded default for one process) and `bot.pgstore.PgStore` (PostgreSQL, for
+several processes) both implement `Storage`; nothing outside them knows which one is in use. The contract tests
+(`tests/test_store_contract.py`) run the same assertions against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.model import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, StoredImage, Usage, UsageRow
+from bot.store import DecisionT, Store
+
+
+class Storage(Protocol):
+    """Jobs, first frames, quotas and the audit log; every state change is guarded by the state it leaves."""
+
+    async def close(self) -> None: ...
+
+    async def add_job(self, job: Job) -> None: ...
+
+    async def transition(
+        self, job_id: str, from_status: str | Iterable[str], to_status: str, **changes: Any
+    ) -> bool: ...
+
+    async def update_job(self, job_id: str, in_status: str | Iterable[str], **changes: Any) -> bool: ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def job_by_task(self, task_id: str) -> Job | None: ...
+
+    async def jobs_in(self, statuses: Sequence[str], *, origin: str | None = None) -> list[Job]: ...
+
+    async def find_job(
+        self, guild_id: int, prefix: str, *, user_id: int | None = None, statuses: Sequence[str] | None = None
+    ) -> Job | None: ...
+
+    async def member_jobs(
+        self, guild_id: int, user_id: int, *, statuses: Sequence[str] | None = None, limit: int = 10, offset: int = 0
+    ) -> list[Job]: ...
+
+    async def count_by_status(self) -> dict[str, int]: ...
+
+    async def credits_used(self, guild_id: int, since: float) -> int: ...
+
+    async def count_in(self, statuses: Sequence[str]) -> int: ...
+
+    async def count_member_jobs(self, guild_id: int, user_id: int) -> int: ...
+
+    async def render_times(self, duration: int, resolution: str, *, limit: int = 25) -> list[float]: ...
+
+    async def quota_settings(self, guild_id: int, defaults: QuotaSettings) -> QuotaSettings: ...
+
+    async def save_quota_settings(self, guild_id: int, settings: QuotaSettings, audit: AuditEntry) -> None: ...
+
+    async def member_quota(self, guild_id: int, user_id: int) -> MemberQuota: ...
+
+    async def save_member_quota(self, guild_id: int, user_id: int, quota: MemberQuota, audit: AuditEntry) -> None: ...
+
+    async def role_quotas(self, guild_id: int, role_ids: Sequence[int] | None = None) -> dict[int, int | None]: ...
+
+    async def save_role_quota(
+        self, guild_id: int, role_id: int, quota: int | None, audit: AuditEntry, *, remove: bool = False
+    ) -> None: ...
+
+    async def add_grant(self, guild_id: int, user_id: int, amount: int, audit: AuditEntry) -> None: ...
+
+    async def usage(self, guild_id: int, user_id: int, since: float) -> Usage: ...
+
+    async def reserve_job(
+        self,
+        job: Job,
+        *,
+        role_ids: Sequence[int],
+        defaults: QuotaSettings,
+        window_start: Callable[[str], float],
+        decide: Callable[[QuotaFacts], DecisionT],
+    ) -> tuple[QuotaFacts, DecisionT]: ...
+
+    async def usage_table(self, guild_id: int, since: float, *, limit: int = 15) -> list[UsageRow]: ...
+
+    async def audit_entries(
+        self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0
+    ) -> list[AuditEntry]: ...
+
+    async def put_image(self, data: bytes, mime: str, width: int, height: int) -> str: ...
+
+    async def get_image(self, sha256: str) -> StoredImage | None: ...
+
+    async def backup(self, target: Path | str) -> None: ...
+
+
+def is_postgres(database: str) -> bool:
+    """True for a `postgresql://` (or `postgres://`) URL; anything else is a SQLite path."""
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+async def open_storage(database: str, *, single_instance: bool = False) -> Storage:
+    """Open the backend `database` names: a PostgreSQL URL, or a SQLite file path (`sqlite:///path` too)."""
+    if is_postgres(database):
+        from bot.pgstore import PgStore  # psycopg is only needed by those who use PostgreSQL
+
+        return await PgStore.open(database, single_instance=single_instance)
+    return await Store.open(database.removeprefix("sqlite://"), single_instance=single_instance)
