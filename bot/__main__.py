@@ -17,7 +17,7 @@ from bot.images import ImageRejected, prepare_first_frame
 from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
 from bot.model import HOLDING_A_SLOT
 from bot.resources import open_resources
-from bot.store import StoreUnavailable
+from bot.store import Store, StoreUnavailable
 
 log = logging.getLogger("bot")
 
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="start the bot (the default)")
     commands.add_parser("check", help="validate the settings and make one authenticated call to the API")
     commands.add_parser("sync", help="register the slash commands (in DISCORD_GUILD_ID if set, else globally)")
+    migrate = commands.add_parser("migrate-to", help="copy the SQLite database (DATABASE_PATH) into PostgreSQL")
+    migrate.add_argument("url", help="postgresql://user:password@host/database (an empty database)")
     backup = commands.add_parser("backup", help="take a consistent copy of the database while the bot runs")
     backup.add_argument("file", type=Path)
     generate = commands.add_parser("generate", help="make one video without Discord")
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(check(settings), settings.database_setting)
     if command == "generate":
         return _run(generate(settings, args), settings.database_setting)
+    if command == "migrate-to":
+        return _run(migrate_to(settings, args.url), "the target database")
     if command == "backup":
         return _run(backup(settings, args.file), settings.database_setting)
     from bot import app  # Discord is only imported by the commands that need it
@@ -110,6 +114,27 @@ async def check(settings: Settings) -> int:
     for item in blocking:
         print(f"error: {item.name}: {item.detail}", file=sys.stderr)
     return EXIT_FAILED if blocking else EXIT_OK
+
+
+async def migrate_to(settings: Settings, url: str) -> int:
+    """Copy the SQLite database into an empty PostgreSQL one; then set DATABASE_URL and start the bot on it."""
+    from bot.storage import is_postgres
+
+    if not is_postgres(url):
+        print("error: migrate-to takes a postgresql:// URL", file=sys.stderr)
+        return EXIT_USAGE
+    from bot.pgstore import PgStore
+
+    source = await Store.open(settings.database_path, single_instance=True)  # no bot may write to it meanwhile
+    await source.close()
+    target = await PgStore.open(url)
+    try:
+        copied = await target.copy_from_sqlite(settings.database_path)
+    finally:
+        await target.close()
+    rows = ", ".join(f"{count} {table}" for table, count in copied.items())
+    print(f"ok: copied {settings.database_path} into PostgreSQL ({rows}); now set DATABASE_URL and start the bot")
+    return EXIT_OK
 
 
 async def backup(settings: Settings, target: Path) -> int:

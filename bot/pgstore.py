@@ -13,6 +13,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
@@ -174,6 +175,7 @@ _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 _BOOLEAN = frozenset({"cancel_requested"})
 # Every table, parents first, for the backup into SQLite.
 _TABLES = ("images", "jobs", "guild_settings", "member_quotas", "role_quotas", "grants", "audit_log")
+_BOOLEAN_COLUMNS = frozenset({"cancel_requested"})
 
 
 def _describe(dsn: str) -> str:
@@ -665,6 +667,39 @@ class PgStore:
             raise
         await copy.close()
         os.replace(partial, target)
+
+    async def copy_from_sqlite(self, source: Path | str) -> dict[str, int]:
+        """Copy every row of a SQLite database of this schema into this one, which must hold no jobs yet, in one
+        transaction (an operator moving to PostgreSQL keeps their history and quotas). Returns rows per table."""
+        async with aiosqlite.connect(f"file:{Path(source)}?mode=ro", uri=True) as sqlite:
+            async with sqlite.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            if row is None or row[0] != len(MIGRATIONS):
+                found = row[0] if row else "no"
+                raise StoreUnavailable(f"{source} is at schema {found}; open it with the bot once to upgrade it")
+            copied = {}
+            async with self.transaction() as db:
+                counted = await db.execute("SELECT COUNT(*) FROM jobs")
+                if (await counted.fetchone() or (0,))[0]:
+                    raise StoreUnavailable("the PostgreSQL database already holds jobs; copy into an empty one")
+                for table in _TABLES:
+                    async with sqlite.execute(f"SELECT * FROM {table}") as rows:
+                        names = [column[0] for column in rows.description]
+                        flags = [name in _BOOLEAN_COLUMNS for name in names]
+                        sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('%s' for _ in names)})"
+                        copied[table] = 0
+                        while batch := list(await rows.fetchmany(500)):
+                            # SQLite keeps flags as 0/1; PostgreSQL wants booleans.
+                            values = [[bool(v) if flag else v for v, flag in zip(r, flags, strict=True)] for r in batch]
+                            async with db.cursor() as out:
+                                await out.executemany(sql, values)
+                            copied[table] += len(batch)
+                for table in ("grants", "audit_log"):  # the next id continues after the copied ones
+                    await db.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(MAX(id), 0) + 1, false)"
+                        f" FROM {table}"
+                    )
+        return copied
 
 
 async def _insert_audit(db: Connection, entry: AuditEntry) -> None:
