@@ -1195,7 +1195,7 @@ async def running_bot(
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
 
 
-async def wait_until(predicate: Any, within: float = 5.0, interval: float = 0.01) -> None:
+async def wait_until(predicate: Any, within: float = 15.0, interval: float = 0.01) -> None:
     """Poll a condition (a callable, sync or async) until it holds; fail the test if it never does."""
     deadline = asyncio.get_running_loop().time() + within
     while True:

@@ -151,6 +151,7 @@ async def test_callbacks_arriving_together_are_answered_by_one_query(tmp_path: P
             "provider_concurrency": 10,
         }
         world.sim.hold = True
+        world.sim.processing_after = 3600.0  # no state change of its own: only our burst calls back
         async with world.running():
             for n in range(8):
                 await world.discord.slash("video", {"prompt": f"burst {n}"}, sub="text")
@@ -158,7 +159,7 @@ async def test_callbacks_arriving_together_are_answered_by_one_query(tmp_path: P
             async def all_at_the_provider() -> bool:
                 return len(await world.resources.jobs.in_state("submitted", "processing")) == 8
 
-            await wait_until(all_at_the_provider)
+            await wait_until(all_at_the_provider, within=30)
             jobs = await world.resources.jobs.in_state("submitted", "processing")
             asked_before = len([r for r in world.sim.requests if r.method == "GET"])
             url = world.settings_overrides["callback_public_url"]
