@@ -2,7 +2,9 @@
 
 It runs all of discord.py's real code and enforces what real Discord
 enforces and the bot depends on: permissions, upload limits, no threads in forums or threads, deleted channels,
-message nonces, the first followup after a defer replacing the loading message.
+message nonces, the first followup after a defer replacing the loading message. With `rate_limits=True` (or the
+attribute set later) it also enforces Discord's rate limits: a global limit, per-route buckets, the X-RateLimit-*
+headers and 429s (counted in `rate_limited`); every recorded request carries its arrival time and status.
 
     async with running_fake() as fake, running_bot(bot, fake):
         interaction = await fake.send_slash("ping", [], subcommand="pong")
@@ -856,6 +858,11 @@ class FakeDiscord:
                 return web.Response(status=204) if answer is None else self._json(answer)
         self.unexpected.append(f"{call.method} {call.path}")
         return self._error(404, 0, "404: Not Found")
+
+    def reset_rate_limits(self) -> None:
+        """Forget the counts so far: every bucket, and the global limit, start a new window."""
+        self._windows.clear()
+        self._global_window[:] = [0.0, 0.0]
 
     def _take(self, method: str, path: str) -> tuple[web.Response | None, dict[str, str]]:
         """Count a request against the global limit and its route's bucket: (a 429 or None, the headers to send)."""

@@ -41,6 +41,8 @@ async def test_a_route_bucket_counts_down_then_answers_429(fake: FakeDiscord) ->
     async with aiohttp.ClientSession() as session:
         answers = [await post(session, fake, f"/channels/{fake.general}/messages") for _ in range(6)]
         other = await post(session, fake, f"/channels/{fake.log_channel}/messages")
+        fake.reset_rate_limits()
+        again = await post(session, fake, f"/channels/{fake.general}/messages")
     assert [status for status, _, _ in answers] == [200] * 5 + [429]
     assert [h["X-RateLimit-Remaining"] for _, h, _ in answers[:5]] == ["4", "3", "2", "1", "0"]
     assert {h["X-RateLimit-Limit"] for _, h, _ in answers} == {"5"}
@@ -51,8 +53,9 @@ async def test_a_route_bucket_counts_down_then_answers_429(fake: FakeDiscord) ->
     assert 4.5 < body["retry_after"] <= 5.0 and float(headers["Retry-After"]) == pytest.approx(body["retry_after"])
     assert headers["X-RateLimit-Scope"] == "user"
     assert other[0] == 200  # another channel: its own bucket
+    assert again[0] == 200 and again[1]["X-RateLimit-Remaining"] == "4"  # a new window
     assert fake.rate_limited == [(MESSAGES, False)]
-    assert len(fake.messages[fake.general]) == 5 and fake.requests[-2].status == 429
+    assert len(fake.messages[fake.general]) == 6 and fake.requests[-3].status == 429
 
 
 async def test_a_burst_over_50_per_second_is_limited_globally_but_not_interactions(fake: FakeDiscord) -> None:
