@@ -108,14 +108,14 @@ async def serve_fakes(channels: int) -> None:
             "limited": fake.rate_limited,
         })  # fmt: skip
 
-    async def count(value: int) -> web.Response:
-        return web.json_response(value)
+    async def count(request: web.Request) -> web.Response:
+        return web.json_response(len(fake.requests))
 
     control = web.Application()
     control.router.add_post("/slash", slash)
     control.router.add_post("/finish", finish)
     control.router.add_get("/stats", stats)
-    control.router.add_get("/count", lambda _: count(len(fake.requests)))
+    control.router.add_get("/count", count)
     runner, port = await serve(control, "127.0.0.1", 0)
     where = {"api": fake.api_base, "gateway": fake.gateway_url, "token": fake.token, "sim": sim.base_url()}
     print(json.dumps(where | {"control": f"http://127.0.0.1:{port}", "rooms": rooms}), flush=True)
@@ -130,6 +130,7 @@ async def serve_fakes(channels: int) -> None:
 
 @contextlib.asynccontextmanager
 async def fakes_process(channels: int) -> AsyncIterator[dict[str, Any]]:
+    """`python -m bench.flood --serve` as a child; yields where its fakes and control API listen."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.flood", "--serve", "--channels", str(channels),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -308,10 +309,10 @@ def report(
          "; ".join(f"{r}: {n} {'global' if g else 'route'}" for (r, g), n in Counter(
              (r, g) for r, g in stats["limited"]).most_common())),
         ("edits given up after discord.py's 5 tries (message left stale)", f"{stale}", ""),
-        ("finish to last video posted", f"{last_post:.1f} s",
-         f"floor {floor:.1f} s for these requests ({why}); {minimum:.1f} s for one post per video"),
         ("finish to first video posted", f"{first_post:.1f} s", ""),
-        ("finish to the flood's last request (edits after the posts)", f"{last_request:.1f} s", ""),
+        ("finish to last video posted", f"{last_post:.1f} s", f"floor {minimum:.1f} s for one post per video"),
+        ("finish to the flood's last request (edits after the posts)", f"{last_request:.1f} s",
+         f"floor {floor:.1f} s for these requests: {why}"),
         ("Discord requests in any sliding second, peak", f"{peak}",
          f"global limit {GLOBAL_LIMIT.requests} (interaction callbacks and followups not counted)"),
         (f"ack latency p50 / p99, {len(acks)} slash commands in the flood",
