@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -284,7 +285,14 @@ def report(
     last_request = max((at for _, _, _, at in mine), default=t0) - t0
     delivered = outcome["delivered"]
     kinds = Counter(kind(m, p) for m, p, _, _ in mine)
-    routes = Counter(rate_limit_route(m, p)[0] for m, p, _, _ in mine)
+
+    def where(path: str) -> str:
+        parts = path.split("/")
+        return "" if parts[1] != "channels" else " in a job thread" if parts[2] in threads else " in the channel"
+
+    routes = Counter(
+        f"{rate_limit_route(m, p)[0]}{where(p)}{' (answered 429)' if s == 429 else ''}" for m, p, s, _ in mine
+    )
     refused = [(m, p) for m, p, s, _ in stats["requests"] if s == 429]
     last_edit = {p: s for m, p, s, _ in mine if m == "PATCH"}
     stale = sum(1 for s in last_edit.values() if s == 429)
@@ -292,7 +300,7 @@ def report(
     minimum = (math.ceil(videos / GLOBAL_LIMIT.requests) - 1) * GLOBAL_LIMIT.seconds
     undone = videos - sum(outcome.values()) + outcome["succeeded"]
     every = sorted(at for _, p, _, at in stats["requests"] if not p.startswith(GLOBAL_EXEMPT))
-    peak = max((sum(1 for t in every if a <= t < a + 1.0) for a in every), default=0)
+    peak = max((bisect.bisect_left(every, a + 1.0) - i for i, a in enumerate(every)), default=0)
     window = [t for t in stats["queries"] if t <= t0 + max(last_post, drained)]
     gaps = [b - a for a, b in zip([t0, *window], window, strict=False)]
     acks = [b - a for a, b in stats["acks"] if b is not None]
