@@ -2,7 +2,9 @@
 
 It runs all of discord.py's real code and enforces what real Discord
 enforces and the bot depends on: permissions, upload limits, no threads in forums or threads, deleted channels,
-message nonces, the first followup after a defer replacing the loading message.
+message nonces, the first followup after a defer replacing the loading message. With `rate_limits=True` (or the
+attribute set later) it also enforces Discord's rate limits: a global limit, per-route buckets, the X-RateLimit-*
+headers and 429s (counted in `rate_limited`); every recorded request carries its arrival time and status.
 
     async with running_fake() as fake, running_bot(bot, fake):
         interaction = await fake.send_slash("ping", [], subcommand="pong")
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import re
@@ -51,6 +54,54 @@ UNKNOWN_MESSAGE = (404, 10008, "Unknown Message")
 MISSING_PERMISSIONS = (403, 50013, "Missing Permissions")
 WRONG_CHANNEL_TYPE = (400, 50024, "Cannot execute action on this channel type")
 Files = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `requests` in a window of `seconds` (a fixed window from its first request, as Discord's)."""
+
+    requests: int
+    seconds: float
+
+
+# Rate limits (opt-in: FakeDiscord(rate_limits=True)). Discord documents the global limit (50 requests per second
+# per bot token; interaction callbacks and the interaction webhook are not bound by it) and tells per-route limits
+# only in response headers, so the route figures are what Discord answers today where known, else a guess.
+GLOBAL_LIMIT = Limit(50, 1.0)
+ROUTE_LIMITS = {
+    "POST /channels/{channel_id}/messages": Limit(5, 5.0),  # X-RateLimit-Limit 5, Reset-After 5, per channel
+    "PATCH /channels/{channel_id}/messages/{id}": Limit(5, 5.0),  # edits: answered as creation
+    "DELETE /channels/{channel_id}/messages/{id}": Limit(5, 1.0),
+    "POST /channels/{channel_id}/messages/{id}/threads": Limit(10, 10.0),  # a guess: thread creation is tighter
+    "POST /channels/{channel_id}/threads": Limit(10, 10.0),
+    "POST /webhooks/{webhook_id}/{token}": Limit(5, 2.0),  # webhooks: 5 per 2 s per webhook
+    "PATCH /webhooks/{webhook_id}/{token}/messages/{id}": Limit(5, 2.0),
+}
+DEFAULT_LIMIT = Limit(10, 1.0)  # every other route, per its major parameters
+GLOBAL_EXEMPT = ("/interactions/", "/webhooks/")  # interaction callbacks and followups
+MAJOR = ("channels", "guilds", "webhooks", "interactions")  # a top-level id keeps its own bucket
+
+
+def rate_limit_route(method: str, path: str) -> tuple[str, str]:
+    """(route, major parameters): ids after channels/guilds/webhooks/interactions (and a webhook's or
+    interaction's token) are kept as the major parameters; every other id becomes {id}."""
+    parts = path.strip("/").split("/")
+    route, major = [], []
+    for index, part in enumerate(parts):
+        previous = parts[index - 1] if index else ""
+        if previous in MAJOR and part.isdigit():
+            route.append("{" + previous[:-1] + "_id}")
+            major.append(part)
+        elif index == 2 and parts[0] in ("webhooks", "interactions"):
+            route.append("{token}")
+            major.append(part)
+        elif part.isdigit() or part == "@original":
+            route.append("{id}")
+        else:
+            route.append(part)
+    return f"{method} /{'/'.join(route)}", "/".join(major)
+
+
 # Guild fields only GUILD_CREATE carries; GET /guilds/{id} leaves them out.
 GATEWAY_ONLY = ("members", "channels", "threads", "voice_states", "presences", "joined_at", "large", "member_count")
 
@@ -72,6 +123,8 @@ class Recorded:
     json: Any
     files: list[tuple[str, bytes]]
     query: dict[str, str] = field(default_factory=dict)
+    at: float = field(default_factory=time.perf_counter)  # when it arrived
+    status: int = 0  # the answer's HTTP status, once answered
 
 
 @dataclass
@@ -129,7 +182,7 @@ class Interaction:
 class FakeDiscord:
     """One guild with members, roles and channels; a bot logs in with `token`."""
 
-    def __init__(self, *, filesize_limit: int | None = None, premium_tier: int = 0) -> None:
+    def __init__(self, *, filesize_limit: int | None = None, premium_tier: int = 0, rate_limits: bool = False) -> None:
         self._ids = itertools.count(1_300_000_000_000_000_000)
         self.token = "fake-bot-token"
         self.application_id = self.snowflake()
@@ -152,6 +205,14 @@ class FakeDiscord:
         self.bot_overwrites = False
         self.identified = asyncio.Event()  # a bot IDENTIFYed and was sent READY and GUILD_CREATE
         self.resumes = 0
+        # Rate limits: off by default (no headers, nothing refused); may be switched on or off at any time.
+        self.rate_limits = rate_limits
+        self.global_limit = GLOBAL_LIMIT
+        self.route_limits = dict(ROUTE_LIMITS)
+        self.default_limit = DEFAULT_LIMIT
+        self.rate_limited: list[tuple[str, bool]] = []  # (route, global) of every 429 answered
+        self._windows: dict[tuple[str, str], list[float]] = {}  # (route, major) -> [window start, count]
+        self._global_window = [0.0, 0.0]
         self._faults: list[tuple[str, re.Pattern[str], int, int, str, list[int]]] = []
         self._delays: list[tuple[str, re.Pattern[str], float, list[int]]] = []
         self._nonces: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
@@ -787,19 +848,78 @@ class FakeDiscord:
                 left[0] -= 1
                 if left[0] <= 0:
                     self._faults.remove(fault)
+                call.status = status
                 return self._error(status, code, message or f"{status} injected")
         public = path.startswith(("/interactions/", "/webhooks/", "/gateway"))
         if not public and request.headers.get("Authorization") != f"Bot {self.token}":
             return self._error(401, 0, "401: Unauthorized")
+        headers: dict[str, str] = {}
+        if self.rate_limits:
+            refused, headers = self._take(request.method, path)
+            if refused is not None:
+                call.status = refused.status
+                return refused
+        response = await self._handle(call)
+        response.headers.update(headers)
+        call.status = response.status
+        return response
+
+    async def _handle(self, call: Recorded) -> web.Response:
         for route, method, handler in self._routes:
-            if (match := re.fullmatch(route, path)) and method == request.method:
+            if (match := re.fullmatch(route, call.path)) and method == call.method:
                 try:
                     answer = await handler(self, call, *match.groups())
                 except Refused as refused:
                     return self._error(*refused.args)
                 return web.Response(status=204) if answer is None else self._json(answer)
-        self.unexpected.append(f"{request.method} {path}")
+        self.unexpected.append(f"{call.method} {call.path}")
         return self._error(404, 0, "404: Not Found")
+
+    def reset_rate_limits(self) -> None:
+        """Forget the counts so far: every bucket, and the global limit, start a new window."""
+        self._windows.clear()
+        self._global_window[:] = [0.0, 0.0]
+
+    def _take(self, method: str, path: str) -> tuple[web.Response | None, dict[str, str]]:
+        """Count a request against the global limit and its route's bucket: (a 429 or None, the headers to send)."""
+        now = time.perf_counter()
+        route, major = rate_limit_route(method, path)
+        limit = self.route_limits.get(route, self.default_limit)
+        window = self._windows.setdefault((route, major), [now, 0])
+        if now >= window[0] + limit.seconds:
+            window[:] = [now, 0]
+        exempt = path.startswith(GLOBAL_EXEMPT)
+        if not exempt and now >= self._global_window[0] + self.global_limit.seconds:
+            self._global_window[:] = [now, 0]
+        over_global = not exempt and self._global_window[1] >= self.global_limit.requests
+        over_route = window[1] >= limit.requests
+        if not (over_global or over_route):
+            window[1] += 1
+            if not exempt:
+                self._global_window[1] += 1
+        reset_after = max(0.0, window[0] + limit.seconds - now)
+        headers = {
+            "X-RateLimit-Limit": str(limit.requests),
+            "X-RateLimit-Remaining": str(int(limit.requests - window[1])),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": hashlib.sha1(route.encode()).hexdigest()[:16],  # opaque, shared by the route
+        }
+        if not (over_global or over_route):
+            return None, headers
+        retry_after = self._global_window[0] + self.global_limit.seconds - now if over_global else reset_after
+        self.rate_limited.append((route, over_global))
+        headers |= {
+            "X-RateLimit-Scope": "global" if over_global else "user",
+            "Retry-After": f"{max(retry_after, 0.001):.3f}",
+            "Via": "1.1 google",  # discord.py takes a 429 without it for a Cloudflare ban
+        }
+        if over_global:
+            headers["X-RateLimit-Global"] = "true"
+        body = {"message": "You are being rate limited.", "retry_after": round(retry_after, 3), "global": over_global}
+        response = self._json(body, 429)
+        response.headers.update(headers)
+        return response, headers
 
     async def _me(self, call: Recorded) -> Any:
         return self.bot_user
