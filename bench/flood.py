@@ -27,10 +27,10 @@ from aiohttp import web
 
 from bot.app import VideoBot, apply_discord_endpoints
 from bot.config import load_settings
+from bot.model import AT_PROVIDER, Job
 from bot.resources import open_resources
 from bot.serving import serve
 from bot.simulator import KlingSimulator
-from bot.store import IN_FLIGHT, Job
 from tests.fake_discord import (
     DEFAULT_LIMIT,
     GLOBAL_EXEMPT,
@@ -224,10 +224,10 @@ async def flood(videos: int, channels: int, wait: float) -> None:
                 await asyncio.gather(*(
                     slash(n, f"member{n % USERS}", f"flood {n}") for n in range(first, min(videos, first + 100))
                 ))  # fmt: skip
-            while sum(j.status_message_id is not None for j in await store.jobs_in(IN_FLIGHT)) < videos:
+            while sum(j.status_message_id is not None for j in await store.jobs_in(AT_PROVIDER)) < videos:
                 await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)  # the commands' last followups
-            flood_jobs = await store.jobs_in(IN_FLIGHT)
+            flood_jobs = await store.jobs_in(AT_PROVIDER)
             print(f"  {videos} jobs in flight after {time.perf_counter() - started:.1f} s; finishing all", flush=True)
 
             async with control.post(f"{where['control']}/finish") as response:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import discord
@@ -39,6 +41,40 @@ HANDLER_TASKS = (
     "discord-ui-modal-dispatch",
     "discord-ui-dynamic-item",
 )
+
+
+# Discord allows a bot about 50 requests a second in all (interaction answers aside); staying a little under it
+# avoids the global 429s a burst of deliveries would otherwise meet (discord.py only reacts to them).
+GLOBAL_REQUESTS_PER_SECOND = 45
+EXEMPT_FROM_GLOBAL_LIMIT = ("/interactions/", "/webhooks/")
+
+
+class Pace:
+    """At most `limit` requests in any sliding second: a request waits for its turn instead of being refused."""
+
+    def __init__(
+        self,
+        limit: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.limit = limit
+        self.clock = clock
+        self.sleep = sleep
+        self.sent: collections.deque[float] = collections.deque()
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        """Return when one more request keeps the last second within the limit."""
+        async with self.lock:
+            while True:
+                now = self.clock()
+                while self.sent and now - self.sent[0] >= 1.0:
+                    self.sent.popleft()
+                if len(self.sent) < self.limit:
+                    self.sent.append(now)
+                    return
+                await self.sleep(1.0 - (now - self.sent[0]))
 
 
 class UserFacingError(app_commands.AppCommandError):
@@ -110,7 +146,22 @@ class VideoBot(commands.Bot):
 
     async def login(self, token: str) -> None:
         apply_discord_endpoints(self.settings)
+        self._pace_requests()
         await super().login(token)
+
+    def _pace_requests(self) -> None:
+        """Every REST request of this bot but interaction answers takes its turn under Discord's global limit.
+
+        discord.py paces each route from Discord's headers but has no global pace, and offers no hook for one:
+        its one door to Discord, `HTTPClient.request`, is wrapped here, for this bot only."""
+        pace, request = Pace(GLOBAL_REQUESTS_PER_SECOND), self.http.request
+
+        async def paced(route: discord.http.Route, **kwargs: Any) -> Any:
+            if not route.path.startswith(EXEMPT_FROM_GLOBAL_LIMIT):
+                await pace.wait()
+            return await request(route, **kwargs)
+
+        self.http.request = paced  # type: ignore[method-assign]
 
     @contextlib.asynccontextmanager
     async def http_servers(self) -> AsyncIterator[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bot.app import Pace
 from bot.model import Job
 from bot.scheduling import (
     LATE_POLL_MAX_SECONDS,
@@ -75,3 +76,21 @@ def test_the_account_pause_alerts_once_per_trouble_and_lets_one_probe_through() 
     assert not pause.holding() and not pause.active  # time for the probe
     pause.worked()
     assert pause.pause("out again")  # a new trouble after a submit worked: a new alert
+
+
+async def test_the_global_pace_lets_no_more_than_the_limit_into_any_second() -> None:
+    clock = FakeClock(0.0)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
+    pace = Pace(3, clock=clock, sleep=sleep)
+    sent_at = []
+    for _ in range(7):
+        await pace.wait()
+        sent_at.append(clock())
+        clock.advance(0.1)
+    assert all(sum(1 for t in sent_at if start <= t < start + 1.0) <= 3 for start in sent_at)
+    assert slept and sent_at[3] >= sent_at[0] + 1.0  # the fourth waited for the first to leave the window
