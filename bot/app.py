@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
+import aiohttp
 import discord
 import prometheus_client
 import yarl
@@ -77,6 +78,23 @@ class Pace:
                 await self.sleep(1.0 - (now - self.sent[0]))
 
 
+def paced_trace(api_base: str, pace: Pace) -> aiohttp.TraceConfig:
+    """An aiohttp trace (discord.py's `http_trace` option) that holds every request to Discord's API, retries
+    included, until the global pace allows it; interaction answers are exempt, as they are at Discord."""
+    api_base = api_base.rstrip("/")
+
+    async def on_request_start(
+        session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceRequestStartParams
+    ) -> None:
+        url = str(params.url)
+        if url.startswith(api_base) and not url[len(api_base) :].startswith(EXEMPT_FROM_GLOBAL_LIMIT):
+            await pace.wait()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    return trace
+
+
 class UserFacingError(app_commands.AppCommandError):
     """An expected problem whose message is shown to the member as is."""
 
@@ -126,6 +144,7 @@ class VideoBot(commands.Bot):
 
     def __init__(self, settings: Settings, resources: Resources, **options: Any) -> None:
         options.setdefault("intents", discord.Intents.default())
+        options.setdefault("http_trace", paced_trace(settings.discord_api_base_url, Pace(GLOBAL_REQUESTS_PER_SECOND)))
         super().__init__(
             command_prefix=commands.when_mentioned,
             tree_cls=VideoTree,
@@ -146,22 +165,7 @@ class VideoBot(commands.Bot):
 
     async def login(self, token: str) -> None:
         apply_discord_endpoints(self.settings)
-        self._pace_requests()
         await super().login(token)
-
-    def _pace_requests(self) -> None:
-        """Every REST request of this bot but interaction answers takes its turn under Discord's global limit.
-
-        discord.py paces each route from Discord's headers but has no global pace, and offers no hook for one:
-        its one door to Discord, `HTTPClient.request`, is wrapped here, for this bot only."""
-        pace, request = Pace(GLOBAL_REQUESTS_PER_SECOND), self.http.request
-
-        async def paced(route: discord.http.Route, **kwargs: Any) -> Any:
-            if not route.path.startswith(EXEMPT_FROM_GLOBAL_LIMIT):
-                await pace.wait()
-            return await request(route, **kwargs)
-
-        self.http.request = paced  # type: ignore[method-assign]
 
     @contextlib.asynccontextmanager
     async def http_servers(self) -> AsyncIterator[None]:
