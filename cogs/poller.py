@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 
@@ -34,6 +35,9 @@ class StatusMessages:
         self.bot = bot
         self.shown_position: dict[str, int] = {}
         self.shown_late: set[str] = set()
+        # One card edit at a time per channel: its cards share one Discord bucket, and discord.py lets a crowd of
+        # waiting requests overrun a bucket as it resets (a few 429s per hundred edits) when they all wait at once.
+        self.channel_turns: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
     async def show_queue(self) -> None:
         """Keep each queued job's place in line current (only the places that changed are edited)."""
@@ -79,9 +83,10 @@ class StatusMessages:
         if card and job.message_id and not card_is_status:
             parent = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             try:
-                await parent.get_partial_message(job.message_id).edit(
-                    embed=job_card(job), allowed_mentions=discord.AllowedMentions.none()
-                )
+                async with self.channel_turns[job.channel_id]:
+                    await parent.get_partial_message(job.message_id).edit(
+                        embed=job_card(job), allowed_mentions=discord.AllowedMentions.none()
+                    )
             except discord.HTTPException as exc:
                 log.info("job %s: card edit failed: %s", job.id, exc)
 
