@@ -1,4 +1,5 @@
-# A small image that runs the bot as a non-root user, with the database on a volume.
+# A small image that runs the bot as a non-root user, with the SQLite database on a volume (or DATABASE_URL set to
+# a PostgreSQL server: its driver is installed).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
@@ -8,7 +9,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
-RUN pip install . && useradd --create-home --uid 10001 bot && mkdir /data && chown bot:bot /data
+RUN pip install '.[postgres]' && useradd --create-home --uid 10001 bot && mkdir /data && chown bot:bot /data
 
 USER bot
 VOLUME ["/data"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.model import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, StoredImage, Usage, UsageRow
-from bot.store import DecisionT, Store
+from bot.store import DecisionT, Store, StoreUnavailable
 
 
 class Storage(Protocol):
@@ -101,7 +101,9 @@ def is_postgres(database: str) -> bool:
 async def open_storage(database: str, *, single_instance: bool = False) -> Storage:
     """Open the backend `database` names: a PostgreSQL URL, or a SQLite file path (`sqlite:///path` too)."""
     if is_postgres(database):
-        from bot.pgstore import PgStore  # psycopg is only needed by those who use PostgreSQL
-
+        try:
+            from bot.pgstore import PgStore  # psycopg is only needed by those who use PostgreSQL
+        except ImportError:
+            raise StoreUnavailable("PostgreSQL needs its driver: pip install -e '.[postgres]'") from None
         return await PgStore.open(database, single_instance=single_instance)
     return await Store.open(database.removeprefix("sqlite://"), single_instance=single_instance)
