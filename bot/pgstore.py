@@ -154,6 +154,16 @@ PG_MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN lookups INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE;
     """,
+    """
+    -- SQLite's migration 5 adds running totals kept by triggers; this store reads the rows (PostgreSQL's planner
+    -- and its partial and covering indexes serve them), so only the indexes are mirrored. The in-flight indexes
+    -- SQLite dropped stay: the counts here use them.
+    CREATE INDEX jobs_member_unsettled ON jobs (guild_id, user_id, created_at)
+        WHERE status IN ('reserved', 'queued', 'submitted', 'processing', 'succeeded');
+    CREATE INDEX jobs_member_usage ON jobs (guild_id, user_id, created_at) INCLUDE (status, cost_estimate, cost_billed);
+    CREATE INDEX jobs_guild_usage ON jobs (guild_id, created_at) INCLUDE (status, cost_estimate, cost_billed);
+    DROP INDEX jobs_member;
+    """,
 )
 assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every SQLite migration needs its PostgreSQL twin"
 

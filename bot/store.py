@@ -19,6 +19,7 @@ import aiosqlite
 from bot.model import (
     IN_PROGRESS,
     MUTABLE_JOB_FIELDS,
+    OPEN,
     AuditEntry,
     Job,
     MemberQuota,
@@ -148,13 +149,113 @@ MIGRATIONS: tuple[str, ...] = (
     -- The member cancelled a job whose submit is uncertain: it is not sent again.
     ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    -- Running totals of jobs per state: per member, per server and overall, kept by triggers inside the writing
+    -- transaction, so quotas, caps, counts and metrics read a few rows instead of walking years of history.
+    -- `estimated` sums cost_estimate, `settled` sums COALESCE(cost_billed, cost_estimate); `first_created` is at
+    -- or before every counted job's created_at, so the totals answer any window that starts at or before it.
+    CREATE TABLE member_job_totals (
+        guild_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        jobs INTEGER NOT NULL,
+        estimated INTEGER NOT NULL,
+        settled INTEGER NOT NULL,
+        first_created REAL NOT NULL,
+        PRIMARY KEY (guild_id, user_id, status)
+    ) WITHOUT ROWID;
+    CREATE TABLE guild_job_totals (
+        guild_id INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        jobs INTEGER NOT NULL,
+        estimated INTEGER NOT NULL,
+        settled INTEGER NOT NULL,
+        first_created REAL NOT NULL,
+        PRIMARY KEY (guild_id, status)
+    ) WITHOUT ROWID;
+    CREATE TABLE job_totals (status TEXT PRIMARY KEY, jobs INTEGER NOT NULL) WITHOUT ROWID;
+
+    INSERT INTO member_job_totals
+        SELECT guild_id, user_id, status, COUNT(*), SUM(cost_estimate), SUM(COALESCE(cost_billed, cost_estimate)),
+            MIN(created_at)
+        FROM jobs WHERE guild_id IS NOT NULL AND user_id IS NOT NULL GROUP BY guild_id, user_id, status;
+    INSERT INTO guild_job_totals
+        SELECT guild_id, status, COUNT(*), SUM(cost_estimate), SUM(COALESCE(cost_billed, cost_estimate)),
+            MIN(created_at)
+        FROM jobs WHERE guild_id IS NOT NULL GROUP BY guild_id, status;
+    INSERT INTO job_totals SELECT status, COUNT(*) FROM jobs GROUP BY status;
+
+    CREATE TRIGGER jobs_totals_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO member_job_totals
+            SELECT NEW.guild_id, NEW.user_id, NEW.status, 1, NEW.cost_estimate,
+                COALESCE(NEW.cost_billed, NEW.cost_estimate), NEW.created_at
+            WHERE NEW.guild_id IS NOT NULL AND NEW.user_id IS NOT NULL
+            ON CONFLICT (guild_id, user_id, status) DO UPDATE SET jobs = jobs + 1,
+                estimated = estimated + excluded.estimated, settled = settled + excluded.settled,
+                first_created = MIN(first_created, excluded.first_created);
+        INSERT INTO guild_job_totals
+            SELECT NEW.guild_id, NEW.status, 1, NEW.cost_estimate, COALESCE(NEW.cost_billed, NEW.cost_estimate),
+                NEW.created_at
+            WHERE NEW.guild_id IS NOT NULL
+            ON CONFLICT (guild_id, status) DO UPDATE SET jobs = jobs + 1,
+                estimated = estimated + excluded.estimated, settled = settled + excluded.settled,
+                first_created = MIN(first_created, excluded.first_created);
+        INSERT INTO job_totals VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET jobs = jobs + 1;
+    END;
+    CREATE TRIGGER jobs_totals_delete AFTER DELETE ON jobs BEGIN
+        UPDATE member_job_totals SET jobs = jobs - 1, estimated = estimated - OLD.cost_estimate,
+            settled = settled - COALESCE(OLD.cost_billed, OLD.cost_estimate)
+            WHERE guild_id = OLD.guild_id AND user_id = OLD.user_id AND status = OLD.status;
+        UPDATE guild_job_totals SET jobs = jobs - 1, estimated = estimated - OLD.cost_estimate,
+            settled = settled - COALESCE(OLD.cost_billed, OLD.cost_estimate)
+            WHERE guild_id = OLD.guild_id AND status = OLD.status;
+        UPDATE job_totals SET jobs = jobs - 1 WHERE status = OLD.status;
+    END;
+    -- An update takes the old row out and puts the new one in (the same statements as the two triggers above).
+    CREATE TRIGGER jobs_totals_update
+    AFTER UPDATE OF status, cost_estimate, cost_billed, guild_id, user_id, created_at ON jobs BEGIN
+        UPDATE member_job_totals SET jobs = jobs - 1, estimated = estimated - OLD.cost_estimate,
+            settled = settled - COALESCE(OLD.cost_billed, OLD.cost_estimate)
+            WHERE guild_id = OLD.guild_id AND user_id = OLD.user_id AND status = OLD.status;
+        UPDATE guild_job_totals SET jobs = jobs - 1, estimated = estimated - OLD.cost_estimate,
+            settled = settled - COALESCE(OLD.cost_billed, OLD.cost_estimate)
+            WHERE guild_id = OLD.guild_id AND status = OLD.status;
+        UPDATE job_totals SET jobs = jobs - 1 WHERE status = OLD.status;
+        INSERT INTO member_job_totals
+            SELECT NEW.guild_id, NEW.user_id, NEW.status, 1, NEW.cost_estimate,
+                COALESCE(NEW.cost_billed, NEW.cost_estimate), NEW.created_at
+            WHERE NEW.guild_id IS NOT NULL AND NEW.user_id IS NOT NULL
+            ON CONFLICT (guild_id, user_id, status) DO UPDATE SET jobs = jobs + 1,
+                estimated = estimated + excluded.estimated, settled = settled + excluded.settled,
+                first_created = MIN(first_created, excluded.first_created);
+        INSERT INTO guild_job_totals
+            SELECT NEW.guild_id, NEW.status, 1, NEW.cost_estimate, COALESCE(NEW.cost_billed, NEW.cost_estimate),
+                NEW.created_at
+            WHERE NEW.guild_id IS NOT NULL
+            ON CONFLICT (guild_id, status) DO UPDATE SET jobs = jobs + 1,
+                estimated = estimated + excluded.estimated, settled = settled + excluded.settled,
+                first_created = MIN(first_created, excluded.first_created);
+        INSERT INTO job_totals VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET jobs = jobs + 1;
+    END;
+
+    -- A member's open jobs, newest first (/video status, autocomplete), without their finished history.
+    CREATE INDEX jobs_member_unsettled ON jobs (guild_id, user_id, created_at)
+        WHERE status IN ('reserved', 'queued', 'submitted', 'processing', 'succeeded');
+    -- Usage in a window read from the index alone (member's quota, server's credits); replaces jobs_member.
+    CREATE INDEX jobs_member_usage ON jobs (guild_id, user_id, created_at, status, cost_estimate, cost_billed);
+    CREATE INDEX jobs_guild_usage ON jobs (guild_id, created_at, status, cost_estimate, cost_billed);
+    DROP INDEX jobs_member;
+    -- Jobs in flight per member and per server now come from the totals.
+    DROP INDEX jobs_member_open;
+    DROP INDEX jobs_guild_open;
+    """,
 )
 
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
-# Columns a transition may set; everything else is fixed when the job is written.
-# Written into the SQL as literals (our own constants), so the partial indexes on these states can serve the counts.
+# State lists written into the SQL as literals (our own constants), so the partial indexes on them can serve.
 _IN_PROGRESS = ", ".join(f"'{state}'" for state in IN_PROGRESS)
+_OPEN = ", ".join(f"'{state}'" for state in OPEN)  # the WHERE of the partial index jobs_member_unsettled
 
 
 class _Decision(Protocol):
@@ -328,11 +429,12 @@ class Store:
         """The newest job of a server (of one member, if given) whose id starts with `prefix` (hex), or None."""
         if not prefix or any(c not in "0123456789abcdef" for c in prefix):
             return None
-        # A range on the primary key, so the prefix is found by the index whatever the server's history.
-        sql = f"{_SELECT_JOB} WHERE id >= ? AND id < ? AND guild_id = ?"
+        # A range on the primary key, so the prefix is found by the index whatever the server's history; the unary
+        # `+` keeps the planner off the member's index, which would walk all of a heavy member's jobs.
+        sql = f"{_SELECT_JOB} WHERE id >= ? AND id < ? AND +guild_id = ?"
         params: list[Any] = [prefix, prefix + "g", guild_id]
         if user_id is not None:
-            sql += " AND user_id = ?"
+            sql += " AND +user_id = ?"
             params.append(user_id)
         if statuses is not None:
             sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
@@ -347,18 +449,28 @@ class Store:
         sql = f"{_SELECT_JOB} WHERE guild_id = ? AND user_id = ?"
         params: list[Any] = [guild_id, user_id]
         if statuses is not None:
+            if set(statuses) <= set(OPEN):  # the literal lets the open jobs' partial index serve, not the history
+                sql += f" AND status IN ({_OPEN})"
             sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
             params.extend(statuses)
         sql += " ORDER BY created_at DESC LIMIT ? OFFSET ?"
         return await self._jobs(sql, [*params, limit, offset])
 
     async def count_by_status(self) -> dict[str, int]:
-        """How many jobs are in each state (an index scan: call it now and then, not per job)."""
-        async with self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status") as cursor:
+        """How many jobs are in each state (from the running totals)."""
+        async with self._db.execute("SELECT status, jobs FROM job_totals WHERE jobs > 0 ORDER BY status") as cursor:
             return {row[0]: int(row[1]) for row in await cursor.fetchall()}
 
     async def credits_used(self, guild_id: int, since: float) -> int:
         """Credits a server's members used or hold since a time."""
+        async with self._db.execute(
+            "SELECT MIN(first_created), COALESCE(SUM(settled), 0) FROM guild_job_totals"
+            " WHERE guild_id = ? AND status NOT IN ('failed', 'cancelled')",
+            (guild_id,),
+        ) as cursor:
+            first, total = await cursor.fetchone() or (None, 0)
+        if first is None or since <= first:  # the window holds all the server's jobs: the totals answer
+            return int(total)
         return int(
             await self._scalar(
                 "SELECT COALESCE(SUM(COALESCE(cost_billed, cost_estimate)), 0) FROM jobs"
@@ -375,7 +487,10 @@ class Store:
     async def count_member_jobs(self, guild_id: int, user_id: int) -> int:
         """How many jobs a member has in one server."""
         return int(
-            await self._scalar("SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
+            await self._scalar(
+                "SELECT COALESCE(SUM(jobs), 0) FROM member_job_totals WHERE guild_id = ? AND user_id = ?",
+                (guild_id, user_id),
+            )
         )
 
     async def render_times(self, duration: int, resolution: str, *, limit: int = 25) -> list[float]:
@@ -485,30 +600,35 @@ class Store:
     async def _usage(self, db: aiosqlite.Connection, guild_id: int, user_id: int, since: float) -> Usage:
         # Failed and cancelled jobs release their credits simply by not being counted.
         async with db.execute(
-            "SELECT"
-            " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable')"
-            "   THEN COALESCE(cost_billed, cost_estimate) END), 0),"
-            f" COALESCE(SUM(CASE WHEN status IN ({_IN_PROGRESS})"
-            "   THEN cost_estimate END), 0)"
-            " FROM jobs WHERE guild_id = ? AND user_id = ? AND created_at >= ?",
-            (guild_id, user_id, since),
+            "SELECT MIN(first_created),"
+            " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable') THEN settled END), 0),"
+            f" COALESCE(SUM(CASE WHEN status IN ({_IN_PROGRESS}) THEN estimated END), 0),"
+            f" COALESCE(SUM(CASE WHEN status IN ({_IN_PROGRESS}) THEN jobs END), 0)"
+            " FROM member_job_totals WHERE guild_id = ? AND user_id = ?",
+            (guild_id, user_id),
         ) as cursor:
-            used, reserved = await cursor.fetchone() or (0, 0)
+            first, used, reserved, in_flight = await cursor.fetchone() or (None, 0, 0, 0)
+        if first is not None and since > first:  # a window of part of their history: the index's range of it
+            async with db.execute(
+                "SELECT"
+                " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable')"
+                "   THEN COALESCE(cost_billed, cost_estimate) END), 0),"
+                f" COALESCE(SUM(CASE WHEN status IN ({_IN_PROGRESS})"
+                "   THEN cost_estimate END), 0)"
+                " FROM jobs WHERE guild_id = ? AND user_id = ? AND created_at >= ?",
+                (guild_id, user_id, since),
+            ) as cursor:
+                used, reserved = await cursor.fetchone() or (0, 0)
         async with db.execute(
             "SELECT COALESCE(SUM(amount), 0) FROM grants WHERE guild_id = ? AND user_id = ? AND created_at >= ?",
             (guild_id, user_id, since),
         ) as cursor:
             (granted,) = await cursor.fetchone() or (0,)
-        async with db.execute(
-            f"SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ? AND status IN ({_IN_PROGRESS})",
-            (guild_id, user_id),
-        ) as cursor:
-            (in_flight,) = await cursor.fetchone() or (0,)
         return Usage(int(used), int(reserved), int(granted), int(in_flight))
 
     async def _server_in_flight(self, db: aiosqlite.Connection, guild_id: int) -> int:
         async with db.execute(
-            f"SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND status IN ({_IN_PROGRESS})",
+            f"SELECT COALESCE(SUM(jobs), 0) FROM guild_job_totals WHERE guild_id = ? AND status IN ({_IN_PROGRESS})",
             (guild_id,),
         ) as cursor:
             (count,) = await cursor.fetchone() or (0,)
