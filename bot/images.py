@@ -22,7 +22,7 @@ MAX_PIXELS = 50_000_000  # above any phone photo (48-50 MP sensors); refused fro
 MAX_SIDE = 4096  # more than the provider needs: a longer side beyond it is downscaled
 MAX_DECODE_PIXELS = MAX_SIDE * MAX_SIDE  # most pixels decoded at once (~67 MB as RGBA)
 MAX_CONCURRENT_CHECKS = 2  # each check may hold ~100 MB of pixels at its peak
-MAX_CONCURRENT_SENDS = 2  # a 10 MB frame in flight holds ~25 MB more (its Base64 text and the JSON body)
+MAX_CONCURRENT_SENDS = 1  # a 10 MB frame in flight holds ~25 MB more; one at a time keeps a burst near 300 MB
 BASE64_PIECE = 3 * 16 * 1024  # bytes encoded per call; a multiple of 3, so the pieces join into one valid text
 
 _JPEG_SCALES = (1, 2, 4, 8)  # the reductions libjpeg can decode at directly
