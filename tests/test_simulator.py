@@ -29,17 +29,10 @@ TEXT, IMAGE = "videos/text-to-video/kling-3.0-turbo", "videos/image-to-video/kli
 Answer = tuple[int, Any]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-async def timed() -> AsyncIterator[tuple[KlingSimulator, Clock, str]]:
-    clock = Clock()
+async def timed() -> AsyncIterator[tuple[KlingSimulator, FakeClock, str]]:
+    """A simulator on a fake clock (tasks: processing at 5 s, done at 40 s)."""
+    clock = FakeClock(0.0)
     simulator = KlingSimulator(api_key="k", endpoint_path="e", render_seconds=40, processing_after=5, clock=clock)
     await simulator.start()
     try:
@@ -80,7 +73,7 @@ def noise(width: int, height: int) -> bytes:
 
 
 async def test_a_task_moves_by_the_clock_and_ends_with_outputs_and_billing(
-    timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
     _, clock, root = timed
     status, answer = await submit(session, root, {"prompt": "p", "settings": {"resolution": "1080p", "duration": 8}})
@@ -112,7 +105,11 @@ async def test_a_task_moves_by_the_clock_and_ends_with_outputs_and_billing(
      ({"duration": 10, "resolution": "1080p"}, "10", "10.041")],
 )  # fmt: skip
 async def test_billing_is_the_price_list_as_a_plain_decimal_string(
-    timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession, settings: dict, amount: str, duration: str
+    timed: tuple[KlingSimulator, FakeClock, str],
+    session: aiohttp.ClientSession,
+    settings: dict,
+    amount: str,
+    duration: str,
 ) -> None:
     _, clock, root = timed
     task_id = (await submit(session, root, {"prompt": "p", "settings": settings}))[1]["data"]["id"]
@@ -122,7 +119,7 @@ async def test_billing_is_the_price_list_as_a_plain_decimal_string(
 
 
 async def test_limits_the_provider_enforces(
-    timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
     _, _, root = timed
     assert (await submit(session, root, {"prompt": "a", "options": {"external_task_id": "x"}}))[0] == 200
@@ -150,7 +147,7 @@ async def test_limits_the_provider_enforces(
 
 
 async def test_first_frames_are_checked_like_the_provider_does(
-    timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
     _, _, root = timed
 
@@ -175,7 +172,7 @@ async def test_first_frames_are_checked_like_the_provider_does(
     assert (await submit(session, root, {"contents": [{"type": "prompt", "text": "t"}]}, IMAGE))[1]["code"] == 1201
 
 
-async def test_keys_and_paths(timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession) -> None:
+async def test_keys_and_paths(timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession) -> None:
     sim, _, root = timed
     async with session.get(f"{root}/tasks", params={"task_ids": "1"}) as response:
         answer = await response.json()
@@ -197,7 +194,7 @@ async def test_keys_and_paths(timed: tuple[KlingSimulator, Clock, str], session:
      ("credits", 429, 1101), ("auth", 401, 1002), ("accept_then_error", 500, 5000)],
 )  # fmt: skip
 async def test_each_fault_answers_its_envelope(
-    timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession, fault: str, status: int, code: int
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession, fault: str, status: int, code: int
 ) -> None:
     sim, _, root = timed
     sim.fail_next(fault, on="query")
@@ -208,7 +205,7 @@ async def test_each_fault_answers_its_envelope(
 
 @pytest.mark.parametrize(("fault", "status"), [("html", 502), ("bad_json", 200), ("empty", 200)])
 async def test_answers_that_are_not_json(
-    timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession, fault: str, status: int
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession, fault: str, status: int
 ) -> None:
     sim, _, root = timed
     sim.fail_next(fault, on="submit")
@@ -220,7 +217,7 @@ async def test_answers_that_are_not_json(
 
 
 async def test_faults_count_and_match_their_kind(
-    timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
     sim, _, root = timed
     sim.fail_next("rate_limit", on="submit", times=2)
@@ -235,7 +232,7 @@ async def test_faults_count_and_match_their_kind(
         sim.fail_next("gremlins")
 
 
-async def test_slow_then_normal(timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession) -> None:
+async def test_slow_then_normal(timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession) -> None:
     sim, _, root = timed
     sim.fail_next("slow", delay=0.1)
     started = time.monotonic()
@@ -244,7 +241,7 @@ async def test_slow_then_normal(timed: tuple[KlingSimulator, Clock, str], sessio
 
 
 async def test_accept_then_error_keeps_the_task_findable_by_external_id(
-    timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
     sim, _, root = timed
     sim.fail_next("accept_then_error", on="submit")
@@ -255,7 +252,7 @@ async def test_accept_then_error_keeps_the_task_findable_by_external_id(
     assert (await submit(session, root, {"prompt": "p", "options": {"external_task_id": "job-1"}}))[0] == 400
 
 
-async def test_malformed_answers(timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession) -> None:
+async def test_malformed_answers(timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession) -> None:
     sim, _, root = timed
     sim.fail_next("malformed", on="submit")
     status, answer = await submit(session, root, {"prompt": "p"})
@@ -266,7 +263,7 @@ async def test_malformed_answers(timed: tuple[KlingSimulator, Clock, str], sessi
 
 
 async def test_content_policy_and_render_failure(
-    timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
     sim, clock, root = timed
     status, answer = await submit(session, root, {"prompt": "Something FORBIDDEN here"})
@@ -278,7 +275,7 @@ async def test_content_policy_and_render_failure(
     assert "outputs" not in task and "billing" not in task
 
 
-async def test_hold_and_finish(timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession) -> None:
+async def test_hold_and_finish(timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession) -> None:
     sim, clock, root = timed
     sim.hold = True
     first = (await submit(session, root, {"prompt": "a"}))[1]["data"]["id"]
@@ -322,7 +319,7 @@ async def test_videos_need_no_key_and_unknown_ones_are_404(session: aiohttp.Clie
 
 
 async def test_callbacks_post_the_task_record_on_each_change(
-    timed: tuple[KlingSimulator, Clock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
     _, clock, root = timed
     received: asyncio.Queue[dict] = asyncio.Queue()
@@ -352,18 +349,6 @@ def test_the_sample_is_a_small_real_mp4() -> None:
 
 
 # --- gateway variants: one switch each, every default the provider's page ------------------------------------
-
-
-@pytest.fixture
-async def variant_sim() -> AsyncIterator[tuple[KlingSimulator, FakeClock, str]]:
-    """A simulator on a fake clock whose variant each test sets (tasks: processing at 5 s, done at 40 s)."""
-    clock = FakeClock()
-    simulator = KlingSimulator(api_key="k", endpoint_path="e", render_seconds=40, processing_after=5, clock=clock)
-    await simulator.start()
-    try:
-        yield simulator, clock, f"{simulator.base_url()}/e/kling"
-    finally:
-        await simulator.close()
 
 
 @pytest.fixture
@@ -399,9 +384,9 @@ def test_variant_parse_reads_each_switch_and_names_a_bad_item() -> None:
 
 
 async def test_query_lists_refuse_takes_one_id_per_parameter(
-    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
-    sim, _, root = variant_sim
+    sim, _, root = timed
     sim.variant = GatewayVariant(query_lists="refuse")
     first = (await submit(session, root, {"prompt": "a", "options": {"external_task_id": "x"}}))[1]["data"]
     second = (await submit(session, root, {"prompt": "b", "options": {"external_task_id": "y"}}))[1]["data"]
@@ -416,9 +401,9 @@ async def test_query_lists_refuse_takes_one_id_per_parameter(
 
 
 async def test_query_lists_partial_answers_only_the_first_task_that_exists(
-    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
-    sim, _, root = variant_sim
+    sim, _, root = timed
     sim.variant = GatewayVariant(query_lists="partial")
     first = (await submit(session, root, {"prompt": "a", "options": {"external_task_id": "x"}}))[1]["data"]
     second = (await submit(session, root, {"prompt": "b"}))[1]["data"]
@@ -429,9 +414,9 @@ async def test_query_lists_partial_answers_only_the_first_task_that_exists(
 
 
 async def test_query_cap_refuses_more_ids_than_n(
-    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
-    sim, _, root = variant_sim
+    sim, _, root = timed
     assert await query(session, root, task_ids=",".join(map(str, range(20)))) == (200, envelope(0, []))
     assert await query(session, root, task_ids=",".join(map(str, range(21)))) == (400, envelope(1201))
     sim.variant = GatewayVariant(query_cap=2)
@@ -441,11 +426,11 @@ async def test_query_cap_refuses_more_ids_than_n(
 
 
 async def test_legacy_statuses_in_submits_queries_and_callbacks(
-    variant_sim: tuple[KlingSimulator, FakeClock, str],
+    timed: tuple[KlingSimulator, FakeClock, str],
     session: aiohttp.ClientSession,
     hook: tuple[str, asyncio.Queue[tuple[dict[str, str], bytes]]],
 ) -> None:
-    sim, clock, root = variant_sim
+    sim, clock, root = timed
     url, received = hook
     sim.variant = GatewayVariant(statuses="legacy")
     done = (await submit(session, root, {"prompt": "p", "options": {"callback_url": url}}))[1]["data"]
@@ -462,9 +447,9 @@ async def test_legacy_statuses_in_submits_queries_and_callbacks(
 
 
 async def test_numbers_flip_the_types_of_every_record(
-    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
-    sim, clock, root = variant_sim
+    sim, clock, root = timed
     sim.variant = GatewayVariant(numbers=True)
     body = {"prompt": "p", "settings": {"duration": 6}}
     submitted = (await submit(session, root, body))[1]["data"]
@@ -490,14 +475,14 @@ async def test_numbers_flip_the_types_of_every_record(
     [("any", 0, 0, None), ("url_only", 0, 1201, "http(s) URL"), ("base64_only", 1201, 0, "raw Base64")],
 )
 async def test_first_frame_forms_the_gateway_takes(
-    variant_sim: tuple[KlingSimulator, FakeClock, str],
+    timed: tuple[KlingSimulator, FakeClock, str],
     session: aiohttp.ClientSession,
     first_frame: str,
     url_code: int,
     base64_code: int,
     message: str | None,
 ) -> None:
-    sim, _, root = variant_sim
+    sim, _, root = timed
     sim.variant = GatewayVariant.parse([f"first_frame={first_frame}", "fetch_urls=false"])
     answers = []
     for url in ("https://cdn.test/frame.png", frame()):
@@ -511,9 +496,9 @@ async def test_first_frame_forms_the_gateway_takes(
 
 
 async def test_fetch_urls_refuses_a_first_frame_url_it_cannot_read(
-    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
-    sim, _, root = variant_sim
+    sim, _, root = timed
     files = {"good.jpg": make_image(640, 360, "JPEG"), "small.png": make_image(200, 600), "page.html": b"<html/>",
              "webp.png": make_image(640, 360, "WEBP"), "big.png": noise(1200, 1200),
              "huge.png": noise(1900, 1900)}  # fmt: skip
@@ -555,11 +540,11 @@ async def test_fetch_urls_refuses_a_first_frame_url_it_cannot_read(
 
 
 async def test_native_callbacks_carry_klings_shape_and_are_signed(
-    variant_sim: tuple[KlingSimulator, FakeClock, str],
+    timed: tuple[KlingSimulator, FakeClock, str],
     session: aiohttp.ClientSession,
     hook: tuple[str, asyncio.Queue[tuple[dict[str, str], bytes]]],
 ) -> None:
-    sim, clock, root = variant_sim
+    sim, clock, root = timed
     url, received = hook
     sim.variant = GatewayVariant(callbacks="native")
     sim.callback_secret = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
@@ -587,9 +572,9 @@ async def test_native_callbacks_carry_klings_shape_and_are_signed(
 
 
 async def test_late_submit_answers_504_and_the_task_appears_later(
-    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
-    sim, clock, root = variant_sim
+    sim, clock, root = timed
     sim.variant = GatewayVariant(late_submit=30)
     assert await submit(session, root, {"prompt": "p", "settings": {"duration": 2}}) == (400, envelope(1201))
     assert (await submit(session, root, {"prompt": "forbidden"}))[1]["code"] == 1301
@@ -616,9 +601,9 @@ async def test_late_submit_answers_504_and_the_task_appears_later(
 
 
 async def test_late_submit_then_a_resubmit_leaves_one_task_when_ids_are_deduplicated(
-    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
-    sim, clock, root = variant_sim
+    sim, clock, root = timed
     sim.variant = GatewayVariant(late_submit=30)
     body = {"prompt": "p", "options": {"external_task_id": "job"}}
     async with session.post(f"{root}/{TEXT}", json=body, headers=KEY) as response:
@@ -633,9 +618,9 @@ async def test_late_submit_then_a_resubmit_leaves_one_task_when_ids_are_deduplic
 
 
 async def test_external_ids_not_deduplicated_make_a_second_task(
-    variant_sim: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
+    timed: tuple[KlingSimulator, FakeClock, str], session: aiohttp.ClientSession
 ) -> None:
-    sim, clock, root = variant_sim
+    sim, clock, root = timed
     sim.variant = GatewayVariant(dedupe_external_ids=False)
     body = {"prompt": "p", "options": {"external_task_id": "twice"}}
     first, second = [(await submit(session, root, body))[1]["data"]["id"] for _ in range(2)]

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from bot.config import load_settings
 from bot.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import KEY, bot_process
+from tests.test_discord_process import fakes  # noqa: F401  (the fixture)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 
@@ -37,18 +37,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
-@pytest.fixture
-async def fakes() -> AsyncIterator[tuple[FakeDiscord, KlingSimulator]]:
-    fake, sim = FakeDiscord(), KlingSimulator(api_key=KEY, endpoint_path="proc", render_seconds=0.2)
-    await fake.start()
-    await sim.start()
-    try:
-        yield fake, sim
-    finally:
-        await sim.close()
-        await fake.close()
-
-
 def test_the_example_file_with_three_lines_filled_is_valid(tmp_path: Path) -> None:
     settings = load_settings(env_file=str(filled_example(tmp_path, "token-abc")))
     assert settings.discord_guild_id is None
@@ -58,7 +46,8 @@ def test_the_example_file_with_three_lines_filled_is_valid(tmp_path: Path) -> No
 
 
 async def test_run_starts_from_the_example_file_as_shipped(
-    fakes: tuple[FakeDiscord, KlingSimulator], tmp_path: Path
+    fakes: tuple[FakeDiscord, KlingSimulator],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     fake, sim = fakes
     filled_example(tmp_path, fake.token)
@@ -108,7 +97,9 @@ def make_read_only(path: Path) -> None:
 
 @pytest.mark.parametrize("fault", ["folder cannot be created", "a directory", "corrupt", "read-only"])
 async def test_a_broken_database_path_is_one_line_and_exit_1(
-    fakes: tuple[FakeDiscord, KlingSimulator], tmp_path: Path, fault: str
+    fakes: tuple[FakeDiscord, KlingSimulator],  # noqa: F811
+    tmp_path: Path,
+    fault: str,
 ) -> None:
     fake, sim = fakes
     path, cause = database_faults(tmp_path)[fault]
@@ -137,7 +128,8 @@ async def test_a_broken_database_path_is_one_line_and_exit_1(
 
 
 async def test_a_second_bot_on_the_same_sqlite_file_is_refused(
-    fakes: tuple[FakeDiscord, KlingSimulator], tmp_path: Path
+    fakes: tuple[FakeDiscord, KlingSimulator],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     fake, sim = fakes
     env = clean_env(
