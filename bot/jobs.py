@@ -698,6 +698,10 @@ class JobService:
         """This service's jobs in any of these states, oldest first."""
         return await self.store.jobs_in(statuses, origin=self.origin)
 
+    async def count_in_state(self, *statuses: str) -> int:
+        """How many jobs are in any of these states (an index count, no rows read)."""
+        return await self.store.count_in(statuses)
+
     async def count_by_status(self) -> dict[str, int]:
         """How many jobs are in each state (for the metrics)."""
         return await self.store.count_by_status()

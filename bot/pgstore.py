@@ -20,7 +20,6 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bot.model import (
-    MUTABLE_JOB_FIELDS,
     AuditEntry,
     Job,
     MemberQuota,
@@ -36,6 +35,7 @@ from bot.store import (
     DecisionT,
     Store,
     StoreUnavailable,
+    checked_update,
 )
 
 log = logging.getLogger(__name__)
@@ -321,12 +321,7 @@ class PgStore:
         return await self._guarded_update(job_id, in_status, changes)
 
     async def _guarded_update(self, job_id: str, states: str | Iterable[str], changes: dict[str, Any]) -> bool:
-        unknown = set(changes) - MUTABLE_JOB_FIELDS - {"status"}
-        if unknown:
-            raise ValueError(f"not a mutable job column: {sorted(unknown)}")
-        if "updated_at" not in changes:
-            raise ValueError("every job update must set updated_at")
-        allowed = [states] if isinstance(states, str) else list(states)
+        allowed = list(checked_update(states, changes))
         # Column names come from the checked set above; values are parameters.
         assignments = ", ".join(f"{name} = %s" for name in changes)
         values = [_value(name, value) for name, value in changes.items()]

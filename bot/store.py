@@ -258,6 +258,17 @@ _IN_PROGRESS = ", ".join(f"'{state}'" for state in IN_PROGRESS)
 _OPEN = ", ".join(f"'{state}'" for state in OPEN)  # the WHERE of the partial index jobs_member_unsettled
 
 
+def checked_update(states: str | Iterable[str], changes: dict[str, Any]) -> tuple[str, ...]:
+    """The states a guarded job update may leave; refuses changing a fixed column or leaving out updated_at (the
+    same rule for every backend)."""
+    unknown = set(changes) - MUTABLE_JOB_FIELDS - {"status"}
+    if unknown:
+        raise ValueError(f"not a mutable job column: {sorted(unknown)}")
+    if "updated_at" not in changes:
+        raise ValueError("every job update must set updated_at")
+    return (states,) if isinstance(states, str) else tuple(states)
+
+
 class _Decision(Protocol):
     @property
     def allowed(self) -> bool: ...
@@ -388,12 +399,7 @@ class Store:
         return await self._guarded_update(job_id, in_status, changes)
 
     async def _guarded_update(self, job_id: str, states: str | Iterable[str], changes: dict[str, Any]) -> bool:
-        unknown = set(changes) - MUTABLE_JOB_FIELDS - {"status"}
-        if unknown:
-            raise ValueError(f"not a mutable job column: {sorted(unknown)}")
-        if "updated_at" not in changes:
-            raise ValueError("every job update must set updated_at")
-        allowed = (states,) if isinstance(states, str) else tuple(states)
+        allowed = checked_update(states, changes)
         assignments = ", ".join(f"{name} = ?" for name in changes)
         marks = ", ".join("?" for _ in allowed)
         async with self.transaction() as db:

@@ -149,7 +149,7 @@ class Poller(commands.Cog):
 
     async def update_metrics(self) -> None:
         """The gauges: the queue every tick; states and credits (whole-table counts) at most every 30 s."""
-        metrics.QUEUE.set(len(await self.jobs.in_state("queued")))
+        metrics.QUEUE.set(await self.jobs.count_in_state("queued"))
         if time.monotonic() - self.metrics_at < self.metrics_every:
             return
         self.metrics_at = time.monotonic()
