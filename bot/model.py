@@ -60,6 +60,14 @@ class Job:
     uncertain_since: float | None = None
     lookups: int = 0
     cancel_requested: bool = False
+    parent_id: str | None = None  # the job this one continues (its first frame is that video's last frame)
+    locale: str | None = None  # the member's Discord locale, for posts made after the command's answer
+    review_message_id: int | None = None
+    review_state: str | None = None  # None (no review), 'pending', 'approved' or 'rejected'
+    review_reason: str | None = None
+    lease_owner: str | None = None  # the process that claimed the job's background work, until lease_until
+    lease_until: float | None = None
+    lease_attempt: int = 0  # bumped by every claim: a write from an older claim is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,8 @@ class QuotaSettings:
     member_in_flight: int
     server_in_flight: int
     log_channel_id: int | None = None
+    confirm_above: int | None = None  # a job costing more asks for a Confirm button first; None: never
+    review_channel_id: int | None = None  # finished videos wait for a moderator there; None: no review
 
 
 @dataclass(frozen=True, slots=True)

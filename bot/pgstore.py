@@ -164,6 +164,23 @@ PG_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_guild_usage ON jobs (guild_id, created_at) INCLUDE (status, cost_estimate, cost_billed);
     DROP INDEX jobs_member;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN parent_id TEXT;
+    ALTER TABLE jobs ADD COLUMN locale TEXT;
+    ALTER TABLE jobs ADD COLUMN review_message_id BIGINT;
+    ALTER TABLE jobs ADD COLUMN review_state TEXT;
+    ALTER TABLE jobs ADD COLUMN review_reason TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION;
+    ALTER TABLE jobs ADD COLUMN lease_attempt INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+    ALTER TABLE guild_settings ADD COLUMN confirm_above BIGINT;
+    ALTER TABLE guild_settings ADD COLUMN review_channel_id BIGINT;
+    CREATE TABLE member_prefs (
+        user_id BIGINT PRIMARY KEY,
+        notify TEXT NOT NULL CHECK (notify IN ('mention', 'dm', 'off'))
+    );
+    """,
 )
 assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every SQLite migration needs its PostgreSQL twin"
 
@@ -428,7 +445,8 @@ class PgStore:
     @staticmethod
     async def _quota_settings(db: Connection, guild_id: int, defaults: QuotaSettings) -> QuotaSettings:
         cursor = await db.execute(
-            "SELECT default_limit, period, member_in_flight, server_in_flight, log_channel_id"
+            "SELECT default_limit, period, member_in_flight, server_in_flight, log_channel_id, confirm_above,"
+            " review_channel_id"
             " FROM guild_settings WHERE guild_id = %s",
             (guild_id,),
         )
@@ -442,10 +460,12 @@ class PgStore:
             await _insert_audit(db, audit)
             await db.execute(
                 "INSERT INTO guild_settings (guild_id, default_limit, period, member_in_flight, server_in_flight,"
-                " log_channel_id) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (guild_id) DO UPDATE SET"
+                " log_channel_id, confirm_above, review_channel_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (guild_id) DO UPDATE SET"
                 " default_limit = excluded.default_limit, period = excluded.period,"
                 " member_in_flight = excluded.member_in_flight, server_in_flight = excluded.server_in_flight,"
-                " log_channel_id = excluded.log_channel_id",
+                " log_channel_id = excluded.log_channel_id, confirm_above = excluded.confirm_above,"
+                " review_channel_id = excluded.review_channel_id",
                 (guild_id, *astuple(settings)),
             )
 

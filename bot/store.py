@@ -249,6 +249,29 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX jobs_member_open;
     DROP INDEX jobs_guild_open;
     """,
+    """
+    -- Continue: the job whose last frame is this one's first frame (a chain of segments).
+    ALTER TABLE jobs ADD COLUMN parent_id TEXT;
+    -- The member's language (Discord's locale), for everything posted after the command's answer.
+    ALTER TABLE jobs ADD COLUMN locale TEXT;
+    -- Moderator review: the message in the review channel, the decision ('pending', 'approved', 'rejected').
+    ALTER TABLE jobs ADD COLUMN review_message_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN review_state TEXT;
+    ALTER TABLE jobs ADD COLUMN review_reason TEXT;
+    -- Background work is claimed: who holds the job, until when, and the claim's number (fences stale writers).
+    ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_until REAL;
+    ALTER TABLE jobs ADD COLUMN lease_attempt INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+    -- A server's cost above which a job asks for confirmation (milli-credits; NULL: never), and its review channel.
+    ALTER TABLE guild_settings ADD COLUMN confirm_above INTEGER;
+    ALTER TABLE guild_settings ADD COLUMN review_channel_id INTEGER;
+    -- How a member is told that their video is done: 'mention' (the default), 'dm' or 'off'.
+    CREATE TABLE member_prefs (
+        user_id INTEGER PRIMARY KEY,
+        notify TEXT NOT NULL CHECK (notify IN ('mention', 'dm', 'off'))
+    );
+    """,
 )
 
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
@@ -518,7 +541,8 @@ class Store:
     async def quota_settings(self, guild_id: int, defaults: QuotaSettings) -> QuotaSettings:
         """A server's quota settings, or the bot's defaults when its moderators never changed them."""
         async with self._db.execute(
-            "SELECT default_limit, period, member_in_flight, server_in_flight, log_channel_id"
+            "SELECT default_limit, period, member_in_flight, server_in_flight, log_channel_id, confirm_above,"
+            " review_channel_id"
             " FROM guild_settings WHERE guild_id = ?",
             (guild_id,),
         ) as cursor:
@@ -532,10 +556,12 @@ class Store:
             await _insert_audit(db, audit)
             await db.execute(
                 "INSERT INTO guild_settings (guild_id, default_limit, period, member_in_flight, server_in_flight,"
-                " log_channel_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id) DO UPDATE SET"
+                " log_channel_id, confirm_above, review_channel_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (guild_id) DO UPDATE SET"
                 " default_limit = excluded.default_limit, period = excluded.period,"
                 " member_in_flight = excluded.member_in_flight, server_in_flight = excluded.server_in_flight,"
-                " log_channel_id = excluded.log_channel_id",
+                " log_channel_id = excluded.log_channel_id, confirm_above = excluded.confirm_above,"
+                " review_channel_id = excluded.review_channel_id",
                 (guild_id, *astuple(settings)),
             )
 
