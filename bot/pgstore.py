@@ -404,7 +404,7 @@ class PgStore:
             f" RETURNING {', '.join(JOB_COLUMNS)}",
             (owner, until, *params, limit),
         )
-        return sorted((Job(*row) for row in rows), key=lambda job: (job.created_at, job.id))
+        return sorted((Job(*row) for row in rows), key=lambda job: job.created_at)
 
     async def claim_queued(
         self,
@@ -426,7 +426,7 @@ class PgStore:
                 return []
             cursor = await db.execute(
                 f"{_SELECT_JOB} WHERE status = 'queued' AND origin = %s"
-                " AND (lease_until IS NULL OR lease_until <= %s) ORDER BY created_at, id",
+                " AND (lease_until IS NULL OR lease_until <= %s) ORDER BY created_at",
                 (origin, now),
             )
             chosen = [job.id for job in order([Job(*row) for row in await cursor.fetchall()])[:free]]
