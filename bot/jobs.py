@@ -437,6 +437,9 @@ class JobService:
             provider_status=task.status,
             submitted_at=now,
             updated_at=now,
+            # Sent: the claim ends with the move, so a callback's hint or a poll (of any process) takes it at once.
+            lease_owner=None,
+            lease_until=now,
         )
         if not moved:
             log.info("job %s was settled elsewhere while submitting", job.id)
