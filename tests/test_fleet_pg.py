@@ -13,13 +13,13 @@ import aiohttp
 from pydantic import SecretStr
 
 from bot.app import VideoBot
-from bot.jobs import JobRequest, JobService
+from bot.jobs import RESERVED_GRACE_SECONDS, JobRequest, JobService
 from bot.kling import KlingClient
 from bot.pgstore import PgStore
 from bot.resources import open_resources
-from bot.simulator import KlingSimulator, sample_video
+from bot.simulator import GatewayVariant, KlingSimulator, sample_video
 from cogs.delivery import post_nonce
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, FakeClock
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
 
@@ -84,6 +84,27 @@ async def test_forty_jobs_dispatched_by_two_services_at_once_never_hold_more_tha
         await sim.close()
     assert sim.most_at_once == 3  # the fleet filled its three slots, and never held a fourth
     assert len(sim.tasks) == 40 and all(len(sim.tasks_for(job.id)) == 1 for job in made)  # each submitted once
+
+
+async def test_a_command_that_paused_past_its_claim_never_sends_the_job_another_process_is_sending(
+    postgres_dsn: str, sim: KlingSimulator, clock: FakeClock
+) -> None:
+    sim.variant = GatewayVariant(dedupe_external_ids=False)  # a gateway that would make (and bill) a second task
+    async with services(postgres_dsn, sim, 2, clock=clock) as (paused, other):
+        job = await paused.reserve(JobRequest("text", "a command that stalled"))
+        clock.advance(RESERVED_GRACE_SECONDS + 1)  # its process stalled (posting the card) past its claim
+        sim.fail_next("slow", on="submit", delay=0.5)
+        sending = asyncio.create_task(other.poll_once())  # another process takes the job over and sends it
+
+        async def being_sent() -> bool:
+            current = await other.get(job.id)
+            return current is not None and current.attempts == 1
+
+        await wait_until(being_sent)
+        woke = await paused.start(job)  # the stalled command goes on, with its old claim
+        await sending
+    assert woke.status == "reserved" and woke.lease_owner == other.owner  # left to the process holding it
+    assert sum(1 for r in sim.requests if r.method == "POST") == 1 and len(sim.tasks_for(job.id)) == 1
 
 
 @contextlib.asynccontextmanager
