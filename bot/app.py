@@ -169,8 +169,8 @@ class VideoBot(commands.Bot):
 
     @contextlib.asynccontextmanager
     async def http_servers(self) -> AsyncIterator[None]:
-        """The callback endpoint and the metrics page, when configured: open while the bot runs (never for `sync`,
-        which runs beside a bot that holds their ports)."""
+        """The callback endpoint and the metrics page, when configured, and the fleet's hint channel: open while the
+        bot runs (never for `sync`, which runs beside a bot that holds their ports)."""
         settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
             if settings.metrics_port:
@@ -185,10 +185,20 @@ class VideoBot(commands.Bot):
                 port = await callbacks.start(settings.callback_host, settings.callback_port)
                 stack.push_async_callback(callbacks.close)
                 log.info("taking callbacks on port %d for %s", port, settings.callback_public_url)
+            # A callback may reach another process of the fleet: its hint comes here too.
+            await self.resources.fleet.listen(self._fleet_hint)
             yield
 
     async def task_hint(self, task_id: str) -> None:
-        """A callback named a task: have the poller look at it now, without holding up the provider's request."""
+        """A callback named a task: have the poller look at it now, and tell the fleet (another process may be the
+        one polling it), without holding up the provider's request."""
+        self._hint_locally(task_id)
+        await self.resources.fleet.publish_hint(task_id)
+
+    async def _fleet_hint(self, task_id: str) -> None:
+        self._hint_locally(task_id)
+
+    def _hint_locally(self, task_id: str) -> None:
         if self.hint_handler is not None:
             hint = asyncio.get_running_loop().create_task(self.hint_handler(task_id))
             self._hints.add(hint)
