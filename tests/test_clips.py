@@ -258,7 +258,7 @@ async def test_join_posts_the_chain_as_one_video_and_charges_nothing(world: Harn
 async def test_a_joined_video_over_the_upload_limit_is_not_posted(world: Harness) -> None:
     fake = world.discord
     async with world.running():
-        _, child, thread = await make_chain(world)
+        root, child, thread = await make_chain(world)
         posts = len(fake.messages[thread["id"]])
         segment = len(task_video(child.provider_task_id or ""))
         fake.filesize_limit = segment + 1000  # each segment fits, the two together do not
@@ -266,6 +266,7 @@ async def test_a_joined_video_over_the_upload_limit_is_not_posted(world: Harness
         answer = await answered(pressed)
     assert "larger than this server's upload limit" in answer and "the segments stay as they are" in answer
     assert len(fake.messages[thread["id"]]) == posts
+    assert not [r for r in fake.posted("POST") if any(name == f"joined-{root.id[:8]}.mp4" for name, _ in r.files)]
 
 
 async def test_join_with_a_segment_that_can_no_longer_be_fetched_says_which(world: Harness) -> None:
