@@ -1,7 +1,8 @@
 """A Kling 3.0 turbo simulator that speaks the provider's API as docs/provider-api.md describes it.
 
 The tests use it over 127.0.0.1; `python -m bot simulate` lets a server owner try the bot without a key or cost.
-Faults can be switched on (`fail_next`) to prove the client copes with what the real gateway does.
+Faults can be switched on (`fail_next`) to prove the client copes with what the real gateway does. Videos are the
+sample mp4, or with `task_videos` one small clip per task whose last frame has a colour of that task's own.
 
 Nobody has proven that Cloudsway's gateway behaves as its page says, so `GatewayVariant` (`sim.variant`, or
 `--variant KEY=VALUE` on the command line) switches on one plausible difference each; every default follows the page:

@@ -675,14 +675,17 @@ class VideoCog(commands.Cog):
             limit=f"{limit / 1024 / 1024:.0f}",
         )
         with tempfile.TemporaryDirectory(prefix="join-") as folder:
-            paths = []
+            paths: list[Path] = []
+            fetched = 0
             for number, segment in enumerate(chain, 1):
                 path = Path(folder) / f"{number:03d}.mp4"
                 try:
                     if segment.video_url is None:
                         raise DownloadFailed("it has no video link")
-                    # One segment over the limit makes the whole too big: no need to fetch more of it.
-                    await download_video(self.bot.resources.session, segment.video_url, path, max_bytes=limit)
+                    # Copied segments add up to the joined file: once they pass the limit, fetch no more.
+                    fetched += await download_video(
+                        self.bot.resources.session, segment.video_url, path, max_bytes=limit - fetched
+                    )
                 except VideoTooLarge:
                     return too_big
                 except DownloadFailed as exc:
