@@ -24,15 +24,19 @@ log = logging.getLogger(__name__)
 TAIL_SECONDS = 2.0  # the last frame is decoded from the keyframe before this much of the end
 JPEG_QUALITY = 95
 ENCODE_TIME_BASE = Fraction(1, 90000)  # re-encoded frames keep their own times, whatever each segment's rate
+MP4_OPTIONS = {"movflags": "+faststart"}  # the index first, so Discord can play the video while it loads
 _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips")
 
 
 class ClipError(ValueError):
-    """The file is not a video PyAV can read (or has no video stream)."""
+    """The file is not a video PyAV can read (no video stream, truncated, corrupt)."""
 
 
 async def _in_worker(function: Any, *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(_worker, function, *args)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_worker, function, *args)
+    except av.FFmpegError as exc:  # a file that opened but breaks while read (truncated, corrupt)
+        raise ClipError(f"the video could not be read: {exc}") from None
 
 
 async def last_frame(path: Path) -> bytes:
@@ -159,7 +163,7 @@ def _join(paths: list[Path], out_path: Path) -> Literal["remux", "reencode"]:
 
 def _remux(segments: list[_Segment], out_path: Path) -> None:
     """Copy every packet, each segment's timestamps moved to start where the previous one ended."""
-    with av.open(str(out_path), "w", format="mp4") as output:
+    with av.open(str(out_path), "w", format="mp4", options=MP4_OPTIONS) as output:
         outputs: list[Any] = []
         last_dts: list[int | None] = []
         before = 0.0  # the length of the segments already written
@@ -197,7 +201,7 @@ def _reencode(segments: list[_Segment], out_path: Path) -> None:
         width, height = template.codec_context.width, template.codec_context.height
         rate = template.average_rate or Fraction(24)
     width, height = width - width % 2, height - height % 2  # yuv420p needs even sides
-    with av.open(str(out_path), "w", format="mp4") as output:
+    with av.open(str(out_path), "w", format="mp4", options=MP4_OPTIONS) as output:
         stream = output.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = ENCODE_TIME_BASE

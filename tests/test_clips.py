@@ -290,3 +290,16 @@ async def test_history_shows_each_segment_of_a_chain(world: Harness) -> None:
     assert not any(
         f"`{root.id[:8]}`" in line and "segment" in line for line in lines if f"`{child.id[:8]}`" not in line
     )
+
+
+async def test_segments_that_are_not_videos_are_not_joined_nor_continued(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        _, child, thread = await make_chain(world)
+        posts = len(fake.messages[thread["id"]])
+        world.sim.video_bytes = b"\x00\x00\x00\x18ftypmp42" + bytes(4096)  # the provider now serves junk
+        joined = await answered(await fake.press(f"video:join:{child.id}", video_message(world, thread["id"], child)))
+        continued = await answered(await continue_video(world, child, {}, user="bob"))
+        assert await bob_jobs(world) == []
+    assert "could not be joined" in joined and len(fake.messages[thread["id"]]) == posts
+    assert "could not be read" in continued and "Nothing was sent or charged" in continued
