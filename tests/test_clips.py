@@ -235,7 +235,8 @@ async def test_join_posts_the_chain_as_one_video_and_charges_nothing(world: Harn
     async with world.running():
         root, child, thread = await make_chain(world)
         before = await used_credits(world, "alice")
-        posts = len(fake.messages[thread["id"]])
+    posts = len(fake.messages[thread["id"]])
+    async with world.running():  # the button works after a restart
         pressed = await fake.press(f"video:join:{child.id}", video_message(world, thread["id"], child), user="bob")
         answer = await answered(pressed)
         after = await used_credits(world, "alice"), await used_credits(world, "bob")
