@@ -45,6 +45,7 @@ SUBMIT_LOOKUP_SECONDS = 150.0
 # A job still rendering past JOB_TIMEOUT_MINUTES is late, not failed: the provider bills it either way, so it is
 # asked about less and less often (see bot/scheduling.py) for this long before it is given up.
 LATE_LIMIT_SECONDS = 24 * 3600.0
+MAX_CHAIN = 50  # segments read back from one video (a join of more would not fit an upload anyway)
 
 
 class InvalidRequest(ValueError):
@@ -84,6 +85,7 @@ class JobRequest:
     role_ids: tuple[int, ...] = ()
     attachment_size_limit: int | None = None
     wait_if_unavailable: bool = False  # the member chose to queue rather than be refused while the service is down
+    parent_id: str | None = None  # the job this one continues (its first frame is that video's last frame)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +251,7 @@ class JobService:
             updated_at=now,
             origin=self.origin,
             frame_url=request.frame_url,
+            parent_id=request.parent_id,
         )
         if self.credits is not None and job.guild_id is not None and job.user_id is not None:
             await self.credits.reserve(job, request.role_ids)
@@ -710,6 +713,17 @@ class JobService:
         """The stored first frame of an image job (for a re-roll), or None."""
         stored = await self.store.get_image(job.image_sha256) if job.image_sha256 else None
         return FirstFrame(stored.data, stored.mime, stored.width, stored.height, None) if stored else None
+
+    async def chain(self, job: Job) -> list[Job]:
+        """The segments that end with `job`, root first: each job's parent, then its parent's, up to
+        MAX_CHAIN (a longer or broken chain starts at the oldest segment still known)."""
+        segments = [job]
+        while segments[0].parent_id is not None and len(segments) < MAX_CHAIN:
+            parent = await self.store.get_job(segments[0].parent_id)
+            if parent is None or any(s.id == parent.id for s in segments):
+                break
+            segments.insert(0, parent)
+        return segments
 
     async def set_discord_refs(
         self, job_id: str, *, message_id: int | None, thread_id: int | None, status_message_id: int | None

@@ -161,7 +161,7 @@ class Deliverer:
                     f"{mention} your video is ready." + (f"\n{note}" if note else ""),
                     embed=result_embed(job),
                     file=discord.File(path, filename=f"video-{job.id[:8]}.mp4"),
-                    view=result_view(job.id),
+                    view=self.result_view(job),
                     allowed_mentions=pings,
                     nonce=nonce,
                 )
@@ -181,12 +181,22 @@ class Deliverer:
         message = await target.send(
             video_link_text(job, mention, link_reason, note),
             embed=result_embed(job),
-            view=result_view(job.id),
+            view=self.result_view(job),
             allowed_mentions=pings,
             nonce=nonce,
         )
         crash_point("after_post")
         return message
+
+    def result_view(self, job: Job) -> discord.ui.View:
+        """The buttons under the video, with what Re-roll and Continue (at the default duration) cost."""
+        return result_view(
+            job.id,
+            reroll_cost=self.jobs.cost_of(job.duration, job.resolution),
+            continue_cost=self.jobs.cost_of(self.bot.settings.default_duration, job.resolution),
+            chained=job.parent_id is not None,
+            locale=job.locale,
+        )
 
     async def _delivered(self, job: Job, message: discord.Message) -> None:
         # Shielded: once posted, a shutdown's cancel must not lose the record (the nonce would catch a repeat, but

@@ -5,18 +5,23 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import clips
 from bot.app import SOMETHING_WENT_WRONG, STOPPING, UserFacingError, VideoBot, reply_ephemeral
 from bot.credits import QuotaRefused
-from bot.images import MAX_UPLOAD_BYTES, ImageRejected, check_first_frame
+from bot.delivery import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
+from bot.i18n import tr
+from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, check_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.model import OPEN, WAITING, Job
 from cogs.messages import (
@@ -32,7 +37,7 @@ from cogs.messages import (
     thread_name,
 )
 from cogs.quota import member_roles
-from cogs.views import DeleteButton, PagedView, RerollButton
+from cogs.views import ContinueButton, DeleteButton, JoinButton, PagedView, RerollButton
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +141,61 @@ class AnimateModal(discord.ui.Modal, title="Animate image"):
         await reply_ephemeral(interaction, SOMETHING_WENT_WRONG)
 
 
+class ContinueModal(discord.ui.Modal):
+    """Asks for the next segment's prompt and duration; its first frame is the delivered video's last frame."""
+
+    def __init__(self, cog: VideoCog, parent: Job, locale: object) -> None:
+        super().__init__(title=tr(locale, "Continue the video"))
+        self.cog = cog
+        self.parent = parent
+        self.prompt: discord.ui.TextInput[ContinueModal] = discord.ui.TextInput(
+            label=tr(locale, "Prompt (optional)"),
+            style=discord.TextStyle.paragraph,
+            required=False,
+            max_length=MAX_PROMPT["image"],
+            placeholder=tr(locale, "What happens next"),
+        )
+        self.duration: discord.ui.TextInput[ContinueModal] = discord.ui.TextInput(
+            label=tr(locale, "Duration in seconds (3-15)"), default=str(cog.bot.settings.default_duration), max_length=2
+        )
+        self.add_item(self.prompt)
+        self.add_item(self.duration)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        async def build() -> JobRequest:
+            try:
+                duration = int(self.duration.value.strip())
+            except ValueError:
+                raise InvalidRequest(
+                    tr(
+                        interaction.locale,
+                        "The duration must be a whole number from 3 to 15, not {value}.",
+                        value=repr(self.duration.value),
+                    )
+                ) from None
+            frame = await self.cog.last_frame_of(self.parent, interaction.locale)
+            return self.cog.request(
+                interaction,
+                "image",
+                self.prompt.value,
+                duration=duration,
+                resolution=self.parent.resolution,
+                image=frame,
+                image_source=f"last frame of {self.parent.id[:8]}",
+                parent_id=self.parent.id,
+            )
+
+        # The next segment goes where this video is (its thread): no new thread.
+        await self.cog.start_job(interaction, build)
+
+    async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
+        if isinstance(error, UserFacingError):
+            await reply_ephemeral(interaction, str(error))
+            return
+        log.error("Continue failed for user %s (job %s)", interaction.user.id, self.parent.id, exc_info=error)
+        await reply_ephemeral(interaction, SOMETHING_WENT_WRONG)
+
+
 class WaitView(discord.ui.View):
     """Offered when the video service is down: the member may choose to queue the job instead."""
 
@@ -171,11 +231,11 @@ class VideoCog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.animate_menu)
-        self.bot.add_dynamic_items(RerollButton, DeleteButton)
+        self.bot.add_dynamic_items(RerollButton, DeleteButton, ContinueButton, JoinButton)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.animate_menu.name, type=self.animate_menu.type)
-        self.bot.remove_dynamic_items(RerollButton, DeleteButton)
+        self.bot.remove_dynamic_items(RerollButton, DeleteButton, ContinueButton, JoinButton)
 
     # --- building requests ------------------------------------------------------------------------------
 
@@ -351,7 +411,7 @@ class VideoCog(commands.Cog):
             if not jobs:
                 return "You have not made any videos here yet.", False
             pages = (total + HISTORY_PAGE - 1) // HISTORY_PAGE
-            lines = [self._history_line(j) for j in jobs]
+            lines = [self._history_line(j) + await self._chain_note(j, interaction.locale) for j in jobs]
             more = (page + 1) * HISTORY_PAGE < total
             return fit_lines(f"**Your videos** (page {page + 1} of {pages})", lines), more
 
@@ -522,6 +582,7 @@ class VideoCog(commands.Cog):
                 image=frame,
                 image_url=original.image_url,
                 image_source=original.image_source,
+                parent_id=original.parent_id,  # a re-rolled segment is another take of the same segment
             )
 
         # A new card belongs beside the original one, so it can have its own thread.
@@ -548,6 +609,125 @@ class VideoCog(commands.Cog):
             return
         log.info("job %s: video message deleted by %s", job_id, interaction.user.id)
         await interaction.followup.send("Deleted.", ephemeral=True)
+
+    # --- chains: Continue and Join ---------------------------------------------------------------------------
+
+    async def continue_video(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """Ask for the next segment's prompt and duration (the job is made when the form is sent)."""
+        parent = await self.jobs.get(job_id)
+        if parent is None or parent.guild_id != interaction.guild_id:
+            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
+            return
+        if parent.video_url is None:
+            await reply_ephemeral(interaction, tr(interaction.locale, "That video has no link to continue from."))
+            return
+        await interaction.response.send_modal(ContinueModal(self, parent, interaction.locale))
+
+    async def last_frame_of(self, job: Job, locale: object) -> FirstFrame:
+        """The last frame of a delivered video, checked as a first frame; `InvalidRequest` says what went wrong."""
+        assert job.video_url is not None
+        with tempfile.TemporaryDirectory(prefix="continue-") as folder:
+            path = Path(folder) / "segment.mp4"
+            try:
+                await download_video(self.bot.resources.session, job.video_url, path, max_bytes=MAX_VIDEO_BYTES)
+                data = await clips.last_frame(path)
+            except (DownloadFailed, VideoTooLarge) as exc:
+                log.info("job %s: its video could not be fetched to continue it: %s", job.id, exc)
+                raise InvalidRequest(
+                    tr(locale, "That video can no longer be downloaded ({reason}), so it cannot be continued.",
+                       reason=str(exc))
+                ) from None  # fmt: skip
+            except clips.ClipError as exc:
+                log.warning("job %s: no last frame: %s", job.id, exc)
+                raise InvalidRequest(tr(locale, "That video could not be read, so it cannot be continued.")) from None
+        try:
+            return await check_first_frame(data)
+        except ImageRejected as exc:
+            raise InvalidRequest(
+                tr(locale, "That video's last frame cannot start a video: {reason}", reason=str(exc))
+            ) from None
+
+    async def join_chain(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """Post the segments from the first to this one as one video, here. Nothing is charged."""
+        locale = interaction.locale
+        job = await self.jobs.get(job_id)
+        if job is None or job.guild_id != interaction.guild_id:
+            await reply_ephemeral(interaction, tr(locale, "That video's job is no longer known to me."))
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        chain = await self.jobs.chain(job)
+        answer = await self._post_joined(interaction, chain)
+        await reply_ephemeral(interaction, answer)
+
+    async def _post_joined(self, interaction: discord.Interaction[Any], chain: list[Job]) -> str:
+        """Fetch, join and post the chain; returns what to tell the member."""
+        locale, limit = interaction.locale, interaction.filesize_limit
+        root = chain[0].id[:8]
+        if len(chain) < 2:
+            return tr(locale, "This video continues no other, so there is nothing to join.")
+        channel = interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            return tr(locale, "I cannot post the joined video here.")
+        too_big = tr(
+            locale,
+            "The joined video would be larger than this server's upload limit of {limit} MB, so it was not "
+            "posted; the segments stay as they are.",
+            limit=f"{limit / 1024 / 1024:.0f}",
+        )
+        with tempfile.TemporaryDirectory(prefix="join-") as folder:
+            paths: list[Path] = []
+            fetched = 0
+            for number, segment in enumerate(chain, 1):
+                path = Path(folder) / f"{number:03d}.mp4"
+                try:
+                    if segment.video_url is None:
+                        raise DownloadFailed("it has no video link")
+                    # Copied segments add up to the joined file: once they pass the limit, fetch no more.
+                    fetched += await download_video(
+                        self.bot.resources.session, segment.video_url, path, max_bytes=limit - fetched
+                    )
+                except VideoTooLarge:
+                    return too_big
+                except DownloadFailed as exc:
+                    log.info("join of %s: segment %d (%s) unavailable: %s", root, number, segment.id, exc)
+                    return tr(
+                        locale,
+                        "Segment {number} (`{job}`) can no longer be downloaded ({reason}), so nothing was joined.",
+                        number=number,
+                        job=segment.id[:8],
+                        reason=str(exc),
+                    )
+                paths.append(path)
+            joined = Path(folder) / f"joined-{root}.mp4"
+            try:
+                how = await clips.join(paths, joined)
+                seconds = await clips.duration(joined)
+            except clips.ClipError as exc:
+                log.warning("join of %s failed: %s", root, exc)
+                return tr(locale, "The segments could not be joined: one of them is not a readable video.")
+            if joined.stat().st_size > limit:
+                return too_big
+            log.info("chain %s: %d segments joined (%s, %.1f s)", root, len(chain), how, seconds)
+            try:
+                await channel.send(
+                    tr(locale, "The {count} segments of `{root}`, joined ({seconds} s).",
+                       count=len(chain), root=root, seconds=f"{seconds:.1f}"),
+                    file=discord.File(joined, filename=joined.name),
+                    allowed_mentions=discord.AllowedMentions.none(),
+                )  # fmt: skip
+            except discord.HTTPException as exc:
+                if exc.status == 413:
+                    return too_big
+                log.warning("chain %s: the joined video could not be posted: %s", root, exc)
+                return tr(locale, "I could not post the joined video here.")
+        return tr(locale, "Joined {count} segments; the video is posted below.", count=len(chain))
+
+    async def _chain_note(self, job: Job, locale: object) -> str:
+        """` · segment 2 of abcd1234` for a job that continues another, else nothing."""
+        if job.parent_id is None:
+            return ""
+        chain = await self.jobs.chain(job)
+        return tr(locale, " · segment {number} of `{root}`", number=len(chain), root=chain[0].id[:8])
 
     # --- status texts -----------------------------------------------------------------------------------
 
