@@ -8,6 +8,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import discord
 
+from bot.i18n import tr
+
 log = logging.getLogger(__name__)
 
 JOB_ID = r"(?P<job_id>[0-9a-f]{16})"
@@ -32,10 +34,13 @@ def _video_cog(interaction: discord.Interaction[Any]) -> VideoActions:
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:reroll:{JOB_ID}"):
     """Make the same video again, as a new job of whoever presses it."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, locale: object = None) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Re-roll", emoji="🎲", style=discord.ButtonStyle.primary, custom_id=f"video:reroll:{job_id}"
+                label=tr(locale, "Re-roll"),
+                emoji="🎲",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"video:reroll:{job_id}",
             )
         )
         self.job_id = job_id
@@ -53,10 +58,13 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"vi
 class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:delete:{JOB_ID}"):
     """Remove the video message: the requester or a moderator only."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, locale: object = None) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger, custom_id=f"video:delete:{job_id}"
+                label=tr(locale, "Delete"),
+                emoji="🗑️",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"video:delete:{job_id}",
             )
         )
         self.job_id = job_id
@@ -71,22 +79,24 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"vi
         await _video_cog(interaction).delete_video(interaction, self.job_id)
 
 
-def result_view(job_id: str) -> discord.ui.View:
-    """The persistent buttons under a finished video."""
+def result_view(job_id: str, locale: object = None) -> discord.ui.View:
+    """The persistent buttons under a finished video, labelled in the requester's language."""
     view = discord.ui.View(timeout=None)
-    view.add_item(RerollButton(job_id))
-    view.add_item(DeleteButton(job_id))
+    view.add_item(RerollButton(job_id, locale))
+    view.add_item(DeleteButton(job_id, locale))
     return view
 
 
 class PagedView(discord.ui.View):
     """Previous and Next under an ephemeral list; `render(page)` returns the text and whether more follow."""
 
-    def __init__(self, owner_id: int, render: Any, page: int = 0) -> None:
+    def __init__(self, owner_id: int, render: Any, page: int = 0, locale: object = None) -> None:
         super().__init__(timeout=600)
         self.owner_id = owner_id
         self.render = render
         self.page = page
+        self.previous.label = tr(locale, "Previous")
+        self.next.label = tr(locale, "Next")
 
     async def show(self, interaction: discord.Interaction[Any]) -> None:
         """Send the first page as a private followup."""
