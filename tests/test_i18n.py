@@ -1,0 +1,209 @@
+"""Languages: every message and command text has its Simplified Chinese translation, with the same fields, within
+Discord's limits; a zh-CN member sees Chinese from the command's answer to the video's buttons, an en-US one English."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+from babel.messages.extract import extract_from_dir
+from babel.messages.frontend import parse_mapping_cfg
+from babel.messages.pofile import read_po
+
+from bot.credits import QuotaRefused
+from bot.i18n import CHINESE, ENGLISH, LOCALES_DIR, catalog, english, translated
+from cogs.messages import refusal_text
+from cogs.translator import CatalogTranslator
+from tests.fake_discord import wait_until
+from tests.harness import Harness, harness
+
+ROOT = Path(__file__).parent.parent
+# The same keywords as the README's `pybabel extract -F babel.cfg -k tr:2 -k english -k locale_str`.
+KEYWORDS: dict[str, Any] = {"tr": (2,), "english": None, "locale_str": None}
+FIELD = re.compile(r"\{(\w*)[^{}]*\}")
+NO_DESCRIPTION = "…"  # discord.py's description of a parameter nobody described
+
+
+def code_messages() -> set[str]:
+    """Every message id in bot/ and cogs/, found as a translator's `pybabel extract` finds them."""
+    with (ROOT / "babel.cfg").open() as config:
+        method_map, options_map = parse_mapping_cfg(config)
+    found = extract_from_dir(ROOT, method_map, options_map, keywords=KEYWORDS)
+    return {message if isinstance(message, str) else message[0] for _, _, message, _, _ in found}
+
+
+def catalog_entries() -> dict[str, str]:
+    """The zh-CN catalog as written, empty and fuzzy translations included."""
+    with (LOCALES_DIR / "zh_CN" / "LC_MESSAGES" / "messages.po").open("rb") as handle:
+        return {str(m.id): "" if m.fuzzy else str(m.string) for m in read_po(handle) if m.id}
+
+
+def test_every_message_has_its_translation_and_the_catalog_nothing_else() -> None:
+    used, entries = code_messages(), catalog_entries()
+    assert len(used) > 200  # the extraction really ran over the code
+    assert sorted(used - set(catalog(CHINESE))) == [], "messages with no zh-CN translation"
+    assert sorted(set(entries) - used) == [], "catalog messages the code no longer uses"
+
+
+def test_each_translation_keeps_the_fields_of_its_english() -> None:
+    for msgid, text in catalog_entries().items():
+        assert sorted(FIELD.findall(text)) == sorted(FIELD.findall(msgid)), msgid
+        assert text.count("`") == msgid.count("`"), msgid  # code spans (ids, commands) survive
+
+
+def test_core_texts_are_translated_where_they_are_shown() -> None:
+    """A core text (a refusal, a stored reason) is found again by its filled-in English, fields translated too."""
+    failed = english("The video service failed: {reason}", reason="rate limit")
+    assert translated(CHINESE, failed) == "视频服务生成失败：rate limit"
+    assert translated(ENGLISH, failed) == failed
+    assert translated(CHINESE, "cancelled") == "已取消"
+    assert translated(CHINESE, "something only the provider says") == "something only the provider says"
+    cost = english("{amount} credits (about {seconds} s of 720p)", amount="4", seconds=5)
+    left = english("{amount} credits (about {seconds} s of 720p)", amount="1.5", seconds=1)
+    refused = QuotaRefused(
+        english(
+            "This video needs {cost} and you have {left} left. A shorter or 720p video costs less.",
+            cost=cost,
+            left=left,
+        ),
+        about_credits=False,
+    )
+    assert refusal_text(refused, "zh-CN") == (
+        "这个视频需要 4 额度（约 5 秒 720p 视频），你还剩 1.5 额度（约 1 秒 720p 视频）。更短或 720p 的视频花费更少。"
+    )
+    assert refusal_text(refused, "en-US") == refused.reason
+
+
+# --- Discord's limits on command texts ----------------------------------------------------------------------
+
+
+def valid_name(name: str) -> bool:
+    """Discord's `^[-_\\p{L}\\p{N}\\p{sc=Deva}\\p{sc=Thai}]{1,32}$`, and lowercase where a letter has cases."""
+
+    def allowed(char: str) -> bool:
+        category = unicodedata.category(char)
+        return char in "-_" or category[0] in "LN" or "\u0900" <= char <= "\u097f" or "\u0e00" <= char <= "\u0e7f"
+
+    return 1 <= len(name) <= 32 and all(allowed(c) for c in name) and name == name.lower()
+
+
+def texts_of(payload: dict[str, Any], *, chat_input: bool) -> Iterator[tuple[str, str, str]]:
+    """(what, locale, text) for every name and description in a command's payload, each language."""
+    for key in ("name", "description"):
+        if key == "description" and not chat_input:
+            continue  # a context menu has no description
+        yield key, ENGLISH, payload[key]
+        for locale, text in (payload.get(f"{key}_localizations") or {}).items():
+            yield key, locale, text
+    for option in payload.get("options", []):
+        yield from texts_of(option, chat_input=True)
+        for choice in option.get("choices", []):
+            yield "choice", ENGLISH, choice["name"]
+            for locale, text in (choice.get("name_localizations") or {}).items():
+                yield "choice", locale, text
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(tmp_path) as running:
+        yield running
+
+
+async def test_command_texts_keep_discords_limits_in_every_language(world: Harness) -> None:
+    async with world.running() as bot:
+        translator = CatalogTranslator()
+        commands = bot.tree.get_commands()
+        payloads = [(c, await c.get_translated_payload(bot.tree, translator)) for c in commands]
+    assert {c.name for c, _ in payloads} >= {"video", "quota", "quota-admin", "Animate image"}
+    checked = set()
+    for command, payload in payloads:
+        chat_input = isinstance(command, discord.app_commands.Command | discord.app_commands.Group)
+        for what, locale, text in texts_of(payload, chat_input=chat_input):
+            checked.add((what, locale))
+            if what == "name" and chat_input:
+                assert valid_name(text), (locale, text)
+            elif what == "name":
+                assert 1 <= len(text) <= 32, (locale, text)
+            else:
+                assert 1 <= len(text) <= 100, (what, locale, text)
+            if locale == "zh-CN":
+                assert re.search(r"[\u4e00-\u9fff]", text) or not re.search("[a-z]{3}", text), text
+    assert {("name", "zh-CN"), ("description", "zh-CN"), ("choice", "zh-CN")} <= checked
+    # Every text a command shows has its zh-CN localization (none falls back to English silently).
+    for _, payload in payloads:
+        assert sorted(untranslated(payload)) == [], payload["name"]
+
+
+def untranslated(node: dict[str, Any]) -> Iterator[str]:
+    """The names, descriptions and choices of a command's payload (options within) with no zh-CN localization."""
+    if "zh-CN" not in (node.get("name_localizations") or {}):
+        yield node["name"]
+    described = node.get("description") not in (None, "", NO_DESCRIPTION)
+    if described and "zh-CN" not in (node.get("description_localizations") or {}):
+        yield node["description"]
+    for choice in node.get("choices", []):
+        if "zh-CN" not in (choice.get("name_localizations") or {}):
+            yield choice["name"]
+    for option in node.get("options", []):
+        yield from untranslated(option)
+
+
+# --- a zh-CN member and an en-US member in one run ----------------------------------------------------------
+
+
+def chinese(text: str) -> bool:
+    return re.search(r"[\u4e00-\u9fff]", text) is not None
+
+
+async def test_a_chinese_member_sees_chinese_and_an_english_one_english(world: Harness) -> None:
+    fake = world.discord
+    fake.locales["bob"] = "zh-CN"
+    fake.preferred_locale = "zh-CN"  # the server's language: its log channel is written in it
+    async with world.running():
+        await world.resources.credits.set_log_channel(int(fake.guild_id), 1, int(fake.log_channel))
+        asked = await fake.slash("video", {"prompt": "一只狐狸在雪地里", "duration": 5}, sub="text", user="bob")
+        await wait_until(lambda: asked.texts())
+        answered = await fake.slash("video", {"prompt": "a red fox in snow", "duration": 5}, sub="text")
+        await wait_until(lambda: answered.texts())
+        await wait_until(lambda: len([m for m in fake.messages[fake.log_channel] if "⏹️" in m["content"]]) == 2)
+        jobs = {j.user_id: j for j in await world.resources.store.jobs_in(("delivered",))}
+    bob, alice = jobs[int(fake.users["bob"]["id"])], jobs[int(fake.users["alice"]["id"])]
+    assert (bob.locale, alice.locale) == ("zh-CN", "en-US")
+
+    # The command's first answer.
+    assert asked.texts()[0].startswith(f"你的视频 `{bob.id[:8]}` 正在生成（5 秒 · 720p · 16:9 · 文生视频）")
+    assert answered.texts()[0].startswith(f"Your video `{alice.id[:8]}` is on its way (5 s · 720p · 16:9 · from text)")
+
+    def post(job: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        card = fake.find_message(str(job.message_id))
+        status, video = fake.messages[str(job.thread_id)]
+        return card, status, video
+
+    # The card, the status in the thread, the delivered video's post and its buttons.
+    card, status, video = post(bob)
+    fields = {f["name"]: f["value"] for f in card["embeds"][0]["fields"]}
+    assert card["embeds"][0]["title"] == f"视频任务 {bob.id[:8]}"
+    assert fields["状态"] == "已完成" and fields["选项"] == "5 秒 · 720p · 16:9 · 文生视频"
+    assert "[已发送到这里](" in fields["视频"] and fields["发起人"] == f"<@{bob.user_id}>"
+    assert chinese(status["content"]) and "视频将发送在下方" in status["content"]
+    assert video["content"] == f"<@{bob.user_id}> 你的视频已生成。"
+    embed = {f["name"]: f["value"] for f in video["embeds"][0]["fields"]}
+    assert video["embeds"][0]["title"] == f"视频 {bob.id[:8]}" and set(embed) >= {"时长", "分辨率", "消耗额度"}
+    assert [b["label"] for b in video["components"][0]["components"]] == ["重新生成", "删除"]
+
+    card, status, video = post(alice)
+    fields = {f["name"]: f["value"] for f in card["embeds"][0]["fields"]}
+    assert card["embeds"][0]["title"] == f"Video job {alice.id[:8]}" and fields["State"] == "done"
+    assert not chinese(status["content"]) and "The video will be posted below." in status["content"]
+    assert video["content"] == f"<@{alice.user_id}> your video is ready."
+    assert [b["label"] for b in video["components"][0]["components"]] == ["Re-roll", "Delete"]
+
+    # The log channel speaks the server's language, whoever started the job.
+    log = [m["content"] for m in fake.messages[fake.log_channel]]
+    assert any(line.startswith(f"▶️ <@{alice.user_id}> 在 ") and alice.id[:8] in line for line in log)
+    assert any(f"的视频 `{bob.id[:8]}` 在 " in line and line.endswith(" 已发送") for line in log)
