@@ -6,7 +6,6 @@ import contextlib
 import io
 import logging
 import time
-import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Literal
@@ -94,32 +93,28 @@ def is_moderator(interaction: discord.Interaction[Any]) -> bool:
 
 
 class AnimateModal(discord.ui.Modal, title="Animate image"):
-    """Asks for the prompt and options when an image is animated from the message menu."""
-
-    prompt: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
-        label="Prompt (optional)",
-        style=discord.TextStyle.paragraph,
-        required=False,
-        max_length=MAX_PROMPT["image"],
-        placeholder="What happens in the video",
-    )
-    duration: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
-        label="Duration in seconds (3-15)", default="5", max_length=2
-    )
-    resolution: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
-        label="Resolution (720p or 1080p)", default="720p", max_length=5
-    )
+    """Asks for the prompt and options when an image is animated from the message menu, in the member's language
+    (the inputs are made here: their labels are only set when they are made without a deprecation warning)."""
 
     def __init__(self, cog: VideoCog, attachment: discord.Attachment, locale: object = None) -> None:
         super().__init__(title=tr(locale, "Animate image"))
         self.cog = cog
         self.attachment = attachment
-        self.prompt.placeholder = tr(locale, "What happens in the video")
-        with warnings.catch_warnings():  # discord.py would rather have a ui.Label around each input; these still work
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self.prompt.label = tr(locale, "Prompt (optional)")
-            self.duration.label = tr(locale, "Duration in seconds (3-15)")
-            self.resolution.label = tr(locale, "Resolution (720p or 1080p)")
+        self.prompt: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+            label=tr(locale, "Prompt (optional)"),
+            style=discord.TextStyle.paragraph,
+            required=False,
+            max_length=MAX_PROMPT["image"],
+            placeholder=tr(locale, "What happens in the video"),
+        )
+        self.duration: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+            label=tr(locale, "Duration in seconds (3-15)"), default="5", max_length=2
+        )
+        self.resolution: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+            label=tr(locale, "Resolution (720p or 1080p)"), default="720p", max_length=5
+        )
+        for item in (self.prompt, self.duration, self.resolution):
+            self.add_item(item)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         async def build() -> JobRequest:

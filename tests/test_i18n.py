@@ -19,6 +19,7 @@ from bot.credits import QuotaRefused
 from bot.i18n import CHINESE, ENGLISH, LOCALES_DIR, catalog, english, translated
 from cogs.messages import refusal_text
 from cogs.translator import CatalogTranslator
+from tests.conftest import make_image
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
 
@@ -207,3 +208,42 @@ async def test_a_chinese_member_sees_chinese_and_an_english_one_english(world: H
     log = [m["content"] for m in fake.messages[fake.log_channel]]
     assert any(line.startswith(f"▶️ <@{alice.user_id}> 在 ") and alice.id[:8] in line for line in log)
     assert any(f"的视频 `{bob.id[:8]}` 在 " in line and line.endswith(" 已发送") for line in log)
+
+
+async def test_refusals_forms_and_alerts_reach_a_chinese_member_in_chinese(world: Harness) -> None:
+    """The core's texts (an image's refusal, the service's outage, the operator alert) and the Animate form."""
+    fake = world.discord
+    fake.locales["bob"] = "zh-CN"
+    fake.preferred_locale = "zh-CN"
+    async with world.running():
+        await world.resources.credits.set_log_channel(int(fake.guild_id), 1, int(fake.log_channel))
+        tiny = fake.add_attachment("tiny.png", make_image(100, 100), "image/png", 100, 100)
+        rejected = await fake.slash("video", {"image": tiny}, sub="image", user="bob")
+        await wait_until(lambda: any(chinese(t) for t in rejected.texts()))
+
+        posted = fake.post_message(
+            fake.general,
+            fake.users["alice"],
+            "look",
+            attachments=[fake.add_attachment("cat.png", make_image(500, 500))],
+        )
+        shown = await fake.message_menu("Animate image", posted, user="bob")
+        await wait_until(lambda: shown.modal is not None)
+
+        world.sim.fail_next("credits", on="submit")
+        first = await fake.slash("video", {"prompt": "one"}, sub="text")
+        await wait_until(lambda: first.texts() and "on its way" in first.texts()[0])
+        refused = await fake.slash("video", {"prompt": "两只猫"}, sub="text", user="bob")
+        await wait_until(lambda: any("排队" in t for t in refused.texts()))
+        await wait_until(lambda: any(m["content"].startswith("⚠️") for m in fake.messages[fake.log_channel]))
+    assert rejected.texts()[-1] == "图片尺寸为 100x100，每条边至少需要 300 像素。没有提交任务，也没有扣除任何额度。"
+    assert shown.modal is not None and shown.modal["title"] == "图片生成视频"
+    labels = [row["components"][0]["label"] for row in shown.modal["components"]]
+    assert labels == ["提示词（可选）", "时长（秒，3-15）", "分辨率（720p 或 1080p）"]
+    offer = next(m for m in refused.messages if "排队" in m["content"])
+    assert offer["content"].startswith(
+        "视频服务暂不可用：机器人的账户需要运维人员处理。没有扣除任何额度，请稍后再试。或者"
+    )
+    assert [b["label"] for b in offer["components"][0]["components"]] == ["排队，等服务恢复后生成"]
+    [alert] = [m["content"] for m in fake.messages[fake.log_channel] if m["content"].startswith("⚠️")]
+    assert alert.startswith("⚠️ 视频服务拒绝了机器人的账户：视频服务账户余额不足或已被暂停，需要机器人运维人员充值。（")
