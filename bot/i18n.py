@@ -27,9 +27,10 @@ FIELD = re.compile(r"\{(\w+)\}")
 
 
 def language(locale: object) -> str:
-    """Discord's locale (a `discord.Locale`, its string, or None) reduced to one we speak."""
-    text = str(getattr(locale, "value", locale) or "")
-    return CHINESE if text.lower().startswith("zh") else ENGLISH
+    """Discord's locale (a `discord.Locale`, its string, or None) reduced to one we speak: the first of `SUPPORTED`
+    with its language (zh-TW gets zh-CN), else English."""
+    text = str(getattr(locale, "value", locale) or "").lower()
+    return next((lang for lang in SUPPORTED if text.split("-")[0] == lang.split("-")[0].lower()), ENGLISH)
 
 
 @functools.cache

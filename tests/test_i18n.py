@@ -16,7 +16,7 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 
 from bot.credits import QuotaRefused
-from bot.i18n import CHINESE, ENGLISH, LOCALES_DIR, catalog, english, translated
+from bot.i18n import CHINESE, ENGLISH, LOCALES_DIR, SUPPORTED, catalog, english, translated
 from cogs.messages import refusal_text
 from cogs.translator import CatalogTranslator
 from tests.conftest import make_image
@@ -38,21 +38,26 @@ def code_messages() -> set[str]:
     return {message if isinstance(message, str) else message[0] for _, _, message, _, _ in found}
 
 
-def catalog_entries() -> dict[str, str]:
-    """The zh-CN catalog as written, empty and fuzzy translations included."""
-    with (LOCALES_DIR / "zh_CN" / "LC_MESSAGES" / "messages.po").open("rb") as handle:
+def catalog_entries(lang: str) -> dict[str, str]:
+    """A language's catalog as written, empty and fuzzy translations included."""
+    with (LOCALES_DIR / lang.replace("-", "_") / "LC_MESSAGES" / "messages.po").open("rb") as handle:
         return {str(m.id): "" if m.fuzzy else str(m.string) for m in read_po(handle) if m.id}
 
 
-def test_every_message_has_its_translation_and_the_catalog_nothing_else() -> None:
-    used, entries = code_messages(), catalog_entries()
+TRANSLATED = [lang for lang in SUPPORTED if lang != ENGLISH]
+
+
+@pytest.mark.parametrize("lang", TRANSLATED)
+def test_every_message_has_its_translation_and_the_catalog_nothing_else(lang: str) -> None:
+    used, entries = code_messages(), catalog_entries(lang)
     assert len(used) > 200  # the extraction really ran over the code
-    assert sorted(used - set(catalog(CHINESE))) == [], "messages with no zh-CN translation"
+    assert sorted(used - set(catalog(lang))) == [], f"messages with no {lang} translation"
     assert sorted(set(entries) - used) == [], "catalog messages the code no longer uses"
 
 
-def test_each_translation_keeps_the_fields_of_its_english() -> None:
-    for msgid, text in catalog_entries().items():
+@pytest.mark.parametrize("lang", TRANSLATED)
+def test_each_translation_keeps_the_fields_of_its_english(lang: str) -> None:
+    for msgid, text in catalog_entries(lang).items():
         assert sorted(FIELD.findall(text)) == sorted(FIELD.findall(msgid)), msgid
         assert text.count("`") == msgid.count("`"), msgid  # code spans (ids, commands) survive
 
