@@ -122,9 +122,12 @@ class CreditService:
             )
         left = decision.remaining or 0
         reason = english(
-            "This video needs {cost} and you have {left} left. A shorter or 720p video costs less.",
-            cost=self.describe(cost),
-            left=self.describe(left),
+            "This video needs {cost} credits (about {cost_seconds} s of 720p) and you have {left} credits (about "
+            "{left_seconds} s of 720p) left. A shorter or 720p video costs less.",
+            cost=quota.format_credits(cost),
+            cost_seconds=quota.seconds_of_720p(cost, self.rates),
+            left=quota.format_credits(left),
+            left_seconds=quota.seconds_of_720p(left, self.rates),
         )
         return QuotaRefused(reason, self.window(settings.period).reset_at, about_credits=True)
 

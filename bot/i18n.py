@@ -78,15 +78,14 @@ def _patterns(lang: str) -> list[tuple[re.Pattern[str], str]]:
 
 
 def translated(locale: object, text: str) -> str:
-    """An English text the core filled in (`english(...)`, perhaps stored since) in `locale`'s language; its fields
-    are translated too when they are messages themselves. Text that matches no message id stays as it is."""
-    lang = language(locale)
-    exact = catalog(lang).get(text)
-    if exact is not None or lang == ENGLISH:
-        return exact or text
-    for pattern, translation in _patterns(lang):
+    """An English text the core filled in (`english(...)`, perhaps stored since) in `locale`'s language. A field
+    that is a whole message itself ("no reason given") is translated too; any other field (a provider's words, a
+    moderator's reason) stays as it is, and so does text that matches no message id."""
+    translations = catalog(language(locale))
+    if not translations or text in translations:
+        return translations.get(text, text)
+    for pattern, translation in _patterns(language(locale)):
         match = pattern.fullmatch(text)
         if match:
-            fields = {name: translated(lang, value) for name, value in match.groupdict().items()}
-            return translation.format(**fields)
+            return translation.format(**{name: translations.get(v, v) for name, v in match.groupdict().items()})
     return text

@@ -69,19 +69,19 @@ def test_core_texts_are_translated_where_they_are_shown() -> None:
     assert translated(ENGLISH, failed) == failed
     assert translated(CHINESE, "cancelled") == "已取消"
     assert translated(CHINESE, "something only the provider says") == "something only the provider says"
-    cost = english("{amount} credits (about {seconds} s of 720p)", amount="4", seconds=5)
-    left = english("{amount} credits (about {seconds} s of 720p)", amount="1.5", seconds=1)
-    refused = QuotaRefused(
-        english(
-            "This video needs {cost} and you have {left} left. A shorter or 720p video costs less.",
-            cost=cost,
-            left=left,
-        ),
-        about_credits=False,
+    needs = (
+        "This video needs {cost} credits (about {cost_seconds} s of 720p) and you have {left} credits (about "
+        "{left_seconds} s of 720p) left. A shorter or 720p video costs less."
     )
+    refused = QuotaRefused(english(needs, cost="4", cost_seconds=5, left="1.5", left_seconds=1))
     assert refusal_text(refused, "zh-CN") == (
         "这个视频需要 4 额度（约 5 秒 720p 视频），你还剩 1.5 额度（约 1 秒 720p 视频）。更短或 720p 的视频花费更少。"
     )
+    blocked = english("You are blocked from making videos in this server: {reason}.", reason="no reason given")
+    assert translated(CHINESE, blocked) == "你已被禁止在此服务器生成视频：未说明原因。"
+    # A provider's words inside a reason are shown as they are, even where they look like a short message.
+    provider = english("The video service failed: {reason}", reason="limit 5 exceeded per day")
+    assert translated(CHINESE, provider) == "视频服务生成失败：limit 5 exceeded per day"
     assert refusal_text(refused, "en-US") == refused.reason
 
 
