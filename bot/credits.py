@@ -179,12 +179,15 @@ class CreditService:
 
     @staticmethod
     def _member_text(member: MemberQuota) -> str:
-        parts = []
-        if member.override is not None:
-            parts.append(english("limit {amount}", amount=quota.format_credits(member.override)))
-        if member.blocked_reason is not None:
-            parts.append(english("blocked ({reason})", reason=member.blocked_reason))
-        return ", ".join(parts) or english("no override")
+        limit = None if member.override is None else quota.format_credits(member.override)
+        reason = member.blocked_reason
+        if limit is not None and reason is not None:
+            return english("limit {amount}, blocked ({reason})", amount=limit, reason=reason)
+        if limit is not None:
+            return english("limit {amount}", amount=limit)
+        if reason is not None:
+            return english("blocked ({reason})", reason=reason)
+        return english("no override")
 
     async def _change_member(
         self, guild_id: int, moderator_id: int, user_id: int, action: str, reason: str | None, **changes: object

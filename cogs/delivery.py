@@ -206,13 +206,14 @@ class Deliverer:
         return await self.jobs.get(job.id) or job
 
     async def _timed_out(self, job: Job) -> None:
-        reason = english("posting it took longer than {seconds} s", seconds=f"{self.time_limit:g}")
+        seconds = f"{self.time_limit:g}"
+        reason = english("posting it took longer than {seconds} s", seconds=seconds)
         tries = await self.jobs.note_delivery_problem(await self._fresh(job), reason)
         log.warning("job %s: post try %d timed out", job.id, tries)
         if tries < MAX_TRIES:
             return  # the next tick tries again
         if await self.jobs.mark_undeliverable(
-            job.id, english("The video could not be posted: {reason}.", reason=reason)
+            job.id, english("The video could not be posted: posting it took longer than {seconds} s.", seconds=seconds)
         ):
             log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
 
