@@ -178,8 +178,13 @@ async def test_a_chinese_member_sees_chinese_and_an_english_one_english(world: H
         await wait_until(lambda: answered.texts())
         await wait_until(lambda: len([m for m in fake.messages[fake.log_channel] if "⏹️" in m["content"]]) == 2)
         jobs = {j.user_id: j for j in await world.resources.store.jobs_in(("delivered",))}
+        history = await fake.slash("video", sub="history", user="bob")
+        await wait_until(lambda: history.texts() and chinese(history.texts()[-1]))
     bob, alice = jobs[int(fake.users["bob"]["id"])], jobs[int(fake.users["alice"]["id"])]
     assert (bob.locale, alice.locale) == ("zh-CN", "en-US")
+    page = history.messages[-1]
+    assert page["content"].startswith("**你的视频**（第 1 页，共 1 页）\n• `")
+    assert [b["label"] for b in page["components"][0]["components"]] == ["上一页", "下一页"]
 
     # The command's first answer.
     assert asked.texts()[0].startswith(f"你的视频 `{bob.id[:8]}` 正在生成（5 秒 · 720p · 16:9 · 文生视频）")
