@@ -143,6 +143,20 @@ async def test_command_texts_keep_discords_limits_in_every_language(world: Harne
     # Every text a command shows has its zh-CN localization (none falls back to English silently).
     for _, payload in payloads:
         assert sorted(untranslated(payload)) == [], payload["name"]
+        assert_unique_names(payload)
+    for locale in ("en-US", "zh-CN"):  # top-level command names are unique per type too
+        names = [(p["type"], (p.get("name_localizations") or {}).get(locale, p["name"])) for _, p in payloads]
+        assert len(names) == len(set(names)), locale
+
+
+def assert_unique_names(node: dict[str, Any]) -> None:
+    """Discord refuses two options (or subcommands) of one command with the same name, in any language."""
+    options = node.get("options", [])
+    for locale in ("en-US", "zh-CN"):
+        names = [(o.get("name_localizations") or {}).get(locale, o["name"]) for o in options]
+        assert len(names) == len(set(names)), (node["name"], locale, names)
+    for option in options:
+        assert_unique_names(option)
 
 
 def untranslated(node: dict[str, Any]) -> Iterator[str]:
