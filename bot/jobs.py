@@ -13,6 +13,7 @@ from typing import Literal
 from bot import quota
 from bot.crashpoints import crash_point
 from bot.credits import CreditService
+from bot.i18n import english
 from bot.images import FirstFrame, base64_text, send_slots
 from bot.kling import (
     KlingAccountError,
@@ -86,6 +87,7 @@ class JobRequest:
     attachment_size_limit: int | None = None
     wait_if_unavailable: bool = False  # the member chose to queue rather than be refused while the service is down
     parent_id: str | None = None  # the job this one continues (its first frame is that video's last frame)
+    locale: str | None = None  # the member's Discord locale: later posts about the job are in their language
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,19 +101,19 @@ class JobChange:
 def explain(error: KlingError) -> str:
     """The provider's refusal in words a member can act on."""
     if isinstance(error, KlingContentPolicy):
-        return (
+        return english(
             "The video service refused this prompt or image under its content policy. "
             "Change it and try again; nothing was charged."
         )
     if isinstance(error, KlingAccountError):
-        return "The video service account is out of credits or suspended; an operator must top it up."
+        return english("The video service account is out of credits or suspended; an operator must top it up.")
     if isinstance(error, KlingAuthError):
-        return "The bot's key for the video service was refused; an operator must fix the configuration."
+        return english("The bot's key for the video service was refused; an operator must fix the configuration.")
     if isinstance(error, KlingRateLimited):
-        return "The video service is busy right now; try again in a minute."
+        return english("The video service is busy right now; try again in a minute.")
     if isinstance(error, KlingBadRequest):
-        return f"The video service refused the request: {error.message}"
-    return "The video service is not answering right now; try again later."
+        return english("The video service refused the request: {message}", message=error.message)
+    return english("The video service is not answering right now; try again later.")
 
 
 class JobService:
@@ -156,31 +158,45 @@ class JobService:
         prompt = request.prompt.strip()
         limit = MAX_PROMPT[request.kind]
         if request.kind == "text" and not prompt:
-            raise InvalidRequest("The prompt is empty; describe the video you want.")
+            raise InvalidRequest(english("The prompt is empty; describe the video you want."))
         if len(request.prompt) > limit:
             raise InvalidRequest(
-                f"The prompt is {len(request.prompt)} characters; {request.kind} videos allow at most {limit}."
+                english(
+                    "The prompt is {length} characters; {kind} videos allow at most {limit}.",
+                    length=len(request.prompt),
+                    kind=request.kind,
+                    limit=limit,
+                )
             )
         if "\x00" in request.prompt:
-            raise InvalidRequest("The prompt contains a NUL character; remove it.")
+            raise InvalidRequest(english("The prompt contains a NUL character; remove it."))
         if not isinstance(request.duration, int) or request.duration not in DURATIONS:
             raise InvalidRequest(
-                f"The duration must be a whole number of seconds from 3 to 15, not {request.duration}."
+                english(
+                    "The duration must be a whole number of seconds from 3 to 15, not {duration}.",
+                    duration=request.duration,
+                )
             )
         if request.resolution not in RESOLUTIONS:
-            raise InvalidRequest(f"The resolution must be 720p or 1080p, not {request.resolution}.")
+            raise InvalidRequest(
+                english("The resolution must be 720p or 1080p, not {resolution}.", resolution=request.resolution)
+            )
         if request.kind == "text":
             if request.aspect_ratio is not None and request.aspect_ratio not in ASPECT_RATIOS:
-                raise InvalidRequest(f"The aspect ratio must be 16:9, 9:16 or 1:1, not {request.aspect_ratio}.")
+                raise InvalidRequest(
+                    english("The aspect ratio must be 16:9, 9:16 or 1:1, not {ratio}.", ratio=request.aspect_ratio)
+                )
             if request.image is not None or request.image_url is not None:
-                raise InvalidRequest("A text video takes no image; use an image video for a first frame.")
+                raise InvalidRequest(english("A text video takes no image; use an image video for a first frame."))
         else:
             if request.aspect_ratio is not None:
-                raise InvalidRequest("An image video takes its shape from the image; leave the aspect ratio out.")
+                raise InvalidRequest(
+                    english("An image video takes its shape from the image; leave the aspect ratio out.")
+                )
             if (request.image is None) == (request.image_url is None):
-                raise InvalidRequest("An image video needs exactly one first-frame image.")
+                raise InvalidRequest(english("An image video needs exactly one first-frame image."))
             if request.image_url is not None and not request.image_url.startswith(("https://", "http://")):
-                raise InvalidRequest("The first frame must be an http(s) link or an uploaded image.")
+                raise InvalidRequest(english("The first frame must be an http(s) link or an uploaded image."))
 
     def cost_of(self, duration: int, resolution: str) -> int:
         """The credits (milli) a job of this shape reserves."""
@@ -189,12 +205,14 @@ class JobService:
     def unavailable_reason(self) -> str | None:
         """Why new jobs cannot be taken now, or None when they can."""
         if self.pause.active:
-            return (
+            return english(
                 "The video service is unavailable: the bot's account needs an operator's attention. "
                 "Nothing was charged; try again later."
             )
         if self.kling.breaker.refusing:
-            return "The video service is not answering right now. Nothing was charged; try again in a few minutes."
+            return english(
+                "The video service is not answering right now. Nothing was charged; try again in a few minutes."
+            )
         return None
 
     async def create(self, request: JobRequest) -> Job:
@@ -252,6 +270,7 @@ class JobService:
             origin=self.origin,
             frame_url=request.frame_url,
             parent_id=request.parent_id,
+            locale=request.locale,
         )
         if self.credits is not None and job.guild_id is not None and job.user_id is not None:
             await self.credits.reserve(job, request.role_ids)
@@ -389,7 +408,11 @@ class JobService:
         return await self.store.get_job(job.id)
 
     def _pause(self, error: KlingError) -> None:
-        if self.pause.pause(f"The video service refused the bot's account: {explain(error)} ({error})"):
+        if self.pause.pause(
+            english(
+                "The video service refused the bot's account: {reason} ({error})", reason=explain(error), error=error
+            )
+        ):
             log.error("submissions paused for %.0fs: %s", self.pause.seconds, error)
 
     def take_alerts(self) -> list[str]:
@@ -427,21 +450,27 @@ class JobService:
         again; whether the provider made it anyway is known within minutes (then it is delivered and charged)."""
         job = await self.store.get_job(job_id)
         if job is None or job.guild_id != guild_id or (job.user_id != user_id and not moderator):
-            raise InvalidRequest("There is no such job of yours here; only its requester or a moderator can cancel it.")
+            raise InvalidRequest(
+                english("There is no such job of yours here; only its requester or a moderator can cancel it.")
+            )
         now = self.clock()
         if job.status == "queued" and await self.store.transition(
-            job.id, "queued", "cancelled", error="cancelled", finished_at=now, updated_at=now
+            job.id, "queued", "cancelled", error=english("cancelled"), finished_at=now, updated_at=now
         ):
             log.info("job %s cancelled by %s", job.id, user_id)
         elif job.status == "reserved" and job.uncertain_since is not None:
             await self.store.update_job(job.id, "reserved", cancel_requested=True, updated_at=now)
             log.info("job %s: cancel requested by %s while its submit is uncertain", job.id, user_id)
         elif job.status in WAITING:
-            raise InvalidRequest("That job is being sent to the video service right now; try again in a moment.")
+            raise InvalidRequest(
+                english("That job is being sent to the video service right now; try again in a moment.")
+            )
         else:
             raise InvalidRequest(
-                "Only a job not yet at the video service can be cancelled; once there, it cannot be stopped "
-                "(and the service charges for it)."
+                english(
+                    "Only a job not yet at the video service can be cancelled; once there, it cannot be stopped "
+                    "(and the service charges for it)."
+                )
             )
         cancelled = await self.store.get_job(job.id)
         assert cancelled is not None
@@ -566,11 +595,13 @@ class JobService:
         minutes = (now - job.uncertain_since) / 60
         if job.cancel_requested:
             log.info("job %s: absent after %.1f minutes of look-ups; cancelled as asked", job.id, minutes)
-            return await self._end_unsent(job, "cancelled", "cancelled; the video service never had it")
+            return await self._end_unsent(job, "cancelled", english("cancelled; the video service never had it"))
         if job.attempts >= MAX_SUBMIT_ATTEMPTS:
-            reason = (
-                f"The video service did not take this job after {job.attempts} tries "
-                f"(checked for {minutes:.0f} minutes); nothing was charged."
+            reason = english(
+                "The video service did not take this job after {tries} tries "
+                "(checked for {minutes} minutes); nothing was charged.",
+                tries=job.attempts,
+                minutes=f"{minutes:.0f}",
             )
             return await self._end_unsent(job, "failed", reason)
         log.info("job %s: absent after %d look-ups over %.1f minutes; sending it again", job.id, lookups, minutes)
@@ -600,7 +631,7 @@ class JobService:
             video = task.video
             if video is None:
                 log.warning("job %s: task %s succeeded without a video", job.id, task.id)
-                return await self._fail(job, "The video service finished but sent no video.", AT_PROVIDER)
+                return await self._fail(job, english("The video service finished but sent no video."), AT_PROVIDER)
             billed = _billed_millicredits(task)
             moved = await self.store.transition(
                 job.id,
@@ -615,8 +646,8 @@ class JobService:
                 updated_at=now,
             )
         elif task.status == "failed":
-            reason = task.message or "The video service could not make this video."
-            return await self._fail(job, f"The video service failed: {reason}", AT_PROVIDER)
+            reason = task.message or english("The video service could not make this video.")
+            return await self._fail(job, english("The video service failed: {reason}", reason=reason), AT_PROVIDER)
         elif task.status in ("submitted", "processing"):
             return None
         else:  # the client logged this status once; keep asking
@@ -634,9 +665,10 @@ class JobService:
             if job.attempts and job.status == "reserved":
                 continue  # perhaps at the provider: settled by its external id, never timed out blindly
             if now - job.created_at > self.job_timeout:
-                reason = (
-                    f"The video service could not take this job for {minutes:g} minutes, so it was never sent; "
-                    "nothing was charged."
+                reason = english(
+                    "The video service could not take this job for {minutes} minutes, so it was never sent; "
+                    "nothing was charged.",
+                    minutes=f"{minutes:g}",
                 )
                 failed = await self._fail(job, reason, job.status)
                 if failed is not None:
@@ -645,7 +677,9 @@ class JobService:
         for job in await self.store.jobs_in(AT_PROVIDER, origin=self.origin):
             if now - (job.submitted_at or job.created_at) > self.job_timeout + self.late_limit:
                 hours = (self.job_timeout + self.late_limit) / 3600
-                reason = f"The video did not arrive within {hours:g} hours; your credits were given back."
+                reason = english(
+                    "The video did not arrive within {hours} hours; your credits were given back.", hours=f"{hours:g}"
+                )
                 failed = await self._fail(job, reason, AT_PROVIDER)
                 if failed is not None:
                     log.warning("job %s given up after %g hours at the provider", job.id, hours)
@@ -672,7 +706,9 @@ class JobService:
 
     async def fail_download(self, job: Job, reason: str) -> Job | None:
         """The provider's video never came (its link is dead or not a video): fail the job, releasing its credits."""
-        return await self._fail(job, f"The finished video could not be fetched: {reason}.", "succeeded")
+        return await self._fail(
+            job, english("The finished video could not be fetched: {reason}.", reason=reason), "succeeded"
+        )
 
     # --- reads for the front ends -----------------------------------------------------------------------------
 

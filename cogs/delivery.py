@@ -16,6 +16,7 @@ import discord
 
 from bot.crashpoints import crash_point
 from bot.delivery import DownloadFailed, VideoTooLarge, download_video
+from bot.i18n import english, tr
 from bot.model import Job
 from cogs.messages import (
     NO_ATTACH_REASON,
@@ -137,7 +138,10 @@ class Deliverer:
         try:
             message = await self._send(job, job.channel_id, path, link_reason, note=THREAD_GONE_NOTE)
         except discord.HTTPException as exc:
-            reason = f"Its thread was deleted and the channel refused the post: {exc.status} {exc.text or ''}".strip()
+            reason = english(
+                "Its thread was deleted and the channel refused the post: {error}",
+                error=f"{exc.status} {exc.text or ''}".strip(),
+            )
             if await self.jobs.mark_undeliverable(job.id, reason):
                 log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
             return
@@ -158,7 +162,8 @@ class Deliverer:
         if path is not None:
             try:
                 message = await target.send(
-                    f"{mention} your video is ready." + (f"\n{note}" if note else ""),
+                    tr(job.locale, "{mention} your video is ready.", mention=mention)
+                    + (f"\n{tr(job.locale, note)}" if note else ""),
                     embed=result_embed(job),
                     file=discord.File(path, filename=f"video-{job.id[:8]}.mp4"),
                     view=self.result_view(job),
@@ -173,7 +178,9 @@ class Deliverer:
                     link_reason = too_large_reason(self.upload_limit(job))
                 elif exc.status == 403 and exc.code == 50013:
                     # Counted, as a refused post; the link needs no Attach Files, so it goes at once.
-                    await self.jobs.note_delivery_problem(await self._fresh(job), f"Discord refused the file: {exc}")
+                    await self.jobs.note_delivery_problem(
+                        await self._fresh(job), english("Discord refused the file: {error}", error=exc)
+                    )
                     log.info("job %s: Discord refused the file (missing permissions); posting the link", job.id)
                     link_reason = NO_ATTACH_REASON
                 else:
@@ -209,12 +216,15 @@ class Deliverer:
         return await self.jobs.get(job.id) or job
 
     async def _timed_out(self, job: Job) -> None:
-        reason = f"posting it took longer than {self.time_limit:g} s"
+        seconds = f"{self.time_limit:g}"
+        reason = english("posting it took longer than {seconds} s", seconds=seconds)
         tries = await self.jobs.note_delivery_problem(await self._fresh(job), reason)
         log.warning("job %s: post try %d timed out", job.id, tries)
         if tries < MAX_TRIES:
             return  # the next tick tries again
-        if await self.jobs.mark_undeliverable(job.id, f"The video could not be posted: {reason}."):
+        if await self.jobs.mark_undeliverable(
+            job.id, english("The video could not be posted: posting it took longer than {seconds} s.", seconds=seconds)
+        ):
             log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
 
     async def _download_failed(self, job: Job, reason: str) -> None:
@@ -225,7 +235,9 @@ class Deliverer:
         await self.jobs.fail_download(job, reason)  # the poller announces the failure
 
     async def _post_failed(self, job: Job, error: discord.HTTPException) -> None:
-        reason = f"Discord refused the post: {error.status} {error.text or type(error).__name__}"
+        reason = english(
+            "Discord refused the post: {error}", error=f"{error.status} {error.text or type(error).__name__}"
+        )
         gone = isinstance(error, discord.NotFound)  # the channel was deleted: retrying cannot help
         tries = MAX_TRIES if gone else await self.jobs.note_delivery_problem(await self._fresh(job), reason)
         log.warning("job %s: post try %d failed: %s", job.id, tries, reason)

@@ -20,12 +20,11 @@ from bot import clips
 from bot.app import SOMETHING_WENT_WRONG, STOPPING, UserFacingError, VideoBot, reply_ephemeral
 from bot.credits import QuotaRefused
 from bot.delivery import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
-from bot.i18n import tr
+from bot.i18n import english, tr, translated
 from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, check_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.model import OPEN, WAITING, Job
 from cogs.messages import (
-    STATE_WORDS,
     cancel_text,
     clock,
     fit_lines,
@@ -33,6 +32,7 @@ from cogs.messages import (
     job_card,
     options_line,
     refusal_text,
+    state_word,
     status_line,
     thread_name,
 )
@@ -43,24 +43,25 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 HISTORY_PAGE = 5
-NO_THREAD_NOTE = "A thread could not be started here, so this job's updates follow in this channel."
+NO_THREAD_NOTE = english("A thread could not be started here, so this job's updates follow in this channel.")
 
 RequestBuilder = Callable[[], Awaitable[JobRequest]]
 THREAD_TYPES = (discord.ChannelType.public_thread, discord.ChannelType.private_thread, discord.ChannelType.news_thread)
 
 
 def missing_permissions(permissions: discord.Permissions, *, in_thread: bool) -> list[str]:
-    """What the bot lacks to post a job's card, thread, status and video here, in Discord's own words."""
+    """What the bot lacks to post a job's card, thread, status and video here, in Discord's own words (English
+    message ids)."""
     needed = {
-        "view_channel": "View Channel",
+        "view_channel": english("View Channel"),
         "send_messages_in_threads" if in_thread else "send_messages": (
-            "Send Messages in Threads" if in_thread else "Send Messages"
+            english("Send Messages in Threads") if in_thread else english("Send Messages")
         ),
-        "embed_links": "Embed Links",
-        "attach_files": "Attach Files",
+        "embed_links": english("Embed Links"),
+        "attach_files": english("Attach Files"),
     }
     if not in_thread:
-        needed["create_public_threads"] = "Create Public Threads"
+        needed["create_public_threads"] = english("Create Public Threads")
     return [name for flag, name in needed.items() if not getattr(permissions, flag)]
 
 
@@ -69,13 +70,19 @@ async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str, st
     URL when the frame is the attachment as is (a gateway that refuses Base64 can fetch that)."""
     if attachment.size > MAX_UPLOAD_BYTES:
         raise InvalidRequest(
-            f"{attachment.filename} is {attachment.size / 1024 / 1024:.1f} MB; "
-            f"send an image under {MAX_UPLOAD_BYTES // 1024 // 1024} MB."
+            english(
+                "{name} is {size} MB; send an image under {limit} MB.",
+                name=attachment.filename,
+                size=f"{attachment.size / 1024 / 1024:.1f}",
+                limit=MAX_UPLOAD_BYTES // 1024 // 1024,
+            )
         )
     try:
         data = await attachment.read()
     except discord.HTTPException:
-        raise InvalidRequest("The image could not be downloaded from Discord; try uploading it again.") from None
+        raise InvalidRequest(
+            english("The image could not be downloaded from Discord; try uploading it again.")
+        ) from None
     try:
         frame = await check_first_frame(data)
     except ImageRejected as exc:
@@ -90,26 +97,28 @@ def is_moderator(interaction: discord.Interaction[Any]) -> bool:
 
 
 class AnimateModal(discord.ui.Modal, title="Animate image"):
-    """Asks for the prompt and options when an image is animated from the message menu."""
+    """Asks for the prompt and options when an image is animated from the message menu, in the member's language
+    (the inputs are made here: their labels are only set when they are made without a deprecation warning)."""
 
-    prompt: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
-        label="Prompt (optional)",
-        style=discord.TextStyle.paragraph,
-        required=False,
-        max_length=MAX_PROMPT["image"],
-        placeholder="What happens in the video",
-    )
-    duration: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
-        label="Duration in seconds (3-15)", default="5", max_length=2
-    )
-    resolution: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
-        label="Resolution (720p or 1080p)", default="720p", max_length=5
-    )
-
-    def __init__(self, cog: VideoCog, attachment: discord.Attachment) -> None:
-        super().__init__()
+    def __init__(self, cog: VideoCog, attachment: discord.Attachment, locale: object = None) -> None:
+        super().__init__(title=tr(locale, "Animate image"))
         self.cog = cog
         self.attachment = attachment
+        self.prompt: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+            label=tr(locale, "Prompt (optional)"),
+            style=discord.TextStyle.paragraph,
+            required=False,
+            max_length=MAX_PROMPT["image"],
+            placeholder=tr(locale, "What happens in the video"),
+        )
+        self.duration: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+            label=tr(locale, "Duration in seconds (3-15)"), default="5", max_length=2
+        )
+        self.resolution: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+            label=tr(locale, "Resolution (720p or 1080p)"), default="720p", max_length=5
+        )
+        for item in (self.prompt, self.duration, self.resolution):
+            self.add_item(item)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         async def build() -> JobRequest:
@@ -117,7 +126,10 @@ class AnimateModal(discord.ui.Modal, title="Animate image"):
                 duration = int(self.duration.value.strip())
             except ValueError:
                 raise InvalidRequest(
-                    f"The duration must be a whole number from 3 to 15, not {self.duration.value!r}."
+                    english(
+                        "The duration must be a whole number from 3 to 15, not {value}.",
+                        value=repr(self.duration.value),
+                    )
                 ) from None
             frame, source, url = await read_first_frame(self.attachment)
             return self.cog.request(
@@ -138,7 +150,7 @@ class AnimateModal(discord.ui.Modal, title="Animate image"):
             await reply_ephemeral(interaction, str(error))
             return
         log.error("Animate image failed for user %s", interaction.user.id, exc_info=error)
-        await reply_ephemeral(interaction, SOMETHING_WENT_WRONG)
+        await reply_ephemeral(interaction, tr(interaction.locale, SOMETHING_WENT_WRONG))
 
 
 class ContinueModal(discord.ui.Modal):
@@ -193,7 +205,7 @@ class ContinueModal(discord.ui.Modal):
             await reply_ephemeral(interaction, str(error))
             return
         log.error("Continue failed for user %s (job %s)", interaction.user.id, self.parent.id, exc_info=error)
-        await reply_ephemeral(interaction, SOMETHING_WENT_WRONG)
+        await reply_ephemeral(interaction, tr(interaction.locale, SOMETHING_WENT_WRONG))
 
 
 class WaitView(discord.ui.View):
@@ -204,6 +216,7 @@ class WaitView(discord.ui.View):
         self.cog = cog
         self.request = replace(request, wait_if_unavailable=True)
         self.channel = channel
+        self.queue_it.label = tr(request.locale, "Queue it for when the service is back")
 
     @discord.ui.button(label="Queue it for when the service is back", style=discord.ButtonStyle.primary)
     async def queue_it(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
@@ -226,7 +239,9 @@ class VideoCog(commands.Cog):
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot
         self.jobs: JobService = bot.resources.jobs
-        self.animate_menu = app_commands.ContextMenu(name="Animate image", callback=self.animate)
+        self.animate_menu = app_commands.ContextMenu(
+            name=app_commands.locale_str("Animate image"), callback=self.animate
+        )
         self.animate_menu.guild_only = True
 
     async def cog_load(self) -> None:
@@ -261,6 +276,7 @@ class VideoCog(commands.Cog):
             user_id=interaction.user.id,
             role_ids=member_roles(interaction.user),
             attachment_size_limit=interaction.filesize_limit,
+            locale=str(interaction.locale),
             **extra,
         )
 
@@ -329,8 +345,13 @@ class VideoCog(commands.Cog):
             None,
         )
         if image is None:
-            raise UserFacingError("That message has no image attached; use it on a message with a JPG, PNG or WebP.")
-        await interaction.response.send_modal(AnimateModal(self, image))
+            raise UserFacingError(
+                tr(
+                    interaction.locale,
+                    "That message has no image attached; use it on a message with a JPG, PNG or WebP.",
+                )
+            )
+        await interaction.response.send_modal(AnimateModal(self, image, interaction.locale))
 
     @video.command(name="status", description="Your videos in progress, or one job in detail")
     @app_commands.describe(job="A job id (the first characters are enough)")
@@ -340,13 +361,15 @@ class VideoCog(commands.Cog):
         now = time.time()
         if job:
             found = await self._find_job(interaction, job)
-            text = self._job_details(found, now)
+            text = self._job_details(found, now, interaction.locale)
         else:
             jobs = await self.jobs.member_jobs(interaction.guild_id, interaction.user.id, statuses=OPEN, limit=25)
+            locale = interaction.locale
             if not jobs:
-                text = "You have no videos in progress. Start one with `/video text` or `/video image`."
+                text = tr(locale, "You have no videos in progress. Start one with `/video text` or `/video image`.")
             else:
-                text = fit_lines("**Your videos in progress**", [self._job_line(j, now) for j in jobs])
+                lines = [self._job_line(j, now, locale) for j in jobs]
+                text = fit_lines(tr(locale, "**Your videos in progress**"), lines, locale=locale)
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
     @status.autocomplete("job")
@@ -364,7 +387,7 @@ class VideoCog(commands.Cog):
         user_id = None if moderator else interaction.user.id
         found = await self.jobs.find(interaction.guild_id, job, user_id=user_id, statuses=WAITING)
         if found is None:
-            raise UserFacingError("There is no job waiting to be sent with that id here.")
+            raise UserFacingError(tr(interaction.locale, "There is no job waiting to be sent with that id here."))
         try:
             cancelled = await self.jobs.cancel(
                 found.id,
@@ -373,9 +396,9 @@ class VideoCog(commands.Cog):
                 moderator=is_moderator(interaction),
             )
         except InvalidRequest as exc:
-            raise UserFacingError(str(exc)) from None
+            raise UserFacingError(translated(interaction.locale, str(exc))) from None
         self.bot.dispatch("job_changed", cancelled)
-        await interaction.followup.send(cancel_text(cancelled), ephemeral=True)
+        await interaction.followup.send(cancel_text(cancelled, interaction.locale), ephemeral=True)
 
     @cancel.autocomplete("job")
     async def _cancel_job_choices(
@@ -393,7 +416,7 @@ class VideoCog(commands.Cog):
         typed = current.strip().lower()
         return [
             app_commands.Choice(
-                name=f"{j.id[:8]} · {STATE_WORDS.get(j.status, j.status)} · {j.prompt}"[:100], value=j.id
+                name=f"{j.id[:8]} · {state_word(interaction.locale, j.status)} · {j.prompt}"[:100], value=j.id
             )
             for j in jobs
             if j.id.startswith(typed)
@@ -405,17 +428,19 @@ class VideoCog(commands.Cog):
         guild_id, user_id = interaction.guild_id, interaction.user.id
         assert guild_id is not None
         total = await self.jobs.count_member_jobs(guild_id, user_id)
+        locale = interaction.locale
 
         async def render(page: int) -> tuple[str, bool]:
             jobs = await self.jobs.member_jobs(guild_id, user_id, limit=HISTORY_PAGE, offset=page * HISTORY_PAGE)
             if not jobs:
-                return "You have not made any videos here yet.", False
+                return tr(locale, "You have not made any videos here yet."), False
             pages = (total + HISTORY_PAGE - 1) // HISTORY_PAGE
-            lines = [self._history_line(j) + await self._chain_note(j, interaction.locale) for j in jobs]
+            lines = [self._history_line(j, locale) + await self._chain_note(j, locale) for j in jobs]
             more = (page + 1) * HISTORY_PAGE < total
-            return fit_lines(f"**Your videos** (page {page + 1} of {pages})", lines), more
+            header = tr(locale, "**Your videos** (page {page} of {pages})", page=page + 1, pages=pages)
+            return fit_lines(header, lines, locale=locale), more
 
-        await PagedView(user_id, render).show(interaction)
+        await PagedView(user_id, render, locale=locale).show(interaction)
 
     # --- starting a job ---------------------------------------------------------------------------------
 
@@ -430,55 +455,83 @@ class VideoCog(commands.Cog):
 
         Everything that can refuse the job runs before a credit is held; once the job is reserved, no Discord
         failure is reported as "nothing was charged"."""
+        locale = interaction.locale
         if self.bot.closing:  # a button or a form during shutdown: the store is about to close
-            raise UserFacingError(STOPPING)
+            raise UserFacingError(tr(locale, STOPPING))
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         channel = channel or interaction.channel  # type: ignore[assignment]
         if not isinstance(channel, discord.abc.Messageable) or isinstance(channel, discord.ForumChannel):
-            raise UserFacingError("Use this command in a text channel or a thread.")
+            raise UserFacingError(tr(locale, "Use this command in a text channel or a thread."))
         missing = missing_permissions(self._permissions_in(interaction, channel), in_thread=self._no_thread(channel))
         if missing:
             raise UserFacingError(
-                f"I cannot make videos in this channel: I lack {', '.join(missing)}. "
-                "Ask a moderator to give me that here. Nothing was charged."
+                tr(
+                    locale,
+                    "I cannot make videos in this channel: I lack {permissions}. "
+                    "Ask a moderator to give me that here. Nothing was charged.",
+                    permissions=", ".join(tr(locale, name) for name in missing),
+                )
             )
         try:
             # The job lives where its card is posted (a re-roll's card goes beside the original, not in its thread).
             request = replace(await build(), channel_id=getattr(channel, "id", interaction.channel_id))
             job = await self.jobs.reserve(request)
         except InvalidRequest as exc:
-            raise UserFacingError(f"{exc} Nothing was sent or charged.") from None
+            reason = translated(locale, str(exc))
+            raise UserFacingError(tr(locale, "{reason} Nothing was sent or charged.", reason=reason)) from None
         except QuotaRefused as exc:
-            raise UserFacingError(f"{refusal_text(exc)} Nothing was charged.") from None
+            reason = refusal_text(exc, locale)
+            raise UserFacingError(tr(locale, "{reason} Nothing was charged.", reason=reason)) from None
         except ServiceUnavailable as exc:
             await interaction.followup.send(
-                f"{exc} Or I can queue it (your credits are held) and make it when the service is back.",
+                tr(
+                    locale,
+                    "{reason} Or I can queue it (your credits are held) and make it when the service is back.",
+                    reason=translated(locale, str(exc)),
+                ),
                 view=WaitView(self, request, channel),
                 ephemeral=True,
             )
             return None
         card, frame_url = await self._post_card(interaction, channel, job, request)
         if card is None:
-            await self.jobs.release(job, "its card could not be posted")
-            raise UserFacingError("I could not post in this channel, so nothing was sent or charged. Try again.")
+            await self.jobs.release(job, english("its card could not be posted"))
+            raise UserFacingError(
+                tr(locale, "I could not post in this channel, so nothing was sent or charged. Try again.")
+            )
         try:
             job = await self.jobs.start(replace(job, frame_url=frame_url), request)
         except SubmitRefused as exc:
             with contextlib.suppress(discord.HTTPException):
                 await card.delete()  # a refused prompt stays private
-            raise UserFacingError(exc.reason) from None
+            raise UserFacingError(translated(locale, exc.reason)) from None
         thread = await self._open_job_thread(interaction, channel, card, job)
         current = await self.jobs.get(job.id)
         if current is not None and current.status != job.status:
             self.bot.dispatch("job_changed", current)  # it moved while its thread was being opened
-        where = thread.mention if thread else "this channel"
+        where = thread.mention if thread else tr(locale, "this channel")
         await interaction.followup.send(
-            f"Your video `{job.id[:8]}` is on its way ({options_line(job)}); follow it in {where}.", ephemeral=True
+            tr(
+                locale,
+                "Your video `{id}` is on its way ({options}); follow it in {where}.",
+                id=job.id[:8],
+                options=options_line(job, locale),
+                where=where,
+            ),
+            ephemeral=True,
         )
+        server = self.bot.server_locale(job.guild_id)
         await self.bot.post_log(
             job.guild_id,
-            f"▶️ <@{job.user_id}> started video `{job.id[:8]}` ({options_line(job)}) in <#{job.channel_id}>",
+            tr(
+                server,
+                "▶️ {mention} started video `{id}` ({options}) in {channel}",
+                mention=f"<@{job.user_id}>",
+                id=job.id[:8],
+                options=options_line(job, server),
+                channel=f"<#{job.channel_id}>",
+            ),
         )
         return job
 
@@ -528,7 +581,8 @@ class VideoCog(commands.Cog):
         if thread is None:
             with contextlib.suppress(discord.HTTPException):
                 await card.edit(
-                    embed=job_card(job, note=NO_THREAD_NOTE), allowed_mentions=discord.AllowedMentions.none()
+                    embed=job_card(job, note=tr(job.locale, NO_THREAD_NOTE)),
+                    allowed_mentions=discord.AllowedMentions.none(),
                 )
         else:
             position = None
@@ -563,7 +617,7 @@ class VideoCog(commands.Cog):
         """The same prompt and options as a new job of whoever pressed the button."""
         original = await self.jobs.get(job_id)
         if original is None or original.guild_id != interaction.guild_id:
-            await reply_ephemeral(interaction, "That video's job is no longer known to me.")
+            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
             return
 
         async def build() -> JobRequest:
@@ -571,7 +625,7 @@ class VideoCog(commands.Cog):
             if original.image_sha256:
                 frame = await self.jobs.first_frame(original)
                 if frame is None:
-                    raise InvalidRequest("The first frame of that video is no longer stored.")
+                    raise InvalidRequest(english("The first frame of that video is no longer stored."))
             return self.request(
                 interaction,
                 original.kind,  # type: ignore[arg-type]
@@ -597,7 +651,10 @@ class VideoCog(commands.Cog):
         job = await self.jobs.get(job_id)
         owner = job is not None and job.user_id == interaction.user.id
         if not owner and not is_moderator(interaction):
-            await reply_ephemeral(interaction, "Only the member who asked for this video or a moderator can delete it.")
+            await reply_ephemeral(
+                interaction,
+                tr(interaction.locale, "Only the member who asked for this video or a moderator can delete it."),
+            )
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
@@ -605,10 +662,10 @@ class VideoCog(commands.Cog):
             await interaction.message.delete()
         except discord.HTTPException as exc:
             log.warning("job %s: delete failed: %s", job_id, exc)
-            await interaction.followup.send("I could not delete that message.", ephemeral=True)
+            await interaction.followup.send(tr(interaction.locale, "I could not delete that message."), ephemeral=True)
             return
         log.info("job %s: video message deleted by %s", job_id, interaction.user.id)
-        await interaction.followup.send("Deleted.", ephemeral=True)
+        await interaction.followup.send(tr(interaction.locale, "Deleted."), ephemeral=True)
 
     # --- chains: Continue and Join ---------------------------------------------------------------------------
 
@@ -736,42 +793,66 @@ class VideoCog(commands.Cog):
         job = await self.jobs.find(interaction.guild_id, prefix, user_id=interaction.user.id)
         if job is None:
             shown = discord.utils.escape_markdown(prefix.strip()[:16])
-            raise UserFacingError(f"You have no job starting with `{shown}` here.")
+            raise UserFacingError(
+                tr(interaction.locale, "You have no job starting with `{prefix}` here.", prefix=shown)
+            )
         return job
 
-    def _where(self, job: Job) -> str:
+    def _where(self, job: Job, locale: object) -> str:
         if job.thread_id:
             return f"<#{job.thread_id}>"
         if job.message_id and job.channel_id and job.guild_id:
             return f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.message_id}"
-        return "no thread"
+        return tr(locale, "no thread")
 
-    def _job_line(self, job: Job, now: float) -> str:
-        elapsed = clock(now - (job.submitted_at or job.created_at))
-        return f"• `{job.id[:8]}` {STATE_WORDS.get(job.status, job.status)}, {elapsed} elapsed · {self._where(job)}"
+    def _job_line(self, job: Job, now: float, locale: object) -> str:
+        return tr(
+            locale,
+            "• `{id}` {state}, {elapsed} elapsed · {where}",
+            id=job.id[:8],
+            state=state_word(locale, job.status),
+            elapsed=clock(now - (job.submitted_at or job.created_at)),
+            where=self._where(job, locale),
+        )
 
-    def _job_details(self, job: Job, now: float) -> str:
+    def _job_details(self, job: Job, now: float, locale: object) -> str:
+        started = f"<t:{int(job.created_at)}:R>"
         lines = [
-            f"**Job `{job.id[:8]}`**: {STATE_WORDS.get(job.status, job.status)}",
-            f"{options_line(job)} · started <t:{int(job.created_at)}:R> · {self._where(job)}",
-            f"Prompt: {discord.utils.escape_markdown(job.prompt[:300]) or '(none)'}",
+            tr(locale, "**Job `{id}`**: {state}", id=job.id[:8], state=state_word(locale, job.status)),
+            tr(
+                locale,
+                "{options} · started {started} · {where}",
+                options=options_line(job, locale),
+                started=started,
+                where=self._where(job, locale),
+            ),
+            tr(
+                locale,
+                "Prompt: {prompt}",
+                prompt=discord.utils.escape_markdown(job.prompt[:300]) or tr(locale, "(none)"),
+            ),
         ]
         if job.status in ("submitted", "processing"):
-            lines.append(f"Elapsed: {clock(now - (job.submitted_at or job.created_at))}")
+            lines.append(tr(locale, "Elapsed: {elapsed}", elapsed=clock(now - (job.submitted_at or job.created_at))))
         if job.error:
-            lines.append(f"Reason: {job.error}")
+            lines.append(tr(locale, "Reason: {reason}", reason=translated(locale, job.error)))
         if job.status == "undeliverable" and job.video_url:
-            lines.append(f"Video link (expires): {job.video_url}")
-        return fit_lines(lines[0], lines[1:])
+            lines.append(tr(locale, "Video link (expires): {url}", url=job.video_url))
+        return fit_lines(lines[0], lines[1:], locale=locale)
 
-    def _history_line(self, job: Job) -> str:
-        line = (
-            f"• `{job.id[:8]}` <t:{int(job.created_at)}:d> {STATE_WORDS.get(job.status, job.status)} · "
-            f"{options_line(job)} · {discord.utils.escape_markdown(job.prompt[:60]) or '(no prompt)'}"
-            f" · {self._where(job)}"
+    def _history_line(self, job: Job, locale: object) -> str:
+        line = tr(
+            locale,
+            "• `{id}` {date} {state} · {options} · {prompt} · {where}",
+            id=job.id[:8],
+            date=f"<t:{int(job.created_at)}:d>",
+            state=state_word(locale, job.status),
+            options=options_line(job, locale),
+            prompt=discord.utils.escape_markdown(job.prompt[:60]) or tr(locale, "(no prompt)"),
+            where=self._where(job, locale),
         )
         if job.status == "undeliverable" and job.video_url:
-            line += f" · [video link]({job.video_url})"
+            line += " · " + tr(locale, "[video link]({url})", url=job.video_url)
         return line
 
 

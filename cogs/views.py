@@ -60,10 +60,13 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"vi
 class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:delete:{JOB_ID}"):
     """Remove the video message: the requester or a moderator only."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, locale: object = None) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger, custom_id=f"video:delete:{job_id}"
+                label=tr(locale, "Delete"),
+                emoji="🗑️",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"video:delete:{job_id}",
             )
         )
         self.job_id = job_id
@@ -135,7 +138,7 @@ def result_view(
     if reroll_cost is not None:
         reroll = tr(locale, "Re-roll · {credits} credits", credits=format_credits(reroll_cost))
     view.add_item(RerollButton(job_id, reroll))
-    view.add_item(DeleteButton(job_id))
+    view.add_item(DeleteButton(job_id, locale))
     more = tr(locale, "Continue")
     if continue_cost is not None:
         more = tr(locale, "Continue · {credits} credits", credits=format_credits(continue_cost))
@@ -148,11 +151,13 @@ def result_view(
 class PagedView(discord.ui.View):
     """Previous and Next under an ephemeral list; `render(page)` returns the text and whether more follow."""
 
-    def __init__(self, owner_id: int, render: Any, page: int = 0) -> None:
+    def __init__(self, owner_id: int, render: Any, page: int = 0, locale: object = None) -> None:
         super().__init__(timeout=600)
         self.owner_id = owner_id
         self.render = render
         self.page = page
+        self.previous.label = tr(locale, "Previous")
+        self.next.label = tr(locale, "Next")
 
     async def show(self, interaction: discord.Interaction[Any]) -> None:
         """Send the first page as a private followup."""

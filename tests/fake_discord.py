@@ -235,6 +235,9 @@ class FakeDiscord:
             role.update(color=0, hoist=False, managed=False, mentionable=False, flags=0)
         self.users = {name: self._user(name) for name in ("alice", "bob", "mod")}
         self.member_roles = {"alice": [], "bob": [], "mod": [self.moderator_role]}
+        # Languages: each member's Discord client language (interaction.locale) and the server's preferred one.
+        self.locales: dict[str, str] = {}  # member name -> locale, "en-US" when missing
+        self.preferred_locale = "en-US"
         self.general = self.add_channel("general", 0)
         self.forum = self.add_channel("showcase", 15)
         self.forum_post = self.add_channel("my forum post", 11, parent=self.forum)
@@ -414,7 +417,7 @@ class FakeDiscord:
             "unavailable": False,
             "premium_tier": self.premium_tier,
             "premium_subscription_count": 0,
-            "preferred_locale": "en-US",
+            "preferred_locale": self.preferred_locale,
             "verification_level": 0,
             "mfa_level": 0,
             "nsfw_level": 0,
@@ -624,15 +627,15 @@ class FakeDiscord:
             "type": kind,
             "data": data,
             "guild_id": self.guild_id,
-            "guild": {"id": self.guild_id, "locale": "en-US", "features": []},
+            "guild": {"id": self.guild_id, "locale": self.preferred_locale, "features": []},
             "channel": self.channels[channel_id],
             "channel_id": channel_id,
             "member": {**self.member(user), "permissions": str(permissions)},
             "token": f"itoken-{self.snowflake()}",
             "version": 1,
             "app_permissions": str(self.bot_permissions_in(channel_id)),
-            "locale": "en-US",
-            "guild_locale": "en-US",
+            "locale": self.locales.get(user, "en-US"),
+            "guild_locale": self.preferred_locale,
             "entitlements": [],
             "authorizing_integration_owners": {"0": self.guild_id},
             "context": 0,
