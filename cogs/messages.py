@@ -159,11 +159,10 @@ def result_embed(job: Job) -> discord.Embed:
     return embed
 
 
-def failure_text(job: Job) -> str:
-    """What the member reads when their job failed; their credits were given back."""
-    return (
-        f"<@{job.user_id}> your video could not be made: {job.error or 'no reason given'} Your credits were not used."
-    )
+def failure_text(job: Job, *, mention: bool = True) -> str:
+    """What the member reads when their job failed; their credits were given back. `mention`: their choice."""
+    text = f"your video could not be made: {job.error or 'no reason given'} Your credits were not used."
+    return f"<@{job.user_id}> {text}" if mention else text[0].upper() + text[1:]
 
 
 def cancel_text(job: Job) -> str:

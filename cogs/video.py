@@ -16,9 +16,11 @@ from discord.ext import commands
 
 from bot.app import SOMETHING_WENT_WRONG, STOPPING, UserFacingError, VideoBot, reply_ephemeral
 from bot.credits import QuotaRefused
+from bot.i18n import tr
 from bot.images import MAX_UPLOAD_BYTES, ImageRejected, check_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.model import OPEN, WAITING, Job
+from bot.quota import format_credits
 from cogs.messages import (
     STATE_WORDS,
     cancel_text,
@@ -152,10 +154,59 @@ class WaitView(discord.ui.View):
         async def build() -> JobRequest:
             return self.request
 
-        try:
-            await self.cog.start_job(interaction, build, channel=self.channel)
+        try:  # a job that needed confirming was confirmed before it met the outage
+            await self.cog.start_job(interaction, build, channel=self.channel, confirmed=True)
         except UserFacingError as exc:
             await reply_ephemeral(interaction, str(exc))
+
+
+class ConfirmView(discord.ui.View):
+    """Confirm or Cancel for a job above the server's confirm-above threshold.
+
+    Nothing is reserved until Confirm, so this view lives in memory only: a restart forgets it and costs nothing.
+    When it times out its buttons are taken away and the message says it expired."""
+
+    def __init__(
+        self, cog: VideoCog, request: JobRequest, channel: discord.abc.Messageable, locale: Any, timeout: float
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self.cog = cog
+        self.request = request
+        self.channel = channel
+        self.locale = locale
+        self.message: discord.WebhookMessage | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        return interaction.user.id == self.request.user_id
+
+    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.success)
+    async def confirm(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
+        self.stop()
+        await interaction.response.edit_message(content=tr(interaction.locale, "Confirmed."), view=None)
+
+        async def build() -> JobRequest:
+            return self.request
+
+        try:
+            await self.cog.start_job(interaction, build, channel=self.channel, confirmed=True)
+        except UserFacingError as exc:
+            await reply_ephemeral(interaction, str(exc))
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
+        self.stop()
+        text = tr(interaction.locale, "Cancelled; nothing was reserved or charged.")
+        await interaction.response.edit_message(content=text, view=None)
+
+    async def on_timeout(self) -> None:
+        if self.message is None:
+            return
+        text = tr(
+            self.locale,
+            "This confirmation expired; nothing was reserved or charged. Run the command again to make the video.",
+        )
+        with contextlib.suppress(discord.HTTPException):  # the interaction's token may have run out
+            await self.message.edit(content=text, view=None)
 
 
 class VideoCog(commands.Cog):
@@ -272,6 +323,22 @@ class VideoCog(commands.Cog):
             raise UserFacingError("That message has no image attached; use it on a message with a JPG, PNG or WebP.")
         await interaction.response.send_modal(AnimateModal(self, image))
 
+    @video.command(name="notify", description="How you are told that your video is done")
+    @app_commands.describe(mode="mention: in the video's thread (default) · dm: a direct message · off: neither")
+    async def notify(self, interaction: discord.Interaction[Any], mode: Literal["mention", "dm", "off"]) -> None:
+        await self.jobs.set_notify_preference(interaction.user.id, mode)
+        locale = interaction.locale
+        texts = {
+            "mention": tr(locale, "You will be mentioned in the video's thread when it is done or fails."),
+            "dm": tr(
+                locale,
+                "You will get a direct message with a link when your video is done or fails; if your direct "
+                "messages are closed, you are mentioned in the thread instead.",
+            ),
+            "off": tr(locale, "You will not be mentioned or messaged; `/video status` shows your videos."),
+        }
+        await interaction.response.send_message(texts[mode], ephemeral=True)
+
     @video.command(name="status", description="Your videos in progress, or one job in detail")
     @app_commands.describe(job="A job id (the first characters are enough)")
     async def status(self, interaction: discord.Interaction[Any], job: str | None = None) -> None:
@@ -365,11 +432,13 @@ class VideoCog(commands.Cog):
         build: RequestBuilder,
         *,
         channel: discord.abc.Messageable | None = None,
+        confirmed: bool = False,
     ) -> Job | None:
         """Check where the job will live, reserve it, post its card and thread, then send it.
 
         Everything that can refuse the job runs before a credit is held; once the job is reserved, no Discord
-        failure is reported as "nothing was charged"."""
+        failure is reported as "nothing was charged". A job above the server's confirm-above threshold first asks
+        the member (unless `confirmed`), and nothing is reserved before they press Confirm."""
         if self.bot.closing:  # a button or a form during shutdown: the store is about to close
             raise UserFacingError(STOPPING)
         if not interaction.response.is_done():
@@ -386,6 +455,8 @@ class VideoCog(commands.Cog):
         try:
             # The job lives where its card is posted (a re-roll's card goes beside the original, not in its thread).
             request = replace(await build(), channel_id=getattr(channel, "id", interaction.channel_id))
+            if not confirmed and await self._ask_to_confirm(interaction, request, channel):
+                return None
             job = await self.jobs.reserve(request)
         except InvalidRequest as exc:
             raise UserFacingError(f"{exc} Nothing was sent or charged.") from None
@@ -414,13 +485,57 @@ class VideoCog(commands.Cog):
             self.bot.dispatch("job_changed", current)  # it moved while its thread was being opened
         where = thread.mention if thread else "this channel"
         await interaction.followup.send(
-            f"Your video `{job.id[:8]}` is on its way ({options_line(job)}); follow it in {where}.", ephemeral=True
+            f"Your video `{job.id[:8]}` is on its way ({options_line(job)}); follow it in {where}.\n"
+            + await self.cost_line(interaction, job.cost_estimate),
+            ephemeral=True,
         )
         await self.bot.post_log(
             job.guild_id,
             f"▶️ <@{job.user_id}> started video `{job.id[:8]}` ({options_line(job)}) in <#{job.channel_id}>",
         )
         return job
+
+    async def cost_line(self, interaction: discord.Interaction[Any], cost: int) -> str:
+        """The job's cost, what the member has left now and when it resets (in the reader's own time zone)."""
+        assert interaction.guild_id is not None
+        credits = self.bot.resources.credits
+        status = await credits.status(interaction.guild_id, interaction.user.id, member_roles(interaction.user))
+        locale = interaction.locale
+        left = tr(locale, "unlimited") if status.remaining is None else format_credits(status.remaining)
+        reset_at = status.window.reset_at
+        resets = f"<t:{int(reset_at.timestamp())}:R>" if reset_at else tr(locale, "never")
+        return tr(
+            locale,
+            "Cost: {cost} credits · left: {left} · resets {resets}",
+            cost=format_credits(cost),
+            left=left,
+            resets=resets,
+        )
+
+    async def _ask_to_confirm(
+        self, interaction: discord.Interaction[Any], request: JobRequest, channel: discord.abc.Messageable
+    ) -> bool:
+        """Above the server's confirm-above threshold: show the cost with Confirm and Cancel (True: asked)."""
+        if interaction.guild_id is None:
+            return False
+        self.jobs.validate(request)  # a mistake is named now, not after the member confirmed
+        threshold = (await self.bot.resources.credits.settings(interaction.guild_id)).confirm_above
+        cost = self.jobs.cost_of(request.duration, request.resolution)
+        if threshold is None or cost <= threshold:
+            return False
+        timeout = self.bot.settings.confirm_timeout_seconds
+        view = ConfirmView(self, request, channel, interaction.locale, timeout)
+        text = tr(
+            interaction.locale,
+            "This video costs more than {threshold} credits, so it waits for your Confirm.\n{costs}\n"
+            "Nothing is reserved until you press Confirm; this question expires {expires}.",
+            threshold=format_credits(threshold),
+            costs=await self.cost_line(interaction, cost),
+            expires=f"<t:{int(time.time() + timeout)}:R>",
+        )
+        view.message = await interaction.followup.send(text, view=view, ephemeral=True, wait=True)
+        log.info("user %s asked to confirm a job of %d milli-credits", interaction.user.id, cost)
+        return True
 
     def _permissions_in(
         self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable
