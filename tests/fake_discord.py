@@ -1183,6 +1183,10 @@ class FakeDiscord:
             self.messages[message["channel_id"]].append(message)
         return message
 
+    def _interaction_message(self, message_id: str) -> dict[str, Any] | None:
+        """An interaction's own message (an ephemeral one is in no channel's list) by its id."""
+        return next((m for i in self.interactions.values() for m in i.messages if m["id"] == message_id), None)
+
     async def _callback(self, call: Recorded, interaction_id: str, token: str) -> Any:
         interaction = self.interactions.get(interaction_id)
         if interaction is None or interaction.token != token:
@@ -1201,7 +1205,9 @@ class FakeDiscord:
             message = self._respond(interaction, {"flags": (data.get("flags") or 0) | LOADING}, [])
         elif body["type"] == 7:  # update the message the component is on
             target = interaction.payload["message"]
-            message = self._find(target["channel_id"], target["id"]) or target
+            message = (
+                self._find(target["channel_id"], target["id"]) or self._interaction_message(target["id"]) or target
+            )
             self._edit(message, data, call.files)
             interaction.messages.append(message)
         if message is not None:
