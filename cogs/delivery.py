@@ -366,6 +366,15 @@ class Deliverer:
             return
         await self.jobs.set_review_message(job.id, message.id)
         log.info("job %s: waiting for review in channel %s", job.id, channel_id)
+        if job.status_message_id is not None:  # the member sees why the video is not there yet
+            where = self.bot.get_partial_messageable(job.thread_id or job.channel_id or 0, guild_id=job.guild_id)
+            try:
+                await where.get_partial_message(job.status_message_id).edit(
+                    content=tr(job.locale, "🔎 **Done**: a moderator reviews the video before it is posted here."),
+                    allowed_mentions=discord.AllowedMentions.none(),
+                )
+            except discord.HTTPException as exc:
+                log.info("job %s: status edit failed: %s", job.id, exc)
 
 
 def requester_only(job: Job) -> discord.AllowedMentions:

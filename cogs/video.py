@@ -80,6 +80,13 @@ async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str, st
     return frame, attachment.filename, attachment.url if frame.converted_from is None else None
 
 
+def state_words(job: Job) -> str:
+    """A job's state for its member; a finished video waiting for a moderator says so."""
+    if job.status == "succeeded" and job.review_state == "pending":
+        return tr(job.locale, "done, waiting for a moderator's review")
+    return STATE_WORDS.get(job.status, job.status)
+
+
 def is_moderator(interaction: discord.Interaction[Any]) -> bool:
     """Manage Messages or Manage Server in this channel."""
     permissions = interaction.permissions
@@ -399,9 +406,7 @@ class VideoCog(commands.Cog):
         jobs = await self.jobs.member_jobs(interaction.guild_id, interaction.user.id, statuses=statuses, limit=25)
         typed = current.strip().lower()
         return [
-            app_commands.Choice(
-                name=f"{j.id[:8]} · {STATE_WORDS.get(j.status, j.status)} · {j.prompt}"[:100], value=j.id
-            )
+            app_commands.Choice(name=f"{j.id[:8]} · {state_words(j)} · {j.prompt}"[:100], value=j.id)
             for j in jobs
             if j.id.startswith(typed)
         ]
@@ -683,11 +688,11 @@ class VideoCog(commands.Cog):
 
     def _job_line(self, job: Job, now: float) -> str:
         elapsed = clock(now - (job.submitted_at or job.created_at))
-        return f"• `{job.id[:8]}` {STATE_WORDS.get(job.status, job.status)}, {elapsed} elapsed · {self._where(job)}"
+        return f"• `{job.id[:8]}` {state_words(job)}, {elapsed} elapsed · {self._where(job)}"
 
     def _job_details(self, job: Job, now: float) -> str:
         lines = [
-            f"**Job `{job.id[:8]}`**: {STATE_WORDS.get(job.status, job.status)}",
+            f"**Job `{job.id[:8]}`**: {state_words(job)}",
             f"{options_line(job)} · started <t:{int(job.created_at)}:R> · {self._where(job)}",
             f"Prompt: {discord.utils.escape_markdown(job.prompt[:300]) or '(none)'}",
         ]
@@ -695,13 +700,16 @@ class VideoCog(commands.Cog):
             lines.append(f"Elapsed: {clock(now - (job.submitted_at or job.created_at))}")
         if job.error:
             lines.append(f"Reason: {job.error}")
+        if job.status == "rejected":
+            reason = discord.utils.escape_markdown(job.review_reason or "no reason given")
+            lines.append(tr(job.locale, "Rejected by a moderator: {reason}", reason=reason))
         if job.status == "undeliverable" and job.video_url:
             lines.append(f"Video link (expires): {job.video_url}")
         return fit_lines(lines[0], lines[1:])
 
     def _history_line(self, job: Job) -> str:
         line = (
-            f"• `{job.id[:8]}` <t:{int(job.created_at)}:d> {STATE_WORDS.get(job.status, job.status)} · "
+            f"• `{job.id[:8]}` <t:{int(job.created_at)}:d> {state_words(job)} · "
             f"{options_line(job)} · {discord.utils.escape_markdown(job.prompt[:60]) or '(no prompt)'}"
             f" · {self._where(job)}"
         )

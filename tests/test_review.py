@@ -60,6 +60,10 @@ async def test_a_finished_video_waits_in_the_review_channel_until_approved(world
         pending = await world.resources.jobs.get(job.id)
         assert (pending.status, pending.review_state) == ("succeeded", "pending")
         assert pending.review_message_id == int(review["id"])
+        [thread] = fake.threads()
+        assert fake.messages[thread["id"]][0]["content"].startswith("🔎 **Done**: a moderator reviews the video")
+        status = await fake.slash("video", {}, sub="status")
+        assert "done, waiting for a moderator's review" in await answer(status)
         approved = await fake.press(f"review:approve:{job.id}", review, user="mod")
         delivered = await world.job_in("delivered")
         await wait_until(lambda: videos_in_thread(fake) and approved.messages)
@@ -90,6 +94,8 @@ async def test_reject_tells_the_member_the_reason_and_the_credits_stay_spent(wor
         await wait_until(lambda: any("not approved" in m["content"] for m in fake.messages[thread["id"]]))
         await world.more_ticks(5)
         status = await world.resources.credits.status(int(fake.guild_id), int(fake.users["alice"]["id"]), ())
+        details = await answer(await fake.slash("video", {"job": job.id[:8]}, sub="status"))
+    assert r"Rejected by a moderator: too \*spooky\* @everyone" in details and job.video_url not in details
     told = next(m for m in fake.messages[thread["id"]] if "not approved" in m["content"])
     assert r"too \*spooky\* @everyone" in told["content"] and "credits stay spent" in told["content"]
     assert told["allowed_mentions"] == {"parse": [], "users": [int(fake.users["alice"]["id"])]}
