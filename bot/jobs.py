@@ -756,9 +756,10 @@ class JobService:
         await self.store.update_job(job_id, "succeeded", review_message_id=message_id, updated_at=self.clock())
 
     async def approve(self, job_id: str) -> bool:
-        """A moderator approved the video: it is delivered like any other. False when already decided."""
+        """A moderator approved the video: it is delivered like any other (with all its tries: refused posts to the
+        review channel do not count against them). False when already decided."""
         return await self.store.decide_review(job_id, "pending", "succeeded", review_state="approved",
-                                              updated_at=self.clock())  # fmt: skip
+                                              delivery_attempts=0, updated_at=self.clock())  # fmt: skip
 
     async def reject(self, job_id: str, reason: str) -> Job | None:
         """A moderator rejected the video: the job ends `rejected`. Its credits stay spent (the provider billed

@@ -341,6 +341,7 @@ class QuotaCog(commands.Cog):
         await interaction.response.edit_message(
             content=f"{before}\n{decided}", view=None, allowed_mentions=discord.AllowedMentions.none()
         )
+        await self.bot.post_log(interaction.guild_id, f"✅ <@{interaction.user.id}> approved video `{job_id[:8]}`")
 
     async def reject(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """Reject: ask the moderator for the reason the member will read."""
@@ -375,6 +376,10 @@ class QuotaCog(commands.Cog):
                 )
             except discord.HTTPException as exc:
                 log.info("job %s: could not update its review message: %s", job_id, exc)
+        await self.bot.post_log(
+            job.guild_id,
+            f"⛔ <@{interaction.user.id}> rejected video `{job_id[:8]}`: {discord.utils.escape_markdown(reason)}",
+        )
         await Deliverer(self.bot).tell_rejected(job)
         self.bot.dispatch("job_changed", job)  # its status message, card and the log channel show the end
 

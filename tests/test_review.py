@@ -84,6 +84,7 @@ async def test_reject_tells_the_member_the_reason_and_the_credits_stay_spent(wor
     fake = world.discord
     async with world.running():
         await turn_review_on(fake)
+        await world.resources.credits.set_log_channel(int(fake.guild_id), 1, int(fake.log_channel))
         job, review = await waiting_for_review(world)
         shown = await fake.press(f"review:reject:{job.id}", review, user="mod")
         await wait_until(lambda: shown.modal is not None)
@@ -92,6 +93,7 @@ async def test_reject_tells_the_member_the_reason_and_the_credits_stay_spent(wor
         rejected = await world.job_in("rejected")
         [thread] = fake.threads()
         await wait_until(lambda: any("not approved" in m["content"] for m in fake.messages[thread["id"]]))
+        await wait_until(lambda: any("rejected in" in m["content"] for m in fake.messages[fake.log_channel]))
         await world.more_ticks(5)
         status = await world.resources.credits.status(int(fake.guild_id), int(fake.users["alice"]["id"]), ())
         details = await answer(await fake.slash("video", {"job": job.id[:8]}, sub="status"))
@@ -104,6 +106,8 @@ async def test_reject_tells_the_member_the_reason_and_the_credits_stay_spent(wor
     assert (status.used, status.reserved) == (4000, 0)  # billed by the provider: not given back
     review = fake.messages[review_channel(fake)][0]
     assert "⛔ Rejected by" in review["content"] and review["components"] == []
+    logged = [m["content"] for m in fake.messages[fake.log_channel]]
+    assert any(f"rejected video `{job.id[:8]}`: too \\*spooky\\*" in line for line in logged), logged
 
 
 async def test_only_moderators_may_approve_or_reject(world: Harness) -> None:
