@@ -151,3 +151,21 @@ async def test_review_off_sends_videos_straight_to_the_thread(world: Harness) ->
         await fake.slash("video", {"prompt": "no review"}, sub="text")
         job = await world.job_in("delivered")
     assert job.review_state is None and fake.messages[review_channel(fake)] == []
+
+
+async def test_a_refused_review_post_keeps_the_video_from_the_member_and_is_tried_again(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await turn_review_on(fake)
+        await world.resources.credits.set_log_channel(int(fake.guild_id), 1, int(fake.log_channel))
+        fake.fail_next(
+            "POST", rf"/channels/{review_channel(fake)}/messages$", 403, 50013, "Missing Permissions", times=4
+        )
+        await fake.slash("video", {"prompt": "shy"}, sub="text")
+        await wait_until(lambda: len(fake.posted("POST", rf"/channels/{review_channel(fake)}/messages$")) >= 4)
+        await wait_until(lambda: fake.messages[review_channel(fake)])  # the fifth try gets through
+        job = await world.job_in("succeeded")
+        await world.more_ticks(3)
+    assert videos_in_thread(fake) == [] and job.review_state == "pending"
+    alerts = [m["content"] for m in fake.messages[fake.log_channel] if m["content"].startswith("⚠️")]
+    assert len(alerts) == 1 and "waits for review" in alerts[0] and "403" in alerts[0]
