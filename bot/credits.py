@@ -301,6 +301,31 @@ class CreditService:
         await self.store.save_quota_settings(guild_id, replace(before, log_channel_id=channel_id), entry)
         return entry
 
+    async def set_confirm_above(self, guild_id: int, moderator_id: int, above: int | None) -> AuditEntry:
+        """Jobs costing more than `above` milli-credits ask the member to confirm first (None: never ask)."""
+        before = await self.store.quota_settings(guild_id, self.defaults)
+
+        def text(value: int | None) -> str:
+            return "off" if value is None else quota.format_credits(value)
+
+        entry = self._audit(guild_id, moderator_id, "confirm-above", None, text(before.confirm_above), text(above))
+        await self.store.save_quota_settings(guild_id, replace(before, confirm_above=above), entry)
+        return entry
+
+    async def set_review_channel(self, guild_id: int, moderator_id: int, channel_id: int | None) -> AuditEntry:
+        """Where finished videos wait for a moderator's Approve (None: no review, videos go straight out)."""
+        before = await self.store.quota_settings(guild_id, self.defaults)
+        entry = self._audit(
+            guild_id,
+            moderator_id,
+            "review",
+            channel_id,
+            str(before.review_channel_id) if before.review_channel_id else "off",
+            str(channel_id) if channel_id else "off",
+        )
+        await self.store.save_quota_settings(guild_id, replace(before, review_channel_id=channel_id), entry)
+        return entry
+
     async def audit_entries(
         self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0
     ) -> list[AuditEntry]:

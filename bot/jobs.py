@@ -27,7 +27,7 @@ from bot.kling import (
     KlingTask,
     KlingUnavailable,
 )
-from bot.model import AT_PROVIDER, FINAL, HOLDING_A_SLOT, OPEN, WAITING, Job
+from bot.model import AT_PROVIDER, FINAL, HOLDING_A_SLOT, NOTIFY_MODES, OPEN, WAITING, Job
 from bot.scheduling import AccountPause, Shape, due_for_poll, fair_order, poll_delay, shape_of
 from bot.storage import Storage
 
@@ -782,6 +782,44 @@ class JobService:
         """The median render time of recent finished jobs of this shape, or None without history."""
         times = await self.store.render_times(duration, resolution)
         return statistics.median(times) if times else None
+
+    # --- how the member is told, and moderator review ---------------------------------------------------------
+
+    async def notify_preference(self, user_id: int) -> str:
+        """'mention' (the default), 'dm' or 'off'."""
+        return await self.store.notify_preference(user_id)
+
+    async def set_notify_preference(self, user_id: int, mode: str) -> None:
+        """Keep how a member wants to be told their videos are done."""
+        if mode not in NOTIFY_MODES:
+            raise InvalidRequest(f"Choose one of {', '.join(NOTIFY_MODES)}, not {mode!r}.")
+        await self.store.set_notify_preference(user_id, mode)
+
+    async def hold_for_review(self, job: Job) -> Job:
+        """A finished video waits for a moderator: review_state becomes 'pending' (once) before anything is
+        posted, so no path delivers it to the member meanwhile. Returns the job as stored."""
+        await self.store.decide_review(job.id, None, "succeeded", review_state="pending", updated_at=self.clock())
+        return await self.store.get_job(job.id) or job
+
+    async def set_review_message(self, job_id: str, message_id: int) -> None:
+        """Remember the review channel's message that carries the job's Approve and Reject buttons."""
+        await self.store.update_job(job_id, "succeeded", review_message_id=message_id, updated_at=self.clock())
+
+    async def approve(self, job_id: str) -> bool:
+        """A moderator approved the video: it is delivered like any other (with all its tries: refused posts to the
+        review channel do not count against them). False when already decided."""
+        return await self.store.decide_review(job_id, "pending", "succeeded", review_state="approved",
+                                              delivery_attempts=0, updated_at=self.clock())  # fmt: skip
+
+    async def reject(self, job_id: str, reason: str) -> Job | None:
+        """A moderator rejected the video: the job ends `rejected`. Its credits stay spent (the provider billed
+        the render), so it counts as used like a delivered job. None when already decided."""
+        now = self.clock()
+        if not await self.store.decide_review(
+            job_id, "pending", "rejected", review_state="rejected", review_reason=reason, updated_at=now
+        ):
+            return None
+        return await self.store.get_job(job_id)
 
 
 def _billed_millicredits(task: KlingTask) -> int | None:

@@ -26,7 +26,7 @@ from cogs.messages import (
     too_large_reason,
     video_link_text,
 )
-from cogs.views import result_view
+from cogs.views import result_view, review_view
 
 if TYPE_CHECKING:
     from bot.app import VideoBot
@@ -86,6 +86,8 @@ class Deliverer:
     async def deliver(self, job: Job) -> None:
         """Fetch and post one finished video, each within `time_limit`; every failure is counted, logged, bounded."""
         if job.video_url is None or job.channel_id is None or self.card_pending(job):
+            return
+        if await self.awaits_review(job):
             return
         crash_point("before_post")
         limit = self.upload_limit(job)
@@ -154,15 +156,16 @@ class Deliverer:
     ) -> discord.Message:
         """Post the file, or the link when there is no file or Discord refuses the file (too large, not allowed)."""
         target = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
-        mention = f"<@{job.user_id}>" if job.user_id else ""
-        pings = discord.AllowedMentions(users=[discord.Object(job.user_id)] if job.user_id else False)
+        ping = await self.notify_mode(job) == "mention"  # 'dm' and 'off' post without pinging anyone
+        mention = f"<@{job.user_id}>" if ping else ""
+        pings = requester_only(job) if ping else discord.AllowedMentions.none()
         # The nonce makes Discord answer a repeated post with the first message (enforce_nonce), so a crash
         # between the post and the database update, or a cancelled delivery, cannot post the video twice.
         nonce = f"kv{job.id}"
         if path is not None:
             try:
                 message = await target.send(
-                    tr(job.locale, "{mention} your video is ready.", mention=mention)
+                    tr(job.locale, "{mention} your video is ready.", mention=mention).strip()
                     + (f"\n{tr(job.locale, note)}" if note else ""),
                     embed=result_embed(job),
                     file=discord.File(path, filename=f"video-{job.id[:8]}.mp4"),
@@ -210,6 +213,13 @@ class Deliverer:
         # only for a few minutes).
         await asyncio.shield(self.jobs.mark_delivered(job.id, result_message_id=message.id))
         log.info("job %s delivered (%s)", job.id, "file" if message.attachments else "link")
+        link = f"https://discord.com/channels/{job.guild_id}/{message.channel.id}/{message.id}"
+        await self.notify_requester(
+            job,
+            tr(job.locale, "Your video `{job}` is ready: {link}", job=job.id[:8], link=link),
+            tr(job.locale, "your video is ready (above)."),
+            message.channel.id,
+        )
 
     async def _fresh(self, job: Job) -> Job:
         """The job as stored now (its try count may have moved during this delivery)."""
@@ -250,12 +260,152 @@ class Deliverer:
         """Post a failed job's reason in its thread, notifying the member; a Discord error is only logged."""
         if job.channel_id is None:
             return
-        target = self.bot.get_partial_messageable(job.thread_id or job.channel_id, guild_id=job.guild_id)
-        pings = discord.AllowedMentions(users=[discord.Object(job.user_id)] if job.user_id else False)
+        where = job.thread_id or job.channel_id
+        target = self.bot.get_partial_messageable(where, guild_id=job.guild_id)
+        ping = await self.notify_mode(job) == "mention"
         try:
-            await target.send(failure_text(job), allowed_mentions=pings)
+            await target.send(
+                failure_text(job, mention=ping),
+                allowed_mentions=requester_only(job) if ping else discord.AllowedMentions.none(),
+            )
         except discord.HTTPException:
             log.warning("job %s: could not post its failure", job.id, exc_info=True)
+        link = f"https://discord.com/channels/{job.guild_id}/{where}"
+        await self.notify_requester(
+            job,
+            tr(job.locale, "Your video `{job}` could not be made: {link}", job=job.id[:8], link=link),
+            tr(job.locale, "your video could not be made (see above)."),
+            where,
+        )
+
+    # --- telling the member -------------------------------------------------------------------------------
+
+    async def notify_mode(self, job: Job) -> str:
+        """How the requester wants to hear that the job ended: 'mention', 'dm' or 'off' (nobody to tell: off)."""
+        return await self.jobs.notify_preference(job.user_id) if job.user_id else "off"
+
+    async def notify_requester(self, job: Job, dm_text: str, fallback: str, channel_id: int) -> None:
+        """After a post that did not ping the member: a direct message when they chose 'dm'. A closed DM (Discord
+        50007) or any refusal falls back to a mention in `channel_id`, pinging only them."""
+        if job.user_id is None or await self.notify_mode(job) != "dm":
+            return
+        try:
+            channel = await self.bot.create_dm(discord.Object(job.user_id))
+            await channel.send(dm_text, allowed_mentions=discord.AllowedMentions.none())
+            return
+        except discord.HTTPException as exc:
+            log.info("job %s: no direct message to its member (%s %s); mentioning them", job.id, exc.status, exc.code)
+        target = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
+        try:
+            await target.send(f"<@{job.user_id}> {fallback}", allowed_mentions=requester_only(job))
+        except discord.HTTPException:
+            log.warning("job %s: could not mention its member either", job.id, exc_info=True)
+
+    async def tell_rejected(self, job: Job) -> None:
+        """Tell the member in the job's thread that a moderator rejected the video, with the reason; the credits
+        stay spent (the video service billed the render)."""
+        if job.channel_id is None:
+            return
+        where = job.thread_id or job.channel_id
+        ping = await self.notify_mode(job) == "mention"
+        text = tr(
+            job.locale,
+            "Your video `{job}` was not approved by a moderator: {reason}\n"
+            "Its credits stay spent: the video service billed the render.",
+            job=job.id[:8],
+            reason=discord.utils.escape_markdown(job.review_reason or "no reason given"),
+        )
+        target = self.bot.get_partial_messageable(where, guild_id=job.guild_id)
+        try:
+            await target.send(
+                f"<@{job.user_id}> {text}" if ping else text,
+                allowed_mentions=requester_only(job) if ping else discord.AllowedMentions.none(),
+            )
+        except discord.HTTPException:
+            log.warning("job %s: could not post its rejection", job.id, exc_info=True)
+        link = f"https://discord.com/channels/{job.guild_id}/{where}"
+        await self.notify_requester(
+            job,
+            tr(job.locale, "Your video `{job}` was not approved: {link}", job=job.id[:8], link=link),
+            tr(job.locale, "your video was not approved (see above)."),
+            where,
+        )
+
+    # --- moderator review ---------------------------------------------------------------------------------
+
+    async def awaits_review(self, job: Job) -> bool:
+        """True while the video must wait for a moderator. In a server with a review channel it goes there first,
+        with Approve and Reject; it is marked 'pending' BEFORE that post, so nothing (a restart, another tick)
+        delivers it to the member until a moderator approves."""
+        if job.review_state is None:
+            if await self.review_channel(job) is None:
+                return False
+            job = await self.jobs.hold_for_review(job)
+        if job.review_state != "pending":
+            return False  # approved: delivered as usual
+        if job.review_message_id is not None:
+            return True  # its buttons decide
+        channel_id = await self.review_channel(job)
+        if channel_id is None:  # review was turned off before its message could be posted: it goes out
+            return not await self.jobs.approve(job.id)
+        await self._post_for_review(job, channel_id)
+        return True
+
+    async def review_channel(self, job: Job) -> int | None:
+        """The review channel of the job's server, if its moderators set one."""
+        if job.guild_id is None:
+            return None
+        return (await self.bot.resources.credits.settings(job.guild_id)).review_channel_id
+
+    async def _post_for_review(self, job: Job, channel_id: int) -> None:
+        """The video's link and prompt in the review channel (the prompt never pings), with the buttons."""
+        locale = self.bot.server_locale(job.guild_id)
+        text = tr(
+            locale,
+            "🔎 Video `{job}` by <@{user}> waits for review: {link}\nApprove posts it in its thread; Reject tells "
+            "the member your reason. Either way its credits are spent.",
+            job=job.id[:8],
+            user=job.user_id,
+            link=job.video_url,
+        )
+        target = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
+        try:
+            message = await target.send(
+                text,
+                embed=result_embed(job),
+                view=review_view(job.id, locale),
+                allowed_mentions=discord.AllowedMentions.none(),
+                nonce=f"kr{job.id}",  # a repeat after a crash returns the first message
+            )
+        except discord.HTTPException as exc:
+            reason = english(
+                "the review channel refused the post: {error}", error=f"{exc.status} {exc.text or ''}".strip()
+            )
+            tries = await self.jobs.note_delivery_problem(await self._fresh(job), reason)
+            log.warning("job %s: review post try %d failed: %s", job.id, tries, reason)
+            if tries == MAX_TRIES:  # it stays pending and is tried again each tick; say so once
+                await self.bot.post_log(
+                    job.guild_id,
+                    tr(locale, "⚠️ video `{job}` waits for review, but {reason}", job=job.id[:8], reason=reason),
+                )
+            return
+        await self.jobs.set_review_message(job.id, message.id)
+        log.info("job %s: waiting for review in channel %s", job.id, channel_id)
+        if job.status_message_id is not None:  # the member sees why the video is not there yet
+            where = self.bot.get_partial_messageable(job.thread_id or job.channel_id or 0, guild_id=job.guild_id)
+            try:
+                await where.get_partial_message(job.status_message_id).edit(
+                    content=tr(job.locale, "🔎 **Done**: a moderator reviews the video before it is posted here."),
+                    allowed_mentions=discord.AllowedMentions.none(),
+                )
+            except discord.HTTPException as exc:
+                log.info("job %s: status edit failed: %s", job.id, exc)
+
+
+def requester_only(job: Job) -> discord.AllowedMentions:
+    """Pings the job's requester and nobody else (whatever the rest of the text holds)."""
+    users = [discord.Object(job.user_id)] if job.user_id else False
+    return discord.AllowedMentions(everyone=False, roles=False, users=users, replied_user=False)
 
 
 class DeliveryWorker:

@@ -25,12 +25,20 @@ STATE_WORDS = {  # English message ids: `state_word` says them in the reader's l
     "failed": english("failed"),
     "cancelled": english("cancelled"),
     "undeliverable": english("done, but the video could not be posted"),
+    "rejected": english("rejected by a moderator"),
 }
 
 
 def state_word(locale: object, status: str) -> str:
     """A job's state in words, in `locale`'s language."""
     return tr(locale, STATE_WORDS[status]) if status in STATE_WORDS else status
+
+
+def job_state(job: Job, locale: object) -> str:
+    """A job's state for its member; a finished video waiting for a moderator says so."""
+    if job.status == "succeeded" and job.review_state == "pending":
+        return tr(locale, "done, waiting for a moderator's review")
+    return state_word(locale, job.status)
 
 
 MESSAGE_LIMIT = 2000  # Discord refuses longer message content
@@ -196,14 +204,16 @@ def result_embed(job: Job) -> discord.Embed:
     return embed
 
 
-def failure_text(job: Job) -> str:
-    """What the member reads when their job failed; their credits were given back."""
-    return tr(
-        job.locale,
-        "{mention} your video could not be made: {reason} Your credits were not used.",
-        mention=f"<@{job.user_id}>",
-        reason=job_error(job),
-    )
+def failure_text(job: Job, *, mention: bool = True) -> str:
+    """What the member reads when their job failed; their credits were given back. `mention`: their choice."""
+    if mention:
+        return tr(
+            job.locale,
+            "{mention} your video could not be made: {reason} Your credits were not used.",
+            mention=f"<@{job.user_id}>",
+            reason=job_error(job),
+        )
+    return tr(job.locale, "Your video could not be made: {reason} Your credits were not used.", reason=job_error(job))
 
 
 def cancel_text(job: Job, locale: object = None) -> str:

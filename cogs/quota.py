@@ -10,13 +10,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import VideoBot
+from bot.app import VideoBot, reply_ephemeral
 from bot.credits import CreditService, QuotaStatus
 from bot.i18n import english, tr, translated
 from bot.model import AuditEntry
 from bot.quota import Period, format_credits
-from cogs.messages import fit_lines
-from cogs.views import PagedView
+from cogs.delivery import Deliverer
+from cogs.messages import fit_lines, state_word
+from cogs.views import REVIEW_BUTTONS, PagedView
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +99,12 @@ def describe_status(status: QuotaStatus, credits: CreditService, who: str | None
 
 def describe_audit(entry: AuditEntry, locale: object = None) -> str:
     """One audit line: when, who, what, on whom, before → after, why."""
-    target = f" <@{entry.target_id}>" if entry.target_id and entry.action not in ("role", "log-channel") else ""
+    channels = ("log-channel", "review")
+    target = f" <@{entry.target_id}>" if entry.target_id and entry.action not in ("role", *channels) else ""
     if entry.action == "role" and entry.target_id:
         target = f" <@&{entry.target_id}>"
     before, after = entry.before, entry.after
-    if entry.action == "log-channel":  # the core records channel ids; Discord shows them as links
+    if entry.action in channels:  # the core records channel ids; Discord shows them as links
         before, after = (f"<#{v}>" if v and v.isdigit() else v for v in (before, after))
     before, after = (translated(locale, v) if v else v for v in (before, after))  # the core records English
     action = tr(locale, entry.action)  # the command's name, as Discord shows it in this language
@@ -132,6 +134,13 @@ class QuotaCog(commands.Cog):
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot
         self.credits = bot.resources.credits
+        self.jobs = bot.resources.jobs
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(*REVIEW_BUTTONS)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(*REVIEW_BUTTONS)
 
     @app_commands.command(name="quota", description="Your video credits in this server")
     @app_commands.guild_only()
@@ -293,6 +302,34 @@ class QuotaCog(commands.Cog):
         )
         await self._done(interaction, entry)
 
+    @admin.command(name="confirm-above", description="Members confirm jobs costing more than this first")
+    @app_commands.describe(credits="A number of credits, or 'off' (the default) to never ask")
+    async def confirm_above(self, interaction: discord.Interaction[Any], credits: str) -> None:
+        word = credits.strip().lower()
+        above: int | None = None
+        if word != "off":
+            try:
+                amount = float(word)
+                if not 0 <= amount <= 1e6:
+                    raise ValueError
+            except ValueError:
+                log.info("confirm-above: %r is not a number of credits", credits)
+                await self._reply(
+                    interaction, tr(interaction.locale, "Give a number of credits, or `off` to never ask.")
+                )
+                return
+            above = millicredits(amount)
+        entry = await self.credits.set_confirm_above(self._guild(interaction), interaction.user.id, above)
+        await self._done(interaction, entry)
+
+    @admin.command(name="review", description="Finished videos wait in this channel for a moderator's Approve")
+    @app_commands.describe(channel="The review channel (leave empty to turn review off)")
+    async def review(self, interaction: discord.Interaction[Any], channel: discord.TextChannel | None = None) -> None:
+        entry = await self.credits.set_review_channel(
+            self._guild(interaction), interaction.user.id, channel.id if channel else None
+        )
+        await self._done(interaction, entry)
+
     @admin.command(name="audit", description="Moderator actions, newest first")
     @app_commands.describe(member="Only actions on this member")
     async def audit(self, interaction: discord.Interaction[Any], member: discord.Member | None = None) -> None:
@@ -312,6 +349,109 @@ class QuotaCog(commands.Cog):
 
         await interaction.response.defer(ephemeral=True, thinking=True)
         await PagedView(interaction.user.id, render, locale=locale).show(interaction)
+
+    # --- review buttons (cogs/views.py ApproveButton and RejectButton) -----------------------------------
+
+    async def _reviewable(self, interaction: discord.Interaction[Any], job_id: str) -> bool:
+        """Only moderators (Manage Server) decide, and only a video still waiting; anyone else is told why."""
+        locale = interaction.locale
+        if interaction.guild_id is None or not interaction.permissions.manage_guild:
+            log.info("user %s may not review job %s", interaction.user.id, job_id)
+            await reply_ephemeral(
+                interaction, tr(locale, "Only moderators (Manage Server) can approve or reject videos.")
+            )
+            return False
+        job = await self.jobs.get(job_id)
+        if job is None or job.guild_id != interaction.guild_id:
+            await reply_ephemeral(interaction, tr(locale, "That video's job is no longer known to me."))
+            return False
+        if job.status != "succeeded" or job.review_state != "pending":
+            state = state_word(locale, job.status)
+            await reply_ephemeral(interaction, tr(locale, "This video was already decided: {state}.", state=state))
+            return False
+        return True
+
+    async def approve(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """Approve: the video goes to its thread on the next poll tick, and its member is told as they chose."""
+        if not await self._reviewable(interaction, job_id):
+            return
+        if not await self.jobs.approve(job_id):
+            await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
+            return
+        log.info("job %s approved by %s", job_id, interaction.user.id)
+        decided = tr(interaction.locale, "✅ Approved by <@{moderator}>.", moderator=interaction.user.id)
+        before = interaction.message.content if interaction.message else ""
+        await interaction.response.edit_message(
+            content=f"{before}\n{decided}", view=None, allowed_mentions=discord.AllowedMentions.none()
+        )
+        server = self.bot.server_locale(interaction.guild_id)
+        await self.bot.post_log(
+            interaction.guild_id,
+            tr(server, "✅ <@{moderator}> approved video `{job}`", moderator=interaction.user.id, job=job_id[:8]),
+        )
+
+    async def reject(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """Reject: ask the moderator for the reason the member will read."""
+        if not await self._reviewable(interaction, job_id):
+            return
+        shown = interaction.message.content if interaction.message else ""
+        await interaction.response.send_modal(RejectModal(self, job_id, shown, interaction.locale))
+
+    async def rejected(self, interaction: discord.Interaction[Any], job_id: str, reason: str, shown: str) -> None:
+        """The modal's answer: end the job `rejected` (its credits stay spent), update the review message and tell
+        the member in the job's thread."""
+        if not await self._reviewable(interaction, job_id):
+            return
+        job = await self.jobs.reject(job_id, reason)
+        if job is None:
+            await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
+            return
+        log.info("job %s rejected by %s", job_id, interaction.user.id)
+        await reply_ephemeral(interaction, tr(interaction.locale, "Rejected; the member is told your reason."))
+        decided = tr(
+            interaction.locale,
+            "⛔ Rejected by <@{moderator}>: {reason}",
+            moderator=interaction.user.id,
+            reason=discord.utils.escape_markdown(reason),
+        )
+        if job.review_message_id and interaction.channel_id:
+            review = self.bot.get_partial_messageable(interaction.channel_id, guild_id=interaction.guild_id)
+            message = review.get_partial_message(job.review_message_id)
+            try:
+                await message.edit(
+                    content=f"{shown}\n{decided}", view=None, allowed_mentions=discord.AllowedMentions.none()
+                )
+            except discord.HTTPException as exc:
+                log.info("job %s: could not update its review message: %s", job_id, exc)
+        await self.bot.post_log(
+            job.guild_id,
+            tr(
+                self.bot.server_locale(job.guild_id),
+                "⛔ <@{moderator}> rejected video `{job}`: {reason}",
+                moderator=interaction.user.id,
+                job=job_id[:8],
+                reason=discord.utils.escape_markdown(reason),
+            ),
+        )
+        await Deliverer(self.bot).tell_rejected(job)
+        self.bot.dispatch("job_changed", job)  # its status message, card and the log channel show the end
+
+
+class RejectModal(discord.ui.Modal):
+    """The moderator's reason, shown to the member (the form in the moderator's language)."""
+
+    def __init__(self, cog: QuotaCog, job_id: str, shown: str, locale: object = None) -> None:
+        super().__init__(title=tr(locale, "Reject video"))
+        self.reason: discord.ui.TextInput[RejectModal] = discord.ui.TextInput(
+            label=tr(locale, "Reason (the member reads it)"), style=discord.TextStyle.paragraph, max_length=300
+        )
+        self.add_item(self.reason)
+        self.cog = cog
+        self.job_id = job_id
+        self.shown = shown  # the review message's text, kept with the decision added
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        await self.cog.rejected(interaction, self.job_id, self.reason.value.strip(), self.shown)
 
 
 async def setup(bot: VideoBot) -> None:

@@ -24,15 +24,16 @@ from bot.i18n import english, tr, translated
 from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, check_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.model import OPEN, WAITING, Job
+from bot.quota import format_credits
 from cogs.messages import (
     cancel_text,
     clock,
     fit_lines,
     frame_filename,
     job_card,
+    job_state,
     options_line,
     refusal_text,
-    state_word,
     status_line,
     thread_name,
 )
@@ -225,10 +226,59 @@ class WaitView(discord.ui.View):
         async def build() -> JobRequest:
             return self.request
 
-        try:
-            await self.cog.start_job(interaction, build, channel=self.channel)
+        try:  # a job that needed confirming was confirmed before it met the outage
+            await self.cog.start_job(interaction, build, channel=self.channel, confirmed=True)
         except UserFacingError as exc:
             await reply_ephemeral(interaction, str(exc))
+
+
+class ConfirmView(discord.ui.View):
+    """Confirm or Cancel for a job above the server's confirm-above threshold.
+
+    Nothing is reserved until Confirm, so this view lives in memory only: a restart forgets it and costs nothing.
+    When it times out its buttons are taken away and the message says it expired."""
+
+    def __init__(
+        self, cog: VideoCog, request: JobRequest, channel: discord.abc.Messageable, locale: Any, timeout: float
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self.cog = cog
+        self.request = request
+        self.channel = channel
+        self.locale = locale
+        self.message: discord.WebhookMessage | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        return interaction.user.id == self.request.user_id
+
+    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.success)
+    async def confirm(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
+        self.stop()
+        await interaction.response.edit_message(content=tr(interaction.locale, "Confirmed."), view=None)
+
+        async def build() -> JobRequest:
+            return self.request
+
+        try:
+            await self.cog.start_job(interaction, build, channel=self.channel, confirmed=True)
+        except UserFacingError as exc:
+            await reply_ephemeral(interaction, str(exc))
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
+        self.stop()
+        text = tr(interaction.locale, "Cancelled; nothing was reserved or charged.")
+        await interaction.response.edit_message(content=text, view=None)
+
+    async def on_timeout(self) -> None:
+        if self.message is None:
+            return
+        text = tr(
+            self.locale,
+            "This confirmation expired; nothing was reserved or charged. Run the command again to make the video.",
+        )
+        with contextlib.suppress(discord.HTTPException):  # the interaction's token may have run out
+            await self.message.edit(content=text, view=None)
 
 
 class VideoCog(commands.Cog):
@@ -353,6 +403,22 @@ class VideoCog(commands.Cog):
             )
         await interaction.response.send_modal(AnimateModal(self, image, interaction.locale))
 
+    @video.command(name="notify", description="How you are told that your video is done")
+    @app_commands.describe(mode="mention: in the video's thread (default) · dm: a direct message · off: neither")
+    async def notify(self, interaction: discord.Interaction[Any], mode: Literal["mention", "dm", "off"]) -> None:
+        await self.jobs.set_notify_preference(interaction.user.id, mode)
+        locale = interaction.locale
+        texts = {
+            "mention": tr(locale, "You will be mentioned in the video's thread when it is done or fails."),
+            "dm": tr(
+                locale,
+                "You will get a direct message with a link when your video is done or fails; if your direct "
+                "messages are closed, you are mentioned in the thread instead.",
+            ),
+            "off": tr(locale, "You will not be mentioned or messaged; `/video status` shows your videos."),
+        }
+        await interaction.response.send_message(texts[mode], ephemeral=True)
+
     @video.command(name="status", description="Your videos in progress, or one job in detail")
     @app_commands.describe(job="A job id (the first characters are enough)")
     async def status(self, interaction: discord.Interaction[Any], job: str | None = None) -> None:
@@ -415,9 +481,7 @@ class VideoCog(commands.Cog):
         jobs = await self.jobs.member_jobs(interaction.guild_id, interaction.user.id, statuses=statuses, limit=25)
         typed = current.strip().lower()
         return [
-            app_commands.Choice(
-                name=f"{j.id[:8]} · {state_word(interaction.locale, j.status)} · {j.prompt}"[:100], value=j.id
-            )
+            app_commands.Choice(name=f"{j.id[:8]} · {job_state(j, interaction.locale)} · {j.prompt}"[:100], value=j.id)
             for j in jobs
             if j.id.startswith(typed)
         ]
@@ -450,11 +514,13 @@ class VideoCog(commands.Cog):
         build: RequestBuilder,
         *,
         channel: discord.abc.Messageable | None = None,
+        confirmed: bool = False,
     ) -> Job | None:
         """Check where the job will live, reserve it, post its card and thread, then send it.
 
         Everything that can refuse the job runs before a credit is held; once the job is reserved, no Discord
-        failure is reported as "nothing was charged"."""
+        failure is reported as "nothing was charged". A job above the server's confirm-above threshold first asks
+        the member (unless `confirmed`), and nothing is reserved before they press Confirm."""
         locale = interaction.locale
         if self.bot.closing:  # a button or a form during shutdown: the store is about to close
             raise UserFacingError(tr(locale, STOPPING))
@@ -476,6 +542,8 @@ class VideoCog(commands.Cog):
         try:
             # The job lives where its card is posted (a re-roll's card goes beside the original, not in its thread).
             request = replace(await build(), channel_id=getattr(channel, "id", interaction.channel_id))
+            if not confirmed and await self._ask_to_confirm(interaction, request, channel):
+                return None
             job = await self.jobs.reserve(request)
         except InvalidRequest as exc:
             reason = translated(locale, str(exc))
@@ -518,7 +586,9 @@ class VideoCog(commands.Cog):
                 id=job.id[:8],
                 options=options_line(job, locale),
                 where=where,
-            ),
+            )
+            + "\n"
+            + await self.cost_line(interaction, job.cost_estimate),
             ephemeral=True,
         )
         server = self.bot.server_locale(job.guild_id)
@@ -534,6 +604,48 @@ class VideoCog(commands.Cog):
             ),
         )
         return job
+
+    async def cost_line(self, interaction: discord.Interaction[Any], cost: int) -> str:
+        """The job's cost, what the member has left now and when it resets (in the reader's own time zone)."""
+        assert interaction.guild_id is not None
+        credits = self.bot.resources.credits
+        status = await credits.status(interaction.guild_id, interaction.user.id, member_roles(interaction.user))
+        locale = interaction.locale
+        left = tr(locale, "unlimited") if status.remaining is None else format_credits(status.remaining)
+        reset_at = status.window.reset_at
+        resets = f"<t:{int(reset_at.timestamp())}:R>" if reset_at else tr(locale, "never")
+        return tr(
+            locale,
+            "Cost: {cost} credits · left: {left} · resets {resets}",
+            cost=format_credits(cost),
+            left=left,
+            resets=resets,
+        )
+
+    async def _ask_to_confirm(
+        self, interaction: discord.Interaction[Any], request: JobRequest, channel: discord.abc.Messageable
+    ) -> bool:
+        """Above the server's confirm-above threshold: show the cost with Confirm and Cancel (True: asked)."""
+        if interaction.guild_id is None:
+            return False
+        self.jobs.validate(request)  # a mistake is named now, not after the member confirmed
+        threshold = (await self.bot.resources.credits.settings(interaction.guild_id)).confirm_above
+        cost = self.jobs.cost_of(request.duration, request.resolution)
+        if threshold is None or cost <= threshold:
+            return False
+        timeout = self.bot.settings.confirm_timeout_seconds
+        view = ConfirmView(self, request, channel, interaction.locale, timeout)
+        text = tr(
+            interaction.locale,
+            "This video costs more than {threshold} credits, so it waits for your Confirm.\n{costs}\n"
+            "Nothing is reserved until you press Confirm; this question expires {expires}.",
+            threshold=format_credits(threshold),
+            costs=await self.cost_line(interaction, cost),
+            expires=f"<t:{int(time.time() + timeout)}:R>",
+        )
+        view.message = await interaction.followup.send(text, view=view, ephemeral=True, wait=True)
+        log.info("user %s asked to confirm a job of %d milli-credits", interaction.user.id, cost)
+        return True
 
     def _permissions_in(
         self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable
@@ -810,7 +922,7 @@ class VideoCog(commands.Cog):
             locale,
             "• `{id}` {state}, {elapsed} elapsed · {where}",
             id=job.id[:8],
-            state=state_word(locale, job.status),
+            state=job_state(job, locale),
             elapsed=clock(now - (job.submitted_at or job.created_at)),
             where=self._where(job, locale),
         )
@@ -818,7 +930,7 @@ class VideoCog(commands.Cog):
     def _job_details(self, job: Job, now: float, locale: object) -> str:
         started = f"<t:{int(job.created_at)}:R>"
         lines = [
-            tr(locale, "**Job `{id}`**: {state}", id=job.id[:8], state=state_word(locale, job.status)),
+            tr(locale, "**Job `{id}`**: {state}", id=job.id[:8], state=job_state(job, locale)),
             tr(
                 locale,
                 "{options} · started {started} · {where}",
@@ -836,6 +948,9 @@ class VideoCog(commands.Cog):
             lines.append(tr(locale, "Elapsed: {elapsed}", elapsed=clock(now - (job.submitted_at or job.created_at))))
         if job.error:
             lines.append(tr(locale, "Reason: {reason}", reason=translated(locale, job.error)))
+        if job.status == "rejected":
+            reason = discord.utils.escape_markdown(job.review_reason or "") or tr(locale, "no reason given")
+            lines.append(tr(locale, "Rejected by a moderator: {reason}", reason=reason))
         if job.status == "undeliverable" and job.video_url:
             lines.append(tr(locale, "Video link (expires): {url}", url=job.video_url))
         return fit_lines(lines[0], lines[1:], locale=locale)
@@ -846,7 +961,7 @@ class VideoCog(commands.Cog):
             "• `{id}` {date} {state} · {options} · {prompt} · {where}",
             id=job.id[:8],
             date=f"<t:{int(job.created_at)}:d>",
-            state=state_word(locale, job.status),
+            state=job_state(job, locale),
             options=options_line(job, locale),
             prompt=discord.utils.escape_markdown(job.prompt[:60]) or tr(locale, "(no prompt)"),
             where=self._where(job, locale),

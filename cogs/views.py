@@ -187,3 +187,78 @@ class PagedView(discord.ui.View):
 
     async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
         return interaction.user.id == self.owner_id
+
+
+@runtime_checkable
+class ReviewActions(Protocol):
+    """What the review buttons need from the moderators' cog."""
+
+    async def approve(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
+
+    async def reject(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
+
+
+def _review_cog(interaction: discord.Interaction[Any]) -> ReviewActions:
+    cog = next((c for c in interaction.client.cogs.values() if isinstance(c, ReviewActions)), None)
+    if cog is None:
+        raise RuntimeError("the review cog is not loaded")
+    return cog
+
+
+class ApproveButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"review:approve:{JOB_ID}"):
+    """A moderator lets a finished video go to its thread (the job id is in the custom id: works after restarts)."""
+
+    def __init__(self, job_id: str, locale: object = None) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=tr(locale, "Approve"),
+                emoji="✅",
+                style=discord.ButtonStyle.success,
+                custom_id=f"review:approve:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ApproveButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _review_cog(interaction).approve(interaction, self.job_id)
+
+
+class RejectButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"review:reject:{JOB_ID}"):
+    """A moderator refuses a finished video, giving the member a reason."""
+
+    def __init__(self, job_id: str, locale: object = None) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=tr(locale, "Reject"),
+                emoji="⛔",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"review:reject:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> RejectButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _review_cog(interaction).reject(interaction, self.job_id)
+
+
+REVIEW_BUTTONS = (ApproveButton, RejectButton)
+
+
+def review_view(job_id: str, locale: object = None) -> discord.ui.View:
+    """The persistent buttons under a video waiting in the review channel (in the server's language)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(ApproveButton(job_id, locale))
+    view.add_item(RejectButton(job_id, locale))
+    return view
