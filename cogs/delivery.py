@@ -257,25 +257,12 @@ class Deliverer:
             log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
 
     async def tell_failure(self, job: Job) -> None:
-        """Post a failed job's reason in its thread, notifying the member; a Discord error is only logged."""
-        if job.channel_id is None:
-            return
-        where = job.thread_id or job.channel_id
-        target = self.bot.get_partial_messageable(where, guild_id=job.guild_id)
-        ping = await self.notify_mode(job) == "mention"
-        try:
-            await target.send(
-                failure_text(job, mention=ping),
-                allowed_mentions=requester_only(job) if ping else discord.AllowedMentions.none(),
-            )
-        except discord.HTTPException:
-            log.warning("job %s: could not post its failure", job.id, exc_info=True)
-        link = f"https://discord.com/channels/{job.guild_id}/{where}"
-        await self.notify_requester(
+        """Post a failed job's reason in its thread, telling the member as they chose."""
+        await self._tell(
             job,
-            tr(job.locale, "Your video `{job}` could not be made: {link}", job=job.id[:8], link=link),
-            tr(job.locale, "your video could not be made (see above)."),
-            where,
+            lambda ping: failure_text(job, mention=ping),
+            english("Your video `{job}` could not be made: {link}"),
+            english("your video could not be made (see above)."),
         )
 
     # --- telling the member -------------------------------------------------------------------------------
@@ -304,31 +291,37 @@ class Deliverer:
     async def tell_rejected(self, job: Job) -> None:
         """Tell the member in the job's thread that a moderator rejected the video, with the reason; the credits
         stay spent (the video service billed the render)."""
-        if job.channel_id is None:
-            return
-        where = job.thread_id or job.channel_id
-        ping = await self.notify_mode(job) == "mention"
         text = tr(
             job.locale,
             "Your video `{job}` was not approved by a moderator: {reason}\n"
             "Its credits stay spent: the video service billed the render.",
             job=job.id[:8],
-            reason=discord.utils.escape_markdown(job.review_reason or "no reason given"),
+            reason=discord.utils.escape_markdown(job.review_reason or "") or tr(job.locale, "no reason given"),
         )
+        await self._tell(
+            job,
+            lambda ping: f"<@{job.user_id}> {text}" if ping else text,
+            english("Your video `{job}` was not approved: {link}"),
+            english("your video was not approved (see above)."),
+        )
+
+    async def _tell(self, job: Job, text: Callable[[bool], str], dm_text: str, fallback: str) -> None:
+        """Post `text(ping)` in the job's thread, pinging only the requester if they chose mentions, then a direct
+        message (`dm_text`, with the thread's link) if they chose that; a Discord error is only logged."""
+        if job.channel_id is None:
+            return
+        where = job.thread_id or job.channel_id
         target = self.bot.get_partial_messageable(where, guild_id=job.guild_id)
+        ping = await self.notify_mode(job) == "mention"
         try:
             await target.send(
-                f"<@{job.user_id}> {text}" if ping else text,
-                allowed_mentions=requester_only(job) if ping else discord.AllowedMentions.none(),
+                text(ping), allowed_mentions=requester_only(job) if ping else discord.AllowedMentions.none()
             )
         except discord.HTTPException:
-            log.warning("job %s: could not post its rejection", job.id, exc_info=True)
+            log.warning("job %s: could not post its end in its thread", job.id, exc_info=True)
         link = f"https://discord.com/channels/{job.guild_id}/{where}"
         await self.notify_requester(
-            job,
-            tr(job.locale, "Your video `{job}` was not approved: {link}", job=job.id[:8], link=link),
-            tr(job.locale, "your video was not approved (see above)."),
-            where,
+            job, tr(job.locale, dm_text, job=job.id[:8], link=link), tr(job.locale, fallback), where
         )
 
     # --- moderator review ---------------------------------------------------------------------------------

@@ -97,41 +97,66 @@ def is_moderator(interaction: discord.Interaction[Any]) -> bool:
     return permissions.manage_messages or permissions.manage_guild
 
 
-class AnimateModal(discord.ui.Modal, title="Animate image"):
-    """Asks for the prompt and options when an image is animated from the message menu, in the member's language
-    (the inputs are made here: their labels are only set when they are made without a deprecation warning)."""
+class JobForm(discord.ui.Modal):
+    """A form that makes a job: a prompt and a duration (and what a subclass adds), in the member's language.
 
-    def __init__(self, cog: VideoCog, attachment: discord.Attachment, locale: object = None) -> None:
-        super().__init__(title=tr(locale, "Animate image"))
+    The inputs are made here, not as class attributes: their labels can only be set, without a deprecation
+    warning, when they are made."""
+
+    def __init__(self, cog: VideoCog, *, title: str, placeholder: str, duration: int, locale: object) -> None:
+        super().__init__(title=title)
         self.cog = cog
-        self.attachment = attachment
-        self.prompt: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+        self.prompt: discord.ui.TextInput[JobForm] = discord.ui.TextInput(
             label=tr(locale, "Prompt (optional)"),
             style=discord.TextStyle.paragraph,
             required=False,
             max_length=MAX_PROMPT["image"],
+            placeholder=placeholder,
+        )
+        self.duration: discord.ui.TextInput[JobForm] = discord.ui.TextInput(
+            label=tr(locale, "Duration in seconds (3-15)"), default=str(duration), max_length=2
+        )
+        self.add_item(self.prompt)
+        self.add_item(self.duration)
+
+    def chosen_duration(self) -> int:
+        try:
+            return int(self.duration.value.strip())
+        except ValueError:
+            raise InvalidRequest(
+                english(
+                    "The duration must be a whole number from 3 to 15, not {value}.", value=repr(self.duration.value)
+                )
+            ) from None
+
+    async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
+        if isinstance(error, UserFacingError):  # a member's mistake: the same answer as the slash commands give
+            await reply_ephemeral(interaction, str(error))
+            return
+        log.error("the form %r failed for user %s", type(self).__name__, interaction.user.id, exc_info=error)
+        await reply_ephemeral(interaction, tr(interaction.locale, SOMETHING_WENT_WRONG))
+
+
+class AnimateModal(JobForm):
+    """Asks for the prompt and options when an image is animated from the message menu."""
+
+    def __init__(self, cog: VideoCog, attachment: discord.Attachment, locale: object = None) -> None:
+        super().__init__(
+            cog,
+            title=tr(locale, "Animate image"),
             placeholder=tr(locale, "What happens in the video"),
+            duration=5,
+            locale=locale,
         )
-        self.duration: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
-            label=tr(locale, "Duration in seconds (3-15)"), default="5", max_length=2
-        )
+        self.attachment = attachment
         self.resolution: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
             label=tr(locale, "Resolution (720p or 1080p)"), default="720p", max_length=5
         )
-        for item in (self.prompt, self.duration, self.resolution):
-            self.add_item(item)
+        self.add_item(self.resolution)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         async def build() -> JobRequest:
-            try:
-                duration = int(self.duration.value.strip())
-            except ValueError:
-                raise InvalidRequest(
-                    english(
-                        "The duration must be a whole number from 3 to 15, not {value}.",
-                        value=repr(self.duration.value),
-                    )
-                ) from None
+            duration = self.chosen_duration()
             frame, source, url = await read_first_frame(self.attachment)
             return self.cog.request(
                 interaction,
@@ -146,46 +171,23 @@ class AnimateModal(discord.ui.Modal, title="Animate image"):
 
         await self.cog.start_job(interaction, build)
 
-    async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
-        if isinstance(error, UserFacingError):  # a member's mistake: the same answer as /video image gives
-            await reply_ephemeral(interaction, str(error))
-            return
-        log.error("Animate image failed for user %s", interaction.user.id, exc_info=error)
-        await reply_ephemeral(interaction, tr(interaction.locale, SOMETHING_WENT_WRONG))
 
-
-class ContinueModal(discord.ui.Modal):
+class ContinueModal(JobForm):
     """Asks for the next segment's prompt and duration; its first frame is the delivered video's last frame."""
 
     def __init__(self, cog: VideoCog, parent: Job, locale: object) -> None:
-        super().__init__(title=tr(locale, "Continue the video"))
-        self.cog = cog
-        self.parent = parent
-        self.prompt: discord.ui.TextInput[ContinueModal] = discord.ui.TextInput(
-            label=tr(locale, "Prompt (optional)"),
-            style=discord.TextStyle.paragraph,
-            required=False,
-            max_length=MAX_PROMPT["image"],
+        super().__init__(
+            cog,
+            title=tr(locale, "Continue the video"),
             placeholder=tr(locale, "What happens next"),
+            duration=cog.bot.settings.default_duration,
+            locale=locale,
         )
-        self.duration: discord.ui.TextInput[ContinueModal] = discord.ui.TextInput(
-            label=tr(locale, "Duration in seconds (3-15)"), default=str(cog.bot.settings.default_duration), max_length=2
-        )
-        self.add_item(self.prompt)
-        self.add_item(self.duration)
+        self.parent = parent
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         async def build() -> JobRequest:
-            try:
-                duration = int(self.duration.value.strip())
-            except ValueError:
-                raise InvalidRequest(
-                    tr(
-                        interaction.locale,
-                        "The duration must be a whole number from 3 to 15, not {value}.",
-                        value=repr(self.duration.value),
-                    )
-                ) from None
+            duration = self.chosen_duration()
             frame = await self.cog.last_frame_of(self.parent, interaction.locale)
             return self.cog.request(
                 interaction,
@@ -200,13 +202,6 @@ class ContinueModal(discord.ui.Modal):
 
         # The next segment goes where this video is (its thread): no new thread.
         await self.cog.start_job(interaction, build)
-
-    async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
-        if isinstance(error, UserFacingError):
-            await reply_ephemeral(interaction, str(error))
-            return
-        log.error("Continue failed for user %s (job %s)", interaction.user.id, self.parent.id, exc_info=error)
-        await reply_ephemeral(interaction, tr(interaction.locale, SOMETHING_WENT_WRONG))
 
 
 class WaitView(discord.ui.View):

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_image
-from tests.fake_discord import FakeDiscord, Interaction, wait_until
+from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import Harness, harness
+from tests.harness import private_answer as answer
 
 COST_LINE = re.compile(r"Cost: (\S+) credits · left: (\S+) · resets <t:\d+:R>")
 
@@ -20,13 +21,6 @@ COST_LINE = re.compile(r"Cost: (\S+) credits · left: (\S+) · resets <t:\d+:R>"
 async def world(tmp_path: Path) -> AsyncIterator[Harness]:
     async with harness(tmp_path) as running:
         yield running
-
-
-async def answer(interaction: Interaction) -> str:
-    """The interaction's latest private answer, once the loading message is gone."""
-    await wait_until(lambda: interaction.messages and not interaction.messages[-1]["flags"] & 128)
-    assert interaction.ephemeral(-1)
-    return interaction.texts()[-1]
 
 
 async def nothing_held(world: Harness) -> bool:

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.fake_discord import FakeDiscord, Interaction, wait_until
+from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import Harness, harness
+from tests.harness import private_answer as answer
 
 NOBODY = {"parse": []}
 
@@ -19,12 +20,6 @@ NOBODY = {"parse": []}
 async def world(tmp_path: Path) -> AsyncIterator[Harness]:
     async with harness(tmp_path) as running:
         yield running
-
-
-async def answer(interaction: Interaction) -> str:
-    await wait_until(lambda: interaction.messages and not interaction.messages[-1]["flags"] & 128)
-    assert interaction.ephemeral(-1)
-    return interaction.texts()[-1]
 
 
 def alice_only(fake: FakeDiscord) -> dict[str, Any]:
