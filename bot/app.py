@@ -162,6 +162,7 @@ class VideoBot(commands.Bot):
         # The poll loop registers itself here when its cog loads: a callback's hint goes to it.
         self.hint_handler: Callable[[str], Coroutine[Any, Any, None]] | None = None
         self._hints: set[asyncio.Task[None]] = set()
+        self.fleet_alerts: list[str] = []  # alerts other processes raised, for the one that posts them
 
     async def setup_hook(self) -> None:
         await self.tree.set_translator(CatalogTranslator())  # commands' names and descriptions in zh-CN too
@@ -190,18 +191,21 @@ class VideoBot(commands.Bot):
                 port = await callbacks.start(settings.callback_host, settings.callback_port)
                 stack.push_async_callback(callbacks.close)
                 log.info("taking callbacks on port %d for %s", port, settings.callback_public_url)
-            # A callback may reach another process of the fleet: its hint comes here too.
-            await self.resources.fleet.listen(self._fleet_hint)
+            # What another process of the fleet tells (a callback it took, an alert) comes here.
+            await self.resources.fleet.listen(self._from_fleet)
             yield
 
     async def task_hint(self, task_id: str) -> None:
         """A callback named a task: have the poller look at it now, and tell the fleet (another process may be the
         one polling it), without holding up the provider's request."""
         self._hint_locally(task_id)
-        await self.resources.fleet.publish_hint(task_id)
+        await self.resources.fleet.tell("hint", task_id)
 
-    async def _fleet_hint(self, task_id: str) -> None:
-        self._hint_locally(task_id)
+    async def _from_fleet(self, kind: str, text: str) -> None:
+        if kind == "hint":
+            self._hint_locally(text)
+        elif kind == "alert":
+            self.fleet_alerts.append(text)  # posted by this process's poll loop if it holds the alerts duty
 
     def _hint_locally(self, task_id: str) -> None:
         if self.hint_handler is not None:
@@ -232,10 +236,13 @@ class VideoBot(commands.Bot):
         if guild_id is None:
             return
         settings = await self.resources.credits.settings(guild_id)
-        if settings.log_channel_id is None:
-            return
+        if settings.log_channel_id is not None:
+            await self.post_to(guild_id, settings.log_channel_id, text)
+
+    async def post_to(self, guild_id: int, channel_id: int, text: str) -> None:
+        """Post `text` in a channel of a server, pinging nobody; a failure is only logged."""
         try:
-            await self.get_partial_messageable(settings.log_channel_id, guild_id=guild_id).send(
+            await self.get_partial_messageable(channel_id, guild_id=guild_id).send(
                 text, allowed_mentions=discord.AllowedMentions.none()
             )
         except discord.HTTPException as exc:

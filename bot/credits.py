@@ -336,6 +336,10 @@ class CreditService:
         """A server's quota rules and log channel (the defaults until its moderators change them)."""
         return await self.store.quota_settings(guild_id, self.defaults)
 
+    async def log_channels(self) -> dict[int, int]:
+        """Every server's log channel (server id to channel id), where its moderators set one."""
+        return await self.store.log_channels()
+
     async def credits_used(self, guild_id: int) -> int:
         """Milli-credits a server's members used or hold in its current period (for the metrics)."""
         settings = await self.settings(guild_id)

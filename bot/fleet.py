@@ -4,8 +4,10 @@ One process (SQLite) is its own fleet: it holds every duty and its callbacks' hi
 - a duty (posting account-trouble alerts, the sweep for timed-out jobs) is held by whichever process took its
   session-level advisory lock first; the lock dies with that process's connection, so the duty moves to another
   process at its next try;
-- a callback can reach any process: the one that got it sends `NOTIFY kling_hints`, and every other process, which
-  `LISTEN`s on its own connection, hands the task id to its poll loop (the job may be one it polls).
+- a callback can reach any process: the one that got it sends `NOTIFY kling_fleet`, and every other process, which
+  `LISTEN`s on its own connection, hands the task id to its poll loop (the job may be one it polls);
+- an alert (the provider refused the account) raised in a process that does not hold the alerts duty is told to
+  the fleet the same way, and posted by the process that holds it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from bot.storage import is_postgres
 
 log = logging.getLogger(__name__)
 
-HintHandler = Callable[[str], Awaitable[None]]
+# What the other processes tell: (kind, text); kinds are "hint" (a task id) and "alert" (an operator alert).
+MessageHandler = Callable[[str, str], Awaitable[None]]
 
 
 def process_name() -> str:
@@ -36,12 +39,12 @@ class Fleet(Protocol):
         """Whether this process does `duty` now (it takes the duty when nobody holds it)."""
         ...
 
-    async def publish_hint(self, task_id: str) -> None:
-        """Tell the other processes that a callback named `task_id`."""
+    async def tell(self, kind: str, text: str) -> None:
+        """Tell the other processes something (`kind` "hint": a callback named task `text`; "alert": an alert)."""
         ...
 
-    async def listen(self, on_hint: HintHandler) -> None:
-        """Hand the other processes' hints to `on_hint` until `close`."""
+    async def listen(self, on_message: MessageHandler) -> None:
+        """Hand what the other processes tell to `on_message(kind, text)` until `close`."""
         ...
 
     async def close(self) -> None: ...
@@ -53,10 +56,10 @@ class SoloFleet:
     async def holds(self, duty: str) -> bool:
         return True
 
-    async def publish_hint(self, task_id: str) -> None:
+    async def tell(self, kind: str, text: str) -> None:
         return None
 
-    async def listen(self, on_hint: HintHandler) -> None:
+    async def listen(self, on_message: MessageHandler) -> None:
         return None
 
     async def close(self) -> None:
@@ -66,7 +69,7 @@ class SoloFleet:
 def open_fleet(database: str, name: str | None = None) -> Fleet:
     """The fleet for `database`: PostgreSQL's when it is a PostgreSQL URL, else this process alone.
 
-    Nothing connects until a duty or a hint needs it, so tools that never ask pay nothing."""
+    Nothing connects until a duty or a message needs it, so tools that never ask pay nothing."""
     if is_postgres(database):
         from bot.pgfleet import PgFleet  # psycopg is only needed by those who use PostgreSQL
 

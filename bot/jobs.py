@@ -562,8 +562,10 @@ class JobService:
         assert cancelled is not None
         return cancelled
 
-    async def poll_once(self) -> list[JobChange]:
-        """Settle reserved jobs, query every job at the provider that is due (batched), time out, send queued ones."""
+    async def poll_once(self, *, sweep: bool = True) -> list[JobChange]:
+        """Settle reserved jobs, query every job at the provider that is due (batched), time out, send queued ones.
+
+        `sweep`: also look for jobs that waited too long to be sent (one process of a fleet does it at a time)."""
         changes = await self._settle_reserved(everything=False)
         in_flight = await self.store.jobs_in(AT_PROVIDER, origin=self.origin)
         due = {job.id for job in await self._due(in_flight)}
@@ -577,7 +579,8 @@ class JobService:
             changes.extend(await self._give_up_late([j for j in claimed if j.id in overdue and j.id not in moved_ids]))
         finally:
             await self.release_claims(claimed)
-        changes.extend(await self._time_out())
+        if sweep:
+            changes.extend(await self._time_out())
         changes.extend(await self.dispatch_once())  # last, so the slots freed just now are used at once
         return changes
 

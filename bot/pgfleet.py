@@ -1,23 +1,25 @@
-"""The PostgreSQL fleet: advisory locks for the once-per-fleet duties, LISTEN/NOTIFY for callbacks' hints."""
+"""The PostgreSQL fleet: advisory locks for the once-per-fleet duties, LISTEN/NOTIFY for what processes tell."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 
 import psycopg
 
-from bot.fleet import HintHandler, process_name
+from bot.fleet import MessageHandler, process_name
 
 log = logging.getLogger(__name__)
 
-HINT_CHANNEL = "kling_hints"
+CHANNEL = "kling_fleet"
+RECHECK_SECONDS = 2.0  # how long an answer of `holds` stands before the database is asked again
 RECONNECT_SECONDS = 2.0  # after the listening connection drops
 
 
 class PgFleet:
-    """Advisory locks for duties and LISTEN/NOTIFY for hints, each on a connection of its own.
+    """Advisory locks for duties and LISTEN/NOTIFY for messages, each on a connection of its own.
 
     The lock connection is not pooled: a session-level advisory lock belongs to one connection, and is released
     when it closes (or the process dies). The listening connection is separate because psycopg's `notifies()`
@@ -28,6 +30,7 @@ class PgFleet:
         self.name = name or process_name()
         self._locks: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._held: set[str] = set()
+        self._answers: dict[str, tuple[float, bool]] = {}  # duty: (when asked, whether held), for RECHECK_SECONDS
         self._guard = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # set while LISTEN is in effect (tests wait on it)
@@ -39,6 +42,14 @@ class PgFleet:
         return self._locks
 
     async def holds(self, duty: str) -> bool:
+        asked_at, held = self._answers.get(duty, (float("-inf"), False))
+        if time.monotonic() - asked_at < RECHECK_SECONDS:
+            return held  # every poll tick asks: the database is asked at most every RECHECK_SECONDS
+        held = await self._ask(duty)
+        self._answers[duty] = (time.monotonic(), held)
+        return held
+
+    async def _ask(self, duty: str) -> bool:
         async with self._guard:
             try:
                 db = await self._lock_connection()
@@ -60,32 +71,33 @@ class PgFleet:
                 self._held.add(duty)
             return duty in self._held
 
-    async def publish_hint(self, task_id: str) -> None:
+    async def tell(self, kind: str, text: str) -> None:
         async with self._guard:
             try:
                 db = await self._lock_connection()
-                await db.execute("SELECT pg_notify(%s, %s)", (HINT_CHANNEL, f"{self.name} {task_id}"))
+                await db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.name} {kind} {text}"))
             except psycopg.Error as exc:
-                log.warning("could not tell the other processes about task %s: %s", task_id, exc)
+                log.warning("could not tell the other processes (%s %s): %s", kind, text, exc)
 
-    async def listen(self, on_hint: HintHandler) -> None:
+    async def listen(self, on_message: MessageHandler) -> None:
         if self._listener is None:
-            self._listener = asyncio.get_running_loop().create_task(self._listen(on_hint), name="fleet-hints")
+            self._listener = asyncio.get_running_loop().create_task(self._listen(on_message), name="fleet-listen")
 
-    async def _listen(self, on_hint: HintHandler) -> None:
+    async def _listen(self, on_message: MessageHandler) -> None:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as db:
-                    await db.execute(f"LISTEN {HINT_CHANNEL}")
+                    await db.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
                     async for notice in db.notifies():
-                        sender, _, task_id = notice.payload.partition(" ")
-                        if sender != self.name and task_id:
-                            await on_hint(task_id)
+                        sender, _, rest = notice.payload.partition(" ")
+                        kind, _, text = rest.partition(" ")
+                        if sender != self.name and text:
+                            await on_message(kind, text)
             except psycopg.Error as exc:
-                log.warning("lost the hint channel (%s); listening again in %.0fs", exc, RECONNECT_SECONDS)
+                log.warning("lost the fleet's channel (%s); listening again in %.0fs", exc, RECONNECT_SECONDS)
             except Exception:
-                log.exception("handling another process's hint failed; listening again")
+                log.exception("handling another process's message failed; listening again")
             self.listening.clear()
             await asyncio.sleep(RECONNECT_SECONDS)
 
@@ -99,3 +111,4 @@ class PgFleet:
             await self._locks.close()  # releases every duty at once
             self._locks = None
             self._held.clear()
+            self._answers.clear()

@@ -586,6 +586,11 @@ class PgStore:
         row = await cursor.fetchone()
         return QuotaSettings(*row) if row else defaults
 
+    async def log_channels(self) -> dict[int, int]:
+        """Every server's log channel, where its moderators set one (the fleet's alerts go to all of them)."""
+        rows = await self._rows("SELECT guild_id, log_channel_id FROM guild_settings WHERE log_channel_id IS NOT NULL")
+        return {int(guild): int(channel) for guild, channel in rows}
+
     async def save_quota_settings(self, guild_id: int, settings: QuotaSettings, audit: AuditEntry) -> None:
         """Store a server's quota settings (all of them: callers change one field with `replace`) and the
         moderator's audit row, in one transaction."""

@@ -180,15 +180,31 @@ class Poller(commands.Cog):
         """One tick: poll, announce what moved, start delivering what finished, refresh queue places and times.
 
         Deliveries run in the background: the tick never waits for a download or an upload."""
+        fleet = self.bot.resources.fleet  # some duties are done by one process of the fleet at a time
         async with self.lock:
-            for change in await self.jobs.poll_once():
+            for change in await self.jobs.poll_once(sweep=await fleet.holds("sweep")):
                 await self.announce(change.job)
-            for alert in self.jobs.take_alerts():
-                for guild in self.bot.guilds:
-                    await self.bot.post_log(guild.id, f"⚠️ {translated(self.bot.server_locale(guild.id), alert)}")
+            alerts = self.jobs.take_alerts()
+            if await fleet.holds("alerts"):
+                alerts += self.bot.fleet_alerts
+                self.bot.fleet_alerts = []
+                await self.post_alerts(list(dict.fromkeys(alerts)))  # the same trouble seen by several: once
+            else:
+                for alert in alerts:
+                    await fleet.tell("alert", alert)
         await self.deliver_finished()
-        await self.status.show_queue()
-        await self.status.show_late(await self.jobs.in_state(*AT_PROVIDER))
+        if await fleet.holds("status"):
+            await self.status.show_queue()
+            await self.status.show_late(await self.jobs.in_state(*AT_PROVIDER))
+
+    async def post_alerts(self, alerts: list[str]) -> None:
+        """Account trouble, to every server's log channel: those of other shards too (they are in the database)."""
+        if not alerts:
+            return
+        for guild_id, channel_id in (await self.bot.resources.credits.log_channels()).items():
+            locale = self.bot.server_locale(guild_id)
+            for alert in alerts:
+                await self.bot.post_to(guild_id, channel_id, f"⚠️ {translated(locale, alert)}")
 
     async def hint(self, task_id: str) -> None:
         """A callback said a task changed: ask about it soon, together with the others that arrive meanwhile

@@ -56,7 +56,7 @@ async def test_one_process_holds_a_duty_until_it_lets_go(two: tuple[PgFleet, PgF
     assert not await second.holds("alerts")
     assert await second.holds("sweep")  # each duty is its own lock
     await first.close()
-    assert await second.holds("alerts")
+    await wait_until(lambda: second.holds("alerts"))  # at its next look (answers stand a couple of seconds)
 
 
 async def test_a_duty_moves_when_its_process_is_killed(tmp_path: Path, postgres_dsn: str) -> None:
@@ -80,17 +80,19 @@ async def test_a_duty_moves_when_its_process_is_killed(tmp_path: Path, postgres_
 
 async def test_a_hint_reaches_every_other_process_and_not_its_sender(two: tuple[PgFleet, PgFleet]) -> None:
     first, second = two
-    heard: dict[str, list[str]] = {"first": [], "second": []}
+    heard: dict[str, list[tuple[str, str]]] = {"first": [], "second": []}
 
-    async def record(name: str, task_id: str) -> None:
-        heard[name].append(task_id)
+    async def record(name: str, kind: str, text: str) -> None:
+        heard[name].append((kind, text))
 
-    await first.listen(lambda task_id: record("first", task_id))
-    await second.listen(lambda task_id: record("second", task_id))
+    await first.listen(lambda kind, text: record("first", kind, text))
+    await second.listen(lambda kind, text: record("second", kind, text))
     await wait_until(lambda: first.listening.is_set() and second.listening.is_set())
-    await first.publish_hint("task-1")
-    await second.publish_hint("task-2")
-    await wait_until(lambda: heard == {"first": ["task-2"], "second": ["task-1"]})
+    await first.tell("hint", "task-1")
+    await second.tell("alert", "the account needs money (really)")
+    await wait_until(
+        lambda: heard == {"first": [("alert", "the account needs money (really)")], "second": [("hint", "task-1")]}
+    )
 
 
 @pytest.fixture
@@ -115,7 +117,7 @@ async def test_a_callback_to_another_process_speeds_a_job_this_one_polls(world: 
             job = await world.job_in("submitted", "processing")
             world.sim.hold = False
             world.sim.finish(job.provider_task_id)
-            await other.publish_hint(job.provider_task_id)
+            await other.tell("hint", job.provider_task_id)
             delivered = await world.job_in("delivered")
             assert delivered.id == job.id
             assert world.poller().hints_handled >= 1
@@ -133,8 +135,8 @@ async def test_a_callback_this_process_takes_is_told_to_the_fleet(world: Harness
     other = PgFleet(postgres_dsn, "process-b")
     told: list[str] = []
 
-    async def record(task_id: str) -> None:
-        told.append(task_id)
+    async def record(kind: str, text: str) -> None:
+        told.append(f"{kind} {text}")
 
     await other.listen(record)
     try:
@@ -142,6 +144,61 @@ async def test_a_callback_this_process_takes_is_told_to_the_fleet(world: Harness
         async with world.running():
             await world.discord.slash("video", {"prompt": "called back here"}, sub="text")
             job = await world.job_in("delivered")
-            await wait_until(lambda: job.provider_task_id in told)
+            await wait_until(lambda: f"hint {job.provider_task_id}" in told)
     finally:
         await other.close()
+
+
+def alerts_in(world: Harness, channel: str) -> list[str]:
+    return [m["content"] for m in world.discord.messages[channel] if m["content"].startswith("⚠️")]
+
+
+async def test_alerts_are_posted_by_the_process_holding_the_duty_to_every_servers_log_channel(
+    world: Harness, postgres_dsn: str
+) -> None:
+    world.settings_overrides["poll_interval_seconds"] = 0.05  # alerts are posted by the poll loop
+    fake = world.discord
+    far_log = fake.add_channel("far-log", 0)  # the log channel of a server another shard serves
+    other = PgFleet(postgres_dsn, "process-c")  # another process: it raised an alert, and does not post alerts
+    try:
+        async with world.running() as bot:
+            credits = bot.resources.credits
+            await credits.set_log_channel(int(fake.guild_id), 1, int(fake.log_channel))
+            await credits.set_log_channel(999, 1, int(far_log))
+            fleet = bot.resources.fleet
+            assert isinstance(fleet, PgFleet)
+            await wait_until(fleet.listening.is_set)
+            await wait_until(lambda: fleet.holds("alerts"))  # nobody else does: the bot posts them
+            await other.tell("alert", "the provider refused the account")
+            for channel in (fake.log_channel, far_log):
+                await wait_until(lambda c=channel: alerts_in(world, c) == ["⚠️ the provider refused the account"])
+            await world.more_ticks()
+            assert alerts_in(world, fake.log_channel) == ["⚠️ the provider refused the account"]  # once
+    finally:
+        await other.close()
+
+
+async def test_a_process_without_the_alerts_duty_tells_its_alert_to_the_one_holding_it(
+    world: Harness, postgres_dsn: str
+) -> None:
+    holder = PgFleet(postgres_dsn, "process-d")
+    assert await holder.holds("alerts")
+    told: list[tuple[str, str]] = []
+
+    async def record(kind: str, text: str) -> None:
+        told.append((kind, text))
+
+    await holder.listen(record)
+    world.settings_overrides["poll_interval_seconds"] = 0.05  # alerts are taken by the poll loop
+    fake = world.discord
+    try:
+        await wait_until(holder.listening.is_set)
+        async with world.running() as bot:
+            await bot.resources.credits.set_log_channel(int(fake.guild_id), 1, int(fake.log_channel))
+            world.sim.fail_next("credits", on="submit")
+            await fake.slash("video", {"prompt": "no money left"}, sub="text")
+            await wait_until(lambda: any(kind == "alert" for kind, _ in told))
+            await world.more_ticks()
+            assert alerts_in(world, fake.log_channel) == []  # the holder posts it, not this process
+    finally:
+        await holder.close()

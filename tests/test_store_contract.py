@@ -234,6 +234,8 @@ async def test_quota_settings_member_and_role_quotas_round_trip(store: AnyStore)
     await store.save_quota_settings(BIG, replace(custom, period="day"), audit(BIG))
     assert await store.quota_settings(BIG, DEFAULTS) == replace(custom, period="day")
     assert await store.quota_settings(GUILD, DEFAULTS) == DEFAULTS
+    await store.save_quota_settings(GUILD, replace(DEFAULTS, log_channel_id=None), audit())
+    assert await store.log_channels() == {BIG: BIG}  # only servers that set one
 
     assert await store.member_quota(GUILD, ALICE) == MemberQuota(None, None)
     await store.save_member_quota(GUILD, ALICE, MemberQuota(5_000, None), audit())
