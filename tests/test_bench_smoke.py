@@ -23,3 +23,14 @@ async def test_the_quick_benchmark_prints_every_section() -> None:
     sections = {line.split(" | ")[0].removeprefix("| ") for line in table[1:]}
     assert {"N=10", "N=1000", "plan", "delivery", "intake", "adaptive", "latency", "memory"} <= sections
     assert "| N=1000 | API requests per tick | 50 | floor 50, naive 1000 |" in table  # the floor, exactly
+
+
+async def test_the_clips_benchmark_joins_by_copy_and_by_reencoding() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.clips", "--segments", "2", "--seconds", "1", "--size", "320x240", cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()[-2000:]
+    text = out.decode()
+    assert "(remux)" in text and "(reencode)" in text and text.count("-> 2.00 s of video") == 2
