@@ -139,6 +139,7 @@ class Interaction:
     followups: list[dict[str, Any]] = field(default_factory=list)  # messages sent through the webhook
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     sent_at: float = field(default_factory=time.perf_counter)  # when the gateway event went out
+    sent_to: list[tuple[int, int]] = field(default_factory=list)  # the shard of each session it went to
     first_answer_at: float | None = None  # when the bot's first callback arrived
 
     @property
@@ -666,15 +667,19 @@ class FakeDiscord:
         """The (id, count) of every open session, one entry per session."""
         return [shard for socket, shard in self._shard.items() if socket in self._sockets and not socket.closed]
 
-    async def dispatch(self, event: str, data: Any) -> None:
+    async def dispatch(self, event: str, data: Any) -> list[tuple[int, int]]:
         """Send a gateway event to the sessions of its guild's shard (kept for replay if they are between
-        connections)."""
+        connections); returns the shard of each session it went to."""
         frame = self._frame(event, data)
         self._history.append(frame)
         guild_id = self._event_guild(event, data)
+        sent = []
         for socket in list(self._sockets):
-            if not socket.closed and self._covers(self._shard.get(socket, (0, 1)), guild_id):
+            shard = self._shard.get(socket, (0, 1))
+            if not socket.closed and self._covers(shard, guild_id):
                 await socket.send_str(json.dumps(frame))
+                sent.append(shard)
+        return sent
 
     async def wait_ready(self, timeout: float = 10, *, within: float | None = None) -> None:  # noqa: ASYNC109
         """Until a bot has IDENTIFYed and been sent READY and GUILD_CREATE."""
@@ -719,7 +724,7 @@ class FakeDiscord:
             payload["message"] = message
         interaction = Interaction(payload["id"], payload["token"], payload)
         self.interactions[interaction.id] = interaction
-        await self.dispatch("INTERACTION_CREATE", payload)
+        interaction.sent_to = await self.dispatch("INTERACTION_CREATE", payload)
         return interaction
 
     def _resolve(self, options: list[dict[str, Any]], resolved: dict[str, Any]) -> None:
