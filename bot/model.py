@@ -71,6 +71,20 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A process's claim on a job's background work: a write made under it is refused once the job was claimed
+    again (its attempt moved on), so a process that paused past its lease cannot overwrite newer work."""
+
+    owner: str
+    attempt: int
+
+
+def lease_of(job: Job) -> Lease | None:
+    """The claim a job row carries, if any."""
+    return Lease(job.lease_owner, job.lease_attempt) if job.lease_owner is not None else None
+
+
+@dataclass(frozen=True, slots=True)
 class QuotaSettings:
     """A server's quota rules; limits in milli-credits."""
 

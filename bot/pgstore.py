@@ -20,8 +20,10 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bot.model import (
+    HOLDING_A_SLOT,
     AuditEntry,
     Job,
+    Lease,
     MemberQuota,
     QuotaFacts,
     QuotaSettings,
@@ -30,6 +32,7 @@ from bot.model import (
     UsageRow,
 )
 from bot.store import (
+    CLAIM_ORDER,
     JOB_COLUMNS,
     MIGRATIONS,
     DecisionT,
@@ -197,6 +200,7 @@ _SCHEMA_VERSION = """
 _MIGRATE_LOCK = "kling-bot:migrate"
 _INSTANCE_LOCK = "kling-bot:instance"
 _RESERVE_LOCK = "kling-bot:reserve:"
+_DISPATCH_LOCK = "kling-bot:dispatch"  # counting the provider's slots and taking one: one process at a time
 
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 _BOOLEAN = frozenset({"cancel_requested"})
@@ -329,26 +333,166 @@ class PgStore:
         async with self.transaction() as db:
             await self.insert_job(db, job)
 
-    async def transition(self, job_id: str, from_status: str | Iterable[str], to_status: str, **changes: Any) -> bool:
-        """Move a job from one state to another, once: False when another path already moved it."""
-        return await self._guarded_update(job_id, from_status, {"status": to_status, **changes})
+    async def transition(
+        self,
+        job_id: str,
+        from_status: str | Iterable[str],
+        to_status: str,
+        *,
+        lease: Lease | None = None,
+        **changes: Any,
+    ) -> bool:
+        """Move a job from one state to another, once: False when another path already moved it, or (with `lease`)
+        when the job was claimed again since that lease was taken."""
+        return await self._guarded_update(job_id, from_status, {"status": to_status, **changes}, lease)
 
-    async def update_job(self, job_id: str, in_status: str | Iterable[str], **changes: Any) -> bool:
-        """Change fields of a job without moving it, if it is still in one of the given states."""
-        return await self._guarded_update(job_id, in_status, changes)
+    async def update_job(
+        self, job_id: str, in_status: str | Iterable[str], *, lease: Lease | None = None, **changes: Any
+    ) -> bool:
+        """Change fields of a job without moving it, if it is still in one of the given states (and under `lease`)."""
+        return await self._guarded_update(job_id, in_status, changes, lease)
 
-    async def _guarded_update(self, job_id: str, states: str | Iterable[str], changes: dict[str, Any]) -> bool:
+    async def _guarded_update(
+        self, job_id: str, states: str | Iterable[str], changes: dict[str, Any], lease: Lease | None
+    ) -> bool:
         allowed = list(checked_update(states, changes))
         # Column names come from the checked set above; values are parameters.
         assignments = ", ".join(f"{name} = %s" for name in changes)
         values = [_value(name, value) for name, value in changes.items()]
-        # A racing UPDATE waits for the row lock, then re-checks the status: only one of them moves the job.
+        fence = " AND lease_owner = %s AND lease_attempt = %s" if lease else ""
+        # A racing UPDATE waits for the row lock, then re-checks the status (and the lease): only one moves the job.
         async with self.transaction() as db:
             cursor = await db.execute(
-                f"UPDATE jobs SET {assignments} WHERE id = %s AND status = ANY(%s::text[])",
-                (*values, job_id, allowed),
+                f"UPDATE jobs SET {assignments} WHERE id = %s AND status = ANY(%s::text[]){fence}",
+                (*values, job_id, allowed, *((lease.owner, lease.attempt) if lease else ())),
             )
             return cursor.rowcount == 1
+
+    # --- claims: several processes share the background work --------------------------------------------------
+
+    async def claim_jobs(
+        self,
+        statuses: Sequence[str],
+        *,
+        owner: str,
+        now: float,
+        until: float,
+        limit: int,
+        origin: str = "discord",
+        ids: Sequence[str] | None = None,
+        created_before: float | None = None,
+        abandoned: bool | None = None,
+    ) -> list[Job]:
+        """Claim up to `limit` jobs in these states that nobody holds (no lease, or an expired one) until `until`,
+        each claim bumping the job's lease attempt; the jobs as claimed, oldest first.
+
+        SKIP LOCKED: processes claiming at once pass over each other's rows instead of waiting for them, so their
+        claims are disjoint. `ids`, `created_before` and `abandoned` as in `Store.claim_jobs`."""
+        sql = "status = ANY(%s::text[]) AND origin = %s AND (lease_until IS NULL OR lease_until <= %s)"
+        params: list[Any] = [list(statuses), origin, now]
+        if ids is not None:
+            sql += " AND id = ANY(%s::text[])"
+            params.append(list(ids))
+        if created_before is not None:
+            sql += " AND created_at < %s"
+            params.append(created_before)
+        if abandoned is not None:
+            sql += " AND lease_owner IS NOT NULL" if abandoned else " AND lease_owner IS NULL"
+        rows = await self._write_rows(
+            "UPDATE jobs SET lease_owner = %s, lease_until = %s, lease_attempt = lease_attempt + 1"
+            f" WHERE id IN (SELECT id FROM jobs WHERE {sql} ORDER BY {CLAIM_ORDER} FOR UPDATE SKIP LOCKED LIMIT %s)"
+            f" RETURNING {', '.join(JOB_COLUMNS)}",
+            (owner, until, *params, limit),
+        )
+        return sorted((Job(*row) for row in rows), key=lambda job: (job.created_at, job.id))
+
+    async def claim_queued(
+        self,
+        *,
+        capacity: int,
+        owner: str,
+        now: float,
+        until: float,
+        origin: str = "discord",
+        order: Callable[[list[Job]], list[Job]],
+    ) -> list[Job]:
+        """Take queued jobs for as many provider slots as are free (`capacity` minus the jobs holding one, in the
+        whole fleet), in `order`, moving each to `reserved` under a lease. A transaction-level advisory lock makes
+        the count and the move one step across processes, so two cannot both take the last slot."""
+        async with self.transaction() as db:
+            await db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_DISPATCH_LOCK,))
+            free = capacity - await self._holding(db)
+            if free <= 0:
+                return []
+            cursor = await db.execute(
+                f"{_SELECT_JOB} WHERE status = 'queued' AND origin = %s"
+                " AND (lease_until IS NULL OR lease_until <= %s) ORDER BY created_at, id",
+                (origin, now),
+            )
+            chosen = [job.id for job in order([Job(*row) for row in await cursor.fetchall()])[:free]]
+            if not chosen:
+                return []
+            cursor = await db.execute(
+                "UPDATE jobs SET status = 'reserved', lease_owner = %s, lease_until = %s,"
+                " lease_attempt = lease_attempt + 1, updated_at = %s"
+                " WHERE status = 'queued' AND id = ANY(%s::text[])"
+                f" RETURNING {', '.join(JOB_COLUMNS)}",
+                (owner, until, now, chosen),
+            )
+            taken = {row[0]: Job(*row) for row in await cursor.fetchall()}
+        return [taken[job_id] for job_id in chosen if job_id in taken]
+
+    async def take_slot(self, job_id: str, lease: Lease, *, capacity: int, until: float) -> bool:
+        """A reserved job (held under `lease`) keeps a provider slot to be sent now: only when nobody is queued and
+        fewer than `capacity` other jobs of the fleet hold one; under the same lock as `claim_queued`."""
+        async with self.transaction() as db:
+            await db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_DISPATCH_LOCK,))
+            if await self._scalar_in(db, "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued')"):
+                return False
+            if await self._holding(db, besides=job_id) >= capacity:
+                return False
+            cursor = await db.execute(
+                "UPDATE jobs SET lease_until = %s WHERE id = %s AND status = 'reserved'"
+                " AND lease_owner = %s AND lease_attempt = %s",
+                (until, job_id, lease.owner, lease.attempt),
+            )
+            return cursor.rowcount == 1
+
+    async def _holding(self, db: Connection, *, besides: str = "") -> int:
+        return int(
+            await self._scalar_in(
+                db,
+                "SELECT COUNT(*) FROM jobs WHERE status = ANY(%s::text[]) AND id != %s",
+                (list(HOLDING_A_SLOT), besides),
+            )
+            or 0
+        )
+
+    async def renew_lease(self, job_id: str, lease: Lease, until: float) -> bool:
+        """Extend a lease still held (long work: a delivery's upload); False when the job was claimed again."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET lease_until = %s WHERE id = %s AND lease_owner = %s AND lease_attempt = %s",
+                (until, job_id, lease.owner, lease.attempt),
+            )
+            return cursor.rowcount == 1
+
+    async def release_leases(self, held: Sequence[tuple[str, Lease]], now: float) -> None:
+        """Give back finished claims (job id, lease); one claimed again since is left alone."""
+        if not held:
+            return
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = %s"
+                " FROM unnest(%s::text[], %s::text[], %s::int[]) AS held (id, owner, attempt)"
+                " WHERE jobs.id = held.id AND jobs.lease_owner = held.owner AND jobs.lease_attempt = held.attempt",
+                (now, [j for j, _ in held], [lease.owner for _, lease in held], [lease.attempt for _, lease in held]),
+            )
+
+    async def _write_rows(self, sql: str, params: Sequence[Any]) -> list[TupleRow]:
+        async with self.transaction() as db:
+            cursor = await db.execute(sql, params)
+            return await cursor.fetchall()
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with this id, or None."""

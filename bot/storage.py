@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.model import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, StoredImage, Usage, UsageRow
+from bot.model import AuditEntry, Job, Lease, MemberQuota, QuotaFacts, QuotaSettings, StoredImage, Usage, UsageRow
 from bot.store import DecisionT, Store, StoreUnavailable
 
 
@@ -23,10 +23,50 @@ class Storage(Protocol):
     async def add_job(self, job: Job) -> None: ...
 
     async def transition(
-        self, job_id: str, from_status: str | Iterable[str], to_status: str, **changes: Any
+        self,
+        job_id: str,
+        from_status: str | Iterable[str],
+        to_status: str,
+        *,
+        lease: Lease | None = None,
+        **changes: Any,
     ) -> bool: ...
 
-    async def update_job(self, job_id: str, in_status: str | Iterable[str], **changes: Any) -> bool: ...
+    async def update_job(
+        self, job_id: str, in_status: str | Iterable[str], *, lease: Lease | None = None, **changes: Any
+    ) -> bool: ...
+
+    # Claims: each process takes the background work it does (see README, "SQLite or PostgreSQL").
+    async def claim_jobs(
+        self,
+        statuses: Sequence[str],
+        *,
+        owner: str,
+        now: float,
+        until: float,
+        limit: int,
+        origin: str = "discord",
+        ids: Sequence[str] | None = None,
+        created_before: float | None = None,
+        abandoned: bool | None = None,
+    ) -> list[Job]: ...
+
+    async def claim_queued(
+        self,
+        *,
+        capacity: int,
+        owner: str,
+        now: float,
+        until: float,
+        origin: str = "discord",
+        order: Callable[[list[Job]], list[Job]],
+    ) -> list[Job]: ...
+
+    async def take_slot(self, job_id: str, lease: Lease, *, capacity: int, until: float) -> bool: ...
+
+    async def renew_lease(self, job_id: str, lease: Lease, until: float) -> bool: ...
+
+    async def release_leases(self, held: Sequence[tuple[str, Lease]], now: float) -> None: ...
 
     async def get_job(self, job_id: str) -> Job | None: ...
 

@@ -17,11 +17,13 @@ from typing import Any, Protocol, TypeVar
 import aiosqlite
 
 from bot.model import (
+    HOLDING_A_SLOT,
     IN_PROGRESS,
     MUTABLE_JOB_FIELDS,
     OPEN,
     AuditEntry,
     Job,
+    Lease,
     MemberQuota,
     QuotaFacts,
     QuotaSettings,
@@ -279,6 +281,9 @@ _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 # State lists written into the SQL as literals (our own constants), so the partial indexes on them can serve.
 _IN_PROGRESS = ", ".join(f"'{state}'" for state in IN_PROGRESS)
 _OPEN = ", ".join(f"'{state}'" for state in OPEN)  # the WHERE of the partial index jobs_member_unsettled
+_HOLDING_A_SLOT = ", ".join(f"'{state}'" for state in HOLDING_A_SLOT)
+# Claims go to the jobs worked on least recently (a released claim keeps its time), then the oldest.
+CLAIM_ORDER = "COALESCE(lease_until, 0), created_at, id"
 
 
 def checked_update(states: str | Iterable[str], changes: dict[str, Any]) -> tuple[str, ...]:
@@ -298,6 +303,30 @@ class _Decision(Protocol):
 
 
 DecisionT = TypeVar("DecisionT", bound=_Decision)
+
+
+def _claimable(
+    mark: str,
+    statuses: Sequence[str],
+    origin: str,
+    now: float,
+    ids: Sequence[str] | None,
+    created_before: float | None,
+    abandoned: bool | None,
+) -> tuple[str, list[Any]]:
+    """The WHERE of a claim (with `mark` as each parameter's placeholder): the states, the origin, no live lease."""
+    sql = f"status IN ({', '.join(mark for _ in statuses)}) AND origin = {mark}"
+    sql += f" AND (lease_until IS NULL OR lease_until <= {mark})"
+    params: list[Any] = [*statuses, origin, now]
+    if ids is not None:
+        sql += f" AND id IN ({', '.join(mark for _ in ids) or 'NULL'})"
+        params.extend(ids)
+    if created_before is not None:
+        sql += f" AND created_at < {mark}"
+        params.append(created_before)
+    if abandoned is not None:
+        sql += " AND lease_owner IS NOT NULL" if abandoned else " AND lease_owner IS NULL"
+    return sql, params
 
 
 class StoreUnavailable(Exception):
@@ -353,6 +382,12 @@ class Store:
             await db.execute("PRAGMA synchronous=NORMAL")
             store = cls(db, instance_lock)
             await store._migrate()
+            if instance_lock is not None:
+                # The bot holds the file alone: claims left by an earlier process are void (it is gone), yet still
+                # show that it stopped in the middle of their work (a post may have reached Discord).
+                await db.execute(
+                    f"UPDATE jobs SET lease_until = 0 WHERE status IN ({_OPEN}) AND lease_owner IS NOT NULL"
+                )
             await db.execute("BEGIN IMMEDIATE")  # a read-only file or folder fails here, at start, not at a job
             await db.execute("ROLLBACK")
         except sqlite3.Error as exc:
@@ -413,24 +448,146 @@ class Store:
         async with self.transaction() as db:
             await self.insert_job(db, job)
 
-    async def transition(self, job_id: str, from_status: str | Iterable[str], to_status: str, **changes: Any) -> bool:
-        """Move a job from one state to another, once: False when another path already moved it."""
-        return await self._guarded_update(job_id, from_status, {"status": to_status, **changes})
+    async def transition(
+        self,
+        job_id: str,
+        from_status: str | Iterable[str],
+        to_status: str,
+        *,
+        lease: Lease | None = None,
+        **changes: Any,
+    ) -> bool:
+        """Move a job from one state to another, once: False when another path already moved it, or (with `lease`)
+        when the job was claimed again since that lease was taken."""
+        return await self._guarded_update(job_id, from_status, {"status": to_status, **changes}, lease)
 
-    async def update_job(self, job_id: str, in_status: str | Iterable[str], **changes: Any) -> bool:
-        """Change fields of a job without moving it, if it is still in one of the given states."""
-        return await self._guarded_update(job_id, in_status, changes)
+    async def update_job(
+        self, job_id: str, in_status: str | Iterable[str], *, lease: Lease | None = None, **changes: Any
+    ) -> bool:
+        """Change fields of a job without moving it, if it is still in one of the given states (and under `lease`)."""
+        return await self._guarded_update(job_id, in_status, changes, lease)
 
-    async def _guarded_update(self, job_id: str, states: str | Iterable[str], changes: dict[str, Any]) -> bool:
+    async def _guarded_update(
+        self, job_id: str, states: str | Iterable[str], changes: dict[str, Any], lease: Lease | None
+    ) -> bool:
         allowed = checked_update(states, changes)
         assignments = ", ".join(f"{name} = ?" for name in changes)
         marks = ", ".join("?" for _ in allowed)
+        fence = " AND lease_owner = ? AND lease_attempt = ?" if lease else ""
         async with self.transaction() as db:
             cursor = await db.execute(
-                f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({marks})",
-                (*changes.values(), job_id, *allowed),
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({marks}){fence}",
+                (*changes.values(), job_id, *allowed, *((lease.owner, lease.attempt) if lease else ())),
             )
             return cursor.rowcount == 1
+
+    # --- claims: the background work of one process (SQLite serves one; the same calls as PostgreSQL's) ---------
+
+    async def claim_jobs(
+        self,
+        statuses: Sequence[str],
+        *,
+        owner: str,
+        now: float,
+        until: float,
+        limit: int,
+        origin: str = "discord",
+        ids: Sequence[str] | None = None,
+        created_before: float | None = None,
+        abandoned: bool | None = None,
+    ) -> list[Job]:
+        """Claim up to `limit` jobs in these states that nobody holds (no lease, or an expired one) until `until`,
+        each claim bumping the job's lease attempt; the jobs as claimed, oldest first.
+
+        `ids` and `created_before` narrow the jobs; `abandoned` True takes only jobs whose holder let its lease
+        expire without releasing it (it stopped in the middle of the work), False only the others."""
+        sql, params = _claimable("?", statuses, origin, now, ids, created_before, abandoned)
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                f"UPDATE jobs SET lease_owner = ?, lease_until = ?, lease_attempt = lease_attempt + 1"
+                f" WHERE id IN (SELECT id FROM jobs WHERE {sql} ORDER BY {CLAIM_ORDER} LIMIT ?)"
+                f" RETURNING {', '.join(JOB_COLUMNS)}",
+                (owner, until, *params, limit),
+            )
+            claimed = [Job(*row) for row in await cursor.fetchall()]
+        return sorted(claimed, key=lambda job: (job.created_at, job.id))
+
+    async def claim_queued(
+        self,
+        *,
+        capacity: int,
+        owner: str,
+        now: float,
+        until: float,
+        origin: str = "discord",
+        order: Callable[[list[Job]], list[Job]],
+    ) -> list[Job]:
+        """Take queued jobs for as many provider slots as are free (`capacity` minus the jobs holding one), in
+        `order`, moving each to `reserved` under a lease; the count and the move are one transaction."""
+        async with self.transaction() as db:
+            free = capacity - await self._holding(db)
+            if free <= 0:
+                return []
+            queued = await self._jobs(
+                f"{_SELECT_JOB} WHERE status = 'queued' AND origin = ? AND (lease_until IS NULL OR lease_until <= ?)"
+                " ORDER BY created_at, id",
+                (origin, now),
+            )
+            chosen = [job.id for job in order(queued)[:free]]
+            if not chosen:
+                return []
+            cursor = await db.execute(
+                "UPDATE jobs SET status = 'reserved', lease_owner = ?, lease_until = ?,"
+                " lease_attempt = lease_attempt + 1, updated_at = ?"
+                f" WHERE status = 'queued' AND id IN ({', '.join('?' for _ in chosen)})"
+                f" RETURNING {', '.join(JOB_COLUMNS)}",
+                (owner, until, now, *chosen),
+            )
+            taken = {row[0]: Job(*row) for row in await cursor.fetchall()}
+        return [taken[job_id] for job_id in chosen if job_id in taken]
+
+    async def take_slot(self, job_id: str, lease: Lease, *, capacity: int, until: float) -> bool:
+        """A reserved job (held under `lease`) keeps a provider slot to be sent now: only when nobody is queued and
+        fewer than `capacity` other jobs hold one; the count and the decision are one transaction."""
+        async with self.transaction() as db:
+            if await self._scalar("SELECT COUNT(*) FROM jobs WHERE status = 'queued'"):
+                return False
+            if await self._holding(db, besides=job_id) >= capacity:
+                return False
+            cursor = await db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND status = 'reserved'"
+                " AND lease_owner = ? AND lease_attempt = ?",
+                (until, job_id, lease.owner, lease.attempt),
+            )
+            return cursor.rowcount == 1
+
+    async def _holding(self, db: aiosqlite.Connection, *, besides: str = "") -> int:
+        async with db.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE status IN ({_HOLDING_A_SLOT}) AND id != ?", (besides,)
+        ) as cursor:
+            (count,) = await cursor.fetchone() or (0,)
+        return int(count)
+
+    async def renew_lease(self, job_id: str, lease: Lease, until: float) -> bool:
+        """Extend a lease still held (long work: a delivery's upload); False when the job was claimed again."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND lease_attempt = ?",
+                (until, job_id, lease.owner, lease.attempt),
+            )
+            return cursor.rowcount == 1
+
+    async def release_leases(self, held: Sequence[tuple[str, Lease]], now: float) -> None:
+        """Give back finished claims (job id, lease); one claimed again since is left alone. The release time
+        stays, so the next claims go to the jobs worked on least recently."""
+        if not held:
+            return
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = ? WHERE id = ? AND lease_owner = ?"
+                " AND lease_attempt = ?",
+                [(now, job_id, lease.owner, lease.attempt) for job_id, lease in held],
+            )
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with this id, or None."""
