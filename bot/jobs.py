@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from bot import quota
 from bot.crashpoints import crash_point
@@ -26,7 +28,7 @@ from bot.kling import (
     KlingTask,
     KlingUnavailable,
 )
-from bot.model import AT_PROVIDER, FINAL, HOLDING_A_SLOT, OPEN, WAITING, Job
+from bot.model import AT_PROVIDER, FINAL, OPEN, WAITING, Job, Lease, lease_of
 from bot.scheduling import AccountPause, Shape, due_for_poll, fair_order, poll_delay, shape_of
 from bot.storage import Storage
 
@@ -45,6 +47,15 @@ SUBMIT_LOOKUP_SECONDS = 150.0
 # A job still rendering past JOB_TIMEOUT_MINUTES is late, not failed: the provider bills it either way, so it is
 # asked about less and less often (see bot/scheduling.py) for this long before it is given up.
 LATE_LIMIT_SECONDS = 24 * 3600.0
+# Background work is claimed (see README, "SQLite or PostgreSQL"): a claim lasts this long unless renewed, so the jobs
+# of a process that stopped go to another one after at most this long.
+LEASE_SECONDS = 60.0
+POLL_BATCH = 10_000  # jobs claimed at once by one piece of background work (a query then asks about 20 at a time)
+
+
+def process_owner() -> str:
+    """This process's name on its claims: unique across hosts, processes and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class InvalidRequest(ValueError):
@@ -131,8 +142,12 @@ class JobService:
         lookup_window: float = SUBMIT_LOOKUP_SECONDS,
         late_limit: float = LATE_LIMIT_SECONDS,
         clock: Callable[[], float] = time.time,
+        owner: str | None = None,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.store = store
+        self.owner = owner or process_owner()  # who this service's claims belong to
+        self.lease_seconds = lease_seconds
         self.origin = origin  # the bot runs 'discord' jobs; the command line its own 'cli' ones
         self.lookup_window = lookup_window
         self.late_limit = late_limit
@@ -249,6 +264,10 @@ class JobService:
             updated_at=now,
             origin=self.origin,
             frame_url=request.frame_url,
+            # Held by this process while its command posts the card and sends it: no one else sends it meanwhile.
+            lease_owner=self.owner,
+            lease_until=now + RESERVED_GRACE_SECONDS,
+            lease_attempt=1,
         )
         if self.credits is not None and job.guild_id is not None and job.user_id is not None:
             await self.credits.reserve(job, request.role_ids)
@@ -260,18 +279,63 @@ class JobService:
 
     async def start(self, job: Job, request: JobRequest | None = None) -> Job:
         """Send a reserved job, or queue it when the provider or our own limit has no room (the bot only)."""
-        if self.origin == "discord":
-            if self.unavailable_reason() is not None:
-                return await self._queue(job, "the video service is down; the member chose to wait")
-            if await self.store.count_in(("queued",)):
-                return await self._queue(job, "others are waiting: the dispatcher sends jobs fairly")
-            if await self.store.count_in(HOLDING_A_SLOT) > self.provider_concurrency:
-                return await self._queue(job, "the video service is at the bot's limit of jobs at once")
-        if request is None or request.image is None:
-            return await self._submit(job)
-        # Only a few full-size frames are encoded and sent at once, so a burst of big images stays within memory.
-        async with send_slots():
-            return await self._submit(job, first_frame=await base64_text(request.image.data))
+        try:
+            if self.origin == "discord":
+                if self.unavailable_reason() is not None:
+                    return await self._queue(job, "the video service is down; the member chose to wait")
+                if not await self._take_slot(job):
+                    return await self._queue(job, "others are waiting, or the video service is at the bot's limit")
+            if request is None or request.image is None:
+                return await self._submit(job)
+            # Only a few full-size frames are encoded and sent at once, so a burst of big images stays within memory.
+            async with send_slots():
+                return await self._submit(job, first_frame=await base64_text(request.image.data))
+        finally:
+            await self.release_claims([job])
+
+    async def _take_slot(self, job: Job) -> bool:
+        """Whether the job may be sent now: nobody waits and the fleet holds fewer than PROVIDER_CONCURRENCY."""
+        lease = self.lease_of(job)
+        if lease is None:  # not reserved by this process: the dispatcher sends it in turn
+            return False
+        until = self.clock() + RESERVED_GRACE_SECONDS
+        return await self.store.take_slot(job.id, lease, capacity=self.provider_concurrency, until=until)
+
+    # --- claims ---------------------------------------------------------------------------------------------
+
+    def lease_of(self, job: Job) -> Lease | None:
+        """The claim this process holds on a job row, if it is this process's (writes under it are fenced)."""
+        return lease_of(job) if job.lease_owner == self.owner else None
+
+    async def _claim(
+        self, statuses: Sequence[str], *, limit: int = POLL_BATCH, seconds: float | None = None, **narrow: Any
+    ) -> list[Job]:
+        now = self.clock()
+        until = now + (seconds if seconds is not None else self.lease_seconds)
+        return await self.store.claim_jobs(
+            statuses, owner=self.owner, now=now, until=until, limit=limit, origin=self.origin, **narrow
+        )
+
+    async def claim_deliveries(self, limit: int) -> list[tuple[Job, bool]]:
+        """Up to `limit` finished jobs for this process to post, each with whether a post may already exist: an
+        earlier deliverer stopped while holding it, or an earlier try failed (perhaps after Discord took the post)."""
+        if limit <= 0:
+            return []
+        taken = await self._claim(("succeeded",), limit=limit, abandoned=True)
+        abandoned = {job.id for job in taken}
+        if len(taken) < limit:
+            taken += await self._claim(("succeeded",), limit=limit - len(taken), abandoned=False)
+        return [(job, job.id in abandoned or job.delivery_attempts > 0) for job in taken]
+
+    async def renew(self, job: Job) -> bool:
+        """Extend this process's claim on a job during long work; False when it was lost (claimed again)."""
+        lease = self.lease_of(job)
+        return lease is not None and await self.store.renew_lease(job.id, lease, self.clock() + self.lease_seconds)
+
+    async def release_claims(self, jobs: Iterable[Job]) -> None:
+        """Give back this process's claims on these jobs (their work is done, or left for the next tick)."""
+        held = [(job.id, lease) for job in jobs if (lease := self.lease_of(job)) is not None]
+        await self.store.release_leases(held, self.clock())
 
     async def release(self, job: Job, reason: str) -> Job | None:
         """Give up a reserved job that was never sent (its card could not be posted): its credits are freed."""
@@ -285,8 +349,8 @@ class JobService:
 
     async def _queue(self, job: Job, why: str) -> Job:
         """Park a reserved job (its credits stay reserved) until the dispatcher finds a free slot."""
-        await self.store.transition(job.id, "reserved", "queued", updated_at=self.clock())
-        log.info("job %s queued: %s", job.id, why)
+        if await self.store.transition(job.id, "reserved", "queued", lease=self.lease_of(job), updated_at=self.clock()):
+            log.info("job %s queued: %s", job.id, why)
         current = await self.store.get_job(job.id)
         assert current is not None
         return current
@@ -295,7 +359,11 @@ class JobService:
         """Send a reserved job. A refusal fails it; a lost answer leaves it reserved and looked up by its id."""
         attempts = job.attempts + 1
         now = self.clock()
-        await self.store.update_job(job.id, "reserved", attempts=attempts, updated_at=now)
+        lease = self.lease_of(job)
+        # Fenced: a job moved or claimed by another process since (this one paused past its lease) is not sent.
+        if not await self.store.update_job(job.id, "reserved", lease=lease, attempts=attempts, updated_at=now):
+            log.warning("job %s is no longer this process's to send; not sending it", job.id)
+            return await self.store.get_job(job.id) or job
         job = replace(job, attempts=attempts, updated_at=now)
         try:
             task = await self._send(job, first_frame)
@@ -304,7 +372,7 @@ class JobService:
         except KlingUnavailable as exc:
             # The task may exist, or appear later: settle it by its external id before anything is sent again.
             log.warning("job %s: submit attempt %d got no usable answer: %s", job.id, attempts, exc)
-            await self.store.update_job(job.id, "reserved", uncertain_since=now, lookups=1, updated_at=now)
+            await self.store.update_job(job.id, "reserved", lease=lease, uncertain_since=now, lookups=1, updated_at=now)
             return replace(job, uncertain_since=now, lookups=1)
         except KlingRateLimited as exc:
             return await self._cannot_send(job, exc, f"the provider is busy ({exc})")
@@ -364,10 +432,14 @@ class JobService:
             job.id,
             previous,
             "submitted",
+            lease=self.lease_of(job),
             provider_task_id=task.id,
             provider_status=task.status,
             submitted_at=now,
             updated_at=now,
+            # Sent: the claim ends with the move, so a callback's hint or a poll (of any process) takes it at once.
+            lease_owner=None,
+            lease_until=now,
         )
         if not moved:
             log.info("job %s was settled elsewhere while submitting", job.id)
@@ -381,7 +453,9 @@ class JobService:
     async def _fail(self, job: Job, reason: str, previous: str | tuple[str, ...]) -> Job | None:
         """Fail a job (its reservation is released with it); None when another path already moved it."""
         now = self.clock()
-        if not await self.store.transition(job.id, previous, "failed", error=reason, finished_at=now, updated_at=now):
+        if not await self.store.transition(
+            job.id, previous, "failed", lease=self.lease_of(job), error=reason, finished_at=now, updated_at=now
+        ):
             return None
         return await self.store.get_job(job.id)
 
@@ -403,18 +477,30 @@ class JobService:
             return []
         if self.kling.breaker.refusing:
             return []
-        free = self.provider_concurrency - await self.store.count_in(HOLDING_A_SLOT)
+        # The free slots are counted in the whole fleet and taken in the same transaction (see Storage.claim_queued).
+        now = self.clock()
+        taken = await self.store.claim_queued(
+            capacity=self.provider_concurrency,
+            owner=self.owner,
+            now=now,
+            until=now + RESERVED_GRACE_SECONDS,
+            origin=self.origin,
+            order=fair_order,
+        )
         changes: list[JobChange] = []
-        for job in (await self.queue_order())[: max(0, free)]:
-            if not await self.store.transition(job.id, "queued", "reserved", updated_at=self.clock()):
-                continue
-            try:
-                sent = await self._submit(replace(job, status="reserved"))
-            except SubmitRefused as refused:
-                sent = refused.job
-            if sent.status == "queued":
-                break  # the provider is full or paused: the rest wait too
-            changes.append(JobChange(sent, "queued"))
+        try:
+            for index, job in enumerate(taken):
+                try:
+                    sent = await self._submit(job)
+                except SubmitRefused as refused:
+                    sent = refused.job
+                if sent.status == "queued":  # the provider is full or paused: the rest wait too
+                    for waiting in taken[index + 1 :]:
+                        await self._queue(waiting, "the video service is full or paused")
+                    break
+                changes.append(JobChange(sent, "queued"))
+        finally:
+            await self.release_claims(taken)
         return changes
 
     async def cancel(self, job_id: str, *, guild_id: int | None, user_id: int, moderator: bool = False) -> Job:
@@ -447,49 +533,58 @@ class JobService:
     async def poll_once(self) -> list[JobChange]:
         """Settle reserved jobs, query every job at the provider that is due (batched), time out, send queued ones."""
         changes = await self._settle_reserved(everything=False)
-        in_flight = await self._due(await self.store.jobs_in(AT_PROVIDER, origin=self.origin))
-        if in_flight:
-            now = self.clock()
-            self.last_asked.update((job.id, now) for job in in_flight)
-            by_task = {job.provider_task_id: job for job in in_flight if job.provider_task_id}
-            try:
-                tasks = await self.kling.query(list(by_task))
-            except KlingError as exc:
-                log.warning("poll: query of %d jobs failed: %s", len(by_task), exc)
-                tasks = []
-            for task in tasks:
-                job = by_task.pop(task.id, None)
-                if job is None:
-                    log.warning("poll: the provider answered for a task we did not ask about: %s", task.id)
-                    continue
-                change = await self._apply(job, task)
-                if change is not None:
-                    changes.append(JobChange(change, job.status))
+        claimed = await self._claim(AT_PROVIDER)  # the jobs at the provider no other process is asking about
+        try:
+            moved = await self._ask(await self._due(claimed))
+            changes.extend(moved)
+            changes.extend(
+                await self._give_up_late([job for job in claimed if job.id not in {c.job.id for c in moved}])
+            )
+        finally:
+            await self.release_claims(claimed)
         changes.extend(await self._time_out())
         changes.extend(await self.dispatch_once())  # last, so the slots freed just now are used at once
+        return changes
+
+    async def _ask(self, jobs: list[Job]) -> list[JobChange]:
+        """Ask the provider about these claimed jobs (in batched queries) and move each where its task is."""
+        by_task = {job.provider_task_id: job for job in jobs if job.provider_task_id}
+        if not by_task:
+            return []
+        now = self.clock()
+        self.last_asked.update((job.id, now) for job in jobs)
+        try:
+            tasks = await self.kling.query(list(by_task))
+        except KlingError as exc:
+            log.warning("poll: query of %d jobs failed: %s", len(by_task), exc)
+            return []
+        changes = []
+        for task in tasks:
+            job = by_task.pop(task.id, None)
+            if job is None:
+                log.warning("poll: the provider answered for a task we did not ask about: %s", task.id)
+                continue
+            change = await self._apply(job, task)
+            if change is not None:
+                changes.append(JobChange(change, job.status))
         return changes
 
     async def refresh(self, task_ids: Sequence[str]) -> list[JobChange]:
         """Ask the provider now about tasks callbacks named (in one batched query); its answers, not the
         callbacks, move the jobs."""
-        jobs = {}
+        wanted = []
         for task_id in dict.fromkeys(task_ids):
             job = await self.store.job_by_task(task_id)
             if job is not None and job.status in AT_PROVIDER and job.origin == self.origin:
-                jobs[task_id] = job
-        if not jobs:
+                wanted.append(job.id)
+        if not wanted:
             return []
+        # A job another process holds is skipped: that process is asking about it already.
+        claimed = await self._claim(AT_PROVIDER, limit=len(wanted), ids=wanted)
         try:
-            tasks = await self.kling.query(list(jobs))
-        except KlingError as exc:
-            log.warning("hinted tasks %s: query failed: %s", ", ".join(jobs), exc)
-            return []
-        changes = []
-        for task in tasks:
-            job = jobs.get(task.id)
-            if job is not None and (moved := await self._apply(job, task)) is not None:
-                changes.append(JobChange(moved, job.status))
-        return changes
+            return await self._ask(claimed)
+        finally:
+            await self.release_claims(claimed)
 
     def is_late(self, job: Job) -> bool:
         """At the provider for longer than JOB_TIMEOUT_MINUTES: still expected, asked about less often."""
@@ -530,19 +625,29 @@ class JobService:
         look-ups by external id have not found them, at least twice over `lookup_window`."""
         changes = []
         now = self.clock()
-        for job in await self.store.jobs_in(("reserved",), origin=self.origin):
-            if job.uncertain_since is None:
-                if not everything and now - job.updated_at < RESERVED_GRACE_SECONDS:
-                    continue  # a command or a dispatch is sending it right now
-                if job.attempts:
-                    # Sent before a crash, its answer unknown: a lost submit from the time of that attempt.
-                    job = replace(job, uncertain_since=job.updated_at, lookups=0)
-                    await self.store.update_job(
-                        job.id, "reserved", uncertain_since=job.uncertain_since, lookups=0, updated_at=now
-                    )
-            settled = await self._settle_one(job, now)
-            if settled is not None and settled.status != "reserved":
-                changes.append(JobChange(settled, "reserved"))
+        # Claimed: a job a command or a dispatch (of any process) is sending holds its lease and is not taken.
+        claimed = await self._claim(("reserved",), seconds=RESERVED_GRACE_SECONDS)
+        try:
+            for job in claimed:
+                if job.uncertain_since is None:
+                    if not everything and now - job.updated_at < RESERVED_GRACE_SECONDS:
+                        continue  # a command or a dispatch is sending it right now
+                    if job.attempts:
+                        # Sent before a crash, its answer unknown: a lost submit from the time of that attempt.
+                        job = replace(job, uncertain_since=job.updated_at, lookups=0)
+                        await self.store.update_job(
+                            job.id,
+                            "reserved",
+                            lease=self.lease_of(job),
+                            uncertain_since=job.uncertain_since,
+                            lookups=0,
+                            updated_at=now,
+                        )
+                settled = await self._settle_one(job, now)
+                if settled is not None and settled.status != "reserved":
+                    changes.append(JobChange(settled, "reserved"))
+        finally:
+            await self.release_claims(claimed)
         return changes
 
     async def _settle_one(self, job: Job, now: float) -> Job | None:
@@ -557,7 +662,9 @@ class JobService:
             log.info("job %s found at the provider as %s; not sending it again", job.id, task.id)
             return await self._adopt(job, task, "reserved")
         lookups = job.lookups + 1
-        await self.store.update_job(job.id, "reserved", lookups=lookups, updated_at=now)
+        lease = self.lease_of(job)
+        if not await self.store.update_job(job.id, "reserved", lease=lease, lookups=lookups, updated_at=now):
+            return None  # settled or claimed elsewhere meanwhile
         if lookups < 2 or now - job.uncertain_since < self.lookup_window:
             return None
         minutes = (now - job.uncertain_since) / 60
@@ -571,7 +678,7 @@ class JobService:
             )
             return await self._end_unsent(job, "failed", reason)
         log.info("job %s: absent after %d look-ups over %.1f minutes; sending it again", job.id, lookups, minutes)
-        await self.store.update_job(job.id, "reserved", uncertain_since=None, lookups=0, updated_at=now)
+        await self.store.update_job(job.id, "reserved", lease=lease, uncertain_since=None, lookups=0, updated_at=now)
         return await self._submit_quietly(replace(job, uncertain_since=None, lookups=0))
 
     async def _submit_quietly(self, job: Job) -> Job:
@@ -582,16 +689,19 @@ class JobService:
 
     async def _end_unsent(self, job: Job, status: str, reason: str) -> Job | None:
         now = self.clock()
-        if not await self.store.transition(job.id, "reserved", status, error=reason, finished_at=now, updated_at=now):
+        if not await self.store.transition(
+            job.id, "reserved", status, lease=self.lease_of(job), error=reason, finished_at=now, updated_at=now
+        ):
             return None
         return await self.store.get_job(job.id)
 
     async def _apply(self, job: Job, task: KlingTask) -> Job | None:
         """Move a job to where the provider says its task is; returns the new row if it moved."""
         now = self.clock()
+        lease = self.lease_of(job)
         if task.status == "processing" and job.status == "submitted":
             moved = await self.store.transition(
-                job.id, "submitted", "processing", provider_status=task.status, updated_at=now
+                job.id, "submitted", "processing", lease=lease, provider_status=task.status, updated_at=now
             )
         elif task.status == "succeeded":
             video = task.video
@@ -603,6 +713,7 @@ class JobService:
                 job.id,
                 AT_PROVIDER,
                 "succeeded",
+                lease=lease,
                 provider_status=task.status,
                 video_url=video.url,
                 video_seconds=video.seconds,
@@ -618,19 +729,21 @@ class JobService:
             return None
         else:  # the client logged this status once; keep asking
             log.debug("job %s: unknown provider status %r; still waiting", job.id, task.status)
-            await self.store.update_job(job.id, AT_PROVIDER, provider_status=task.status, updated_at=now)
+            await self.store.update_job(job.id, AT_PROVIDER, lease=lease, provider_status=task.status, updated_at=now)
             return None
         return await self.store.get_job(job.id) if moved else None
 
     async def _time_out(self) -> list[JobChange]:
-        """Fail jobs that never reached the provider within JOB_TIMEOUT_MINUTES, and late ones after a day."""
+        """Fail jobs that never reached the provider within JOB_TIMEOUT_MINUTES."""
         now = self.clock()
         changes = []
         minutes = self.job_timeout / 60
-        for job in await self.store.jobs_in(WAITING, origin=self.origin):
-            if job.attempts and job.status == "reserved":
-                continue  # perhaps at the provider: settled by its external id, never timed out blindly
-            if now - job.created_at > self.job_timeout:
+        # Claimed: a job being sent right now (by any process) holds its lease and is not failed under it.
+        stale = await self._claim(WAITING, created_before=now - self.job_timeout)
+        try:
+            for job in stale:
+                if job.attempts and job.status == "reserved":
+                    continue  # perhaps at the provider: settled by its external id, never timed out blindly
                 reason = (
                     f"The video service could not take this job for {minutes:g} minutes, so it was never sent; "
                     "nothing was charged."
@@ -639,7 +752,15 @@ class JobService:
                 if failed is not None:
                     log.warning("job %s: never sent within %g minutes; failed", job.id, minutes)
                     changes.append(JobChange(failed, job.status))
-        for job in await self.store.jobs_in(AT_PROVIDER, origin=self.origin):
+        finally:
+            await self.release_claims(stale)
+        return changes
+
+    async def _give_up_late(self, claimed: list[Job]) -> list[JobChange]:
+        """Fail claimed jobs still at the provider a day after JOB_TIMEOUT_MINUTES (their credits are given back)."""
+        now = self.clock()
+        changes = []
+        for job in claimed:
             if now - (job.submitted_at or job.created_at) > self.job_timeout + self.late_limit:
                 hours = (self.job_timeout + self.late_limit) / 3600
                 reason = f"The video did not arrive within {hours:g} hours; your credits were given back."
@@ -649,25 +770,43 @@ class JobService:
                     changes.append(JobChange(failed, job.status))
         return changes
 
-    async def mark_delivered(self, job_id: str, *, result_message_id: int | None = None) -> bool:
-        """The video reached the member: `succeeded` becomes `delivered`, once."""
+    async def mark_delivered(
+        self, job_id: str, *, result_message_id: int | None = None, lease: Lease | None = None
+    ) -> bool:
+        """The video reached the member: `succeeded` becomes `delivered`, once (and, with the deliverer's `lease`,
+        only while that lease still holds)."""
         now = self.clock()
         return await self.store.transition(
-            job_id, "succeeded", "delivered", result_message_id=result_message_id, delivered_at=now, updated_at=now
+            job_id,
+            "succeeded",
+            "delivered",
+            lease=lease,
+            result_message_id=result_message_id,
+            delivered_at=now,
+            updated_at=now,
         )
 
-    async def mark_undeliverable(self, job_id: str, reason: str) -> bool:
+    async def mark_undeliverable(self, job_id: str, reason: str, *, lease: Lease | None = None) -> bool:
         """Every way to post the video failed; the link stays in the job's row for the member's history."""
         now = self.clock()
-        return await self.store.transition(job_id, "succeeded", "undeliverable", error=reason, updated_at=now)
+        return await self.store.transition(
+            job_id, "succeeded", "undeliverable", lease=lease, error=reason, updated_at=now
+        )
 
-    async def note_delivery_problem(self, job: Job, reason: str) -> int:
+    async def note_delivery_problem(self, job: Job, reason: str, *, lease: Lease | None = None) -> int:
         """Count one failed try at fetching or posting a finished video; returns the tries so far."""
         tries = job.delivery_attempts + 1
-        await self.store.update_job(job.id, "succeeded", delivery_attempts=tries, error=reason, updated_at=self.clock())
+        await self.store.update_job(
+            job.id,
+            "succeeded",
+            lease=lease or self.lease_of(job),
+            delivery_attempts=tries,
+            error=reason,
+            updated_at=self.clock(),
+        )
         return tries
 
-    async def fail_download(self, job: Job, reason: str) -> Job | None:
+    async def fail_download(self, job: Job, reason: str) -> Job | None:  # fenced by the lease `job` carries
         """The provider's video never came (its link is dead or not a video): fail the job, releasing its credits."""
         return await self._fail(job, f"The finished video could not be fetched: {reason}.", "succeeded")
 

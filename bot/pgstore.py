@@ -1,6 +1,8 @@
 """The PostgreSQL twin of `bot.store.Store`: the same methods and rows, over psycopg 3 and a connection pool.
 
-Unlike SQLite, several bot processes may share one PostgreSQL database: quota reservations lock per server."""
+Unlike SQLite, several bot processes may share one PostgreSQL database: they claim their background work with
+leases (`claim_jobs`, `claim_queued`), count the provider's slots under an advisory lock, and reservations lock per
+server."""
 
 from __future__ import annotations
 
@@ -198,7 +200,6 @@ _SCHEMA_VERSION = """
 
 # Advisory lock keys (namespaced text hashed by the server, so they cannot collide with plain numbers).
 _MIGRATE_LOCK = "kling-bot:migrate"
-_INSTANCE_LOCK = "kling-bot:instance"
 _RESERVE_LOCK = "kling-bot:reserve:"
 _DISPATCH_LOCK = "kling-bot:dispatch"  # counting the provider's slots and taking one: one process at a time
 
@@ -228,39 +229,28 @@ def _value(name: str, value: Any) -> Any:
 class PgStore:
     """A psycopg connection pool; each write is its own transaction, and reservations lock their server."""
 
-    def __init__(self, pool: AsyncConnectionPool[Connection], where: str, holder: Connection | None = None) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Connection], where: str) -> None:
         self._pool = pool
         self._where = where
-        self._holder = holder  # the connection keeping the single-instance lock, if any
 
     @classmethod
-    async def open(cls, dsn: str, *, single_instance: bool = False, max_size: int = 10) -> PgStore:
+    async def open(cls, dsn: str, *, max_size: int = 10) -> PgStore:
         """Connect to the database and bring its schema up to date; every failure is a `StoreUnavailable`.
 
-        With `single_instance`, refuse when another bot process holds the database (like `Store`)."""
+        Several bot processes may open the same database: they share the background work through claims."""
         where = _describe(dsn)
-        holder: Connection | None = None
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False, name="kling-bot"
         )
         try:
             # One direct connection first: a wrong DSN fails at once with libpq's reason, where the pool would retry
             # until its timeout and say only that it timed out.
-            holder = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10)
-            if not single_instance:
-                await holder.close()
-                holder = None
+            probe = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10)
+            await probe.close()
             await pool.open(wait=True, timeout=10.0)
-            if holder is not None:
-                cursor = await holder.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_INSTANCE_LOCK,))
-                row = await cursor.fetchone()
-                if not (row and row[0]):
-                    raise StoreUnavailable(f"another bot process is running on {where} (stop the other one first)")
-            store = cls(pool, where, holder)
+            store = cls(pool, where)
             await store._migrate()
         except BaseException as exc:
-            if holder is not None:
-                await holder.close()
             await pool.close()
             reason = " ".join(str(exc).split()) or type(exc).__name__  # libpq's reasons span lines; ours is one
             if isinstance(exc, PoolTimeout | psycopg.OperationalError):
@@ -271,11 +261,8 @@ class PgStore:
         return store
 
     async def close(self) -> None:
-        """Close every connection (and so let another process have the database)."""
+        """Close every connection."""
         await self._pool.close()
-        if self._holder is not None:
-            await self._holder.close()
-            self._holder = None
 
     async def _migrate(self) -> None:
         async with self.transaction() as db:
@@ -404,7 +391,7 @@ class PgStore:
             f" RETURNING {', '.join(JOB_COLUMNS)}",
             (owner, until, *params, limit),
         )
-        return sorted((Job(*row) for row in rows), key=lambda job: (job.created_at, job.id))
+        return sorted((Job(*row) for row in rows), key=lambda job: job.created_at)
 
     async def claim_queued(
         self,
@@ -426,7 +413,7 @@ class PgStore:
                 return []
             cursor = await db.execute(
                 f"{_SELECT_JOB} WHERE status = 'queued' AND origin = %s"
-                " AND (lease_until IS NULL OR lease_until <= %s) ORDER BY created_at, id",
+                " AND (lease_until IS NULL OR lease_until <= %s) ORDER BY created_at",
                 (origin, now),
             )
             chosen = [job.id for job in order([Job(*row) for row in await cursor.fetchall()])[:free]]

@@ -235,6 +235,8 @@ class KlingSimulator:
         self.callback_secret: str | None = None  # signs callbacks (Standard Webhooks) when set
         self.requests: list[RecordedRequest] = []
         self.tasks: dict[str, SimTask] = {}
+        # The most tasks unfinished at once, as of each creation (a task finishes here before anyone can hear of it).
+        self.most_at_once = 0
         self.fetched_urls: list[str] = []  # first-frame URLs the simulator fetched (variant.fetch_urls)
         self._pending: list[SimTask] = []  # late submits: each appears when the clock reaches its `created`
         self._faults: list[_Fault] = []
@@ -472,6 +474,7 @@ class KlingSimulator:
             log.info("task %s will appear in %gs (late submit)", task.id, late)
             return web.Response(status=504, text=TIMEOUT_PAGE, content_type="text/html")
         self.tasks[task.id] = task
+        self.most_at_once = max(self.most_at_once, sum(not t.finished for t in self.tasks.values()))
         log.info("task %s created (%s, %ss, %s)", task.id, kind, duration, resolution)
         if fault is not None:  # accept_then_error: the task exists, but the answer is lost
             raise _refuse(500, 5000, "internal error")

@@ -145,5 +145,5 @@ async def open_storage(database: str, *, single_instance: bool = False) -> Stora
             from bot.pgstore import PgStore  # psycopg is only needed by those who use PostgreSQL
         except ImportError:
             raise StoreUnavailable("PostgreSQL needs its driver: pip install -e '.[postgres]'") from None
-        return await PgStore.open(database, single_instance=single_instance)
+        return await PgStore.open(database)  # several bots may share it: `single_instance` is SQLite's
     return await Store.open(database.removeprefix("sqlite://"), single_instance=single_instance)

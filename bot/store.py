@@ -510,7 +510,7 @@ class Store:
                 (owner, until, *params, limit),
             )
             claimed = [Job(*row) for row in await cursor.fetchall()]
-        return sorted(claimed, key=lambda job: (job.created_at, job.id))
+        return sorted(claimed, key=lambda job: job.created_at)
 
     async def claim_queued(
         self,
@@ -530,7 +530,7 @@ class Store:
                 return []
             queued = await self._jobs(
                 f"{_SELECT_JOB} WHERE status = 'queued' AND origin = ? AND (lease_until IS NULL OR lease_until <= ?)"
-                " ORDER BY created_at, id",
+                " ORDER BY created_at",
                 (origin, now),
             )
             chosen = [job.id for job in order(queued)[:free]]

@@ -1,6 +1,8 @@
 """Posting finished videos into their threads: the file when it fits and may be attached, else a link.
 
-Deliveries run as background tasks (`DeliveryWorker`), so one slow download or post never holds up the others."""
+Deliveries run as background tasks (`DeliveryWorker`), so one slow download or post never holds up the others. Each
+delivers a job this process claimed, renewing the claim while it runs; a job whose earlier deliverer may have posted
+(it stopped holding the job, or its try failed) is first looked for in its thread, so it is posted once."""
 
 from __future__ import annotations
 
@@ -38,6 +40,23 @@ DELIVERY_SECONDS = 300.0  # the download, and then the post, each at most: a sta
 PARALLEL_DELIVERIES = 4
 # A job's card is posted right after it is submitted; give the command that long before posting without it.
 CARD_GRACE_SECONDS = 120.0
+RECENT_MESSAGES = 50  # how far back a thread is searched for a post an earlier deliverer may have made
+
+
+def post_nonce(job_id: str) -> str:
+    """The message nonce of a job's video post (Discord allows 25 characters)."""
+    return f"kv{job_id}"
+
+
+def carries_job(message: discord.Message, job_id: str) -> bool:
+    """Whether a message is a job's video post: its nonce, or a button whose custom id ends with the job id."""
+    if message.nonce is not None and str(message.nonce) == post_nonce(job_id):
+        return True
+    for row in message.components:
+        for item in getattr(row, "children", ()):
+            if str(getattr(item, "custom_id", None) or "").endswith(f":{job_id}"):
+                return True
+    return False
 
 
 class Deliverer:
@@ -82,9 +101,16 @@ class Deliverer:
         except discord.ClientException:  # a thread whose parent is not cached
             return True
 
-    async def deliver(self, job: Job) -> None:
-        """Fetch and post one finished video, each within `time_limit`; every failure is counted, logged, bounded."""
+    async def deliver(self, job: Job, *, resumed: bool = False) -> None:
+        """Fetch and post one finished video, each within `time_limit`; every failure is counted, logged, bounded.
+
+        `resumed`: an earlier deliverer may have posted it; a post found in the thread is recorded, not repeated."""
         if job.video_url is None or job.channel_id is None or self.card_pending(job):
+            return
+        if resumed and (posted := await self.find_post(job)) is not None:
+            log.info("job %s: its video was already posted (message %s); recording it, not posting again", job.id,
+                     posted.id)  # fmt: skip
+            await self._delivered(job, posted)
             return
         crash_point("before_post")
         limit = self.upload_limit(job)
@@ -138,7 +164,7 @@ class Deliverer:
             message = await self._send(job, job.channel_id, path, link_reason, note=THREAD_GONE_NOTE)
         except discord.HTTPException as exc:
             reason = f"Its thread was deleted and the channel refused the post: {exc.status} {exc.text or ''}".strip()
-            if await self.jobs.mark_undeliverable(job.id, reason):
+            if await self.jobs.mark_undeliverable(job.id, reason, lease=self.jobs.lease_of(job)):
                 log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
             return
         # The job now lives in its channel: the card links there, and no status edit goes to the dead thread.
@@ -152,9 +178,9 @@ class Deliverer:
         target = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
         mention = f"<@{job.user_id}>" if job.user_id else ""
         pings = discord.AllowedMentions(users=[discord.Object(job.user_id)] if job.user_id else False)
-        # The nonce makes Discord answer a repeated post with the first message (enforce_nonce), so a crash
-        # between the post and the database update, or a cancelled delivery, cannot post the video twice.
-        nonce = f"kv{job.id}"
+        # The nonce makes Discord answer a repeated post with the first message (discord.py sends enforce_nonce
+        # with it), so a repeat within minutes of a crash between the post and the database update posts nothing.
+        nonce = post_nonce(job.id)
         if path is not None:
             try:
                 message = await target.send(
@@ -173,7 +199,9 @@ class Deliverer:
                     link_reason = too_large_reason(self.upload_limit(job))
                 elif exc.status == 403 and exc.code == 50013:
                     # Counted, as a refused post; the link needs no Attach Files, so it goes at once.
-                    await self.jobs.note_delivery_problem(await self._fresh(job), f"Discord refused the file: {exc}")
+                    await self.jobs.note_delivery_problem(
+                        await self._fresh(job), f"Discord refused the file: {exc}", lease=self.jobs.lease_of(job)
+                    )
                     log.info("job %s: Discord refused the file (missing permissions); posting the link", job.id)
                     link_reason = NO_ATTACH_REASON
                 else:
@@ -190,9 +218,25 @@ class Deliverer:
 
     async def _delivered(self, job: Job, message: discord.Message) -> None:
         # Shielded: once posted, a shutdown's cancel must not lose the record (the nonce would catch a repeat, but
-        # only for a few minutes).
-        await asyncio.shield(self.jobs.mark_delivered(job.id, result_message_id=message.id))
-        log.info("job %s delivered (%s)", job.id, "file" if message.attachments else "link")
+        # only for a few minutes). Fenced: a deliverer that lost its claim leaves the job to the one holding it.
+        lease = self.jobs.lease_of(job)
+        if await asyncio.shield(self.jobs.mark_delivered(job.id, result_message_id=message.id, lease=lease)):
+            log.info("job %s delivered (%s)", job.id, "file" if message.attachments else "link")
+        else:
+            log.warning("job %s: posted, but it was delivered or claimed elsewhere meanwhile", job.id)
+
+    async def find_post(self, job: Job) -> discord.Message | None:
+        """The job's video message among the latest of its thread (and channel), if an earlier try posted it."""
+        me = self.bot.user
+        for channel_id in dict.fromkeys(c for c in (job.thread_id, job.channel_id) if c):
+            channel = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
+            try:
+                async for message in channel.history(limit=RECENT_MESSAGES):
+                    if me is not None and message.author.id == me.id and carries_job(message, job.id):
+                        return message
+            except discord.HTTPException as exc:  # a deleted thread, no Read Message History: look elsewhere
+                log.info("job %s: could not read channel %s for an earlier post: %s", job.id, channel_id, exc)
+        return None
 
     async def _fresh(self, job: Job) -> Job:
         """The job as stored now (its try count may have moved during this delivery)."""
@@ -200,11 +244,12 @@ class Deliverer:
 
     async def _timed_out(self, job: Job) -> None:
         reason = f"posting it took longer than {self.time_limit:g} s"
-        tries = await self.jobs.note_delivery_problem(await self._fresh(job), reason)
+        lease = self.jobs.lease_of(job)
+        tries = await self.jobs.note_delivery_problem(await self._fresh(job), reason, lease=lease)
         log.warning("job %s: post try %d timed out", job.id, tries)
         if tries < MAX_TRIES:
             return  # the next tick tries again
-        if await self.jobs.mark_undeliverable(job.id, f"The video could not be posted: {reason}."):
+        if await self.jobs.mark_undeliverable(job.id, f"The video could not be posted: {reason}.", lease=lease):
             log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
 
     async def _download_failed(self, job: Job, reason: str) -> None:
@@ -217,11 +262,14 @@ class Deliverer:
     async def _post_failed(self, job: Job, error: discord.HTTPException) -> None:
         reason = f"Discord refused the post: {error.status} {error.text or type(error).__name__}"
         gone = isinstance(error, discord.NotFound)  # the channel was deleted: retrying cannot help
-        tries = MAX_TRIES if gone else await self.jobs.note_delivery_problem(await self._fresh(job), reason)
+        lease = self.jobs.lease_of(job)
+        tries = (
+            MAX_TRIES if gone else await self.jobs.note_delivery_problem(await self._fresh(job), reason, lease=lease)
+        )
         log.warning("job %s: post try %d failed: %s", job.id, tries, reason)
         if tries < MAX_TRIES:
             return
-        if await self.jobs.mark_undeliverable(job.id, reason):
+        if await self.jobs.mark_undeliverable(job.id, reason, lease=lease):
             log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
 
     async def tell_failure(self, job: Job) -> None:
@@ -239,7 +287,8 @@ class Deliverer:
 class DeliveryWorker:
     """Delivers finished jobs in the background: one task per job, at most `parallel` at once.
 
-    The poll tick and callback hints only `schedule`; nothing waits for a delivery but the shutdown."""
+    The poll tick and callback hints only `schedule` the jobs they claimed (as many as there is room for, so the
+    rest stay free for other processes); nothing waits for a delivery but the shutdown."""
 
     def __init__(
         self, deliverer: Deliverer, on_done: Callable[[str], Awaitable[None]], *, parallel: int = PARALLEL_DELIVERIES
@@ -247,14 +296,20 @@ class DeliveryWorker:
         self.deliverer = deliverer
         self.on_done = on_done  # called with the job id after each try (it announces a change of state)
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.parallel = parallel
         self.limit = asyncio.Semaphore(parallel)
         self.closed = False
 
-    def schedule(self, job: Job) -> bool:
-        """Start delivering `job` unless it is being delivered already; True when a delivery was started."""
+    def room(self) -> int:
+        """How many more deliveries may start now."""
+        return 0 if self.closed else max(0, self.parallel - len(self.running))
+
+    def schedule(self, job: Job, *, resumed: bool = False) -> bool:
+        """Start delivering `job` (claimed by this process) unless it is being delivered already; True when a
+        delivery was started. `resumed` as in `Deliverer.deliver`."""
         if self.closed or job.id in self.running:
             return False
-        task = asyncio.get_running_loop().create_task(self._run(job.id), name=f"deliver-{job.id[:8]}")
+        task = asyncio.get_running_loop().create_task(self._run(job, resumed), name=f"deliver-{job.id[:8]}")
         self.running[job.id] = task
         task.add_done_callback(lambda done: self._forget(job.id, done))
         return True
@@ -265,17 +320,36 @@ class DeliveryWorker:
         if not task.cancelled() and task.exception() is not None:
             log.error("job %s: delivery task failed", job_id, exc_info=task.exception())
 
-    async def _run(self, job_id: str) -> None:
-        async with self.limit:
-            # Read again: the scheduler's copy may be stale (a delivery that just ended may have moved the job).
-            job = await self.deliverer.jobs.get(job_id)
-            if job is None or job.status != "succeeded":
-                return
+    async def _run(self, claimed: Job, resumed: bool) -> None:
+        jobs = self.deliverer.jobs
+        try:
+            async with self.limit:
+                # Read again: the claim may be stale (a delivery that just ended may have moved the job).
+                job = await jobs.get(claimed.id)
+                if job is None or job.status != "succeeded" or jobs.lease_of(job) != jobs.lease_of(claimed):
+                    return
+                renewing = asyncio.get_running_loop().create_task(self._renew(job))
+                try:
+                    await self.deliverer.deliver(job, resumed=resumed)
+                except Exception:
+                    log.exception("job %s: delivery failed unexpectedly", job.id)
+                finally:
+                    renewing.cancel()
+        finally:
+            await jobs.release_claims([claimed])
+        await self.on_done(claimed.id)
+
+    async def _renew(self, job: Job) -> None:
+        """Keep the claim on a job while its download and upload run (they may take minutes)."""
+        jobs = self.deliverer.jobs
+        while True:
+            await asyncio.sleep(jobs.lease_seconds / 3)
             try:
-                await self.deliverer.deliver(job)
+                if not await jobs.renew(job):
+                    log.warning("job %s: its delivery claim was lost; its record is left to the new holder", job.id)
+                    return
             except Exception:
-                log.exception("job %s: delivery failed unexpectedly", job_id)
-        await self.on_done(job_id)
+                log.exception("job %s: renewing its delivery claim failed; trying again", job.id)
 
     async def stop(self, grace: float) -> None:
         """Take no more jobs; give running deliveries `grace` seconds, then cancel them (their jobs stay

@@ -204,8 +204,16 @@ class Poller(commands.Cog):
             self.hints_handled += len(task_ids)
 
     async def deliver_finished(self) -> int:
-        """Hand every finished job to the delivery worker (one already being delivered is skipped); no waiting."""
-        return sum(self.deliveries.schedule(job) for job in await self.jobs.in_state("succeeded"))
+        """Claim finished jobs for the free delivery slots and hand them to the delivery worker; no waiting.
+
+        Only as many as can start now are claimed: the rest stay free for another process of the fleet."""
+        started = 0
+        for job, resumed in await self.jobs.claim_deliveries(self.deliveries.room()):
+            if self.deliveries.schedule(job, resumed=resumed):
+                started += 1
+            else:  # being delivered here already (its earlier claim ran out meanwhile)
+                await self.jobs.release_claims([job])
+        return started
 
     async def delivery_done(self, job_id: str) -> None:
         """After a try at delivering: show the job's new state (delivered, undeliverable, failed), if it moved."""

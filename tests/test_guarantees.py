@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -58,12 +59,13 @@ async def test_an_unexpected_exception_in_a_tick_does_not_end_the_poll_loop(
         return sum("poll tick failed" in r.getMessage() for r in caplog.records)
 
     async with world.running():
-        # The database breaks under the bot (its table renamed by another connection): every tick fails.
-        other = sqlite3.connect(world.database, timeout=5)
-        other.execute("ALTER TABLE jobs RENAME TO jobs_away")
+        # The database breaks under the bot (its table renamed by another connection): every tick fails. In a
+        # thread: waiting for the bot's write lock must not block the loop that would let the bot release it.
+        other = sqlite3.connect(world.database, timeout=5, check_same_thread=False)
+        await asyncio.to_thread(other.execute, "ALTER TABLE jobs RENAME TO jobs_away")
         other.commit()
         await wait_until(lambda: failed_ticks() >= 2)
-        other.execute("ALTER TABLE jobs_away RENAME TO jobs")
+        await asyncio.to_thread(other.execute, "ALTER TABLE jobs_away RENAME TO jobs")
         other.commit()
         other.close()
         await fake.slash("video", {"prompt": "after the trouble"}, sub="text")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
 from pydantic import SecretStr
@@ -169,10 +171,15 @@ async def test_a_lost_submit_is_sent_again_only_after_lookups_over_the_window(
 
 
 async def test_resume_sends_a_job_reserved_but_never_sent(
-    sim: KlingSimulator, service: JobService, store: Store
+    sim: KlingSimulator, service: JobService, kling: KlingClient, clock: FakeClock, tmp_path: Path
 ) -> None:
     job = await service.reserve(JobRequest("text", "crashed before the send"))
-    [change] = await service.resume()
+    # The restart: the bot opens its file alone again (the claims of the process before are void), a new process.
+    reopened = await Store.open(tmp_path / "bot.sqlite3", single_instance=True)
+    try:
+        [change] = await JobService(reopened, kling, clock=clock).resume()
+    finally:
+        await reopened.close()
     assert change.job.id == job.id and change.job.status == "submitted" and submits(sim) == 1
 
 
