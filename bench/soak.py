@@ -251,6 +251,10 @@ class Audit:
     posted_twice: int  # jobs with more than one result post
     credits_out: int  # milli-credits charged in the store minus billed by the provider (either way), plus held
     delivered: int
+    why_lost: str = ""
+    used: int = 0  # milli-credits charged in the store
+    billed: int = 0  # milli-credits the provider billed
+    reserved: int = 0  # milli-credits still held in the store
 
     @property
     def clean(self) -> bool:
@@ -267,12 +271,16 @@ async def audit(store: Any, counts: dict[str, Any], answered: Iterable[str] = ()
     for guild_id, user_id in {(job.guild_id, job.user_id) for job in jobs}:
         usage = await store.usage(guild_id, user_id, 0)
         used, reserved = used + usage.used, reserved + usage.reserved
-    lost = sum(1 for job in jobs if job.status not in FINAL)
-    lost += sum(1 for job in jobs if job.status == "delivered" and posts[job.id] == 0)
-    lost += sum(1 for text in answered if text not in prompts)
+    open_ = sum(1 for job in jobs if job.status not in FINAL)
+    unposted = sum(1 for job in jobs if job.status == "delivered" and posts[job.id] == 0)
+    jobless = sum(1 for text in answered if text not in prompts)
     return Audit(
         jobs=len(jobs),
-        lost=lost,
+        lost=open_ + unposted + jobless,
+        why_lost=f"{open_} not final, {unposted} delivered unposted, {jobless} answered without a job",
+        used=used,
+        billed=counts["billed"],
+        reserved=reserved,
         sent_twice=sum(1 for job in jobs if tasks[job.id] > 1),
         posted_twice=sum(1 for job in jobs if posts[job.id] > 1),
         credits_out=abs(used - counts["billed"]) + reserved,

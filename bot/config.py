@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     submit_lookup_seconds: float = Field(default=150.0, gt=0)
     api_timeout_seconds: float = Field(default=30.0, gt=0)
     api_max_retries: int = Field(default=4, ge=0, le=10)
+    # Several processes share the background work by claims that last this long unless renewed: the jobs of a
+    # process that died go to another one after at most this long.
+    lease_seconds: float = Field(default=60.0, ge=1, le=3600)
     # Jobs the bot keeps at the provider at once; more wait in the bot's queue (the account has a limit too).
     provider_concurrency: int = Field(default=5, ge=1, le=1000)
 

@@ -84,6 +84,7 @@ async def test_a_fleet_killed_again_and_again_submits_charges_and_posts_every_jo
         await fake.close()
 
     logs = "\n".join(fleet.log(i)[-1500:] for i in range(PROCESSES))
+    print(f"{result.jobs} jobs, {JOBS - len(answered)} commands dropped with a killed shard, {fleet.kills} kills")
     report = f"{result}, jobs by state {dict(states)}, {fleet.kills} kills, logs:\n{logs}"
     assert (result.lost, result.sent_twice, result.posted_twice, result.credits_out) == (0, 0, 0, 0), report
     assert result.delivered == result.jobs >= 0.9 * JOBS  # the jobs the commands made, all delivered
