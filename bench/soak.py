@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -100,15 +101,21 @@ def world_counts(fake: FakeDiscord, sim: KlingSimulator) -> dict[str, Any]:
     }
 
 
+def faultable(method: str, path: str) -> bool:
+    return any(method == m and re.search(pattern, path) for m, pattern in DISCORD_FAULTS)
+
+
 async def inject_faults(fake: FakeDiscord, sim: KlingSimulator, rate: float, seed: int) -> None:
-    """Until cancelled: for every request the simulator and Discord receive, a fault on a later one at `rate`."""
+    """Until cancelled: for every request the simulator receives, and every post or edit Discord receives, a fault
+    on a later one of the same kind at `rate`."""
     rng = random.Random(seed)
     seen_sim, seen_discord, owed_sim, owed_discord = 0, 0, 0.0, 0.0
     while True:
         await asyncio.sleep(0.05)
         owed_sim += (len(sim.requests) - seen_sim) * rate
-        owed_discord += (len(fake.requests) - seen_discord) * rate
-        seen_sim, seen_discord = len(sim.requests), len(fake.requests)
+        arrived, seen_discord = fake.requests[seen_discord:], len(fake.requests)
+        owed_discord += sum(1 for r in arrived if faultable(r.method, r.path)) * rate
+        seen_sim = len(sim.requests)
         while owed_sim >= 1:
             owed_sim -= 1
             sim.fail_next(rng.choice(PROVIDER_FAULTS), delay=API_TIMEOUT + 1)
