@@ -533,13 +533,16 @@ class JobService:
     async def poll_once(self) -> list[JobChange]:
         """Settle reserved jobs, query every job at the provider that is due (batched), time out, send queued ones."""
         changes = await self._settle_reserved(everything=False)
-        claimed = await self._claim(AT_PROVIDER)  # the jobs at the provider no other process is asking about
+        in_flight = await self.store.jobs_in(AT_PROVIDER, origin=self.origin)
+        due = {job.id for job in await self._due(in_flight)}
+        overdue = {job.id for job in in_flight if self._past_late_limit(job)}
+        # Only the jobs with work to do now are claimed; one another process is asking about is skipped.
+        claimed = await self._claim(AT_PROVIDER, ids=[*due | overdue]) if due | overdue else []
         try:
-            moved = await self._ask(await self._due(claimed))
+            moved = await self._ask([job for job in claimed if job.id in due])
             changes.extend(moved)
-            changes.extend(
-                await self._give_up_late([job for job in claimed if job.id not in {c.job.id for c in moved}])
-            )
+            moved_ids = {change.job.id for change in moved}
+            changes.extend(await self._give_up_late([j for j in claimed if j.id in overdue and j.id not in moved_ids]))
         finally:
             await self.release_claims(claimed)
         changes.extend(await self._time_out())
@@ -756,18 +759,19 @@ class JobService:
             await self.release_claims(stale)
         return changes
 
+    def _past_late_limit(self, job: Job) -> bool:
+        return self.clock() - (job.submitted_at or job.created_at) > self.job_timeout + self.late_limit
+
     async def _give_up_late(self, claimed: list[Job]) -> list[JobChange]:
         """Fail claimed jobs still at the provider a day after JOB_TIMEOUT_MINUTES (their credits are given back)."""
-        now = self.clock()
         changes = []
+        hours = (self.job_timeout + self.late_limit) / 3600
         for job in claimed:
-            if now - (job.submitted_at or job.created_at) > self.job_timeout + self.late_limit:
-                hours = (self.job_timeout + self.late_limit) / 3600
-                reason = f"The video did not arrive within {hours:g} hours; your credits were given back."
-                failed = await self._fail(job, reason, AT_PROVIDER)
-                if failed is not None:
-                    log.warning("job %s given up after %g hours at the provider", job.id, hours)
-                    changes.append(JobChange(failed, job.status))
+            reason = f"The video did not arrive within {hours:g} hours; your credits were given back."
+            failed = await self._fail(job, reason, AT_PROVIDER)
+            if failed is not None:
+                log.warning("job %s given up after %g hours at the provider", job.id, hours)
+                changes.append(JobChange(failed, job.status))
         return changes
 
     async def mark_delivered(

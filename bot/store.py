@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -318,9 +319,9 @@ def _claimable(
     sql = f"status IN ({', '.join(mark for _ in statuses)}) AND origin = {mark}"
     sql += f" AND (lease_until IS NULL OR lease_until <= {mark})"
     params: list[Any] = [*statuses, origin, now]
-    if ids is not None:
-        sql += f" AND id IN ({', '.join(mark for _ in ids) or 'NULL'})"
-        params.extend(ids)
+    if ids is not None:  # one JSON parameter, however many ids (SQLite caps the number of parameters)
+        sql += f" AND id IN (SELECT value FROM json_each({mark}))"
+        params.append(json.dumps(list(ids)))
     if created_before is not None:
         sql += f" AND created_at < {mark}"
         params.append(created_before)

@@ -299,6 +299,7 @@ class DeliveryWorker:
         self.parallel = parallel
         self.limit = asyncio.Semaphore(parallel)
         self.closed = False
+        self.started = 0  # deliveries started, for operators' debugging and for tests that count them
 
     def room(self) -> int:
         """How many more deliveries may start now."""
@@ -311,6 +312,7 @@ class DeliveryWorker:
             return False
         task = asyncio.get_running_loop().create_task(self._run(job, resumed), name=f"deliver-{job.id[:8]}")
         self.running[job.id] = task
+        self.started += 1
         task.add_done_callback(lambda done: self._forget(job.id, done))
         return True
 

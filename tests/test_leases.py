@@ -5,9 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from cogs.delivery import post_nonce
 from tests.fake_discord import FakeDiscord
 from tests.harness import harness
+
+pytest_plugins = ["tests.postgres"]
 
 
 def video_posts(fake: FakeDiscord, job_id: str) -> list[dict]:
@@ -17,8 +21,13 @@ def video_posts(fake: FakeDiscord, job_id: str) -> list[dict]:
     ]
 
 
-async def test_a_deliverer_that_stopped_after_its_post_reached_discord_is_not_repeated(tmp_path: Path) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+async def test_a_deliverer_that_stopped_after_its_post_reached_discord_is_not_repeated(
+    tmp_path: Path, database: str, request: pytest.FixtureRequest
+) -> None:
     async with harness(tmp_path) as world:
+        if database == "postgres":
+            world.settings_overrides = {"database_url": request.getfixturevalue("postgres_dsn")}
         fake = world.discord
         async with world.running():
             await fake.slash("video", {"prompt": "posted, then the deliverer stopped"}, sub="text")
