@@ -33,7 +33,7 @@ import aiohttp
 from aiohttp import web
 
 from bench.flood import fakes_process
-from bot.model import FINAL, STATES, Job
+from bot.model import FINAL, OPEN, STATES, Job
 from bot.serving import serve
 from bot.simulator import RATES, GatewayVariant, KlingSimulator
 from tests.fake_discord import FakeDiscord, Interaction, wait_until
@@ -47,6 +47,8 @@ PROVIDER_FAULTS = ("server_error", "unavailable", "html", "slow", "accept_then_e
 API_TIMEOUT = 2.0  # the bots' API_TIMEOUT_SECONDS; a "slow" fault answers later than that: a time-out
 DISCORD_FAULTS = (("POST", r"^/channels/\d+/messages$"), ("PATCH", r"^/channels/\d+/messages/\d+$"))
 TICKS = "kling_bot_poll_tick_seconds_count "
+BATCH = 50  # commands sent at once
+OPEN_JOBS = 500  # more commands wait while this many jobs are not final
 
 
 # --- the world: a sharded fake Discord and the simulator --------------------------------------------------------
@@ -296,7 +298,7 @@ async def audit(store: Any, counts: dict[str, Any], answered: Iterable[str] = ()
 
 
 async def all_final(store: Any) -> bool:
-    return await store.count_in(("reserved", "queued", "submitted", "processing", "succeeded")) == 0
+    return await store.count_in(OPEN) == 0
 
 
 # --- the child process: the fakes and a control API --------------------------------------------------------
@@ -404,18 +406,22 @@ async def _drive(
         async with control.get(f"{url}{path}") as answer:
             return await answer.json()
 
-    window = asyncio.Semaphore(50)  # commands in flight at once, as members would send them
-
     async def send(n: int) -> None:
-        async with window, control.post(f"{url}/slash", json={"n": n}) as answer:
+        async with control.post(f"{url}/slash", json={"n": n}) as answer:
             answer.raise_for_status()
+
+    async def room() -> bool:
+        fleet.check_alive()
+        return await store.count_in(OPEN) < OPEN_JOBS
 
     started = time.perf_counter()
     stop = asyncio.Event()
     killer = kill_now_and_then(fleet, kill_every, seed, stop) if kill_every else stop.wait()
     killing = asyncio.get_running_loop().create_task(killer)
     try:
-        await asyncio.gather(*(send(n) for n in range(jobs)))
+        for first in range(0, jobs, BATCH):  # members keep sending while the fleet has work, not all at once
+            await wait_until(room, within=within, interval=0.2)
+            await asyncio.gather(*(send(n) for n in range(first, min(jobs, first + BATCH))))
 
         async def done() -> bool:
             fleet.check_alive()

@@ -677,7 +677,10 @@ class FakeDiscord:
         for socket in list(self._sockets):
             shard = self._shard.get(socket, (0, 1))
             if not socket.closed and self._covers(shard, guild_id):
-                await socket.send_str(json.dumps(frame))
+                try:
+                    await socket.send_str(json.dumps(frame))
+                except ConnectionResetError:  # the bot went away (killed) between the check and the send
+                    continue
                 sent.append(shard)
         return sent
 
