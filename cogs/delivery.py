@@ -49,14 +49,12 @@ def post_nonce(job_id: str) -> str:
 
 
 def carries_job(message: discord.Message, job_id: str) -> bool:
-    """Whether a message is a job's video post: its nonce, or a button whose custom id ends with the job id."""
+    """Whether a message is a job's video post: its nonce, or the buttons only that post has (their custom ids
+    carry the job id; a channel's history does not always show nonces)."""
     if message.nonce is not None and str(message.nonce) == post_nonce(job_id):
         return True
-    for row in message.components:
-        for item in getattr(row, "children", ()):
-            if str(getattr(item, "custom_id", None) or "").endswith(f":{job_id}"):
-                return True
-    return False
+    shown = {getattr(item, "custom_id", None) for row in message.components for item in getattr(row, "children", ())}
+    return bool(shown & {getattr(item, "custom_id", None) for item in result_view(job_id).children} - {None})
 
 
 class Deliverer:

@@ -1179,7 +1179,9 @@ class FakeDiscord:
     async def _get_messages(self, call: Recorded, channel_id: str) -> Any:
         self._channel(channel_id)
         limit = int(call.query.get("limit", 50))
-        return [self._public(m) for m in reversed(self.messages[channel_id][-limit:])]
+        # Newest first. No nonces: Discord echoes one to the request that sent it and does not promise it in a
+        # channel's history, so the bot must find its own earlier posts by what they show (their buttons).
+        return [self._public(m) | {"nonce": None} for m in reversed(self.messages[channel_id][-limit:])]
 
     async def _get_channel(self, call: Recorded, channel_id: str) -> Any:
         return self._channel(channel_id)

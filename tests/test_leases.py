@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.jobs import JobService
 from cogs.delivery import post_nonce
-from tests.fake_discord import FakeDiscord
+from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import harness
 
 pytest_plugins = ["tests.postgres"]
@@ -52,3 +53,34 @@ async def test_a_deliverer_that_stopped_after_its_post_reached_discord_is_not_re
         assert again.id == done.id and again.result_message_id == int(video["id"])  # the post found and recorded
         assert len(video_posts(fake, done.id)) == 1  # never asked to post again (not even deduplicated)
         assert [m["id"] for m in fake.messages[thread["id"]] if m["files"]] == [video["id"]]
+
+
+async def test_a_delivery_keeps_its_claim_while_a_slow_upload_runs(tmp_path: Path) -> None:
+    async with harness(tmp_path) as world:
+        fake, sim = world.discord, world.sim
+        async with world.running() as bot:
+            jobs, store = bot.resources.jobs, bot.resources.store
+            jobs.lease_seconds = 0.3  # claims run out fast here, unless renewed
+            other = JobService(store, bot.resources.kling, owner="another-process")  # shares the database
+            sim.hold = True
+            await fake.slash("video", {"prompt": "a slow upload"}, sub="text")
+            job = await world.job_in("submitted", "processing")
+
+            async def card_done() -> bool:
+                current = await store.get_job(job.id)
+                return current is not None and current.status_message_id is not None
+
+            await wait_until(card_done)
+            fake.delay_next("POST", r"/channels/\d+/messages$", 1.5)  # the video's upload takes five leases
+            sim.hold = False
+            await wait_until(lambda: video_posts(fake, job.id))  # the upload has begun
+            taken: list = []
+
+            async def delivered_or_taken() -> bool:
+                taken.extend(await other.claim_deliveries(5))  # another process looks for work meanwhile
+                current = await store.get_job(job.id)
+                return bool(taken) or (current is not None and current.status == "delivered")
+
+            await wait_until(delivered_or_taken)
+        assert taken == []  # never free for the taking while it was being posted
+        assert len(video_posts(fake, job.id)) == 1
