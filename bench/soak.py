@@ -48,7 +48,7 @@ API_TIMEOUT = 2.0  # the bots' API_TIMEOUT_SECONDS; a "slow" fault answers later
 DISCORD_FAULTS = (("POST", r"^/channels/\d+/messages$"), ("PATCH", r"^/channels/\d+/messages/\d+$"))
 TICKS = "kling_bot_poll_tick_seconds_count "
 BATCH = 50  # commands sent at once
-OPEN_JOBS = 500  # more commands wait while this many jobs are not final
+OPEN_JOBS = 500  # more commands wait while this many sent have not made a final job
 
 
 # --- the world: a sharded fake Discord and the simulator --------------------------------------------------------
@@ -85,6 +85,12 @@ async def command(fake: FakeDiscord, n: int, *, within: float = 60.0) -> Interac
 
 def prompt(n: int) -> str:
     return f"soak job {n}"
+
+
+def accepted(interaction: Interaction) -> bool:
+    """Whether the bot told the member their video is on its way (a job it must not lose); a command whose process
+    was killed before that may have made no job, as the member sees."""
+    return any("is on its way" in message["content"] for message in interaction.followups)
 
 
 def world_counts(fake: FakeDiscord, sim: KlingSimulator) -> dict[str, Any]:
@@ -255,7 +261,7 @@ class Audit:
     """What must be zero after a soak, and what was delivered."""
 
     jobs: int
-    lost: int  # accepted but not final, or delivered with no post, or a command answered with no job
+    lost: int  # not final, or delivered with no post, or a command accepted ("on its way") with no job
     sent_twice: int  # jobs with more than one task at the provider
     posted_twice: int  # jobs with more than one result post
     credits_out: int  # milli-credits charged in the store minus billed by the provider (either way), plus held
@@ -270,7 +276,7 @@ class Audit:
         return self.lost == self.sent_twice == self.posted_twice == self.credits_out == 0
 
 
-async def audit(store: Any, counts: dict[str, Any], answered: Iterable[str] = ()) -> Audit:
+async def audit(store: Any, counts: dict[str, Any], accepted: Iterable[str] = ()) -> Audit:
     """Compare the store's jobs and credits with what the simulator and the fake Discord saw."""
     jobs: list[Job] = await store.jobs_in(("reserved", "queued", "submitted", "processing", "succeeded", *FINAL))
     prompts = {job.prompt for job in jobs}
@@ -282,11 +288,11 @@ async def audit(store: Any, counts: dict[str, Any], answered: Iterable[str] = ()
         used, reserved = used + usage.used, reserved + usage.reserved
     open_ = sum(1 for job in jobs if job.status not in FINAL)
     unposted = sum(1 for job in jobs if job.status == "delivered" and posts[job.id] == 0)
-    jobless = sum(1 for text in answered if text not in prompts)
+    jobless = sum(1 for text in accepted if text not in prompts)
     return Audit(
         jobs=len(jobs),
         lost=open_ + unposted + jobless,
-        why_lost=f"{open_} not final, {unposted} delivered unposted, {jobless} answered without a job",
+        why_lost=f"{open_} not final, {unposted} delivered unposted, {jobless} accepted without a job",
         used=used,
         billed=counts["billed"],
         reserved=reserved,
@@ -317,8 +323,8 @@ async def serve_fakes(shards: int, render_seconds: float, faults: float, seed: i
         sent[n] = await command(fake, n)
         return web.json_response({"n": n})
 
-    async def answered(request: web.Request) -> web.Response:
-        return web.json_response([prompt(n) for n, i in sent.items() if i.callbacks])
+    async def accepted_ones(request: web.Request) -> web.Response:
+        return web.json_response([prompt(n) for n, i in sent.items() if accepted(i)])
 
     async def counts(request: web.Request) -> web.Response:
         return web.json_response(world_counts(fake, sim))
@@ -332,7 +338,7 @@ async def serve_fakes(shards: int, render_seconds: float, faults: float, seed: i
 
     control = web.Application()
     control.router.add_post("/slash", slash)
-    control.router.add_get("/answered", answered)
+    control.router.add_get("/accepted", accepted_ones)
     control.router.add_get("/counts", counts)
     control.router.add_post("/calm", calm)
     runner, port = await serve(control, "127.0.0.1", 0)
@@ -370,7 +376,7 @@ class Run:
     audit: Audit
     seconds: float  # from the first command to every job final
     kills: int
-    unanswered: int  # commands whose shard's process was killed before it answered: Discord dropped them
+    unaccepted: int  # commands whose process was killed before it said "on its way" (or that were refused)
     states: dict[str, int]  # jobs by state at the end
 
     @property
@@ -410,9 +416,9 @@ async def _drive(
         async with control.post(f"{url}/slash", json={"n": n}) as answer:
             answer.raise_for_status()
 
-    async def room() -> bool:
+    async def room(sent: int) -> bool:
         fleet.check_alive()
-        return await store.count_in(OPEN) < OPEN_JOBS
+        return sent - await store.count_in(FINAL) < OPEN_JOBS
 
     started = time.perf_counter()
     stop = asyncio.Event()
@@ -420,13 +426,13 @@ async def _drive(
     killing = asyncio.get_running_loop().create_task(killer)
     try:
         for first in range(0, jobs, BATCH):  # members keep sending while the fleet has work, not all at once
-            await wait_until(room, within=within, interval=0.2)
+            await wait_until(lambda: room(first), within=within, interval=0.2)  # noqa: B023
             await asyncio.gather(*(send(n) for n in range(first, min(jobs, first + BATCH))))
 
         async def done() -> bool:
             fleet.check_alive()
-            answered = await get("/answered")
-            return await all_final(store) and len(await store.jobs_in(FINAL)) >= len(answered)
+            taken = await get("/accepted")
+            return await all_final(store) and len(await store.jobs_in(FINAL)) >= len(taken)
 
         with contextlib.suppress(AssertionError):  # not done in time: the audit counts what is not final as lost
             await wait_until(done, within=within, interval=0.5)
@@ -438,10 +444,10 @@ async def _drive(
         pass
     with contextlib.suppress(AssertionError):
         await fleet.more_ticks()
-    answered = await get("/answered")
-    result = await audit(store, await get("/counts"), answered)
+    taken = await get("/accepted")
+    result = await audit(store, await get("/counts"), taken)
     states = Counter(job.status for job in await store.jobs_in(STATES))
-    return Run(result, seconds, fleet.kills, jobs - len(answered), dict(states))
+    return Run(result, seconds, fleet.kills, jobs - len(taken), dict(states))
 
 
 def print_soak(run: Run, jobs: int, processes: int, faults: float, kill_every: float) -> None:
@@ -451,7 +457,7 @@ def print_soak(run: Run, jobs: int, processes: int, faults: float, kill_every: f
     print("| measure | figure |\n|---|---|")
     for measure, figure in (
         ("jobs made (by state at the end)", f"{a.jobs} ({', '.join(f'{k} {v}' for k, v in run.states.items())})"),
-        ("commands Discord dropped (their shard's process killed before answering)", run.unanswered),
+        ("commands not accepted (their process killed before answering, or refused)", run.unaccepted),
         ("jobs lost", a.lost),
         ("jobs sent twice", a.sent_twice),
         ("jobs posted twice", a.posted_twice),
@@ -488,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--shards", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped like Ctrl-C: the bots and servers too
     if args.serve:
         asyncio.run(serve_fakes(args.shards, args.render_seconds, args.faults, args.seed))
         return 0
