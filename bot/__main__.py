@@ -91,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         return _run(backup(settings, args.file), settings.database_setting)
     from bot import app  # Discord is only imported by the commands that need it
 
-    if command == "sync":
-        return _run(app.sync_commands(settings), settings.database_setting)
     try:
         settings.shard_plan()  # checked before anything opens
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if command == "sync":
+        return _run(app.sync_commands(settings), settings.database_setting)
     return _run(app.run_bot(settings), settings.database_setting)
 
 
