@@ -21,7 +21,9 @@ from discord.ext import commands
 
 from bot.callbacks import CallbackServer
 from bot.config import Settings
+from bot.i18n import english, tr
 from bot.resources import Resources, open_resources
+from cogs.translator import CatalogTranslator
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,12 @@ EXTENSIONS = ("cogs.video", "cogs.poller", "cogs.quota")
 
 
 # Never "nothing was charged" here: the error may come after a job was accepted.
-SOMETHING_WENT_WRONG = "Something went wrong on our side; it has been logged. `/video status` shows any video started."
+SOMETHING_WENT_WRONG = english(
+    "Something went wrong on our side; it has been logged. `/video status` shows any video started."
+)
 
 
-STOPPING = "The bot is restarting; try again in a minute. Nothing was charged."
+STOPPING = english("The bot is restarting; try again in a minute. Nothing was charged.")
 # On shutdown, command and button handlers already running get this long to finish before the store closes.
 HANDLER_GRACE_SECONDS = 10.0
 # discord.py names the tasks that run command, button and form handlers; these are the ones a shutdown waits for.
@@ -104,7 +108,7 @@ class VideoTree(app_commands.CommandTree["VideoBot"]):
 
     async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
         if self.client.closing:
-            await reply_ephemeral(interaction, STOPPING)
+            await reply_ephemeral(interaction, tr(interaction.locale, STOPPING))
             return False
         return True
 
@@ -112,7 +116,7 @@ class VideoTree(app_commands.CommandTree["VideoBot"]):
         if isinstance(error, UserFacingError):
             text = str(error)
         elif isinstance(error, app_commands.CheckFailure):
-            text = "You are not allowed to use this command here."
+            text = tr(interaction.locale, "You are not allowed to use this command here.")
         else:
             command = interaction.command.qualified_name if interaction.command else "?"
             log.error(
@@ -123,7 +127,7 @@ class VideoTree(app_commands.CommandTree["VideoBot"]):
                 interaction.user.id,
                 exc_info=error,
             )
-            text = SOMETHING_WENT_WRONG
+            text = tr(interaction.locale, SOMETHING_WENT_WRONG)
         await reply_ephemeral(interaction, text)
 
 
@@ -166,6 +170,7 @@ class VideoBot(commands.AutoShardedBot):
         self._hints: set[asyncio.Task[None]] = set()
 
     async def setup_hook(self) -> None:
+        await self.tree.set_translator(CatalogTranslator())  # commands' names and descriptions in zh-CN too
         for extension in EXTENSIONS:
             await self.load_extension(extension)
 
@@ -175,8 +180,8 @@ class VideoBot(commands.AutoShardedBot):
 
     @contextlib.asynccontextmanager
     async def http_servers(self) -> AsyncIterator[None]:
-        """The callback endpoint and the metrics page, when configured: open while the bot runs (never for `sync`,
-        which runs beside a bot that holds their ports)."""
+        """The callback endpoint and the metrics page, when configured, and the fleet's hint channel: open while the
+        bot runs (never for `sync`, which runs beside a bot that holds their ports)."""
         settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
             if settings.metrics_port:
@@ -191,10 +196,20 @@ class VideoBot(commands.AutoShardedBot):
                 port = await callbacks.start(settings.callback_host, settings.callback_port)
                 stack.push_async_callback(callbacks.close)
                 log.info("taking callbacks on port %d for %s", port, settings.callback_public_url)
+            # A callback may reach another process of the fleet: its hint comes here too.
+            await self.resources.fleet.listen(self._fleet_hint)
             yield
 
     async def task_hint(self, task_id: str) -> None:
-        """A callback named a task: have the poller look at it now, without holding up the provider's request."""
+        """A callback named a task: have the poller look at it now, and tell the fleet (another process may be the
+        one polling it), without holding up the provider's request."""
+        self._hint_locally(task_id)
+        await self.resources.fleet.publish_hint(task_id)
+
+    async def _fleet_hint(self, task_id: str) -> None:
+        self._hint_locally(task_id)
+
+    def _hint_locally(self, task_id: str) -> None:
         if self.hint_handler is not None:
             hint = asyncio.get_running_loop().create_task(self.hint_handler(task_id))
             self._hints.add(hint)
@@ -212,8 +227,14 @@ class VideoBot(commands.AutoShardedBot):
                     log.warning("%d command handler(s) still running after %.0fs", len(late), HANDLER_GRACE_SECONDS)
         await super().close()
 
+    def server_locale(self, guild_id: int | None) -> discord.Locale | None:
+        """The server's preferred language (its log channel's announcements are in it); None when unknown."""
+        guild = self.get_guild(guild_id) if guild_id else None
+        return guild.preferred_locale if guild else None
+
     async def post_log(self, guild_id: int | None, text: str) -> None:
-        """Post to the server's log channel, if its moderators set one; a failure is only logged."""
+        """Post to the server's log channel, if its moderators set one; a failure is only logged. The text is in
+        the server's language (`server_locale`)."""
         if guild_id is None:
             return
         settings = await self.resources.credits.settings(guild_id)

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     default_quota_period: Period = "week"
     member_jobs_in_flight: int = Field(default=2, ge=1, le=100)
     server_jobs_in_flight: int = Field(default=10, ge=1, le=1000)
+    # A job above a server's confirm-above threshold waits this long for the member's Confirm (an interaction's
+    # token lasts 15 minutes, so at most 14).
+    confirm_timeout_seconds: float = Field(default=300.0, gt=0, le=840)
 
     # Callbacks: with a public URL, the provider calls the bot when a task changes, and the bot asks at once.
     callback_public_url: str | None = Field(default=None, pattern=r"^https?://")

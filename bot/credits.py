@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from bot import quota
+from bot.i18n import english
 from bot.model import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, UsageRow
 from bot.storage import Storage
 
@@ -17,7 +18,7 @@ class QuotaRefused(Exception):
     when the refusal is not about credits, or the period never resets). The front end words the time."""
 
     def __init__(self, reason: str, reset_at: datetime | None = None, *, about_credits: bool = False) -> None:
-        when = f" Your credits reset at {reset_at:%Y-%m-%d %H:%M} UTC." if reset_at else ""
+        when = f" Your credits reset at {reset_at:%Y-%m-%d %H:%M} UTC." if reset_at else ""  # the command line
         super().__init__(reason + when)
         self.reason = reason
         self.reset_at = reset_at
@@ -98,29 +99,44 @@ class CreditService:
         settings = facts.settings
         if decision.reason == "blocked":
             return QuotaRefused(
-                f"You are blocked from making videos in this server: {limit.reason or 'no reason given'}."
+                english(
+                    "You are blocked from making videos in this server: {reason}.",
+                    reason=limit.reason or english("no reason given"),
+                )
             )
         if decision.reason == "member_busy":
             return QuotaRefused(
-                f"You already have {facts.usage.in_flight} videos in progress (the limit is "
-                f"{settings.member_in_flight}); wait for one to finish."
+                english(
+                    "You already have {count} videos in progress (the limit is {limit}); wait for one to finish.",
+                    count=facts.usage.in_flight,
+                    limit=settings.member_in_flight,
+                )
             )
         if decision.reason == "server_busy":
             return QuotaRefused(
-                f"This server already has {facts.server_in_flight} videos in progress (the limit is "
-                f"{settings.server_in_flight}); try again in a minute."
+                english(
+                    "This server already has {count} videos in progress (the limit is {limit}); try again in a minute.",
+                    count=facts.server_in_flight,
+                    limit=settings.server_in_flight,
+                )
             )
         left = decision.remaining or 0
-        reason = (
-            f"This video needs {self.describe(cost)} and you have {self.describe(left)} left. "
-            "A shorter or 720p video costs less."
+        reason = english(
+            "This video needs {cost} credits (about {cost_seconds} s of 720p) and you have {left} credits (about "
+            "{left_seconds} s of 720p) left. A shorter or 720p video costs less.",
+            cost=quota.format_credits(cost),
+            cost_seconds=quota.seconds_of_720p(cost, self.rates),
+            left=quota.format_credits(left),
+            left_seconds=quota.seconds_of_720p(left, self.rates),
         )
         return QuotaRefused(reason, self.window(settings.period).reset_at, about_credits=True)
 
     def describe(self, millicredits: int) -> str:
         """Credits with about how many seconds of 720p video they buy."""
         seconds = quota.seconds_of_720p(millicredits, self.rates)
-        return f"{quota.format_credits(millicredits)} credits (about {seconds} s of 720p)"
+        return english(
+            "{amount} credits (about {seconds} s of 720p)", amount=quota.format_credits(millicredits), seconds=seconds
+        )
 
     async def status(self, guild_id: int, user_id: int, role_ids: Sequence[int]) -> QuotaStatus:
         """A member's limit, where it comes from, what is used, left and reserved, and when it resets."""
@@ -163,12 +179,15 @@ class CreditService:
 
     @staticmethod
     def _member_text(member: MemberQuota) -> str:
-        parts = []
-        if member.override is not None:
-            parts.append(f"limit {quota.format_credits(member.override)}")
-        if member.blocked_reason is not None:
-            parts.append(f"blocked ({member.blocked_reason})")
-        return ", ".join(parts) or "no override"
+        limit = None if member.override is None else quota.format_credits(member.override)
+        reason = member.blocked_reason
+        if limit is not None and reason is not None:
+            return english("limit {amount}, blocked ({reason})", amount=limit, reason=reason)
+        if limit is not None:
+            return english("limit {amount}", amount=limit)
+        if reason is not None:
+            return english("blocked ({reason})", reason=reason)
+        return english("no override")
 
     async def _change_member(
         self, guild_id: int, moderator_id: int, user_id: int, action: str, reason: str | None, **changes: object
@@ -206,8 +225,8 @@ class CreditService:
             moderator_id,
             "grant",
             user_id,
-            f"granted {quota.format_credits(before.granted)}",
-            f"granted {quota.format_credits(before.granted + amount)}",
+            english("granted {amount}", amount=quota.format_credits(before.granted)),
+            english("granted {amount}", amount=quota.format_credits(before.granted + amount)),
             reason,
         )
         await self.store.add_grant(guild_id, user_id, amount, entry)
@@ -221,9 +240,11 @@ class CreditService:
 
         def text(values: dict[int, int | None]) -> str:
             if role_id not in values:
-                return "no setting"
+                return english("no setting")
             value = values[role_id]
-            return "unlimited" if value is None else f"limit {quota.format_credits(value)}"
+            return (
+                english("unlimited") if value is None else english("limit {amount}", amount=quota.format_credits(value))
+            )
 
         after = {} if remove else {role_id: limit}
         entry = self._audit(guild_id, moderator_id, "role", role_id, text(before), text(after))
@@ -241,8 +262,8 @@ class CreditService:
             moderator_id,
             "default",
             None,
-            f"{quota.format_credits(before.default_limit)} per {before.period}",
-            f"{quota.format_credits(limit)} per {period}",
+            english("{amount} per {period}", amount=quota.format_credits(before.default_limit), period=before.period),
+            english("{amount} per {period}", amount=quota.format_credits(limit), period=period),
         )
         await self.store.save_quota_settings(guild_id, after, entry)
         return entry
@@ -256,8 +277,12 @@ class CreditService:
             moderator_id,
             "caps",
             None,
-            f"{before.member_in_flight} per member, {before.server_in_flight} per server",
-            f"{member} per member, {server} per server",
+            english(
+                "{member} per member, {server} per server",
+                member=before.member_in_flight,
+                server=before.server_in_flight,
+            ),
+            english("{member} per member, {server} per server", member=member, server=server),
         )
         await self.store.save_quota_settings(guild_id, after, entry)
         return entry
@@ -270,10 +295,35 @@ class CreditService:
             moderator_id,
             "log-channel",
             channel_id,
-            str(before.log_channel_id) if before.log_channel_id else "none",
-            str(channel_id) if channel_id else "none",
+            str(before.log_channel_id) if before.log_channel_id else english("none"),
+            str(channel_id) if channel_id else english("none"),
         )
         await self.store.save_quota_settings(guild_id, replace(before, log_channel_id=channel_id), entry)
+        return entry
+
+    async def set_confirm_above(self, guild_id: int, moderator_id: int, above: int | None) -> AuditEntry:
+        """Jobs costing more than `above` milli-credits ask the member to confirm first (None: never ask)."""
+        before = await self.store.quota_settings(guild_id, self.defaults)
+
+        def text(value: int | None) -> str:
+            return "off" if value is None else quota.format_credits(value)
+
+        entry = self._audit(guild_id, moderator_id, "confirm-above", None, text(before.confirm_above), text(above))
+        await self.store.save_quota_settings(guild_id, replace(before, confirm_above=above), entry)
+        return entry
+
+    async def set_review_channel(self, guild_id: int, moderator_id: int, channel_id: int | None) -> AuditEntry:
+        """Where finished videos wait for a moderator's Approve (None: no review, videos go straight out)."""
+        before = await self.store.quota_settings(guild_id, self.defaults)
+        entry = self._audit(
+            guild_id,
+            moderator_id,
+            "review",
+            channel_id,
+            str(before.review_channel_id) if before.review_channel_id else "off",
+            str(channel_id) if channel_id else "off",
+        )
+        await self.store.save_quota_settings(guild_id, replace(before, review_channel_id=channel_id), entry)
         return entry
 
     async def audit_entries(

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bot.i18n import english
+
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})  # MPO: phones' multi-picture JPEGs
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # what we agree to read at all
 MAX_SEND_BYTES = 10 * 1024 * 1024  # Kling's safe size for a first frame
@@ -102,14 +104,22 @@ def prepare_first_frame(data: bytes) -> FirstFrame:
     Sizes are checked from the header before any pixel is decoded, and a big JPEG is decoded at reduced scale.
     """
     if len(data) > MAX_UPLOAD_BYTES:
-        raise ImageRejected(f"The image is too large ({_mib(len(data))}); send one under {_mib(MAX_SEND_BYTES)}.")
+        raise ImageRejected(
+            english(
+                "The image is too large ({size}); send one under {limit}.",
+                size=_mib(len(data)),
+                limit=_mib(MAX_SEND_BYTES),
+            )
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data))  # lazy: reads the header only
             fmt = image.format or "unknown"
             if fmt not in ACCEPTED_FORMATS:
-                raise ImageRejected(f"That file is a {fmt} image; send a JPG, PNG or WebP picture.")
+                raise ImageRejected(
+                    english("That file is a {format} image; send a JPG, PNG or WebP picture.", format=fmt)
+                )
             width, height = image.size
             _check_size(width, height, fmt)
             passthrough = fmt in ("JPEG", "PNG") and not getattr(image, "is_animated", False)
@@ -121,11 +131,13 @@ def prepare_first_frame(data: bytes) -> FirstFrame:
                 image.draft("RGB", (width // scale, height // scale))
             image.load()  # decodes, so a truncated file fails here, not at the provider
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageRejected("The image has far too many pixels; send a smaller one.") from None
+            raise ImageRejected(english("The image has far too many pixels; send a smaller one.")) from None
         except ImageRejected:
             raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            raise ImageRejected("That file is not a readable image; send a JPG, PNG or WebP picture.") from None
+            raise ImageRejected(
+                english("That file is not a readable image; send a JPG, PNG or WebP picture.")
+            ) from None
     if passthrough:
         return FirstFrame(data, "image/jpeg" if fmt == "JPEG" else "image/png", width, height, None)
     return _convert(image, fmt)
@@ -134,19 +146,44 @@ def prepare_first_frame(data: bytes) -> FirstFrame:
 def _check_size(width: int, height: int, fmt: str) -> None:
     if width * height > MAX_PIXELS:
         raise ImageRejected(
-            f"The image is {width}x{height} pixels ({_mp(width * height)}), too many; send one under {_mp(MAX_PIXELS)}."
+            english(
+                "The image is {width}x{height} pixels ({pixels}), too many; send one under {limit}.",
+                width=width,
+                height=height,
+                pixels=_mp(width * height),
+                limit=_mp(MAX_PIXELS),
+            )
         )
     if min(width, height) < MIN_SIDE:
-        raise ImageRejected(f"The image is {width}x{height}; each side must be at least {MIN_SIDE} pixels.")
+        raise ImageRejected(
+            english(
+                "The image is {width}x{height}; each side must be at least {side} pixels.",
+                width=width,
+                height=height,
+                side=MIN_SIDE,
+            )
+        )
     if max(width, height) / min(width, height) > MAX_RATIO:
         raise ImageRejected(
-            f"The image is {width}x{height}, too elongated; its sides may differ by at most 1:{MAX_RATIO:g}."
+            english(
+                "The image is {width}x{height}, too elongated; its sides may differ by at most 1:{ratio}.",
+                width=width,
+                height=height,
+                ratio=f"{MAX_RATIO:g}",
+            )
         )
     # Only JPEG can be decoded at reduced scale; anything else is decoded whole, so its size is the memory.
     if fmt not in ("JPEG", "MPO") and width * height > MAX_DECODE_PIXELS:
         raise ImageRejected(
-            f"The image is {width}x{height} pixels ({_mp(width * height)}); a PNG or WebP may have at most "
-            f"{_mp(MAX_DECODE_PIXELS)}. Resize it to {MAX_SIDE} pixels on its longer side, or send it as a JPG."
+            english(
+                "The image is {width}x{height} pixels ({pixels}); a PNG or WebP may have at most {limit}. "
+                "Resize it to {side} pixels on its longer side, or send it as a JPG.",
+                width=width,
+                height=height,
+                pixels=_mp(width * height),
+                limit=_mp(MAX_DECODE_PIXELS),
+                side=MAX_SIDE,
+            )
         )
 
 
@@ -189,4 +226,4 @@ def _mib(size: int) -> str:
 
 
 def _mp(pixels: int) -> str:
-    return f"{pixels / 1_000_000:.1f} megapixels"
+    return english("{count} megapixels", count=f"{pixels / 1_000_000:.1f}")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import socket
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -15,6 +13,8 @@ from typing import Any, Literal
 from bot import quota
 from bot.crashpoints import crash_point
 from bot.credits import CreditService
+from bot.fleet import process_name
+from bot.i18n import english
 from bot.images import FirstFrame, base64_text, send_slots
 from bot.kling import (
     KlingAccountError,
@@ -28,7 +28,7 @@ from bot.kling import (
     KlingTask,
     KlingUnavailable,
 )
-from bot.model import AT_PROVIDER, FINAL, OPEN, WAITING, Job, Lease, lease_of
+from bot.model import AT_PROVIDER, FINAL, NOTIFY_MODES, OPEN, WAITING, Job, Lease, lease_of
 from bot.scheduling import AccountPause, Shape, due_for_poll, fair_order, poll_delay, shape_of
 from bot.storage import Storage
 
@@ -47,15 +47,11 @@ SUBMIT_LOOKUP_SECONDS = 150.0
 # A job still rendering past JOB_TIMEOUT_MINUTES is late, not failed: the provider bills it either way, so it is
 # asked about less and less often (see bot/scheduling.py) for this long before it is given up.
 LATE_LIMIT_SECONDS = 24 * 3600.0
+MAX_CHAIN = 50  # segments read back from one video (a join of more would not fit an upload anyway)
 # Background work is claimed (see README, "SQLite or PostgreSQL"): a claim lasts this long unless renewed, so the jobs
 # of a process that stopped go to another one after at most this long.
 LEASE_SECONDS = 60.0
 POLL_BATCH = 10_000  # jobs claimed at once by one piece of background work (a query then asks about 20 at a time)
-
-
-def process_owner() -> str:
-    """This process's name on its claims: unique across hosts, processes and restarts."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class InvalidRequest(ValueError):
@@ -95,6 +91,8 @@ class JobRequest:
     role_ids: tuple[int, ...] = ()
     attachment_size_limit: int | None = None
     wait_if_unavailable: bool = False  # the member chose to queue rather than be refused while the service is down
+    parent_id: str | None = None  # the job this one continues (its first frame is that video's last frame)
+    locale: str | None = None  # the member's Discord locale: later posts about the job are in their language
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,19 +106,19 @@ class JobChange:
 def explain(error: KlingError) -> str:
     """The provider's refusal in words a member can act on."""
     if isinstance(error, KlingContentPolicy):
-        return (
+        return english(
             "The video service refused this prompt or image under its content policy. "
             "Change it and try again; nothing was charged."
         )
     if isinstance(error, KlingAccountError):
-        return "The video service account is out of credits or suspended; an operator must top it up."
+        return english("The video service account is out of credits or suspended; an operator must top it up.")
     if isinstance(error, KlingAuthError):
-        return "The bot's key for the video service was refused; an operator must fix the configuration."
+        return english("The bot's key for the video service was refused; an operator must fix the configuration.")
     if isinstance(error, KlingRateLimited):
-        return "The video service is busy right now; try again in a minute."
+        return english("The video service is busy right now; try again in a minute.")
     if isinstance(error, KlingBadRequest):
-        return f"The video service refused the request: {error.message}"
-    return "The video service is not answering right now; try again later."
+        return english("The video service refused the request: {message}", message=error.message)
+    return english("The video service is not answering right now; try again later.")
 
 
 class JobService:
@@ -146,7 +144,7 @@ class JobService:
         lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.store = store
-        self.owner = owner or process_owner()  # who this service's claims belong to
+        self.owner = owner or process_name()  # who this service's claims belong to
         self.lease_seconds = lease_seconds
         self.origin = origin  # the bot runs 'discord' jobs; the command line its own 'cli' ones
         self.lookup_window = lookup_window
@@ -169,31 +167,45 @@ class JobService:
         prompt = request.prompt.strip()
         limit = MAX_PROMPT[request.kind]
         if request.kind == "text" and not prompt:
-            raise InvalidRequest("The prompt is empty; describe the video you want.")
+            raise InvalidRequest(english("The prompt is empty; describe the video you want."))
         if len(request.prompt) > limit:
             raise InvalidRequest(
-                f"The prompt is {len(request.prompt)} characters; {request.kind} videos allow at most {limit}."
+                english(
+                    "The prompt is {length} characters; {kind} videos allow at most {limit}.",
+                    length=len(request.prompt),
+                    kind=request.kind,
+                    limit=limit,
+                )
             )
         if "\x00" in request.prompt:
-            raise InvalidRequest("The prompt contains a NUL character; remove it.")
+            raise InvalidRequest(english("The prompt contains a NUL character; remove it."))
         if not isinstance(request.duration, int) or request.duration not in DURATIONS:
             raise InvalidRequest(
-                f"The duration must be a whole number of seconds from 3 to 15, not {request.duration}."
+                english(
+                    "The duration must be a whole number of seconds from 3 to 15, not {duration}.",
+                    duration=request.duration,
+                )
             )
         if request.resolution not in RESOLUTIONS:
-            raise InvalidRequest(f"The resolution must be 720p or 1080p, not {request.resolution}.")
+            raise InvalidRequest(
+                english("The resolution must be 720p or 1080p, not {resolution}.", resolution=request.resolution)
+            )
         if request.kind == "text":
             if request.aspect_ratio is not None and request.aspect_ratio not in ASPECT_RATIOS:
-                raise InvalidRequest(f"The aspect ratio must be 16:9, 9:16 or 1:1, not {request.aspect_ratio}.")
+                raise InvalidRequest(
+                    english("The aspect ratio must be 16:9, 9:16 or 1:1, not {ratio}.", ratio=request.aspect_ratio)
+                )
             if request.image is not None or request.image_url is not None:
-                raise InvalidRequest("A text video takes no image; use an image video for a first frame.")
+                raise InvalidRequest(english("A text video takes no image; use an image video for a first frame."))
         else:
             if request.aspect_ratio is not None:
-                raise InvalidRequest("An image video takes its shape from the image; leave the aspect ratio out.")
+                raise InvalidRequest(
+                    english("An image video takes its shape from the image; leave the aspect ratio out.")
+                )
             if (request.image is None) == (request.image_url is None):
-                raise InvalidRequest("An image video needs exactly one first-frame image.")
+                raise InvalidRequest(english("An image video needs exactly one first-frame image."))
             if request.image_url is not None and not request.image_url.startswith(("https://", "http://")):
-                raise InvalidRequest("The first frame must be an http(s) link or an uploaded image.")
+                raise InvalidRequest(english("The first frame must be an http(s) link or an uploaded image."))
 
     def cost_of(self, duration: int, resolution: str) -> int:
         """The credits (milli) a job of this shape reserves."""
@@ -202,12 +214,14 @@ class JobService:
     def unavailable_reason(self) -> str | None:
         """Why new jobs cannot be taken now, or None when they can."""
         if self.pause.active:
-            return (
+            return english(
                 "The video service is unavailable: the bot's account needs an operator's attention. "
                 "Nothing was charged; try again later."
             )
         if self.kling.breaker.refusing:
-            return "The video service is not answering right now. Nothing was charged; try again in a few minutes."
+            return english(
+                "The video service is not answering right now. Nothing was charged; try again in a few minutes."
+            )
         return None
 
     async def create(self, request: JobRequest) -> Job:
@@ -264,6 +278,8 @@ class JobService:
             updated_at=now,
             origin=self.origin,
             frame_url=request.frame_url,
+            parent_id=request.parent_id,
+            locale=request.locale,
             # Held by this process while its command posts the card and sends it: no one else sends it meanwhile.
             lease_owner=self.owner,
             lease_until=now + RESERVED_GRACE_SECONDS,
@@ -438,8 +454,7 @@ class JobService:
             submitted_at=now,
             updated_at=now,
             # Sent: the claim ends with the move, so a callback's hint or a poll (of any process) takes it at once.
-            lease_owner=None,
-            lease_until=now,
+            **_released(now),
         )
         if not moved:
             log.info("job %s was settled elsewhere while submitting", job.id)
@@ -454,13 +469,24 @@ class JobService:
         """Fail a job (its reservation is released with it); None when another path already moved it."""
         now = self.clock()
         if not await self.store.transition(
-            job.id, previous, "failed", lease=self.lease_of(job), error=reason, finished_at=now, updated_at=now
+            job.id,
+            previous,
+            "failed",
+            lease=self.lease_of(job),
+            error=reason,
+            finished_at=now,
+            updated_at=now,
+            **_released(now),
         ):
             return None
         return await self.store.get_job(job.id)
 
     def _pause(self, error: KlingError) -> None:
-        if self.pause.pause(f"The video service refused the bot's account: {explain(error)} ({error})"):
+        if self.pause.pause(
+            english(
+                "The video service refused the bot's account: {reason} ({error})", reason=explain(error), error=error
+            )
+        ):
             log.error("submissions paused for %.0fs: %s", self.pause.seconds, error)
 
     def take_alerts(self) -> list[str]:
@@ -510,21 +536,27 @@ class JobService:
         again; whether the provider made it anyway is known within minutes (then it is delivered and charged)."""
         job = await self.store.get_job(job_id)
         if job is None or job.guild_id != guild_id or (job.user_id != user_id and not moderator):
-            raise InvalidRequest("There is no such job of yours here; only its requester or a moderator can cancel it.")
+            raise InvalidRequest(
+                english("There is no such job of yours here; only its requester or a moderator can cancel it.")
+            )
         now = self.clock()
         if job.status == "queued" and await self.store.transition(
-            job.id, "queued", "cancelled", error="cancelled", finished_at=now, updated_at=now
+            job.id, "queued", "cancelled", error=english("cancelled"), finished_at=now, updated_at=now
         ):
             log.info("job %s cancelled by %s", job.id, user_id)
         elif job.status == "reserved" and job.uncertain_since is not None:
             await self.store.update_job(job.id, "reserved", cancel_requested=True, updated_at=now)
             log.info("job %s: cancel requested by %s while its submit is uncertain", job.id, user_id)
         elif job.status in WAITING:
-            raise InvalidRequest("That job is being sent to the video service right now; try again in a moment.")
+            raise InvalidRequest(
+                english("That job is being sent to the video service right now; try again in a moment.")
+            )
         else:
             raise InvalidRequest(
-                "Only a job not yet at the video service can be cancelled; once there, it cannot be stopped "
-                "(and the service charges for it)."
+                english(
+                    "Only a job not yet at the video service can be cancelled; once there, it cannot be stopped "
+                    "(and the service charges for it)."
+                )
             )
         cancelled = await self.store.get_job(job.id)
         assert cancelled is not None
@@ -673,11 +705,13 @@ class JobService:
         minutes = (now - job.uncertain_since) / 60
         if job.cancel_requested:
             log.info("job %s: absent after %.1f minutes of look-ups; cancelled as asked", job.id, minutes)
-            return await self._end_unsent(job, "cancelled", "cancelled; the video service never had it")
+            return await self._end_unsent(job, "cancelled", english("cancelled; the video service never had it"))
         if job.attempts >= MAX_SUBMIT_ATTEMPTS:
-            reason = (
-                f"The video service did not take this job after {job.attempts} tries "
-                f"(checked for {minutes:.0f} minutes); nothing was charged."
+            reason = english(
+                "The video service did not take this job after {tries} tries "
+                "(checked for {minutes} minutes); nothing was charged.",
+                tries=job.attempts,
+                minutes=f"{minutes:.0f}",
             )
             return await self._end_unsent(job, "failed", reason)
         log.info("job %s: absent after %d look-ups over %.1f minutes; sending it again", job.id, lookups, minutes)
@@ -710,7 +744,7 @@ class JobService:
             video = task.video
             if video is None:
                 log.warning("job %s: task %s succeeded without a video", job.id, task.id)
-                return await self._fail(job, "The video service finished but sent no video.", AT_PROVIDER)
+                return await self._fail(job, english("The video service finished but sent no video."), AT_PROVIDER)
             billed = _billed_millicredits(task)
             moved = await self.store.transition(
                 job.id,
@@ -726,8 +760,8 @@ class JobService:
                 updated_at=now,
             )
         elif task.status == "failed":
-            reason = task.message or "The video service could not make this video."
-            return await self._fail(job, f"The video service failed: {reason}", AT_PROVIDER)
+            reason = task.message or english("The video service could not make this video.")
+            return await self._fail(job, english("The video service failed: {reason}", reason=reason), AT_PROVIDER)
         elif task.status in ("submitted", "processing"):
             return None
         else:  # the client logged this status once; keep asking
@@ -747,9 +781,10 @@ class JobService:
             for job in stale:
                 if job.attempts and job.status == "reserved":
                     continue  # perhaps at the provider: settled by its external id, never timed out blindly
-                reason = (
-                    f"The video service could not take this job for {minutes:g} minutes, so it was never sent; "
-                    "nothing was charged."
+                reason = english(
+                    "The video service could not take this job for {minutes} minutes, so it was never sent; "
+                    "nothing was charged.",
+                    minutes=f"{minutes:g}",
                 )
                 failed = await self._fail(job, reason, job.status)
                 if failed is not None:
@@ -767,7 +802,9 @@ class JobService:
         changes = []
         hours = (self.job_timeout + self.late_limit) / 3600
         for job in claimed:
-            reason = f"The video did not arrive within {hours:g} hours; your credits were given back."
+            reason = english(
+                "The video did not arrive within {hours} hours; your credits were given back.", hours=f"{hours:g}"
+            )
             failed = await self._fail(job, reason, AT_PROVIDER)
             if failed is not None:
                 log.warning("job %s given up after %g hours at the provider", job.id, hours)
@@ -788,13 +825,14 @@ class JobService:
             result_message_id=result_message_id,
             delivered_at=now,
             updated_at=now,
+            **_released(now),
         )
 
     async def mark_undeliverable(self, job_id: str, reason: str, *, lease: Lease | None = None) -> bool:
         """Every way to post the video failed; the link stays in the job's row for the member's history."""
         now = self.clock()
         return await self.store.transition(
-            job_id, "succeeded", "undeliverable", lease=lease, error=reason, updated_at=now
+            job_id, "succeeded", "undeliverable", lease=lease, error=reason, updated_at=now, **_released(now)
         )
 
     async def note_delivery_problem(self, job: Job, reason: str, *, lease: Lease | None = None) -> int:
@@ -812,7 +850,9 @@ class JobService:
 
     async def fail_download(self, job: Job, reason: str) -> Job | None:  # fenced by the lease `job` carries
         """The provider's video never came (its link is dead or not a video): fail the job, releasing its credits."""
-        return await self._fail(job, f"The finished video could not be fetched: {reason}.", "succeeded")
+        return await self._fail(
+            job, english("The finished video could not be fetched: {reason}.", reason=reason), "succeeded"
+        )
 
     # --- reads for the front ends -----------------------------------------------------------------------------
 
@@ -854,6 +894,17 @@ class JobService:
         stored = await self.store.get_image(job.image_sha256) if job.image_sha256 else None
         return FirstFrame(stored.data, stored.mime, stored.width, stored.height, None) if stored else None
 
+    async def chain(self, job: Job) -> list[Job]:
+        """The segments that end with `job`, root first: each job's parent, then its parent's, up to
+        MAX_CHAIN (a longer or broken chain starts at the oldest segment still known)."""
+        segments = [job]
+        while segments[0].parent_id is not None and len(segments) < MAX_CHAIN:
+            parent = await self.store.get_job(segments[0].parent_id)
+            if parent is None or any(s.id == parent.id for s in segments):
+                break
+            segments.insert(0, parent)
+        return segments
+
     async def set_discord_refs(
         self, job_id: str, *, message_id: int | None, thread_id: int | None, status_message_id: int | None
     ) -> None:
@@ -875,6 +926,49 @@ class JobService:
         """The median render time of recent finished jobs of this shape, or None without history."""
         times = await self.store.render_times(duration, resolution)
         return statistics.median(times) if times else None
+
+    # --- how the member is told, and moderator review ---------------------------------------------------------
+
+    async def notify_preference(self, user_id: int) -> str:
+        """'mention' (the default), 'dm' or 'off'."""
+        return await self.store.notify_preference(user_id)
+
+    async def set_notify_preference(self, user_id: int, mode: str) -> None:
+        """Keep how a member wants to be told their videos are done."""
+        if mode not in NOTIFY_MODES:
+            raise InvalidRequest(f"Choose one of {', '.join(NOTIFY_MODES)}, not {mode!r}.")
+        await self.store.set_notify_preference(user_id, mode)
+
+    async def hold_for_review(self, job: Job) -> Job:
+        """A finished video waits for a moderator: review_state becomes 'pending' (once) before anything is
+        posted, so no path delivers it to the member meanwhile. Returns the job as stored."""
+        await self.store.decide_review(job.id, None, "succeeded", review_state="pending", updated_at=self.clock())
+        return await self.store.get_job(job.id) or job
+
+    async def set_review_message(self, job_id: str, message_id: int) -> None:
+        """Remember the review channel's message that carries the job's Approve and Reject buttons."""
+        await self.store.update_job(job_id, "succeeded", review_message_id=message_id, updated_at=self.clock())
+
+    async def approve(self, job_id: str) -> bool:
+        """A moderator approved the video: it is delivered like any other (with all its tries: refused posts to the
+        review channel do not count against them). False when already decided."""
+        return await self.store.decide_review(job_id, "pending", "succeeded", review_state="approved",
+                                              delivery_attempts=0, updated_at=self.clock())  # fmt: skip
+
+    async def reject(self, job_id: str, reason: str) -> Job | None:
+        """A moderator rejected the video: the job ends `rejected`. Its credits stay spent (the provider billed
+        the render), so it counts as used like a delivered job. None when already decided."""
+        now = self.clock()
+        if not await self.store.decide_review(
+            job_id, "pending", "rejected", review_state="rejected", review_reason=reason, updated_at=now
+        ):
+            return None
+        return await self.store.get_job(job_id)
+
+
+def _released(now: float) -> dict[str, Any]:
+    """The changes that end a claim with the write that finishes its work (the release time orders later claims)."""
+    return {"lease_owner": None, "lease_until": now}
 
 
 def _billed_millicredits(task: KlingTask) -> int | None:

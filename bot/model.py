@@ -14,8 +14,10 @@ AT_PROVIDER = ("submitted", "processing")  # the provider is rendering it: polle
 HOLDING_A_SLOT = ("reserved", *AT_PROVIDER)
 IN_PROGRESS = (*WAITING, *AT_PROVIDER)  # what a member's and a server's caps on jobs at once count
 OPEN = (*IN_PROGRESS, "succeeded")  # not settled yet: a succeeded job still has to be posted
-FINAL = ("delivered", "failed", "cancelled", "undeliverable")
+# `rejected`: a moderator's review refused the finished video; the provider billed it, so it stays charged.
+FINAL = ("delivered", "failed", "cancelled", "undeliverable", "rejected")
 STATES = (*OPEN, *FINAL)
+NOTIFY_MODES = ("mention", "dm", "off")  # how a member is told their video is done (member_prefs.notify)
 
 
 @dataclass(frozen=True, slots=True)

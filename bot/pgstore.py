@@ -37,6 +37,7 @@ from bot.store import (
     CLAIM_ORDER,
     JOB_COLUMNS,
     MIGRATIONS,
+    NOT_HELD_FOR_REVIEW,
     DecisionT,
     Store,
     StoreUnavailable,
@@ -376,6 +377,7 @@ class PgStore:
         SKIP LOCKED: processes claiming at once pass over each other's rows instead of waiting for them, so their
         claims are disjoint. `ids`, `created_before` and `abandoned` as in `Store.claim_jobs`."""
         sql = "status = ANY(%s::text[]) AND origin = %s AND (lease_until IS NULL OR lease_until <= %s)"
+        sql += f" AND {NOT_HELD_FOR_REVIEW}"
         params: list[Any] = [list(statuses), origin, now]
         if ids is not None:
             sql += " AND id = ANY(%s::text[])"
@@ -678,7 +680,7 @@ class PgStore:
         # Failed and cancelled jobs release their credits simply by not being counted.
         cursor = await db.execute(
             "SELECT"
-            " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable')"
+            " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable', 'rejected')"
             "   THEN COALESCE(cost_billed, cost_estimate) END), 0),"
             " COALESCE(SUM(CASE WHEN status IN ('reserved', 'queued', 'submitted', 'processing')"
             "   THEN cost_estimate END), 0)"
@@ -856,6 +858,37 @@ class PgStore:
                         f" FROM {table}"
                     )
         return copied
+
+    # --- member preferences and review --------------------------------------------------------------------
+
+    async def notify_preference(self, user_id: int) -> str:
+        """How a member wants to be told their video is done: 'mention' (the default), 'dm' or 'off'."""
+        value = await self._scalar("SELECT notify FROM member_prefs WHERE user_id = %s", (user_id,))
+        return str(value) if value else "mention"
+
+    async def set_notify_preference(self, user_id: int, mode: str) -> None:
+        """Keep a member's choice of 'mention', 'dm' or 'off' (the table refuses anything else)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO member_prefs (user_id, notify) VALUES (%s, %s)"
+                " ON CONFLICT (user_id) DO UPDATE SET notify = excluded.notify",
+                (user_id, mode),
+            )
+
+    async def decide_review(self, job_id: str, from_review: str | None, to_status: str, **changes: Any) -> bool:
+        """Move a `succeeded` job whose review_state is still `from_review` (None: never reviewed), once: False
+        when another moderator (or another path) decided first."""
+        changes = {"status": to_status, **changes}
+        checked_update("succeeded", changes)
+        assignments = ", ".join(f"{name} = %s" for name in changes)
+        values = [_value(name, value) for name, value in changes.items()]
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = %s AND status = 'succeeded'"
+                " AND review_state IS NOT DISTINCT FROM %s",
+                (*values, job_id, from_review),
+            )
+            return cursor.rowcount == 1
 
 
 async def _insert_audit(db: Connection, entry: AuditEntry) -> None:

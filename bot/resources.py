@@ -10,6 +10,7 @@ import aiohttp
 
 from bot.config import Settings
 from bot.credits import CreditService
+from bot.fleet import Fleet, open_fleet
 from bot.jobs import JobService
 from bot.kling import KlingClient
 from bot.storage import Storage, open_storage
@@ -24,6 +25,7 @@ class Resources:
     kling: KlingClient
     jobs: JobService
     credits: CreditService
+    fleet: Fleet  # the other processes on the same database (none on SQLite)
 
 
 @contextlib.asynccontextmanager
@@ -58,6 +60,10 @@ async def open_resources(
                 lookup_window=settings.submit_lookup_seconds,
                 lease_seconds=settings.lease_seconds,
             )
-            yield Resources(session, store, kling, jobs, credits)
+            fleet = open_fleet(settings.database)
+            try:
+                yield Resources(session, store, kling, jobs, credits, fleet)
+            finally:
+                await fleet.close()
         finally:
             await store.close()

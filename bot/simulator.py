@@ -1,7 +1,8 @@
 """A Kling 3.0 turbo simulator that speaks the provider's API as docs/provider-api.md describes it.
 
 The tests use it over 127.0.0.1; `python -m bot simulate` lets a server owner try the bot without a key or cost.
-Faults can be switched on (`fail_next`) to prove the client copes with what the real gateway does.
+Faults can be switched on (`fail_next`) to prove the client copes with what the real gateway does. Videos are the
+sample mp4, or with `task_videos` one small clip per task whose last frame has a colour of that task's own.
 
 Nobody has proven that Cloudsway's gateway behaves as its page says, so `GatewayVariant` (`sim.variant`, or
 `--variant KEY=VALUE` on the command line) switches on one plausible difference each; every default follows the page:
@@ -29,6 +30,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import hashlib
 import io
 import itertools
 import json
@@ -44,6 +46,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 import aiohttp
+import av
 from aiohttp import web
 from PIL import Image
 
@@ -232,6 +235,10 @@ class KlingSimulator:
         self.video_fault: str | None = None
         self.video_trickle_seconds = 0.0  # > 0: a slow CDN, each video then sent one byte per that many seconds
         self.video_requests: list[str] = []  # the output id of each video GET, in order
+        # True: each task's video is its own small clip (`task_video`), whose last frame differs per task, so a
+        # continued video's first frame can be traced; False: every task serves the sample video.
+        self.task_videos = False
+        self._task_clips: dict[str, bytes] = {}  # task id -> its clip, made once
         self.callback_secret: str | None = None  # signs callbacks (Standard Webhooks) when set
         self.requests: list[RecordedRequest] = []
         self.tasks: dict[str, SimTask] = {}
@@ -615,7 +622,7 @@ class KlingSimulator:
             raise web.HTTPNotFound()
         if self.video_fault == "html":
             return web.Response(text=HTML_PAGE, content_type="text/html")
-        data = self.video_bytes if self.video_bytes is not None else sample_video()
+        data = self.video_bytes if self.video_bytes is not None else await self._video_data(output_id)
         response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
         response.content_length = len(data)
         await response.prepare(request)
@@ -627,6 +634,14 @@ class KlingSimulator:
             await response.write(view[start : start + step])
         await response.write_eof()
         return response
+
+    async def _video_data(self, output_id: str) -> bytes:
+        if not self.task_videos:
+            return sample_video()
+        task_id = next(t.id for t in self.tasks.values() if t.output_id == output_id)
+        if task_id not in self._task_clips:  # encoded off the loop: the bot may share it
+            self._task_clips[task_id] = await asyncio.to_thread(task_video, task_id)
+        return self._task_clips[task_id]
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -706,6 +721,40 @@ def _check_image(data: bytes) -> None:
         raise _bad("first_frame aspect ratio must be between 1:2.5 and 2.5:1")
 
 
+def task_colour(seed: str) -> tuple[int, int, int]:
+    """The colour of the last frame of the simulator's video for this task id (mid-range, so YUV keeps it)."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return (40 + digest[0] % 176, 40 + digest[1] % 176, 40 + digest[2] % 176)
+
+
+def make_clip(colours: Sequence[tuple[int, int, int]], *, width: int = 480, height: int = 320, fps: int = 8) -> bytes:
+    """A small H.264 mp4 with one plain frame per colour, at `fps` frames a second."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for colour in colours:
+            frame = av.VideoFrame.from_image(Image.new("RGB", (width, height), colour))  # type: ignore[no-untyped-call]
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()
+
+
+def task_video(seed: str) -> bytes:
+    """The simulator's video for one task (`task_videos`): one second at 480x320 whose final frame has
+    `task_colour(seed)` and every frame before it a colour 88 away in each channel, so a first frame is never
+    mistaken for a last."""
+    last = task_colour(seed)
+    before = (_away(last[0]), _away(last[1]), _away(last[2]))
+    return make_clip([before] * 7 + [last])
+
+
+def _away(channel: int) -> int:
+    return channel + 88 if channel < 128 else channel - 88
+
+
 def sample_video() -> bytes:
     """The small real mp4 the simulator serves (3 s, 320x180, H.264 and AAC)."""
     return (resources.files("bot") / "assets" / "sample.mp4").read_bytes()
@@ -723,6 +772,7 @@ async def run_forever(
     simulator = KlingSimulator(
         api_key=api_key, endpoint_path=endpoint_path, render_seconds=render_seconds, variant=parsed
     )
+    simulator.task_videos = True  # so a video can be continued from its own last frame (480x320, one second)
     await simulator.start(host, port)
     print(
         f"Kling simulator on {simulator._origin}/v1/ai (endpoint path {endpoint_path!r}); point the bot at it with:\n"

@@ -285,6 +285,8 @@ _OPEN = ", ".join(f"'{state}'" for state in OPEN)  # the WHERE of the partial in
 _HOLDING_A_SLOT = ", ".join(f"'{state}'" for state in HOLDING_A_SLOT)
 # Claims go to the jobs worked on least recently (a released claim keeps its time), then the oldest.
 CLAIM_ORDER = "COALESCE(lease_until, 0), created_at, id"
+# A video waiting in the review channel has no background work until a moderator decides: never claimed.
+NOT_HELD_FOR_REVIEW = "(review_state IS NULL OR review_state <> 'pending' OR review_message_id IS NULL)"
 
 
 def checked_update(states: str | Iterable[str], changes: dict[str, Any]) -> tuple[str, ...]:
@@ -317,7 +319,7 @@ def _claimable(
 ) -> tuple[str, list[Any]]:
     """The WHERE of a claim (with `mark` as each parameter's placeholder): the states, the origin, no live lease."""
     sql = f"status IN ({', '.join(mark for _ in statuses)}) AND origin = {mark}"
-    sql += f" AND (lease_until IS NULL OR lease_until <= {mark})"
+    sql += f" AND (lease_until IS NULL OR lease_until <= {mark}) AND {NOT_HELD_FOR_REVIEW}"
     params: list[Any] = [*statuses, origin, now]
     if ids is not None:  # one JSON parameter, however many ids (SQLite caps the number of parameters)
         sql += f" AND id IN (SELECT value FROM json_each({mark}))"
@@ -791,7 +793,8 @@ class Store:
         # Failed and cancelled jobs release their credits simply by not being counted.
         async with db.execute(
             "SELECT MIN(first_created),"
-            " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable') THEN settled END), 0),"
+            " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable', 'rejected')"
+            "   THEN settled END), 0),"
             f" COALESCE(SUM(CASE WHEN status IN ({_IN_PROGRESS}) THEN estimated END), 0),"
             f" COALESCE(SUM(CASE WHEN status IN ({_IN_PROGRESS}) THEN jobs END), 0)"
             " FROM member_job_totals WHERE guild_id = ? AND user_id = ?",
@@ -801,7 +804,7 @@ class Store:
         if first is not None and since > first:  # a window of part of their history: the index's range of it
             async with db.execute(
                 "SELECT"
-                " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable')"
+                " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable', 'rejected')"
                 "   THEN COALESCE(cost_billed, cost_estimate) END), 0),"
                 f" COALESCE(SUM(CASE WHEN status IN ({_IN_PROGRESS})"
                 "   THEN cost_estimate END), 0)"
@@ -909,6 +912,35 @@ class Store:
                 await self._db.backup(destination)
             finally:
                 await destination.close()
+
+    # --- member preferences and review --------------------------------------------------------------------
+
+    async def notify_preference(self, user_id: int) -> str:
+        """How a member wants to be told their video is done: 'mention' (the default), 'dm' or 'off'."""
+        value = await self._scalar("SELECT notify FROM member_prefs WHERE user_id = ?", (user_id,))
+        return str(value) if value else "mention"
+
+    async def set_notify_preference(self, user_id: int, mode: str) -> None:
+        """Keep a member's choice of 'mention', 'dm' or 'off' (the table refuses anything else)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO member_prefs (user_id, notify) VALUES (?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE SET notify = excluded.notify",
+                (user_id, mode),
+            )
+
+    async def decide_review(self, job_id: str, from_review: str | None, to_status: str, **changes: Any) -> bool:
+        """Move a `succeeded` job whose review_state is still `from_review` (None: never reviewed), once: False
+        when another moderator (or another path) decided first."""
+        changes = {"status": to_status, **changes}
+        checked_update("succeeded", changes)
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND status = 'succeeded' AND review_state IS ?",
+                (*changes.values(), job_id, from_review),
+            )
+            return cursor.rowcount == 1
 
 
 async def _insert_audit(db: aiosqlite.Connection, entry: AuditEntry) -> None:

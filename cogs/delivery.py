@@ -18,6 +18,7 @@ import discord
 
 from bot.crashpoints import crash_point
 from bot.delivery import DownloadFailed, VideoTooLarge, download_video
+from bot.i18n import english, tr
 from bot.model import Job
 from cogs.messages import (
     NO_ATTACH_REASON,
@@ -27,7 +28,7 @@ from cogs.messages import (
     too_large_reason,
     video_link_text,
 )
-from cogs.views import result_view
+from cogs.views import result_view, review_view
 
 if TYPE_CHECKING:
     from bot.app import VideoBot
@@ -105,6 +106,8 @@ class Deliverer:
         `resumed`: an earlier deliverer may have posted it; a post found in the thread is recorded, not repeated."""
         if job.video_url is None or job.channel_id is None or self.card_pending(job):
             return
+        if await self.awaits_review(job):
+            return
         if resumed and (posted := await self.find_post(job)) is not None:
             log.info("job %s: its video was already posted (message %s); recording it, not posting again", job.id,
                      posted.id)  # fmt: skip
@@ -161,7 +164,10 @@ class Deliverer:
         try:
             message = await self._send(job, job.channel_id, path, link_reason, note=THREAD_GONE_NOTE)
         except discord.HTTPException as exc:
-            reason = f"Its thread was deleted and the channel refused the post: {exc.status} {exc.text or ''}".strip()
+            reason = english(
+                "Its thread was deleted and the channel refused the post: {error}",
+                error=f"{exc.status} {exc.text or ''}".strip(),
+            )
             if await self.jobs.mark_undeliverable(job.id, reason, lease=self.jobs.lease_of(job)):
                 log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
             return
@@ -174,18 +180,20 @@ class Deliverer:
     ) -> discord.Message:
         """Post the file, or the link when there is no file or Discord refuses the file (too large, not allowed)."""
         target = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
-        mention = f"<@{job.user_id}>" if job.user_id else ""
-        pings = discord.AllowedMentions(users=[discord.Object(job.user_id)] if job.user_id else False)
+        ping = await self.notify_mode(job) == "mention"  # 'dm' and 'off' post without pinging anyone
+        mention = f"<@{job.user_id}>" if ping else ""
+        pings = requester_only(job) if ping else discord.AllowedMentions.none()
         # The nonce makes Discord answer a repeated post with the first message (discord.py sends enforce_nonce
         # with it), so a repeat within minutes of a crash between the post and the database update posts nothing.
         nonce = post_nonce(job.id)
         if path is not None:
             try:
                 message = await target.send(
-                    f"{mention} your video is ready." + (f"\n{note}" if note else ""),
+                    tr(job.locale, "{mention} your video is ready.", mention=mention).strip()
+                    + (f"\n{tr(job.locale, note)}" if note else ""),
                     embed=result_embed(job),
                     file=discord.File(path, filename=f"video-{job.id[:8]}.mp4"),
-                    view=result_view(job.id),
+                    view=self.result_view(job),
                     allowed_mentions=pings,
                     nonce=nonce,
                 )
@@ -198,7 +206,9 @@ class Deliverer:
                 elif exc.status == 403 and exc.code == 50013:
                     # Counted, as a refused post; the link needs no Attach Files, so it goes at once.
                     await self.jobs.note_delivery_problem(
-                        await self._fresh(job), f"Discord refused the file: {exc}", lease=self.jobs.lease_of(job)
+                        await self._fresh(job),
+                        english("Discord refused the file: {error}", error=exc),
+                        lease=self.jobs.lease_of(job),
                     )
                     log.info("job %s: Discord refused the file (missing permissions); posting the link", job.id)
                     link_reason = NO_ATTACH_REASON
@@ -207,21 +217,38 @@ class Deliverer:
         message = await target.send(
             video_link_text(job, mention, link_reason, note),
             embed=result_embed(job),
-            view=result_view(job.id),
+            view=self.result_view(job),
             allowed_mentions=pings,
             nonce=nonce,
         )
         crash_point("after_post")
         return message
 
+    def result_view(self, job: Job) -> discord.ui.View:
+        """The buttons under the video, with what Re-roll and Continue (at the default duration) cost."""
+        return result_view(
+            job.id,
+            reroll_cost=self.jobs.cost_of(job.duration, job.resolution),
+            continue_cost=self.jobs.cost_of(self.bot.settings.default_duration, job.resolution),
+            chained=job.parent_id is not None,
+            locale=job.locale,
+        )
+
     async def _delivered(self, job: Job, message: discord.Message) -> None:
         # Shielded: once posted, a shutdown's cancel must not lose the record (the nonce would catch a repeat, but
         # only for a few minutes). Fenced: a deliverer that lost its claim leaves the job to the one holding it.
         lease = self.jobs.lease_of(job)
-        if await asyncio.shield(self.jobs.mark_delivered(job.id, result_message_id=message.id, lease=lease)):
-            log.info("job %s delivered (%s)", job.id, "file" if message.attachments else "link")
-        else:
+        if not await asyncio.shield(self.jobs.mark_delivered(job.id, result_message_id=message.id, lease=lease)):
             log.warning("job %s: posted, but it was delivered or claimed elsewhere meanwhile", job.id)
+            return
+        log.info("job %s delivered (%s)", job.id, "file" if message.attachments else "link")
+        link = f"https://discord.com/channels/{job.guild_id}/{message.channel.id}/{message.id}"
+        await self.notify_requester(
+            job,
+            tr(job.locale, "Your video `{job}` is ready: {link}", job=job.id[:8], link=link),
+            tr(job.locale, "your video is ready (above)."),
+            message.channel.id,
+        )
 
     async def find_post(self, job: Job) -> discord.Message | None:
         """The job's video message among the latest of its thread (and channel), if an earlier try posted it."""
@@ -241,13 +268,18 @@ class Deliverer:
         return await self.jobs.get(job.id) or job
 
     async def _timed_out(self, job: Job) -> None:
-        reason = f"posting it took longer than {self.time_limit:g} s"
+        seconds = f"{self.time_limit:g}"
+        reason = english("posting it took longer than {seconds} s", seconds=seconds)
         lease = self.jobs.lease_of(job)
         tries = await self.jobs.note_delivery_problem(await self._fresh(job), reason, lease=lease)
         log.warning("job %s: post try %d timed out", job.id, tries)
         if tries < MAX_TRIES:
             return  # the next tick tries again
-        if await self.jobs.mark_undeliverable(job.id, f"The video could not be posted: {reason}.", lease=lease):
+        if await self.jobs.mark_undeliverable(
+            job.id,
+            english("The video could not be posted: posting it took longer than {seconds} s.", seconds=seconds),
+            lease=lease,
+        ):
             log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
 
     async def _download_failed(self, job: Job, reason: str) -> None:
@@ -258,7 +290,9 @@ class Deliverer:
         await self.jobs.fail_download(job, reason)  # the poller announces the failure
 
     async def _post_failed(self, job: Job, error: discord.HTTPException) -> None:
-        reason = f"Discord refused the post: {error.status} {error.text or type(error).__name__}"
+        reason = english(
+            "Discord refused the post: {error}", error=f"{error.status} {error.text or type(error).__name__}"
+        )
         gone = isinstance(error, discord.NotFound)  # the channel was deleted: retrying cannot help
         lease = self.jobs.lease_of(job)
         tries = (
@@ -271,15 +305,148 @@ class Deliverer:
             log.error("job %s is undeliverable; its link stays in /video status and /video history", job.id)
 
     async def tell_failure(self, job: Job) -> None:
-        """Post a failed job's reason in its thread, notifying the member; a Discord error is only logged."""
+        """Post a failed job's reason in its thread, telling the member as they chose."""
+        await self._tell(
+            job,
+            lambda ping: failure_text(job, mention=ping),
+            english("Your video `{job}` could not be made: {link}"),
+            english("your video could not be made (see above)."),
+        )
+
+    # --- telling the member -------------------------------------------------------------------------------
+
+    async def notify_mode(self, job: Job) -> str:
+        """How the requester wants to hear that the job ended: 'mention', 'dm' or 'off' (nobody to tell: off)."""
+        return await self.jobs.notify_preference(job.user_id) if job.user_id else "off"
+
+    async def notify_requester(self, job: Job, dm_text: str, fallback: str, channel_id: int) -> None:
+        """After a post that did not ping the member: a direct message when they chose 'dm'. A closed DM (Discord
+        50007) or any refusal falls back to a mention in `channel_id`, pinging only them."""
+        if job.user_id is None or await self.notify_mode(job) != "dm":
+            return
+        try:
+            channel = await self.bot.create_dm(discord.Object(job.user_id))
+            await channel.send(dm_text, allowed_mentions=discord.AllowedMentions.none())
+            return
+        except discord.HTTPException as exc:
+            log.info("job %s: no direct message to its member (%s %s); mentioning them", job.id, exc.status, exc.code)
+        target = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
+        try:
+            await target.send(f"<@{job.user_id}> {fallback}", allowed_mentions=requester_only(job))
+        except discord.HTTPException:
+            log.warning("job %s: could not mention its member either", job.id, exc_info=True)
+
+    async def tell_rejected(self, job: Job) -> None:
+        """Tell the member in the job's thread that a moderator rejected the video, with the reason; the credits
+        stay spent (the video service billed the render)."""
+        text = tr(
+            job.locale,
+            "Your video `{job}` was not approved by a moderator: {reason}\n"
+            "Its credits stay spent: the video service billed the render.",
+            job=job.id[:8],
+            reason=discord.utils.escape_markdown(job.review_reason or "") or tr(job.locale, "no reason given"),
+        )
+        await self._tell(
+            job,
+            lambda ping: f"<@{job.user_id}> {text}" if ping else text,
+            english("Your video `{job}` was not approved: {link}"),
+            english("your video was not approved (see above)."),
+        )
+
+    async def _tell(self, job: Job, text: Callable[[bool], str], dm_text: str, fallback: str) -> None:
+        """Post `text(ping)` in the job's thread, pinging only the requester if they chose mentions, then a direct
+        message (`dm_text`, with the thread's link) if they chose that; a Discord error is only logged."""
         if job.channel_id is None:
             return
-        target = self.bot.get_partial_messageable(job.thread_id or job.channel_id, guild_id=job.guild_id)
-        pings = discord.AllowedMentions(users=[discord.Object(job.user_id)] if job.user_id else False)
+        where = job.thread_id or job.channel_id
+        target = self.bot.get_partial_messageable(where, guild_id=job.guild_id)
+        ping = await self.notify_mode(job) == "mention"
         try:
-            await target.send(failure_text(job), allowed_mentions=pings)
+            await target.send(
+                text(ping), allowed_mentions=requester_only(job) if ping else discord.AllowedMentions.none()
+            )
         except discord.HTTPException:
-            log.warning("job %s: could not post its failure", job.id, exc_info=True)
+            log.warning("job %s: could not post its end in its thread", job.id, exc_info=True)
+        link = f"https://discord.com/channels/{job.guild_id}/{where}"
+        await self.notify_requester(
+            job, tr(job.locale, dm_text, job=job.id[:8], link=link), tr(job.locale, fallback), where
+        )
+
+    # --- moderator review ---------------------------------------------------------------------------------
+
+    async def awaits_review(self, job: Job) -> bool:
+        """True while the video must wait for a moderator. In a server with a review channel it goes there first,
+        with Approve and Reject; it is marked 'pending' BEFORE that post, so nothing (a restart, another tick)
+        delivers it to the member until a moderator approves."""
+        if job.review_state is None:
+            if await self.review_channel(job) is None:
+                return False
+            job = await self.jobs.hold_for_review(job)
+        if job.review_state != "pending":
+            return False  # approved: delivered as usual
+        if job.review_message_id is not None:
+            return True  # its buttons decide
+        channel_id = await self.review_channel(job)
+        if channel_id is None:  # review was turned off before its message could be posted: it goes out
+            return not await self.jobs.approve(job.id)
+        await self._post_for_review(job, channel_id)
+        return True
+
+    async def review_channel(self, job: Job) -> int | None:
+        """The review channel of the job's server, if its moderators set one."""
+        if job.guild_id is None:
+            return None
+        return (await self.bot.resources.credits.settings(job.guild_id)).review_channel_id
+
+    async def _post_for_review(self, job: Job, channel_id: int) -> None:
+        """The video's link and prompt in the review channel (the prompt never pings), with the buttons."""
+        locale = self.bot.server_locale(job.guild_id)
+        text = tr(
+            locale,
+            "🔎 Video `{job}` by <@{user}> waits for review: {link}\nApprove posts it in its thread; Reject tells "
+            "the member your reason. Either way its credits are spent.",
+            job=job.id[:8],
+            user=job.user_id,
+            link=job.video_url,
+        )
+        target = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
+        try:
+            message = await target.send(
+                text,
+                embed=result_embed(job),
+                view=review_view(job.id, locale),
+                allowed_mentions=discord.AllowedMentions.none(),
+                nonce=f"kr{job.id}",  # a repeat after a crash returns the first message
+            )
+        except discord.HTTPException as exc:
+            reason = english(
+                "the review channel refused the post: {error}", error=f"{exc.status} {exc.text or ''}".strip()
+            )
+            tries = await self.jobs.note_delivery_problem(await self._fresh(job), reason)
+            log.warning("job %s: review post try %d failed: %s", job.id, tries, reason)
+            if tries == MAX_TRIES:  # it stays pending and is tried again each tick; say so once
+                await self.bot.post_log(
+                    job.guild_id,
+                    tr(locale, "⚠️ video `{job}` waits for review, but {reason}", job=job.id[:8], reason=reason),
+                )
+            return
+        await self.jobs.set_review_message(job.id, message.id)
+        log.info("job %s: waiting for review in channel %s", job.id, channel_id)
+        if job.status_message_id is not None:  # the member sees why the video is not there yet
+            where = self.bot.get_partial_messageable(job.thread_id or job.channel_id or 0, guild_id=job.guild_id)
+            try:
+                await where.get_partial_message(job.status_message_id).edit(
+                    content=tr(job.locale, "🔎 **Done**: a moderator reviews the video before it is posted here."),
+                    allowed_mentions=discord.AllowedMentions.none(),
+                )
+            except discord.HTTPException as exc:
+                log.info("job %s: status edit failed: %s", job.id, exc)
+
+
+def requester_only(job: Job) -> discord.AllowedMentions:
+    """Pings the job's requester and nobody else (whatever the rest of the text holds)."""
+    users = [discord.Object(job.user_id)] if job.user_id else False
+    return discord.AllowedMentions(everyone=False, roles=False, users=users, replied_user=False)
 
 
 class DeliveryWorker:

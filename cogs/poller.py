@@ -12,6 +12,7 @@ from discord.ext import commands, tasks
 
 from bot import metrics
 from bot.app import VideoBot
+from bot.i18n import english, tr, translated
 from bot.model import AT_PROVIDER, FINAL, STATES, Job
 from cogs.delivery import Deliverer, DeliveryWorker
 from cogs.messages import job_card, status_line
@@ -24,6 +25,12 @@ STATUS_EDITS_PER_TICK = 20
 HINT_COALESCE_SECONDS = 0.03  # callbacks arriving this close together are answered by one query
 STOP_GRACE_SECONDS = 8.0  # on shutdown: for a tick in progress, then for running deliveries
 METRICS_EVERY = 30.0
+ENDINGS = {  # how a job ended, in the log channel's announcement
+    "delivered": english("delivered"),
+    "failed": english("failed"),
+    "cancelled": english("cancelled"),
+    "undeliverable": english("undeliverable"),
+}
 
 
 class StatusMessages:
@@ -178,7 +185,7 @@ class Poller(commands.Cog):
                 await self.announce(change.job)
             for alert in self.jobs.take_alerts():
                 for guild in self.bot.guilds:
-                    await self.bot.post_log(guild.id, f"⚠️ {alert}")
+                    await self.bot.post_log(guild.id, f"⚠️ {translated(self.bot.server_locale(guild.id), alert)}")
         await self.deliver_finished()
         await self.status.show_queue()
         await self.status.show_late(await self.jobs.in_state(*AT_PROVIDER))
@@ -237,7 +244,16 @@ class Poller(commands.Cog):
             await self.deliverer.tell_failure(job)
         if job.status in FINAL:
             where = f"<#{job.thread_id or job.channel_id}>"
-            await self.bot.post_log(job.guild_id, f"⏹️ video `{job.id[:8]}` of <@{job.user_id}> {job.status} in {where}")
+            locale = self.bot.server_locale(job.guild_id)
+            text = tr(
+                locale,
+                "⏹️ video `{id}` of {mention} {ending} in {where}",
+                id=job.id[:8],
+                mention=f"<@{job.user_id}>",
+                ending=tr(locale, ENDINGS.get(job.status, job.status)),
+                where=where,
+            )
+            await self.bot.post_log(job.guild_id, text)
 
 
 async def setup(bot: VideoBot) -> None:

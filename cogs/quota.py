@@ -10,21 +10,23 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import VideoBot
+from bot.app import VideoBot, reply_ephemeral
 from bot.credits import CreditService, QuotaStatus
+from bot.i18n import english, tr, translated
 from bot.model import AuditEntry
 from bot.quota import Period, format_credits
-from cogs.messages import fit_lines
-from cogs.views import PagedView
+from cogs.delivery import Deliverer
+from cogs.messages import fit_lines, state_word
+from cogs.views import REVIEW_BUTTONS, PagedView
 
 log = logging.getLogger(__name__)
 
 AUDIT_PAGE = 10
-SOURCES = {
-    "blocked": "you are blocked",
-    "override": "set for you",
-    "role": "from your role",
-    "default": "server default",
+SOURCES = {  # English message ids
+    "blocked": english("you are blocked"),
+    "override": english("set for you"),
+    "role": english("from your role"),
+    "default": english("server default"),
 }
 
 
@@ -38,42 +40,75 @@ def member_roles(user: discord.abc.User) -> tuple[int, ...]:
     return tuple(role.id for role in user.roles) if isinstance(user, discord.Member) else ()
 
 
-def timestamp(moment: datetime | None) -> str:
+def timestamp(moment: datetime | None, locale: object = None) -> str:
     """A time every reader sees in their own zone."""
-    return f"<t:{int(moment.timestamp())}:f>" if moment else "never (the limit is for all time)"
+    return f"<t:{int(moment.timestamp())}:f>" if moment else tr(locale, "never (the limit is for all time)")
 
 
-def describe_status(status: QuotaStatus, credits: CreditService, who: str = "You") -> str:
+def describe_status(status: QuotaStatus, credits: CreditService, who: str | None = None, locale: object = None) -> str:
     """The text of `/quota` (and of `/quota-admin show`)."""
+    who = who or tr(locale, "You")
     limit = status.limit
     if limit.source == "blocked":
-        return f"{who} may not make videos in this server: {limit.reason or 'no reason given'}."
-    where = SOURCES[limit.source] + (f" <@&{limit.role_id}>" if limit.role_id else "")
-    lines = [f"**Credits** ({status.settings.period} period, resets {timestamp(status.window.reset_at)})"]
+        reason = limit.reason or tr(locale, "no reason given")
+        return tr(locale, "{who} may not make videos in this server: {reason}.", who=who, reason=reason)
+    where = tr(locale, SOURCES[limit.source]) + (f" <@&{limit.role_id}>" if limit.role_id else "")
+    lines = [
+        tr(
+            locale,
+            "**Credits** ({period} period, resets {when})",
+            period=tr(locale, status.settings.period),
+            when=timestamp(status.window.reset_at, locale),
+        )
+    ]
     if limit.millicredits is None:
-        lines.append(f"Limit: unlimited ({where})")
+        lines.append(tr(locale, "Limit: unlimited ({where})", where=where))
     else:
-        lines.append(f"Limit: {credits.describe(limit.millicredits)} ({where})")
+        lines.append(
+            tr(
+                locale,
+                "Limit: {limit} ({where})",
+                limit=translated(locale, credits.describe(limit.millicredits)),
+                where=where,
+            )
+        )
     if status.granted:
-        lines.append(f"Bonus granted this period: {format_credits(status.granted)}")
+        lines.append(tr(locale, "Bonus granted this period: {amount}", amount=format_credits(status.granted)))
     lines.append(
-        f"Used: {format_credits(status.used)} · reserved by jobs in progress: {format_credits(status.reserved)}"
+        tr(
+            locale,
+            "Used: {used} · reserved by jobs in progress: {reserved}",
+            used=format_credits(status.used),
+            reserved=format_credits(status.reserved),
+        )
     )
-    left = "unlimited" if status.remaining is None else credits.describe(status.remaining)
-    lines.append(f"Left: {left}")
-    lines.append(f"Jobs in progress: {status.in_flight} of {status.settings.member_in_flight}")
+    left = (
+        tr(locale, "unlimited") if status.remaining is None else translated(locale, credits.describe(status.remaining))
+    )
+    lines.append(tr(locale, "Left: {left}", left=left))
+    lines.append(
+        tr(
+            locale,
+            "Jobs in progress: {count} of {limit}",
+            count=status.in_flight,
+            limit=status.settings.member_in_flight,
+        )
+    )
     return "\n".join(lines)
 
 
-def describe_audit(entry: AuditEntry) -> str:
+def describe_audit(entry: AuditEntry, locale: object = None) -> str:
     """One audit line: when, who, what, on whom, before → after, why."""
-    target = f" <@{entry.target_id}>" if entry.target_id and entry.action not in ("role", "log-channel") else ""
+    channels = ("log-channel", "review")
+    target = f" <@{entry.target_id}>" if entry.target_id and entry.action not in ("role", *channels) else ""
     if entry.action == "role" and entry.target_id:
         target = f" <@&{entry.target_id}>"
     before, after = entry.before, entry.after
-    if entry.action == "log-channel":  # the core records channel ids; Discord shows them as links
+    if entry.action in channels:  # the core records channel ids; Discord shows them as links
         before, after = (f"<#{v}>" if v and v.isdigit() else v for v in (before, after))
-    line = f"<t:{int(entry.created_at)}:f> <@{entry.moderator_id}> **{entry.action}**{target}: {before} → {after}"
+    before, after = (translated(locale, v) if v else v for v in (before, after))  # the core records English
+    action = tr(locale, entry.action)  # the command's name, as Discord shows it in this language
+    line = f"<t:{int(entry.created_at)}:f> <@{entry.moderator_id}> **{action}**{target}: {before} → {after}"
     return line + (f" ({discord.utils.escape_markdown(entry.reason)})" if entry.reason else "")
 
 
@@ -99,13 +134,20 @@ class QuotaCog(commands.Cog):
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot
         self.credits = bot.resources.credits
+        self.jobs = bot.resources.jobs
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(*REVIEW_BUTTONS)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(*REVIEW_BUTTONS)
 
     @app_commands.command(name="quota", description="Your video credits in this server")
     @app_commands.guild_only()
     async def quota(self, interaction: discord.Interaction[Any]) -> None:
         assert interaction.guild_id is not None
         status = await self.credits.status(interaction.guild_id, interaction.user.id, member_roles(interaction.user))
-        await self._reply(interaction, describe_status(status, self.credits))
+        await self._reply(interaction, describe_status(status, self.credits, locale=interaction.locale))
 
     async def _reply(self, interaction: discord.Interaction[Any], text: str, **kwargs: Any) -> None:
         await interaction.response.send_message(
@@ -113,9 +155,9 @@ class QuotaCog(commands.Cog):
         )
 
     async def _done(self, interaction: discord.Interaction[Any], entry: AuditEntry) -> None:
-        text = describe_audit(entry)
-        await self._reply(interaction, f"Done. {text}")
-        await self.bot.post_log(entry.guild_id, f"🛡️ {text}")
+        text = describe_audit(entry, interaction.locale)
+        await self._reply(interaction, tr(interaction.locale, "Done. {change}", change=text))
+        await self.bot.post_log(entry.guild_id, f"🛡️ {describe_audit(entry, self.bot.server_locale(entry.guild_id))}")
 
     def _guild(self, interaction: discord.Interaction[Any]) -> int:
         assert interaction.guild_id is not None
@@ -125,7 +167,9 @@ class QuotaCog(commands.Cog):
     @app_commands.describe(member="The member to look at")
     async def show(self, interaction: discord.Interaction[Any], member: discord.Member) -> None:
         status = await self.credits.status(self._guild(interaction), member.id, member_roles(member))
-        await self._reply(interaction, f"{member.mention}\n" + describe_status(status, self.credits, "They"))
+        locale = interaction.locale
+        text = describe_status(status, self.credits, tr(locale, "They"), locale)
+        await self._reply(interaction, f"{member.mention}\n" + text)
 
     @admin.command(name="set", description="Give a member their own limit per period")
     @app_commands.describe(member="The member", limit="Credits per period")
@@ -162,7 +206,9 @@ class QuotaCog(commands.Cog):
                 if not 0 <= amount <= 1e6:
                     raise ValueError
             except ValueError:
-                await self._reply(interaction, "The limit must be a number of credits, `unlimited` or `none`.")
+                await self._reply(
+                    interaction, tr(interaction.locale, "The limit must be a number of credits, `unlimited` or `none`.")
+                )
                 return
             entry = await self.credits.set_role(
                 self._guild(interaction), interaction.user.id, role.id, millicredits(amount)
@@ -225,21 +271,26 @@ class QuotaCog(commands.Cog):
     @app_commands.describe(period="Which period (the server's own by default)")
     async def usage(self, interaction: discord.Interaction[Any], period: Period | None = None) -> None:
         rows, window = await self.credits.usage(self._guild(interaction), period)
-        since = "all time" if window.start.timestamp() <= 0 else f"since <t:{int(window.start.timestamp())}:f>"
+        locale = interaction.locale
+        if window.start.timestamp() <= 0:
+            since = tr(locale, "all time")
+        else:
+            since = tr(locale, "since {when}", when=f"<t:{int(window.start.timestamp())}:f>")
         if not rows:
-            await self._reply(interaction, f"No videos {since}.")
+            await self._reply(interaction, tr(locale, "No videos {since}.", since=since))
             return
-        lines = ["member · jobs · seconds · credits · billed units"]
+        lines = [tr(locale, "member · jobs · seconds · credits · billed units")]
         lines += [
             f"<@{r.user_id}> · {r.jobs} · {r.seconds:.0f} · {format_credits(r.credits)} · {format_credits(r.billed)}"
             for r in rows
         ]
         total = (
-            f"**Total** · {sum(r.jobs for r in rows)} · {sum(r.seconds for r in rows):.0f} · "
+            f"**{tr(locale, 'Total')}** · {sum(r.jobs for r in rows)} · {sum(r.seconds for r in rows):.0f} · "
             f"{format_credits(sum(r.credits for r in rows))} · {format_credits(sum(r.billed for r in rows))}"
         )
         # The total goes first when lines must be dropped, so it is never the one left out.
-        await self._reply(interaction, fit_lines(f"**Usage {since}**\n{total}", lines))
+        header = tr(locale, "**Usage {since}**", since=since) + f"\n{total}"
+        await self._reply(interaction, fit_lines(header, lines, locale=locale))
 
     @admin.command(name="log-channel", description="Where moderator actions and job starts and ends are posted")
     @app_commands.describe(channel="The channel (leave empty to stop posting)")
@@ -251,23 +302,156 @@ class QuotaCog(commands.Cog):
         )
         await self._done(interaction, entry)
 
+    @admin.command(name="confirm-above", description="Members confirm jobs costing more than this first")
+    @app_commands.describe(credits="A number of credits, or 'off' (the default) to never ask")
+    async def confirm_above(self, interaction: discord.Interaction[Any], credits: str) -> None:
+        word = credits.strip().lower()
+        above: int | None = None
+        if word != "off":
+            try:
+                amount = float(word)
+                if not 0 <= amount <= 1e6:
+                    raise ValueError
+            except ValueError:
+                log.info("confirm-above: %r is not a number of credits", credits)
+                await self._reply(
+                    interaction, tr(interaction.locale, "Give a number of credits, or `off` to never ask.")
+                )
+                return
+            above = millicredits(amount)
+        entry = await self.credits.set_confirm_above(self._guild(interaction), interaction.user.id, above)
+        await self._done(interaction, entry)
+
+    @admin.command(name="review", description="Finished videos wait in this channel for a moderator's Approve")
+    @app_commands.describe(channel="The review channel (leave empty to turn review off)")
+    async def review(self, interaction: discord.Interaction[Any], channel: discord.TextChannel | None = None) -> None:
+        entry = await self.credits.set_review_channel(
+            self._guild(interaction), interaction.user.id, channel.id if channel else None
+        )
+        await self._done(interaction, entry)
+
     @admin.command(name="audit", description="Moderator actions, newest first")
     @app_commands.describe(member="Only actions on this member")
     async def audit(self, interaction: discord.Interaction[Any], member: discord.Member | None = None) -> None:
         guild_id = self._guild(interaction)
         target = member.id if member else None
+        locale = interaction.locale
 
         async def render(page: int) -> tuple[str, bool]:
             entries = await self.credits.audit_entries(
                 guild_id, target_id=target, limit=AUDIT_PAGE + 1, offset=page * AUDIT_PAGE
             )
             if not entries:
-                return "No moderator actions recorded.", False
-            shown = [describe_audit(entry) for entry in entries[:AUDIT_PAGE]]
-            return fit_lines(f"**Audit log** (page {page + 1})", shown), len(entries) > AUDIT_PAGE
+                return tr(locale, "No moderator actions recorded."), False
+            shown = [describe_audit(entry, locale) for entry in entries[:AUDIT_PAGE]]
+            header = tr(locale, "**Audit log** (page {page})", page=page + 1)
+            return fit_lines(header, shown, locale=locale), len(entries) > AUDIT_PAGE
 
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await PagedView(interaction.user.id, render).show(interaction)
+        await PagedView(interaction.user.id, render, locale=locale).show(interaction)
+
+    # --- review buttons (cogs/views.py ApproveButton and RejectButton) -----------------------------------
+
+    async def _reviewable(self, interaction: discord.Interaction[Any], job_id: str) -> bool:
+        """Only moderators (Manage Server) decide, and only a video still waiting; anyone else is told why."""
+        locale = interaction.locale
+        if interaction.guild_id is None or not interaction.permissions.manage_guild:
+            log.info("user %s may not review job %s", interaction.user.id, job_id)
+            await reply_ephemeral(
+                interaction, tr(locale, "Only moderators (Manage Server) can approve or reject videos.")
+            )
+            return False
+        job = await self.jobs.get(job_id)
+        if job is None or job.guild_id != interaction.guild_id:
+            await reply_ephemeral(interaction, tr(locale, "That video's job is no longer known to me."))
+            return False
+        if job.status != "succeeded" or job.review_state != "pending":
+            state = state_word(locale, job.status)
+            await reply_ephemeral(interaction, tr(locale, "This video was already decided: {state}.", state=state))
+            return False
+        return True
+
+    async def approve(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """Approve: the video goes to its thread on the next poll tick, and its member is told as they chose."""
+        if not await self._reviewable(interaction, job_id):
+            return
+        if not await self.jobs.approve(job_id):
+            await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
+            return
+        log.info("job %s approved by %s", job_id, interaction.user.id)
+        decided = tr(interaction.locale, "✅ Approved by <@{moderator}>.", moderator=interaction.user.id)
+        before = interaction.message.content if interaction.message else ""
+        await interaction.response.edit_message(
+            content=f"{before}\n{decided}", view=None, allowed_mentions=discord.AllowedMentions.none()
+        )
+        server = self.bot.server_locale(interaction.guild_id)
+        await self.bot.post_log(
+            interaction.guild_id,
+            tr(server, "✅ <@{moderator}> approved video `{job}`", moderator=interaction.user.id, job=job_id[:8]),
+        )
+
+    async def reject(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """Reject: ask the moderator for the reason the member will read."""
+        if not await self._reviewable(interaction, job_id):
+            return
+        shown = interaction.message.content if interaction.message else ""
+        await interaction.response.send_modal(RejectModal(self, job_id, shown, interaction.locale))
+
+    async def rejected(self, interaction: discord.Interaction[Any], job_id: str, reason: str, shown: str) -> None:
+        """The modal's answer: end the job `rejected` (its credits stay spent), update the review message and tell
+        the member in the job's thread."""
+        if not await self._reviewable(interaction, job_id):
+            return
+        job = await self.jobs.reject(job_id, reason)
+        if job is None:
+            await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
+            return
+        log.info("job %s rejected by %s", job_id, interaction.user.id)
+        await reply_ephemeral(interaction, tr(interaction.locale, "Rejected; the member is told your reason."))
+        decided = tr(
+            interaction.locale,
+            "⛔ Rejected by <@{moderator}>: {reason}",
+            moderator=interaction.user.id,
+            reason=discord.utils.escape_markdown(reason),
+        )
+        if job.review_message_id and interaction.channel_id:
+            review = self.bot.get_partial_messageable(interaction.channel_id, guild_id=interaction.guild_id)
+            message = review.get_partial_message(job.review_message_id)
+            try:
+                await message.edit(
+                    content=f"{shown}\n{decided}", view=None, allowed_mentions=discord.AllowedMentions.none()
+                )
+            except discord.HTTPException as exc:
+                log.info("job %s: could not update its review message: %s", job_id, exc)
+        await self.bot.post_log(
+            job.guild_id,
+            tr(
+                self.bot.server_locale(job.guild_id),
+                "⛔ <@{moderator}> rejected video `{job}`: {reason}",
+                moderator=interaction.user.id,
+                job=job_id[:8],
+                reason=discord.utils.escape_markdown(reason),
+            ),
+        )
+        await Deliverer(self.bot).tell_rejected(job)
+        self.bot.dispatch("job_changed", job)  # its status message, card and the log channel show the end
+
+
+class RejectModal(discord.ui.Modal):
+    """The moderator's reason, shown to the member (the form in the moderator's language)."""
+
+    def __init__(self, cog: QuotaCog, job_id: str, shown: str, locale: object = None) -> None:
+        super().__init__(title=tr(locale, "Reject video"))
+        self.reason: discord.ui.TextInput[RejectModal] = discord.ui.TextInput(
+            label=tr(locale, "Reason (the member reads it)"), style=discord.TextStyle.paragraph, max_length=300
+        )
+        self.add_item(self.reason)
+        self.cog = cog
+        self.job_id = job_id
+        self.shown = shown  # the review message's text, kept with the decision added
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        await self.cog.rejected(interaction, self.job_id, self.reason.value.strip(), self.shown)
 
 
 async def setup(bot: VideoBot) -> None:

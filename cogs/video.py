@@ -5,57 +5,64 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import clips
 from bot.app import SOMETHING_WENT_WRONG, STOPPING, UserFacingError, VideoBot, reply_ephemeral
 from bot.credits import QuotaRefused
-from bot.images import MAX_UPLOAD_BYTES, ImageRejected, check_first_frame
+from bot.delivery import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
+from bot.i18n import english, tr, translated
+from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, check_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.model import OPEN, WAITING, Job
+from bot.quota import format_credits
 from cogs.messages import (
-    STATE_WORDS,
     cancel_text,
     clock,
     fit_lines,
     frame_filename,
     job_card,
+    job_state,
     options_line,
     refusal_text,
     status_line,
     thread_name,
 )
 from cogs.quota import member_roles
-from cogs.views import DeleteButton, PagedView, RerollButton
+from cogs.views import ContinueButton, DeleteButton, JoinButton, PagedView, RerollButton
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 HISTORY_PAGE = 5
-NO_THREAD_NOTE = "A thread could not be started here, so this job's updates follow in this channel."
+NO_THREAD_NOTE = english("A thread could not be started here, so this job's updates follow in this channel.")
 
 RequestBuilder = Callable[[], Awaitable[JobRequest]]
 THREAD_TYPES = (discord.ChannelType.public_thread, discord.ChannelType.private_thread, discord.ChannelType.news_thread)
 
 
 def missing_permissions(permissions: discord.Permissions, *, in_thread: bool) -> list[str]:
-    """What the bot lacks to post a job's card, thread, status and video here, in Discord's own words."""
+    """What the bot lacks to post a job's card, thread, status and video here, in Discord's own words (English
+    message ids)."""
     needed = {
-        "view_channel": "View Channel",
+        "view_channel": english("View Channel"),
         "send_messages_in_threads" if in_thread else "send_messages": (
-            "Send Messages in Threads" if in_thread else "Send Messages"
+            english("Send Messages in Threads") if in_thread else english("Send Messages")
         ),
-        "embed_links": "Embed Links",
-        "attach_files": "Attach Files",
+        "embed_links": english("Embed Links"),
+        "attach_files": english("Attach Files"),
     }
     if not in_thread:
-        needed["create_public_threads"] = "Create Public Threads"
+        needed["create_public_threads"] = english("Create Public Threads")
     return [name for flag, name in needed.items() if not getattr(permissions, flag)]
 
 
@@ -64,13 +71,19 @@ async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str, st
     URL when the frame is the attachment as is (a gateway that refuses Base64 can fetch that)."""
     if attachment.size > MAX_UPLOAD_BYTES:
         raise InvalidRequest(
-            f"{attachment.filename} is {attachment.size / 1024 / 1024:.1f} MB; "
-            f"send an image under {MAX_UPLOAD_BYTES // 1024 // 1024} MB."
+            english(
+                "{name} is {size} MB; send an image under {limit} MB.",
+                name=attachment.filename,
+                size=f"{attachment.size / 1024 / 1024:.1f}",
+                limit=MAX_UPLOAD_BYTES // 1024 // 1024,
+            )
         )
     try:
         data = await attachment.read()
     except discord.HTTPException:
-        raise InvalidRequest("The image could not be downloaded from Discord; try uploading it again.") from None
+        raise InvalidRequest(
+            english("The image could not be downloaded from Discord; try uploading it again.")
+        ) from None
     try:
         frame = await check_first_frame(data)
     except ImageRejected as exc:
@@ -84,36 +97,66 @@ def is_moderator(interaction: discord.Interaction[Any]) -> bool:
     return permissions.manage_messages or permissions.manage_guild
 
 
-class AnimateModal(discord.ui.Modal, title="Animate image"):
+class JobForm(discord.ui.Modal):
+    """A form that makes a job: a prompt and a duration (and what a subclass adds), in the member's language.
+
+    The inputs are made here, not as class attributes: their labels can only be set, without a deprecation
+    warning, when they are made."""
+
+    def __init__(self, cog: VideoCog, *, title: str, placeholder: str, duration: int, locale: object) -> None:
+        super().__init__(title=title)
+        self.cog = cog
+        self.prompt: discord.ui.TextInput[JobForm] = discord.ui.TextInput(
+            label=tr(locale, "Prompt (optional)"),
+            style=discord.TextStyle.paragraph,
+            required=False,
+            max_length=MAX_PROMPT["image"],
+            placeholder=placeholder,
+        )
+        self.duration: discord.ui.TextInput[JobForm] = discord.ui.TextInput(
+            label=tr(locale, "Duration in seconds (3-15)"), default=str(duration), max_length=2
+        )
+        self.add_item(self.prompt)
+        self.add_item(self.duration)
+
+    def chosen_duration(self) -> int:
+        try:
+            return int(self.duration.value.strip())
+        except ValueError:
+            raise InvalidRequest(
+                english(
+                    "The duration must be a whole number from 3 to 15, not {value}.", value=repr(self.duration.value)
+                )
+            ) from None
+
+    async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
+        if isinstance(error, UserFacingError):  # a member's mistake: the same answer as the slash commands give
+            await reply_ephemeral(interaction, str(error))
+            return
+        log.error("the form %r failed for user %s", type(self).__name__, interaction.user.id, exc_info=error)
+        await reply_ephemeral(interaction, tr(interaction.locale, SOMETHING_WENT_WRONG))
+
+
+class AnimateModal(JobForm):
     """Asks for the prompt and options when an image is animated from the message menu."""
 
-    prompt: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
-        label="Prompt (optional)",
-        style=discord.TextStyle.paragraph,
-        required=False,
-        max_length=MAX_PROMPT["image"],
-        placeholder="What happens in the video",
-    )
-    duration: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
-        label="Duration in seconds (3-15)", default="5", max_length=2
-    )
-    resolution: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
-        label="Resolution (720p or 1080p)", default="720p", max_length=5
-    )
-
-    def __init__(self, cog: VideoCog, attachment: discord.Attachment) -> None:
-        super().__init__()
-        self.cog = cog
+    def __init__(self, cog: VideoCog, attachment: discord.Attachment, locale: object = None) -> None:
+        super().__init__(
+            cog,
+            title=tr(locale, "Animate image"),
+            placeholder=tr(locale, "What happens in the video"),
+            duration=5,
+            locale=locale,
+        )
         self.attachment = attachment
+        self.resolution: discord.ui.TextInput[AnimateModal] = discord.ui.TextInput(
+            label=tr(locale, "Resolution (720p or 1080p)"), default="720p", max_length=5
+        )
+        self.add_item(self.resolution)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         async def build() -> JobRequest:
-            try:
-                duration = int(self.duration.value.strip())
-            except ValueError:
-                raise InvalidRequest(
-                    f"The duration must be a whole number from 3 to 15, not {self.duration.value!r}."
-                ) from None
+            duration = self.chosen_duration()
             frame, source, url = await read_first_frame(self.attachment)
             return self.cog.request(
                 interaction,
@@ -128,12 +171,37 @@ class AnimateModal(discord.ui.Modal, title="Animate image"):
 
         await self.cog.start_job(interaction, build)
 
-    async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
-        if isinstance(error, UserFacingError):  # a member's mistake: the same answer as /video image gives
-            await reply_ephemeral(interaction, str(error))
-            return
-        log.error("Animate image failed for user %s", interaction.user.id, exc_info=error)
-        await reply_ephemeral(interaction, SOMETHING_WENT_WRONG)
+
+class ContinueModal(JobForm):
+    """Asks for the next segment's prompt and duration; its first frame is the delivered video's last frame."""
+
+    def __init__(self, cog: VideoCog, parent: Job, locale: object) -> None:
+        super().__init__(
+            cog,
+            title=tr(locale, "Continue the video"),
+            placeholder=tr(locale, "What happens next"),
+            duration=cog.bot.settings.default_duration,
+            locale=locale,
+        )
+        self.parent = parent
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        async def build() -> JobRequest:
+            duration = self.chosen_duration()
+            frame = await self.cog.last_frame_of(self.parent, interaction.locale)
+            return self.cog.request(
+                interaction,
+                "image",
+                self.prompt.value,
+                duration=duration,
+                resolution=self.parent.resolution,
+                image=frame,
+                image_source=f"last frame of {self.parent.id[:8]}",
+                parent_id=self.parent.id,
+            )
+
+        # The next segment goes where this video is (its thread): no new thread.
+        await self.cog.start_job(interaction, build)
 
 
 class WaitView(discord.ui.View):
@@ -144,6 +212,7 @@ class WaitView(discord.ui.View):
         self.cog = cog
         self.request = replace(request, wait_if_unavailable=True)
         self.channel = channel
+        self.queue_it.label = tr(request.locale, "Queue it for when the service is back")
 
     @discord.ui.button(label="Queue it for when the service is back", style=discord.ButtonStyle.primary)
     async def queue_it(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
@@ -152,10 +221,59 @@ class WaitView(discord.ui.View):
         async def build() -> JobRequest:
             return self.request
 
-        try:
-            await self.cog.start_job(interaction, build, channel=self.channel)
+        try:  # a job that needed confirming was confirmed before it met the outage
+            await self.cog.start_job(interaction, build, channel=self.channel, confirmed=True)
         except UserFacingError as exc:
             await reply_ephemeral(interaction, str(exc))
+
+
+class ConfirmView(discord.ui.View):
+    """Confirm or Cancel for a job above the server's confirm-above threshold.
+
+    Nothing is reserved until Confirm, so this view lives in memory only: a restart forgets it and costs nothing.
+    When it times out its buttons are taken away and the message says it expired."""
+
+    def __init__(
+        self, cog: VideoCog, request: JobRequest, channel: discord.abc.Messageable, locale: Any, timeout: float
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self.cog = cog
+        self.request = request
+        self.channel = channel
+        self.locale = locale
+        self.message: discord.WebhookMessage | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        return interaction.user.id == self.request.user_id
+
+    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.success)
+    async def confirm(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
+        self.stop()
+        await interaction.response.edit_message(content=tr(interaction.locale, "Confirmed."), view=None)
+
+        async def build() -> JobRequest:
+            return self.request
+
+        try:
+            await self.cog.start_job(interaction, build, channel=self.channel, confirmed=True)
+        except UserFacingError as exc:
+            await reply_ephemeral(interaction, str(exc))
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
+        self.stop()
+        text = tr(interaction.locale, "Cancelled; nothing was reserved or charged.")
+        await interaction.response.edit_message(content=text, view=None)
+
+    async def on_timeout(self) -> None:
+        if self.message is None:
+            return
+        text = tr(
+            self.locale,
+            "This confirmation expired; nothing was reserved or charged. Run the command again to make the video.",
+        )
+        with contextlib.suppress(discord.HTTPException):  # the interaction's token may have run out
+            await self.message.edit(content=text, view=None)
 
 
 class VideoCog(commands.Cog):
@@ -166,16 +284,18 @@ class VideoCog(commands.Cog):
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot
         self.jobs: JobService = bot.resources.jobs
-        self.animate_menu = app_commands.ContextMenu(name="Animate image", callback=self.animate)
+        self.animate_menu = app_commands.ContextMenu(
+            name=app_commands.locale_str("Animate image"), callback=self.animate
+        )
         self.animate_menu.guild_only = True
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.animate_menu)
-        self.bot.add_dynamic_items(RerollButton, DeleteButton)
+        self.bot.add_dynamic_items(RerollButton, DeleteButton, ContinueButton, JoinButton)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.animate_menu.name, type=self.animate_menu.type)
-        self.bot.remove_dynamic_items(RerollButton, DeleteButton)
+        self.bot.remove_dynamic_items(RerollButton, DeleteButton, ContinueButton, JoinButton)
 
     # --- building requests ------------------------------------------------------------------------------
 
@@ -201,6 +321,7 @@ class VideoCog(commands.Cog):
             user_id=interaction.user.id,
             role_ids=member_roles(interaction.user),
             attachment_size_limit=interaction.filesize_limit,
+            locale=str(interaction.locale),
             **extra,
         )
 
@@ -269,8 +390,29 @@ class VideoCog(commands.Cog):
             None,
         )
         if image is None:
-            raise UserFacingError("That message has no image attached; use it on a message with a JPG, PNG or WebP.")
-        await interaction.response.send_modal(AnimateModal(self, image))
+            raise UserFacingError(
+                tr(
+                    interaction.locale,
+                    "That message has no image attached; use it on a message with a JPG, PNG or WebP.",
+                )
+            )
+        await interaction.response.send_modal(AnimateModal(self, image, interaction.locale))
+
+    @video.command(name="notify", description="How you are told that your video is done")
+    @app_commands.describe(mode="mention: in the video's thread (default) · dm: a direct message · off: neither")
+    async def notify(self, interaction: discord.Interaction[Any], mode: Literal["mention", "dm", "off"]) -> None:
+        await self.jobs.set_notify_preference(interaction.user.id, mode)
+        locale = interaction.locale
+        texts = {
+            "mention": tr(locale, "You will be mentioned in the video's thread when it is done or fails."),
+            "dm": tr(
+                locale,
+                "You will get a direct message with a link when your video is done or fails; if your direct "
+                "messages are closed, you are mentioned in the thread instead.",
+            ),
+            "off": tr(locale, "You will not be mentioned or messaged; `/video status` shows your videos."),
+        }
+        await interaction.response.send_message(texts[mode], ephemeral=True)
 
     @video.command(name="status", description="Your videos in progress, or one job in detail")
     @app_commands.describe(job="A job id (the first characters are enough)")
@@ -280,13 +422,15 @@ class VideoCog(commands.Cog):
         now = time.time()
         if job:
             found = await self._find_job(interaction, job)
-            text = self._job_details(found, now)
+            text = self._job_details(found, now, interaction.locale)
         else:
             jobs = await self.jobs.member_jobs(interaction.guild_id, interaction.user.id, statuses=OPEN, limit=25)
+            locale = interaction.locale
             if not jobs:
-                text = "You have no videos in progress. Start one with `/video text` or `/video image`."
+                text = tr(locale, "You have no videos in progress. Start one with `/video text` or `/video image`.")
             else:
-                text = fit_lines("**Your videos in progress**", [self._job_line(j, now) for j in jobs])
+                lines = [self._job_line(j, now, locale) for j in jobs]
+                text = fit_lines(tr(locale, "**Your videos in progress**"), lines, locale=locale)
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
     @status.autocomplete("job")
@@ -304,7 +448,7 @@ class VideoCog(commands.Cog):
         user_id = None if moderator else interaction.user.id
         found = await self.jobs.find(interaction.guild_id, job, user_id=user_id, statuses=WAITING)
         if found is None:
-            raise UserFacingError("There is no job waiting to be sent with that id here.")
+            raise UserFacingError(tr(interaction.locale, "There is no job waiting to be sent with that id here."))
         try:
             cancelled = await self.jobs.cancel(
                 found.id,
@@ -313,9 +457,9 @@ class VideoCog(commands.Cog):
                 moderator=is_moderator(interaction),
             )
         except InvalidRequest as exc:
-            raise UserFacingError(str(exc)) from None
+            raise UserFacingError(translated(interaction.locale, str(exc))) from None
         self.bot.dispatch("job_changed", cancelled)
-        await interaction.followup.send(cancel_text(cancelled), ephemeral=True)
+        await interaction.followup.send(cancel_text(cancelled, interaction.locale), ephemeral=True)
 
     @cancel.autocomplete("job")
     async def _cancel_job_choices(
@@ -332,9 +476,7 @@ class VideoCog(commands.Cog):
         jobs = await self.jobs.member_jobs(interaction.guild_id, interaction.user.id, statuses=statuses, limit=25)
         typed = current.strip().lower()
         return [
-            app_commands.Choice(
-                name=f"{j.id[:8]} · {STATE_WORDS.get(j.status, j.status)} · {j.prompt}"[:100], value=j.id
-            )
+            app_commands.Choice(name=f"{j.id[:8]} · {job_state(j, interaction.locale)} · {j.prompt}"[:100], value=j.id)
             for j in jobs
             if j.id.startswith(typed)
         ]
@@ -345,17 +487,19 @@ class VideoCog(commands.Cog):
         guild_id, user_id = interaction.guild_id, interaction.user.id
         assert guild_id is not None
         total = await self.jobs.count_member_jobs(guild_id, user_id)
+        locale = interaction.locale
 
         async def render(page: int) -> tuple[str, bool]:
             jobs = await self.jobs.member_jobs(guild_id, user_id, limit=HISTORY_PAGE, offset=page * HISTORY_PAGE)
             if not jobs:
-                return "You have not made any videos here yet.", False
+                return tr(locale, "You have not made any videos here yet."), False
             pages = (total + HISTORY_PAGE - 1) // HISTORY_PAGE
-            lines = [self._history_line(j) for j in jobs]
+            lines = [self._history_line(j, locale) + await self._chain_note(j, locale) for j in jobs]
             more = (page + 1) * HISTORY_PAGE < total
-            return fit_lines(f"**Your videos** (page {page + 1} of {pages})", lines), more
+            header = tr(locale, "**Your videos** (page {page} of {pages})", page=page + 1, pages=pages)
+            return fit_lines(header, lines, locale=locale), more
 
-        await PagedView(user_id, render).show(interaction)
+        await PagedView(user_id, render, locale=locale).show(interaction)
 
     # --- starting a job ---------------------------------------------------------------------------------
 
@@ -365,62 +509,138 @@ class VideoCog(commands.Cog):
         build: RequestBuilder,
         *,
         channel: discord.abc.Messageable | None = None,
+        confirmed: bool = False,
     ) -> Job | None:
         """Check where the job will live, reserve it, post its card and thread, then send it.
 
         Everything that can refuse the job runs before a credit is held; once the job is reserved, no Discord
-        failure is reported as "nothing was charged"."""
+        failure is reported as "nothing was charged". A job above the server's confirm-above threshold first asks
+        the member (unless `confirmed`), and nothing is reserved before they press Confirm."""
+        locale = interaction.locale
         if self.bot.closing:  # a button or a form during shutdown: the store is about to close
-            raise UserFacingError(STOPPING)
+            raise UserFacingError(tr(locale, STOPPING))
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         channel = channel or interaction.channel  # type: ignore[assignment]
         if not isinstance(channel, discord.abc.Messageable) or isinstance(channel, discord.ForumChannel):
-            raise UserFacingError("Use this command in a text channel or a thread.")
+            raise UserFacingError(tr(locale, "Use this command in a text channel or a thread."))
         missing = missing_permissions(self._permissions_in(interaction, channel), in_thread=self._no_thread(channel))
         if missing:
             raise UserFacingError(
-                f"I cannot make videos in this channel: I lack {', '.join(missing)}. "
-                "Ask a moderator to give me that here. Nothing was charged."
+                tr(
+                    locale,
+                    "I cannot make videos in this channel: I lack {permissions}. "
+                    "Ask a moderator to give me that here. Nothing was charged.",
+                    permissions=", ".join(tr(locale, name) for name in missing),
+                )
             )
         try:
             # The job lives where its card is posted (a re-roll's card goes beside the original, not in its thread).
             request = replace(await build(), channel_id=getattr(channel, "id", interaction.channel_id))
+            if not confirmed and await self._ask_to_confirm(interaction, request, channel):
+                return None
             job = await self.jobs.reserve(request)
         except InvalidRequest as exc:
-            raise UserFacingError(f"{exc} Nothing was sent or charged.") from None
+            reason = translated(locale, str(exc))
+            raise UserFacingError(tr(locale, "{reason} Nothing was sent or charged.", reason=reason)) from None
         except QuotaRefused as exc:
-            raise UserFacingError(f"{refusal_text(exc)} Nothing was charged.") from None
+            reason = refusal_text(exc, locale)
+            raise UserFacingError(tr(locale, "{reason} Nothing was charged.", reason=reason)) from None
         except ServiceUnavailable as exc:
             await interaction.followup.send(
-                f"{exc} Or I can queue it (your credits are held) and make it when the service is back.",
+                tr(
+                    locale,
+                    "{reason} Or I can queue it (your credits are held) and make it when the service is back.",
+                    reason=translated(locale, str(exc)),
+                ),
                 view=WaitView(self, request, channel),
                 ephemeral=True,
             )
             return None
         card, frame_url = await self._post_card(interaction, channel, job, request)
         if card is None:
-            await self.jobs.release(job, "its card could not be posted")
-            raise UserFacingError("I could not post in this channel, so nothing was sent or charged. Try again.")
+            await self.jobs.release(job, english("its card could not be posted"))
+            raise UserFacingError(
+                tr(locale, "I could not post in this channel, so nothing was sent or charged. Try again.")
+            )
         try:
             job = await self.jobs.start(replace(job, frame_url=frame_url), request)
         except SubmitRefused as exc:
             with contextlib.suppress(discord.HTTPException):
                 await card.delete()  # a refused prompt stays private
-            raise UserFacingError(exc.reason) from None
+            raise UserFacingError(translated(locale, exc.reason)) from None
         thread = await self._open_job_thread(interaction, channel, card, job)
         current = await self.jobs.get(job.id)
         if current is not None and current.status != job.status:
             self.bot.dispatch("job_changed", current)  # it moved while its thread was being opened
-        where = thread.mention if thread else "this channel"
+        where = thread.mention if thread else tr(locale, "this channel")
         await interaction.followup.send(
-            f"Your video `{job.id[:8]}` is on its way ({options_line(job)}); follow it in {where}.", ephemeral=True
+            tr(
+                locale,
+                "Your video `{id}` is on its way ({options}); follow it in {where}.",
+                id=job.id[:8],
+                options=options_line(job, locale),
+                where=where,
+            )
+            + "\n"
+            + await self.cost_line(interaction, job.cost_estimate),
+            ephemeral=True,
         )
+        server = self.bot.server_locale(job.guild_id)
         await self.bot.post_log(
             job.guild_id,
-            f"▶️ <@{job.user_id}> started video `{job.id[:8]}` ({options_line(job)}) in <#{job.channel_id}>",
+            tr(
+                server,
+                "▶️ {mention} started video `{id}` ({options}) in {channel}",
+                mention=f"<@{job.user_id}>",
+                id=job.id[:8],
+                options=options_line(job, server),
+                channel=f"<#{job.channel_id}>",
+            ),
         )
         return job
+
+    async def cost_line(self, interaction: discord.Interaction[Any], cost: int) -> str:
+        """The job's cost, what the member has left now and when it resets (in the reader's own time zone)."""
+        assert interaction.guild_id is not None
+        credits = self.bot.resources.credits
+        status = await credits.status(interaction.guild_id, interaction.user.id, member_roles(interaction.user))
+        locale = interaction.locale
+        left = tr(locale, "unlimited") if status.remaining is None else format_credits(status.remaining)
+        reset_at = status.window.reset_at
+        resets = f"<t:{int(reset_at.timestamp())}:R>" if reset_at else tr(locale, "never")
+        return tr(
+            locale,
+            "Cost: {cost} credits · left: {left} · resets {resets}",
+            cost=format_credits(cost),
+            left=left,
+            resets=resets,
+        )
+
+    async def _ask_to_confirm(
+        self, interaction: discord.Interaction[Any], request: JobRequest, channel: discord.abc.Messageable
+    ) -> bool:
+        """Above the server's confirm-above threshold: show the cost with Confirm and Cancel (True: asked)."""
+        if interaction.guild_id is None:
+            return False
+        self.jobs.validate(request)  # a mistake is named now, not after the member confirmed
+        threshold = (await self.bot.resources.credits.settings(interaction.guild_id)).confirm_above
+        cost = self.jobs.cost_of(request.duration, request.resolution)
+        if threshold is None or cost <= threshold:
+            return False
+        timeout = self.bot.settings.confirm_timeout_seconds
+        view = ConfirmView(self, request, channel, interaction.locale, timeout)
+        text = tr(
+            interaction.locale,
+            "This video costs more than {threshold} credits, so it waits for your Confirm.\n{costs}\n"
+            "Nothing is reserved until you press Confirm; this question expires {expires}.",
+            threshold=format_credits(threshold),
+            costs=await self.cost_line(interaction, cost),
+            expires=f"<t:{int(time.time() + timeout)}:R>",
+        )
+        view.message = await interaction.followup.send(text, view=view, ephemeral=True, wait=True)
+        log.info("user %s asked to confirm a job of %d milli-credits", interaction.user.id, cost)
+        return True
 
     def _permissions_in(
         self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable
@@ -468,7 +688,8 @@ class VideoCog(commands.Cog):
         if thread is None:
             with contextlib.suppress(discord.HTTPException):
                 await card.edit(
-                    embed=job_card(job, note=NO_THREAD_NOTE), allowed_mentions=discord.AllowedMentions.none()
+                    embed=job_card(job, note=tr(job.locale, NO_THREAD_NOTE)),
+                    allowed_mentions=discord.AllowedMentions.none(),
                 )
         else:
             position = None
@@ -503,7 +724,7 @@ class VideoCog(commands.Cog):
         """The same prompt and options as a new job of whoever pressed the button."""
         original = await self.jobs.get(job_id)
         if original is None or original.guild_id != interaction.guild_id:
-            await reply_ephemeral(interaction, "That video's job is no longer known to me.")
+            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
             return
 
         async def build() -> JobRequest:
@@ -511,7 +732,7 @@ class VideoCog(commands.Cog):
             if original.image_sha256:
                 frame = await self.jobs.first_frame(original)
                 if frame is None:
-                    raise InvalidRequest("The first frame of that video is no longer stored.")
+                    raise InvalidRequest(english("The first frame of that video is no longer stored."))
             return self.request(
                 interaction,
                 original.kind,  # type: ignore[arg-type]
@@ -522,6 +743,7 @@ class VideoCog(commands.Cog):
                 image=frame,
                 image_url=original.image_url,
                 image_source=original.image_source,
+                parent_id=original.parent_id,  # a re-rolled segment is another take of the same segment
             )
 
         # A new card belongs beside the original one, so it can have its own thread.
@@ -536,7 +758,10 @@ class VideoCog(commands.Cog):
         job = await self.jobs.get(job_id)
         owner = job is not None and job.user_id == interaction.user.id
         if not owner and not is_moderator(interaction):
-            await reply_ephemeral(interaction, "Only the member who asked for this video or a moderator can delete it.")
+            await reply_ephemeral(
+                interaction,
+                tr(interaction.locale, "Only the member who asked for this video or a moderator can delete it."),
+            )
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
@@ -544,10 +769,129 @@ class VideoCog(commands.Cog):
             await interaction.message.delete()
         except discord.HTTPException as exc:
             log.warning("job %s: delete failed: %s", job_id, exc)
-            await interaction.followup.send("I could not delete that message.", ephemeral=True)
+            await interaction.followup.send(tr(interaction.locale, "I could not delete that message."), ephemeral=True)
             return
         log.info("job %s: video message deleted by %s", job_id, interaction.user.id)
-        await interaction.followup.send("Deleted.", ephemeral=True)
+        await interaction.followup.send(tr(interaction.locale, "Deleted."), ephemeral=True)
+
+    # --- chains: Continue and Join ---------------------------------------------------------------------------
+
+    async def continue_video(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """Ask for the next segment's prompt and duration (the job is made when the form is sent)."""
+        parent = await self.jobs.get(job_id)
+        if parent is None or parent.guild_id != interaction.guild_id:
+            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
+            return
+        if parent.video_url is None:
+            await reply_ephemeral(interaction, tr(interaction.locale, "That video has no link to continue from."))
+            return
+        await interaction.response.send_modal(ContinueModal(self, parent, interaction.locale))
+
+    async def last_frame_of(self, job: Job, locale: object) -> FirstFrame:
+        """The last frame of a delivered video, checked as a first frame; `InvalidRequest` says what went wrong."""
+        assert job.video_url is not None
+        with tempfile.TemporaryDirectory(prefix="continue-") as folder:
+            path = Path(folder) / "segment.mp4"
+            try:
+                await download_video(self.bot.resources.session, job.video_url, path, max_bytes=MAX_VIDEO_BYTES)
+                data = await clips.last_frame(path)
+            except (DownloadFailed, VideoTooLarge) as exc:
+                log.info("job %s: its video could not be fetched to continue it: %s", job.id, exc)
+                raise InvalidRequest(
+                    tr(locale, "That video can no longer be downloaded ({reason}), so it cannot be continued.",
+                       reason=str(exc))
+                ) from None  # fmt: skip
+            except clips.ClipError as exc:
+                log.warning("job %s: no last frame: %s", job.id, exc)
+                raise InvalidRequest(tr(locale, "That video could not be read, so it cannot be continued.")) from None
+        try:
+            return await check_first_frame(data)
+        except ImageRejected as exc:
+            raise InvalidRequest(
+                tr(locale, "That video's last frame cannot start a video: {reason}", reason=str(exc))
+            ) from None
+
+    async def join_chain(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """Post the segments from the first to this one as one video, here. Nothing is charged."""
+        locale = interaction.locale
+        job = await self.jobs.get(job_id)
+        if job is None or job.guild_id != interaction.guild_id:
+            await reply_ephemeral(interaction, tr(locale, "That video's job is no longer known to me."))
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        chain = await self.jobs.chain(job)
+        answer = await self._post_joined(interaction, chain)
+        await reply_ephemeral(interaction, answer)
+
+    async def _post_joined(self, interaction: discord.Interaction[Any], chain: list[Job]) -> str:
+        """Fetch, join and post the chain; returns what to tell the member."""
+        locale, limit = interaction.locale, interaction.filesize_limit
+        root = chain[0].id[:8]
+        if len(chain) < 2:
+            return tr(locale, "This video continues no other, so there is nothing to join.")
+        channel = interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            return tr(locale, "I cannot post the joined video here.")
+        too_big = tr(
+            locale,
+            "The joined video would be larger than this server's upload limit of {limit} MB, so it was not "
+            "posted; the segments stay as they are.",
+            limit=f"{limit / 1024 / 1024:.0f}",
+        )
+        with tempfile.TemporaryDirectory(prefix="join-") as folder:
+            paths: list[Path] = []
+            fetched = 0
+            for number, segment in enumerate(chain, 1):
+                path = Path(folder) / f"{number:03d}.mp4"
+                try:
+                    if segment.video_url is None:
+                        raise DownloadFailed("it has no video link")
+                    # Copied segments add up to the joined file: once they pass the limit, fetch no more.
+                    fetched += await download_video(
+                        self.bot.resources.session, segment.video_url, path, max_bytes=limit - fetched
+                    )
+                except VideoTooLarge:
+                    return too_big
+                except DownloadFailed as exc:
+                    log.info("join of %s: segment %d (%s) unavailable: %s", root, number, segment.id, exc)
+                    return tr(
+                        locale,
+                        "Segment {number} (`{job}`) can no longer be downloaded ({reason}), so nothing was joined.",
+                        number=number,
+                        job=segment.id[:8],
+                        reason=str(exc),
+                    )
+                paths.append(path)
+            joined = Path(folder) / f"joined-{root}.mp4"
+            try:
+                how = await clips.join(paths, joined)
+                seconds = await clips.duration(joined)
+            except clips.ClipError as exc:
+                log.warning("join of %s failed: %s", root, exc)
+                return tr(locale, "The segments could not be joined: one of them is not a readable video.")
+            if joined.stat().st_size > limit:
+                return too_big
+            log.info("chain %s: %d segments joined (%s, %.1f s)", root, len(chain), how, seconds)
+            try:
+                await channel.send(
+                    tr(locale, "The {count} segments of `{root}`, joined ({seconds} s).",
+                       count=len(chain), root=root, seconds=f"{seconds:.1f}"),
+                    file=discord.File(joined, filename=joined.name),
+                    allowed_mentions=discord.AllowedMentions.none(),
+                )  # fmt: skip
+            except discord.HTTPException as exc:
+                if exc.status == 413:
+                    return too_big
+                log.warning("chain %s: the joined video could not be posted: %s", root, exc)
+                return tr(locale, "I could not post the joined video here.")
+        return tr(locale, "Joined {count} segments; the video is posted below.", count=len(chain))
+
+    async def _chain_note(self, job: Job, locale: object) -> str:
+        """` · segment 2 of abcd1234` for a job that continues another, else nothing."""
+        if job.parent_id is None:
+            return ""
+        chain = await self.jobs.chain(job)
+        return tr(locale, " · segment {number} of `{root}`", number=len(chain), root=chain[0].id[:8])
 
     # --- status texts -----------------------------------------------------------------------------------
 
@@ -556,42 +900,69 @@ class VideoCog(commands.Cog):
         job = await self.jobs.find(interaction.guild_id, prefix, user_id=interaction.user.id)
         if job is None:
             shown = discord.utils.escape_markdown(prefix.strip()[:16])
-            raise UserFacingError(f"You have no job starting with `{shown}` here.")
+            raise UserFacingError(
+                tr(interaction.locale, "You have no job starting with `{prefix}` here.", prefix=shown)
+            )
         return job
 
-    def _where(self, job: Job) -> str:
+    def _where(self, job: Job, locale: object) -> str:
         if job.thread_id:
             return f"<#{job.thread_id}>"
         if job.message_id and job.channel_id and job.guild_id:
             return f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.message_id}"
-        return "no thread"
+        return tr(locale, "no thread")
 
-    def _job_line(self, job: Job, now: float) -> str:
-        elapsed = clock(now - (job.submitted_at or job.created_at))
-        return f"• `{job.id[:8]}` {STATE_WORDS.get(job.status, job.status)}, {elapsed} elapsed · {self._where(job)}"
+    def _job_line(self, job: Job, now: float, locale: object) -> str:
+        return tr(
+            locale,
+            "• `{id}` {state}, {elapsed} elapsed · {where}",
+            id=job.id[:8],
+            state=job_state(job, locale),
+            elapsed=clock(now - (job.submitted_at or job.created_at)),
+            where=self._where(job, locale),
+        )
 
-    def _job_details(self, job: Job, now: float) -> str:
+    def _job_details(self, job: Job, now: float, locale: object) -> str:
+        started = f"<t:{int(job.created_at)}:R>"
         lines = [
-            f"**Job `{job.id[:8]}`**: {STATE_WORDS.get(job.status, job.status)}",
-            f"{options_line(job)} · started <t:{int(job.created_at)}:R> · {self._where(job)}",
-            f"Prompt: {discord.utils.escape_markdown(job.prompt[:300]) or '(none)'}",
+            tr(locale, "**Job `{id}`**: {state}", id=job.id[:8], state=job_state(job, locale)),
+            tr(
+                locale,
+                "{options} · started {started} · {where}",
+                options=options_line(job, locale),
+                started=started,
+                where=self._where(job, locale),
+            ),
+            tr(
+                locale,
+                "Prompt: {prompt}",
+                prompt=discord.utils.escape_markdown(job.prompt[:300]) or tr(locale, "(none)"),
+            ),
         ]
         if job.status in ("submitted", "processing"):
-            lines.append(f"Elapsed: {clock(now - (job.submitted_at or job.created_at))}")
+            lines.append(tr(locale, "Elapsed: {elapsed}", elapsed=clock(now - (job.submitted_at or job.created_at))))
         if job.error:
-            lines.append(f"Reason: {job.error}")
+            lines.append(tr(locale, "Reason: {reason}", reason=translated(locale, job.error)))
+        if job.status == "rejected":
+            reason = discord.utils.escape_markdown(job.review_reason or "") or tr(locale, "no reason given")
+            lines.append(tr(locale, "Rejected by a moderator: {reason}", reason=reason))
         if job.status == "undeliverable" and job.video_url:
-            lines.append(f"Video link (expires): {job.video_url}")
-        return fit_lines(lines[0], lines[1:])
+            lines.append(tr(locale, "Video link (expires): {url}", url=job.video_url))
+        return fit_lines(lines[0], lines[1:], locale=locale)
 
-    def _history_line(self, job: Job) -> str:
-        line = (
-            f"• `{job.id[:8]}` <t:{int(job.created_at)}:d> {STATE_WORDS.get(job.status, job.status)} · "
-            f"{options_line(job)} · {discord.utils.escape_markdown(job.prompt[:60]) or '(no prompt)'}"
-            f" · {self._where(job)}"
+    def _history_line(self, job: Job, locale: object) -> str:
+        line = tr(
+            locale,
+            "• `{id}` {date} {state} · {options} · {prompt} · {where}",
+            id=job.id[:8],
+            date=f"<t:{int(job.created_at)}:d>",
+            state=job_state(job, locale),
+            options=options_line(job, locale),
+            prompt=discord.utils.escape_markdown(job.prompt[:60]) or tr(locale, "(no prompt)"),
+            where=self._where(job, locale),
         )
         if job.status == "undeliverable" and job.video_url:
-            line += f" · [video link]({job.video_url})"
+            line += " · " + tr(locale, "[video link]({url})", url=job.video_url)
         return line
 
 

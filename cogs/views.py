@@ -8,6 +8,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import discord
 
+from bot.i18n import tr
+from bot.quota import format_credits
+
 log = logging.getLogger(__name__)
 
 JOB_ID = r"(?P<job_id>[0-9a-f]{16})"
@@ -21,6 +24,10 @@ class VideoActions(Protocol):
 
     async def delete_video(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
 
+    async def continue_video(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
+
+    async def join_chain(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
+
 
 def _video_cog(interaction: discord.Interaction[Any]) -> VideoActions:
     cog = next((c for c in interaction.client.cogs.values() if isinstance(c, VideoActions)), None)
@@ -32,10 +39,10 @@ def _video_cog(interaction: discord.Interaction[Any]) -> VideoActions:
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:reroll:{JOB_ID}"):
     """Make the same video again, as a new job of whoever presses it."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, label: str = "Re-roll") -> None:
         super().__init__(
             discord.ui.Button(
-                label="Re-roll", emoji="🎲", style=discord.ButtonStyle.primary, custom_id=f"video:reroll:{job_id}"
+                label=label, emoji="🎲", style=discord.ButtonStyle.primary, custom_id=f"video:reroll:{job_id}"
             )
         )
         self.job_id = job_id
@@ -53,10 +60,13 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"vi
 class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:delete:{JOB_ID}"):
     """Remove the video message: the requester or a moderator only."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, locale: object = None) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger, custom_id=f"video:delete:{job_id}"
+                label=tr(locale, "Delete"),
+                emoji="🗑️",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"video:delete:{job_id}",
             )
         )
         self.job_id = job_id
@@ -71,22 +81,83 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"vi
         await _video_cog(interaction).delete_video(interaction, self.job_id)
 
 
-def result_view(job_id: str) -> discord.ui.View:
-    """The persistent buttons under a finished video."""
+class ContinueButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:continue:{JOB_ID}"):
+    """Make the next segment: a new video that starts from this one's last frame, in the same thread."""
+
+    def __init__(self, job_id: str, label: str = "Continue") -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=label, emoji="⏭️", style=discord.ButtonStyle.secondary, custom_id=f"video:continue:{job_id}", row=1
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ContinueButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _video_cog(interaction).continue_video(interaction, self.job_id)
+
+
+class JoinButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:join:{JOB_ID}"):
+    """Post the chain that ends with this segment as one video (free)."""
+
+    def __init__(self, job_id: str, label: str = "Join") -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=label, emoji="🔗", style=discord.ButtonStyle.secondary, custom_id=f"video:join:{job_id}", row=1
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> JoinButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _video_cog(interaction).join_chain(interaction, self.job_id)
+
+
+def result_view(
+    job_id: str,
+    *,
+    reroll_cost: int | None = None,
+    continue_cost: int | None = None,
+    chained: bool = False,
+    locale: object = None,
+) -> discord.ui.View:
+    """The persistent buttons under a finished video: Re-roll and Delete, then Continue (and Join, for a segment
+    that continues another). Costs (milli-credits) are shown on the buttons that charge."""
     view = discord.ui.View(timeout=None)
-    view.add_item(RerollButton(job_id))
-    view.add_item(DeleteButton(job_id))
+    reroll = tr(locale, "Re-roll")
+    if reroll_cost is not None:
+        reroll = tr(locale, "Re-roll · {credits} credits", credits=format_credits(reroll_cost))
+    view.add_item(RerollButton(job_id, reroll))
+    view.add_item(DeleteButton(job_id, locale))
+    more = tr(locale, "Continue")
+    if continue_cost is not None:
+        more = tr(locale, "Continue · {credits} credits", credits=format_credits(continue_cost))
+    view.add_item(ContinueButton(job_id, more))
+    if chained:
+        view.add_item(JoinButton(job_id, tr(locale, "Join")))
     return view
 
 
 class PagedView(discord.ui.View):
     """Previous and Next under an ephemeral list; `render(page)` returns the text and whether more follow."""
 
-    def __init__(self, owner_id: int, render: Any, page: int = 0) -> None:
+    def __init__(self, owner_id: int, render: Any, page: int = 0, locale: object = None) -> None:
         super().__init__(timeout=600)
         self.owner_id = owner_id
         self.render = render
         self.page = page
+        self.previous.label = tr(locale, "Previous")
+        self.next.label = tr(locale, "Next")
 
     async def show(self, interaction: discord.Interaction[Any]) -> None:
         """Send the first page as a private followup."""
@@ -116,3 +187,78 @@ class PagedView(discord.ui.View):
 
     async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
         return interaction.user.id == self.owner_id
+
+
+@runtime_checkable
+class ReviewActions(Protocol):
+    """What the review buttons need from the moderators' cog."""
+
+    async def approve(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
+
+    async def reject(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
+
+
+def _review_cog(interaction: discord.Interaction[Any]) -> ReviewActions:
+    cog = next((c for c in interaction.client.cogs.values() if isinstance(c, ReviewActions)), None)
+    if cog is None:
+        raise RuntimeError("the review cog is not loaded")
+    return cog
+
+
+class ApproveButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"review:approve:{JOB_ID}"):
+    """A moderator lets a finished video go to its thread (the job id is in the custom id: works after restarts)."""
+
+    def __init__(self, job_id: str, locale: object = None) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=tr(locale, "Approve"),
+                emoji="✅",
+                style=discord.ButtonStyle.success,
+                custom_id=f"review:approve:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ApproveButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _review_cog(interaction).approve(interaction, self.job_id)
+
+
+class RejectButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"review:reject:{JOB_ID}"):
+    """A moderator refuses a finished video, giving the member a reason."""
+
+    def __init__(self, job_id: str, locale: object = None) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=tr(locale, "Reject"),
+                emoji="⛔",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"review:reject:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> RejectButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _review_cog(interaction).reject(interaction, self.job_id)
+
+
+REVIEW_BUTTONS = (ApproveButton, RejectButton)
+
+
+def review_view(job_id: str, locale: object = None) -> discord.ui.View:
+    """The persistent buttons under a video waiting in the review channel (in the server's language)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(ApproveButton(job_id, locale))
+    view.add_item(RejectButton(job_id, locale))
+    return view

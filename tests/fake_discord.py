@@ -205,6 +205,8 @@ class FakeDiscord:
         self.channels: dict[str, dict[str, Any]] = {}
         self.messages: dict[str, list[dict[str, Any]]] = {}  # per channel (threads are channels), oldest first
         self.deleted_channels: set[str] = set()
+        self.dm_channels: dict[str, str] = {}  # direct-message channel id -> the user's id
+        self.closed_dms: set[str] = set()  # user ids whose direct messages refuse the bot (403, 50007)
         self.interactions: dict[str, Interaction] = {}
         self.files: dict[str, bytes] = {}  # CDN: attachment id -> bytes
         self.bot_permissions: dict[str, int] = {}  # per channel, overriding BOT_PERMISSIONS
@@ -247,6 +249,9 @@ class FakeDiscord:
             role.update(color=0, hoist=False, managed=False, mentionable=False, flags=0)
         self.users = {name: self._user(name) for name in ("alice", "bob", "mod")}
         self.member_roles = {"alice": [], "bob": [], "mod": [self.moderator_role]}
+        # Languages: each member's Discord client language (interaction.locale) and the server's preferred one.
+        self.locales: dict[str, str] = {}  # member name -> locale, "en-US" when missing
+        self.preferred_locale = "en-US"
         self.general = self.add_channel("general", 0)
         self.forum = self.add_channel("showcase", 15)
         self.forum_post = self.add_channel("my forum post", 11, parent=self.forum)
@@ -458,7 +463,7 @@ class FakeDiscord:
             "unavailable": False,
             "premium_tier": self.premium_tier,
             "premium_subscription_count": 0,
-            "preferred_locale": "en-US",
+            "preferred_locale": self.preferred_locale,
             "verification_level": 0,
             "mfa_level": 0,
             "nsfw_level": 0,
@@ -523,6 +528,15 @@ class FakeDiscord:
 
     def find_message(self, message_id: str) -> dict[str, Any]:
         return next(m for ms in self.messages.values() for m in ms if m["id"] == message_id)
+
+    def close_dms(self, name: str) -> None:
+        """The member allows no direct messages from the bot: Discord opens the channel but refuses each message."""
+        self.closed_dms.add(self.users[name]["id"])
+
+    def dms(self, name: str) -> list[dict[str, Any]]:
+        """The direct messages the bot sent this member, oldest first."""
+        user_id = self.users[name]["id"]
+        return [m for c, u in self.dm_channels.items() if u == user_id for m in self.messages[c]]
 
     def delete_channel(self, channel_id: str) -> None:
         """The channel (or thread) disappears: later requests to it answer 404 Unknown Channel (10003)."""
@@ -709,15 +723,15 @@ class FakeDiscord:
             "type": kind,
             "data": data,
             "guild_id": guild_id,
-            "guild": {"id": guild_id, "locale": "en-US", "features": []},
+            "guild": {"id": guild_id, "locale": self.preferred_locale, "features": []},
             "channel": self.channels[channel_id],
             "channel_id": channel_id,
             "member": {**self.member(user), "permissions": str(permissions)},
             "token": f"itoken-{self.snowflake()}",
             "version": 1,
             "app_permissions": str(self.bot_permissions_in(channel_id)),
-            "locale": "en-US",
-            "guild_locale": "en-US",
+            "locale": self.locales.get(user, "en-US"),
+            "guild_locale": self.preferred_locale,
             "entitlements": [],
             "authorizing_integration_owners": {"0": guild_id},
             "context": 0,
@@ -1146,6 +1160,8 @@ class FakeDiscord:
 
     async def _create_message(self, call: Recorded, channel_id: str) -> Any:
         body, files = call.json or {}, call.files
+        if channel_id in self.dm_channels:
+            return self._direct_message(channel_id, body, files)
         kind = self._channel(channel_id)["type"]
         if kind in (15, 16):
             raise Refused(400, 50008, "Cannot send messages in a non-text channel")
@@ -1165,6 +1181,27 @@ class FakeDiscord:
         self.messages[channel_id].append(message)
         if body.get("nonce"):
             self._nonces[key] = (time.monotonic(), message)
+        return self._public(message)
+
+    async def _open_dm(self, call: Recorded) -> Any:
+        """POST /users/@me/channels: the bot's direct-message channel with a user (one per user)."""
+        recipient = str((call.json or {}).get("recipient_id"))
+        user = next((u for u in self.users.values() if u["id"] == recipient), None)
+        if user is None:
+            raise Refused(400, 50033, "Invalid Recipient(s)")
+        channel_id = next((c for c, u in self.dm_channels.items() if u == recipient), None)
+        if channel_id is None:
+            channel_id = self.snowflake()
+            self.dm_channels[channel_id] = recipient
+            self.messages[channel_id] = []
+        return {"id": channel_id, "type": 1, "last_message_id": None, "recipients": [user], "flags": 0}
+
+    def _direct_message(self, channel_id: str, body: dict[str, Any], files: Files) -> Any:
+        if self.dm_channels[channel_id] in self.closed_dms:
+            raise Refused(403, 50007, "Cannot send messages to this user")
+        message = self._message(channel_id, body, files)
+        message.pop("guild_id")
+        self.messages[channel_id].append(message)
         return self._public(message)
 
     async def _edit_message(self, call: Recorded, channel_id: str, message_id: str) -> Any:
@@ -1241,6 +1278,10 @@ class FakeDiscord:
             self.messages[message["channel_id"]].append(message)
         return message
 
+    def _interaction_message(self, message_id: str) -> dict[str, Any] | None:
+        """An interaction's own message (an ephemeral one is in no channel's list) by its id."""
+        return next((m for i in self.interactions.values() for m in i.messages if m["id"] == message_id), None)
+
     async def _callback(self, call: Recorded, interaction_id: str, token: str) -> Any:
         interaction = self.interactions.get(interaction_id)
         if interaction is None or interaction.token != token:
@@ -1259,7 +1300,9 @@ class FakeDiscord:
             message = self._respond(interaction, {"flags": (data.get("flags") or 0) | LOADING}, [])
         elif body["type"] == 7:  # update the message the component is on
             target = interaction.payload["message"]
-            message = self._find(target["channel_id"], target["id"]) or target
+            message = (
+                self._find(target["channel_id"], target["id"]) or self._interaction_message(target["id"]) or target
+            )
             self._edit(message, data, call.files)
             interaction.messages.append(message)
         if message is not None:
@@ -1321,6 +1364,7 @@ class FakeDiscord:
 
     _routes: ClassVar[list[tuple[str, str, Any]]] = [
         (r"/users/@me", "GET", _me),
+        (r"/users/@me/channels", "POST", _open_dm),
         (r"/oauth2/applications/@me", "GET", _application),
         (r"/gateway(/bot)?", "GET", _get_gateway),
         (r"/applications/\d+/commands", "PUT", _sync),

@@ -13,7 +13,7 @@ from bot.app import VideoBot
 from bot.config import Settings, load_settings
 from bot.resources import Resources, open_resources
 from bot.simulator import KlingSimulator
-from tests.fake_discord import FakeDiscord, wait_until
+from tests.fake_discord import FakeDiscord, Interaction, wait_until
 
 KEY = "sk-harness-secret-key-0123"
 
@@ -95,6 +95,13 @@ class Harness:
 
         await wait_until(reached)
         return found[0]
+
+
+async def private_answer(interaction: Interaction) -> str:
+    """The interaction's latest private answer, once the loading ("thinking") message is gone."""
+    await wait_until(lambda: interaction.messages and not interaction.messages[-1]["flags"] & 128)
+    assert interaction.ephemeral(-1)
+    return interaction.texts()[-1]
 
 
 async def bot_process(*args: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:

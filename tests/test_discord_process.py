@@ -61,7 +61,7 @@ async def test_sync_registers_the_commands_in_the_guild(
     assert commands["Animate image"]["type"] == 3
     assert int(commands["quota-admin"]["default_member_permissions"]) == 32  # Manage Server
     video = {s["name"]: s for s in commands["video"]["options"]}
-    assert set(video) == {"text", "image", "status", "history", "cancel"}
+    assert set(video) == {"text", "image", "status", "history", "cancel", "notify"}
     text = {o["name"]: o for o in video["text"]["options"]}
     assert text["prompt"]["required"] and text["prompt"]["max_length"] == 3072
     assert [c["value"] for c in text["aspect_ratio"]["choices"]] == ["16:9", "9:16", "1:1"]

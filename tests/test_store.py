@@ -214,7 +214,7 @@ async def _check_totals(store: Store, db: aiosqlite.Connection, *, reads: bool) 
             used = sum(
                 e if b is None else b
                 for _, _, s, e, b, c in mine
-                if s in ("succeeded", "delivered", "undeliverable") and c >= since
+                if s in ("succeeded", "delivered", "undeliverable", "rejected") and c >= since
             )
             reserved = sum(e for _, _, s, e, _, c in mine if s in IN_PROGRESS and c >= since)
             in_flight = sum(1 for row in mine if row[2] in IN_PROGRESS)

@@ -569,3 +569,35 @@ async def test_a_restarted_sqlite_bot_voids_the_claims_of_the_process_before_it(
         assert (job.lease_owner, job.lease_attempt) == ("new", 2)
     finally:
         await store.close()
+
+
+async def test_a_members_notify_preference_defaults_to_mention_and_is_kept(store: AnyStore) -> None:
+    assert await store.notify_preference(ALICE) == "mention"
+    await store.set_notify_preference(ALICE, "dm")
+    await store.set_notify_preference(BOB, "off")
+    await store.set_notify_preference(ALICE, "off")
+    assert (await store.notify_preference(ALICE), await store.notify_preference(BOB)) == ("off", "off")
+    assert await store.notify_preference(BIG) == "mention"
+
+
+async def test_an_unknown_notify_mode_is_refused_by_the_table(store: AnyStore, backend: Backend) -> None:
+    with pytest.raises(backend.integrity_error):
+        await store.set_notify_preference(ALICE, "carrier pigeon")
+    assert await store.notify_preference(ALICE) == "mention"
+
+
+async def test_a_review_is_decided_once_and_a_rejected_job_stays_charged(store: AnyStore) -> None:
+    await store.add_job(replace(BLANK, status="succeeded", cost_billed=4800))
+    assert await store.decide_review("j1", None, "succeeded", review_state="pending", updated_at=101.0)
+    assert not await store.decide_review("j1", None, "succeeded", review_state="pending", updated_at=102.0)
+    assert await store.decide_review(
+        "j1", "pending", "rejected", review_state="rejected", review_reason="no", updated_at=103.0
+    )
+    assert not await store.decide_review("j1", "pending", "succeeded", review_state="approved", updated_at=104.0)
+    job = await store.get_job("j1")
+    assert (job.status, job.review_state, job.review_reason) == ("rejected", "rejected", "no")
+    usage = await store.usage(GUILD, ALICE, 0.0)
+    assert (usage.used, usage.reserved) == (4800, 0)  # the provider billed it: spent, not given back
+    assert await store.usage_table(GUILD, 0.0) != [] and await store.credits_used(GUILD, 0.0) == 4800
+    with pytest.raises(ValueError, match="not a mutable job column"):
+        await store.decide_review("j1", "pending", "succeeded", id="other", updated_at=105.0)

@@ -1,0 +1,234 @@
+"""Video segments with PyAV: the last frame of a clip (to continue it) and a chain of clips joined into one.
+
+Decoding and encoding are CPU work, so each public function runs in one worker thread of its own: the event loop
+stays free, and a burst of joins takes turns instead of taking every core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import av
+from av.container import InputContainer
+
+log = logging.getLogger(__name__)
+
+TAIL_SECONDS = 2.0  # the last frame is decoded from the keyframe before this much of the end
+JPEG_QUALITY = 95
+ENCODE_TIME_BASE = Fraction(1, 90000)  # re-encoded frames keep their own times, whatever each segment's rate
+MP4_OPTIONS = {"movflags": "+faststart"}  # the index first, so Discord can play the video while it loads
+_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips")
+
+
+class ClipError(ValueError):
+    """The file is not a video PyAV can read (no video stream, truncated, corrupt)."""
+
+
+async def _in_worker(function: Any, *args: Any) -> Any:
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_worker, function, *args)
+    except av.FFmpegError as exc:  # a file that opened but breaks while read (truncated, corrupt)
+        raise ClipError(f"the video could not be read: {exc}") from None
+
+
+async def last_frame(path: Path) -> bytes:
+    """The final decoded frame of the video as a JPEG (a first frame for an image-to-video job)."""
+    data: bytes = await _in_worker(_last_frame, path)
+    return data
+
+
+async def duration(path: Path) -> float:
+    """The video's length in seconds (from its first timestamp to the end of its last packet)."""
+    seconds: float = await _in_worker(_duration, path)
+    return seconds
+
+
+async def join(paths: Sequence[Path], out_path: Path) -> Literal["remux", "reencode"]:
+    """Write the segments one after the other into `out_path`; returns how: packets copied as they are when every
+    segment has the same streams (codec, size, time base, codec set-up), else the video re-encoded to H.264."""
+    how: Literal["remux", "reencode"] = await _in_worker(_join, list(paths), out_path)
+    return how
+
+
+# --- the work, in the worker thread -------------------------------------------------------------------------------
+
+
+def _open(path: Path) -> InputContainer:
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as exc:
+        raise ClipError(f"not a readable video: {exc}") from None
+    if not container.streams.video:
+        container.close()
+        raise ClipError("the file has no video stream")
+    return container
+
+
+def _last_frame(path: Path) -> bytes:
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frame = None
+        end = _stream_end(stream, container)
+        if end is not None and stream.time_base:
+            # Seek to the keyframe before the tail, then decode only the tail.
+            target = int((end - TAIL_SECONDS) / stream.time_base)
+            if target > 0:
+                try:
+                    container.seek(target, stream=stream, backward=True)
+                    frame = _final_frame(container, stream)
+                except av.FFmpegError:
+                    frame = None
+        if frame is None:  # no known length, or the seek found nothing: decode it all
+            container.seek(0, stream=stream)
+            frame = _final_frame(container, stream)
+        if frame is None:
+            raise ClipError("the video has no frames")
+        out = io.BytesIO()
+        frame.to_image().convert("RGB").save(out, "JPEG", quality=JPEG_QUALITY)
+        return out.getvalue()
+
+
+def _final_frame(container: InputContainer, stream: Any) -> Any:
+    last = None
+    for frame in container.decode(stream):
+        last = frame
+    return last
+
+
+def _stream_end(stream: Any, container: InputContainer) -> float | None:
+    """Where the stream ends in seconds, from its header or the container's."""
+    if stream.duration is not None and stream.time_base:
+        return float((stream.start_time or 0) * stream.time_base + stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return None
+
+
+@dataclass(frozen=True)
+class _Segment:
+    path: Path
+    shape: tuple[Any, ...]  # what must match for packets to be copied
+    start: float  # seconds
+    length: float  # seconds
+
+
+def _probe(path: Path) -> _Segment:
+    """A segment's stream set-up and its extent, read from its packets (no decoding)."""
+    with _open(path) as container:
+        shape = tuple(_stream_shape(s) for s in container.streams if s.type in ("video", "audio"))
+        first: float | None = None
+        end = 0.0
+        for packet in container.demux(*[s for s in container.streams if s.type in ("video", "audio")]):
+            if packet.pts is None or packet.time_base is None:
+                continue
+            at = float(packet.pts * packet.time_base)
+            first = at if first is None else min(first, at)
+            end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+    if first is None:
+        raise ClipError(f"{path.name} has no packets")
+    return _Segment(path, shape, first, end - first)
+
+
+def _stream_shape(stream: Any) -> tuple[Any, ...]:
+    context = stream.codec_context
+    common = (stream.type, context.name, stream.time_base, bytes(context.extradata or b""))
+    if stream.type == "video":
+        return (*common, context.width, context.height, context.pix_fmt)
+    return (*common, context.sample_rate, context.channels)
+
+
+def _duration(path: Path) -> float:
+    return _probe(path).length
+
+
+def _join(paths: list[Path], out_path: Path) -> Literal["remux", "reencode"]:
+    if not paths:
+        raise ClipError("nothing to join")
+    segments = [_probe(path) for path in paths]
+    if all(segment.shape == segments[0].shape for segment in segments):
+        _remux(segments, out_path)
+        return "remux"
+    _reencode(segments, out_path)
+    return "reencode"
+
+
+def _remux(segments: list[_Segment], out_path: Path) -> None:
+    """Copy every packet, each segment's timestamps moved to start where the previous one ended."""
+    with av.open(str(out_path), "w", format="mp4", options=MP4_OPTIONS) as output:
+        outputs: list[Any] = []
+        last_dts: list[int | None] = []
+        before = 0.0  # the length of the segments already written
+        for number, segment in enumerate(segments):
+            with av.open(str(segment.path)) as container:
+                streams = [s for s in container.streams if s.type in ("video", "audio")]
+                if number == 0:
+                    outputs = [output.add_stream_from_template(s) for s in streams]
+                    last_dts = [None] * len(outputs)
+                moved = segments[0].start + before - segment.start  # seconds
+                for packet in container.demux(*streams):
+                    if packet.dts is None:  # the demuxer's end-of-stream marker
+                        continue
+                    index = streams.index(packet.stream)
+                    shift = round(moved / packet.time_base)
+                    packet.dts += shift
+                    packet.pts = packet.pts + shift if packet.pts is not None else None
+                    previous = last_dts[index]
+                    if previous is not None and packet.dts <= previous:  # keep the muxer's order strict
+                        packet.dts = previous + 1
+                        if packet.pts is not None and packet.pts < packet.dts:
+                            packet.pts = packet.dts
+                    last_dts[index] = packet.dts
+                    packet.stream = outputs[index]
+                    output.mux(packet)
+            before += segment.length
+
+
+def _reencode(segments: list[_Segment], out_path: Path) -> None:
+    """Decode every segment and encode one H.264 video at the first segment's size; each frame keeps its time
+    within its segment, moved by the length of the segments before it. Sound is left out: segments that differ
+    rarely share a sound format, and a silent join is better than none."""
+    with av.open(str(segments[0].path)) as first:
+        template = first.streams.video[0]
+        width, height = template.codec_context.width, template.codec_context.height
+        rate = template.average_rate or Fraction(24)
+    width, height = width - width % 2, height - height % 2  # yuv420p needs even sides
+    with av.open(str(out_path), "w", format="mp4", options=MP4_OPTIONS) as output:
+        stream = output.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = ENCODE_TIME_BASE
+        stream.time_base = ENCODE_TIME_BASE
+        offset = 0.0
+        last_pts = -1
+        lasting: dict[int, int] = {}  # a frame's pts -> its duration, set on its packet
+        for segment in segments:
+            with av.open(str(segment.path)) as container:
+                source = container.streams.video[0]
+                source.thread_type = "AUTO"
+                for frame in container.decode(source):
+                    if frame.pts is None or frame.time_base is None:
+                        continue
+                    at = offset + float(frame.pts * frame.time_base) - segment.start
+                    pts = max(round(at / ENCODE_TIME_BASE), last_pts + 1)
+                    out = frame.reformat(width=width, height=height, format="yuv420p")
+                    out.pts, out.time_base = pts, ENCODE_TIME_BASE
+                    if frame.duration:  # each frame lasts as long as in its segment, the last one too
+                        lasting[pts] = round(frame.duration * frame.time_base / ENCODE_TIME_BASE)
+                    last_pts = pts
+                    _mux(output, stream.encode(out), lasting)
+            offset += segment.length
+        _mux(output, stream.encode(None), lasting)
+
+
+def _mux(output: Any, packets: list[Any], lasting: dict[int, int]) -> None:
+    for packet in packets:
+        packet.duration = lasting.pop(packet.pts, packet.duration)
+        output.mux(packet)

@@ -1,0 +1,147 @@
+"""Processes on one PostgreSQL: a once-per-fleet duty is held by one of them and moves when it dies; a callback
+that reaches one process wakes the others (LISTEN/NOTIFY)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.callbacks import CALLBACK_PATH
+from bot.fleet import SoloFleet, open_fleet
+from bot.pgfleet import PgFleet
+from tests.fake_discord import wait_until
+from tests.harness import Harness, harness
+from tests.ports import free_port
+
+pytest_plugins = ["tests.postgres"]
+
+HOLDER = """
+import asyncio, sys
+from bot.pgfleet import PgFleet
+
+async def main():
+    fleet = PgFleet(sys.argv[1], "doomed")
+    assert await fleet.holds("alerts")
+    print("held", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+async def two(postgres_dsn: str) -> AsyncIterator[tuple[PgFleet, PgFleet]]:
+    first, second = PgFleet(postgres_dsn, "first"), PgFleet(postgres_dsn, "second")
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
+def test_sqlite_is_a_fleet_of_one() -> None:
+    assert isinstance(open_fleet("/tmp/bot.sqlite3"), SoloFleet)
+    assert isinstance(open_fleet("postgresql://bot@db/bot"), PgFleet)
+
+
+async def test_one_process_holds_a_duty_until_it_lets_go(two: tuple[PgFleet, PgFleet]) -> None:
+    first, second = two
+    assert await first.holds("alerts")
+    assert await first.holds("alerts")  # asking again keeps it
+    assert not await second.holds("alerts")
+    assert await second.holds("sweep")  # each duty is its own lock
+    await first.close()
+    assert await second.holds("alerts")
+
+
+async def test_a_duty_moves_when_its_process_is_killed(tmp_path: Path, postgres_dsn: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, postgres_dsn, stdout=asyncio.subprocess.PIPE, cwd=Path.cwd()
+    )
+    survivor = PgFleet(postgres_dsn, "survivor")
+    try:
+        assert process.stdout is not None
+        assert await asyncio.wait_for(process.stdout.readline(), 30) == b"held\n"
+        assert not await survivor.holds("alerts")
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        await wait_until(lambda: survivor.holds("alerts"))
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await survivor.close()
+
+
+async def test_a_hint_reaches_every_other_process_and_not_its_sender(two: tuple[PgFleet, PgFleet]) -> None:
+    first, second = two
+    heard: dict[str, list[str]] = {"first": [], "second": []}
+
+    async def record(name: str, task_id: str) -> None:
+        heard[name].append(task_id)
+
+    await first.listen(lambda task_id: record("first", task_id))
+    await second.listen(lambda task_id: record("second", task_id))
+    await wait_until(lambda: first.listening.is_set() and second.listening.is_set())
+    await first.publish_hint("task-1")
+    await second.publish_hint("task-2")
+    await wait_until(lambda: heard == {"first": ["task-2"], "second": ["task-1"]})
+
+
+@pytest.fixture
+async def world(tmp_path: Path, postgres_dsn: str) -> AsyncIterator[Harness]:
+    async with harness(tmp_path) as running:
+        running.settings_overrides = {
+            "database_url": postgres_dsn,
+            "poll_interval_seconds": 60.0,  # polling cannot deliver within the test: only a hint can
+        }
+        yield running
+
+
+async def test_a_callback_to_another_process_speeds_a_job_this_one_polls(world: Harness, postgres_dsn: str) -> None:
+    other = PgFleet(postgres_dsn, "process-a")  # the process the provider's callback reached
+    world.sim.hold = True
+    try:
+        async with world.running() as bot:
+            listening = bot.resources.fleet
+            assert isinstance(listening, PgFleet)
+            await wait_until(listening.listening.is_set)
+            await world.discord.slash("video", {"prompt": "finished elsewhere"}, sub="text")
+            job = await world.job_in("submitted", "processing")
+            world.sim.hold = False
+            world.sim.finish(job.provider_task_id)
+            await other.publish_hint(job.provider_task_id)
+            delivered = await world.job_in("delivered")
+            assert delivered.id == job.id
+            assert world.poller().hints_handled >= 1
+    finally:
+        await other.close()
+
+
+async def test_a_callback_this_process_takes_is_told_to_the_fleet(world: Harness, postgres_dsn: str) -> None:
+    port = free_port()
+    world.settings_overrides |= {
+        "callback_public_url": f"http://127.0.0.1:{port}{CALLBACK_PATH}",
+        "callback_host": "127.0.0.1",
+        "callback_port": port,
+    }
+    other = PgFleet(postgres_dsn, "process-b")
+    told: list[str] = []
+
+    async def record(task_id: str) -> None:
+        told.append(task_id)
+
+    await other.listen(record)
+    try:
+        await wait_until(other.listening.is_set)
+        async with world.running():
+            await world.discord.slash("video", {"prompt": "called back here"}, sub="text")
+            job = await world.job_in("delivered")
+            await wait_until(lambda: job.provider_task_id in told)
+    finally:
+        await other.close()
