@@ -57,6 +57,15 @@ async def all_ready(
     return await running(processes) and sorted(fake.connected_shards) == shards
 
 
+async def logged_in(process: asyncio.subprocess.Process) -> str:
+    """The process's "logged in" log line, read from its stderr as it comes."""
+    assert process.stderr is not None
+    while line := await process.stderr.readline():
+        if b"logged in as" in line:
+            return line.decode()
+    raise AssertionError("the process ended without logging in")
+
+
 def test_shard_ids_take_ranges_and_lists_within_the_count() -> None:
     assert parse_shard_ids("0-3", 8) == [0, 1, 2, 3]
     assert parse_shard_ids("0,2", 4) == [0, 2]
@@ -131,6 +140,8 @@ async def test_two_processes_each_answer_their_shards_guilds_and_both_deliver(
             assert sent.sent_to == [(shard, 2)]
             await sent.wait_response(timeout=15)
         await wait_until(lambda: all(len(videos_in(fake, g)) == 1 for g in guilds.values()), within=30)
+        # Each process says which servers and shards it runs once ready (which may come after its first command).
+        ready = [await asyncio.wait_for(logged_in(p), 30) for p in processes]
         for process in processes:
             process.send_signal(signal.SIGTERM)
         logs = [(await asyncio.wait_for(p.communicate(), 15))[1].decode() for p in processes]
@@ -138,8 +149,8 @@ async def test_two_processes_each_answer_their_shards_guilds_and_both_deliver(
         for process in processes:
             if process.returncode is None:
                 process.kill()
-    for shard, (process, log) in enumerate(zip(processes, logs, strict=True)):
+    for shard, (process, line, log) in enumerate(zip(processes, ready, logs, strict=True)):
         assert process.returncode == 0, log[-2000:]
         in_shard = sum(1 for g in fake.guild_names if fake.shard_of(g) == shard)
-        assert f"in {in_shard} servers, shards {shard} of 2" in log
+        assert f"in {in_shard} servers, shards {shard} of 2" in line
     assert fake.unexpected == []
