@@ -130,10 +130,11 @@ async def serve_fakes(channels: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def fakes_process(channels: int) -> AsyncIterator[dict[str, Any]]:
-    """`python -m bench.flood --serve` as a child; yields where its fakes and control API listen."""
+async def fakes_process(*args: str, module: str = "bench.flood") -> AsyncIterator[dict[str, Any]]:
+    """`python -m MODULE --serve ARGS` as a child (bench.soak's fakes too); yields where its fakes and control API
+    listen (the JSON line it prints), and ends it by closing its stdin."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.flood", "--serve", "--channels", str(channels),
+        sys.executable, "-m", module, "--serve", *args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stdout is not None and process.stdin is not None
@@ -207,7 +208,7 @@ async def flood(videos: int, channels: int, wait: float) -> None:
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="flood-") as tmp:
         async with (
-            fakes_process(channels) as where,
+            fakes_process("--channels", str(channels)) as where,
             running_bot(where, Path(tmp)) as bot,
             aiohttp.ClientSession() as control,
         ):

@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line's grammar."""
     parser = argparse.ArgumentParser(prog="python -m bot", description="Kling video bot for Discord.")
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("run", help="start the bot (the default)")
+    run = commands.add_parser("run", help="start the bot (the default)")
+    run.add_argument("--shard-ids", help="the Discord shards this process runs: 0-3 or 0,2 (SHARD_IDS)")
+    run.add_argument("--shard-count", type=int, help="how many shards the bot has in all (SHARD_COUNT)")
     commands.add_parser("check", help="validate the settings and make one authenticated call to the API")
     commands.add_parser("sync", help="register the slash commands (in DISCORD_GUILD_ID if set, else globally)")
     migrate = commands.add_parser("migrate-to", help="copy the SQLite database (DATABASE_PATH) into PostgreSQL")
@@ -71,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run(
             run_forever(args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds, args.variant)
         )
+    # The flags take the place of SHARD_IDS / SHARD_COUNT from the environment.
+    shards = {"shard_ids": getattr(args, "shard_ids", None), "shard_count": getattr(args, "shard_count", None)}
     try:
-        settings = load_settings()
+        settings = load_settings(**{k: v for k, v in shards.items() if v is not None})
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -87,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         return _run(backup(settings, args.file), settings.database_setting)
     from bot import app  # Discord is only imported by the commands that need it
 
+    try:
+        settings.shard_plan()  # checked before anything opens
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if command == "sync":
         return _run(app.sync_commands(settings), settings.database_setting)
     return _run(app.run_bot(settings), settings.database_setting)

@@ -143,10 +143,16 @@ async def reply_ephemeral(interaction: discord.Interaction[Any], text: str, **kw
         log.warning("could not answer interaction %s", interaction.id, exc_info=True)
 
 
-class VideoBot(commands.Bot):
-    """The bot; resources are built outside and injected, so tests and the command line share them."""
+class VideoBot(commands.AutoShardedBot):
+    """The bot; resources are built outside and injected, so tests and the command line share them.
+
+    It runs the shards SHARD_IDS of SHARD_COUNT (each process of a fleet its own), or, with neither set, every shard
+    Discord recommends for the bot (GET /gateway/bot: one below 2,500 servers), all in this process."""
 
     def __init__(self, settings: Settings, resources: Resources, **options: Any) -> None:
+        shard_ids, shard_count = settings.shard_plan()
+        options.setdefault("shard_ids", shard_ids)
+        options.setdefault("shard_count", shard_count)
         options.setdefault("intents", discord.Intents.default())
         options.setdefault("http_trace", paced_trace(settings.discord_api_base_url, Pace(GLOBAL_REQUESTS_PER_SECOND)))
         super().__init__(
@@ -250,7 +256,11 @@ class VideoBot(commands.Bot):
 
     async def on_ready(self) -> None:
         assert self.user is not None
-        log.info("logged in as %s (%s) in %d servers", self.user, self.user.id, len(self.guilds))
+        shards = ",".join(str(shard) for shard in sorted(self.shards))
+        log.info(
+            "logged in as %s (%s) in %d servers, shards %s of %s",
+            self.user, self.user.id, len(self.guilds), shards, self.shard_count,
+        )  # fmt: skip
 
 
 def apply_discord_endpoints(settings: Settings) -> None:

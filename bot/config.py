@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     submit_lookup_seconds: float = Field(default=150.0, gt=0)
     api_timeout_seconds: float = Field(default=30.0, gt=0)
     api_max_retries: int = Field(default=4, ge=0, le=10)
+    # Several processes share the background work by claims that last this long unless renewed: the jobs of a
+    # process that died go to another one after at most this long.
+    lease_seconds: float = Field(default=60.0, ge=1, le=3600)
     # Jobs the bot keeps at the provider at once; more wait in the bot's queue (the account has a limit too).
     provider_concurrency: int = Field(default=5, ge=1, le=1000)
 
@@ -71,6 +74,11 @@ class Settings(BaseSettings):
 
     # Prometheus metrics on http://0.0.0.0:METRICS_PORT/metrics when set.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    # Discord sharding: this process runs the shards SHARD_IDS ("0-3", "0,2") of SHARD_COUNT. Unset: one process
+    # runs every shard, as many as Discord recommends (GET /gateway/bot); SHARD_COUNT alone: all of that many.
+    shard_ids: str | None = None
+    shard_count: int | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -114,10 +122,34 @@ class Settings(BaseSettings):
         """The setting that names the database, for messages."""
         return "DATABASE_URL" if self.database_url else "DATABASE_PATH"
 
+    def shard_plan(self) -> tuple[list[int] | None, int | None]:
+        """(shard ids, shard count) for discord.py; raises ConfigError with one line when they do not fit."""
+        count = self.shard_count
+        if count is not None and count < 1:
+            raise ConfigError(f"SHARD_COUNT must be at least 1, not {count}")
+        if self.shard_ids is None:
+            return None, count
+        if count is None:
+            raise ConfigError("SHARD_IDS needs SHARD_COUNT (how many shards the bot has in all)")
+        return parse_shard_ids(self.shard_ids, count), count
+
     @property
     def kling_api_root(self) -> str:
         """The base URL joined with the account's endpoint path."""
         return f"{self.kling_base_url.rstrip('/')}/{self.kling_endpoint_path}"
+
+
+def parse_shard_ids(text: str, count: int) -> list[int]:
+    """ "0-3" or "0,2" (or "0-1,5") into sorted shard ids, each below `count`; ConfigError otherwise."""
+    ids: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()) or (dash and int(high) < int(low)):
+            raise ConfigError(f"SHARD_IDS: {text!r} is not a list of shard ids such as 0-3 or 0,2")
+        ids.update(range(int(low), int(high if dash else low) + 1))
+    if max(ids) >= count:
+        raise ConfigError(f"SHARD_IDS: shard {max(ids)} does not exist with SHARD_COUNT={count} (ids 0-{count - 1})")
+    return sorted(ids)
 
 
 def load_settings(env_file: str | None = ".env", **overrides: object) -> Settings:

@@ -39,8 +39,9 @@ DURATIONS = range(3, 16)
 RESOLUTIONS = ("720p", "1080p")
 ASPECT_RATIOS = ("16:9", "9:16", "1:1")
 MAX_SUBMIT_ATTEMPTS = 3
-# A job left `reserved` (and never sent) this long was not being sent by anyone: send it now.
-RESERVED_GRACE_SECONDS = 120.0
+# A job left `reserved` (and never sent) for this many leases was not being sent by anyone: send it now. A command
+# holds its job this long from the reservation (the card, the thread, the first frame, then the submit).
+RESERVED_GRACE_LEASES = 2
 # A submit whose answer was lost is looked up by its external id, at least twice over this long, before it is sent
 # again: a gateway may create the task late and may not refuse a second one under the same id.
 SUBMIT_LOOKUP_SECONDS = 150.0
@@ -146,6 +147,7 @@ class JobService:
         self.store = store
         self.owner = owner or process_name()  # who this service's claims belong to
         self.lease_seconds = lease_seconds
+        self.reserved_grace = RESERVED_GRACE_LEASES * lease_seconds
         self.origin = origin  # the bot runs 'discord' jobs; the command line its own 'cli' ones
         self.lookup_window = lookup_window
         self.late_limit = late_limit
@@ -282,7 +284,7 @@ class JobService:
             locale=request.locale,
             # Held by this process while its command posts the card and sends it: no one else sends it meanwhile.
             lease_owner=self.owner,
-            lease_until=now + RESERVED_GRACE_SECONDS,
+            lease_until=now + self.reserved_grace,
             lease_attempt=1,
         )
         if self.credits is not None and job.guild_id is not None and job.user_id is not None:
@@ -314,7 +316,7 @@ class JobService:
         lease = self.lease_of(job)
         if lease is None:  # not reserved by this process: the dispatcher sends it in turn
             return False
-        until = self.clock() + RESERVED_GRACE_SECONDS
+        until = self.clock() + self.reserved_grace
         return await self.store.take_slot(job.id, lease, capacity=self.provider_concurrency, until=until)
 
     # --- claims ---------------------------------------------------------------------------------------------
@@ -509,7 +511,7 @@ class JobService:
             capacity=self.provider_concurrency,
             owner=self.owner,
             now=now,
-            until=now + RESERVED_GRACE_SECONDS,
+            until=now + self.reserved_grace,
             origin=self.origin,
             order=fair_order,
         )
@@ -664,11 +666,11 @@ class JobService:
         changes = []
         now = self.clock()
         # Claimed: a job a command or a dispatch (of any process) is sending holds its lease and is not taken.
-        claimed = await self._claim(("reserved",), seconds=RESERVED_GRACE_SECONDS)
+        claimed = await self._claim(("reserved",), seconds=self.reserved_grace)
         try:
             for job in claimed:
                 if job.uncertain_since is None:
-                    if not everything and now - job.updated_at < RESERVED_GRACE_SECONDS:
+                    if not everything and now - job.updated_at < self.reserved_grace:
                         continue  # a command or a dispatch is sending it right now
                     if job.attempts:
                         # Sent before a crash, its answer unknown: a lost submit from the time of that attempt.

@@ -58,6 +58,7 @@ async def open_resources(
                 provider_concurrency=settings.provider_concurrency,
                 origin=origin,
                 lookup_window=settings.submit_lookup_seconds,
+                lease_seconds=settings.lease_seconds,
             )
             fleet = open_fleet(settings.database)
             try:

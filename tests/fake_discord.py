@@ -139,6 +139,7 @@ class Interaction:
     followups: list[dict[str, Any]] = field(default_factory=list)  # messages sent through the webhook
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     sent_at: float = field(default_factory=time.perf_counter)  # when the gateway event went out
+    sent_to: list[tuple[int, int]] = field(default_factory=list)  # the shard of each session it went to
     first_answer_at: float | None = None  # when the bot's first callback arrived
 
     @property
@@ -180,14 +181,23 @@ class Interaction:
 
 
 class FakeDiscord:
-    """One guild with members, roles and channels; a bot logs in with `token`."""
+    """One guild with members, roles and channels (more with `add_guild`); a bot logs in with `token`.
 
-    def __init__(self, *, filesize_limit: int | None = None, premium_tier: int = 0, rate_limits: bool = False) -> None:
+    Sharding, as Discord does it: GET /gateway/bot recommends `shards`; a connection that IDENTIFYs with
+    `shard: [id, count]` is sent only the guilds of its shard, (guild_id >> 22) % count == id, and their events;
+    one without `shard` (or with [0, 1]) gets every guild."""
+
+    def __init__(
+        self, *, filesize_limit: int | None = None, premium_tier: int = 0, rate_limits: bool = False, shards: int = 1
+    ) -> None:
         self._ids = itertools.count(1_300_000_000_000_000_000)
         self.token = "fake-bot-token"
         self.application_id = self.snowflake()
         self.bot_user = self._user("video-bot", bot=True)
         self.guild_id = self.snowflake()
+        self.shard_count = shards  # what GET /gateway/bot recommends
+        self.guild_names = {self.guild_id: "Test server"}  # every guild, the first one `guild_id`
+        self.identified_shards: list[tuple[int, int]] = []  # (id, count) of each IDENTIFY, in order
         self.premium_tier = premium_tier
         self.filesize_limit = filesize_limit or FILESIZE_LIMITS[premium_tier]  # what uploads are checked against
         self.requests: list[Recorded] = []
@@ -219,6 +229,8 @@ class FakeDiscord:
         self._delays: list[tuple[str, re.Pattern[str], float, list[int]]] = []
         self._nonces: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self._sockets: list[web.WebSocketResponse] = []  # identified or resumed sessions
+        self._shard: dict[web.WebSocketResponse, tuple[int, int]] = {}  # each session's [id, count]
+        self._session_shards: dict[str, tuple[int, int]] = {}  # session id -> shard, for RESUME
         self._connections: set[web.WebSocketResponse] = set()
         self._history: list[dict[str, Any]] = []  # dispatched events, replayed on RESUME
         self._tasks: set[asyncio.Task[None]] = set()
@@ -271,12 +283,12 @@ class FakeDiscord:
             "bot": bot,
         }
 
-    def add_channel(self, name: str, kind: int, *, parent: str | None = None) -> str:
+    def add_channel(self, name: str, kind: int, *, parent: str | None = None, guild: str | None = None) -> str:
         channel_id = self.snowflake()
         channel: dict[str, Any] = {
             "id": channel_id,
             "type": kind,
-            "guild_id": self.guild_id,
+            "guild_id": guild or self.guild_id,
             "name": name,
             "position": len(self.channels),
             "permission_overwrites": [],
@@ -310,6 +322,36 @@ class FakeDiscord:
                 "locked": False,
             },
         }
+
+    def add_guild(self, name: str, *, shard: int | None = None) -> str:
+        """Another guild with the same members and a text channel `{name}-general`; with `shard`, one whose id
+        falls on that shard of `shard_count`. Returns its id."""
+        block = max(int(g) >> 22 for g in self.guild_names) + 1  # ids above every snowflake made so far
+        while shard is not None and block % self.shard_count != shard:
+            block += 1
+        guild_id = str(block << 22)
+        self.guild_names[guild_id] = name
+        self.add_channel(f"{name}-general", 0, guild=guild_id)
+        return guild_id
+
+    def shard_of(self, guild_id: str) -> int:
+        """The shard a guild belongs to, as Discord computes it."""
+        return (int(guild_id) >> 22) % self.shard_count
+
+    def text_channel(self, guild_id: str) -> str:
+        """A guild's first text channel (`general` in the first guild)."""
+        return next(c["id"] for c in self.channels.values() if c["guild_id"] == guild_id and c["type"] == 0)
+
+    def add_user(self, name: str, *, roles: Sequence[str] = ()) -> dict[str, Any]:
+        """Another member (of every guild); returns the user."""
+        self.users[name], self.member_roles[name] = self._user(name), list(roles)
+        return self.users[name]
+
+    def guild_roles(self, guild_id: str) -> list[dict[str, Any]]:
+        """The first guild's roles; another guild has only its @everyone (same permissions)."""
+        if guild_id == self.guild_id:
+            return self.roles
+        return [self.roles[0] | {"id": guild_id}]
 
     def channel_id(self, ref: str) -> str:
         """A channel's id, given its id or its name ("general")."""
@@ -397,21 +439,23 @@ class FakeDiscord:
             "flags": 0,
         }
 
-    def guild_payload(self) -> dict[str, Any]:
+    def guild_payload(self, guild_id: str | None = None) -> dict[str, Any]:
+        guild_id = guild_id or self.guild_id
         members = [self.member(n) for n in self.users] + [self.bot_member()]
-        threads = [c for c in self.channels.values() if c["type"] in THREADS]
+        mine = [c for c in self.channels.values() if c["guild_id"] == guild_id]
+        threads = [c for c in mine if c["type"] in THREADS]
         return {
-            "id": self.guild_id,
-            "name": "Test server",
+            "id": guild_id,
+            "name": self.guild_names[guild_id],
             "icon": None,
             "owner_id": self.users["mod"]["id"],
-            "roles": self.roles,
+            "roles": self.guild_roles(guild_id),
             "emojis": [],
             "stickers": [],
             "features": [],
             "member_count": len(members),
             "members": members,
-            "channels": [self._with_bot_overwrite(c) for c in self.channels.values() if c not in threads],
+            "channels": [self._with_bot_overwrite(c) for c in mine if c not in threads],
             "threads": threads,
             "voice_states": [],
             "presences": [],
@@ -572,28 +616,41 @@ class FakeDiscord:
                 elif payload["op"] in (2, 6) and payload["d"]["token"] != self.token:
                     await socket.close(code=4004)  # Authentication failed
                 elif payload["op"] == 2:
-                    await self._send(socket, "READY", self._ready_payload())
-                    await self._send(socket, "GUILD_CREATE", self.guild_payload())
+                    shard = tuple(payload["d"].get("shard") or (0, 1))
+                    assert len(shard) == 2 and 0 <= shard[0] < shard[1], f"bad shard {shard}"
+                    session = f"fake-session-{len(self.identified_shards)}"
+                    self.identified_shards.append(shard)
+                    self._session_shards[session] = self._shard[socket] = shard
+                    guilds = [g for g in self.guild_names if self._covers(shard, g)]
+                    ready = self._ready_payload(session, guilds)
+                    if "shard" in payload["d"]:
+                        ready["shard"] = list(shard)  # Discord echoes the shard of a sharded session
+                    await self._send(socket, "READY", ready)
+                    for guild_id in guilds:
+                        await self._send(socket, "GUILD_CREATE", self.guild_payload(guild_id))
                     self._sockets.append(socket)
                     self.identified.set()
                 elif payload["op"] == 6:
+                    self._shard[socket] = shard = self._session_shards.get(payload["d"]["session_id"], (0, 1))
                     self._sockets.append(socket)
                     for missed in [e for e in self._history if e["s"] > (payload["d"]["seq"] or 0)]:
-                        await socket.send_str(json.dumps(missed))
+                        if self._covers(shard, self._event_guild(missed["t"], missed["d"])):
+                            await socket.send_str(json.dumps(missed))
                     await self._send(socket, "RESUMED", {})
                     self.resumes += 1
         finally:
             self._connections.discard(socket)
+            self._shard.pop(socket, None)
             if socket in self._sockets:
                 self._sockets.remove(socket)
         return socket
 
-    def _ready_payload(self) -> dict[str, Any]:
+    def _ready_payload(self, session: str, guilds: list[str]) -> dict[str, Any]:
         return {
             "v": 10,
             "user": self.bot_user,
-            "guilds": [{"id": self.guild_id, "unavailable": True}],
-            "session_id": "fake-session",
+            "guilds": [{"id": guild_id, "unavailable": True} for guild_id in guilds],
+            "session_id": session,
             "resume_gateway_url": self.gateway_url,
             "application": {"id": self.application_id, "flags": 0},
             "private_channels": [],
@@ -606,13 +663,40 @@ class FakeDiscord:
     async def _send(self, socket: web.WebSocketResponse, event: str, data: Any) -> None:
         await socket.send_str(json.dumps(self._frame(event, data)))
 
-    async def dispatch(self, event: str, data: Any) -> None:
-        """Send a gateway event to the connected bot (kept for replay if it is between connections)."""
+    @staticmethod
+    def _covers(shard: tuple[int, int], guild_id: str | None) -> bool:
+        """Whether a session of this shard gets the guild's events (events of no guild go to shard 0)."""
+        if guild_id is None:
+            return shard[0] == 0
+        return (int(guild_id) >> 22) % shard[1] == shard[0]
+
+    @staticmethod
+    def _event_guild(event: str, data: Any) -> str | None:
+        if not isinstance(data, dict):
+            return None
+        return data.get("guild_id") or (data.get("id") if event.startswith("GUILD_") else None)
+
+    @property
+    def connected_shards(self) -> list[tuple[int, int]]:
+        """The (id, count) of every open session, one entry per session."""
+        return [shard for socket, shard in self._shard.items() if socket in self._sockets and not socket.closed]
+
+    async def dispatch(self, event: str, data: Any) -> list[tuple[int, int]]:
+        """Send a gateway event to the sessions of its guild's shard (kept for replay if they are between
+        connections); returns the shard of each session it went to."""
         frame = self._frame(event, data)
         self._history.append(frame)
+        guild_id = self._event_guild(event, data)
+        sent = []
         for socket in list(self._sockets):
-            if not socket.closed:
-                await socket.send_str(json.dumps(frame))
+            shard = self._shard.get(socket, (0, 1))
+            if not socket.closed and self._covers(shard, guild_id):
+                try:
+                    await socket.send_str(json.dumps(frame))
+                except ConnectionResetError:  # the bot went away (killed) between the check and the send
+                    continue
+                sent.append(shard)
+        return sent
 
     async def wait_ready(self, timeout: float = 10, *, within: float | None = None) -> None:  # noqa: ASYNC109
         """Until a bot has IDENTIFYed and been sent READY and GUILD_CREATE."""
@@ -631,14 +715,15 @@ class FakeDiscord:
         attachment_size_limit: int | None = None,
     ) -> Interaction:
         channel_id = self.channel_id(channel) if channel else self.general
+        guild_id = self.channels[channel_id]["guild_id"]
         permissions = self.permissions_of(user)
         payload: dict[str, Any] = {
             "id": self.snowflake(),
             "application_id": self.application_id,
             "type": kind,
             "data": data,
-            "guild_id": self.guild_id,
-            "guild": {"id": self.guild_id, "locale": self.preferred_locale, "features": []},
+            "guild_id": guild_id,
+            "guild": {"id": guild_id, "locale": self.preferred_locale, "features": []},
             "channel": self.channels[channel_id],
             "channel_id": channel_id,
             "member": {**self.member(user), "permissions": str(permissions)},
@@ -648,7 +733,7 @@ class FakeDiscord:
             "locale": self.locales.get(user, "en-US"),
             "guild_locale": self.preferred_locale,
             "entitlements": [],
-            "authorizing_integration_owners": {"0": self.guild_id},
+            "authorizing_integration_owners": {"0": guild_id},
             "context": 0,
             "attachment_size_limit": attachment_size_limit or self.filesize_limit,
         }
@@ -656,7 +741,7 @@ class FakeDiscord:
             payload["message"] = message
         interaction = Interaction(payload["id"], payload["token"], payload)
         self.interactions[interaction.id] = interaction
-        await self.dispatch("INTERACTION_CREATE", payload)
+        interaction.sent_to = await self.dispatch("INTERACTION_CREATE", payload)
         return interaction
 
     def _resolve(self, options: list[dict[str, Any]], resolved: dict[str, Any]) -> None:
@@ -702,7 +787,8 @@ class FakeDiscord:
             built = [{"name": sub, "type": 1, "options": built}]
             for group in reversed(groups):
                 built = [{"name": group, "type": 2, "options": built}]
-        data: dict[str, Any] = {"id": self.snowflake(), "name": name, "type": 1, "guild_id": self.guild_id}
+        guild_id = self.channels[self.channel_id(channel)]["guild_id"]
+        data: dict[str, Any] = {"id": self.snowflake(), "name": name, "type": 1, "guild_id": guild_id}
         data["options"] = built
         if resolved:
             data["resolved"] = resolved
@@ -954,7 +1040,7 @@ class FakeDiscord:
 
     async def _get_gateway(self, call: Recorded, bot: str | None) -> Any:
         limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
-        return {"url": self.gateway_url} | ({"shards": 1, "session_start_limit": limit} if bot else {})
+        return {"url": self.gateway_url} | ({"shards": self.shard_count, "session_start_limit": limit} if bot else {})
 
     async def _sync(self, call: Recorded, *guild: str) -> Any:
         synced = [
@@ -971,7 +1057,7 @@ class FakeDiscord:
         return self.commands.get(guild[0] if guild else None, [])
 
     def _known_guild(self, guild_id: str) -> None:
-        if guild_id != self.guild_id:
+        if guild_id not in self.guild_names:
             raise Refused(404, 10004, "Unknown Guild")
 
     async def _my_guilds(self, call: Recorded) -> Any:
@@ -986,16 +1072,20 @@ class FakeDiscord:
 
     async def _get_guild(self, call: Recorded, guild_id: str) -> Any:
         self._known_guild(guild_id)
-        payload = self.guild_payload()
+        payload = self.guild_payload(guild_id)
         return {k: v for k, v in payload.items() if k not in GATEWAY_ONLY}
 
     async def _get_roles(self, call: Recorded, guild_id: str) -> Any:
         self._known_guild(guild_id)
-        return self.roles
+        return self.guild_roles(guild_id)
 
     async def _get_guild_channels(self, call: Recorded, guild_id: str) -> Any:
         self._known_guild(guild_id)
-        return [self.rest_channel(c["id"]) for c in self.channels.values() if c["type"] not in THREADS]
+        return [
+            self.rest_channel(c["id"])
+            for c in self.channels.values()
+            if c["type"] not in THREADS and c["guild_id"] == guild_id
+        ]
 
     def _message(
         self,
@@ -1009,7 +1099,7 @@ class FakeDiscord:
         return {
             "id": message_id or self.snowflake(),
             "channel_id": channel_id,
-            "guild_id": self.guild_id,
+            "guild_id": self.channels.get(channel_id, {}).get("guild_id", self.guild_id),
             "author": author or self.bot_user,
             "content": body.get("content") or "",
             "embeds": body.get("embeds") or [],
@@ -1137,7 +1227,7 @@ class FakeDiscord:
         thread = {
             "id": thread_id,
             "type": kind,
-            "guild_id": self.guild_id,
+            "guild_id": self.channels[parent]["guild_id"],
             "parent_id": parent,
             "name": body["name"],
             "rate_limit_per_user": body.get("rate_limit_per_user") or 0,

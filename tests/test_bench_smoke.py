@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.postgres"]
 
 
 async def test_the_quick_benchmark_prints_every_section() -> None:
@@ -34,3 +35,18 @@ async def test_the_clips_benchmark_joins_by_copy_and_by_reencoding() -> None:
     assert process.returncode == 0, err.decode()[-2000:]
     text = out.decode()
     assert "(remux)" in text and "(reencode)" in text and text.count("-> 2.00 s of video") == 2
+
+
+async def test_a_small_soak_of_two_processes_under_faults_loses_and_repeats_nothing(postgres_dsn: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.soak", "--jobs", "20", "--processes", "2", "--faults", "0.1",
+        "--kill-every", "0", "--render-seconds", "0.2", "--timeout", "60", "--database-url", postgres_dsn,
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, out.decode() + err.decode()[-2000:]
+    table = out.decode().splitlines()
+    for zero in ("jobs lost", "jobs sent twice", "jobs posted twice", "credits out of balance (milli-credits)"):
+        assert f"| {zero} | 0 |" in table
+    assert any(line.startswith("| jobs delivered per second | ") for line in table)

@@ -13,7 +13,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from bot.app import VideoBot
-from bot.jobs import RESERVED_GRACE_SECONDS, JobRequest, JobService
+from bot.jobs import JobRequest, JobService
 from bot.kling import KlingClient
 from bot.pgstore import PgStore
 from bot.resources import open_resources
@@ -92,7 +92,7 @@ async def test_a_command_that_paused_past_its_claim_never_sends_the_job_another_
     sim.variant = GatewayVariant(dedupe_external_ids=False)  # a gateway that would make (and bill) a second task
     async with services(postgres_dsn, sim, 2, clock=clock) as (paused, other):
         job = await paused.reserve(JobRequest("text", "a command that stalled"))
-        clock.advance(RESERVED_GRACE_SECONDS + 1)  # its process stalled (posting the card) past its claim
+        clock.advance(paused.reserved_grace + 1)  # its process stalled (posting the card) past its claim
         sim.fail_next("slow", on="submit", delay=0.5)
         sending = asyncio.create_task(other.poll_once())  # another process takes the job over and sends it
 
