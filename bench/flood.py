@@ -117,13 +117,19 @@ async def serve_fakes(channels: int) -> None:
     control.router.add_post("/finish", finish)
     control.router.add_get("/stats", stats)
     control.router.add_get("/count", count)
-    runner, port = await serve(control, "127.0.0.1", 0)
-    where = {"api": fake.api_base, "gateway": fake.gateway_url, "token": fake.token, "sim": sim.base_url()}
-    print(json.dumps(where | {"control": f"http://127.0.0.1:{port}", "rooms": rooms}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the bench closes our stdin
-    await runner.cleanup()
+    await serve_control(fake, sim, control, rooms=rooms)
     await sim.close()
     await fake.close()
+
+
+async def serve_control(fake: FakeDiscord, sim: KlingSimulator, control: web.Application, **extra: Any) -> None:
+    """Serve the control app, print where everything is (one JSON line the driver reads), and return when the
+    driver closes our stdin."""
+    runner, port = await serve(control, "127.0.0.1", 0)
+    where = {"api": fake.api_base, "gateway": fake.gateway_url, "token": fake.token, "sim": sim.base_url()}
+    print(json.dumps(where | {"control": f"http://127.0.0.1:{port}"} | extra), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await runner.cleanup()
 
 
 # --- the bench process: the bot, and the measures ---------------------------------------------------------------

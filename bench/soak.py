@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
 import re
@@ -32,9 +31,8 @@ from typing import IO, Any
 import aiohttp
 from aiohttp import web
 
-from bench.flood import fakes_process
+from bench.flood import fakes_process, serve_control
 from bot.model import FINAL, OPEN, STATES, Job
-from bot.serving import serve
 from bot.simulator import RATES, GatewayVariant, KlingSimulator
 from tests.fake_discord import FakeDiscord, Interaction, wait_until
 from tests.ports import free_port
@@ -341,13 +339,9 @@ async def serve_fakes(shards: int, render_seconds: float, faults: float, seed: i
     control.router.add_get("/accepted", accepted_ones)
     control.router.add_get("/counts", counts)
     control.router.add_post("/calm", calm)
-    runner, port = await serve(control, "127.0.0.1", 0)
-    where = {"api": fake.api_base, "gateway": fake.gateway_url, "token": fake.token, "sim": sim.base_url()}
-    print(json.dumps(where | {"control": f"http://127.0.0.1:{port}"}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the driver closes our stdin
+    await serve_control(fake, sim, control)
     if injecting is not None:
         injecting.cancel()
-    await runner.cleanup()
     await sim.close()
     await fake.close()
 

@@ -504,6 +504,8 @@ class DeliveryWorker:
                     renewing.cancel()
         finally:
             await jobs.release_claims([claimed])
+            if self.running.get(claimed.id) is asyncio.current_task():
+                del self.running[claimed.id]  # its slot is free for what `on_done` may start
         await self.on_done(claimed.id)
 
     async def _renew(self, job: Job) -> None:

@@ -239,10 +239,12 @@ class Poller(commands.Cog):
         return started
 
     async def delivery_done(self, job_id: str) -> None:
-        """After a try at delivering: show the job's new state (delivered, undeliverable, failed), if it moved."""
+        """After a try at delivering: show the job's new state (delivered, undeliverable, failed), if it moved, and
+        take the next finished job into the freed slot at once (a failed try waits for a tick, as retries do)."""
         current = await self.jobs.get(job_id)
         if current is not None and current.status != "succeeded":
             await self.announce(current)
+            await self.deliver_finished()
 
     @commands.Cog.listener()
     async def on_job_changed(self, job: Job) -> None:

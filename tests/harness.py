@@ -115,12 +115,18 @@ async def bot_process(*args: str, env: dict[str, str], cwd: Path) -> asyncio.sub
 @contextlib.asynccontextmanager
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     """Start the fake Discord and the simulator (each bot points discord.py at its Discord when it logs in)."""
-    fake = FakeDiscord()
     sim = KlingSimulator(api_key=KEY, endpoint_path="harness", render_seconds=0.2)
+    async with running_fakes(FakeDiscord(), sim) as (fake, sim):
+        yield Harness(fake, sim, tmp_path / "bot.sqlite3")
+
+
+@contextlib.asynccontextmanager
+async def running_fakes(fake: FakeDiscord, sim: KlingSimulator) -> AsyncIterator[tuple[FakeDiscord, KlingSimulator]]:
+    """The fake Discord and the simulator, listening until the block ends."""
     await fake.start()
     await sim.start()
     try:
-        yield Harness(fake, sim, tmp_path / "bot.sqlite3")
+        yield fake, sim
     finally:
         await sim.close()
         await fake.close()

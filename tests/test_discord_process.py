@@ -15,19 +15,14 @@ import pytest
 
 from bot.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, wait_until
-from tests.harness import KEY, bot_process
+from tests.harness import KEY, bot_process, running_fakes
 
 
 @pytest.fixture
 async def fakes() -> AsyncIterator[tuple[FakeDiscord, KlingSimulator]]:
-    fake, sim = FakeDiscord(), KlingSimulator(api_key=KEY, endpoint_path="proc", render_seconds=0.2)
-    await fake.start()
-    await sim.start()
-    try:
-        yield fake, sim
-    finally:
-        await sim.close()
-        await fake.close()
+    sim = KlingSimulator(api_key=KEY, endpoint_path="proc", render_seconds=0.2)
+    async with running_fakes(FakeDiscord(), sim) as started:
+        yield started
 
 
 def bot_env(fake: FakeDiscord, sim: KlingSimulator, tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ import pytest
 from bot.config import ConfigError, parse_shard_ids
 from bot.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, wait_until
-from tests.harness import KEY, Harness, bot_process
+from tests.harness import KEY, Harness, bot_process, running_fakes
 from tests.test_discord_process import bot_env
 
 pytest_plugins = ["tests.postgres"]
@@ -26,13 +26,8 @@ async def sharded() -> AsyncIterator[tuple[FakeDiscord, KlingSimulator]]:
     fake, sim = FakeDiscord(shards=2), KlingSimulator(api_key=KEY, endpoint_path="proc", render_seconds=0.2)
     fake.add_guild("zero", shard=0)
     fake.add_guild("one", shard=1)
-    await fake.start()
-    await sim.start()
-    try:
-        yield fake, sim
-    finally:
-        await sim.close()
-        await fake.close()
+    async with running_fakes(fake, sim) as started:
+        yield started
 
 
 def videos_in(fake: FakeDiscord, guild_id: str) -> list[dict]:
