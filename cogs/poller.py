@@ -243,8 +243,8 @@ class Poller(commands.Cog):
         take the next finished job into the freed slot at once (a failed try waits for a tick, as retries do)."""
         current = await self.jobs.get(job_id)
         if current is not None and current.status != "succeeded":
+            await self.deliver_finished()  # first: the announcement waits for the channel's edits
             await self.announce(current)
-            await self.deliver_finished()
 
     @commands.Cog.listener()
     async def on_job_changed(self, job: Job) -> None:
