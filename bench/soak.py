@@ -142,6 +142,8 @@ def fleet_env(api: str, gateway: str, token: str, sim: str, database_url: str, *
         KLING_API_KEY=KEY, KLING_ENDPOINT_PATH=ENDPOINT, KLING_BASE_URL=sim, DATABASE_URL=database_url,
         POLL_INTERVAL_SECONDS="0.2", API_TIMEOUT_SECONDS=str(API_TIMEOUT), API_MAX_RETRIES="2",
         SUBMIT_LOOKUP_SECONDS="10", LEASE_SECONDS="3",
+        # Each process at the whole bot's pace: the fake's limits are off, and the bench measures the processes.
+        DISCORD_REQUESTS_PER_SECOND="45",
         MEMBER_JOBS_IN_FLIGHT="100", SERVER_JOBS_IN_FLIGHT="1000", PROVIDER_CONCURRENCY="1000",
         DEFAULT_QUOTA_CREDITS="1000000000", DEFAULT_QUOTA_PERIOD="total", LOG_LEVEL="WARNING",
     )  # fmt: skip

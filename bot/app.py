@@ -48,9 +48,6 @@ HANDLER_TASKS = (
 )
 
 
-# Discord allows a bot about 50 requests a second in all (interaction answers aside); staying a little under it
-# avoids the global 429s a burst of deliveries would otherwise meet (discord.py only reacts to them).
-GLOBAL_REQUESTS_PER_SECOND = 45
 EXEMPT_FROM_GLOBAL_LIMIT = ("/interactions/", "/webhooks/")
 
 
@@ -59,7 +56,7 @@ class Pace:
 
     def __init__(
         self,
-        limit: int,
+        limit: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -154,7 +151,7 @@ class VideoBot(commands.AutoShardedBot):
         options.setdefault("shard_ids", shard_ids)
         options.setdefault("shard_count", shard_count)
         options.setdefault("intents", discord.Intents.default())
-        options.setdefault("http_trace", paced_trace(settings.discord_api_base_url, Pace(GLOBAL_REQUESTS_PER_SECOND)))
+        options.setdefault("http_trace", paced_trace(settings.discord_api_base_url, Pace(settings.discord_pace())))
         super().__init__(
             command_prefix=commands.when_mentioned,
             tree_cls=VideoTree,

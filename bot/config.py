@@ -15,6 +15,11 @@ from bot.quota import Period
 Resolution = Literal["720p", "1080p"]
 
 
+# Discord allows a bot about 50 requests a second in all (interaction answers aside); staying a little under it
+# avoids the global 429s a burst of deliveries would otherwise meet (discord.py only reacts to them).
+GLOBAL_REQUESTS_PER_SECOND = 45
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names it in one line."""
 
@@ -79,6 +84,9 @@ class Settings(BaseSettings):
     # runs every shard, as many as Discord recommends (GET /gateway/bot); SHARD_COUNT alone: all of that many.
     shard_ids: str | None = None
     shard_count: int | None = None
+    # Discord requests a second this process allows itself (interaction answers aside). Discord's global limit (50)
+    # is per bot, shared by all its processes: unset, a process takes its shards' share of 45 (all of it alone).
+    discord_requests_per_second: float | None = Field(default=None, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -121,6 +129,14 @@ class Settings(BaseSettings):
     def database_setting(self) -> str:
         """The setting that names the database, for messages."""
         return "DATABASE_URL" if self.database_url else "DATABASE_PATH"
+
+    def discord_pace(self) -> float:
+        """Requests a second this process may send to Discord: DISCORD_REQUESTS_PER_SECOND, or its shards' share."""
+        if self.discord_requests_per_second is not None:
+            return self.discord_requests_per_second
+        shard_ids, shard_count = self.shard_plan()
+        share = len(shard_ids) / shard_count if shard_ids is not None and shard_count else 1.0
+        return GLOBAL_REQUESTS_PER_SECOND * share
 
     def shard_plan(self) -> tuple[list[int] | None, int | None]:
         """(shard ids, shard count) for discord.py; raises ConfigError with one line when they do not fit."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import ConfigError, parse_shard_ids
+from bot.config import ConfigError, load_settings, parse_shard_ids
 from bot.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import KEY, Harness, bot_process, running_fakes
@@ -149,3 +149,17 @@ async def test_two_processes_each_answer_their_shards_guilds_and_both_deliver(
         in_shard = sum(1 for g in fake.guild_names if fake.shard_of(g) == shard)
         assert f"in {in_shard} servers, shards {shard} of 2" in line
     assert fake.unexpected == []
+
+
+@pytest.mark.parametrize(
+    ("values", "pace"),
+    [
+        ({}, 45.0),  # one process runs every shard: all of the bot's pace
+        ({"shard_ids": "0", "shard_count": 4}, 11.25),  # one shard of four: a quarter of it
+        ({"shard_ids": "0-1", "shard_count": 4}, 22.5),
+        ({"shard_ids": "0", "shard_count": 4, "discord_requests_per_second": 30}, 30.0),  # the operator's choice
+    ],
+)
+def test_each_process_paces_its_discord_requests_by_its_share_of_the_shards(values: dict, pace: float) -> None:
+    settings = load_settings(env_file=None, discord_token="t", kling_api_key="k", kling_endpoint_path="p", **values)
+    assert settings.discord_pace() == pace
