@@ -247,6 +247,11 @@ class Poller(commands.Cog):
             await self.announce(current)
 
     @commands.Cog.listener()
+    async def on_video_approved(self, job_id: str) -> None:
+        """A moderator approved a video waiting for review: deliver it now."""
+        await self.deliver_finished()
+
+    @commands.Cog.listener()
     async def on_job_changed(self, job: Job) -> None:
         """A command moved a job (a cancel): show it like a move the poll found."""
         await self.announce(job)

@@ -372,13 +372,14 @@ class QuotaCog(commands.Cog):
         return True
 
     async def approve(self, interaction: discord.Interaction[Any], job_id: str) -> None:
-        """Approve: the video goes to its thread on the next poll tick, and its member is told as they chose."""
+        """Approve: the video goes to its thread now (the poll loop is woken), and its member is told as they chose."""
         if not await self._reviewable(interaction, job_id):
             return
         if not await self.jobs.approve(job_id):
             await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
             return
         log.info("job %s approved by %s", job_id, interaction.user.id)
+        self.bot.dispatch("video_approved", job_id)  # the poll loop delivers it without waiting for its next tick
         decided = tr(interaction.locale, "✅ Approved by <@{moderator}>.", moderator=interaction.user.id)
         before = interaction.message.content if interaction.message else ""
         await interaction.response.edit_message(
