@@ -461,14 +461,15 @@ class DeliveryWorker:
         self.deliverer = deliverer
         self.on_done = on_done  # called with the job id after each try (it announces a change of state)
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.finishing: set[str] = set()  # of those running, the ones past their delivery (announcing it)
         self.parallel = parallel
         self.limit = asyncio.Semaphore(parallel)
         self.closed = False
         self.started = 0  # deliveries started, for operators' debugging and for tests that count them
 
     def room(self) -> int:
-        """How many more deliveries may start now."""
-        return 0 if self.closed else max(0, self.parallel - len(self.running))
+        """How many more deliveries may start now (one only announcing its end no longer counts)."""
+        return 0 if self.closed else max(0, self.parallel - len(self.running) + len(self.finishing))
 
     def schedule(self, job: Job, *, resumed: bool = False) -> bool:
         """Start delivering `job` (claimed by this process) unless it is being delivered already; True when a
@@ -484,6 +485,7 @@ class DeliveryWorker:
     def _forget(self, job_id: str, task: asyncio.Task[None]) -> None:
         if self.running.get(job_id) is task:
             del self.running[job_id]
+            self.finishing.discard(job_id)
         if not task.cancelled() and task.exception() is not None:
             log.error("job %s: delivery task failed", job_id, exc_info=task.exception())
 
@@ -504,8 +506,7 @@ class DeliveryWorker:
                     renewing.cancel()
         finally:
             await jobs.release_claims([claimed])
-            if self.running.get(claimed.id) is asyncio.current_task():
-                del self.running[claimed.id]  # its slot is free for what `on_done` may start
+        self.finishing.add(claimed.id)  # its slot is free for what `on_done` starts; shutdown still waits for it
         await self.on_done(claimed.id)
 
     async def _renew(self, job: Job) -> None:
