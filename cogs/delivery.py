@@ -460,8 +460,8 @@ class DeliveryWorker:
     ) -> None:
         self.deliverer = deliverer
         self.on_done = on_done  # called with the job id after each try (it announces a change of state)
-        self.running: dict[str, asyncio.Task[None]] = {}
-        self.finishing: set[str] = set()  # of those running, the ones past their delivery (announcing it)
+        self.running: dict[str, asyncio.Task[None]] = {}  # the delivery of each job, by job id
+        self.finishing: set[asyncio.Task[None]] = set()  # tasks past their delivery (announcing it), until they end
         self.parallel = parallel
         self.limit = asyncio.Semaphore(parallel)
         self.closed = False
@@ -469,13 +469,15 @@ class DeliveryWorker:
 
     def room(self) -> int:
         """How many more deliveries may start now (one only announcing its end no longer counts)."""
-        return 0 if self.closed else max(0, self.parallel - len(self.running) + len(self.finishing))
+        delivering = sum(1 for task in self.running.values() if task not in self.finishing)
+        return 0 if self.closed else max(0, self.parallel - delivering)
 
     def schedule(self, job: Job, *, resumed: bool = False) -> bool:
         """Start delivering `job` (claimed by this process) unless it is being delivered already; True when a
         delivery was started. `resumed` as in `Deliverer.deliver`."""
-        if self.closed or job.id in self.running:
-            return False
+        current = self.running.get(job.id)
+        if self.closed or (current is not None and current not in self.finishing):
+            return False  # being delivered here already
         task = asyncio.get_running_loop().create_task(self._run(job, resumed), name=f"deliver-{job.id[:8]}")
         self.running[job.id] = task
         self.started += 1
@@ -483,9 +485,9 @@ class DeliveryWorker:
         return True
 
     def _forget(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self.finishing.discard(task)
         if self.running.get(job_id) is task:
             del self.running[job_id]
-            self.finishing.discard(job_id)
         if not task.cancelled() and task.exception() is not None:
             log.error("job %s: delivery task failed", job_id, exc_info=task.exception())
 
@@ -506,7 +508,9 @@ class DeliveryWorker:
                     renewing.cancel()
         finally:
             await jobs.release_claims([claimed])
-        self.finishing.add(claimed.id)  # its slot is free for what `on_done` starts; shutdown still waits for it
+        task = asyncio.current_task()
+        if task is not None:
+            self.finishing.add(task)  # its slot is free for what `on_done` starts; shutdown still waits for it
         await self.on_done(claimed.id)
 
     async def _renew(self, job: Job) -> None:
@@ -525,7 +529,7 @@ class DeliveryWorker:
         """Take no more jobs; give running deliveries `grace` seconds, then cancel them (their jobs stay
         `succeeded`, so they are delivered after a restart)."""
         self.closed = True
-        tasks = list(self.running.values())
+        tasks = [*self.running.values(), *self.finishing]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=grace)

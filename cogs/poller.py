@@ -234,8 +234,8 @@ class Poller(commands.Cog):
         for job, resumed in await self.jobs.claim_deliveries(self.deliveries.room()):
             if self.deliveries.schedule(job, resumed=resumed):
                 started += 1
-            else:  # being delivered here already (its earlier claim ran out meanwhile)
-                await self.jobs.release_claims([job])
+            # Else it is being delivered here still (its earlier claim ran out meanwhile). The new claim is kept until
+            # it runs out: released now, it would no longer say that a post may already exist.
         return started
 
     async def delivery_done(self, job_id: str) -> None:
