@@ -185,10 +185,10 @@ class Poller(commands.Cog):
             for change in await self.jobs.poll_once(sweep=await fleet.holds("sweep")):
                 await self.announce(change.job)
             alerts = self.jobs.take_alerts()
+            # Alerts other processes told: the holder posts them; the others drop them (the holder was told too).
+            told, self.bot.fleet_alerts = self.bot.fleet_alerts, []
             if await fleet.holds("alerts"):
-                alerts += self.bot.fleet_alerts
-                self.bot.fleet_alerts = []
-                await self.post_alerts(list(dict.fromkeys(alerts)))  # the same trouble seen by several: once
+                await self.post_alerts(list(dict.fromkeys(alerts + told)))  # the same trouble seen by several: once
             else:
                 for alert in alerts:
                     await fleet.tell("alert", alert)

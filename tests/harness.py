@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import VideoBot
+from bot.callbacks import CALLBACK_PATH
 from bot.config import Settings, load_settings
 from bot.resources import Resources, open_resources
 from bot.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, Interaction, wait_until
+from tests.ports import free_port
 
 KEY = "sk-harness-secret-key-0123"
 
@@ -95,6 +97,16 @@ class Harness:
 
         await wait_until(reached)
         return found[0]
+
+
+def callback_settings() -> dict[str, Any]:
+    """Settings for a bot that takes the provider's callbacks on a free local port."""
+    port = free_port()
+    return {
+        "callback_public_url": f"http://127.0.0.1:{port}{CALLBACK_PATH}",
+        "callback_host": "127.0.0.1",
+        "callback_port": port,
+    }
 
 
 async def private_answer(interaction: Interaction) -> str:

@@ -12,11 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.callbacks import CALLBACK_PATH, BadSignature, callback_task_id, sign, verify
+from bot.callbacks import BadSignature, callback_task_id, sign, verify
 from bot.simulator import GatewayVariant
 from tests.fake_discord import wait_until
-from tests.harness import Harness, harness
-from tests.ports import free_port
+from tests.harness import Harness, callback_settings, harness
 
 SECRET = "whsec_" + base64.b64encode(b"a-very-secret-callback-key").decode()
 
@@ -60,12 +59,9 @@ def test_bad_signatures_are_refused(make_headers: Callable[[], dict[str, str]], 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[Harness]:
     async with harness(tmp_path) as running:
-        port = free_port()
         running.settings_overrides = {
-            "callback_public_url": f"http://127.0.0.1:{port}{CALLBACK_PATH}",
+            **callback_settings(),
             "callback_secret": SECRET,
-            "callback_host": "127.0.0.1",
-            "callback_port": port,
             "poll_interval_seconds": 60.0,  # polling cannot deliver within the test: only callbacks can
         }
         running.sim.callback_secret = SECRET
@@ -108,11 +104,8 @@ async def test_a_forged_or_unsigned_callback_changes_nothing(world: Harness) -> 
 @pytest.mark.parametrize("shape", ["page", "native"])
 async def test_unsigned_callbacks_of_either_shape_are_hints_when_no_secret_is_set(tmp_path: Path, shape: str) -> None:
     async with harness(tmp_path) as world:
-        port = free_port()
         world.settings_overrides = {
-            "callback_public_url": f"http://127.0.0.1:{port}{CALLBACK_PATH}",
-            "callback_host": "127.0.0.1",
-            "callback_port": port,
+            **callback_settings(),
             "poll_interval_seconds": 60.0,  # only a callback can deliver within the test
         }
         world.sim.variant = GatewayVariant(callbacks=shape)  # type: ignore[arg-type]
@@ -141,11 +134,8 @@ def test_the_task_id_is_read_from_either_shape(body: bytes, task_id: str | None)
 
 async def test_callbacks_arriving_together_are_answered_by_one_query(tmp_path: Path) -> None:
     async with harness(tmp_path) as world:
-        port = free_port()
         world.settings_overrides = {
-            "callback_public_url": f"http://127.0.0.1:{port}{CALLBACK_PATH}",
-            "callback_host": "127.0.0.1",
-            "callback_port": port,
+            **callback_settings(),
             "poll_interval_seconds": 60.0,  # no poll within the test: only the callbacks ask
             "member_jobs_in_flight": 10,
             "provider_concurrency": 10,

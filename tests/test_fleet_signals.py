@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.callbacks import CALLBACK_PATH
 from bot.fleet import SoloFleet, open_fleet
 from bot.pgfleet import PgFleet
 from tests.fake_discord import wait_until
-from tests.harness import Harness, harness
-from tests.ports import free_port
+from tests.harness import Harness, callback_settings, harness
 
 pytest_plugins = ["tests.postgres"]
 
@@ -126,12 +124,7 @@ async def test_a_callback_to_another_process_speeds_a_job_this_one_polls(world: 
 
 
 async def test_a_callback_this_process_takes_is_told_to_the_fleet(world: Harness, postgres_dsn: str) -> None:
-    port = free_port()
-    world.settings_overrides |= {
-        "callback_public_url": f"http://127.0.0.1:{port}{CALLBACK_PATH}",
-        "callback_host": "127.0.0.1",
-        "callback_port": port,
-    }
+    world.settings_overrides |= callback_settings()
     other = PgFleet(postgres_dsn, "process-b")
     told: list[str] = []
 
