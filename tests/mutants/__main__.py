@@ -60,6 +60,12 @@ def table_rows() -> set[str]:
     return set(re.findall(r"tests/mutants/([\w.-]+)\.patch", GUARANTEES.read_text()))
 
 
+def rows_without_patch() -> list[str]:
+    """The table's rows whose last cell names no patch (the start of each, to say which)."""
+    rows = [line for line in GUARANTEES.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    return [row[2:70] for row in rows[1:] if "tests/mutants/" not in row.rsplit("|", 2)[-2]]
+
+
 def copy_tree(target: Path) -> None:
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -94,6 +100,7 @@ def main() -> int:
         rows, named = table_rows(), {m.name for m in mutants}
         problems += [f"{r}: named in docs/guarantees.md but has no patch" for r in sorted(rows - named)]
         problems += [f"{n}: a patch that no row of docs/guarantees.md names" for n in sorted(named - rows)]
+        problems += [f"a row with no patch: {row}..." for row in rows_without_patch()]
 
     with tempfile.TemporaryDirectory(prefix="mutants-") as scratch:
         baseline_tree = Path(scratch) / "baseline"
@@ -118,7 +125,8 @@ def main() -> int:
                 result = "does not apply: " + applied.stderr.strip().splitlines()[0]
             else:
                 outcome = run_tests(tree, mutant.tests, args.workers)
-                result = "caught" if outcome.returncode != 0 else "SURVIVED"
+                # 1 is "tests failed"; an error in collection (2) or no test found (5) proves nothing.
+                result = {0: "SURVIVED", 1: "caught"}.get(outcome.returncode, f"pytest exit {outcome.returncode}")
             print(f"| {mutant.name} | {mutant.row} | {result} | {time.monotonic() - started:.0f} |", flush=True)
             if result != "caught":
                 problems.append(f"{mutant.name}: {result}")
