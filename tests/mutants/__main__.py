@@ -86,6 +86,15 @@ def run_tests(tree: Path, tests: tuple[str, ...], workers: str) -> subprocess.Co
     return subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
 
 
+def verdict(outcome: subprocess.CompletedProcess[str]) -> str:
+    # Only a failing test counts: an error while collecting (a patch that breaks the syntax) proves nothing.
+    if outcome.returncode == 0:
+        return "SURVIVED"
+    if re.search(r"\b\d+ failed\b", outcome.stdout):
+        return "caught"
+    return f"pytest exit {outcome.returncode} with no failing test: " + outcome.stdout.strip()[-200:]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("words", nargs="*", help="only the patches whose name contains one of these")
@@ -125,8 +134,7 @@ def main() -> int:
                 result = "does not apply: " + applied.stderr.strip().splitlines()[0]
             else:
                 outcome = run_tests(tree, mutant.tests, args.workers)
-                # 1 is "tests failed"; an error in collection (2) or no test found (5) proves nothing.
-                result = {0: "SURVIVED", 1: "caught"}.get(outcome.returncode, f"pytest exit {outcome.returncode}")
+                result = verdict(outcome)
             print(f"| {mutant.name} | {mutant.row} | {result} | {time.monotonic() - started:.0f} |", flush=True)
             if result != "caught":
                 problems.append(f"{mutant.name}: {result}")
