@@ -49,7 +49,7 @@ SUBMIT_LOOKUP_SECONDS = 150.0
 # asked about less and less often (see bot/scheduling.py) for this long before it is given up.
 LATE_LIMIT_SECONDS = 24 * 3600.0
 MAX_CHAIN = 50  # segments read back from one video (a join of more would not fit an upload anyway)
-# Background work is claimed (see README, "SQLite or PostgreSQL"): a claim lasts this long unless renewed, so the jobs
+# Background work is claimed (see docs/fleet.md): a claim lasts this long unless renewed, so the jobs
 # of a process that stopped go to another one after at most this long.
 LEASE_SECONDS = 60.0
 POLL_BATCH = 10_000  # jobs claimed at once by one piece of background work (a query then asks about 20 at a time)

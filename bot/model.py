@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-# The states a job moves through (see README): each set is named once, by what it means.
+# The states a job moves through (see docs/architecture.md): each set is named once, by what it means.
 WAITING = ("reserved", "queued")  # accepted, not (known to be) at the provider yet
 AT_PROVIDER = ("submitted", "processing")  # the provider is rendering it: polled
 # Jobs that take one of the provider's slots: a reserved job is being sent (or its answer was lost).

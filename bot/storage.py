@@ -36,7 +36,7 @@ class Storage(Protocol):
         self, job_id: str, in_status: str | Iterable[str], *, lease: Lease | None = None, **changes: Any
     ) -> bool: ...
 
-    # Claims: each process takes the background work it does (see README, "SQLite or PostgreSQL").
+    # Claims: each process takes the background work it does (see docs/fleet.md).
     async def claim_jobs(
         self,
         statuses: Sequence[str],

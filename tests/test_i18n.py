@@ -24,7 +24,7 @@ from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
 
 ROOT = Path(__file__).parent.parent
-# The same keywords as the README's `pybabel extract -F babel.cfg -k tr:2 -k english -k locale_str`.
+# The same keywords as docs/operating.md's `pybabel extract -F babel.cfg -k tr:2 -k english -k locale_str`.
 KEYWORDS: dict[str, Any] = {"tr": (2,), "english": None, "locale_str": None}
 FIELD = re.compile(r"\{(\w*)[^{}]*\}")
 NO_DESCRIPTION = "…"  # discord.py's description of a parameter nobody described
