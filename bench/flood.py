@@ -45,6 +45,7 @@ KEY = "sk-flood-secret-key-0123"
 USERS = 12  # members making the flood: the bot lets one member have at most 100 jobs in flight
 ACK_COMMANDS = 50
 ACK_EVERY = 0.1  # seconds between the slash commands issued during the flood
+MEMBERS_SPREAD = 10.0  # seconds over which the acting members start pressing, from the finish
 POLL_SECONDS = 1.0
 QUIET = 6.0  # the flood is over when Discord gets no request for this long (longer than a 5 s window)
 UNLIMITED = Limit(10**9, 1.0)
@@ -65,14 +66,13 @@ class TimedList(list[Any]):
         super().append(item)
 
 
-async def serve_fakes(channels: int) -> None:
+async def serve_fakes(channels: int, members: int) -> None:
     """Start both fakes, print where they listen (one JSON line), serve the control API until stdin closes."""
     # Limits on from the start, so discord.py learns the buckets as against Discord, but unbounded for the intake:
     # 1,000 cards at Discord's 5 per 5 s per channel would take a quarter of an hour before the flood.
     fake = FakeDiscord(rate_limits=True)
     fake.global_limit, fake.route_limits, fake.default_limit = UNLIMITED, {}, UNLIMITED
-    for n in range(USERS + ACK_COMMANDS):
-        name = f"member{n}"
+    for name in [f"member{n}" for n in range(USERS + ACK_COMMANDS)] + [f"acting{n}" for n in range(members)]:
         fake.users[name], fake.member_roles[name] = fake._user(name), []
     rooms = [fake.general, *(fake.add_channel(f"room-{n}", 0) for n in range(1, channels))]
     sim = KlingSimulator(api_key=KEY, endpoint_path="flood", render_seconds=10**9)
@@ -87,6 +87,19 @@ async def serve_fakes(channels: int) -> None:
         room = rooms[body["n"] % len(rooms)]
         sent = await fake.slash("video", {"prompt": body["prompt"]}, sub="text", user=body["user"], channel=room)
         return web.json_response({"id": sent.id})
+
+    async def press(request: web.Request) -> web.Response:
+        body = await request.json()
+        sent = await fake.press(body["custom_id"], body["message_id"], user=body["user"])
+        return web.json_response({"id": sent.id})
+
+    async def status(request: web.Request) -> web.Response:
+        sent = await fake.slash("video", {}, sub="status", user=(await request.json())["user"])
+        return web.json_response({"id": sent.id})
+
+    async def finish_now(request: web.Request) -> web.Response:
+        sim.finish()  # the members' own videos, before the flood: no limits changed, no clock started
+        return web.json_response({})
 
     async def finish(request: web.Request) -> web.Response:
         fake.global_limit, fake.route_limits, fake.default_limit = GLOBAL_LIMIT, dict(ROUTE_LIMITS), DEFAULT_LIMIT
@@ -104,7 +117,7 @@ async def serve_fakes(channels: int) -> None:
         return web.json_response({
             "t0": t0,
             "requests": [(r.method, r.path, r.status, r.at) for r in fake.requests if r.at >= t0],
-            "acks": [(i.sent_at, i.first_answer_at) for i in answers],
+            "acks": [(i.sent_at, i.first_answer_at, i.last_answer_at) for i in answers],
             "queries": [t for t in queries if t >= t0],
             "limited": fake.rate_limited,
         })  # fmt: skip
@@ -115,6 +128,9 @@ async def serve_fakes(channels: int) -> None:
     control = web.Application()
     control.router.add_post("/slash", slash)
     control.router.add_post("/finish", finish)
+    control.router.add_post("/finish-now", finish_now)
+    control.router.add_post("/press", press)
+    control.router.add_post("/status", status)
     control.router.add_get("/stats", stats)
     control.router.add_get("/count", count)
     await serve_control(fake, sim, control, rooms=rooms)
@@ -177,6 +193,12 @@ async def running_bot(where: dict[str, Any], folder: Path) -> AsyncIterator[Vide
             await task
 
 
+async def members_videos(store: Any, members: int, field: str) -> dict[str, Job]:
+    """The acting members' own jobs that have `field` set (their card, or their posted video)."""
+    jobs = await store.jobs_in(("submitted", "processing", "succeeded", "delivered"))
+    return {j.id: j for j in jobs if j.prompt.startswith("mine ") and getattr(j, field) is not None}
+
+
 def kind(method: str, path: str) -> str:
     route, _ = rate_limit_route(method, path)
     if "threads" in route:
@@ -209,12 +231,14 @@ def floor_seconds(requests: list[tuple[str, str]]) -> tuple[float, str]:
     return worst, why
 
 
-async def flood(videos: int, channels: int, wait: float) -> None:
-    """Make `videos` jobs over `channels` channels, finish them all at once, measure until all are delivered."""
+async def flood(videos: int, channels: int, wait: float, members: int) -> None:
+    """Make `videos` jobs over `channels` channels, finish them all at once, measure until all are delivered.
+    Meanwhile `members` other members each ask `/video status` and press Re-roll and Delete under a video of
+    their own (made and delivered before the flood)."""
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="flood-") as tmp:
         async with (
-            fakes_process("--channels", str(channels)) as where,
+            fakes_process("--channels", str(channels), "--members", str(members)) as where,
             running_bot(where, Path(tmp)) as bot,
             aiohttp.ClientSession() as control,
         ):
@@ -224,6 +248,21 @@ async def flood(videos: int, channels: int, wait: float) -> None:
                 body = {"n": n, "user": user, "prompt": prompt}
                 async with control.post(f"{where['control']}/slash", json=body) as response:
                     return str((await response.json())["id"])
+
+            async def call(path: str, **body: Any) -> str:
+                async with control.post(f"{where['control']}{path}", json=body) as response:
+                    return str((await response.json()).get("id", ""))
+
+            own: dict[str, Job] = {}
+            if members:
+                print(f"{members} members make a video each before the flood...", flush=True)
+                await asyncio.gather(*(slash(n, f"acting{n}", f"mine {n}") for n in range(members)))
+                while len(await members_videos(store, members, "status_message_id")) < members:
+                    await asyncio.sleep(0.2)
+                await call("/finish-now")
+                while len(mine := await members_videos(store, members, "result_message_id")) < members:
+                    await asyncio.sleep(0.2)
+                own = mine
 
             print(f"Creating {videos} jobs over {channels} channel(s) (not rate limited)...", flush=True)
             started = time.perf_counter()
@@ -240,10 +279,28 @@ async def flood(videos: int, channels: int, wait: float) -> None:
             async with control.post(f"{where['control']}/finish") as response:
                 await response.json()
             finished = time.perf_counter()
-            acks = []
+            acks: list[str] = []
+            acting: dict[str, list[str]] = {"/video status": [], "Re-roll": [], "Delete": []}
+
+            async def act(n: int, job: Job) -> None:
+                user = f"acting{n}"
+                acting["/video status"].append(await call("/status", user=user))
+                for label, action in (("Re-roll", "reroll"), ("Delete", "delete")):
+                    custom_id, message_id = f"video:{action}:{job.id}", str(job.result_message_id)
+                    acting[label].append(await call("/press", custom_id=custom_id, message_id=message_id, user=user))
+
+            async def members_act() -> None:
+                presses = []
+                for n, job in enumerate(own.values()):
+                    presses.append(asyncio.create_task(act(n, job)))
+                    await asyncio.sleep(MEMBERS_SPREAD / max(len(own), 1))
+                await asyncio.gather(*presses)
+
+            acting_task = asyncio.create_task(members_act())
             for n in range(ACK_COMMANDS):  # members keep using the bot during the flood
                 acks.append(await slash(n, f"member{USERS + n}", f"during the flood {n}"))
                 await asyncio.sleep(ACK_EVERY)
+            await acting_task
             ids = {j.id for j in flood_jobs}
             while time.perf_counter() - finished < wait:
                 done = [j for j in await store.jobs_in(("delivered", "undeliverable", "failed")) if j.id in ids]
@@ -259,8 +316,12 @@ async def flood(videos: int, channels: int, wait: float) -> None:
                     break
                 seen = now
                 await asyncio.sleep(QUIET)
-            async with control.get(f"{where['control']}/stats", params={"ids": ",".join(acks)}) as response:
+            every_id = acks + [i for ids_ in acting.values() for i in ids_]
+            async with control.get(f"{where['control']}/stats", params={"ids": ",".join(every_id)}) as response:
                 stats = await response.json()
+            answers = dict(zip(every_id, stats["acks"], strict=False)) if len(stats["acks"]) == len(every_id) else {}
+            stats["acks"] = [answers.get(i) or stats["acks"][n] for n, i in enumerate(acks)]
+            stats["acting"] = {what: [answers[i] for i in ids_ if i in answers] for what, ids_ in acting.items()}
             ended = await store.jobs_in(("delivered", "undeliverable", "failed", "succeeded"))
             outcome = Counter(j.status for j in ended if j.id in ids)
     report(videos, channels, flood_jobs, stats, outcome, drained)
@@ -310,7 +371,11 @@ def report(
     peak = max((bisect.bisect_left(every, a + 1.0) - i for i, a in enumerate(every)), default=0)
     window = [t for t in stats["queries"] if t <= t0 + max(last_post, drained)]
     gaps = [b - a for a, b in zip([t0, *window], window, strict=False)]
-    acks = [b - a for a, b in stats["acks"] if b is not None]
+    acks = [b - a for a, b, _ in stats["acks"] if b is not None]
+    acting = {
+        what: [c - a for a, _, c in answers if c is not None] for what, answers in stats.get("acting", {}).items()
+    }
+    every_final = [t for times in acting.values() for t in times]
     per = max(delivered, 1)
     rows = [
         ("videos delivered / undeliverable / failed / not done",
@@ -332,6 +397,12 @@ def report(
          f"global limit {GLOBAL_LIMIT.requests} (interaction callbacks and followups not counted)"),
         (f"ack latency p50 / p99, {len(acks)} slash commands in the flood",
          f"{percentile(acks, 50) * 1000:.0f} / {percentile(acks, 99) * 1000:.0f} ms", "Discord allows 3000 ms"),
+        *[(f"final answer p50 / p99, {what} ({len(times)} members during the flood)",
+           f"{percentile(times, 50) * 1000:.0f} / {percentile(times, 99) * 1000:.0f} ms",
+           f"answered {len(times)} of {len(stats['acting'][what])}")
+          for what, times in acting.items()],
+        *([("final answer p99, all the members' presses and commands",
+            f"{percentile(every_final, 99) * 1000:.0f} ms", "goal: under 1000 ms")] if every_final else []),
         ("poll loop: longest gap between queries", f"{max(gaps, default=float('nan')):.1f} s",
          f"{len(window)} queries; interval {POLL_SECONDS:g} s"),
     ]  # fmt: skip
@@ -348,13 +419,15 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="50 videos, for a smoke run")
     parser.add_argument("--channels", type=int, default=10, help="text channels the jobs are spread over")
+    parser.add_argument("--members", type=int, default=200, help="members pressing buttons during the flood")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the deliveries")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve_fakes(args.channels))
+        asyncio.run(serve_fakes(args.channels, args.members))
         return
-    asyncio.run(flood(50 if args.quick else args.videos, args.channels, args.timeout))
+    members = min(args.members, 20) if args.quick else args.members
+    asyncio.run(flood(50 if args.quick else args.videos, args.channels, args.timeout, members))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import logging
 import signal
@@ -51,8 +52,16 @@ HANDLER_TASKS = (
 EXEMPT_FROM_GLOBAL_LIMIT = ("/interactions/", "/webhooks/")
 
 
+# Set in the background work's tasks (the poll loop, the deliveries): their Discord requests give way to the ones a
+# member is waiting on (an answer's card, a Delete), which would otherwise queue behind a flood's thousand posts.
+BACKGROUND = contextvars.ContextVar("background_discord_work", default=False)
+
+
 class Pace:
-    """At most `limit` requests in any sliding second: a request waits for its turn instead of being refused."""
+    """At most `limit` requests in any sliding second: a request waits for its turn instead of being refused.
+
+    Two lanes, each first come first served: a request a member waits on takes the next free turn before any
+    background request still waiting."""
 
     def __init__(
         self,
@@ -64,19 +73,27 @@ class Pace:
         self.clock = clock
         self.sleep = sleep
         self.sent: collections.deque[float] = collections.deque()
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # the background lane
+        self.urgent_lock = asyncio.Lock()
+        self.urgent_waiting = 0
 
-    async def wait(self) -> None:
+    async def wait(self, *, urgent: bool = True) -> None:
         """Return when one more request keeps the last second within the limit."""
-        async with self.lock:
-            while True:
-                now = self.clock()
-                while self.sent and now - self.sent[0] >= 1.0:
-                    self.sent.popleft()
-                if len(self.sent) < self.limit:
-                    self.sent.append(now)
-                    return
-                await self.sleep(1.0 - (now - self.sent[0]))
+        self.urgent_waiting += urgent
+        try:
+            async with self.urgent_lock if urgent else self.lock:
+                while True:
+                    now = self.clock()
+                    while self.sent and now - self.sent[0] >= 1.0:
+                        self.sent.popleft()
+                    full = len(self.sent) >= self.limit
+                    if not full and (urgent or not self.urgent_waiting):
+                        self.sent.append(now)
+                        return
+                    # A free turn that an urgent request is about to take: look again once it has.
+                    await self.sleep(1.0 - (now - self.sent[0]) if full else 0.001)
+        finally:
+            self.urgent_waiting -= urgent
 
 
 def paced_trace(api_base: str, pace: Pace) -> aiohttp.TraceConfig:
@@ -89,7 +106,7 @@ def paced_trace(api_base: str, pace: Pace) -> aiohttp.TraceConfig:
     ) -> None:
         url = str(params.url)
         if url.startswith(api_base) and not url[len(api_base) :].startswith(EXEMPT_FROM_GLOBAL_LIMIT):
-            await pace.wait()
+            await pace.wait(urgent=not BACKGROUND.get())
 
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(on_request_start)
@@ -151,7 +168,8 @@ class VideoBot(commands.AutoShardedBot):
         options.setdefault("shard_ids", shard_ids)
         options.setdefault("shard_count", shard_count)
         options.setdefault("intents", discord.Intents.default())
-        options.setdefault("http_trace", paced_trace(settings.discord_api_base_url, Pace(settings.discord_pace())))
+        self.pace = Pace(settings.discord_pace())
+        options.setdefault("http_trace", paced_trace(settings.discord_api_base_url, self.pace))
         super().__init__(
             command_prefix=commands.when_mentioned,
             tree_cls=VideoTree,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.app import BACKGROUND
 from bot.crashpoints import crash_point
 from bot.delivery import DownloadFailed, VideoTooLarge, download_video
 from bot.i18n import english, tr
@@ -492,6 +493,7 @@ class DeliveryWorker:
             log.error("job %s: delivery task failed", job_id, exc_info=task.exception())
 
     async def _run(self, claimed: Job, resumed: bool) -> None:
+        BACKGROUND.set(True)  # a delivery's requests give way to the ones members wait on
         jobs = self.deliverer.jobs
         try:
             async with self.limit:

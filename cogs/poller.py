@@ -11,7 +11,7 @@ import discord
 from discord.ext import commands, tasks
 
 from bot import metrics
-from bot.app import VideoBot
+from bot.app import BACKGROUND, VideoBot
 from bot.i18n import english, tr, translated
 from bot.model import AT_PROVIDER, FINAL, STATES, Job
 from cogs.delivery import Deliverer, DeliveryWorker
@@ -140,6 +140,7 @@ class Poller(commands.Cog):
 
     @tasks.loop(seconds=10)
     async def tick(self) -> None:
+        BACKGROUND.set(True)  # this loop's task (and the tasks it starts) never makes a member wait
         self.busy = True
         try:
             with metrics.POLL_TICK_SECONDS.time():

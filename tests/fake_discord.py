@@ -141,6 +141,7 @@ class Interaction:
     sent_at: float = field(default_factory=time.perf_counter)  # when the gateway event went out
     sent_to: list[tuple[int, int]] = field(default_factory=list)  # the shard of each session it went to
     first_answer_at: float | None = None  # when the bot's first callback arrived
+    last_answer_at: float | None = None  # when the member last saw an answer (a message, not a "thinking" defer)
 
     @property
     def responses(self) -> list[dict[str, Any]]:
@@ -1292,6 +1293,8 @@ class FakeDiscord:
         self._check_upload(call.files, interaction.payload["attachment_size_limit"])
         interaction.callbacks.append(body)
         interaction.first_answer_at = time.perf_counter()
+        if body["type"] not in (5, 6):
+            interaction.last_answer_at = interaction.first_answer_at
         response: dict[str, Any] = {"interaction": {"id": interaction_id, "type": interaction.payload["type"]}}
         message: dict[str, Any] | None = None
         if body["type"] == 4:  # a message
@@ -1334,6 +1337,7 @@ class FakeDiscord:
         else:
             message = self._respond(interaction, body, call.files)
         interaction.followups.append(message)
+        interaction.last_answer_at = time.perf_counter()
         interaction.answered.set()
         return self._public(message)
 
@@ -1347,6 +1351,7 @@ class FakeDiscord:
         if call.method == "PATCH":
             self._check_upload(call.files, interaction.payload["attachment_size_limit"])
             self._edit(message, call.json or {}, call.files)
+            interaction.last_answer_at = time.perf_counter()
         elif call.method == "DELETE":
             interaction.messages.remove(message)
             if message in self.messages.get(message["channel_id"], []):

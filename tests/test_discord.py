@@ -304,6 +304,31 @@ async def test_a_discord_server_error_while_posting_is_retried(world: Harness) -
     assert len([m for m in fake.messages[thread_id] if m["files"]]) == 1
 
 
+async def test_a_members_delete_goes_before_the_deliveries_waiting_for_their_turn(world: Harness) -> None:
+    fake = world.discord
+    world.settings_overrides |= {"member_jobs_in_flight": 10, "server_jobs_in_flight": 10}
+    async with world.running() as bot:
+        await fake.slash("video", {"prompt": "mine"}, sub="text")
+        mine = await world.job_in("delivered")
+        world.sim.hold = True
+        for n in range(5):
+            await fake.slash("video", {"prompt": f"flood {n}"}, sub="text", user="bob")
+        await wait_until(lambda: len(world.sim.tasks) == 6)
+        await world.more_ticks(3)
+        bot.pace.limit = 1  # ten background requests (five posts, five card edits) now take ten seconds
+        before = len(fake.requests)
+        world.sim.finish()
+        await wait_until(lambda: len(fake.requests) > before)  # the first delivery's post is through
+        [thread] = [t for t in fake.threads() if t["id"] == str(mine.thread_id)]
+        pressed = await fake.press(f"video:delete:{mine.id}", str(mine.result_message_id))
+        await wait_until(lambda: pressed.texts() == ["Deleted."], within=20)
+        bot.pace.limit = 45
+        paced = [r for r in fake.requests[before:] if not r.path.startswith(("/interactions/", "/webhooks/"))]
+    position = next(n for n, r in enumerate(paced) if r.method == "DELETE")
+    assert position <= 1, [f"{r.method} {r.path}" for r in paced]  # the next turn, not behind the deliveries
+    assert thread
+
+
 async def test_reroll_and_delete_work_after_a_restart(world: Harness) -> None:
     fake = world.discord
     async with world.running():

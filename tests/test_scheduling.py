@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from bot.app import Pace
 from bot.model import Job
 from bot.scheduling import (
@@ -94,3 +96,29 @@ async def test_the_global_pace_lets_no_more_than_the_limit_into_any_second() -> 
         clock.advance(0.1)
     assert all(sum(1 for t in sent_at if start <= t < start + 1.0) <= 3 for start in sent_at)
     assert slept and sent_at[3] >= sent_at[0] + 1.0  # the fourth waited for the first to leave the window
+
+
+async def test_a_request_a_member_waits_on_goes_before_the_background_ones_waiting() -> None:
+    clock = FakeClock(0.0)
+
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(0)  # the test moves the clock; a sleeper looks again at each turn of the loop
+
+    pace = Pace(2, clock=clock, sleep=sleep)
+    await pace.wait(urgent=False)
+    await pace.wait(urgent=False)  # this second is full
+    order: list[str] = []
+
+    async def request(name: str, urgent: bool) -> None:
+        await pace.wait(urgent=urgent)
+        order.append(name)
+
+    background = [asyncio.create_task(request(f"background {n}", False)) for n in range(4)]
+    await asyncio.sleep(0)
+    member = asyncio.create_task(request("member", True))
+    everything = asyncio.gather(member, *background)
+    while not everything.done():
+        clock.advance(0.25)
+        await asyncio.sleep(0)
+    assert order[0] == "member"
+    assert order[1:] == [f"background {n}" for n in range(4)]  # each lane keeps its order
