@@ -134,13 +134,16 @@ async def migrate_to(settings: Settings, url: str) -> int:
         return EXIT_USAGE
     from bot.pgstore import PgStore
 
-    source = await Store.open(settings.database_path, single_instance=True)  # no bot may write to it meanwhile
-    await source.close()
-    target = await PgStore.open(url)
+    # The bot's own lock on the SQLite file, held until the copy ends: no bot may start on it and write meanwhile.
+    source = await Store.open(settings.database_path, single_instance=True)
     try:
-        copied = await target.copy_from_sqlite(settings.database_path)
+        target = await PgStore.open(url)
+        try:
+            copied = await target.copy_from_sqlite(settings.database_path)
+        finally:
+            await target.close()
     finally:
-        await target.close()
+        await source.close()
     rows = ", ".join(f"{count} {table}" for table, count in copied.items())
     print(f"ok: copied {settings.database_path} into PostgreSQL ({rows}); now set DATABASE_URL and start the bot")
     return EXIT_OK

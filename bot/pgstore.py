@@ -7,6 +7,7 @@ server."""
 from __future__ import annotations
 
 import contextlib
+import graphlib
 import hashlib
 import logging
 import os
@@ -38,6 +39,7 @@ from bot.store import (
     JOB_COLUMNS,
     MIGRATIONS,
     NOT_HELD_FOR_REVIEW,
+    RUNNING_TOTALS,
     DecisionT,
     Store,
     StoreUnavailable,
@@ -206,9 +208,44 @@ _DISPATCH_LOCK = "kling-bot:dispatch"  # counting the provider's slots and takin
 
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 _BOOLEAN = frozenset({"cancel_requested"})
-# Every table, parents first, for the backup into SQLite.
-_TABLES = ("images", "jobs", "guild_settings", "member_quotas", "role_quotas", "grants", "audit_log")
-_BOOLEAN_COLUMNS = frozenset({"cancel_requested"})
+# This database's bookkeeping, not the store's data (SQLite keeps its version in PRAGMA user_version).
+_BOOKKEEPING = frozenset({"schema_version"})
+# The old process is gone: its claims end now, so the new fleet takes the jobs at once. The owner stays, as when a
+# bot starts on SQLite: it is the sign that the process stopped in the middle of the work (a post may exist).
+_VOID_CLAIMS = "UPDATE jobs SET lease_until = 0 WHERE lease_owner IS NOT NULL"
+
+
+def _parents_first(references: dict[str, set[str]]) -> list[str]:
+    """Tables in an order that inserts each after the tables its foreign keys point to."""
+    return list(graphlib.TopologicalSorter({t: refs & references.keys() - {t} for t, refs in references.items()})
+                .static_order())  # fmt: skip
+
+
+async def _sqlite_tables(sqlite: aiosqlite.Connection) -> list[str]:
+    """The tables of a SQLite store, read from its schema, parents first; the running totals are left out."""
+    references: dict[str, set[str]] = {}
+    async with sqlite.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'") as c:
+        names = [str(row[0]) for row in await c.fetchall() if row[0] not in RUNNING_TOTALS]
+    for name in names:
+        async with sqlite.execute('SELECT "table" FROM pragma_foreign_key_list(?)', (name,)) as cursor:
+            references[name] = {str(row[0]) for row in await cursor.fetchall()}
+    return _parents_first(references)
+
+
+async def _pg_tables(db: Connection) -> list[str]:
+    """The store's tables in this PostgreSQL schema, read from its catalog, parents first."""
+    cursor = await db.execute(
+        "SELECT c.relname, r.relname FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema()"
+        " LEFT JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'f'"
+        " LEFT JOIN pg_class r ON r.oid = k.confrelid"
+        " WHERE c.relkind IN ('r', 'p')"
+    )
+    references: dict[str, set[str]] = {}
+    for table, parent in await cursor.fetchall():
+        if table not in _BOOKKEEPING:
+            references.setdefault(table, set()).update({parent} if parent else set())
+    return _parents_first(references)
 
 
 def _describe(dsn: str) -> str:
@@ -812,7 +849,7 @@ class PgStore:
                     await db.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
                     await db.set_read_only(True)
                     async with db.transaction(), copy.transaction() as out:
-                        for table in _TABLES:
+                        for table in await _pg_tables(db):
                             cursor = await db.execute(f"SELECT * FROM {table}")
                             names = [column.name for column in cursor.description or ()]
                             marks = ", ".join("?" for _ in names)
@@ -832,36 +869,49 @@ class PgStore:
         os.replace(partial, target)
 
     async def copy_from_sqlite(self, source: Path | str) -> dict[str, int]:
-        """Copy every row of a SQLite database of this schema into this one, which must hold no jobs yet, in one
-        transaction (an operator moving to PostgreSQL keeps their history and quotas). Returns rows per table."""
+        """Copy every table of a SQLite database of this schema into this one, which must hold no jobs yet, in one
+        transaction (an operator moving to PostgreSQL keeps their history, quotas and members' choices). The tables
+        come from the source's schema, so a table this copy does not know is copied too, or refused if PostgreSQL
+        has no twin of it. The old process's claims end in the copy. Returns rows per table."""
         async with aiosqlite.connect(f"file:{Path(source)}?mode=ro", uri=True) as sqlite:
             async with sqlite.execute("PRAGMA user_version") as cursor:
                 row = await cursor.fetchone()
             if row is None or row[0] != len(MIGRATIONS):
                 found = row[0] if row else "no"
                 raise StoreUnavailable(f"{source} is at schema {found}; open it with the bot once to upgrade it")
+            tables = await _sqlite_tables(sqlite)
             copied = {}
             async with self.transaction() as db:
                 counted = await db.execute("SELECT COUNT(*) FROM jobs")
                 if (await counted.fetchone() or (0,))[0]:
                     raise StoreUnavailable("the PostgreSQL database already holds jobs; copy into an empty one")
-                for table in _TABLES:
+                missing = sorted(set(tables) - set(await _pg_tables(db)))
+                if missing:
+                    raise StoreUnavailable(f"PostgreSQL has no table for {', '.join(missing)}; nothing was copied")
+                flags = await _boolean_columns(db)
+                for table in tables:
                     async with sqlite.execute(f"SELECT * FROM {table}") as rows:
                         names = [column[0] for column in rows.description]
-                        flags = [name in _BOOLEAN_COLUMNS for name in names]
+                        flag = [(table, name) in flags for name in names]
                         sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('%s' for _ in names)})"
                         copied[table] = 0
                         while batch := list(await rows.fetchmany(500)):
                             # SQLite keeps flags as 0/1; PostgreSQL wants booleans.
-                            values = [[bool(v) if flag else v for v, flag in zip(r, flags, strict=True)] for r in batch]
+                            values = [[bool(v) if f and v is not None else v for v, f in zip(r, flag, strict=True)]
+                                      for r in batch]  # fmt: skip
                             async with db.cursor() as out:
                                 await out.executemany(sql, values)
                             copied[table] += len(batch)
-                for table in ("grants", "audit_log"):  # the next id continues after the copied ones
+                identities = await db.execute(
+                    "SELECT table_name, column_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND is_identity = 'YES'"
+                )
+                for table, column in await identities.fetchall():  # the next id continues after the copied ones
                     await db.execute(
-                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(MAX(id), 0) + 1, false)"
-                        f" FROM {table}"
+                        f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'),"
+                        f" COALESCE(MAX({column}), 0) + 1, false) FROM {table}"
                     )
+                await db.execute(_VOID_CLAIMS)
         return copied
 
     # --- member preferences and review --------------------------------------------------------------------
@@ -894,6 +944,15 @@ class PgStore:
                 (*values, job_id, from_review),
             )
             return cursor.rowcount == 1
+
+
+async def _boolean_columns(db: Connection) -> set[tuple[str, str]]:
+    """(table, column) of every boolean column of the store's schema."""
+    cursor = await db.execute(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND data_type = 'boolean'"
+    )
+    return {(str(table), str(column)) for table, column in await cursor.fetchall()}
 
 
 async def _insert_audit(db: Connection, entry: AuditEntry) -> None:

@@ -277,6 +277,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+# Migration 5's running totals, kept by triggers from `jobs`: PostgreSQL counts the rows instead, so a copy there
+# leaves them out (and a copy into SQLite gets them from the triggers).
+RUNNING_TOTALS = ("member_job_totals", "guild_job_totals", "job_totals")
+
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 # State lists written into the SQL as literals (our own constants), so the partial indexes on them can serve.

@@ -169,3 +169,89 @@ async def test_a_refused_review_post_keeps_the_video_from_the_member_and_is_trie
     assert videos_in_thread(fake) == [] and job.review_state == "pending"
     alerts = [m["content"] for m in fake.messages[fake.log_channel] if m["content"].startswith("⚠️")]
     assert len(alerts) == 1 and "waits for review" in alerts[0] and "403" in alerts[0]
+
+
+async def decide(world: Harness, job_id: str, review: dict[str, Any]) -> Any:
+    """Approve a video waiting for review; returns the job once delivered."""
+    await world.discord.press(f"review:approve:{job_id}", review, user="mod")
+
+    async def delivered() -> bool:
+        job = await world.resources.jobs.get(job_id)
+        return job is not None and job.status == "delivered"
+
+    await wait_until(delivered)
+    return await world.resources.jobs.get(job_id)
+
+
+async def next_review(world: Harness, count: int) -> tuple[Any, dict[str, Any]]:
+    """Wait until the review channel holds `count` messages; returns the newest one's job and message."""
+    fake = world.discord
+    await wait_until(lambda: len(fake.messages[review_channel(fake)]) >= count)
+    review = fake.messages[review_channel(fake)][count - 1]
+    job_id = review["components"][0]["components"][0]["custom_id"].rsplit(":", 1)[1]
+    return await world.resources.jobs.get(job_id), review
+
+
+def video_posts(fake: FakeDiscord) -> list[dict[str, Any]]:
+    """Every post of a video file, in any channel (a segment's card carries its first frame, a picture)."""
+    return [m for channel in fake.messages.values() for m in channel if any(n.endswith(".mp4") for n, _ in m["files"])]
+
+
+async def test_a_continued_segment_and_its_re_roll_wait_for_review_too(world: Harness) -> None:
+    fake = world.discord
+    world.sim.task_videos = True
+    async with world.running():
+        await turn_review_on(fake)
+        root, review = await waiting_for_review(world)
+        root = await decide(world, root.id, review)
+        thread = str(root.thread_id)
+        shown = await fake.press(
+            f"video:continue:{root.id}", fake.find_message(str(root.result_message_id)) | {"channel_id": thread}
+        )
+        await wait_until(lambda: shown.modal is not None)
+        await fake.submit_modal(shown, {"Prompt (optional)": "it goes on", "Duration in seconds (3-15)": "3"})
+        segment, review = await next_review(world, 2)
+        await world.more_ticks(5)  # time for a delivery, which must not come
+        held = await world.resources.jobs.get(segment.id)
+        assert (held.parent_id, held.status, held.review_state) == (root.id, "succeeded", "pending")
+        assert len(video_posts(fake)) == 1  # the root's video only
+        segment = await decide(world, segment.id, review)
+        await fake.press(
+            f"video:reroll:{segment.id}", fake.find_message(str(segment.result_message_id)) | {"channel_id": thread}
+        )
+        take, _ = await next_review(world, 3)
+        await world.more_ticks(5)
+        again = await world.resources.jobs.get(take.id)
+    assert (again.parent_id, again.status, again.review_state) == (root.id, "succeeded", "pending")
+    assert len(video_posts(fake)) == 2  # the root and the approved segment; the re-roll waits
+
+
+async def test_a_video_waiting_for_review_is_claimed_by_no_one(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await turn_review_on(fake)
+        job, _ = await waiting_for_review(world)
+        await wait_until(lambda: fake.messages[review_channel(fake)])
+        waiting = await world.resources.jobs.get(job.id)
+        await world.more_ticks(10)  # every tick looks for videos to post
+        later = await world.resources.jobs.get(job.id)
+    assert waiting.review_message_id is not None and later.lease_owner is None
+    assert later.lease_attempt == waiting.lease_attempt  # not claimed again, tick after tick
+
+
+async def test_a_reject_form_sent_after_the_moderator_lost_manage_server_is_refused(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await turn_review_on(fake)
+        job, review = await waiting_for_review(world)
+        shown = await fake.press(f"review:reject:{job.id}", review, user="mod")
+        await wait_until(lambda: shown.modal is not None)
+        fake.member_roles["mod"] = []  # an admin takes the role away while the form is open
+        done = await fake.submit_modal(shown, {"Reason (the member reads it)": "no"}, user="mod")
+        text = await answer(done)
+        await world.more_ticks(3)
+        still = await world.resources.jobs.get(job.id)
+    assert text == "Only moderators (Manage Server) can approve or reject videos."
+    assert (still.status, still.review_state, still.review_reason) == ("succeeded", "pending", None)
+    [thread] = fake.threads()
+    assert not any("not approved" in m["content"] for m in fake.messages[thread["id"]])

@@ -1,0 +1,28 @@
+"""The bot itself paces its requests to Discord (the pace is installed on its HTTP session, not only written):
+a burst of posts beyond its pace waits its turn instead of meeting Discord's global limit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tests.fake_discord import GLOBAL_EXEMPT, Limit
+from tests.harness import harness
+
+PACE = 4  # requests a second: the bot's setting here, one under the fake's global limit
+
+
+async def test_a_burst_of_posts_waits_for_the_bots_pace_and_meets_no_global_limit(tmp_path: Path) -> None:
+    async with harness(tmp_path) as world:
+        fake = world.discord
+        world.settings_overrides = {"discord_requests_per_second": PACE}
+        rooms = [fake.add_channel(f"room-{n}", 0) for n in range(3 * PACE)]  # one post each: no route limit met
+        async with world.running() as bot:
+            fake.rate_limits, fake.global_limit, fake.route_limits = True, Limit(PACE + 1, 1.0), {}
+            fake.reset_rate_limits()
+            started = len(fake.requests)
+            await asyncio.gather(*(bot.get_partial_messageable(int(room)).send("hi") for room in rooms))
+    assert all(len(fake.messages[room]) == 1 for room in rooms)
+    burst = [r for r in fake.requests[started:] if not r.path.startswith(GLOBAL_EXEMPT)]
+    assert len(burst) >= 3 * PACE
+    assert [route for route, is_global in fake.rate_limited if is_global] == []
