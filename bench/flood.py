@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -110,14 +111,14 @@ async def serve_fakes(channels: int, members: int) -> None:
 
     async def stats(request: web.Request) -> web.Response:
         t0 = state["t0"] or 0.0
-        ids = request.query.get("ids", "").split(",")
-        answers = [fake.interactions[i] for i in ids if i in fake.interactions]
+        ids = (await request.json())["ids"]
+        answers = {i: fake.interactions[i] for i in ids if i in fake.interactions}
         assert isinstance(sim.requests, TimedList)
         queries = [t for r, t in zip(sim.requests, sim.requests.times, strict=True) if r.path.endswith("/tasks")]
         return web.json_response({
             "t0": t0,
             "requests": [(r.method, r.path, r.status, r.at) for r in fake.requests if r.at >= t0],
-            "acks": [(i.sent_at, i.first_answer_at, i.last_answer_at) for i in answers],
+            "answers": {n: (i.sent_at, i.first_answer_at, i.last_answer_at) for n, i in answers.items()},
             "queries": [t for t in queries if t >= t0],
             "limited": fake.rate_limited,
         })  # fmt: skip
@@ -131,7 +132,7 @@ async def serve_fakes(channels: int, members: int) -> None:
     control.router.add_post("/finish-now", finish_now)
     control.router.add_post("/press", press)
     control.router.add_post("/status", status)
-    control.router.add_get("/stats", stats)
+    control.router.add_post("/stats", stats)
     control.router.add_get("/count", count)
     await serve_control(fake, sim, control, rooms=rooms)
     await sim.close()
@@ -231,7 +232,7 @@ def floor_seconds(requests: list[tuple[str, str]]) -> tuple[float, str]:
     return worst, why
 
 
-async def flood(videos: int, channels: int, wait: float, members: int) -> None:
+async def flood(videos: int, channels: int, wait: float, members: int, one_lane: bool = False) -> dict[str, float]:
     """Make `videos` jobs over `channels` channels, finish them all at once, measure until all are delivered.
     Meanwhile `members` other members each ask `/video status` and press Re-roll and Delete under a video of
     their own (made and delivered before the flood)."""
@@ -242,6 +243,9 @@ async def flood(videos: int, channels: int, wait: float, members: int) -> None:
             running_bot(where, Path(tmp)) as bot,
             aiohttp.ClientSession() as control,
         ):
+            if one_lane:  # the pace before members went first: every request in one line, first come first served
+                every_request_urgent = functools.partial(bot.pace.wait, urgent=True)
+                bot.pace.wait = lambda urgent=True: every_request_urgent()  # type: ignore[method-assign,misc]
             store = bot.resources.store
 
             async def slash(n: int, user: str, prompt: str) -> str:
@@ -317,14 +321,15 @@ async def flood(videos: int, channels: int, wait: float, members: int) -> None:
                 seen = now
                 await asyncio.sleep(QUIET)
             every_id = acks + [i for ids_ in acting.values() for i in ids_]
-            async with control.get(f"{where['control']}/stats", params={"ids": ",".join(every_id)}) as response:
+            async with control.post(f"{where['control']}/stats", json={"ids": every_id}) as response:
                 stats = await response.json()
-            answers = dict(zip(every_id, stats["acks"], strict=False)) if len(stats["acks"]) == len(every_id) else {}
-            stats["acks"] = [answers.get(i) or stats["acks"][n] for n, i in enumerate(acks)]
+            answers = stats["answers"]
+            stats["acks"] = [answers[i] for i in acks if i in answers]
             stats["acting"] = {what: [answers[i] for i in ids_ if i in answers] for what, ids_ in acting.items()}
+            stats["issued"] = {what: len(ids_) for what, ids_ in acting.items()}
             ended = await store.jobs_in(("delivered", "undeliverable", "failed", "succeeded"))
             outcome = Counter(j.status for j in ended if j.id in ids)
-    report(videos, channels, flood_jobs, stats, outcome, drained)
+    return report(videos, channels, flood_jobs, stats, outcome, drained)
 
 
 def report(
@@ -334,8 +339,8 @@ def report(
     stats: dict[str, Any],
     outcome: Counter[str],
     drained: float,
-) -> None:
-    """Print the table, and the flood's requests by route."""
+) -> dict[str, float]:
+    """Print the table, and the flood's requests by route; return the figures a comparison shows."""
     t0 = stats["t0"]
     threads = {str(j.thread_id) for j in jobs if j.thread_id}
     cards = {str(j.message_id) for j in jobs if j.message_id}
@@ -399,7 +404,7 @@ def report(
          f"{percentile(acks, 50) * 1000:.0f} / {percentile(acks, 99) * 1000:.0f} ms", "Discord allows 3000 ms"),
         *[(f"final answer p50 / p99, {what} ({len(times)} members during the flood)",
            f"{percentile(times, 50) * 1000:.0f} / {percentile(times, 99) * 1000:.0f} ms",
-           f"answered {len(times)} of {len(stats['acting'][what])}")
+           f"answered {len(times)} of {stats['issued'][what]}")
           for what, times in acting.items()],
         *([("final answer p99, all the members' presses and commands",
             f"{percentile(every_final, 99) * 1000:.0f} ms", "goal: under 1000 ms")] if every_final else []),
@@ -412,6 +417,10 @@ def report(
     print("\nRequests by route (the flood's jobs):")
     for route, count in routes.most_common():
         print(f"  {count:>6}  {count / per:6.2f}/video  {route}")
+    summary = {f"final answer p99, {what} (ms)": percentile(times, 99) * 1000 for what, times in acting.items()}
+    if every_final:
+        summary["final answer p99, all (ms)"] = percentile(every_final, 99) * 1000
+    return summary | {"finish to last video posted (s)": last_post, "delivered": float(delivered)}
 
 
 def main() -> None:
@@ -420,6 +429,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="50 videos, for a smoke run")
     parser.add_argument("--channels", type=int, default=10, help="text channels the jobs are spread over")
     parser.add_argument("--members", type=int, default=200, help="members pressing buttons during the flood")
+    parser.add_argument("--compare", action="store_true", help="run once with the old one-lane pace, then as is")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the deliveries")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
@@ -427,7 +437,18 @@ def main() -> None:
         asyncio.run(serve_fakes(args.channels, args.members))
         return
     members = min(args.members, 20) if args.quick else args.members
-    asyncio.run(flood(50 if args.quick else args.videos, args.channels, args.timeout, members))
+    videos = 50 if args.quick else args.videos
+    if not args.compare:
+        asyncio.run(flood(videos, args.channels, args.timeout, members))
+        return
+    print("== one lane (every Discord request first come first served, as before) ==", flush=True)
+    before = asyncio.run(flood(videos, args.channels, args.timeout, members, one_lane=True))
+    print("\n== two lanes (the requests members wait on first) ==", flush=True)
+    after = asyncio.run(flood(videos, args.channels, args.timeout, members))
+    print("\n| measure | one lane | two lanes | ratio |\n|---|---|---|---|")
+    for measure, old in before.items():
+        new = after.get(measure, float("nan"))
+        print(f"| {measure} | {old:.1f} | {new:.1f} | {new / old if old else float('nan'):.2f} |")
 
 
 if __name__ == "__main__":
