@@ -309,6 +309,7 @@ class KlingSimulator:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self._ticker = None
+        self._videos_flow.set()  # a held download is answered, not left to the server's shutdown time-out
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

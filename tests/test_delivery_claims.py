@@ -41,6 +41,7 @@ async def take_over(world: Harness, job_id: str) -> None:
 
 async def downloading(world: Harness) -> Job:
     """Make a video whose download the simulator holds; the job once its delivery waits for the video."""
+    world.poller().stop_grace = 0.5  # a delivery still running when the test ends is cancelled soon
     world.sim.hold_videos()
     await world.discord.slash("video", {"prompt": "a delivery that loses its claim"}, sub="text")
     await wait_until(lambda: world.sim.video_requests)
