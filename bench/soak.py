@@ -37,7 +37,6 @@ from bot.simulator import RATES, GatewayVariant, KlingSimulator
 from tests.fake_discord import FakeDiscord, Interaction, wait_until
 from tests.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-soak-secret-key-0123"
 ENDPOINT = "soak"
 GUILDS_PER_SHARD = 2
@@ -138,8 +137,6 @@ async def inject_faults(fake: FakeDiscord, sim: KlingSimulator, rate: float, see
 def fleet_env(api: str, gateway: str, token: str, sim: str, database_url: str, **extra: str) -> dict[str, str]:
     """The bots' settings, by environment: the fakes, the database, room for many jobs, short waits and leases."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KLING_", "DISCORD_", "DATABASE_", "SHARD_"))}
-    # The bots run this tree's code (they start in another folder, where an installed copy would come first).
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env.update(
         DISCORD_TOKEN=token, DISCORD_API_BASE_URL=api, DISCORD_GATEWAY_URL=gateway,
         KLING_API_KEY=KEY, KLING_ENDPOINT_PATH=ENDPOINT, KLING_BASE_URL=sim, DATABASE_URL=database_url,

@@ -14,6 +14,7 @@ from tests.fake_discord import FakeDiscord, wait_until
 
 pytest_plugins = ["tests.postgres"]
 
+ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = 2
 STOPPED = "left to its new holder"  # what a deliverer that lost its claim logs as it gives up
 
@@ -31,7 +32,9 @@ async def test_a_process_paused_while_delivering_does_not_post_the_video_another
     await fake.start()
     await sim.start()
     try:
-        env = fleet_env(fake.api_base, fake.gateway_url, fake.token, sim.base_url(), postgres_dsn, LEASE_SECONDS="2")
+        # PYTHONPATH: the bots run this tree's code even where an installed copy points at another checkout.
+        extra = {"LEASE_SECONDS": "2", "PYTHONPATH": str(ROOT)}
+        env = fleet_env(fake.api_base, fake.gateway_url, fake.token, sim.base_url(), postgres_dsn, **extra)
         async with running_fleet(env, PROCESSES, tmp_path) as fleet:
             store = await PgStore.open(postgres_dsn)
             try:
