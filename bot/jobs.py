@@ -316,8 +316,9 @@ class JobService:
         lease = self.lease_of(job)
         if lease is None:  # not reserved by this process: the dispatcher sends it in turn
             return False
-        until = self.clock() + self.reserved_grace
-        return await self.store.take_slot(job.id, lease, capacity=self.provider_concurrency, until=until)
+        return await self.store.take_slot(
+            job.id, lease, capacity=self.provider_concurrency, now=self.clock(), seconds=self.reserved_grace
+        )
 
     # --- claims ---------------------------------------------------------------------------------------------
 
@@ -328,10 +329,9 @@ class JobService:
     async def _claim(
         self, statuses: Sequence[str], *, limit: int = POLL_BATCH, seconds: float | None = None, **narrow: Any
     ) -> list[Job]:
-        now = self.clock()
-        until = now + (seconds if seconds is not None else self.lease_seconds)
+        length = seconds if seconds is not None else self.lease_seconds
         return await self.store.claim_jobs(
-            statuses, owner=self.owner, now=now, until=until, limit=limit, origin=self.origin, **narrow
+            statuses, owner=self.owner, now=self.clock(), seconds=length, limit=limit, origin=self.origin, **narrow
         )
 
     async def claim_deliveries(self, limit: int) -> list[tuple[Job, bool]]:
@@ -348,7 +348,9 @@ class JobService:
     async def renew(self, job: Job) -> bool:
         """Extend this process's claim on a job during long work; False when it was lost (claimed again)."""
         lease = self.lease_of(job)
-        return lease is not None and await self.store.renew_lease(job.id, lease, self.clock() + self.lease_seconds)
+        return lease is not None and await self.store.renew_lease(
+            job.id, lease, now=self.clock(), seconds=self.lease_seconds
+        )
 
     async def release_claims(self, jobs: Iterable[Job]) -> None:
         """Give back this process's claims on these jobs (their work is done, or left for the next tick)."""
@@ -511,7 +513,7 @@ class JobService:
             capacity=self.provider_concurrency,
             owner=self.owner,
             now=now,
-            until=now + self.reserved_grace,
+            seconds=self.reserved_grace,
             origin=self.origin,
             order=fair_order,
         )

@@ -206,6 +206,12 @@ _MIGRATE_LOCK = "kling-bot:migrate"
 _RESERVE_LOCK = "kling-bot:reserve:"
 _DISPATCH_LOCK = "kling-bot:dispatch"  # counting the provider's slots and taking one: one process at a time
 
+# Leases are set and compared with the database's clock, never a process's: one whose clock ran ahead would see
+# live claims as expired and take work another process is doing. (`now` passed by callers is their own clock.)
+DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+# A lease is free when released (no owner) or run out in the database's terms.
+_LEASE_FREE = f"(lease_owner IS NULL OR lease_until IS NULL OR lease_until <= {DB_NOW})"
+
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 _BOOLEAN = frozenset({"cancel_requested"})
 # This database's bookkeeping, not the store's data (SQLite keeps its version in PRAGMA user_version).
@@ -348,9 +354,14 @@ class PgStore:
     # --- jobs -------------------------------------------------------------------------------------------
 
     async def insert_job(self, db: Connection, job: Job) -> None:
-        """Write a new job inside a transaction the caller holds (the quota check shares it)."""
-        placeholders = ", ".join("%s" for _ in JOB_COLUMNS)
-        values = tuple(_value(name, getattr(job, name)) for name in JOB_COLUMNS)
+        """Write a new job inside a transaction the caller holds (the quota check shares it). A new job's claim
+        (its command's) lasts as long as the process asked, from the database's clock."""
+        marks = {name: "%s" for name in JOB_COLUMNS}
+        values = [_value(name, getattr(job, name)) for name in JOB_COLUMNS]
+        if job.lease_owner is not None and job.lease_until is not None:
+            marks["lease_until"] = f"{DB_NOW} + %s"
+            values[JOB_COLUMNS.index("lease_until")] = job.lease_until - job.created_at
+        placeholders = ", ".join(marks.values())
         await db.execute(f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({placeholders})", values)
 
     async def add_job(self, job: Job) -> None:
@@ -381,9 +392,12 @@ class PgStore:
         self, job_id: str, states: str | Iterable[str], changes: dict[str, Any], lease: Lease | None
     ) -> bool:
         allowed = list(checked_update(states, changes))
-        # Column names come from the checked set above; values are parameters.
-        assignments = ", ".join(f"{name} = %s" for name in changes)
-        values = [_value(name, value) for name, value in changes.items()]
+        # Column names come from the checked set above; values are parameters. A write that ends a claim stamps
+        # the database's time (later claims go to the jobs worked on least recently).
+        released = "lease_owner" in changes and changes["lease_owner"] is None and "lease_until" in changes
+        marks = {name: DB_NOW if released and name == "lease_until" else "%s" for name in changes}
+        assignments = ", ".join(f"{name} = {mark}" for name, mark in marks.items())
+        values = [_value(name, value) for name, value in changes.items() if marks[name] == "%s"]
         fence = " AND lease_owner = %s AND lease_attempt = %s" if lease else ""
         # A racing UPDATE waits for the row lock, then re-checks the status (and the lease): only one moves the job.
         async with self.transaction() as db:
@@ -401,21 +415,21 @@ class PgStore:
         *,
         owner: str,
         now: float,
-        until: float,
+        seconds: float,
         limit: int,
         origin: str = "discord",
         ids: Sequence[str] | None = None,
         created_before: float | None = None,
         abandoned: bool | None = None,
     ) -> list[Job]:
-        """Claim up to `limit` jobs in these states that nobody holds (no lease, or an expired one) until `until`,
+        """Claim up to `limit` jobs in these states that nobody holds (no lease, or an expired one) for `seconds`,
         each claim bumping the job's lease attempt; the jobs as claimed, oldest first.
 
         SKIP LOCKED: processes claiming at once pass over each other's rows instead of waiting for them, so their
-        claims are disjoint. `ids`, `created_before` and `abandoned` as in `Store.claim_jobs`."""
-        sql = "status = ANY(%s::text[]) AND origin = %s AND (lease_until IS NULL OR lease_until <= %s)"
-        sql += f" AND {NOT_HELD_FOR_REVIEW}"
-        params: list[Any] = [list(statuses), origin, now]
+        claims are disjoint. Leases are the database's time (`now` is not used for them). `ids`, `created_before`
+        and `abandoned` as in `Store.claim_jobs`."""
+        sql = f"status = ANY(%s::text[]) AND origin = %s AND {_LEASE_FREE} AND {NOT_HELD_FOR_REVIEW}"
+        params: list[Any] = [list(statuses), origin]
         if ids is not None:
             sql += " AND id = ANY(%s::text[])"
             params.append(list(ids))
@@ -425,10 +439,10 @@ class PgStore:
         if abandoned is not None:
             sql += " AND lease_owner IS NOT NULL" if abandoned else " AND lease_owner IS NULL"
         rows = await self._write_rows(
-            "UPDATE jobs SET lease_owner = %s, lease_until = %s, lease_attempt = lease_attempt + 1"
+            f"UPDATE jobs SET lease_owner = %s, lease_until = {DB_NOW} + %s, lease_attempt = lease_attempt + 1"
             f" WHERE id IN (SELECT id FROM jobs WHERE {sql} ORDER BY {CLAIM_ORDER} FOR UPDATE SKIP LOCKED LIMIT %s)"
             f" RETURNING {', '.join(JOB_COLUMNS)}",
-            (owner, until, *params, limit),
+            (owner, seconds, *params, limit),
         )
         return sorted((Job(*row) for row in rows), key=lambda job: job.created_at)
 
@@ -438,7 +452,7 @@ class PgStore:
         capacity: int,
         owner: str,
         now: float,
-        until: float,
+        seconds: float,
         origin: str = "discord",
         order: Callable[[list[Job]], list[Job]],
     ) -> list[Job]:
@@ -451,24 +465,23 @@ class PgStore:
             if free <= 0:
                 return []
             cursor = await db.execute(
-                f"{_SELECT_JOB} WHERE status = 'queued' AND origin = %s"
-                " AND (lease_until IS NULL OR lease_until <= %s) ORDER BY created_at",
-                (origin, now),
+                f"{_SELECT_JOB} WHERE status = 'queued' AND origin = %s AND {_LEASE_FREE} ORDER BY created_at",
+                (origin,),
             )
             chosen = [job.id for job in order([Job(*row) for row in await cursor.fetchall()])[:free]]
             if not chosen:
                 return []
             cursor = await db.execute(
-                "UPDATE jobs SET status = 'reserved', lease_owner = %s, lease_until = %s,"
+                f"UPDATE jobs SET status = 'reserved', lease_owner = %s, lease_until = {DB_NOW} + %s,"
                 " lease_attempt = lease_attempt + 1, updated_at = %s"
                 " WHERE status = 'queued' AND id = ANY(%s::text[])"
                 f" RETURNING {', '.join(JOB_COLUMNS)}",
-                (owner, until, now, chosen),
+                (owner, seconds, now, chosen),
             )
             taken = {row[0]: Job(*row) for row in await cursor.fetchall()}
         return [taken[job_id] for job_id in chosen if job_id in taken]
 
-    async def take_slot(self, job_id: str, lease: Lease, *, capacity: int, until: float) -> bool:
+    async def take_slot(self, job_id: str, lease: Lease, *, capacity: int, now: float, seconds: float) -> bool:
         """A reserved job (held under `lease`) keeps a provider slot to be sent now: only when nobody is queued and
         fewer than `capacity` other jobs of the fleet hold one; under the same lock as `claim_queued`."""
         async with self.transaction() as db:
@@ -478,9 +491,9 @@ class PgStore:
             if await self._holding(db, besides=job_id) >= capacity:
                 return False
             cursor = await db.execute(
-                "UPDATE jobs SET lease_until = %s WHERE id = %s AND status = 'reserved'"
+                f"UPDATE jobs SET lease_until = {DB_NOW} + %s WHERE id = %s AND status = 'reserved'"
                 " AND lease_owner = %s AND lease_attempt = %s",
-                (until, job_id, lease.owner, lease.attempt),
+                (seconds, job_id, lease.owner, lease.attempt),
             )
             return cursor.rowcount == 1
 
@@ -494,25 +507,28 @@ class PgStore:
             or 0
         )
 
-    async def renew_lease(self, job_id: str, lease: Lease, until: float) -> bool:
-        """Extend a lease still held (long work: a delivery's upload); False when the job was claimed again."""
+    async def renew_lease(self, job_id: str, lease: Lease, *, now: float, seconds: float) -> bool:
+        """Extend a lease still held to `seconds` from the database's now (long work: a delivery); False when the
+        job was claimed again. A delivery's check right before its post is this call: the fence of the post."""
         async with self.transaction() as db:
             cursor = await db.execute(
-                "UPDATE jobs SET lease_until = %s WHERE id = %s AND lease_owner = %s AND lease_attempt = %s",
-                (until, job_id, lease.owner, lease.attempt),
+                f"UPDATE jobs SET lease_until = {DB_NOW} + %s"
+                " WHERE id = %s AND lease_owner = %s AND lease_attempt = %s",
+                (seconds, job_id, lease.owner, lease.attempt),
             )
             return cursor.rowcount == 1
 
     async def release_leases(self, held: Sequence[tuple[str, Lease]], now: float) -> None:
-        """Give back finished claims (job id, lease); one claimed again since is left alone."""
+        """Give back finished claims (job id, lease); one claimed again since is left alone. The release is stamped
+        with the database's time (`now`, the process's clock, is SQLite's)."""
         if not held:
             return
         async with self.transaction() as db:
             await db.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_until = %s"
+                f"UPDATE jobs SET lease_owner = NULL, lease_until = {DB_NOW}"
                 " FROM unnest(%s::text[], %s::text[], %s::int[]) AS held (id, owner, attempt)"
                 " WHERE jobs.id = held.id AND jobs.lease_owner = held.owner AND jobs.lease_attempt = held.attempt",
-                (now, [j for j, _ in held], [lease.owner for _, lease in held], [lease.attempt for _, lease in held]),
+                ([j for j, _ in held], [lease.owner for _, lease in held], [lease.attempt for _, lease in held]),
             )
 
     async def _write_rows(self, sql: str, params: Sequence[Any]) -> list[TupleRow]:

@@ -235,6 +235,8 @@ class KlingSimulator:
         self.video_fault: str | None = None
         self.video_trickle_seconds = 0.0  # > 0: a slow CDN, each video then sent one byte per that many seconds
         self.video_requests: list[str] = []  # the output id of each video GET, in order
+        self._videos_flow = asyncio.Event()  # cleared by `hold_videos`: a video GET then waits, unanswered
+        self._videos_flow.set()
         # True: each task's video is its own small clip (`task_video`), whose last frame differs per task, so a
         # continued video's first frame can be traced; False: every task serves the sample video.
         self.task_videos = False
@@ -307,6 +309,7 @@ class KlingSimulator:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self._ticker = None
+        self._videos_flow.set()  # a held download is answered, not left to the server's shutdown time-out
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -617,6 +620,7 @@ class KlingSimulator:
     async def _video(self, request: web.Request) -> web.StreamResponse:
         output_id = request.match_info["output_id"]
         self.video_requests.append(output_id)
+        await self._videos_flow.wait()
         trickle = self.video_trickle_seconds  # as set when the request came: later ones may be fast again
         if self.video_fault == "404" or not any(t.output_id == output_id for t in self.tasks.values()):
             raise web.HTTPNotFound()
@@ -634,6 +638,14 @@ class KlingSimulator:
             await response.write(view[start : start + step])
         await response.write_eof()
         return response
+
+    def hold_videos(self) -> None:
+        """Video downloads from now on wait, unanswered, until `release_videos` (a CDN that stalls)."""
+        self._videos_flow.clear()
+
+    def release_videos(self) -> None:
+        """Answer the held video downloads, and the next ones at once."""
+        self._videos_flow.set()
 
     async def _video_data(self, output_id: str) -> bytes:
         if not self.task_videos:

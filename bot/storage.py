@@ -36,14 +36,16 @@ class Storage(Protocol):
         self, job_id: str, in_status: str | Iterable[str], *, lease: Lease | None = None, **changes: Any
     ) -> bool: ...
 
-    # Claims: each process takes the background work it does (see docs/fleet.md).
+    # Claims: each process takes the background work it does (see docs/fleet.md). A lease lasts
+    # `seconds`; `now` is the process's clock, which SQLite (one process) uses for leases. PostgreSQL sets and
+    # compares leases with the database's clock instead, so a process whose clock is ahead cannot take live work.
     async def claim_jobs(
         self,
         statuses: Sequence[str],
         *,
         owner: str,
         now: float,
-        until: float,
+        seconds: float,
         limit: int,
         origin: str = "discord",
         ids: Sequence[str] | None = None,
@@ -57,14 +59,14 @@ class Storage(Protocol):
         capacity: int,
         owner: str,
         now: float,
-        until: float,
+        seconds: float,
         origin: str = "discord",
         order: Callable[[list[Job]], list[Job]],
     ) -> list[Job]: ...
 
-    async def take_slot(self, job_id: str, lease: Lease, *, capacity: int, until: float) -> bool: ...
+    async def take_slot(self, job_id: str, lease: Lease, *, capacity: int, now: float, seconds: float) -> bool: ...
 
-    async def renew_lease(self, job_id: str, lease: Lease, until: float) -> bool: ...
+    async def renew_lease(self, job_id: str, lease: Lease, *, now: float, seconds: float) -> bool: ...
 
     async def release_leases(self, held: Sequence[tuple[str, Lease]], now: float) -> None: ...
 

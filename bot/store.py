@@ -496,16 +496,17 @@ class Store:
         *,
         owner: str,
         now: float,
-        until: float,
+        seconds: float,
         limit: int,
         origin: str = "discord",
         ids: Sequence[str] | None = None,
         created_before: float | None = None,
         abandoned: bool | None = None,
     ) -> list[Job]:
-        """Claim up to `limit` jobs in these states that nobody holds (no lease, or an expired one) until `until`,
+        """Claim up to `limit` jobs in these states that nobody holds (no lease, or an expired one) for `seconds`,
         each claim bumping the job's lease attempt; the jobs as claimed, oldest first.
 
+        Leases here are times of `now`, the process's clock: SQLite serves one process, so there is one clock.
         `ids` and `created_before` narrow the jobs; `abandoned` True takes only jobs whose holder let its lease
         expire without releasing it (it stopped in the middle of the work), False only the others."""
         sql, params = _claimable("?", statuses, origin, now, ids, created_before, abandoned)
@@ -514,7 +515,7 @@ class Store:
                 f"UPDATE jobs SET lease_owner = ?, lease_until = ?, lease_attempt = lease_attempt + 1"
                 f" WHERE id IN (SELECT id FROM jobs WHERE {sql} ORDER BY {CLAIM_ORDER} LIMIT ?)"
                 f" RETURNING {', '.join(JOB_COLUMNS)}",
-                (owner, until, *params, limit),
+                (owner, now + seconds, *params, limit),
             )
             claimed = [Job(*row) for row in await cursor.fetchall()]
         return sorted(claimed, key=lambda job: job.created_at)
@@ -525,12 +526,12 @@ class Store:
         capacity: int,
         owner: str,
         now: float,
-        until: float,
+        seconds: float,
         origin: str = "discord",
         order: Callable[[list[Job]], list[Job]],
     ) -> list[Job]:
         """Take queued jobs for as many provider slots as are free (`capacity` minus the jobs holding one), in
-        `order`, moving each to `reserved` under a lease; the count and the move are one transaction."""
+        `order`, moving each to `reserved` under a lease of `seconds`; the count and the move are one transaction."""
         async with self.transaction() as db:
             free = capacity - await self._holding(db)
             if free <= 0:
@@ -548,12 +549,12 @@ class Store:
                 " lease_attempt = lease_attempt + 1, updated_at = ?"
                 f" WHERE status = 'queued' AND id IN ({', '.join('?' for _ in chosen)})"
                 f" RETURNING {', '.join(JOB_COLUMNS)}",
-                (owner, until, now, *chosen),
+                (owner, now + seconds, now, *chosen),
             )
             taken = {row[0]: Job(*row) for row in await cursor.fetchall()}
         return [taken[job_id] for job_id in chosen if job_id in taken]
 
-    async def take_slot(self, job_id: str, lease: Lease, *, capacity: int, until: float) -> bool:
+    async def take_slot(self, job_id: str, lease: Lease, *, capacity: int, now: float, seconds: float) -> bool:
         """A reserved job (held under `lease`) keeps a provider slot to be sent now: only when nobody is queued and
         fewer than `capacity` other jobs hold one; the count and the decision are one transaction."""
         async with self.transaction() as db:
@@ -564,7 +565,7 @@ class Store:
             cursor = await db.execute(
                 "UPDATE jobs SET lease_until = ? WHERE id = ? AND status = 'reserved'"
                 " AND lease_owner = ? AND lease_attempt = ?",
-                (until, job_id, lease.owner, lease.attempt),
+                (now + seconds, job_id, lease.owner, lease.attempt),
             )
             return cursor.rowcount == 1
 
@@ -575,12 +576,13 @@ class Store:
             (count,) = await cursor.fetchone() or (0,)
         return int(count)
 
-    async def renew_lease(self, job_id: str, lease: Lease, until: float) -> bool:
-        """Extend a lease still held (long work: a delivery's upload); False when the job was claimed again."""
+    async def renew_lease(self, job_id: str, lease: Lease, *, now: float, seconds: float) -> bool:
+        """Extend a lease still held to `seconds` from now (long work: a delivery); False when the job was claimed
+        again."""
         async with self.transaction() as db:
             cursor = await db.execute(
                 "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND lease_attempt = ?",
-                (until, job_id, lease.owner, lease.attempt),
+                (now + seconds, job_id, lease.owner, lease.attempt),
             )
             return cursor.rowcount == 1
 

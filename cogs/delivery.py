@@ -1,8 +1,10 @@
 """Posting finished videos into their threads: the file when it fits and may be attached, else a link.
 
 Deliveries run as background tasks (`DeliveryWorker`), so one slow download or post never holds up the others. Each
-delivers a job this process claimed, renewing the claim while it runs; a job whose earlier deliverer may have posted
-(it stopped holding the job, or its try failed) is first looked for in its thread, so it is posted once."""
+delivers a job this process claimed, renewing the claim while it runs: a renewal that finds the claim lost stops the
+delivery, and right before the post a fenced check confirms (and extends) the claim, else nothing is posted. A job
+whose earlier deliverer may have posted (it stopped holding the job, or its try failed) is first looked for in its
+thread, so it is posted once."""
 
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ PARALLEL_DELIVERIES = 4
 # A job's card is posted right after it is submitted; give the command that long before posting without it.
 CARD_GRACE_SECONDS = 120.0
 RECENT_MESSAGES = 50  # how far back a thread is searched for a post an earlier deliverer may have made
+
+
+class ClaimLost(Exception):
+    """This process no longer holds the job's claim (another took it over): it must not post the video."""
 
 
 def post_nonce(job_id: str) -> str:
@@ -189,6 +195,7 @@ class Deliverer:
         nonce = post_nonce(job.id)
         if path is not None:
             try:
+                await self._fence(job)
                 message = await target.send(
                     tr(job.locale, "{mention} your video is ready.", mention=mention).strip()
                     + (f"\n{tr(job.locale, note)}" if note else ""),
@@ -215,6 +222,7 @@ class Deliverer:
                     link_reason = NO_ATTACH_REASON
                 else:
                     raise
+        await self._fence(job)
         message = await target.send(
             video_link_text(job, mention, link_reason, note),
             embed=result_embed(job),
@@ -224,6 +232,12 @@ class Deliverer:
         )
         crash_point("after_post")
         return message
+
+    async def _fence(self, job: Job) -> None:
+        """Right before a post: confirm this process still holds the job's claim under the same attempt (extending
+        it), so a deliverer that paused past its lease, and was taken over, posts nothing."""
+        if not await self.jobs.renew(job):
+            raise ClaimLost(job.id)
 
     def result_view(self, job: Job) -> discord.ui.View:
         """The buttons under the video, with what Re-roll and Continue (at the default duration) cost."""
@@ -501,13 +515,7 @@ class DeliveryWorker:
                 job = await jobs.get(claimed.id)
                 if job is None or job.status != "succeeded" or jobs.lease_of(job) != jobs.lease_of(claimed):
                     return
-                renewing = asyncio.get_running_loop().create_task(self._renew(job))
-                try:
-                    await self.deliverer.deliver(job, resumed=resumed)
-                except Exception:
-                    log.exception("job %s: delivery failed unexpectedly", job.id)
-                finally:
-                    renewing.cancel()
+                await self._deliver_under_claim(job, resumed)
         finally:
             await jobs.release_claims([claimed])
         task = asyncio.current_task()
@@ -515,14 +523,34 @@ class DeliveryWorker:
             self.finishing.add(task)  # its slot is free for what `on_done` starts; shutdown still waits for it
         await self.on_done(claimed.id)
 
-    async def _renew(self, job: Job) -> None:
-        """Keep the claim on a job while its download and upload run (they may take minutes)."""
+    async def _deliver_under_claim(self, job: Job, resumed: bool) -> None:
+        """Deliver `job` while renewing its claim; a renewal that finds the claim lost cancels the delivery."""
+        loop = asyncio.get_running_loop()
+        delivering = loop.create_task(self.deliverer.deliver(job, resumed=resumed), name=f"post-{job.id[:8]}")
+        renewing = loop.create_task(self._renew(job, delivering))
+        try:
+            await delivering  # a cancel of this task (shutdown) cancels the delivery with it
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            log.warning("job %s: its delivery claim was lost; stopped before posting, left to its new holder", job.id)
+        except ClaimLost:
+            log.warning("job %s: its delivery claim was lost; not posting, left to its new holder", job.id)
+        except Exception:
+            log.exception("job %s: delivery failed unexpectedly", job.id)
+        finally:
+            renewing.cancel()
+
+    async def _renew(self, job: Job, delivering: asyncio.Task[None]) -> None:
+        """Keep the claim on a job while its download and upload run (they may take minutes); once it is found
+        lost (this process paused past its lease and another took the job), stop the delivery."""
         jobs = self.deliverer.jobs
         while True:
             await asyncio.sleep(jobs.lease_seconds / 3)
             try:
                 if not await jobs.renew(job):
-                    log.warning("job %s: its delivery claim was lost; its record is left to the new holder", job.id)
+                    delivering.cancel()
                     return
             except Exception:
                 log.exception("job %s: renewing its delivery claim failed; trying again", job.id)

@@ -229,6 +229,9 @@ class FakeDiscord:
         self._faults: list[tuple[str, re.Pattern[str], int, int, str, list[int]]] = []
         self._delays: list[tuple[str, re.Pattern[str], float, list[int]]] = []
         self._nonces: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        # False: a repeated enforced nonce is posted again, as Discord does once it forgot the nonce (minutes later),
+        # so only the bot's own fencing can keep a video from being posted twice.
+        self.dedupe_nonces = True
         self._sockets: list[web.WebSocketResponse] = []  # identified or resumed sessions
         self._shard: dict[web.WebSocketResponse, tuple[int, int]] = {}  # each session's [id, count]
         self._session_shards: dict[str, tuple[int, int]] = {}  # session id -> shard, for RESUME
@@ -1173,7 +1176,8 @@ class FakeDiscord:
         self._check_upload(files, self.filesize_limit)
         key = (channel_id, str(body.get("nonce")))
         if (
-            body.get("enforce_nonce")
+            self.dedupe_nonces
+            and body.get("enforce_nonce")
             and key in self._nonces
             and time.monotonic() - self._nonces[key][0] < NONCE_SECONDS
         ):

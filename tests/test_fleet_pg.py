@@ -55,7 +55,7 @@ async def test_two_services_polling_at_once_ask_about_each_job_once(postgres_dsn
         await asyncio.gather(first.poll_once(), second.poll_once())
         asked = list(queried(sim))
         assert sorted(asked) == sorted(job.provider_task_id for job in jobs)  # each once, by one of the two
-        leftover = await first.store.claim_jobs(("submitted", "processing"), owner="x", now=9e9, until=9e9, limit=99)
+        leftover = await first.store.claim_jobs(("submitted", "processing"), owner="x", now=0, seconds=60, limit=99)
         # Held by its command (1), then by one poller (2), released after the tick: free for this claim (3).
         assert len(leftover) == 40 and {job.lease_attempt for job in leftover} == {3}
 
@@ -93,6 +93,8 @@ async def test_a_command_that_paused_past_its_claim_never_sends_the_job_another_
     async with services(postgres_dsn, sim, 2, clock=clock) as (paused, other):
         job = await paused.reserve(JobRequest("text", "a command that stalled"))
         clock.advance(paused.reserved_grace + 1)  # its process stalled (posting the card) past its claim
+        # ... in the database's terms too (its leases use its own clock)
+        assert await paused.store.update_job(job.id, "reserved", lease_until=0.0, updated_at=job.updated_at)
         sim.fail_next("slow", on="submit", delay=0.5)
         sending = asyncio.create_task(other.poll_once())  # another process takes the job over and sends it
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from bot.jobs import JobService
+from bot.kling import KlingClient
+from bot.pgstore import PgStore
 from cogs.delivery import post_nonce
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import harness
+from tests.test_store_contract import BLANK
 
 pytest_plugins = ["tests.postgres"]
 
@@ -84,3 +91,59 @@ async def test_a_delivery_keeps_its_claim_while_a_slow_upload_runs(tmp_path: Pat
             await wait_until(delivered_or_taken)
         assert taken == []  # never free for the taking while it was being posted
         assert len(video_posts(fake, job.id)) == 1
+
+
+async def locked_waits(monitor: psycopg.AsyncConnection[Any]) -> int:
+    """Backends of this database waiting for a lock held by another transaction."""
+    cursor = await monitor.execute(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_a_claim_passes_over_a_row_another_transaction_holds_instead_of_waiting(postgres_dsn: str) -> None:
+    store = await PgStore.open(postgres_dsn)
+    try:
+        for n in range(3):
+            await store.add_job(replace(BLANK, id=f"r{n}", status="succeeded", created_at=100.0 + n))
+        async with (
+            await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as monitor,
+            await psycopg.AsyncConnection.connect(postgres_dsn) as holder,
+        ):
+            # Another process's claim in the middle of its transaction: the oldest job's row is locked.
+            await holder.execute("SELECT id FROM jobs WHERE id = 'r0' FOR UPDATE")
+            claim = asyncio.create_task(
+                store.claim_jobs(("succeeded",), owner="second", now=time.time(), seconds=60, limit=10)
+            )
+            try:
+                await wait_until(lambda: claim.done() or locked_waits(monitor))
+                assert claim.done(), "the claim waits for the row another transaction holds"
+                assert [job.id for job in claim.result()] == ["r1", "r2"]
+            finally:
+                await holder.rollback()
+                await asyncio.wait([claim])
+    finally:
+        await store.close()
+
+
+async def test_a_process_whose_clock_is_ahead_cannot_take_a_job_whose_lease_is_live(
+    postgres_dsn: str, kling: KlingClient
+) -> None:
+    store = await PgStore.open(postgres_dsn)
+    try:
+        await store.add_job(replace(BLANK, id="live", status="succeeded", created_at=100.0))
+        await store.add_job(replace(BLANK, id="free", status="succeeded", created_at=101.0))
+        right = JobService(store, kling, owner="right-clock")
+        ahead = JobService(store, kling, owner="ahead-clock", clock=lambda: time.time() + 3600)  # an hour fast
+        [(held, _)] = await right.claim_deliveries(1)
+        assert held.id == "live"
+        [(taken, _)] = await ahead.claim_deliveries(5)  # the live lease stays its holder's, in the database's terms
+        assert taken.id == "free" and taken.lease_until is not None and taken.lease_until < time.time() + 120
+        assert await ahead.renew(taken)
+        renewed = await store.get_job("free")
+        assert renewed is not None and renewed.lease_until is not None and renewed.lease_until < time.time() + 120
+        await ahead.release_claims([taken])  # given back: free at once for a process with the right time
+        assert [job.id for job, _ in await right.claim_deliveries(5)] == ["free"]
+    finally:
+        await store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from bot.credits import CreditService, QuotaRefused
-from bot.model import Lease
+from bot.model import OPEN, Lease
 from bot.store import MIGRATIONS, AuditEntry, Job, MemberQuota, QuotaSettings, Store, StoreUnavailable, Usage
 from tests.conftest import FakeClock
 
@@ -429,71 +430,91 @@ async def add_jobs(store: AnyStore, count: int, status: str = "submitted", **fie
     return ids
 
 
+async def expire(store: AnyStore, *job_ids: str) -> None:
+    """Let these jobs' leases run out (as time passing would), their holders unchanged."""
+    for job_id in job_ids:
+        assert await store.update_job(job_id, OPEN, lease_until=0.0, updated_at=time.time())
+
+
+def near(value: float | None, expected: float) -> bool:
+    """A lease time set by the store's clock (the database's, on PostgreSQL): within a few seconds of ours."""
+    return value is not None and abs(value - expected) < 5
+
+
 async def test_a_claim_takes_at_most_n_jobs_in_its_states_and_skips_leased_ones(store: AnyStore) -> None:
     ids = await add_jobs(store, 5)
     await store.add_job(replace(BLANK, id="queued", status="queued"))
     await store.add_job(replace(BLANK, id="cli", status="submitted", origin="cli"))
-    first = await store.claim_jobs(("submitted",), owner="a", now=200.0, until=260.0, limit=3)
+    now = time.time()
+    first = await store.claim_jobs(("submitted",), owner="a", now=now, seconds=60.0, limit=3)
     assert [j.id for j in first] == ids[:3]  # the oldest
-    assert {(j.lease_owner, j.lease_until, j.lease_attempt) for j in first} == {("a", 260.0, 1)}
-    second = await store.claim_jobs(("submitted",), owner="b", now=201.0, until=261.0, limit=10)
+    assert {(j.lease_owner, j.lease_attempt) for j in first} == {("a", 1)}
+    assert all(near(j.lease_until, now + 60) for j in first)
+    second = await store.claim_jobs(("submitted",), owner="b", now=now, seconds=60.0, limit=10)
     assert [j.id for j in second] == ids[3:]  # the leased ones are skipped, other states and origins untouched
-    assert await store.claim_jobs(("submitted",), owner="c", now=202.0, until=262.0, limit=10) == []
-    picked = await store.claim_jobs(("submitted",), owner="cli", now=202.0, until=262.0, limit=5, origin="cli")
+    assert await store.claim_jobs(("submitted",), owner="c", now=now, seconds=60.0, limit=10) == []
+    picked = await store.claim_jobs(("submitted",), owner="cli", now=now, seconds=60.0, limit=5, origin="cli")
     assert [j.id for j in picked] == ["cli"]
-    chosen = await store.claim_jobs(("queued",), owner="c", now=202.0, until=262.0, limit=5, ids=["queued", "x"])
+    chosen = await store.claim_jobs(("queued",), owner="c", now=now, seconds=60.0, limit=5, ids=["queued", "x"])
     assert [j.id for j in chosen] == ["queued"]
-    assert await store.claim_jobs(("submitted",), owner="c", now=202.0, until=262.0, limit=5, ids=[]) == []
+    assert await store.claim_jobs(("submitted",), owner="c", now=now, seconds=60.0, limit=5, ids=[]) == []
 
 
 async def test_an_expired_lease_is_claimed_again_with_a_higher_attempt_and_shows_it_was_abandoned(
     store: AnyStore,
 ) -> None:
     [one, two] = await add_jobs(store, 2)
-    await store.claim_jobs(("submitted",), owner="a", now=200.0, until=260.0, limit=2)
-    assert await store.claim_jobs(("submitted",), owner="b", now=259.0, until=300.0, limit=2) == []
-    await store.release_leases([(two, Lease("a", 1))], 210.0)
-    # At 261 a's lease on `one` has run out without a release: it stopped in the middle of the work.
-    assert [j.id for j in await store.claim_jobs(("submitted",), owner="b", now=261.0, until=320.0, limit=5,
+    now = time.time()
+    await store.claim_jobs(("submitted",), owner="a", now=now, seconds=60.0, limit=2)
+    assert await store.claim_jobs(("submitted",), owner="b", now=now, seconds=60.0, limit=2) == []
+    await store.release_leases([(two, Lease("a", 1))], now)
+    # a's lease on `one` runs out without a release: it stopped in the middle of the work.
+    await expire(store, one)
+    assert [j.id for j in await store.claim_jobs(("submitted",), owner="b", now=now, seconds=60.0, limit=5,
                                                  abandoned=True)] == [one]  # fmt: skip
-    assert await store.claim_jobs(("submitted",), owner="b", now=261.0, until=320.0, limit=5, abandoned=True) == []
-    [again] = await store.claim_jobs(("submitted",), owner="c", now=261.0, until=320.0, limit=5, abandoned=False)
+    assert await store.claim_jobs(("submitted",), owner="b", now=now, seconds=60.0, limit=5, abandoned=True) == []
+    [again] = await store.claim_jobs(("submitted",), owner="c", now=now, seconds=60.0, limit=5, abandoned=False)
     assert (again.id, again.lease_owner, again.lease_attempt) == (two, "c", 2)
-    [taken] = await store.claim_jobs(("submitted",), owner="d", now=321.0, until=400.0, limit=1, ids=[one])
+    await expire(store, one)
+    [taken] = await store.claim_jobs(("submitted",), owner="d", now=now, seconds=60.0, limit=1, ids=[one])
     assert (taken.lease_owner, taken.lease_attempt) == ("d", 3)
 
 
 async def test_a_write_under_an_old_lease_is_refused(store: AnyStore) -> None:
     [job_id] = await add_jobs(store, 1)
-    [old] = await store.claim_jobs(("submitted",), owner="a", now=200.0, until=210.0, limit=1)
+    now = time.time()
+    [old] = await store.claim_jobs(("submitted",), owner="a", now=now, seconds=10.0, limit=1)
     old_lease = Lease("a", old.lease_attempt)
     assert await store.update_job(job_id, "submitted", lease=old_lease, provider_status="x", updated_at=201.0)
-    [new] = await store.claim_jobs(("submitted",), owner="b", now=211.0, until=300.0, limit=1)  # a paused past 210
+    await expire(store, job_id)  # a paused past its lease
+    [new] = await store.claim_jobs(("submitted",), owner="b", now=now, seconds=60.0, limit=1)
     assert not await store.transition(job_id, "submitted", "failed", lease=old_lease, updated_at=212.0)
     assert not await store.update_job(job_id, "submitted", lease=old_lease, provider_status="y", updated_at=212.0)
-    assert not await store.renew_lease(job_id, old_lease, 400.0)
+    assert not await store.renew_lease(job_id, old_lease, now=now, seconds=200.0)
     # The new attempt under the old owner's name is not the new lease either.
     assert not await store.transition(job_id, "submitted", "failed", lease=Lease("a", new.lease_attempt),
                                       updated_at=212.0)  # fmt: skip
-    assert await store.renew_lease(job_id, Lease("b", new.lease_attempt), 400.0)
+    assert await store.renew_lease(job_id, Lease("b", new.lease_attempt), now=now, seconds=200.0)
     assert await store.transition(job_id, "submitted", "processing", lease=Lease("b", new.lease_attempt),
                                   updated_at=213.0)  # fmt: skip
     current = await store.get_job(job_id)
-    assert (current.status, current.provider_status, current.lease_until) == ("processing", "x", 400.0)
+    assert (current.status, current.provider_status) == ("processing", "x")
+    assert near(current.lease_until, now + 200)
     assert await store.transition(job_id, "processing", "succeeded", updated_at=214.0)  # no lease: not fenced
 
 
 async def test_releasing_frees_a_claim_but_leaves_a_newer_one_alone(store: AnyStore) -> None:
     [job_id] = await add_jobs(store, 1)
-    await store.claim_jobs(("submitted",), owner="a", now=200.0, until=260.0, limit=1)
-    await store.release_leases([(job_id, Lease("a", 1))], 205.0)
+    now = time.time()
+    await store.claim_jobs(("submitted",), owner="a", now=now, seconds=60.0, limit=1)
+    await store.release_leases([(job_id, Lease("a", 1))], now)
     released = await store.get_job(job_id)
-    assert (released.lease_owner, released.lease_until, released.lease_attempt) == (None, 205.0, 1)
-    [again] = await store.claim_jobs(("submitted",), owner="a", now=205.0, until=265.0, limit=1)
+    assert (released.lease_owner, released.lease_attempt) == (None, 1) and near(released.lease_until, now)
+    [again] = await store.claim_jobs(("submitted",), owner="a", now=now, seconds=60.0, limit=1)
     assert again.lease_attempt == 2
-    await store.release_leases([(job_id, Lease("a", 1))], 206.0)  # the old claim's release: too late
+    await store.release_leases([(job_id, Lease("a", 1))], now)  # the old claim's release: too late
     assert (await store.get_job(job_id)).lease_owner == "a"
-    await store.release_leases([], 207.0)
+    await store.release_leases([], now)
 
 
 async def test_queued_jobs_are_claimed_for_the_free_provider_slots_in_the_given_order(store: AnyStore) -> None:
@@ -501,24 +522,27 @@ async def test_queued_jobs_are_claimed_for_the_free_provider_slots_in_the_given_
     for n in range(4):
         await store.add_job(replace(BLANK, id=f"q{n}", status="queued", created_at=100.0 + n))
     backwards = lambda jobs: list(reversed(jobs))  # noqa: E731
-    taken = await store.claim_queued(capacity=4, owner="a", now=200.0, until=300.0, order=backwards)
+    now = time.time()
+    taken = await store.claim_queued(capacity=4, owner="a", now=now, seconds=100.0, order=backwards)
     assert [(j.id, j.status, j.lease_owner, j.updated_at) for j in taken] == [
-        ("q3", "reserved", "a", 200.0),
-        ("q2", "reserved", "a", 200.0),
+        ("q3", "reserved", "a", now),
+        ("q2", "reserved", "a", now),
     ]
-    assert await store.claim_queued(capacity=4, owner="b", now=201.0, until=300.0, order=backwards) == []
+    assert all(near(j.lease_until, now + 100) for j in taken)
+    assert await store.claim_queued(capacity=4, owner="b", now=now, seconds=100.0, order=backwards) == []
     assert await store.count_in(("queued",)) == 2
 
 
 async def test_a_reserved_job_takes_a_slot_only_with_room_and_nobody_waiting(store: AnyStore) -> None:
     await add_jobs(store, 2, status="processing")
     await store.add_job(replace(BLANK, id="mine", lease_owner="a", lease_until=150.0, lease_attempt=1))
-    assert not await store.take_slot("mine", Lease("a", 1), capacity=2, until=160.0)  # two others hold both
-    assert await store.take_slot("mine", Lease("a", 1), capacity=3, until=160.0)
-    assert (await store.get_job("mine")).lease_until == 160.0
-    assert not await store.take_slot("mine", Lease("b", 1), capacity=3, until=170.0)  # not its lease
+    now = time.time()
+    assert not await store.take_slot("mine", Lease("a", 1), capacity=2, now=now, seconds=60.0)  # two hold both
+    assert await store.take_slot("mine", Lease("a", 1), capacity=3, now=now, seconds=60.0)
+    assert near((await store.get_job("mine")).lease_until, now + 60)
+    assert not await store.take_slot("mine", Lease("b", 1), capacity=3, now=now, seconds=70.0)  # not its lease
     await store.add_job(replace(BLANK, id="waiting", status="queued"))
-    assert not await store.take_slot("mine", Lease("a", 1), capacity=9, until=170.0)  # the queue goes first
+    assert not await store.take_slot("mine", Lease("a", 1), capacity=9, now=now, seconds=70.0)  # the queue goes first
 
 
 async def test_two_processes_claiming_at_once_take_disjoint_jobs(backend: Backend) -> None:
@@ -528,7 +552,7 @@ async def test_two_processes_claiming_at_once_take_disjoint_jobs(backend: Backen
     await add_jobs(first, 60)
     claims = await asyncio.gather(
         *(
-            (first, second)[n % 2].claim_jobs(("submitted",), owner=f"p{n}", now=200.0, until=300.0, limit=7)
+            (first, second)[n % 2].claim_jobs(("submitted",), owner=f"p{n}", now=200.0, seconds=100.0, limit=7)
             for n in range(10)
         )
     )
@@ -551,7 +575,7 @@ async def test_two_processes_dispatching_at_once_never_take_more_slots_than_ther
 
     slots = await asyncio.gather(
         *(
-            (first, second)[n % 2].claim_queued(capacity=3, owner=f"p{n}", now=200.0, until=300.0, order=rotated(n))
+            (first, second)[n % 2].claim_queued(capacity=3, owner=f"p{n}", now=200.0, seconds=100.0, order=rotated(n))
             for n in range(12)
         )
     )
@@ -563,11 +587,11 @@ async def test_two_processes_dispatching_at_once_never_take_more_slots_than_ther
 async def test_a_restarted_sqlite_bot_voids_the_claims_of_the_process_before_it(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "bot.sqlite3", single_instance=True)
     await store.add_job(replace(BLANK, status="succeeded"))
-    await store.claim_jobs(("succeeded",), owner="gone", now=200.0, until=10_000.0, limit=1)
+    await store.claim_jobs(("succeeded",), owner="gone", now=200.0, seconds=9_800.0, limit=1)
     await store.close()
     store = await Store.open(tmp_path / "bot.sqlite3", single_instance=True)
     try:
-        [job] = await store.claim_jobs(("succeeded",), owner="new", now=201.0, until=300.0, limit=1, abandoned=True)
+        [job] = await store.claim_jobs(("succeeded",), owner="new", now=201.0, seconds=99.0, limit=1, abandoned=True)
         assert (job.lease_owner, job.lease_attempt) == ("new", 2)
     finally:
         await store.close()
