@@ -435,8 +435,9 @@ async def test_a_second_join_of_a_chain_being_joined_is_told_so_and_downloads_no
             await wait_until(gate.starts)
             fetched = len(world.sim.video_requests)
             second = await fake.press(f"video:join:{child.id}", video_message(world, thread["id"], child), user="bob")
-            told = await answered(second)
+            await wait_until(lambda: not pending(second) or len(world.sim.video_requests) > fetched)
             assert len(world.sim.video_requests) == fetched and pending(first)
+            told = await answered(second)
         finally:
             gate.open()
         done = await answered(first)
