@@ -238,11 +238,16 @@ class _Header:
 
 
 def _header(path: Path) -> _Header:
-    """A segment as its headers describe it (nothing demuxed or decoded)."""
+    """A segment as its headers describe it (nothing decoded)."""
     with _open(path) as container:
         shape = tuple(_stream_shape(s) for s in container.streams if s.type in ("video", "audio"))
         video = container.streams.video[0]
-        seconds = _stream_end(video, container) or 0.0
+        if video.duration is not None and video.time_base:
+            seconds = float(video.duration * video.time_base)
+        elif container.duration is not None:
+            seconds = container.duration / 1_000_000
+        else:  # no length in the headers: read it from the packets
+            seconds = _probe(path).length
         frames = video.frames or round(seconds * float(video.average_rate or 24))
         bit_rate = video.bit_rate or (round(path.stat().st_size * 8 / seconds) if seconds else 0)
         width, height = video.codec_context.width, video.codec_context.height
