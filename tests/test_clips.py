@@ -403,14 +403,14 @@ async def test_a_reencode_spends_its_cpu_in_a_join_process_not_the_bots(tmp_path
         nonlocal ticks
         while not running.done():
             ticks += 1
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.01)  # often enough to count, seldom enough to cost little CPU
 
     cpu_before = time.process_time()
     await asyncio.gather(running, beat())
     cpu_here = time.process_time() - cpu_before
     joined = running.result()
     assert (plan.how, joined.how, decoded_frames(tmp_path / "joined.mp4")) == ("reencode", "reencode", 80)
-    assert joined.cpu_seconds > 0.2 and ticks > 10  # real work was done, and the loop went on meanwhile
+    assert joined.cpu_seconds > 0.2 and ticks > 5  # real work was done, and the loop went on meanwhile
     assert cpu_here < joined.cpu_seconds / 3  # ... with the CPU of another process
 
 
