@@ -1,7 +1,9 @@
 """Video segments with PyAV: the last frame of a clip (to continue it) and a chain of clips joined into one.
 
-Decoding and encoding are CPU work, so each public function runs in one worker thread of its own: the event loop
-stays free, and a burst of joins takes turns instead of taking every core.
+Each kind of work has a worker of its own, so none waits behind another: last frames (a Continue) on one thread,
+the headers of a join's segments on another, and the joins themselves in processes of their own (`start_joins`),
+where a re-encode uses its cores without holding the bot's event loop or its GIL. A join process is given plain
+paths and numbers and gives back a `Joined`: nothing of the bot crosses over.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,40 +30,112 @@ TAIL_SECONDS = 2.0  # the last frame is decoded from the keyframe before this mu
 JPEG_QUALITY = 95
 ENCODE_TIME_BASE = Fraction(1, 90000)  # re-encoded frames keep their own times, whatever each segment's rate
 MP4_OPTIONS = {"movflags": "+faststart"}  # the index first, so Discord can play the video while it loads
-_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips")
+ENCODE_PRESET = "veryfast"  # a join takes ~40% less CPU than with x264's default; the bit rate is set
+MUX_OVERHEAD = 0.03  # an mp4's index and headers, on top of its bit rate (estimates are upper bounds)
+MUX_BYTES = 64 * 1024
+_frames = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-frames")  # a Continue never waits on a join
+_headers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-headers")
+_joins: ProcessPoolExecutor | None = None
+_join_processes = 1
+# Run by each join process as it starts; the tests hold a re-encode there with it.
+child_setup: tuple[Callable[..., object], tuple[Any, ...]] | None = None
 
 
 class ClipError(ValueError):
     """The file is not a video PyAV can read (no video stream, truncated, corrupt)."""
 
 
-async def _in_worker(function: Any, *args: Any) -> Any:
+@dataclass(frozen=True)
+class JoinPlan:
+    """How a chain would be joined, read from its segments' headers before any work: the frames a re-encode would
+    decode and encode, and about how large the joined file would be."""
+
+    paths: tuple[Path, ...]
+    how: Literal["remux", "reencode"]
+    frames: int
+    seconds: float
+    estimated_bytes: int
+    bit_rate: int  # the re-encode's target in bits a second (0 for a remux)
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What a join process made: how, the video's length in seconds, and the CPU seconds it spent."""
+
+    how: Literal["remux", "reencode"]
+    seconds: float
+    cpu_seconds: float
+
+
+def start_joins(processes: int = 1) -> ProcessPoolExecutor:
+    """(Re)start the join processes: at most `processes` joins run at once, the others wait their turn."""
+    global _joins, _join_processes
+    stop_joins()
+    _join_processes = processes
+    # spawn: a fresh interpreter, not a fork of a process with an event loop and threads running.
+    setup, args = child_setup or (None, ())
+    _joins = ProcessPoolExecutor(
+        processes, mp_context=multiprocessing.get_context("spawn"), initializer=setup, initargs=args
+    )
+    return _joins
+
+
+def stop_joins() -> None:
+    """Stop the join processes, a join in progress with them (it costs no one anything)."""
+    global _joins
+    pool, _joins = _joins, None
+    if pool is None:
+        return
+    running = list((pool._processes or {}).values())  # shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in running:
+        process.terminate()
+
+
+def _join_pool() -> ProcessPoolExecutor:
+    return _joins or start_joins(_join_processes)
+
+
+async def _in_worker(worker: Executor, function: Any, *args: Any) -> Any:
     try:
-        return await asyncio.get_running_loop().run_in_executor(_worker, function, *args)
+        return await asyncio.get_running_loop().run_in_executor(worker, function, *args)
     except av.FFmpegError as exc:  # a file that opened but breaks while read (truncated, corrupt)
         raise ClipError(f"the video could not be read: {exc}") from None
 
 
 async def last_frame(path: Path) -> bytes:
     """The final decoded frame of the video as a JPEG (a first frame for an image-to-video job)."""
-    data: bytes = await _in_worker(_last_frame, path)
+    data: bytes = await _in_worker(_frames, _last_frame, path)
     return data
 
 
 async def duration(path: Path) -> float:
     """The video's length in seconds (from its first timestamp to the end of its last packet)."""
-    seconds: float = await _in_worker(_duration, path)
+    seconds: float = await _in_worker(_headers, _duration, path)
     return seconds
 
 
-async def join(paths: Sequence[Path], out_path: Path) -> Literal["remux", "reencode"]:
-    """Write the segments one after the other into `out_path`; returns how: packets copied as they are when every
-    segment has the same streams (codec, size, time base, codec set-up), else the video re-encoded to H.264."""
-    how: Literal["remux", "reencode"] = await _in_worker(_join, list(paths), out_path)
-    return how
+async def plan_join(paths: Sequence[Path]) -> JoinPlan:
+    """How the segments would be joined (see `JoinPlan`), from their headers only."""
+    plan: JoinPlan = await _in_worker(_headers, _plan, tuple(paths))
+    return plan
 
 
-# --- the work, in the worker thread -------------------------------------------------------------------------------
+async def join(plan: JoinPlan, out_path: Path, *, threads: int = 2) -> Joined:
+    """Write the plan's segments one after the other into `out_path`, in a join process: packets copied as they
+    are when every segment has the same streams (codec, size, time base, codec set-up), else the video re-encoded
+    to H.264 with `threads` encoder threads."""
+    pool = _join_pool()
+    try:
+        joined: Joined = await _in_worker(pool, _join_in_process, plan, out_path, threads)
+    except BrokenProcessPool:  # a join process died (or was stopped): the next join gets new ones
+        if _joins is pool:
+            start_joins(_join_processes)
+        raise ClipError("the join process stopped") from None
+    return joined
+
+
+# --- the work, in the workers --------------------------------------------------------------------------------------
 
 
 def _open(path: Path) -> InputContainer:
@@ -150,15 +227,64 @@ def _duration(path: Path) -> float:
     return _probe(path).length
 
 
-def _join(paths: list[Path], out_path: Path) -> Literal["remux", "reencode"]:
+@dataclass(frozen=True)
+class _Header:
+    shape: tuple[Any, ...]
+    seconds: float
+    frames: int
+    bit_rate: int  # the video's, bits a second
+    width: int
+    height: int
+
+
+def _header(path: Path) -> _Header:
+    """A segment as its headers describe it (nothing decoded)."""
+    with _open(path) as container:
+        shape = tuple(_stream_shape(s) for s in container.streams if s.type in ("video", "audio"))
+        video = container.streams.video[0]
+        if video.duration is not None and video.time_base:
+            seconds = float(video.duration * video.time_base)
+        elif container.duration is not None:
+            seconds = container.duration / 1_000_000
+        else:  # no length in the headers: read it from the packets
+            seconds = _probe(path).length
+        frames = video.frames or round(seconds * float(video.average_rate or 24))
+        bit_rate = video.bit_rate or (round(path.stat().st_size * 8 / seconds) if seconds else 0)
+        width, height = video.codec_context.width, video.codec_context.height
+    return _Header(shape, seconds, frames, bit_rate, width, height)
+
+
+def _plan(paths: tuple[Path, ...]) -> JoinPlan:
     if not paths:
         raise ClipError("nothing to join")
-    segments = [_probe(path) for path in paths]
-    if all(segment.shape == segments[0].shape for segment in segments):
-        _remux(segments, out_path)
-        return "remux"
-    _reencode(segments, out_path)
-    return "reencode"
+    heads = [_header(path) for path in paths]
+    seconds, frames = sum(h.seconds for h in heads), sum(h.frames for h in heads)
+    if all(head.shape == heads[0].shape for head in heads):
+        return JoinPlan(paths, "remux", frames, seconds, sum(p.stat().st_size for p in paths), 0)
+    width, height = _even(heads[0].width, heads[0].height)
+    # As many bits a pixel as the densest segment, at the joined video's size: no segment loses its quality.
+    bit_rate = max(round(h.bit_rate * width * height / max(1, h.width * h.height)) for h in heads)
+    estimated = round(bit_rate * seconds / 8 * (1 + MUX_OVERHEAD)) + MUX_BYTES
+    return JoinPlan(paths, "reencode", frames, seconds, estimated, bit_rate)
+
+
+def _even(width: int, height: int) -> tuple[int, int]:
+    """A re-encode's sides: yuv420p needs even ones."""
+    return width - width % 2, height - height % 2
+
+
+def _join_in_process(plan: JoinPlan, out_path: Path, threads: int) -> Joined:
+    """A join process's work; its errors come back as ClipError (FFmpeg's own do not cross processes)."""
+    started = time.process_time()
+    try:
+        segments = [_probe(path) for path in plan.paths]
+        if plan.how == "remux":
+            _remux(segments, out_path)
+        else:
+            _reencode(segments, out_path, bit_rate=plan.bit_rate, threads=threads)
+    except av.FFmpegError as exc:
+        raise ClipError(f"the video could not be read: {exc}") from None
+    return Joined(plan.how, sum(s.length for s in segments), time.process_time() - started)
 
 
 def _remux(segments: list[_Segment], out_path: Path) -> None:
@@ -192,18 +318,21 @@ def _remux(segments: list[_Segment], out_path: Path) -> None:
             before += segment.length
 
 
-def _reencode(segments: list[_Segment], out_path: Path) -> None:
-    """Decode every segment and encode one H.264 video at the first segment's size; each frame keeps its time
-    within its segment, moved by the length of the segments before it. Sound is left out: segments that differ
-    rarely share a sound format, and a silent join is better than none."""
+def _reencode(segments: list[_Segment], out_path: Path, *, bit_rate: int, threads: int) -> None:
+    """Decode every segment and encode one H.264 video at the first segment's size and `bit_rate` (capped, so the
+    plan's size estimate holds); each frame keeps its time within its segment, moved by the length of the segments
+    before it. Sound is left out: segments that differ rarely share a sound format, and a silent join is better
+    than none."""
     with av.open(str(segments[0].path)) as first:
         template = first.streams.video[0]
         width, height = template.codec_context.width, template.codec_context.height
         rate = template.average_rate or Fraction(24)
-    width, height = width - width % 2, height - height % 2  # yuv420p needs even sides
+    width, height = _even(width, height)
+    options = {"preset": ENCODE_PRESET, "threads": str(threads), "maxrate": str(bit_rate), "bufsize": str(bit_rate)}
     with av.open(str(out_path), "w", format="mp4", options=MP4_OPTIONS) as output:
-        stream = output.add_stream("libx264", rate=rate)
+        stream = output.add_stream("libx264", rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = bit_rate
         stream.codec_context.time_base = ENCODE_TIME_BASE
         stream.time_base = ENCODE_TIME_BASE
         offset = 0.0

@@ -71,6 +71,15 @@ class Settings(BaseSettings):
     # token lasts 15 minutes, so at most 14).
     confirm_timeout_seconds: float = Field(default=300.0, gt=0, le=840)
 
+    # Join (a chain's segments posted as one video) is free to members, so it is bounded: one at a time per chain;
+    # a member may start one every JOIN_COOLDOWN_SECONDS in a server; a re-encode of more than JOIN_MAX_FRAMES
+    # frames is refused before it starts (24 fps: 2400 is 100 s of video). Joins run in JOIN_PROCESSES processes
+    # of their own (more wait their turn), each re-encode with JOIN_ENCODE_THREADS encoder threads.
+    join_cooldown_seconds: float = Field(default=120.0, ge=0, le=86400)
+    join_max_frames: int = Field(default=2400, ge=1)
+    join_processes: int = Field(default=1, ge=1, le=32)
+    join_encode_threads: int = Field(default=2, ge=1, le=64)
+
     # Callbacks: with a public URL, the provider calls the bot when a task changes, and the bot asks at once.
     callback_public_url: str | None = Field(default=None, pattern=r"^https?://")
     callback_secret: SecretStr | None = None

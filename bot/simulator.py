@@ -240,6 +240,7 @@ class KlingSimulator:
         # True: each task's video is its own small clip (`task_video`), whose last frame differs per task, so a
         # continued video's first frame can be traced; False: every task serves the sample video.
         self.task_videos = False
+        self.clip_maker: Callable[[str], bytes] = task_video  # makes a task's clip from its id (`task_videos`)
         self._task_clips: dict[str, bytes] = {}  # task id -> its clip, made once
         self.callback_secret: str | None = None  # signs callbacks (Standard Webhooks) when set
         self.requests: list[RecordedRequest] = []
@@ -652,7 +653,7 @@ class KlingSimulator:
             return sample_video()
         task_id = next(t.id for t in self.tasks.values() if t.output_id == output_id)
         if task_id not in self._task_clips:  # encoded off the loop: the bot may share it
-            self._task_clips[task_id] = await asyncio.to_thread(task_video, task_id)
+            self._task_clips[task_id] = await asyncio.to_thread(self.clip_maker, task_id)
         return self._task_clips[task_id]
 
 

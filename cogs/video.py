@@ -288,14 +288,20 @@ class VideoCog(commands.Cog):
             name=app_commands.locale_str("Animate image"), callback=self.animate
         )
         self.animate_menu.guild_only = True
+        # Joins in this process: the chains (by their first job) being joined, and when each member (server, user)
+        # last started one. A chain's buttons are in one server, so one process hears all of its presses.
+        self.joining: set[str] = set()
+        self.joined_at: dict[tuple[int, int], float] = {}
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.animate_menu)
         self.bot.add_dynamic_items(RerollButton, DeleteButton, ContinueButton, JoinButton)
+        clips.start_joins(self.bot.settings.join_processes)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.animate_menu.name, type=self.animate_menu.type)
         self.bot.remove_dynamic_items(RerollButton, DeleteButton, ContinueButton, JoinButton)
+        clips.stop_joins()
 
     # --- building requests ------------------------------------------------------------------------------
 
@@ -812,7 +818,8 @@ class VideoCog(commands.Cog):
             ) from None
 
     async def join_chain(self, interaction: discord.Interaction[Any], job_id: str) -> None:
-        """Post the segments from the first to this one as one video, here. Nothing is charged."""
+        """Post the segments from the first to this one as one video, here. Nothing is charged; one Join per chain
+        at a time, and one per member every JOIN_COOLDOWN_SECONDS."""
         locale = interaction.locale
         job = await self.jobs.get(job_id)
         if job is None or job.guild_id != interaction.guild_id:
@@ -820,15 +827,47 @@ class VideoCog(commands.Cog):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         chain = await self.jobs.chain(job)
-        answer = await self._post_joined(interaction, chain)
+        if len(chain) < 2:
+            await reply_ephemeral(
+                interaction, tr(locale, "This video continues no other, so there is nothing to join.")
+            )
+            return
+        # From here to the `add` nothing awaits: two presses at once cannot both pass.
+        root, member = chain[0].id, (job.guild_id or 0, interaction.user.id)
+        if root in self.joining:
+            await reply_ephemeral(
+                interaction, tr(locale, "This chain's joined video is being made; it will be posted here.")
+            )
+            return
+        wait = self._join_cooldown_left(member)
+        if wait > 0:
+            when = f"<t:{int(time.time() + wait) + 1}:R>"  # Discord shows "in 2 minutes", in their language
+            await reply_ephemeral(
+                interaction,
+                tr(locale, "Each member can start one Join every {seconds} s; you can press Join again {when}.",
+                   seconds=f"{self.bot.settings.join_cooldown_seconds:.0f}", when=when),
+            )  # fmt: skip
+            return
+        self.joining.add(root)
+        self.joined_at[member] = time.monotonic()
+        try:
+            answer = await self._post_joined(interaction, chain)
+        finally:
+            self.joining.discard(root)
         await reply_ephemeral(interaction, answer)
+
+    def _join_cooldown_left(self, member: tuple[int, int]) -> float:
+        """Seconds before this member may start another Join (0 if now); forgets the cooldowns that ran out."""
+        cooldown, now = self.bot.settings.join_cooldown_seconds, time.monotonic()
+        for key in [key for key, at in self.joined_at.items() if now - at >= cooldown]:
+            del self.joined_at[key]
+        at = self.joined_at.get(member)
+        return 0.0 if at is None else cooldown - (now - at)
 
     async def _post_joined(self, interaction: discord.Interaction[Any], chain: list[Job]) -> str:
         """Fetch, join and post the chain; returns what to tell the member."""
-        locale, limit = interaction.locale, interaction.filesize_limit
+        locale, limit, settings = interaction.locale, interaction.filesize_limit, self.bot.settings
         root = chain[0].id[:8]
-        if len(chain) < 2:
-            return tr(locale, "This video continues no other, so there is nothing to join.")
         channel = interaction.channel
         if not isinstance(channel, discord.abc.Messageable):
             return tr(locale, "I cannot post the joined video here.")
@@ -862,21 +901,42 @@ class VideoCog(commands.Cog):
                         reason=str(exc),
                     )
                 paths.append(path)
-            joined = Path(folder) / f"joined-{root}.mp4"
+            joined_path = Path(folder) / f"joined-{root}.mp4"
+            unreadable = tr(locale, "The segments could not be joined: one of them is not a readable video.")
             try:
-                how = await clips.join(paths, joined)
-                seconds = await clips.duration(joined)
+                plan = await clips.plan_join(paths)
             except clips.ClipError as exc:
                 log.warning("join of %s failed: %s", root, exc)
-                return tr(locale, "The segments could not be joined: one of them is not a readable video.")
-            if joined.stat().st_size > limit:
+                return unreadable
+            # Refused before any work when it would take too long or could not be posted.
+            if plan.how == "reencode" and plan.frames > settings.join_max_frames:
+                log.info("join of %s refused: %d frames to re-encode", root, plan.frames)
+                return tr(
+                    locale,
+                    "These segments differ, so joining them means re-encoding {frames} frames, more than the "
+                    "{limit} allowed here; nothing was joined, and the segments stay as they are.",
+                    frames=plan.frames,
+                    limit=settings.join_max_frames,
+                )
+            if plan.estimated_bytes > limit:
+                log.info("join of %s refused: about %d bytes (%s)", root, plan.estimated_bytes, plan.how)
                 return too_big
-            log.info("chain %s: %d segments joined (%s, %.1f s)", root, len(chain), how, seconds)
+            try:
+                joined = await clips.join(plan, joined_path, threads=settings.join_encode_threads)
+            except clips.ClipError as exc:
+                log.warning("join of %s failed: %s", root, exc)
+                return unreadable
+            if joined_path.stat().st_size > limit:
+                return too_big
+            log.info(
+                "chain %s: %d segments joined (%s, %.1f s, %.1f s of CPU)",
+                root, len(chain), joined.how, joined.seconds, joined.cpu_seconds,
+            )  # fmt: skip
             try:
                 await channel.send(
                     tr(locale, "The {count} segments of `{root}`, joined ({seconds} s).",
-                       count=len(chain), root=root, seconds=f"{seconds:.1f}"),
-                    file=discord.File(joined, filename=joined.name),
+                       count=len(chain), root=root, seconds=f"{joined.seconds:.1f}"),
+                    file=discord.File(joined_path, filename=joined_path.name),
                     allowed_mentions=discord.AllowedMentions.none(),
                 )  # fmt: skip
             except discord.HTTPException as exc:

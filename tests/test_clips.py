@@ -3,9 +3,12 @@ end through the fake Discord and the simulator, whose videos then end on a colou
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
-from collections.abc import AsyncIterator
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from bot.model import Job
 from bot.simulator import make_clip, sample_video, task_colour, task_video
 from tests.fake_discord import Interaction, wait_until
 from tests.harness import Harness, harness
+from tests.join_gate import Gate, held, hold
 
 TOLERANCE = 6  # per channel, after H.264 and JPEG
 
@@ -69,7 +73,7 @@ async def test_matching_segments_are_joined_by_copying_their_packets(tmp_path: P
         paths.append(tmp_path / f"{n}.mp4")
         paths[-1].write_bytes(task_video(seed))
     out = tmp_path / "joined.mp4"
-    assert await clips.join(paths, out) == "remux"
+    assert (await clips.join(await clips.plan_join(paths), out)).how == "remux"
     lengths = [await clips.duration(p) for p in paths]
     assert await clips.duration(out) == pytest.approx(sum(lengths), abs=1e-3)
     # Not re-encoded: the joined video is the segments' packets, byte for byte, in order.
@@ -82,7 +86,7 @@ async def test_segments_with_sound_are_copied_with_their_sound(tmp_path: Path) -
     sample = tmp_path / "sample.mp4"  # H.264 and AAC
     sample.write_bytes(sample_video())
     out = tmp_path / "twice.mp4"
-    assert await clips.join([sample, sample], out) == "remux"
+    assert (await clips.join(await clips.plan_join([sample, sample]), out)).how == "remux"
     assert await clips.duration(out) == pytest.approx(2 * await clips.duration(sample), abs=1e-3)
     with av.open(str(out)) as container:
         assert sorted(s.type for s in container.streams) == ["audio", "video"]
@@ -93,7 +97,7 @@ async def test_segments_that_differ_are_reencoded_to_h264(tmp_path: Path) -> Non
     first.write_bytes(task_video("7"))  # 480x320
     second.write_bytes(make_clip([(10, 200, 30)] * 7 + [(220, 200, 40)], width=320, height=320, fps=8))
     out = tmp_path / "joined.mp4"
-    assert await clips.join([first, second], out) == "reencode"
+    assert (await clips.join(await clips.plan_join([first, second]), out)).how == "reencode"
     assert await clips.duration(out) == pytest.approx(await clips.duration(first) + await clips.duration(second))
     with av.open(str(out)) as container:
         stream = container.streams.video[0]
@@ -304,3 +308,198 @@ async def test_segments_that_are_not_videos_are_not_joined_nor_continued(world: 
         assert await bob_jobs(world) == []
     assert "could not be joined" in joined and len(fake.messages[thread["id"]]) == posts
     assert "could not be read" in continued and "Nothing was sent or charged" in continued
+
+
+# --- Join's limits: its own workers, one per chain, a cooldown, a frame cap and a size estimate ---------------------
+
+
+def noisy_clip(width: int, height: int, frames: int = 8, fps: int = 8) -> bytes:
+    """Frames of noise: the most bits a second an encoder needs at this size."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            image = Image.effect_noise((width, height), 90).convert("RGB")
+            for packet in stream.encode(av.VideoFrame.from_image(image).reformat(format="yuv420p")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()
+
+
+def square_clip(task_id: str) -> bytes:
+    """A task's clip at 320x320 (the simulator's are 480x320), its last frame of the task's colour."""
+    return make_clip([(10, 200, 30)] * 7 + [task_colour(task_id)], width=320, height=320, fps=8)
+
+
+def clips_in_order(world: Harness, *makers: Any) -> None:
+    """The simulator's tasks get their clips from `makers`, one each in the order their videos are first fetched."""
+    order: list[str] = []
+
+    def make(task_id: str) -> bytes:
+        order.append(task_id)
+        return bytes(makers[min(len(order), len(makers)) - 1](task_id))
+
+    world.sim.clip_maker = make
+
+
+@pytest.fixture
+def gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """Re-encodes (in the join processes, or in this one) wait until `gate.open()`; opened at the end in any case."""
+    held_here = Gate(tmp_path / "gate")
+    monkeypatch.setattr(clips, "child_setup", (hold, (str(held_here.folder),)))
+    monkeypatch.setattr(clips, "_reencode", held(clips._reencode, str(held_here.folder)))
+    yield held_here
+    held_here.open()
+
+
+def is_answered(interaction: Interaction) -> bool:
+    return bool(interaction.messages) and not interaction.messages[-1]["flags"] & 128
+
+
+def pending(interaction: Interaction) -> bool:
+    """Still "thinking": nothing answered yet."""
+    return bool(interaction.messages) and bool(interaction.messages[-1]["flags"] & 128)
+
+
+def joined_posts(world: Harness, root: Job) -> list[Any]:
+    return [r for r in world.discord.posted("POST") if any(n == f"joined-{root.id[:8]}.mp4" for n, _ in r.files)]
+
+
+async def test_a_continue_gets_its_last_frame_while_a_reencoding_join_runs(world: Harness, gate: Gate) -> None:
+    fake = world.discord
+    clips_in_order(world, lambda task_id: task_video(task_id), square_clip)  # they differ: Join re-encodes
+    async with world.running():
+        root, child, thread = await make_chain(world)
+        try:
+            join = await fake.press(f"video:join:{child.id}", video_message(world, thread["id"], child), user="alice")
+            await wait_until(gate.starts)
+            continued = await continue_video(world, child, {"Prompt (optional)": "on and on"}, user="bob")
+            answer = await answered(continued)
+            assert pending(join) and not joined_posts(world, root)  # the re-encode still waits at the gate
+        finally:
+            gate.open()
+        joined = await answered(join)
+        [bobs] = await bob_jobs(world)
+    assert "on its way" in answer and bobs.parent_id == child.id
+    assert "Joined 2 segments" in joined and len(joined_posts(world, root)) == 1
+    [pid] = gate.starts()
+    assert pid != os.getpid()  # the re-encode ran in a process of its own
+
+
+async def test_a_reencode_spends_its_cpu_in_a_join_process_not_the_bots(tmp_path: Path) -> None:
+    warm_up = [tmp_path / "w.mp4", tmp_path / "w.mp4"]
+    warm_up[0].write_bytes(task_video("1"))
+    await clips.join(await clips.plan_join(warm_up), tmp_path / "w2.mp4")  # the join process is started
+    paths = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    paths[0].write_bytes(noisy_clip(320, 240, frames=40))
+    paths[1].write_bytes(noisy_clip(240, 240, frames=40))
+    plan = await clips.plan_join(paths)
+    ticks = 0
+    running = asyncio.create_task(clips.join(plan, tmp_path / "joined.mp4", threads=1))
+
+    async def beat() -> None:
+        nonlocal ticks
+        while not running.done():
+            ticks += 1
+            await asyncio.sleep(0.01)  # often enough to count, seldom enough to cost little CPU
+
+    cpu_before = time.process_time()
+    await asyncio.gather(running, beat())
+    cpu_here = time.process_time() - cpu_before
+    joined = running.result()
+    assert (plan.how, joined.how, decoded_frames(tmp_path / "joined.mp4")) == ("reencode", "reencode", 80)
+    assert joined.cpu_seconds > 0.2 and ticks > 5  # real work was done, and the loop went on meanwhile
+    assert cpu_here < joined.cpu_seconds / 3  # ... with the CPU of another process
+
+
+async def test_a_reencode_stays_within_its_estimated_size(tmp_path: Path) -> None:
+    paths = [tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "c.mp4"]
+    paths[0].write_bytes(make_clip([(200, 40, 60)] * 16, width=480, height=320))
+    paths[1].write_bytes(noisy_clip(320, 320, frames=16))
+    paths[2].write_bytes(task_video("3"))
+    plan = await clips.plan_join(paths)
+    joined = await clips.join(plan, tmp_path / "joined.mp4")
+    size = (tmp_path / "joined.mp4").stat().st_size
+    assert (plan.how, plan.frames, plan.seconds) == ("reencode", 40, pytest.approx(joined.seconds, abs=0.01))
+    # The noisy segment's bits a pixel, for every segment at 480x320: far more than the segments' sum, never less.
+    assert sum(p.stat().st_size for p in paths) < plan.estimated_bytes and size <= plan.estimated_bytes
+
+
+async def test_a_second_join_of_a_chain_being_joined_is_told_so_and_downloads_nothing(
+    world: Harness, gate: Gate
+) -> None:
+    fake = world.discord
+    clips_in_order(world, lambda task_id: task_video(task_id), square_clip)
+    async with world.running():
+        root, child, thread = await make_chain(world)
+        try:
+            first = await fake.press(f"video:join:{child.id}", video_message(world, thread["id"], child), user="alice")
+            await wait_until(gate.starts)
+            fetched = len(world.sim.video_requests)
+            second = await fake.press(f"video:join:{child.id}", video_message(world, thread["id"], child), user="bob")
+            await wait_until(lambda: is_answered(second) or len(world.sim.video_requests) > fetched)
+            assert len(world.sim.video_requests) == fetched and pending(first)
+            told = await answered(second)
+        finally:
+            gate.open()
+        done = await answered(first)
+    assert "is being made; it will be posted here" in told and second.ephemeral()
+    assert "Joined 2 segments" in done and len(joined_posts(world, root)) == 1 and len(gate.starts()) == 1
+
+
+async def test_a_member_joins_again_only_after_the_cooldown_and_is_told_when(world: Harness) -> None:
+    fake = world.discord
+    world.settings_overrides = {"join_cooldown_seconds": 600}
+    async with world.running():
+        root, child, thread = await make_chain(world)
+        message = video_message(world, thread["id"], child)
+        assert "Joined 2 segments" in await answered(await fake.press(f"video:join:{child.id}", message, user="bob"))
+        fetched = len(world.sim.video_requests)
+        again = await answered(await fake.press(f"video:join:{child.id}", message, user="bob"))
+        assert len(world.sim.video_requests) == fetched  # refused before downloading anything
+        other = await answered(await fake.press(f"video:join:{child.id}", message, user="alice"))
+    assert "one Join every 600 s; you can press Join again <t:" in again
+    when = int(again.split("<t:")[1].split(":R>")[0])
+    assert time.time() + 590 < when <= time.time() + 602
+    assert "Joined 2 segments" in other and len(joined_posts(world, root)) == 2  # the cooldown is each member's
+
+
+async def test_a_join_over_the_frame_cap_is_refused_before_any_encode(world: Harness, gate: Gate) -> None:
+    fake = world.discord
+    gate.open()  # re-encodes go straight on, and are counted
+    world.settings_overrides = {"join_max_frames": 15}
+    clips_in_order(world, lambda task_id: task_video(task_id), square_clip)  # 8 + 8 frames, to re-encode
+    async with world.running():
+        root, child, thread = await make_chain(world)
+        pressed = await fake.press(f"video:join:{child.id}", video_message(world, thread["id"], child))
+        answer = await answered(pressed)
+    assert "re-encoding 16 frames, more than the 15 allowed here; nothing was joined" in answer
+    assert gate.starts() == [] and joined_posts(world, root) == []
+
+
+async def test_a_join_estimated_over_the_upload_limit_is_refused_before_any_encode(
+    world: Harness, gate: Gate, tmp_path: Path
+) -> None:
+    fake = world.discord
+    gate.open()
+    clips_in_order(world, lambda task_id: task_video(task_id), lambda task_id: noisy_clip(320, 320))
+    async with world.running():
+        root, child, thread = await make_chain(world)
+        segments = []
+        for number, job in enumerate((root, child)):
+            segments.append(tmp_path / f"{number}.mp4")
+            segments[-1].write_bytes(await fetch(world, job))
+        fake.filesize_limit = sum(p.stat().st_size for p in segments) + 1000  # both segments fit, downloaded
+        assert (await clips.plan_join(segments)).estimated_bytes > fake.filesize_limit
+        answer = await answered(await fake.press(f"video:join:{child.id}", video_message(world, thread["id"], child)))
+    assert "larger than this server's upload limit" in answer and "the segments stay as they are" in answer
+    assert gate.starts() == [] and joined_posts(world, root) == []
+
+
+async def fetch(world: Harness, job: Job) -> bytes:
+    """The video the simulator serves for a job."""
+    assert job.video_url is not None
+    async with world.resources.session.get(job.video_url) as response:
+        return await response.read()
