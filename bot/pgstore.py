@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from bot.model import (
     HOLDING_A_SLOT,
     AuditEntry,
+    DuplicateRequest,
     Job,
     Lease,
     MemberQuota,
@@ -187,6 +188,10 @@ PG_MIGRATIONS: tuple[str, ...] = (
         notify TEXT NOT NULL CHECK (notify IN ('mention', 'dm', 'off'))
     );
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN request_key TEXT;
+    CREATE UNIQUE INDEX jobs_request_key ON jobs (request_key);
+    """,
 )
 assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every SQLite migration needs its PostgreSQL twin"
 
@@ -314,7 +319,12 @@ class PgStore:
         """Write a new job inside a transaction the caller holds (the quota check shares it)."""
         placeholders = ", ".join("%s" for _ in JOB_COLUMNS)
         values = tuple(_value(name, getattr(job, name)) for name in JOB_COLUMNS)
-        await db.execute(f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({placeholders})", values)
+        try:
+            await db.execute(f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({placeholders})", values)
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name == "jobs_request_key":  # the question was answered already: rolled back
+                raise DuplicateRequest(job.request_key) from None
+            raise
 
     async def add_job(self, job: Job) -> None:
         """Write a new job in its own transaction."""
