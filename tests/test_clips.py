@@ -3,6 +3,7 @@ end through the fake Discord and the simulator, whose videos then end on a colou
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from collections.abc import AsyncIterator
@@ -304,3 +305,22 @@ async def test_segments_that_are_not_videos_are_not_joined_nor_continued(world: 
         assert await bob_jobs(world) == []
     assert "could not be joined" in joined and len(fake.messages[thread["id"]]) == posts
     assert "could not be read" in continued and "Nothing was sent or charged" in continued
+
+
+async def test_a_continue_form_sent_twice_at_once_makes_one_segment_charged_once(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await fake.slash("video", {"prompt": "a red fox in snow"}, sub="text")
+        [parent] = await delivered(world, "alice", 1)
+        thread = str(parent.thread_id)
+        shown = await fake.press(f"video:continue:{parent.id}", video_message(world, thread, parent), user="bob")
+        await wait_until(lambda: shown.modal is not None)
+        values = {"Prompt (optional)": "the fox jumps", "Duration in seconds (3-15)": "3"}
+        sent = await asyncio.gather(*(fake.submit_modal(shown, values, user="bob") for _ in range(2)))
+        await wait_until(lambda: all(s.callbacks for s in sent) or len(world.sim.tasks) > 2)
+        await delivered(world, "bob", 1)
+        await world.more_ticks(5)  # a second segment, if any, would be written and sent by now
+        assert len(await bob_jobs(world)) == 1 and len(world.sim.tasks) == 2
+        assert await used_credits(world, "bob") == 2400
+    texts = sorted(s.texts()[-1] for s in sent)
+    assert "already confirmed" in texts[0] and "on its way" in texts[1]

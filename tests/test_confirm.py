@@ -247,3 +247,21 @@ async def test_a_video_command_from_outside_a_server_reserves_and_sends_nothing(
         assert world.sim.requests == [] and fake.messages[fake.general] == []
     assert "only in a server" in told and "Nothing was charged" in told
     assert told_status == told
+
+
+async def test_re_roll_pressed_twice_at_once_makes_one_new_job(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await fake.slash("video", {"prompt": "a heron, again"}, sub="text")
+        first = await world.job_in("delivered")
+        [thread] = fake.threads()
+        video = next(m for m in fake.messages[thread["id"]] if m["files"])
+        presses = await asyncio.gather(*(fake.press(f"video:reroll:{first.id}", video) for _ in range(2)))
+        await wait_until(lambda: all(p.callbacks for p in presses))
+        await wait_until(lambda: len(world.sim.tasks) == 2)
+        await world.more_ticks(5)
+        assert await world.resources.store.count_member_jobs(int(fake.guild_id), int(fake.users["alice"]["id"])) == 2
+        assert len(world.sim.tasks) == 2
+    await wait_until(lambda: any("on its way" in t for p in presses for t in p.texts()))
+    first, second = sorted(presses, key=lambda p: not any("on its way" in t for t in p.texts()))
+    assert_told_at_once(second)
