@@ -249,6 +249,22 @@ async def test_a_video_command_from_outside_a_server_reserves_and_sends_nothing(
     assert told_status == told
 
 
+async def test_a_button_pressed_from_outside_a_server_reserves_and_sends_nothing(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await fake.slash("video", {"prompt": "a heron"}, sub="text")
+        first = await world.job_in("delivered")
+        [thread] = fake.threads()
+        video = next(m for m in fake.messages[thread["id"]] if m["files"])
+        asked = len(world.sim.requests)
+        pressed = await fake.press(f"video:reroll:{first.id}", video, dm=True)
+        told = await answer(pressed)
+        await world.more_ticks(3)
+        assert await world.resources.store.count_by_status() == {"delivered": 1}
+        assert len(world.sim.requests) == asked
+    assert "only in a server" in told and "Nothing was charged" in told
+
+
 async def test_re_roll_pressed_twice_at_once_makes_one_new_job(world: Harness) -> None:
     fake = world.discord
     async with world.running():
