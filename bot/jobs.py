@@ -239,8 +239,9 @@ class JobService:
 
         Raises `DuplicateRequest` when a job answering the same question (`request.request_key`) exists."""
         self.validate(request)
-        if self.credits is not None and (request.guild_id is None or request.user_id is None):
-            # Credits are counted per member of a server: a job outside one would be sent with no quota at all.
+        charged = self.credits is not None and self.origin == "discord"
+        if charged and (request.guild_id is None or request.user_id is None):
+            # Credits are counted per member of a server: a Discord job outside one would be sent with no quota.
             raise InvalidRequest(english("Videos can only be made in a server."))
         unavailable = self.unavailable_reason()
         if unavailable is not None and not request.wait_if_unavailable:
@@ -294,7 +295,7 @@ class JobService:
             lease_attempt=1,
             request_key=request.request_key,
         )
-        if self.credits is not None:
+        if self.credits is not None and job.guild_id is not None and job.user_id is not None:
             await self.credits.reserve(job, request.role_ids)
         else:  # the command line's jobs, and services without quotas
             await self.store.add_job(job)
