@@ -38,6 +38,10 @@ SOMETHING_WENT_WRONG = english(
 
 
 STOPPING = english("The bot is restarting; try again in a minute. Nothing was charged.")
+# Until direct messages are a feature of their own, an interaction from outside a server is refused at the door.
+NOT_IN_A_SERVER = english(
+    "Videos are made only in a server for now; use this in a channel of a server. Nothing was charged."
+)
 # On shutdown, command and button handlers already running get this long to finish before the store closes.
 HANDLER_GRACE_SECONDS = 10.0
 # discord.py names the tasks that run command, button and form handlers; these are the ones a shutdown waits for.
@@ -124,6 +128,9 @@ class VideoTree(app_commands.CommandTree["VideoBot"]):
         if self.client.closing:
             await reply_ephemeral(interaction, tr(interaction.locale, STOPPING))
             return False
+        if not in_a_server(interaction):
+            await reply_ephemeral(interaction, tr(interaction.locale, NOT_IN_A_SERVER))
+            return False
         return True
 
     async def on_error(self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError) -> None:
@@ -143,6 +150,12 @@ class VideoTree(app_commands.CommandTree["VideoBot"]):
             )
             text = tr(interaction.locale, SOMETHING_WENT_WRONG)
         await reply_ephemeral(interaction, text)
+
+
+def in_a_server(interaction: discord.Interaction[Any]) -> bool:
+    """Whether the interaction comes from a server (Discord sends none from elsewhere for our server-only commands
+    and buttons, but a forged payload or a future install type can)."""
+    return interaction.guild_id is not None
 
 
 async def reply_ephemeral(interaction: discord.Interaction[Any], text: str, **kwargs: Any) -> None:

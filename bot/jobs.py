@@ -94,6 +94,7 @@ class JobRequest:
     wait_if_unavailable: bool = False  # the member chose to queue rather than be refused while the service is down
     parent_id: str | None = None  # the job this one continues (its first frame is that video's last frame)
     locale: str | None = None  # the member's Discord locale: later posts about the job are in their language
+    request_key: str | None = None  # the question this answers: a second job for the same key is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +235,14 @@ class JobService:
         return await self.start(await self.reserve(request), request)
 
     async def reserve(self, request: JobRequest) -> Job:
-        """Validate, check the quota and write the job with its credits held; nothing is sent yet."""
+        """Validate, check the quota and write the job with its credits held; nothing is sent yet.
+
+        Raises `DuplicateRequest` when a job answering the same question (`request.request_key`) exists."""
         self.validate(request)
+        charged = self.credits is not None and self.origin == "discord"
+        if charged and (request.guild_id is None or request.user_id is None):
+            # Credits are counted per member of a server: a Discord job outside one would be sent with no quota.
+            raise InvalidRequest(english("Videos can only be made in a server."))
         unavailable = self.unavailable_reason()
         if unavailable is not None and not request.wait_if_unavailable:
             raise ServiceUnavailable(unavailable)
@@ -286,10 +293,11 @@ class JobService:
             lease_owner=self.owner,
             lease_until=now + self.reserved_grace,
             lease_attempt=1,
+            request_key=request.request_key,
         )
         if self.credits is not None and job.guild_id is not None and job.user_id is not None:
             await self.credits.reserve(job, request.role_ids)
-        else:
+        else:  # the command line's jobs, and services without quotas
             await self.store.add_job(job)
         log.info("job %s reserved (%s, %ss, %s)", job.id, job.kind, job.duration, job.resolution)
         crash_point("after_reserve")

@@ -70,6 +70,13 @@ class Job:
     lease_owner: str | None = None  # the process that claimed the job's background work, until lease_until
     lease_until: float | None = None
     lease_attempt: int = 0  # bumped by every claim: a write from an older claim is refused
+    # The question this job answers (e.g. the command that asked to confirm it): unique, so pressing Confirm twice,
+    # in one process or in two, writes (and charges) one job. None for the command line's jobs.
+    request_key: str | None = None
+
+
+class DuplicateRequest(Exception):
+    """A job answering the same question (its request key) was written already; nothing was written or charged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,5 +172,7 @@ class StoredImage:
 
 
 # Fields fixed when a job is written; a state change may set any other (the state itself through a guarded move).
-FIXED_JOB_FIELDS = frozenset({"id", "guild_id", "channel_id", "user_id", "kind", "created_at", "status", "origin"})
+FIXED_JOB_FIELDS = frozenset(
+    {"id", "guild_id", "channel_id", "user_id", "kind", "created_at", "status", "origin", "request_key"}
+)
 MUTABLE_JOB_FIELDS = frozenset(f.name for f in fields(Job)) - FIXED_JOB_FIELDS

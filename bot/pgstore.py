@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from bot.model import (
     HOLDING_A_SLOT,
     AuditEntry,
+    DuplicateRequest,
     Job,
     Lease,
     MemberQuota,
@@ -188,6 +189,10 @@ PG_MIGRATIONS: tuple[str, ...] = (
         user_id BIGINT PRIMARY KEY,
         notify TEXT NOT NULL CHECK (notify IN ('mention', 'dm', 'off'))
     );
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN request_key TEXT;
+    CREATE UNIQUE INDEX jobs_request_key ON jobs (request_key);
     """,
 )
 assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every SQLite migration needs its PostgreSQL twin"
@@ -362,7 +367,12 @@ class PgStore:
             marks["lease_until"] = f"{DB_NOW} + %s"
             values[JOB_COLUMNS.index("lease_until")] = job.lease_until - job.created_at
         placeholders = ", ".join(marks.values())
-        await db.execute(f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({placeholders})", values)
+        try:
+            await db.execute(f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({placeholders})", values)
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name == "jobs_request_key":  # the question was answered already: rolled back
+                raise DuplicateRequest(job.request_key) from None
+            raise
 
     async def add_job(self, job: Job) -> None:
         """Write a new job in its own transaction."""

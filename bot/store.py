@@ -23,6 +23,7 @@ from bot.model import (
     MUTABLE_JOB_FIELDS,
     OPEN,
     AuditEntry,
+    DuplicateRequest,
     Job,
     Lease,
     MemberQuota,
@@ -275,6 +276,12 @@ MIGRATIONS: tuple[str, ...] = (
         notify TEXT NOT NULL CHECK (notify IN ('mention', 'dm', 'off'))
     );
     """,
+    """
+    -- The question a job answers (the command that asked to confirm it, the form that was sent): one job per
+    -- question, whichever process writes it. NULL (the command line's jobs) is never a duplicate.
+    ALTER TABLE jobs ADD COLUMN request_key TEXT;
+    CREATE UNIQUE INDEX jobs_request_key ON jobs (request_key);
+    """,
 )
 
 # Migration 5's running totals, kept by triggers from `jobs`: PostgreSQL counts the rows instead, so a copy there
@@ -448,7 +455,12 @@ class Store:
         """Write a new job inside a transaction the caller holds (the quota check shares it)."""
         placeholders = ", ".join("?" for _ in JOB_COLUMNS)
         values = tuple(getattr(job, name) for name in JOB_COLUMNS)
-        await db.execute(f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({placeholders})", values)
+        try:
+            await db.execute(f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({placeholders})", values)
+        except sqlite3.IntegrityError as exc:
+            if "jobs.request_key" in str(exc):  # the question was answered already: the caller rolls back
+                raise DuplicateRequest(job.request_key) from None
+            raise
 
     async def add_job(self, job: Job) -> None:
         """Write a new job in its own transaction."""

@@ -17,13 +17,21 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import clips
-from bot.app import SOMETHING_WENT_WRONG, STOPPING, UserFacingError, VideoBot, reply_ephemeral
+from bot.app import (
+    NOT_IN_A_SERVER,
+    SOMETHING_WENT_WRONG,
+    STOPPING,
+    UserFacingError,
+    VideoBot,
+    in_a_server,
+    reply_ephemeral,
+)
 from bot.credits import QuotaRefused
 from bot.delivery import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
 from bot.i18n import english, tr, translated
 from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, check_first_frame
 from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
-from bot.model import OPEN, WAITING, Job
+from bot.model import OPEN, WAITING, DuplicateRequest, Job
 from bot.quota import format_credits
 from cogs.messages import (
     cancel_text,
@@ -45,6 +53,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 HISTORY_PAGE = 5
 NO_THREAD_NOTE = english("A thread could not be started here, so this job's updates follow in this channel.")
+# A second press of a button that spends (or a second send of a form): the first one made the only job.
+ALREADY_ANSWERED = english("This was already confirmed or cancelled; nothing more was reserved or charged.")
 
 RequestBuilder = Callable[[], Awaitable[JobRequest]]
 THREAD_TYPES = (discord.ChannelType.public_thread, discord.ChannelType.private_thread, discord.ChannelType.news_thread)
@@ -91,6 +101,16 @@ async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str, st
     return frame, attachment.filename, attachment.url if frame.converted_from is None else None
 
 
+def question_key(interaction: discord.Interaction[Any]) -> str:
+    """The question a job made from this interaction answers, as the job's request key (one job per key): a sent
+    form (its custom id is new each time it is shown), else the interaction itself (a command, whose Confirm or
+    "queue it" answer carries the command's key on)."""
+    if interaction.type is discord.InteractionType.modal_submit:
+        data: dict[str, Any] = dict(interaction.data or {})
+        return f"form:{data.get('custom_id')}"
+    return f"interaction:{interaction.id}"
+
+
 def is_moderator(interaction: discord.Interaction[Any]) -> bool:
     """Manage Messages or Manage Server in this channel."""
     permissions = interaction.permissions
@@ -118,6 +138,17 @@ class JobForm(discord.ui.Modal):
         )
         self.add_item(self.prompt)
         self.add_item(self.duration)
+        self.sent = False
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        # A form sent twice at once makes one job: the flag is set before any await (its request key, the form's
+        # custom id, refuses a second job in any process too).
+        if self.sent:
+            await reply_ephemeral(interaction, tr(interaction.locale, ALREADY_ANSWERED))
+            return False
+        self.sent = True
+        self.stop()
+        return True
 
     def chosen_duration(self) -> int:
         try:
@@ -204,19 +235,49 @@ class ContinueModal(JobForm):
         await self.cog.start_job(interaction, build)
 
 
-class WaitView(discord.ui.View):
+class OneShotView(discord.ui.View):
+    """A question about one job (its buttons spend or decline): only the member who asked may answer, and only
+    once. The first answer claims the view before any await, so a second press arriving with it (a double click, a
+    laggy client) is told so and spends nothing; the job's request key refuses a second job in any process too."""
+
+    def __init__(self, request: JobRequest, *, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.request = request
+        self.answered = False
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        if interaction.user.id == self.request.user_id:
+            return True
+        text = tr(
+            interaction.locale, "Only the member who asked for this video can answer; nothing was reserved or charged."
+        )
+        await reply_ephemeral(interaction, text)
+        return False
+
+    async def claim(self, interaction: discord.Interaction[Any]) -> bool:
+        """True for the first answer, which stops the view (no time-out edit follows); a later one is told so.
+        Everything before this method's first await runs at once, so presses together cannot both pass."""
+        if self.answered:
+            await reply_ephemeral(interaction, tr(interaction.locale, ALREADY_ANSWERED))
+            return False
+        self.answered = True
+        self.stop()
+        return True
+
+
+class WaitView(OneShotView):
     """Offered when the video service is down: the member may choose to queue the job instead."""
 
     def __init__(self, cog: VideoCog, request: JobRequest, channel: discord.abc.Messageable) -> None:
-        super().__init__(timeout=600)
+        super().__init__(replace(request, wait_if_unavailable=True), timeout=600)
         self.cog = cog
-        self.request = replace(request, wait_if_unavailable=True)
         self.channel = channel
         self.queue_it.label = tr(request.locale, "Queue it for when the service is back")
 
     @discord.ui.button(label="Queue it for when the service is back", style=discord.ButtonStyle.primary)
     async def queue_it(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
-        self.stop()
+        if not await self.claim(interaction):
+            return
 
         async def build() -> JobRequest:
             return self.request
@@ -227,7 +288,7 @@ class WaitView(discord.ui.View):
             await reply_ephemeral(interaction, str(exc))
 
 
-class ConfirmView(discord.ui.View):
+class ConfirmView(OneShotView):
     """Confirm or Cancel for a job above the server's confirm-above threshold.
 
     Nothing is reserved until Confirm, so this view lives in memory only: a restart forgets it and costs nothing.
@@ -236,19 +297,16 @@ class ConfirmView(discord.ui.View):
     def __init__(
         self, cog: VideoCog, request: JobRequest, channel: discord.abc.Messageable, locale: Any, timeout: float
     ) -> None:
-        super().__init__(timeout=timeout)
+        super().__init__(request, timeout=timeout)
         self.cog = cog
-        self.request = request
         self.channel = channel
         self.locale = locale
         self.message: discord.WebhookMessage | None = None
 
-    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
-        return interaction.user.id == self.request.user_id
-
     @discord.ui.button(label="Confirm", style=discord.ButtonStyle.success)
     async def confirm(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
-        self.stop()
+        if not await self.claim(interaction):
+            return
         await interaction.response.edit_message(content=tr(interaction.locale, "Confirmed."), view=None)
 
         async def build() -> JobRequest:
@@ -261,7 +319,8 @@ class ConfirmView(discord.ui.View):
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
     async def cancel(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
-        self.stop()
+        if not await self.claim(interaction):
+            return
         text = tr(interaction.locale, "Cancelled; nothing was reserved or charged.")
         await interaction.response.edit_message(content=text, view=None)
 
@@ -284,6 +343,7 @@ class VideoCog(commands.Cog):
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot
         self.jobs: JobService = bot.resources.jobs
+        self.rerolling: set[tuple[str, int]] = set()  # (video's job id, member) of the re-rolls starting now
         self.animate_menu = app_commands.ContextMenu(
             name=app_commands.locale_str("Animate image"), callback=self.animate
         )
@@ -328,6 +388,7 @@ class VideoCog(commands.Cog):
             role_ids=member_roles(interaction.user),
             attachment_size_limit=interaction.filesize_limit,
             locale=str(interaction.locale),
+            request_key=question_key(interaction),
             **extra,
         )
 
@@ -525,6 +586,8 @@ class VideoCog(commands.Cog):
         locale = interaction.locale
         if self.bot.closing:  # a button or a form during shutdown: the store is about to close
             raise UserFacingError(tr(locale, STOPPING))
+        if not in_a_server(interaction):  # buttons and forms do not pass the tree's check
+            raise UserFacingError(tr(locale, NOT_IN_A_SERVER))
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         channel = channel or interaction.channel  # type: ignore[assignment]
@@ -552,6 +615,9 @@ class VideoCog(commands.Cog):
         except QuotaRefused as exc:
             reason = refusal_text(exc, locale)
             raise UserFacingError(tr(locale, "{reason} Nothing was charged.", reason=reason)) from None
+        except DuplicateRequest:  # the same question answered in another process (or a form sent twice)
+            log.info("user %s: a second answer to %s was refused", interaction.user.id, request.request_key)
+            raise UserFacingError(tr(locale, ALREADY_ANSWERED)) from None
         except ServiceUnavailable as exc:
             await interaction.followup.send(
                 tr(
@@ -727,7 +793,19 @@ class VideoCog(commands.Cog):
     # --- buttons ----------------------------------------------------------------------------------------
 
     async def reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
-        """The same prompt and options as a new job of whoever pressed the button."""
+        """The same prompt and options as a new job of whoever pressed the button; presses of one member on one
+        video that arrive while the first is starting (a double click) make no second job."""
+        press = (job_id, interaction.user.id)
+        if press in self.rerolling:  # checked and set before any await: presses together cannot both pass
+            await reply_ephemeral(interaction, tr(interaction.locale, ALREADY_ANSWERED))
+            return
+        self.rerolling.add(press)
+        try:
+            await self._reroll(interaction, job_id)
+        finally:
+            self.rerolling.discard(press)
+
+    async def _reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         original = await self.jobs.get(job_id)
         if original is None or original.guild_id != interaction.guild_id:
             await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))

@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import discord
 
+from bot.app import NOT_IN_A_SERVER, in_a_server, reply_ephemeral
 from bot.i18n import tr
 from bot.quota import format_credits
 
@@ -36,7 +37,18 @@ def _video_cog(interaction: discord.Interaction[Any]) -> VideoActions:
     return cog
 
 
-class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:reroll:{JOB_ID}"):
+class ServerOnly:
+    """Mixed into the buttons of a server's messages: a press from outside a server (a forged payload, a future
+    install type) is told why and reaches no callback, so it reserves and sends nothing."""
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        if in_a_server(interaction):
+            return True
+        await reply_ephemeral(interaction, tr(interaction.locale, NOT_IN_A_SERVER))
+        return False
+
+
+class RerollButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:reroll:{JOB_ID}"):
     """Make the same video again, as a new job of whoever presses it."""
 
     def __init__(self, job_id: str, label: str = "Re-roll") -> None:
@@ -57,7 +69,7 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"vi
         await _video_cog(interaction).reroll(interaction, self.job_id)
 
 
-class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:delete:{JOB_ID}"):
+class DeleteButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:delete:{JOB_ID}"):
     """Remove the video message: the requester or a moderator only."""
 
     def __init__(self, job_id: str, locale: object = None) -> None:
@@ -81,7 +93,7 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"vi
         await _video_cog(interaction).delete_video(interaction, self.job_id)
 
 
-class ContinueButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:continue:{JOB_ID}"):
+class ContinueButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:continue:{JOB_ID}"):
     """Make the next segment: a new video that starts from this one's last frame, in the same thread."""
 
     def __init__(self, job_id: str, label: str = "Continue") -> None:
@@ -102,7 +114,7 @@ class ContinueButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"
         await _video_cog(interaction).continue_video(interaction, self.job_id)
 
 
-class JoinButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:join:{JOB_ID}"):
+class JoinButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:join:{JOB_ID}"):
     """Post the chain that ends with this segment as one video (free)."""
 
     def __init__(self, job_id: str, label: str = "Join") -> None:
@@ -205,7 +217,7 @@ def _review_cog(interaction: discord.Interaction[Any]) -> ReviewActions:
     return cog
 
 
-class ApproveButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"review:approve:{JOB_ID}"):
+class ApproveButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"review:approve:{JOB_ID}"):
     """A moderator lets a finished video go to its thread (the job id is in the custom id: works after restarts)."""
 
     def __init__(self, job_id: str, locale: object = None) -> None:
@@ -229,7 +241,7 @@ class ApproveButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"r
         await _review_cog(interaction).approve(interaction, self.job_id)
 
 
-class RejectButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"review:reject:{JOB_ID}"):
+class RejectButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"review:reject:{JOB_ID}"):
     """A moderator refuses a finished video, giving the member a reason."""
 
     def __init__(self, job_id: str, locale: object = None) -> None:

@@ -717,7 +717,10 @@ class FakeDiscord:
         channel: str | None,
         message: dict[str, Any] | None = None,
         attachment_size_limit: int | None = None,
+        dm: bool = False,
     ) -> Interaction:
+        """Send an interaction from `user` in `channel`; with `dm`, from their direct messages with the bot
+        instead (no guild, no member: what a forged payload or a future install type would send)."""
         channel_id = self.channel_id(channel) if channel else self.general
         guild_id = self.channels[channel_id]["guild_id"]
         permissions = self.permissions_of(user)
@@ -743,6 +746,21 @@ class FakeDiscord:
         }
         if message is not None:
             payload["message"] = message
+        if dm:
+            for key in ("guild_id", "guild", "member", "guild_locale"):
+                del payload[key]
+            dm_channel = next((c for c, u in self.dm_channels.items() if u == self.users[user]["id"]), None)
+            if dm_channel is None:
+                dm_channel = self.snowflake()
+                self.dm_channels[dm_channel] = self.users[user]["id"]
+                self.messages[dm_channel] = []
+            payload |= {
+                "user": self.users[user],
+                "channel_id": dm_channel,
+                "channel": {"id": dm_channel, "type": 1, "recipients": [self.users[user]], "flags": 0},
+                "authorizing_integration_owners": {"1": self.users[user]["id"]},
+                "context": 1,
+            }
         interaction = Interaction(payload["id"], payload["token"], payload)
         self.interactions[interaction.id] = interaction
         interaction.sent_to = await self.dispatch("INTERACTION_CREATE", payload)
@@ -777,6 +795,7 @@ class FakeDiscord:
         subcommand: str | None = None,
         attachments: Sequence[dict[str, Any]] = (),
         attachment_size_limit: int | None = None,
+        dm: bool = False,
     ) -> Interaction:
         """Run a chat-input command. `options` are Discord's option dicts ({"name", "type", "value"}); an
         attachment option (type 11) may carry the `add_attachment` payload as its value. `subcommand` may be
@@ -792,11 +811,15 @@ class FakeDiscord:
             for group in reversed(groups):
                 built = [{"name": group, "type": 2, "options": built}]
         guild_id = self.channels[self.channel_id(channel)]["guild_id"]
-        data: dict[str, Any] = {"id": self.snowflake(), "name": name, "type": 1, "guild_id": guild_id}
+        data: dict[str, Any] = {"id": self.snowflake(), "name": name, "type": 1}
+        if not dm:
+            data["guild_id"] = guild_id
         data["options"] = built
         if resolved:
             data["resolved"] = resolved
-        return await self.interact(2, data, user=user, channel=channel, attachment_size_limit=attachment_size_limit)
+        return await self.interact(
+            2, data, user=user, channel=channel, attachment_size_limit=attachment_size_limit, dm=dm
+        )
 
     async def slash(
         self,
@@ -808,6 +831,7 @@ class FakeDiscord:
         channel: str | None = None,
         attachment_size_limit: int | None = None,
         types: dict[str, int] | None = None,
+        dm: bool = False,
     ) -> Interaction:
         """`/name [sub] option:value ...` with option types guessed from the values: an attachment payload
         (from add_attachment), a user dict (from `users`), bool, int, float or str; `types` overrides."""
@@ -829,6 +853,7 @@ class FakeDiscord:
             channel=channel or self.general,
             subcommand=sub,
             attachment_size_limit=attachment_size_limit,
+            dm=dm,
         )
 
     async def send_context_menu(
@@ -848,6 +873,7 @@ class FakeDiscord:
         user: str = "alice",
         channel: str | None = None,
         values: list[str] | None = None,
+        dm: bool = False,
     ) -> Interaction:
         """Press a button (with `values`: choose in a string select) on a message (its id, or its payload)."""
         target = self.find_message(message) if isinstance(message, str) else message
@@ -855,7 +881,7 @@ class FakeDiscord:
         if values is not None:
             data["values"] = values
         channel = channel or target["channel_id"]
-        return await self.interact(3, data, user=user, channel=channel, message=self._public(target))
+        return await self.interact(3, data, user=user, channel=channel, message=self._public(target), dm=dm)
 
     message_menu = send_context_menu
     press = send_component
@@ -870,7 +896,9 @@ class FakeDiscord:
             (
                 i
                 for i in reversed(self.interactions.values())
-                if i.modal and i.modal["custom_id"] == custom_id and i.payload["member"]["user"] == self.users[user]
+                if i.modal
+                and i.modal["custom_id"] == custom_id
+                and i.payload.get("member", i.payload)["user"] == self.users[user]
             ),
             None,
         )
@@ -1275,7 +1303,9 @@ class FakeDiscord:
         message["interaction_metadata"] = {
             "id": interaction.id,
             "type": interaction.payload["type"],
-            "user": interaction.payload["member"]["user"],
+            "user": interaction.payload["member"]["user"]
+            if "member" in interaction.payload
+            else interaction.payload["user"],
             "authorizing_integration_owners": interaction.payload["authorizing_integration_owners"],
         }
         interaction.messages.append(message)

@@ -503,3 +503,22 @@ async def fetch(world: Harness, job: Job) -> bytes:
     assert job.video_url is not None
     async with world.resources.session.get(job.video_url) as response:
         return await response.read()
+
+
+async def test_a_continue_form_sent_twice_at_once_makes_one_segment_charged_once(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        await fake.slash("video", {"prompt": "a red fox in snow"}, sub="text")
+        [parent] = await delivered(world, "alice", 1)
+        thread = str(parent.thread_id)
+        shown = await fake.press(f"video:continue:{parent.id}", video_message(world, thread, parent), user="bob")
+        await wait_until(lambda: shown.modal is not None)
+        values = {"Prompt (optional)": "the fox jumps", "Duration in seconds (3-15)": "3"}
+        sent = await asyncio.gather(*(fake.submit_modal(shown, values, user="bob") for _ in range(2)))
+        await wait_until(lambda: all(s.callbacks for s in sent) or len(world.sim.tasks) > 2)
+        await delivered(world, "bob", 1)
+        await world.more_ticks(5)  # a second segment, if any, would be written and sent by now
+        assert len(await bob_jobs(world)) == 1 and len(world.sim.tasks) == 2
+        assert await used_credits(world, "bob") == 2400
+    texts = sorted(s.texts()[-1] for s in sent)
+    assert "already confirmed" in texts[0] and "on its way" in texts[1]

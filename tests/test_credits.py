@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bot.credits import CreditService, QuotaRefused
-from bot.jobs import JobRequest, JobService, SubmitRefused
+from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
 from bot.kling import KlingClient
 from bot.model import QuotaSettings
 from bot.simulator import KlingSimulator
@@ -163,3 +163,11 @@ async def test_every_moderator_action_is_audited_with_before_and_after(credits: 
         ("set", "no override", "limit 3"),
     ]
     assert entries[0].reason == "bug bounty" and entries[0].moderator_id == MOD
+
+
+async def test_a_discord_job_without_a_server_is_refused_before_anything_is_written(
+    paid_service: JobService, store: Store, sim: KlingSimulator
+) -> None:
+    with pytest.raises(InvalidRequest, match="only be made in a server"):
+        await paid_service.create(video(guild=None))  # type: ignore[arg-type]
+    assert await store.count_by_status() == {} and sim.requests == []

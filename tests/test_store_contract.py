@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from bot.credits import CreditService, QuotaRefused
-from bot.model import OPEN, Lease
+from bot.jobs import JobRequest, JobService
+from bot.model import OPEN, DuplicateRequest, Lease
 from bot.store import MIGRATIONS, AuditEntry, Job, MemberQuota, QuotaSettings, Store, StoreUnavailable, Usage
 from tests.conftest import FakeClock
 
@@ -627,3 +628,41 @@ async def test_a_review_is_decided_once_and_a_rejected_job_stays_charged(store: 
     assert await store.usage_table(GUILD, 0.0) != [] and await store.credits_used(GUILD, 0.0) == 4800
     with pytest.raises(ValueError, match="not a mutable job column"):
         await store.decide_review("j1", "pending", "succeeded", id="other", updated_at=105.0)
+
+
+# --- one job per question -----------------------------------------------------------------------------------
+
+
+async def test_a_second_reservation_with_the_same_request_key_is_refused_and_charges_nothing(
+    store: AnyStore, credits: CreditService, clock: FakeClock
+) -> None:
+    await credits.set_caps(GUILD, MOD, member=10, server=10)
+    await credits.reserve(replace(job(1, clock), request_key="ask:1"), ())
+    with pytest.raises(DuplicateRequest):
+        await credits.reserve(replace(job(2, clock), request_key="ask:1"), ())
+    with pytest.raises(DuplicateRequest):  # the write without a quota (the command line's) is refused alike
+        await store.add_job(replace(job(3, clock), request_key="ask:1"))
+    await credits.reserve(replace(job(4, clock), request_key="ask:2"), ())  # another question
+    await credits.reserve(job(5, clock), ())  # no key: never refused for one (the command line's jobs)
+    await store.add_job(job(6, clock, user=BOB))
+    assert (await store.get_job(job(1, clock).id)).request_key == "ask:1"
+    assert await store.count_member_jobs(GUILD, ALICE) == 3
+    status = await credits.status(GUILD, ALICE, ())
+    assert (status.reserved, status.in_flight) == (12_000, 3)
+
+
+async def test_two_processes_reserving_one_question_at_once_make_exactly_one_job(
+    backend: Backend, kling: Any, clock: FakeClock
+) -> None:
+    stores = [await backend.open(), await backend.open()]  # two processes: two connections (pools) to one database
+    services = [
+        JobService(s, kling, credits=CreditService(s, DEFAULTS, clock=clock), clock=clock, owner=f"process-{n}")
+        for n, s in enumerate(stores)
+    ]
+    request = JobRequest("text", "pressed everywhere", guild_id=GUILD, channel_id=2, user_id=ALICE, request_key="ask:7")
+    results = await asyncio.gather(*(services[n % 2].reserve(request) for n in range(10)), return_exceptions=True)
+    made = [r for r in results if isinstance(r, Job)]
+    assert len(made) == 1 and all(isinstance(r, DuplicateRequest) for r in results if r not in made), results
+    assert await stores[1].count_member_jobs(GUILD, ALICE) == 1
+    usage = await stores[0].usage(GUILD, ALICE, 0.0)
+    assert (usage.reserved, usage.in_flight) == (4000, 1)
