@@ -526,7 +526,7 @@ async def test_a_command_in_flight_at_shutdown_finishes_before_the_store_closes(
 async def test_a_command_arriving_during_shutdown_is_refused_and_charges_nothing(world: Harness) -> None:
     fake = world.discord
     async with world.running() as bot:
-        world.sim.fail_next("slow", on="submit", delay=1.0)  # a command in flight holds the shutdown open
+        world.sim.fail_next("slow", on="submit", delay=2.0)  # a command in flight holds the shutdown open
         first = await fake.slash("video", {"prompt": "just before the stop"}, sub="text")
         await wait_until(lambda: any(r.method == "POST" for r in world.sim.requests))
         stopping = asyncio.create_task(bot.close())

@@ -385,24 +385,25 @@ async def test_two_processes_with_room_for_one_job_start_exactly_one(backend: Ba
     assert all(isinstance(r, QuotaRefused) for r in results if r is not None)
 
 
-def hold_the_first_count_of_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first reservation to count its server's jobs in flight waits (a second at most) for another to count
-    too, so a race that a lock too narrow would lose is lost every time."""
+def hold_the_first_two_counts_of_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first two reservations to count their server's jobs in flight each wait (a second at most) until both have
+    counted, before either writes its job: a race that a lock too narrow would lose is then lost every time."""
     from bot.pgstore import PgStore
 
     counting = PgStore._server_in_flight
-    other_counts = asyncio.Event()
-    first = True
+    both_counted = asyncio.Event()
+    counts = 0
 
     async def held(self: PgStore, db: Any, guild_id: int) -> int:
-        nonlocal first
-        if first:
-            first = False
+        nonlocal counts
+        count = await counting(self, db, guild_id)
+        counts += 1
+        if counts == 2:
+            both_counted.set()
+        elif counts == 1:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(other_counts.wait(), 1.0)  # the server's lock keeps the others out
-        else:
-            other_counts.set()
-        return await counting(self, db, guild_id)
+                await asyncio.wait_for(both_counted.wait(), 1.0)  # the server's lock keeps the second one out
+        return count
 
     monkeypatch.setattr(PgStore, "_server_in_flight", held)
 
@@ -412,7 +413,7 @@ async def test_two_processes_respect_the_server_cap_across_members(
 ) -> None:
     if backend.name == "sqlite":
         pytest.skip("SQLite serves one bot process (Store.open(single_instance=True) refuses a second)")
-    hold_the_first_count_of_the_server(monkeypatch)
+    hold_the_first_two_counts_of_the_server(monkeypatch)
     results = await _reserve_across_two_instances(
         backend, clock, 40, lambda n: 1000 + n, member=100, server=1, limit=1_000_000
     )
