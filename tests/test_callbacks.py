@@ -132,7 +132,8 @@ def test_the_task_id_is_read_from_either_shape(body: bytes, task_id: str | None)
     assert callback_task_id(body) == task_id
 
 
-async def test_callbacks_arriving_together_are_answered_by_one_query(tmp_path: Path) -> None:
+@pytest.mark.parametrize("arriving", ["at-once", "one-after-another"])
+async def test_callbacks_arriving_together_are_answered_by_one_query(tmp_path: Path, arriving: str) -> None:
     async with harness(tmp_path) as world:
         world.settings_overrides = {
             **callback_settings(),
@@ -142,7 +143,11 @@ async def test_callbacks_arriving_together_are_answered_by_one_query(tmp_path: P
         }
         world.sim.hold = True
         world.sim.processing_after = 3600.0  # no state change of its own: only our burst calls back
-        async with world.running():
+        async with world.running() as bot:
+            if arriving == "one-after-another":
+                # A burst spread over time: each callback answered before the next is sent. The window is widened
+                # so that a loaded machine cannot split the burst; without waiting for the rest, each asks alone.
+                bot.extensions["cogs.poller"].HINT_COALESCE_SECONDS = 1.0
             for n in range(8):
                 await world.discord.slash("video", {"prompt": f"burst {n}"}, sub="text")
 
@@ -159,7 +164,10 @@ async def test_callbacks_arriving_together_are_answered_by_one_query(tmp_path: P
                     async with session.post(url, json={"task_id": task_id, "task_status": "succeed"}) as answer:
                         return answer.status
 
-                assert await asyncio.gather(*(call_back(j.provider_task_id or "") for j in jobs)) == [204] * 8
+                if arriving == "at-once":
+                    assert await asyncio.gather(*(call_back(j.provider_task_id or "") for j in jobs)) == [204] * 8
+                else:
+                    assert [await call_back(j.provider_task_id or "") for j in jobs] == [204] * 8
             await world.hints_handled(8)
             queries = [r for r in world.sim.requests if r.method == "GET"][asked_before:]
     assert len(queries) == 1  # one batched query for the whole burst

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -122,6 +123,29 @@ async def test_a_tick_and_callback_hints_never_download_a_job_twice_at_once(worl
         ticks = poller.tick.current_loop
         await wait_until(lambda: poller.tick.current_loop >= ticks + 5)  # five more ticks saw it `succeeded`
         await poller.hint(job.provider_task_id)
+        assert sim.video_requests.count(output_of(world, job)) == 1 and job.id in poller.deliveries.running
+
+
+async def test_a_job_whose_claim_ran_out_mid_download_is_not_downloaded_again_here(world: Harness) -> None:
+    sim = world.sim
+    async with world.running() as bot:
+        poller = poller_of(bot)
+        [job] = await rendering(world, "paused past its claim")
+        assert job.provider_task_id is not None
+        sim.video_trickle_seconds = SLOW
+        sim.finish(job.provider_task_id)
+        await wait_until(lambda: output_of(world, job) in sim.video_requests)
+        # The process paused past the claim (its renewals late): the next tick claims the job again, as abandoned.
+        expired = {"lease_until": time.time() - 1, "updated_at": time.time()}
+        assert await world.resources.store.transition(job.id, "succeeded", "succeeded", **expired)
+        claimed = (await world.resources.store.get_job(job.id) or job).lease_attempt
+
+        async def claimed_again() -> bool:
+            current = await world.resources.store.get_job(job.id)
+            return current is not None and current.lease_attempt > claimed
+
+        await wait_until(claimed_again)
+        await world.more_ticks()
         assert sim.video_requests.count(output_of(world, job)) == 1 and job.id in poller.deliveries.running
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from bot.simulator import sample_video
 from tests.conftest import make_image
 from tests.fake_discord import wait_until
-from tests.harness import Harness, harness
+from tests.harness import Harness, harness, private_answer
 
 
 @pytest.fixture
@@ -545,6 +546,24 @@ async def test_a_command_in_flight_at_shutdown_finishes_before_the_store_closes(
     # Leaving the block stopped the bot while the command waited on the provider.
     assert "on its way" in interaction.texts()[-1]
     assert "Connection closed" not in caplog.text and "failed" not in caplog.text
+
+
+async def test_a_command_arriving_during_shutdown_is_refused_and_charges_nothing(world: Harness) -> None:
+    fake = world.discord
+    async with world.running() as bot:
+        world.sim.fail_next("slow", on="submit", delay=2.0)  # a command in flight holds the shutdown open
+        first = await fake.slash("video", {"prompt": "just before the stop"}, sub="text")
+        await wait_until(lambda: any(r.method == "POST" for r in world.sim.requests))
+        stopping = asyncio.create_task(bot.close())
+        await wait_until(lambda: bot.closing)
+        late = await fake.slash("video", {"prompt": "during the stop"}, sub="text", user="bob")
+        answer = await private_answer(late)
+        history = await private_answer(await fake.slash("video", {}, sub="history", user="bob"))  # reads the store
+        await stopping
+    assert "restarting" in answer and "Nothing was charged" in answer
+    assert "restarting" in history
+    assert "on its way" in first.texts()[-1]  # the one in flight finished
+    assert [r.json["prompt"] for r in world.sim.requests if r.method == "POST"] == ["just before the stop"]
 
 
 async def test_a_delivered_video_costs_two_discord_requests(world: Harness) -> None:

@@ -99,7 +99,7 @@ async def test_only_a_few_image_submits_are_in_memory_at_once(
     jobs = [await service.reserve(JobRequest("image", f"n{n}", image=frame, user_id=n)) for n in range(6)]
     started = await asyncio.gather(*(service.start(job, JobRequest("image", "", image=frame)) for job in jobs))
     assert [job.status for job in started] == ["submitted"] * 6
-    assert most == MAX_CONCURRENT_SENDS
+    assert most == MAX_CONCURRENT_SENDS <= 2  # the promise: at most two frames being sent in memory
 
 
 @pytest.mark.parametrize(

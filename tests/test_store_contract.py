@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -386,9 +387,35 @@ async def test_two_processes_with_room_for_one_job_start_exactly_one(backend: Ba
     assert all(isinstance(r, QuotaRefused) for r in results if r is not None)
 
 
-async def test_two_processes_respect_the_server_cap_across_members(backend: Backend, clock: FakeClock) -> None:
+def hold_the_first_two_counts_of_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first two reservations to count their server's jobs in flight each wait (a second at most) until both have
+    counted, before either writes its job: a race that a lock too narrow would lose is then lost every time."""
+    from bot.pgstore import PgStore
+
+    counting = PgStore._server_in_flight
+    both_counted = asyncio.Event()
+    counts = 0
+
+    async def held(self: PgStore, db: Any, guild_id: int) -> int:
+        nonlocal counts
+        count = await counting(self, db, guild_id)
+        counts += 1
+        if counts == 2:
+            both_counted.set()
+        elif counts == 1:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(both_counted.wait(), 1.0)  # the server's lock keeps the second one out
+        return count
+
+    monkeypatch.setattr(PgStore, "_server_in_flight", held)
+
+
+async def test_two_processes_respect_the_server_cap_across_members(
+    backend: Backend, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if backend.name == "sqlite":
         pytest.skip("SQLite serves one bot process (Store.open(single_instance=True) refuses a second)")
+    hold_the_first_two_counts_of_the_server(monkeypatch)
     results = await _reserve_across_two_instances(
         backend, clock, 40, lambda n: 1000 + n, member=100, server=1, limit=1_000_000
     )
@@ -502,6 +529,21 @@ async def test_a_write_under_an_old_lease_is_refused(store: AnyStore) -> None:
     assert (current.status, current.provider_status) == ("processing", "x")
     assert near(current.lease_until, now + 200)
     assert await store.transition(job_id, "processing", "succeeded", updated_at=214.0)  # no lease: not fenced
+
+
+async def test_a_write_under_an_older_claim_of_the_same_process_is_refused(store: AnyStore) -> None:
+    # One process (on SQLite, the only one) claims a job, pauses past the lease and claims it again: the owner's
+    # name is the same, so only the attempt tells the stale claim from the live one.
+    [job_id] = await add_jobs(store, 1)
+    [old] = await store.claim_jobs(("submitted",), owner="a", now=200.0, until=210.0, limit=1)
+    [new] = await store.claim_jobs(("submitted",), owner="a", now=211.0, until=300.0, limit=1)
+    old_lease, new_lease = Lease("a", old.lease_attempt), Lease("a", new.lease_attempt)
+    assert not await store.update_job(job_id, "submitted", lease=old_lease, provider_status="y", updated_at=212.0)
+    assert not await store.transition(job_id, "submitted", "failed", lease=old_lease, updated_at=212.0)
+    assert not await store.renew_lease(job_id, old_lease, 400.0)
+    assert await store.transition(job_id, "submitted", "processing", lease=new_lease, updated_at=213.0)
+    current = await store.get_job(job_id)
+    assert (current.status, current.provider_status) == ("processing", None)
 
 
 async def test_releasing_frees_a_claim_but_leaves_a_newer_one_alone(store: AnyStore) -> None:
