@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from bot.simulator import KlingSimulator
 from bot.store import Store
 
 API_KEY = "sk-test-0123456789abcdef"
+
+# The bot processes, benches and fakes the tests start run this checkout's code, whatever the installed package
+# points at (a second worktree, or the mutants' copies of the tree).
+ROOT = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
 class FakeClock:
