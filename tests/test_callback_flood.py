@@ -112,5 +112,10 @@ async def test_hints_dropped_in_a_flood_do_not_lose_a_real_job(tmp_path: Path) -
             job = await world.job_in("submitted", "processing")
             world.poller().max_pending_hints = 0  # full: every hint is dropped, the real job's too
             world.sim.finish(job.provider_task_id)
-            await wait_until(lambda: dropped() > dropped_before)
-            await world.job_in("delivered")  # every job at the provider was asked about instead
+            await wait_until(lambda: dropped() > dropped_before, within=5)
+
+            async def delivered() -> bool:
+                current = await world.resources.store.get_job(job.id)
+                return current is not None and current.status == "delivered"
+
+            await wait_until(delivered, within=5)  # every job at the provider was asked about instead
