@@ -75,7 +75,7 @@ async def test_a_flood_of_random_ids_does_not_hold_up_a_real_jobs_delivery(tmp_p
             await world.discord.slash("video", {"prompt": "a real job"}, sub="text")
             job = await world.job_in("submitted", "processing")
             poller = world.poller()
-            poller.max_pending_hints = 100  # small, so that this flood overflows it (the default is 2000)
+            poller.max_pending_hints = 20  # small, so that this flood overflows it (the default is 2000)
 
             async def watch_pending() -> None:
                 nonlocal most_pending
@@ -95,7 +95,7 @@ async def test_a_flood_of_random_ids_does_not_hold_up_a_real_jobs_delivery(tmp_p
                 watching.cancel()
     print(f"finish to delivered under the flood: {took:.2f} s; answers {flood.answers}; most pending {most_pending}")
     assert took < 5.0
-    assert most_pending <= 100
+    assert most_pending <= 20
     if rate_limit:  # the flood's address used its burst and then its 50 a second; the provider's (127.0.0.1) is apart
         assert flood.answers.get("429", 0) > 2 * flood.answers.get("204", 0)
     else:
