@@ -20,7 +20,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot.callbacks import CallbackServer
+from bot.callbacks import CallbackServer, RateLimit
 from bot.config import Settings
 from bot.i18n import english, tr
 from bot.resources import Resources, open_resources
@@ -193,10 +193,11 @@ class VideoBot(commands.AutoShardedBot):
         self.settings = settings
         self.resources = resources
         self.closing = False
-        # The poll loop registers itself here when its cog loads: a callback's hint goes to it.
-        self.hint_handler: Callable[[str], Coroutine[Any, Any, None]] | None = None
-        self._hints: set[asyncio.Task[None]] = set()
+        # The poll loop registers itself here when its cog loads: a callback's hint goes to it (it only notes it; the
+        # loop tells the fleet the ones that match a job). Its flag says whether the fleet told it.
+        self.hint_handler: Callable[[str, bool], Coroutine[Any, Any, None]] | None = None
         self.fleet_alerts: list[str] = []  # alerts other processes raised, for the one that posts them
+        self.metrics_address: tuple[str, int] | None = None  # where the metrics page listens, once it does
 
     async def setup_hook(self) -> None:
         await self.tree.set_translator(CatalogTranslator())  # commands' names and descriptions in zh-CN too
@@ -215,13 +216,16 @@ class VideoBot(commands.AutoShardedBot):
         async with contextlib.AsyncExitStack() as stack:
             if settings.metrics_port:
                 # Its own thread; it never touches the event loop.
-                server, thread = prometheus_client.start_http_server(settings.metrics_port)
+                server, thread = prometheus_client.start_http_server(settings.metrics_port, settings.metrics_host)
                 stack.callback(thread.join, 5)
                 stack.callback(server.shutdown)
-                log.info("metrics on port %d", settings.metrics_port)
+                self.metrics_address = (str(server.server_address[0]), int(server.server_address[1]))
+                log.info("metrics on %s port %d", settings.metrics_host, settings.metrics_port)
             if settings.callback_public_url:
                 secret = settings.callback_secret.get_secret_value() if settings.callback_secret else None
-                callbacks = CallbackServer(self.task_hint, secret=secret)
+                rate = settings.callback_rate_per_second
+                limit = RateLimit(rate, settings.callback_rate_burst) if rate > 0 else None
+                callbacks = CallbackServer(self.task_hint, secret=secret, rate_limit=limit)
                 port = await callbacks.start(settings.callback_host, settings.callback_port)
                 stack.push_async_callback(callbacks.close)
                 log.info("taking callbacks on port %d for %s", port, settings.callback_public_url)
@@ -230,22 +234,16 @@ class VideoBot(commands.AutoShardedBot):
             yield
 
     async def task_hint(self, task_id: str) -> None:
-        """A callback named a task: have the poller look at it now, and tell the fleet (another process may be the
-        one polling it), without holding up the provider's request."""
-        self._hint_locally(task_id)
-        await self.resources.fleet.tell("hint", task_id)
+        """A callback named a task: the poller notes it at once (the provider's request never waits for a query),
+        asks about it soon, and tells the fleet if it matches a job (another process may be the one polling it)."""
+        if self.hint_handler is not None:
+            await self.hint_handler(task_id, False)
 
     async def _from_fleet(self, kind: str, text: str) -> None:
-        if kind == "hint":
-            self._hint_locally(text)
+        if kind == "hint" and self.hint_handler is not None:
+            await self.hint_handler(text, True)
         elif kind == "alert":
             self.fleet_alerts.append(text)  # posted by this process's poll loop if it holds the alerts duty
-
-    def _hint_locally(self, task_id: str) -> None:
-        if self.hint_handler is not None:
-            hint = asyncio.get_running_loop().create_task(self.hint_handler(task_id))
-            self._hints.add(hint)
-            hint.add_done_callback(self._hints.discard)
 
     async def close(self) -> None:
         """Stop taking interactions, let the handlers in flight finish (bounded), then stop the rest."""

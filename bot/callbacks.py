@@ -2,6 +2,8 @@
 
 With a secret, each callback must carry a valid Standard Webhooks signature (docs/provider-api.md):
 HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{raw body}`, keyed with the Base64 secret after `whsec_`.
+Without one (the default) anyone can send them, so the endpoint is cheap to refuse: a rate limit per client address,
+and a task id of the provider's shape; what is left is a hint the poll loop looks up in bulk (cogs/poller.py).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from bot import metrics
 from bot.serving import serve
 
 log = logging.getLogger(__name__)
@@ -24,6 +29,10 @@ log = logging.getLogger(__name__)
 MAX_SKEW_SECONDS = 5 * 60
 MAX_BODY_BYTES = 1024 * 1024
 CALLBACK_PATH = "/kling/callback"
+# The provider's task ids are strings of digits ("901930004609634393"); other Kling deployments use UUIDs or
+# Base64url-like strings. Lenient for those, strict against garbage: no spaces, quotes or slashes, at most 64.
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+MAX_CLIENTS = 10_000  # client addresses the rate limit remembers (the least recently seen is forgotten first)
 
 
 class BadSignature(Exception):
@@ -78,6 +87,39 @@ def callback_task_id(body: bytes) -> str | None:
     return str(value)
 
 
+def is_task_id(value: str) -> bool:
+    """Whether `value` has the shape of a provider's task id."""
+    return TASK_ID.fullmatch(value) is not None
+
+
+class RateLimit:
+    """A token bucket per client address: `burst` callbacks at once, then `rate` a second."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address: (tokens, as of when)
+
+    def allow(self, address: str) -> bool:
+        """Take one token from the address's bucket; False when it is empty."""
+        now = self.clock()
+        tokens, then = self.buckets.pop(address, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+        allowed = tokens >= 1.0
+        self.buckets[address] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self.buckets) > MAX_CLIENTS:  # bounded memory: a forgotten address starts with a full bucket
+            self.buckets.popitem(last=False)
+        return allowed
+
+
+def peer_address(request: web.Request) -> str:
+    """The address of the connection's other end. Never a header such as X-Forwarded-For, which anyone can write:
+    behind a reverse proxy this is the proxy's address, shared by every client."""
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    return str(peer[0]) if peer else "unknown"
+
+
 class CallbackServer:
     """A small aiohttp app that turns each valid callback into `on_hint(task_id)`."""
 
@@ -86,30 +128,38 @@ class CallbackServer:
         on_hint: Callable[[str], Awaitable[None]],
         *,
         secret: str | None = None,
+        rate_limit: RateLimit | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if secret is not None:
             secret_key(secret)  # fail at start-up, not at the first callback
         self.on_hint = on_hint
         self.secret = secret
+        self.rate_limit = rate_limit
         self.clock = clock
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
         self.app.router.add_post(CALLBACK_PATH, self.receive)
         self._runner: web.AppRunner | None = None
 
     async def receive(self, request: web.Request) -> web.Response:
-        """Check the signature, pick the task id, and ask for that task now; the body's state is not used."""
+        """Check the rate, the signature and the task id's shape, and ask for that task soon; the body's state is not
+        used. Refusals are counted, not logged one by one: a flood would fill the log."""
+        if self.rate_limit is not None and not self.rate_limit.allow(peer_address(request)):
+            metrics.CALLBACKS.labels("rate_limited").inc()
+            return web.Response(status=429, text="too many callbacks", headers={"Retry-After": "1"})
         body = await request.read()
         if self.secret is not None:
             try:
                 verify(self.secret, request.headers, body, self.clock())
             except BadSignature as exc:
-                log.warning("refused a callback from %s: %s", request.remote, exc)
+                log.debug("refused a callback from %s: %s", peer_address(request), exc)
+                metrics.CALLBACKS.labels("bad_signature").inc()
                 return web.Response(status=401, text="bad signature")
         task_id = callback_task_id(body)
-        if task_id is None:
-            log.warning("a callback without a task id from %s", request.remote)
-            return web.Response(status=400, text="no task id")
+        if task_id is None or not is_task_id(task_id):
+            metrics.CALLBACKS.labels("bad_id").inc()
+            return web.Response(status=400, text="no task id of the provider's shape")
+        metrics.CALLBACKS.labels("hint").inc()
         await self.on_hint(task_id)
         return web.Response(status=204)
 

@@ -85,9 +85,15 @@ class Settings(BaseSettings):
     callback_secret: SecretStr | None = None
     callback_host: str = "0.0.0.0"
     callback_port: int = Field(default=8090, ge=0, le=65535)
+    # Callbacks each client address (the connection's peer: behind a proxy, the proxy's) may send per second, with
+    # bursts of up to CALLBACK_RATE_BURST; more are answered 429. 0: no limit (let the proxy limit per client).
+    callback_rate_per_second: float = Field(default=50.0, ge=0)
+    callback_rate_burst: int = Field(default=200, ge=1)
 
-    # Prometheus metrics on http://0.0.0.0:METRICS_PORT/metrics when set.
+    # Prometheus metrics on http://METRICS_HOST:METRICS_PORT/metrics when the port is set. Local only by default:
+    # the page shows server ids and credit totals.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     # Discord sharding: this process runs the shards SHARD_IDS ("0-3", "0,2") of SHARD_COUNT. Unset: one process
     # runs every shard, as many as Discord recommends (GET /gateway/bot); SHARD_COUNT alone: all of that many.

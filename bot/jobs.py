@@ -619,16 +619,18 @@ class JobService:
                 changes.append(JobChange(change, job.status))
         return changes
 
-    async def refresh(self, task_ids: Sequence[str]) -> list[JobChange]:
-        """Ask the provider now about tasks callbacks named (in one batched query); its answers, not the
-        callbacks, move the jobs."""
-        wanted = []
-        for task_id in dict.fromkeys(task_ids):
-            job = await self.store.job_by_task(task_id)
-            if job is not None and job.status in AT_PROVIDER and job.origin == self.origin:
-                wanted.append(job.id)
-        if not wanted:
+    async def hinted_jobs(self, task_ids: Sequence[str]) -> list[Job]:
+        """This service's jobs at the provider among the tasks callbacks named, found with one query (a flood of
+        made-up ids costs one query per batch, not one per id)."""
+        found = await self.store.jobs_by_tasks(list(dict.fromkeys(task_ids)))
+        return [job for job in found if job.status in AT_PROVIDER and job.origin == self.origin]
+
+    async def refresh(self, jobs: Sequence[Job]) -> list[JobChange]:
+        """Ask the provider now about jobs callbacks named (`hinted_jobs`; in one batched query); its answers, not
+        the callbacks, move the jobs."""
+        if not jobs:
             return []
+        wanted = [job.id for job in jobs]
         # A job another process holds is skipped: that process is asking about it already.
         claimed = await self._claim(AT_PROVIDER, limit=len(wanted), ids=wanted)
         try:

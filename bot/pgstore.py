@@ -556,6 +556,13 @@ class PgStore:
         rows = await self._jobs(f"{_SELECT_JOB} WHERE provider_task_id = %s", (task_id,))
         return rows[0] if rows else None
 
+    async def jobs_by_tasks(self, task_ids: Sequence[str]) -> list[Job]:
+        """The jobs the provider knows under any of these task ids, in one query (a flood of callbacks' hints is
+        looked up at once)."""
+        if not task_ids:
+            return []
+        return await self._jobs(f"{_SELECT_JOB} WHERE provider_task_id = ANY(%s::text[])", (list(task_ids),))
+
     async def jobs_in(self, statuses: Sequence[str], *, origin: str | None = None) -> list[Job]:
         """Jobs in any of these states (of one origin, if given), oldest first."""
         sql = f"{_SELECT_JOB} WHERE status = ANY(%s::text[])"

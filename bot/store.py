@@ -620,6 +620,14 @@ class Store:
         rows = await self._jobs(f"{_SELECT_JOB} WHERE provider_task_id = ?", (task_id,))
         return rows[0] if rows else None
 
+    async def jobs_by_tasks(self, task_ids: Sequence[str]) -> list[Job]:
+        """The jobs the provider knows under any of these task ids, in one query (a flood of callbacks' hints is
+        looked up at once; the ids are one JSON parameter, so there is no limit on their number)."""
+        if not task_ids:
+            return []
+        sql = f"{_SELECT_JOB} WHERE provider_task_id IN (SELECT value FROM json_each(?))"
+        return await self._jobs(sql, (json.dumps(list(task_ids)),))
+
     async def jobs_in(self, statuses: Sequence[str], *, origin: str | None = None) -> list[Job]:
         """Jobs in any of these states (of one origin, if given), oldest first."""
         marks = ", ".join("?" for _ in statuses)

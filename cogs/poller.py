@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 # jobs in flight cost well under one request per second against Discord's 50 per second.
 STATUS_EDITS_PER_TICK = 20
 HINT_COALESCE_SECONDS = 0.03  # callbacks arriving this close together are answered by one query
+# Callbacks' hints waiting for their lookup, at most; beyond it a flood's hints are dropped (and counted). A dropped
+# hint may have been a real job's: while hints are dropped, every job at the provider is asked about instead, at
+# most every OVERFLOW_ASK_SECONDS, so a real job still lands within seconds.
+MAX_PENDING_HINTS = 2000
+OVERFLOW_ASK_SECONDS = 1.0
 STOP_GRACE_SECONDS = 8.0  # on shutdown: for a tick in progress, then for running deliveries
 METRICS_EVERY = 30.0
 ENDINGS = {  # how a job ended, in the log channel's announcement
@@ -111,7 +116,12 @@ class Poller(commands.Cog):
         self.busy = False
         self.ticks = 0  # ticks completed, for operators' debugging and for tests that count ticks
         self.hints_handled = 0  # callbacks' hints acted on, likewise
-        self.hinted: set[str] = set()  # task ids named by callbacks, waiting for the next batched query
+        # Task ids named by callbacks, waiting for the next batched lookup, each with whether a callback to this
+        # process named it (then, if it matches a job, the fleet is told; a hint the fleet told is not told again).
+        self.hinted: dict[str, bool] = {}
+        self.max_pending_hints = MAX_PENDING_HINTS
+        self.hints_dropped = False  # since the last lookup; then every job at the provider is asked about
+        self.asked_all_at = float("-inf")
         self.hint_flush: asyncio.Task[None] | None = None
         self.lock = asyncio.Lock()  # a callback's hint and a tick never apply the same provider answer at once
         self.metrics_at = float("-inf")
@@ -207,25 +217,45 @@ class Poller(commands.Cog):
             for alert in alerts:
                 await self.bot.post_to(guild_id, channel_id, f"⚠️ {translated(locale, alert)}")
 
-    async def hint(self, task_id: str) -> None:
+    async def hint(self, task_id: str, from_fleet: bool = False) -> None:
         """A callback said a task changed: ask about it soon, together with the others that arrive meanwhile
-        (callbacks come in bursts when many videos finish at once: one query answers them all)."""
-        self.hinted.add(task_id)
+        (callbacks come in bursts when many videos finish at once: one query answers them all). Nothing is awaited
+        here, so the callback's answer never waits for the database."""
+        if task_id not in self.hinted and len(self.hinted) >= self.max_pending_hints:
+            metrics.CALLBACKS_DROPPED.inc()
+            self.hints_dropped = True
+        else:
+            self.hinted[task_id] = self.hinted.get(task_id, False) or not from_fleet
         if self.hint_flush is None or self.hint_flush.done():
             self.hint_flush = asyncio.get_running_loop().create_task(self._flush_hints())
 
     async def _flush_hints(self) -> None:
-        await asyncio.sleep(HINT_COALESCE_SECONDS)  # let the rest of the burst arrive
-        task_ids, self.hinted = list(self.hinted), set()
-        try:
-            async with self.lock:
-                for change in await self.jobs.refresh(task_ids):
-                    await self.announce(change.job)
-            await self.deliver_finished()
-        except Exception:
-            log.exception("handling the callbacks for %d task(s) failed; polling will catch up", len(task_ids))
-        finally:
-            self.hints_handled += len(task_ids)
+        while self.hinted or self.hints_dropped:  # hints that came during a lookup get the next one
+            await asyncio.sleep(HINT_COALESCE_SECONDS)  # let the rest of the burst arrive
+            hinted, self.hinted = self.hinted, {}
+            try:
+                await self._act_on_hints(hinted)
+            except Exception:
+                log.exception("handling the callbacks for %d task(s) failed; polling will catch up", len(hinted))
+            finally:
+                self.hints_handled += len(hinted)
+
+    async def _act_on_hints(self, hinted: dict[str, bool]) -> None:
+        """Look the hinted tasks up in one query, outside the tick's lock (a flood of made-up ids matches nothing and
+        never holds up a tick); tell the fleet the ones that match a job; ask the provider about those."""
+        jobs = await self.jobs.hinted_jobs(list(hinted))
+        for job in jobs:
+            if job.provider_task_id is not None and hinted.get(job.provider_task_id):
+                await self.bot.resources.fleet.tell("hint", job.provider_task_id)
+        if self.hints_dropped and time.monotonic() - self.asked_all_at >= OVERFLOW_ASK_SECONDS:
+            self.hints_dropped, self.asked_all_at = False, time.monotonic()
+            jobs = await self.jobs.in_state(*AT_PROVIDER)  # a dropped hint may have been any of them
+        if not jobs:
+            return
+        async with self.lock:
+            for change in await self.jobs.refresh(jobs):
+                await self.announce(change.job)
+        await self.deliver_finished()
 
     async def deliver_finished(self) -> int:
         """Claim finished jobs for the free delivery slots and hand them to the delivery worker; no waiting.

@@ -50,3 +50,15 @@ async def test_a_small_soak_of_two_processes_under_faults_loses_and_repeats_noth
     for zero in ("jobs lost", "jobs sent twice", "jobs posted twice", "credits out of balance (milli-credits)"):
         assert f"| {zero} | 0 |" in table
     assert any(line.startswith("| jobs delivered per second | ") for line in table)
+
+
+async def test_the_callback_flood_benchmark_times_a_real_job_with_and_without_a_flood() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.callback_flood", "--samples", "1", "--connections", "2", "--flood-answers", "500",
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()[-2000:]
+    runs = [line.split(" | ")[0].removeprefix("| ") for line in out.decode().splitlines() if line.startswith("| ")]
+    assert runs[1:] == ["no flood", "flood, rate limit on", "flood, rate limit off"]

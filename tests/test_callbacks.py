@@ -8,8 +8,10 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import prometheus_client
 import pytest
 
 from bot.callbacks import BadSignature, callback_task_id, sign, verify
@@ -172,3 +174,110 @@ async def test_callbacks_arriving_together_are_answered_by_one_query(tmp_path: P
             queries = [r for r in world.sim.requests if r.method == "GET"][asked_before:]
     assert len(queries) == 1  # one batched query for the whole burst
     assert sorted(queries[0].query["task_ids"].split(",")) == sorted(j.provider_task_id for j in jobs)
+
+
+def lookups_of(world: Harness) -> list[list[str]]:
+    """Record the task ids each lookup of the running bot's store asks for (one list per query)."""
+    store = world.resources.store
+    asked: list[list[str]] = []
+    for name, many in (("job_by_task", False), ("jobs_by_tasks", True)):
+        original = getattr(store, name, None)
+        if original is None:
+            continue
+
+        def spy(ids: Any, _original: Any = original, _many: bool = many) -> Any:
+            asked.append(list(ids) if _many else [ids])
+            return _original(ids)
+
+        setattr(store, name, spy)
+    return asked
+
+
+MALFORMED = ["a b", "x" * 65, "../../etc/passwd", "1'; DROP TABLE jobs; --", "\u00e9t\u00e9", "-1", "<script>"]
+
+
+async def test_malformed_task_ids_are_refused_with_400_and_no_query(tmp_path: Path) -> None:
+    async with harness(tmp_path) as world:
+        world.settings_overrides = {**callback_settings(), "poll_interval_seconds": 60.0}
+        async with world.running(), aiohttp.ClientSession() as session:
+            asked = lookups_of(world)
+            url = world.settings_overrides["callback_public_url"]
+            for task_id in MALFORMED:
+                async with session.post(url, json={"task_id": task_id, "task_status": "succeed"}) as answer:
+                    assert answer.status == 400, task_id
+            for good in ("901930004609634393", "3f2b8c1e-9d4a-4e1b-8f00-5a6b7c8d9e0f", "CjikY2dFT3oAAAAAAmOVbQ"):
+                async with session.post(url, json={"task_id": good}) as answer:
+                    assert answer.status == 204, good  # real ids' shapes pass
+            await world.hints_handled(3)
+    assert sorted(task_id for query in asked for task_id in query) == sorted(
+        ["901930004609634393", "3f2b8c1e-9d4a-4e1b-8f00-5a6b7c8d9e0f", "CjikY2dFT3oAAAAAAmOVbQ"]
+    )
+
+
+async def test_hints_are_looked_up_in_one_query_and_the_waiting_ones_are_bounded(tmp_path: Path) -> None:
+    from cogs.poller import MAX_PENDING_HINTS
+
+    async with harness(tmp_path) as world:
+        world.settings_overrides = {"poll_interval_seconds": 60.0}
+        async with world.running():
+            poller = world.poller()
+            asked = lookups_of(world)
+            before = prometheus_client.REGISTRY.get_sample_value("kling_bot_callbacks_dropped_total") or 0.0
+            await asyncio.gather(*(poller.hint(str(10**17 + n)) for n in range(MAX_PENDING_HINTS + 500)))
+            assert len(poller.hinted) == MAX_PENDING_HINTS  # the excess was dropped, and counted
+            after = prometheus_client.REGISTRY.get_sample_value("kling_bot_callbacks_dropped_total")
+            assert after == before + 500
+            await world.hints_handled(MAX_PENDING_HINTS)
+    assert [len(query) for query in asked] == [MAX_PENDING_HINTS]  # one query for them all
+
+
+async def test_random_ids_are_looked_up_while_a_tick_holds_the_lock(tmp_path: Path) -> None:
+    async with harness(tmp_path) as world:
+        world.settings_overrides = {**callback_settings(), "poll_interval_seconds": 60.0}
+        async with world.running(), aiohttp.ClientSession() as session:
+            poller = world.poller()
+            url = world.settings_overrides["callback_public_url"]
+            async with poller.lock:  # as a long tick would
+                for n in range(50):
+                    async with session.post(url, json={"task_id": str(10**17 + n)}) as answer:
+                        assert answer.status == 204
+                # Made-up ids match no job: they are looked up and forgotten without waiting for the tick.
+                await wait_until(lambda: poller.hints_handled >= 50 and not poller.hinted, within=5)
+
+
+async def test_a_client_over_its_rate_gets_429_and_other_clients_are_still_served(tmp_path: Path) -> None:
+    async with harness(tmp_path) as world:
+        world.settings_overrides = {
+            **callback_settings(),
+            "poll_interval_seconds": 60.0,
+            "callback_rate_per_second": 0.01,  # no token comes back within the test
+            "callback_rate_burst": 5,
+        }
+        url = world.settings_overrides["callback_public_url"]
+        async with world.running():
+            async with aiohttp.ClientSession() as flooder:
+                answers = []
+                for n in range(8):
+                    async with flooder.post(url, json={"task_id": str(10**17 + n)}) as answer:
+                        answers.append((answer.status, answer.headers.get("Retry-After")))
+            other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))  # another client address
+            async with (
+                aiohttp.ClientSession(connector=other) as provider,
+                provider.post(url, json={"task_id": "901930004609634393"}) as answer,
+            ):
+                assert answer.status == 204
+    assert answers == [(204, None)] * 5 + [(429, "1")] * 3
+
+
+def test_the_rate_limit_refills_at_its_rate_and_remembers_a_bounded_number_of_clients() -> None:
+    from bot.callbacks import MAX_CLIENTS, RateLimit
+
+    now = [0.0]
+    limit = RateLimit(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [limit.allow("a") for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.5  # one token back
+    assert [limit.allow("a") for _ in range(2)] == [True, False]
+    assert limit.allow("b")  # each address has its own bucket
+    for n in range(MAX_CLIENTS + 10):
+        limit.allow(f"10.0.{n // 256}.{n % 256}")
+    assert len(limit.buckets) == MAX_CLIENTS

@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bot.fleet import SoloFleet, open_fleet
@@ -195,3 +196,34 @@ async def test_a_process_without_the_alerts_duty_tells_its_alert_to_the_one_hold
             assert alerts_in(world, fake.log_channel) == []  # the holder posts it, not this process
     finally:
         await holder.close()
+
+
+async def test_random_ids_are_not_told_to_the_fleet_but_a_matching_one_is(world: Harness, postgres_dsn: str) -> None:
+    world.settings_overrides |= callback_settings()
+    world.sim.hold = True
+    world.sim.processing_after = 3600.0  # no callback of the simulator's own: only ours
+    other = PgFleet(postgres_dsn, "process-e")
+    told: list[tuple[str, str]] = []
+
+    async def record(kind: str, text: str) -> None:
+        told.append((kind, text))
+
+    await other.listen(record)
+    try:
+        await wait_until(other.listening.is_set)
+        async with world.running(), aiohttp.ClientSession() as session:
+            await world.discord.slash("video", {"prompt": "a real one among many"}, sub="text")
+            job = await world.job_in("submitted")
+            told.clear()  # the submit's own callback
+            url = world.settings_overrides["callback_public_url"]
+            for n in range(50):
+                async with session.post(url, json={"task_id": str(10**17 + n)}) as answer:
+                    assert answer.status == 204
+            await world.hints_handled(50)
+            async with session.post(url, json={"task_id": job.provider_task_id}) as answer:
+                assert answer.status == 204
+            # Notifications arrive in the order they were sent: once the real one is heard, any other would be too.
+            await wait_until(lambda: ("hint", job.provider_task_id) in told)
+    finally:
+        await other.close()
+    assert {text for _, text in told} == {job.provider_task_id}

@@ -277,6 +277,7 @@ async def test_every_hot_query_is_served_by_an_index(store: Store) -> None:
     await store.count_in(HOLDING_A_SLOT)
     await store.render_times(5, "720p")
     await store.job_by_task("t3")
+    await store.jobs_by_tasks(["t3", "t4", "no-such-task"])
     await store.count_by_status()
     await store.credits_used(1, 0.0)
     await store.credits_used(1, 110.0)

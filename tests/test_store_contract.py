@@ -152,6 +152,8 @@ async def test_every_job_field_round_trips_with_64_bit_ids(store: AnyStore) -> N
     assert await store.get_job("full") == full
     assert await store.job_by_task("task-1") == full
     assert await store.get_job("missing") is None and await store.job_by_task("missing") is None
+    assert await store.jobs_by_tasks(["missing", "task-1", "task-1"]) == [full]  # one query for many ids
+    assert await store.jobs_by_tasks([]) == []
     assert await store.member_jobs(BIG, 2**53 + 1) == [full]
 
 
