@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from bot.jobs import InvalidRequest, JobRequest, JobService
+from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
 from bot.kling import KlingClient
 from bot.simulator import KlingSimulator
 from bot.store import Store
@@ -60,6 +60,10 @@ def check_prompt(prompt: str) -> None:
                 job = await service.create(JobRequest("text", prompt))
             except InvalidRequest as refused:
                 assert str(refused) and sim.requests == []
+                return
+            except SubmitRefused as refused:  # the provider's content policy ("forbidden", in any case)
+                [post] = [r for r in sim.requests if r.method == "POST"]
+                assert post.json["prompt"] == prompt and refused.reason
                 return
             [post] = [r for r in sim.requests if r.method == "POST"]
             assert post.json["prompt"] == prompt  # sent exactly
@@ -184,3 +188,7 @@ async def test_secrets_appear_nowhere(world: Harness, caplog: pytest.LogCaptureF
     for secret in (KEY, fake.token):
         assert secret not in everything
     assert any(r.levelno >= logging.WARNING for r in caplog.records)  # failures were logged, without secrets
+
+
+def test_a_prompt_the_provider_refuses_is_refused_clearly() -> None:
+    check_prompt("FORBIDDEN")  # what Hypothesis once found: the simulator's content policy, in capitals
