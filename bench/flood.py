@@ -209,7 +209,7 @@ def floor_seconds(requests: list[tuple[str, str]]) -> tuple[float, str]:
     return worst, why
 
 
-async def flood(videos: int, channels: int, wait: float) -> None:
+async def flood(videos: int, channels: int, wait: float, ack_commands: int = ACK_COMMANDS) -> None:
     """Make `videos` jobs over `channels` channels, finish them all at once, measure until all are delivered."""
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="flood-") as tmp:
@@ -241,7 +241,7 @@ async def flood(videos: int, channels: int, wait: float) -> None:
                 await response.json()
             finished = time.perf_counter()
             acks = []
-            for n in range(ACK_COMMANDS):  # members keep using the bot during the flood
+            for n in range(ack_commands):  # members keep using the bot during the flood
                 acks.append(await slash(n, f"member{USERS + n}", f"during the flood {n}"))
                 await asyncio.sleep(ACK_EVERY)
             ids = {j.id for j in flood_jobs}
@@ -346,7 +346,8 @@ def report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--videos", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="50 videos, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="50 videos")
+    parser.add_argument("--acks", type=int, default=ACK_COMMANDS, help="slash commands during the flood (at most 50)")
     parser.add_argument("--channels", type=int, default=10, help="text channels the jobs are spread over")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the deliveries")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
@@ -354,7 +355,7 @@ def main() -> None:
     if args.serve:
         asyncio.run(serve_fakes(args.channels))
         return
-    asyncio.run(flood(50 if args.quick else args.videos, args.channels, args.timeout))
+    asyncio.run(flood(50 if args.quick else args.videos, args.channels, args.timeout, args.acks))
 
 
 if __name__ == "__main__":
