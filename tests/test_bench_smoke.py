@@ -72,6 +72,12 @@ def check_store(text: str) -> None:
     assert len(rows) > 30 and "EXPLAIN QUERY PLAN" in text
 
 
+def check_tick(text: str) -> None:
+    rows = table(text)
+    assert "| provider queries per tick | 10 | 10 | floor 10 |" in rows  # the same queries both ways
+    assert re.search(r"ratio of wall times \(as it was / today\): [\d.]+", text)
+
+
 # bench module: (its tiny arguments, what its output must show)
 SMOKE_RUNS: dict[str, tuple[list[str], Callable[[str], None]]] = {
     "run": (["--tiny"], check_run),
@@ -80,6 +86,7 @@ SMOKE_RUNS: dict[str, tuple[list[str], Callable[[str], None]]] = {
     "burst": (["--jobs", "2"], check_burst),
     "images": (["--scale", "0.1"], check_images),
     "store": (["--sizes", "1000", "--calls", "20"], check_store),
+    "tick": (["--jobs", "200", "--ticks", "2"], check_tick),
 }
 NEEDS_POSTGRES = {"soak"}  # smoke-run by its own test below
 

@@ -446,6 +446,32 @@ async def test_a_claim_takes_at_most_n_jobs_in_its_states_and_skips_leased_ones(
     assert await store.claim_jobs(("submitted",), owner="c", now=202.0, until=262.0, limit=5, ids=[]) == []
 
 
+async def test_a_poll_reads_and_claims_narrow_rows_of_the_jobs_at_the_provider_only(store: AnyStore) -> None:
+    [first, second] = await add_jobs(store, 2)
+    await store.update_job(second, "submitted", status="processing", provider_task_id="t2", updated_at=150.0)
+    for job_id, status, origin in (("queued", "queued", "discord"), ("done", "succeeded", "discord"),
+                                   ("cli", "processing", "cli")):  # fmt: skip
+        await store.add_job(replace(BLANK, id=job_id, status=status, origin=origin, created_at=90.0))
+    seen = await store.in_flight(origin="discord")
+    assert [(j.id, j.status, j.provider_task_id, j.duration, j.resolution, j.created_at) for j in seen] == [
+        (first, "submitted", None, 5, "720p", 100.0),
+        (second, "processing", "t2", 5, "720p", 101.0),
+    ]  # oldest first; other states and origins left out
+    everything = [first, second, "queued", "done", "cli", "x"]
+    claimed = await store.claim_in_flight(everything, owner="a", now=200.0, until=260.0, limit=10)
+    assert [(j.id, j.status, j.lease_owner, j.lease_attempt) for j in claimed] == [
+        (first, "submitted", "a", 1),
+        (second, "processing", "a", 1),
+    ]
+    assert await store.claim_in_flight(everything, owner="b", now=201.0, until=261.0, limit=10) == []  # held
+    await store.release_leases([(j.id, Lease("a", j.lease_attempt)) for j in claimed], 210.0)
+    [again] = await store.claim_in_flight([second], owner="b", now=211.0, until=271.0, limit=10)
+    assert (again.id, again.lease_owner, again.lease_attempt) == (second, "b", 2)
+    assert [j.id for j in await store.claim_in_flight(everything, owner="c", now=212.0, until=272.0, limit=1)] == [
+        first
+    ]  # at most `limit`
+
+
 async def test_an_expired_lease_is_claimed_again_with_a_higher_attempt_and_shows_it_was_abandoned(
     store: AnyStore,
 ) -> None:
