@@ -1,10 +1,11 @@
 """One poll tick with N jobs in flight: today's tick beside the tick as it was, in one run, and the ratio.
 
-Run: `.venv/bin/python -m bench.tick [--jobs 10000] [--ticks 5] [--concurrency 4]`. The Kling simulator runs in a
-child process (`--serve`), as the provider runs on another machine, holding N tasks in `processing`; the bot's
-side (a SQLite file with the N jobs, the client, `JobService.poll_once`) runs here. The ticks of both ways
-alternate, so a machine shared with other work slows both alike. Nothing moves: every tick asks about every job
-(no render history, so none is skipped as too early), as the steady state of N long renders.
+Run: `.venv/bin/python -m bench.tick [--jobs 10000] [--ticks 5] [--concurrency 4] [--latency-ms 0]`. The Kling
+simulator runs in a child process (`--serve`), as the provider runs on another machine, holding N tasks in
+`processing` (with `--latency-ms`, each answer comes that much later, as over a network); the bot's side (a SQLite
+file with the N jobs, the client, `JobService.poll_once`) runs here. The ticks of both ways alternate, so a machine
+shared with other work slows both alike. Nothing moves: every tick asks about every job (no render history, so
+none is skipped as too early), as in the steady state of N long renders.
 
 "The tick as it was" is the code before this bench: every job's whole row read twice (the list of jobs in flight,
 then the claim's `RETURNING`) and the queries sent one after another; it is kept here only to be measured.
@@ -47,10 +48,13 @@ def task_id(n: int) -> str:
     return str(FIRST_TASK + n)
 
 
-async def serve(jobs: int) -> None:
-    """The child: the simulator holding `jobs` tasks in processing; prints its URL, serves until stdin closes."""
+async def serve(jobs: int, latency: float) -> None:
+    """The child: the simulator holding `jobs` tasks in processing, each answer `latency` seconds late (a network
+    between us and the provider); prints its URL, serves until stdin closes."""
     sim = KlingSimulator(api_key=KEY, endpoint_path="tick", render_seconds=10**9)
     sim.hold = True
+    if latency > 0:
+        sim.fail_next("slow", on="query", times=10**9, delay=latency)
     await sim.start()
     if sim._ticker is not None:  # held tasks never move: spare the child walking them every tick
         sim._ticker.cancel()
@@ -107,7 +111,7 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-async def bench(jobs: int, ticks: int, concurrency: int) -> dict[str, dict[str, list[float]]]:
+async def bench(jobs: int, ticks: int, concurrency: int, latency: float) -> dict[str, dict[str, list[float]]]:
     """Wall and CPU seconds and provider queries of each tick, for both ways."""
     queries = [0]
 
@@ -118,7 +122,9 @@ async def bench(jobs: int, ticks: int, concurrency: int) -> dict[str, dict[str, 
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(count)
     with tempfile.TemporaryDirectory(prefix="bench-tick-") as tmp:
-        async with fakes_process("--jobs", str(jobs), module="bench.tick") as where:
+        async with fakes_process(
+            "--jobs", str(jobs), "--latency-ms", str(latency * 1000), module="bench.tick"
+        ) as where:
             store = await Store.open(Path(tmp) / "tick.sqlite3")
             now = time.time()
             await bulk_insert(store, [
@@ -160,7 +166,7 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-def report(jobs: int, ticks: int, concurrency: int, figures: dict[str, dict[str, list[float]]]) -> None:
+def report(jobs: int, ticks: int, concurrency: int, latency: float, figures: dict[str, dict[str, list[float]]]) -> None:
     old, new = figures["as it was"], figures["today"]
     ratio = statistics.median(old["wall"]) / statistics.median(new["wall"])
     floor = math.ceil(jobs / MAX_IDS_PER_QUERY)
@@ -176,7 +182,8 @@ def report(jobs: int, ticks: int, concurrency: int, figures: dict[str, dict[str,
         ("the simulator's CPU time per tick (its process), median", ms(statistics.median(new["sim"])),
          ms(statistics.median(old["sim"])), "the provider's side: not ours"),
     ]  # fmt: skip
-    print(f"\n{jobs:,} jobs in flight, {ticks} ticks of each way, {concurrency} queries at once today; "
+    print(f"\n{jobs:,} jobs in flight, {ticks} ticks of each way, {concurrency} queries at once today, "
+          f"{latency * 1000:g} ms added to each answer; "
           f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}")  # fmt: skip
     print("\n| measure | today | as it was | beside it |\n|---|---|---|---|")
     for measure, today, before, other in rows:
@@ -189,14 +196,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--ticks", type=int, default=5, help="ticks measured for each way")
     parser.add_argument("--concurrency", type=int, default=4, help="queries at once (POLL_CONCURRENCY)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to each answer (a network's round trip)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
+    latency = args.latency_ms / 1000
     if args.serve:
-        asyncio.run(serve(args.jobs))
+        asyncio.run(serve(args.jobs, latency))
         return
     logging.basicConfig(level=logging.ERROR)
-    figures = asyncio.run(bench(args.jobs, args.ticks, args.concurrency))
-    report(args.jobs, args.ticks, args.concurrency, figures)
+    figures = asyncio.run(bench(args.jobs, args.ticks, args.concurrency, latency))
+    report(args.jobs, args.ticks, args.concurrency, latency, figures)
 
 
 if __name__ == "__main__":
