@@ -232,7 +232,9 @@ def floor_seconds(requests: list[tuple[str, str]]) -> tuple[float, str]:
     return worst, why
 
 
-async def flood(videos: int, channels: int, wait: float, members: int, one_lane: bool = False) -> dict[str, float]:
+async def flood(
+    videos: int, channels: int, wait: float, members: int, one_lane: bool = False, ack_commands: int = ACK_COMMANDS
+) -> dict[str, float]:
     """Make `videos` jobs over `channels` channels, finish them all at once, measure until all are delivered.
     Meanwhile `members` other members each ask `/video status` and press Re-roll and Delete under a video of
     their own (made and delivered before the flood)."""
@@ -301,7 +303,7 @@ async def flood(videos: int, channels: int, wait: float, members: int, one_lane:
                 await asyncio.gather(*presses)
 
             acting_task = asyncio.create_task(members_act())
-            for n in range(ACK_COMMANDS):  # members keep using the bot during the flood
+            for n in range(ack_commands):  # members keep using the bot during the flood
                 acks.append(await slash(n, f"member{USERS + n}", f"during the flood {n}"))
                 await asyncio.sleep(ACK_EVERY)
             await acting_task
@@ -426,7 +428,8 @@ def report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--videos", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="50 videos, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="50 videos")
+    parser.add_argument("--acks", type=int, default=ACK_COMMANDS, help="slash commands during the flood (at most 50)")
     parser.add_argument("--channels", type=int, default=10, help="text channels the jobs are spread over")
     parser.add_argument("--members", type=int, default=200, help="members pressing buttons during the flood")
     parser.add_argument("--compare", action="store_true", help="run once with the old one-lane pace, then as is")
@@ -439,12 +442,12 @@ def main() -> None:
     members = min(args.members, 20) if args.quick else args.members
     videos = 50 if args.quick else args.videos
     if not args.compare:
-        asyncio.run(flood(videos, args.channels, args.timeout, members))
+        asyncio.run(flood(videos, args.channels, args.timeout, members, ack_commands=args.acks))
         return
     print("== one lane (every Discord request first come first served, as before) ==", flush=True)
-    before = asyncio.run(flood(videos, args.channels, args.timeout, members, one_lane=True))
+    before = asyncio.run(flood(videos, args.channels, args.timeout, members, True, args.acks))
     print("\n== two lanes (the requests members wait on first) ==", flush=True)
-    after = asyncio.run(flood(videos, args.channels, args.timeout, members))
+    after = asyncio.run(flood(videos, args.channels, args.timeout, members, ack_commands=args.acks))
     print("\n| measure | one lane | two lanes | ratio |\n|---|---|---|---|")
     for measure, old in before.items():
         new = after.get(measure, float("nan"))

@@ -1,11 +1,12 @@
 """Peak memory and time of first-frame checks, the old way (decode everything) beside the new one.
 
-Run: `.venv/bin/python -m bench.images`. Each figure comes from a fresh process (Linux only): Pillow
+Run: `.venv/bin/python -m bench.images [--scale 1]`. Each figure comes from a fresh process (Linux only): Pillow
 allocates pixels with plain malloc, invisible to tracemalloc, so we read the resident high-water mark.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import io
@@ -34,10 +35,13 @@ def _photo(width: int, height: int) -> Image.Image:
     return Image.merge("RGB", (noise, ramp, ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
 
 
-def _write_files(folder: Path) -> None:
-    Image.new("RGB", (6324, 6324), (200, 80, 40)).save(folder / "png40", "PNG")
-    _photo(4000, 3000).save(folder / "jpeg12", "JPEG", quality=85)
-    _photo(9000, 4000).save(folder / "jpeg36", "JPEG", quality=70)
+def _write_files(folder: Path, scale: float) -> None:
+    def side(pixels: int) -> int:
+        return max(1, round(pixels * scale))
+
+    Image.new("RGB", (side(6324), side(6324)), (200, 80, 40)).save(folder / "png40", "PNG")
+    _photo(side(4000), side(3000)).save(folder / "jpeg12", "JPEG", quality=85)
+    _photo(side(9000), side(4000)).save(folder / "jpeg36", "JPEG", quality=70)
 
 
 def _old_check(data: bytes) -> None:
@@ -89,8 +93,13 @@ def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--one":
         _measure_here(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))
         return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="each image's sides times this (0.1: a smoke run)")
+    scale = parser.parse_args().scale
     with tempfile.TemporaryDirectory() as folder:
-        _write_files(Path(folder))
+        _write_files(Path(folder), scale)
+        if scale != 1.0:
+            print(f"images scaled by {scale:g} a side: the case names give the full sizes")
         print(f"{'case':<32} {'before MB':>10} {'before s':>9} {'after MB':>9} {'after s':>8}")
         for name, (file, count) in CASES.items():
             old_mb, old_s = _measure("before", Path(folder) / file, count)

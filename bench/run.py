@@ -1,6 +1,7 @@
 """Benchmarks of the real bot against the Kling simulator and the fake Discord, beside a naive bot and the floor.
 
-Run: `.venv/bin/python -m bench.run` (add `--quick` for small sizes). Prints one table; figures are medians.
+Run: `.venv/bin/python -m bench.run` (add `--quick` for small sizes, `--tiny` for a smoke run). Prints one table;
+figures are medians.
 """
 
 from __future__ import annotations
@@ -348,22 +349,27 @@ async def bench_memory(folder: Path, jobs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="small sizes")
+    parser.add_argument("--tiny", action="store_true", help="the smallest sizes, for the test suite's smoke run")
     parser.add_argument("--runs", type=int, default=1, help="run everything N times; print min / median / max")
     args = parser.parse_args()
-    sizes = [10, 100, 1000] if args.quick else [10, 100, 1000, 10_000]
+    size = "tiny" if args.tiny else "quick" if args.quick else "full"
+
+    def pick(full: Any, quick: Any, tiny: Any) -> Any:
+        return {"full": full, "quick": quick, "tiny": tiny}[size]
 
     async def run() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             folder = Path(tmp)
-            await bench_polling(folder, sizes, repeats=3)
-            await bench_store(folder, 100_000 if args.quick else 1_000_000)
-            await bench_delivery(folder, 20 if args.quick else 100)
-            await bench_intake(folder, 50 if args.quick else 200)
-            await bench_adaptive(folder, 20 if args.quick else 100, 40.0, 10.0)
-            await bench_latency(folder, 3 if args.quick else 5, 1.0 if args.quick else 2.0)
-            await bench_latency(folder, 3 if args.quick else 5, 1.0 if args.quick else 2.0, callbacks=True)
-            await bench_memory(folder, 1000 if args.quick else 10_000)
+            await bench_polling(folder, pick([10, 100, 1000, 10_000], [10, 100, 1000], [10, 100]), repeats=3)
+            await bench_store(folder, pick(1_000_000, 100_000, 20_000))
+            await bench_delivery(folder, pick(100, 20, 2))
+            await bench_intake(folder, pick(200, 50, 5))
+            await bench_adaptive(folder, pick(100, 20, 5), 40.0, 10.0)
+            samples, interval = pick(5, 3, 1), pick(2.0, 1.0, 0.5)
+            await bench_latency(folder, samples, interval)
+            await bench_latency(folder, samples, interval, callbacks=True)
+            await bench_memory(folder, pick(10_000, 1000, 100))
 
     logging.basicConfig(level=logging.ERROR)
     runs = []

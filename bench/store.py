@@ -104,9 +104,13 @@ async def build(path: Path, size: int) -> tuple[Store, World]:
     raw.execute("PRAGMA cache_size = -1048576")
     for number, script in enumerate(MIGRATIONS[:4], start=1):
         raw.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
-    marks = ", ".join("?" for _ in JOB_COLUMNS)
+    # Only the columns of schema 4: later migrations add the rest (with their defaults) during the upgrade.
+    present = {row[1] for row in raw.execute("PRAGMA table_info(jobs)")}
+    kept = [n for n, name in enumerate(JOB_COLUMNS) if name in present]
+    names = ", ".join(JOB_COLUMNS[n] for n in kept)
+    marks = ", ".join("?" for _ in kept)
     raw.execute("BEGIN")
-    raw.executemany(f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})", data)
+    raw.executemany(f"INSERT INTO jobs ({names}) VALUES ({marks})", ([r[n] for n in kept] for r in data))
     raw.execute("COMMIT")
     raw.close()
     store = await Store.open(path)
@@ -177,14 +181,14 @@ def queries(store: Store, world: World) -> dict[str, Callable[[], Awaitable[Any]
     return out
 
 
-async def measure(call: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
+async def measure(call: Callable[[], Awaitable[Any]], calls: int = CALLS) -> tuple[float, float]:
     for _ in range(3):  # warm the cache: the bot's pages are hot too
         await call()
     times: list[float] = []
     deadline = time.perf_counter() + BUDGET
     gc.disable()  # a collection in the middle of a sub-millisecond call is the bench's noise, not the store's
     try:
-        while len(times) < CALLS and (len(times) < 20 or time.perf_counter() < deadline):
+        while len(times) < calls and (len(times) < min(20, calls) or time.perf_counter() < deadline):
             started = time.perf_counter()
             await call()
             times.append(time.perf_counter() - started)
@@ -221,7 +225,7 @@ async def plans(store: Store, named: dict[str, Callable[[], Awaitable[Any]]]) ->
             print(f"    {plan}")
 
 
-async def main(sizes: list[int]) -> None:
+async def main(sizes: list[int], calls: int = CALLS) -> None:
     results: dict[str, dict[int, tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         for size in sizes:
@@ -231,7 +235,7 @@ async def main(sizes: list[int]) -> None:
             try:
                 named = queries(store, world)
                 for name, call in named.items():
-                    results.setdefault(name, {})[size] = await measure(call)
+                    results.setdefault(name, {})[size] = await measure(call, calls)
                 if size == sizes[-1]:
                     await plans(store, named)
             finally:
@@ -247,5 +251,6 @@ async def main(sizes: list[int]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated job counts")
+    parser.add_argument("--calls", type=int, default=CALLS, help="calls timed per query (fewer: a smoke run)")
     args = parser.parse_args()
-    asyncio.run(main([int(s) for s in args.sizes.split(",")]))
+    asyncio.run(main([int(s) for s in args.sizes.split(",")], args.calls))

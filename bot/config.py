@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # A postgresql:// URL for several bot processes on one database; unset: the SQLite file at DATABASE_PATH.
     database_url: str | None = Field(default=None, pattern=r"^(postgres(ql)?|sqlite)://")
     poll_interval_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Queries of one poll in flight at once (20 tasks each); a rate limit from the provider holds them all.
+    poll_concurrency: int = Field(default=4, ge=1, le=32)
 
     # How long a job may wait to be sent, or render, before it is failed (waiting) or shown as late (rendering).
     job_timeout_minutes: float = Field(default=30.0, gt=0)

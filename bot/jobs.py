@@ -28,8 +28,8 @@ from bot.kling import (
     KlingTask,
     KlingUnavailable,
 )
-from bot.model import AT_PROVIDER, FINAL, NOTIFY_MODES, OPEN, WAITING, Job, Lease, lease_of
-from bot.scheduling import AccountPause, Shape, due_for_poll, fair_order, poll_delay, shape_of
+from bot.model import AT_PROVIDER, FINAL, NOTIFY_MODES, OPEN, WAITING, InFlight, Job, Lease, lease_of
+from bot.scheduling import AccountPause, Polled, Shape, due_for_poll, fair_order, poll_delay, shape_of
 from bot.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -330,7 +330,7 @@ class JobService:
 
     # --- claims ---------------------------------------------------------------------------------------------
 
-    def lease_of(self, job: Job) -> Lease | None:
+    def lease_of(self, job: Job | InFlight) -> Lease | None:
         """The claim this process holds on a job row, if it is this process's (writes under it are fenced)."""
         return lease_of(job) if job.lease_owner == self.owner else None
 
@@ -340,6 +340,11 @@ class JobService:
         length = seconds if seconds is not None else self.lease_seconds
         return await self.store.claim_jobs(
             statuses, owner=self.owner, now=self.clock(), seconds=length, limit=limit, origin=self.origin, **narrow
+        )
+
+    async def _claim_in_flight(self, ids: Sequence[str]) -> list[InFlight]:
+        return await self.store.claim_in_flight(
+            ids, owner=self.owner, now=self.clock(), seconds=self.lease_seconds, limit=POLL_BATCH, origin=self.origin
         )
 
     async def claim_deliveries(self, limit: int) -> list[tuple[Job, bool]]:
@@ -360,7 +365,7 @@ class JobService:
             job.id, lease, now=self.clock(), seconds=self.lease_seconds
         )
 
-    async def release_claims(self, jobs: Iterable[Job]) -> None:
+    async def release_claims(self, jobs: Iterable[Job | InFlight]) -> None:
         """Give back this process's claims on these jobs (their work is done, or left for the next tick)."""
         held = [(job.id, lease) for job in jobs if (lease := self.lease_of(job)) is not None]
         await self.store.release_leases(held, self.clock())
@@ -477,7 +482,7 @@ class JobService:
             return (await self._apply(current, task)) or current
         return current
 
-    async def _fail(self, job: Job, reason: str, previous: str | tuple[str, ...]) -> Job | None:
+    async def _fail(self, job: Job | InFlight, reason: str, previous: str | tuple[str, ...]) -> Job | None:
         """Fail a job (its reservation is released with it); None when another path already moved it."""
         now = self.clock()
         if not await self.store.transition(
@@ -579,11 +584,11 @@ class JobService:
 
         `sweep`: also look for jobs that waited too long to be sent (one process of a fleet does it at a time)."""
         changes = await self._settle_reserved(everything=False)
-        in_flight = await self.store.jobs_in(AT_PROVIDER, origin=self.origin)
+        in_flight = await self.store.in_flight(origin=self.origin)  # narrow rows: the tick reads no more
         due = {job.id for job in await self._due(in_flight)}
         overdue = {job.id for job in in_flight if self._past_late_limit(job)}
         # Only the jobs with work to do now are claimed; one another process is asking about is skipped.
-        claimed = await self._claim(AT_PROVIDER, ids=[*due | overdue]) if due | overdue else []
+        claimed = await self._claim_in_flight([*due | overdue]) if due | overdue else []
         try:
             moved = await self._ask([job for job in claimed if job.id in due])
             changes.extend(moved)
@@ -596,7 +601,7 @@ class JobService:
         changes.extend(await self.dispatch_once())  # last, so the slots freed just now are used at once
         return changes
 
-    async def _ask(self, jobs: list[Job]) -> list[JobChange]:
+    async def _ask(self, jobs: Sequence[Job | InFlight]) -> list[JobChange]:
         """Ask the provider about these claimed jobs (in batched queries) and move each where its task is."""
         by_task = {job.provider_task_id: job for job in jobs if job.provider_task_id}
         if not by_task:
@@ -642,11 +647,11 @@ class JobService:
         """At the provider for longer than JOB_TIMEOUT_MINUTES: still expected, asked about less often."""
         return job.status in AT_PROVIDER and self.clock() - (job.submitted_at or job.created_at) > self.job_timeout
 
-    async def _typical(self, jobs: list[Job]) -> dict[Shape, float | None]:
+    async def _typical(self, jobs: Sequence[Job | InFlight]) -> dict[Shape, float | None]:
         """The median render time of each shape among these jobs (one query per shape)."""
         return {shape: await self.estimate_seconds(*shape) for shape in {shape_of(job) for job in jobs}}
 
-    async def _due(self, jobs: list[Job]) -> list[Job]:
+    async def _due(self, jobs: list[Polled]) -> list[Polled]:
         """The jobs worth asking about now (see `scheduling.due_for_poll`)."""
         if not self.adaptive or not jobs:
             return jobs
@@ -665,7 +670,7 @@ class JobService:
         """How long the poll loop should sleep: shorter while a job is around its expected finish."""
         if not self.adaptive:
             return base
-        jobs = await self.store.jobs_in(AT_PROVIDER, origin=self.origin)
+        jobs = await self.store.in_flight(origin=self.origin)
         return poll_delay(jobs, now=self.clock(), typical=await self._typical(jobs), base=base)
 
     async def resume(self) -> list[JobChange]:
@@ -749,11 +754,13 @@ class JobService:
             return None
         return await self.store.get_job(job.id)
 
-    async def _apply(self, job: Job, task: KlingTask) -> Job | None:
+    async def _apply(self, job: Job | InFlight, task: KlingTask) -> Job | None:
         """Move a job to where the provider says its task is; returns the new row if it moved."""
+        if task.status in AT_PROVIDER and (task.status, job.status) != ("processing", "submitted"):
+            return None  # still rendering, as we knew (most answers of a tick): nothing to write
         now = self.clock()
         lease = self.lease_of(job)
-        if task.status == "processing" and job.status == "submitted":
+        if task.status == "processing":
             moved = await self.store.transition(
                 job.id, "submitted", "processing", lease=lease, provider_status=task.status, updated_at=now
             )
@@ -779,8 +786,6 @@ class JobService:
         elif task.status == "failed":
             reason = task.message or english("The video service could not make this video.")
             return await self._fail(job, english("The video service failed: {reason}", reason=reason), AT_PROVIDER)
-        elif task.status in ("submitted", "processing"):
-            return None
         else:  # the client logged this status once; keep asking
             log.debug("job %s: unknown provider status %r; still waiting", job.id, task.status)
             await self.store.update_job(job.id, AT_PROVIDER, lease=lease, provider_status=task.status, updated_at=now)
@@ -811,10 +816,10 @@ class JobService:
             await self.release_claims(stale)
         return changes
 
-    def _past_late_limit(self, job: Job) -> bool:
+    def _past_late_limit(self, job: Job | InFlight) -> bool:
         return self.clock() - (job.submitted_at or job.created_at) > self.job_timeout + self.late_limit
 
-    async def _give_up_late(self, claimed: list[Job]) -> list[JobChange]:
+    async def _give_up_late(self, claimed: Sequence[Job | InFlight]) -> list[JobChange]:
         """Fail claimed jobs still at the provider a day after JOB_TIMEOUT_MINUTES (their credits are given back)."""
         changes = []
         hours = (self.job_timeout + self.late_limit) / 3600

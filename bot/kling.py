@@ -35,6 +35,7 @@ TASKS = "/kling/tasks"
 MAX_IDS_PER_QUERY = 20  # the provider's cap, checked against production
 
 MAX_RETRY_AFTER = 60.0  # a gateway's Retry-After beyond this is not believed
+QUERY_CONCURRENCY = 4  # queries of one poll in flight at once (POLL_CONCURRENCY)
 
 # A request body with more text than this (a first frame in Base64) is encoded in a worker thread, piece by piece;
 # a smaller one costs less than the hop to a thread.
@@ -305,8 +306,13 @@ class KlingClient:
         backoff_cap: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         breaker: CircuitBreaker | None = None,
+        query_concurrency: int = QUERY_CONCURRENCY,
     ) -> None:
         self.breaker = breaker or CircuitBreaker()
+        self.query_concurrency = max(1, query_concurrency)
+        # The provider asked us to slow down (a rate limit): no request of this client goes out before this
+        # (time.monotonic), whichever task asked, so queries in flight together wait together.
+        self._quiet_until = 0.0
         self._session = session
         self._root = root_url.rstrip("/")
         self._api_key = api_key
@@ -317,6 +323,7 @@ class KlingClient:
         self._sleep = sleep
         # What this gateway turned out to accept, learned at run time (see docs/provider-api.md).
         self.batch_size = MAX_IDS_PER_QUERY
+        self._lists_proven = False  # a full list was answered in full: lists may go out together
         self._announced_sizes: set[int] = set()
         self.frame_form: Literal["base64", "url"] = "base64"
 
@@ -387,39 +394,83 @@ class KlingClient:
         """Look tasks up by the provider's ids, as many per request as the gateway answers; unknown ids are absent.
 
         Starts at the documented 20 ids; a gateway that refuses lists or drops ids from them teaches a smaller
-        batch, kept for the life of the process."""
+        batch, kept for the life of the process. Up to `query_concurrency` lists are asked at once."""
+        ids = list(dict.fromkeys(task_ids))
         found: dict[str, KlingTask] = {}
-        await self._query_batches(list(dict.fromkeys(task_ids)), found)
+        if not self._lists_proven:  # the first list alone: a gateway that takes fewer ids teaches it once
+            first, ids = ids[: self.batch_size], ids[self.batch_size :]
+            await self._query_batches(first, found)
+        lists = [ids[start : start + self.batch_size] for start in range(0, len(ids), self.batch_size)]
+        answers = await self._ask_lists(lists)
+        for chunk, answer in zip(lists, answers, strict=True):
+            await self._take_answer(chunk, answer, found)  # one at a time: what they teach is learned in order
         return list(found.values())
+
+    async def _ask_lists(self, lists: list[list[str]]) -> list[list[KlingTask] | KlingBadRequest]:
+        """Each list's answer (or its refusal), asking up to `query_concurrency` at once; after a failure no new
+        list is sent, and the first failure is raised (as one list after another would)."""
+        answers: list[list[KlingTask] | KlingBadRequest] = [[] for _ in lists]
+        pending = iter(enumerate(lists))
+        failures: list[Exception] = []
+
+        async def worker() -> None:
+            for index, chunk in pending:
+                if failures:
+                    return
+                try:
+                    answers[index] = await self._try_list(chunk)
+                except Exception as exc:  # raised below, once every worker has stopped
+                    failures.append(exc)
+                    return
+
+        await asyncio.gather(*(worker() for _ in range(min(self.query_concurrency, len(lists)))))
+        if failures:
+            raise failures[0]
+        return answers
+
+    async def _try_list(self, chunk: list[str]) -> list[KlingTask] | KlingBadRequest:
+        try:
+            return await self._query_once("task_ids", chunk)
+        except KlingBadRequest as exc:
+            return exc
 
     async def _query_batches(self, ids: list[str], found: dict[str, KlingTask]) -> None:
         start = 0
         while start < len(ids):
             chunk = ids[start : start + self.batch_size]
             start += len(chunk)
-            try:
-                tasks = await self._query_once("task_ids", chunk)
-            except KlingBadRequest as exc:
-                if len(chunk) == 1:
-                    # A gateway may refuse an id it does not know instead of leaving it out: then it is absent.
-                    log.info("query for task %s refused (%s); taking it as unknown", chunk[0], exc)
-                    continue
-                log.info("the gateway refused a list of %d ids (%s); asking fewer at a time", len(chunk), exc)
-                self.batch_size = min(self.batch_size, len(chunk) // 2)
-                await self._query_batches(chunk, found)
-                continue
-            found.update((task.id, task) for task in tasks if task.id in chunk)
-            missing = [i for i in chunk if i not in found]
-            if missing and len(chunk) > 1:
-                # Unknown ids, or a gateway that answers only part of a list: ask again in smaller batches.
-                answered, size = len(found), self.batch_size
-                self.batch_size = min(size, len(chunk) // 2)
-                await self._query_batches(missing, found)
-                if len(found) == answered:
-                    self.batch_size = size  # they were simply unknown: the list size was not the problem
-            elif self.batch_size < MAX_IDS_PER_QUERY and self.batch_size not in self._announced_sizes:
-                self._announced_sizes.add(self.batch_size)
-                log.warning("the gateway answers %d id(s) per query; using that from now on", self.batch_size)
+            await self._take_answer(chunk, await self._try_list(chunk), found)
+
+    async def _take_answer(
+        self, chunk: list[str], answer: list[KlingTask] | KlingBadRequest, found: dict[str, KlingTask]
+    ) -> None:
+        """Keep one list's answer; a refused or partly answered list is asked again in smaller ones."""
+        if isinstance(answer, KlingBadRequest):
+            if len(chunk) == 1:
+                # A gateway may refuse an id it does not know instead of leaving it out: then it is absent.
+                log.info("query for task %s refused (%s); taking it as unknown", chunk[0], answer)
+                return
+            log.info("the gateway refused a list of %d ids (%s); asking fewer at a time", len(chunk), answer)
+            self.batch_size = min(self.batch_size, len(chunk) // 2)
+            self._lists_proven = False
+            await self._query_batches(chunk, found)
+            return
+        found.update((task.id, task) for task in answer if task.id in chunk)
+        missing = [i for i in chunk if i not in found]
+        if missing and len(chunk) > 1:
+            # Unknown ids, or a gateway that answers only part of a list: ask again in smaller batches.
+            answered, size = len(found), self.batch_size
+            self.batch_size = min(size, len(chunk) // 2)
+            await self._query_batches(missing, found)
+            if len(found) == answered:
+                self.batch_size = size  # they were simply unknown: the list size was not the problem
+            else:
+                self._lists_proven = False
+        elif self.batch_size < MAX_IDS_PER_QUERY and self.batch_size not in self._announced_sizes:
+            self._announced_sizes.add(self.batch_size)
+            log.warning("the gateway answers %d id(s) per query; using that from now on", self.batch_size)
+        if not missing and len(chunk) == self.batch_size > 1:
+            self._lists_proven = True
 
     async def find_external(self, external_task_id: str) -> KlingTask | None:
         """The task we submitted under our own id, or None if the provider does not know it (yet)."""
@@ -457,14 +508,15 @@ class KlingClient:
 
     async def _submit(self, path: str, body: dict[str, Any], external_task_id: str) -> KlingTask:
         """POST a new task. Retried on a rate limit; after server trouble, only once a query shows it is absent."""
-        attempt = 0
+        attempt, delay = 0, 0.0
         while True:
+            await self._wait_quiet(delay)
             try:
                 return _parse_task(await self._call("POST", path, json_body=body))
             except KlingRateLimited as exc:
                 if attempt >= self._max_retries:
                     raise
-                delay = self._delay(attempt, exc.retry_after)
+                delay = self._slow_down(exc, self._delay(attempt, exc.retry_after))
             except KlingNotSent:
                 raise
             except KlingUnavailable as exc:
@@ -491,22 +543,36 @@ class KlingClient:
                 return existing
             attempt += 1
             log.warning("submit %s: retrying in %.1fs (attempt %d)", external_task_id, delay, attempt)
-            await self._sleep(delay)
 
     async def _with_retries(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
         """Run an idempotent call, retrying rate limits and server trouble with backoff and jitter."""
-        attempt = 0
+        attempt, delay = 0, 0.0
         while True:
+            await self._wait_quiet(delay)
             try:
                 return await call()
             except (KlingRateLimited, KlingUnavailable) as exc:
                 if attempt >= self._max_retries:
                     raise
-                retry_after = exc.retry_after if isinstance(exc, KlingRateLimited) else None
-                delay = self._delay(attempt, retry_after)
+                if isinstance(exc, KlingRateLimited):
+                    delay = self._slow_down(exc, self._delay(attempt, exc.retry_after))
+                else:
+                    delay = self._delay(attempt, None)
                 attempt += 1
                 log.warning("%s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
-                await self._sleep(delay)
+
+    def _slow_down(self, exc: KlingRateLimited, delay: float) -> float:
+        """A rate limit holds every request of this client for `delay` (a 1303 is about tasks, not requests:
+        only the submit that met it waits). Returns `delay`."""
+        if exc.code != 1303:
+            self._quiet_until = max(self._quiet_until, time.monotonic() + delay)
+        return delay
+
+    async def _wait_quiet(self, delay: float) -> None:
+        """Sleep `delay` (this call's own back-off), or longer while the provider asked every request to wait."""
+        wait = max(delay, self._quiet_until - time.monotonic())
+        if wait > 0:
+            await self._sleep(wait)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         backoff = min(self._backoff_cap, self._backoff_base * 2.0**attempt) * random.uniform(0.5, 1.0)

@@ -80,6 +80,21 @@ class DuplicateRequest(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class InFlight:
+    """A job at the provider as a poll tick reads it: the few columns it needs, not the whole row."""
+
+    id: str
+    status: str
+    provider_task_id: str | None
+    duration: int
+    resolution: str
+    created_at: float
+    submitted_at: float | None
+    lease_owner: str | None
+    lease_attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A process's claim on a job's background work: a write made under it is refused once the job was claimed
     again (its attempt moved on), so a process that paused past its lease cannot overwrite newer work."""
@@ -88,7 +103,7 @@ class Lease:
     attempt: int
 
 
-def lease_of(job: Job) -> Lease | None:
+def lease_of(job: Job | InFlight) -> Lease | None:
     """The claim a job row carries, if any."""
     return Lease(job.lease_owner, job.lease_attempt) if job.lease_owner is not None else None
 

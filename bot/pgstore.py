@@ -23,9 +23,11 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bot.model import (
+    AT_PROVIDER,
     HOLDING_A_SLOT,
     AuditEntry,
     DuplicateRequest,
+    InFlight,
     Job,
     Lease,
     MemberQuota,
@@ -37,6 +39,7 @@ from bot.model import (
 )
 from bot.store import (
     CLAIM_ORDER,
+    IN_FLIGHT_COLUMNS,
     JOB_COLUMNS,
     MIGRATIONS,
     NOT_HELD_FOR_REVIEW,
@@ -448,13 +451,30 @@ class PgStore:
             params.append(created_before)
         if abandoned is not None:
             sql += " AND lease_owner IS NOT NULL" if abandoned else " AND lease_owner IS NULL"
-        rows = await self._write_rows(
+        rows = await self._claim(sql, params, ", ".join(JOB_COLUMNS), owner=owner, seconds=seconds, limit=limit)
+        return sorted((Job(*row) for row in rows), key=lambda job: job.created_at)
+
+    async def claim_in_flight(
+        self, ids: Sequence[str], *, owner: str, now: float, seconds: float, limit: int, origin: str = "discord"
+    ) -> list[InFlight]:
+        """`claim_jobs` of these jobs at the provider, returning only the narrow rows a poll tick reads."""
+        sql = f"status = ANY(%s::text[]) AND origin = %s AND {_LEASE_FREE} AND {NOT_HELD_FOR_REVIEW}"
+        sql += " AND id = ANY(%s::text[])"
+        params: list[Any] = [list(AT_PROVIDER), origin, list(ids)]
+        rows = await self._claim(sql, params, IN_FLIGHT_COLUMNS, owner=owner, seconds=seconds, limit=limit)
+        return sorted((InFlight(*row) for row in rows), key=lambda job: job.created_at)
+
+    async def _claim(
+        self, where: str, params: list[Any], columns: str, *, owner: str, seconds: float, limit: int
+    ) -> list[TupleRow]:
+        """One statement: SKIP LOCKED passes over the rows other processes are claiming; the lease is the
+        database's time plus `seconds`."""
+        return await self._write_rows(
             f"UPDATE jobs SET lease_owner = %s, lease_until = {DB_NOW} + %s, lease_attempt = lease_attempt + 1"
-            f" WHERE id IN (SELECT id FROM jobs WHERE {sql} ORDER BY {CLAIM_ORDER} FOR UPDATE SKIP LOCKED LIMIT %s)"
-            f" RETURNING {', '.join(JOB_COLUMNS)}",
+            f" WHERE id IN (SELECT id FROM jobs WHERE {where} ORDER BY {CLAIM_ORDER} FOR UPDATE SKIP LOCKED LIMIT %s)"
+            f" RETURNING {columns}",
             (owner, seconds, *params, limit),
         )
-        return sorted((Job(*row) for row in rows), key=lambda job: job.created_at)
 
     async def claim_queued(
         self,
@@ -571,6 +591,14 @@ class PgStore:
             sql += " AND origin = %s"
             params.append(origin)
         return await self._jobs(sql + " ORDER BY created_at", params)
+
+    async def in_flight(self, *, origin: str) -> list[InFlight]:
+        """The jobs of one origin at the provider, oldest first, as narrow rows (what a poll tick reads)."""
+        rows = await self._rows(
+            f"SELECT {IN_FLIGHT_COLUMNS} FROM jobs WHERE status = ANY(%s::text[]) AND origin = %s ORDER BY created_at",
+            (list(AT_PROVIDER), origin),
+        )
+        return [InFlight(*row) for row in rows]
 
     async def find_job(
         self, guild_id: int, prefix: str, *, user_id: int | None = None, statuses: Sequence[str] | None = None

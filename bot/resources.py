@@ -46,6 +46,7 @@ async def open_resources(
                 api_key=settings.kling_api_key,
                 timeout=settings.api_timeout_seconds,
                 max_retries=settings.api_max_retries,
+                query_concurrency=settings.poll_concurrency,
             )
             credits = CreditService(store, settings.quota_defaults, rates=settings.credit_rates)
             jobs = JobService(

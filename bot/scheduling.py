@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from bot.model import Job
+from bot.model import InFlight, Job
 
 # Adaptive polling: a job is not asked about before EARLY_FRACTION of the median render time of its shape (but for a
 # safety check every SAFETY_POLL_SECONDS), and the loop ticks faster until LATE_FRACTION of it has passed.
@@ -18,9 +19,10 @@ MIN_FAST_DELAY = 1.0
 LATE_POLL_MAX_SECONDS = 300.0
 
 Shape = tuple[int, str]  # (duration, resolution): jobs of one shape take about as long to render
+Polled = TypeVar("Polled", Job, InFlight)  # a whole row, or the poll tick's narrow one
 
 
-def shape_of(job: Job) -> Shape:
+def shape_of(job: Job | InFlight) -> Shape:
     """The key render-time estimates are kept under."""
     return (job.duration, job.resolution)
 
@@ -39,13 +41,13 @@ def fair_order(queued: Sequence[Job]) -> list[Job]:
 
 
 def due_for_poll(
-    jobs: Sequence[Job],
+    jobs: Sequence[Polled],
     *,
     now: float,
     last_asked: Mapping[str, float],
     typical: Mapping[Shape, float | None],
     job_timeout: float,
-) -> list[Job]:
+) -> list[Polled]:
     """The jobs at the provider worth asking about now: none before it can be ready (but for a rare safety check),
     and late ones less and less often."""
     due = []
@@ -64,7 +66,9 @@ def due_for_poll(
     return due
 
 
-def poll_delay(jobs: Sequence[Job], *, now: float, typical: Mapping[Shape, float | None], base: float) -> float:
+def poll_delay(
+    jobs: Sequence[Job | InFlight], *, now: float, typical: Mapping[Shape, float | None], base: float
+) -> float:
     """How long the poll loop sleeps: `base`, shorter while a job is around its expected finish."""
     delay = base
     for job in jobs:

@@ -11,7 +11,18 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.model import AuditEntry, Job, Lease, MemberQuota, QuotaFacts, QuotaSettings, StoredImage, Usage, UsageRow
+from bot.model import (
+    AuditEntry,
+    InFlight,
+    Job,
+    Lease,
+    MemberQuota,
+    QuotaFacts,
+    QuotaSettings,
+    StoredImage,
+    Usage,
+    UsageRow,
+)
 from bot.store import DecisionT, Store, StoreUnavailable
 
 
@@ -53,6 +64,10 @@ class Storage(Protocol):
         abandoned: bool | None = None,
     ) -> list[Job]: ...
 
+    async def claim_in_flight(
+        self, ids: Sequence[str], *, owner: str, now: float, seconds: float, limit: int, origin: str = "discord"
+    ) -> list[InFlight]: ...
+
     async def claim_queued(
         self,
         *,
@@ -77,6 +92,8 @@ class Storage(Protocol):
     async def jobs_by_tasks(self, task_ids: Sequence[str]) -> list[Job]: ...
 
     async def jobs_in(self, statuses: Sequence[str], *, origin: str | None = None) -> list[Job]: ...
+
+    async def in_flight(self, *, origin: str) -> list[InFlight]: ...
 
     async def find_job(
         self, guild_id: int, prefix: str, *, user_id: int | None = None, statuses: Sequence[str] | None = None

@@ -18,12 +18,14 @@ from typing import Any, Protocol, TypeVar
 import aiosqlite
 
 from bot.model import (
+    AT_PROVIDER,
     HOLDING_A_SLOT,
     IN_PROGRESS,
     MUTABLE_JOB_FIELDS,
     OPEN,
     AuditEntry,
     DuplicateRequest,
+    InFlight,
     Job,
     Lease,
     MemberQuota,
@@ -290,6 +292,8 @@ RUNNING_TOTALS = ("member_job_totals", "guild_job_totals", "job_totals")
 
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+IN_FLIGHT_COLUMNS = ", ".join(f.name for f in fields(InFlight))  # a poll tick's narrow rows
+_AT_PROVIDER = ", ".join(f"'{state}'" for state in AT_PROVIDER)
 # State lists written into the SQL as literals (our own constants), so the partial indexes on them can serve.
 _IN_PROGRESS = ", ".join(f"'{state}'" for state in IN_PROGRESS)
 _OPEN = ", ".join(f"'{state}'" for state in OPEN)  # the WHERE of the partial index jobs_member_unsettled
@@ -522,15 +526,27 @@ class Store:
         `ids` and `created_before` narrow the jobs; `abandoned` True takes only jobs whose holder let its lease
         expire without releasing it (it stopped in the middle of the work), False only the others."""
         sql, params = _claimable("?", statuses, origin, now, ids, created_before, abandoned)
+        rows = await self._claim(sql, params, ", ".join(JOB_COLUMNS), owner=owner, until=now + seconds, limit=limit)
+        return sorted((Job(*row) for row in rows), key=lambda job: job.created_at)
+
+    async def claim_in_flight(
+        self, ids: Sequence[str], *, owner: str, now: float, seconds: float, limit: int, origin: str = "discord"
+    ) -> list[InFlight]:
+        """`claim_jobs` of these jobs at the provider, returning only the narrow rows a poll tick reads."""
+        sql, params = _claimable("?", AT_PROVIDER, origin, now, ids, None, None)
+        rows = await self._claim(sql, params, IN_FLIGHT_COLUMNS, owner=owner, until=now + seconds, limit=limit)
+        return sorted((InFlight(*row) for row in rows), key=lambda job: job.created_at)
+
+    async def _claim(
+        self, where: str, params: list[Any], columns: str, *, owner: str, until: float, limit: int
+    ) -> list[Any]:
         async with self.transaction() as db:
             cursor = await db.execute(
                 f"UPDATE jobs SET lease_owner = ?, lease_until = ?, lease_attempt = lease_attempt + 1"
-                f" WHERE id IN (SELECT id FROM jobs WHERE {sql} ORDER BY {CLAIM_ORDER} LIMIT ?)"
-                f" RETURNING {', '.join(JOB_COLUMNS)}",
-                (owner, now + seconds, *params, limit),
+                f" WHERE id IN (SELECT id FROM jobs WHERE {where} ORDER BY {CLAIM_ORDER} LIMIT ?) RETURNING {columns}",
+                (owner, until, *params, limit),
             )
-            claimed = [Job(*row) for row in await cursor.fetchall()]
-        return sorted(claimed, key=lambda job: job.created_at)
+            return list(await cursor.fetchall())
 
     async def claim_queued(
         self,
@@ -637,6 +653,14 @@ class Store:
             sql += " AND origin = ?"
             params.append(origin)
         return await self._jobs(sql + " ORDER BY created_at", params)
+
+    async def in_flight(self, *, origin: str) -> list[InFlight]:
+        """The jobs of one origin at the provider, oldest first, as narrow rows (what a poll tick reads)."""
+        async with self._db.execute(
+            f"SELECT {IN_FLIGHT_COLUMNS} FROM jobs WHERE status IN ({_AT_PROVIDER}) AND origin = ? ORDER BY created_at",
+            (origin,),
+        ) as cursor:
+            return [InFlight(*row) for row in await cursor.fetchall()]
 
     async def find_job(
         self, guild_id: int, prefix: str, *, user_id: int | None = None, statuses: Sequence[str] | None = None

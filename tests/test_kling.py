@@ -367,3 +367,56 @@ async def test_odd_field_types_never_drop_a_record(
     assert (done.id, done.status, done.create_time, done.update_time) == ("77", "succeeded", 1764000000000, None)
     assert done.video is not None and done.video.seconds == 5.041 and done.billed_amount == "4.8"
     assert odd.status == "warming_up" and caplog.text.count("'warming_up'") == 1  # logged once, polled on
+
+
+async def queries_at_once(sim: KlingSimulator, session: aiohttp.ClientSession, at_once: int) -> tuple[int, int]:
+    """Ask about 200 tasks (10 lists), each answer held back a little: (most queries in flight at once, queries)."""
+    ids = [task.id for task in [
+        await KlingClient(session, root_url=f"{sim.base_url()}/acct-endpoint", api_key=SecretStr(API_KEY)).submit_text(
+            f"p{n}", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id=f"e{n}")
+        for n in range(200)
+    ]]  # fmt: skip
+    in_flight, most = 0, 0
+
+    async def started(*_: object) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+
+    async def ended(*_: object) -> None:
+        nonlocal in_flight
+        in_flight -= 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(started)
+    trace.on_request_end.append(ended)
+    before = len(queries(sim))
+    sim.fail_next("slow", on="query", times=10, delay=0.05)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as traced:
+        client = KlingClient(
+            traced, root_url=f"{sim.base_url()}/acct-endpoint", api_key=SecretStr(API_KEY), query_concurrency=at_once
+        )
+        assert sorted(t.id for t in await client.query(ids)) == sorted(ids)
+    return most, len(queries(sim)) - before
+
+
+async def test_the_lists_of_one_query_go_out_together_at_most_query_concurrency_at_once(
+    sim: KlingSimulator, session: aiohttp.ClientSession
+) -> None:
+    assert await queries_at_once(sim, session, 3) == (3, 10)  # the same 10 lists, never more than 3 at once
+
+
+async def test_a_rate_limit_holds_every_query_in_flight_together(
+    sim: KlingSimulator, kling: KlingClient, sleeps: RecordedSleeps
+) -> None:
+    ids = await submitted_ids(kling, 200)
+    kling.query_concurrency = 4
+    await kling.query(ids)  # a full list answered in full: from now on lists go out together
+    before = len(queries(sim))
+    sim.fail_next("rate_limit", on="query", retry_after=30)  # one of the first four lists in flight meets it
+    assert sorted(t.id for t in await kling.query(ids)) == sorted(ids)
+    sent = len(queries(sim)) - before
+    assert sent == 11  # ten lists and the one retried
+    # The (fake) sleeps return at once, so every list sent after the 429 came back waited its Retry-After: at
+    # most the four already in flight went without.
+    assert len(sleeps.delays) >= sent - 4 and min(sleeps.delays) >= 29

@@ -490,6 +490,33 @@ async def test_a_claim_takes_at_most_n_jobs_in_its_states_and_skips_leased_ones(
     assert await store.claim_jobs(("submitted",), owner="c", now=now, seconds=60.0, limit=5, ids=[]) == []
 
 
+async def test_a_poll_reads_and_claims_narrow_rows_of_the_jobs_at_the_provider_only(store: AnyStore) -> None:
+    [first, second] = await add_jobs(store, 2)
+    await store.update_job(second, "submitted", status="processing", provider_task_id="t2", updated_at=150.0)
+    for job_id, status, origin in (("queued", "queued", "discord"), ("done", "succeeded", "discord"),
+                                   ("cli", "processing", "cli")):  # fmt: skip
+        await store.add_job(replace(BLANK, id=job_id, status=status, origin=origin, created_at=90.0))
+    seen = await store.in_flight(origin="discord")
+    assert [(j.id, j.status, j.provider_task_id, j.duration, j.resolution, j.created_at) for j in seen] == [
+        (first, "submitted", None, 5, "720p", 100.0),
+        (second, "processing", "t2", 5, "720p", 101.0),
+    ]  # oldest first; other states and origins left out
+    everything = [first, second, "queued", "done", "cli", "x"]
+    now = time.time()
+    claimed = await store.claim_in_flight(everything, owner="a", now=now, seconds=60.0, limit=10)
+    assert [(j.id, j.status, j.lease_owner, j.lease_attempt) for j in claimed] == [
+        (first, "submitted", "a", 1),
+        (second, "processing", "a", 1),
+    ]
+    assert await store.claim_in_flight(everything, owner="b", now=now, seconds=60.0, limit=10) == []  # held
+    await store.release_leases([(j.id, Lease("a", j.lease_attempt)) for j in claimed], now)
+    [again] = await store.claim_in_flight([second], owner="b", now=now, seconds=60.0, limit=10)
+    assert (again.id, again.lease_owner, again.lease_attempt) == (second, "b", 2)
+    assert [j.id for j in await store.claim_in_flight(everything, owner="c", now=now, seconds=60.0, limit=1)] == [
+        first
+    ]  # at most `limit`
+
+
 async def test_an_expired_lease_is_claimed_again_with_a_higher_attempt_and_shows_it_was_abandoned(
     store: AnyStore,
 ) -> None:
@@ -537,12 +564,14 @@ async def test_a_write_under_an_older_claim_of_the_same_process_is_refused(store
     # One process (on SQLite, the only one) claims a job, pauses past the lease and claims it again: the owner's
     # name is the same, so only the attempt tells the stale claim from the live one.
     [job_id] = await add_jobs(store, 1)
-    [old] = await store.claim_jobs(("submitted",), owner="a", now=200.0, until=210.0, limit=1)
-    [new] = await store.claim_jobs(("submitted",), owner="a", now=211.0, until=300.0, limit=1)
+    now = time.time()
+    [old] = await store.claim_jobs(("submitted",), owner="a", now=now, seconds=10.0, limit=1)
+    await expire(store, job_id)  # the pause
+    [new] = await store.claim_jobs(("submitted",), owner="a", now=now, seconds=90.0, limit=1)
     old_lease, new_lease = Lease("a", old.lease_attempt), Lease("a", new.lease_attempt)
     assert not await store.update_job(job_id, "submitted", lease=old_lease, provider_status="y", updated_at=212.0)
     assert not await store.transition(job_id, "submitted", "failed", lease=old_lease, updated_at=212.0)
-    assert not await store.renew_lease(job_id, old_lease, 400.0)
+    assert not await store.renew_lease(job_id, old_lease, now=now, seconds=200.0)
     assert await store.transition(job_id, "submitted", "processing", lease=new_lease, updated_at=213.0)
     current = await store.get_job(job_id)
     assert (current.status, current.provider_status) == ("processing", None)
