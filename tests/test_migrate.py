@@ -141,7 +141,7 @@ async def test_the_old_processs_claims_do_not_hold_the_new_fleet_back(tmp_path: 
     try:
         await target.copy_from_sqlite(database)
         now = time.time()
-        claim = {"owner": "new-host:1:ffff", "now": now, "until": now + 60, "limit": 10}
+        claim = {"owner": "new-host:1:ffff", "now": now, "seconds": 60.0, "limit": 10}
         # The video the old process was posting: taken at once, marked as one whose post may already exist.
         [delivery] = await target.claim_jobs(("succeeded",), abandoned=True, **claim)
         [polled] = await target.claim_jobs(("processing",), **claim)
