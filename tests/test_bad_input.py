@@ -18,12 +18,15 @@ from pydantic import SecretStr
 
 from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
 from bot.kling import KlingClient
+from bot.pgstore import PgStore
 from bot.simulator import KlingSimulator
 from bot.store import Store
 from cogs.messages import job_card, thread_name
 from tests.conftest import API_KEY, RecordedSleeps
 from tests.fake_discord import wait_until
 from tests.harness import KEY, Harness, harness
+
+pytest_plugins = ["tests.postgres"]
 
 TRICKY = [
     "@everyone look", "<@&123> <@456> <#789> @here", "**bold** __under__ ~~gone~~ ||spoiler|| `code` > quote",
@@ -77,6 +80,27 @@ def check_prompt(prompt: str) -> None:
 @pytest.mark.parametrize("prompt", TRICKY)
 def test_tricky_prompts_are_sent_exactly_or_refused_clearly(prompt: str) -> None:
     check_prompt(prompt)
+
+
+async def test_tricky_prompts_are_stored_and_sent_exactly_or_refused_clearly_on_postgresql(
+    sim: KlingSimulator, kling: KlingClient, postgres_dsn: str
+) -> None:
+    # PostgreSQL's text holds less than SQLite's (no NUL): what it cannot store must be refused in words, not fail.
+    store = await PgStore.open(postgres_dsn)
+    try:
+        service = JobService(store, kling, provider_concurrency=100)
+        for prompt in TRICKY:
+            before = len(sim.requests)
+            try:
+                job = await service.create(JobRequest("text", prompt))
+            except InvalidRequest as refused:
+                assert str(refused) and len(sim.requests) == before
+                continue
+            [post] = [r for r in sim.requests[before:] if r.method == "POST"]
+            stored = await store.get_job(job.id)
+            assert post.json["prompt"] == prompt and stored is not None and stored.prompt == prompt
+    finally:
+        await store.close()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

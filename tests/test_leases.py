@@ -62,6 +62,36 @@ async def test_a_deliverer_that_stopped_after_its_post_reached_discord_is_not_re
         assert [m["id"] for m in fake.messages[thread["id"]] if m["files"]] == [video["id"]]
 
 
+async def test_a_deliverer_that_cannot_read_the_thread_reposts_with_the_nonce_and_discord_keeps_one(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path) as world:
+        fake = world.discord
+        async with world.running():
+            await fake.slash("video", {"prompt": "posted, then the deliverer stopped, history unreadable"}, sub="text")
+            done = await world.job_in("delivered")
+            [thread] = fake.threads()
+            [video] = [m for m in fake.messages[thread["id"]] if m["files"]]
+            # As above, but the thread's and the channel's history cannot be read (no Read Message History): the
+            # post is not found, so only the nonce stands between the new deliverer and a second video.
+            fake.fail_next("GET", rf"/channels/({thread['id']}|{fake.general})/messages$", 403, 50001, times=10)
+            assert await world.resources.store.transition(
+                done.id,
+                "delivered",
+                "succeeded",
+                result_message_id=None,
+                delivered_at=None,
+                lease_owner="gone-host:1:dead",
+                lease_until=time.time() - 1,
+                lease_attempt=done.lease_attempt + 1,
+                updated_at=time.time(),
+            )
+            again = await world.job_in("delivered")
+        assert [m["id"] for m in fake.messages[thread["id"]] if m["files"]] == [video["id"]]  # Discord kept one
+        assert again.result_message_id == int(video["id"])
+        assert len(video_posts(fake, done.id)) == 2  # it was posted again, with the same nonce
+
+
 async def test_a_delivery_keeps_its_claim_while_a_slow_upload_runs(tmp_path: Path) -> None:
     async with harness(tmp_path) as world:
         fake, sim = world.discord, world.sim
