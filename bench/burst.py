@@ -29,11 +29,12 @@ import aiohttp
 from PIL import Image
 from pydantic import SecretStr
 
-from bot import jobs, kling
-from bot.images import check_first_frame
-from bot.jobs import JobRequest, JobService
-from bot.kling import KlingClient
-from bot.store import Store
+from bot.core import jobs
+from bot.core.jobs import JobRequest, JobService
+from bot.media.images import check_first_frame
+from bot.provider import kling
+from bot.provider.kling import KlingClient
+from bot.storage.sqlite import Store
 
 API_KEY = "sim-key"
 PROBE_SECONDS = 0.005
@@ -50,10 +51,10 @@ def noise_jpeg(seed: int, width: int = 3300, height: int = 2300) -> bytes:
 
 @contextlib.contextmanager
 def simulator() -> Iterator[str]:
-    """`python -m bot.simulator` on a free port; yields the client's root URL.
+    """`python -m bot.provider.simulator` on a free port; yields the client's root URL.
 
     At low priority: it stands for a remote server, so it should not take the CPU from the bot we measure."""
-    args = ["nice", "-n", "19", sys.executable, "-m", "bot.simulator", "--port", "0", "--api-key", API_KEY]
+    args = ["nice", "-n", "19", sys.executable, "-m", "bot.provider.simulator", "--port", "0", "--api-key", API_KEY]
     args += ["--render-seconds", "0"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -28,7 +28,7 @@ from typing import Any
 
 import prometheus_client
 
-from bot.model import AT_PROVIDER
+from bot.core.model import AT_PROVIDER
 from tests.harness import Harness, callback_settings, harness
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bot import clips
-from bot.simulator import make_clip
+from bot.media import clips
+from bot.provider.simulator import make_clip
 
 
 def segment(seconds: int, width: int, height: int, fps: int, seed: int) -> bytes:

@@ -28,10 +28,10 @@ from aiohttp import web
 
 from bot.app import VideoBot, apply_discord_endpoints
 from bot.config import load_settings
-from bot.model import AT_PROVIDER, Job
+from bot.core.model import AT_PROVIDER, Job
+from bot.provider.simulator import KlingSimulator
 from bot.resources import open_resources
-from bot.serving import serve
-from bot.simulator import KlingSimulator
+from bot.serving.server import serve
 from tests.fake_discord import (
     DEFAULT_LIMIT,
     GLOBAL_EXEMPT,

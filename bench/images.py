@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from bot.images import ImageRejected, check_first_frame, prepare_first_frame
+from bot.media.images import ImageRejected, check_first_frame, prepare_first_frame
 
 CASES = {  # name: (file, how many at once)
     "PNG 6324x6324 (40 MP, flat)": ("png40", 1),

@@ -27,13 +27,13 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from bot.credits import CreditService
-from bot.delivery import download_video
-from bot.jobs import JobService
-from bot.kling import MAX_IDS_PER_QUERY, KlingClient
-from bot.model import AT_PROVIDER, Job, QuotaSettings
-from bot.simulator import KlingSimulator, SimTask
-from bot.store import JOB_COLUMNS, Store
+from bot.core.credits import CreditService
+from bot.core.jobs import JobService
+from bot.core.model import AT_PROVIDER, Job, QuotaSettings
+from bot.media.downloads import download_video
+from bot.provider.kling import MAX_IDS_PER_QUERY, KlingClient
+from bot.provider.simulator import KlingSimulator, SimTask
+from bot.storage.sqlite import JOB_COLUMNS, Store
 
 KEY = "bench-key"
 ROWS: list[tuple[str, str, str, str]] = []  # section, measure, ours, baseline or floor
@@ -189,7 +189,10 @@ async def bench_delivery(folder: Path, megabytes: int) -> None:
         url = f"http://127.0.0.1:{port}/video.mp4"
         async with aiohttp.ClientSession() as session:
             for label, fetch in [
-                ("ours (bot.delivery)", lambda: download_video(session, url, folder / "out.mp4", max_bytes=None)),
+                (
+                    "ours (bot.media.downloads)",
+                    lambda: download_video(session, url, folder / "out.mp4", max_bytes=None),
+                ),
                 ("plain aiohttp read()", lambda: plain_read(session, url)),
             ]:
                 tracemalloc.start()
@@ -255,7 +258,7 @@ async def bench_adaptive(folder: Path, jobs: int, render: float, interval: float
                         finished_at=now[0] - 900, created_at=now[0] - 900 - render)
                 for n in range(5)
             ])  # fmt: skip
-            from bot.jobs import JobRequest
+            from bot.core.jobs import JobRequest
 
             for n in range(jobs):
                 await service.create(JobRequest("text", f"clip {n}"))

@@ -32,8 +32,8 @@ import aiohttp
 from aiohttp import web
 
 from bench.flood import fakes_process, serve_control
-from bot.model import FINAL, OPEN, STATES, Job
-from bot.simulator import RATES, GatewayVariant, KlingSimulator
+from bot.core.model import FINAL, OPEN, STATES, Job
+from bot.provider.simulator import RATES, GatewayVariant, KlingSimulator
 from tests.fake_discord import FakeDiscord, Interaction, wait_until
 from tests.ports import free_port
 
@@ -386,7 +386,7 @@ async def soak(
 ) -> Run:  # fmt: skip
     """One soak: start the fakes and the fleet, make `jobs` jobs (killing a process now and then), wait until every
     job is final, let every process tick a few more times, and audit."""
-    from bot.pgstore import PgStore
+    from bot.storage.postgres import PgStore
 
     child = ("--shards", str(processes), "--render-seconds", str(render), "--faults", str(faults), "--seed", str(seed))
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp, database(url) as dsn:

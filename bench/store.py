@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot import quota
-from bot.model import AT_PROVIDER, HOLDING_A_SLOT, OPEN, WAITING, Job, QuotaFacts, QuotaSettings
-from bot.store import JOB_COLUMNS, MIGRATIONS, Store
+from bot.core import quota
+from bot.core.model import AT_PROVIDER, HOLDING_A_SLOT, OPEN, WAITING, Job, QuotaFacts, QuotaSettings
+from bot.storage.sqlite import JOB_COLUMNS, MIGRATIONS, Store
 
 SERVERS, MEMBERS = 300, 30_000
 YEAR = 365 * 86400.0

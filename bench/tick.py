@@ -34,11 +34,11 @@ from pydantic import SecretStr
 
 from bench.flood import fakes_process
 from bench.run import TEMPLATE, bulk_insert
-from bot.jobs import JobChange, JobService
-from bot.kling import MAX_IDS_PER_QUERY, TASKS, KlingClient
-from bot.model import AT_PROVIDER
-from bot.simulator import KlingSimulator, SimTask
-from bot.store import Store
+from bot.core.jobs import JobChange, JobService
+from bot.core.model import AT_PROVIDER
+from bot.provider.kling import MAX_IDS_PER_QUERY, TASKS, KlingClient
+from bot.provider.simulator import KlingSimulator, SimTask
+from bot.storage.sqlite import Store
 
 KEY = "bench-tick-key"
 FIRST_TASK = 901930004609634393

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.delivery import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
-from bot.images import ImageRejected, prepare_first_frame
-from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
-from bot.model import HOLDING_A_SLOT
+from bot.core.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
+from bot.core.model import HOLDING_A_SLOT
+from bot.media.downloads import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
+from bot.media.images import ImageRejected, prepare_first_frame
 from bot.resources import open_resources
-from bot.store import Store, StoreUnavailable
+from bot.storage.sqlite import Store, StoreUnavailable
 
 log = logging.getLogger("bot")
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
     if command == "simulate":
-        from bot.simulator import run_forever
+        from bot.provider.simulator import run_forever
 
         setup_logging()
         return _run(
@@ -114,7 +114,7 @@ def _run(coroutine: Coroutine[Any, Any, int], database_setting: str = "DATABASE_
 
 async def check(settings: Settings) -> int:
     """The preflight: one line per check on stdout, the blocking ones again on stderr; exit 1 if any blocks."""
-    from bot.preflight import preflight  # imported here to keep this command's dependencies out of the others
+    from bot.ops.preflight import preflight  # imported here to keep this command's dependencies out of the others
 
     items = await preflight(settings)
     for item in items:
@@ -127,12 +127,12 @@ async def check(settings: Settings) -> int:
 
 async def migrate_to(settings: Settings, url: str) -> int:
     """Copy the SQLite database into an empty PostgreSQL one; then set DATABASE_URL and start the bot on it."""
-    from bot.storage import is_postgres
+    from bot.storage.interface import is_postgres
 
     if not is_postgres(url):
         print("error: migrate-to takes a postgresql:// URL", file=sys.stderr)
         return EXIT_USAGE
-    from bot.pgstore import PgStore
+    from bot.storage.postgres import PgStore
 
     # The bot's own lock on the SQLite file, held until the copy ends: no bot may start on it and write meanwhile.
     source = await Store.open(settings.database_path, single_instance=True)

@@ -20,9 +20,9 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot.callbacks import CallbackServer, RateLimit
 from bot.config import Settings
-from bot.i18n import english, tr
+from bot.core.i18n import english, tr
+from bot.provider.callbacks import CallbackServer, RateLimit
 from bot.resources import Resources, open_resources
 from cogs.translator import CatalogTranslator
 

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bot.model import QuotaSettings
-from bot.quota import Period
+from bot.core.model import QuotaSettings
+from bot.core.quota import Period
 
 Resolution = Literal["720p", "1080p"]
 

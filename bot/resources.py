@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import aiohttp
 
 from bot.config import Settings
-from bot.credits import CreditService
-from bot.fleet import Fleet, open_fleet
-from bot.jobs import JobService
-from bot.kling import KlingClient
-from bot.storage import Storage, open_storage
+from bot.core.credits import CreditService
+from bot.core.jobs import JobService
+from bot.provider.kling import KlingClient
+from bot.storage.fleet import Fleet, open_fleet
+from bot.storage.interface import Storage, open_storage
 
 
 @dataclass(frozen=True, slots=True)

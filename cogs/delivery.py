@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.app import BACKGROUND
+from bot.core.i18n import english, tr
+from bot.core.model import Job
 from bot.crashpoints import crash_point
-from bot.delivery import DownloadFailed, VideoTooLarge, download_video
-from bot.i18n import english, tr
-from bot.model import Job
+from bot.media.downloads import DownloadFailed, VideoTooLarge, download_video
 from cogs.messages import (
     NO_ATTACH_REASON,
     THREAD_GONE_NOTE,

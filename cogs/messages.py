@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import discord
 
-from bot.credits import QuotaRefused
-from bot.i18n import english, tr, translated
-from bot.model import Job
-from bot.quota import format_credits
+from bot.core.credits import QuotaRefused
+from bot.core.i18n import english, tr, translated
+from bot.core.model import Job
+from bot.core.quota import format_credits
 
 COLOURS = {
     "failed": discord.Colour.red(),

@@ -10,10 +10,10 @@ import time
 import discord
 from discord.ext import commands, tasks
 
-from bot import metrics
 from bot.app import BACKGROUND, VideoBot
-from bot.i18n import english, tr, translated
-from bot.model import AT_PROVIDER, FINAL, STATES, Job
+from bot.core.i18n import english, tr, translated
+from bot.core.model import AT_PROVIDER, FINAL, STATES, Job
+from bot.serving import metrics
 from cogs.delivery import Deliverer, DeliveryWorker
 from cogs.messages import job_card, status_line
 

@@ -11,10 +11,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import VideoBot, reply_ephemeral
-from bot.credits import CreditService, QuotaStatus
-from bot.i18n import english, tr, translated
-from bot.model import AuditEntry
-from bot.quota import Period, format_credits
+from bot.core.credits import CreditService, QuotaStatus
+from bot.core.i18n import english, tr, translated
+from bot.core.model import AuditEntry
+from bot.core.quota import Period, format_credits
 from cogs.delivery import Deliverer
 from cogs.messages import fit_lines, state_word
 from cogs.views import REVIEW_BUTTONS, PagedView

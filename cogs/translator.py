@@ -1,5 +1,5 @@
 """Slash commands in the member's language: Discord shows each command's localized name and description, which
-this translator gives from the same catalogs as the bot's messages (`bot/i18n.py`).
+this translator gives from the same catalogs as the bot's messages (`bot/core/i18n.py`).
 
 `extract` is the Babel extraction method for `cogs/` (see `babel.cfg`): the `tr(...)`, `english(...)` and
 `locale_str(...)` messages of a file, plus every name, description and choice of the commands its cogs define,
@@ -19,7 +19,7 @@ from babel.messages.extract import extract_python
 from discord import app_commands
 from discord.ext import commands
 
-from bot.i18n import ENGLISH, catalog, language
+from bot.core.i18n import ENGLISH, catalog, language
 
 
 class CatalogTranslator(app_commands.Translator):

@@ -16,7 +16,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import clips
 from bot.app import (
     NOT_IN_A_SERVER,
     SOMETHING_WENT_WRONG,
@@ -26,13 +25,14 @@ from bot.app import (
     in_a_server,
     reply_ephemeral,
 )
-from bot.credits import QuotaRefused
-from bot.delivery import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
-from bot.i18n import english, tr, translated
-from bot.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, check_first_frame
-from bot.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
-from bot.model import OPEN, WAITING, DuplicateRequest, Job
-from bot.quota import format_credits
+from bot.core.credits import QuotaRefused
+from bot.core.i18n import english, tr, translated
+from bot.core.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
+from bot.core.model import OPEN, WAITING, DuplicateRequest, Job
+from bot.core.quota import format_credits
+from bot.media import clips
+from bot.media.downloads import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
+from bot.media.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, check_first_frame
 from cogs.messages import (
     cancel_text,
     clock,

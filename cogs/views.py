@@ -9,8 +9,8 @@ from typing import Any, Protocol, runtime_checkable
 import discord
 
 from bot.app import NOT_IN_A_SERVER, in_a_server, reply_ephemeral
-from bot.i18n import tr
-from bot.quota import format_credits
+from bot.core.i18n import tr
+from bot.core.quota import format_credits
 
 log = logging.getLogger(__name__)
 

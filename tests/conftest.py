@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from bot.jobs import JobService
-from bot.kling import KlingClient
-from bot.simulator import KlingSimulator
-from bot.store import Store
+from bot.core.jobs import JobService
+from bot.provider.kling import KlingClient
+from bot.provider.simulator import KlingSimulator
+from bot.storage.sqlite import Store
 
 API_KEY = "sk-test-0123456789abcdef"
 

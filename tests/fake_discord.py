@@ -28,7 +28,7 @@ import discord
 import yarl
 from aiohttp import BodyPartReader, WSMsgType, web
 
-from bot.serving import serve
+from bot.serving.server import serve
 
 JSON = "application/json"  # exactly: discord.py fails on "application/json; charset=utf-8"
 MiB = 1024 * 1024

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import VideoBot
-from bot.callbacks import CALLBACK_PATH
 from bot.config import Settings, load_settings
+from bot.provider.callbacks import CALLBACK_PATH
+from bot.provider.simulator import KlingSimulator
 from bot.resources import Resources, open_resources
-from bot.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, Interaction, wait_until
 from tests.ports import free_port
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bot import clips
+from bot.media import clips
 
 
 class Gate:

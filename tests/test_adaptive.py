@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bot.jobs import JobRequest, JobService
-from bot.simulator import KlingSimulator
-from bot.store import Store
+from bot.core.jobs import JobRequest, JobService
+from bot.provider.simulator import KlingSimulator
+from bot.storage.sqlite import Store
 from tests.conftest import FakeClock
 from tests.test_store import BLANK
 

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
-from bot.kling import KlingClient
-from bot.pgstore import PgStore
-from bot.simulator import KlingSimulator
-from bot.store import Store
+from bot.core.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
+from bot.provider.kling import KlingClient
+from bot.provider.simulator import KlingSimulator
+from bot.storage.postgres import PgStore
+from bot.storage.sqlite import Store
 from cogs.messages import job_card, thread_name
 from tests.conftest import API_KEY, RecordedSleeps
 from tests.fake_discord import wait_until

@@ -14,8 +14,8 @@ import aiohttp
 import prometheus_client
 import pytest
 
-from bot.callbacks import BadSignature, callback_task_id, sign, verify
-from bot.simulator import GatewayVariant
+from bot.provider.callbacks import BadSignature, callback_task_id, sign, verify
+from bot.provider.simulator import GatewayVariant
 from tests.fake_discord import wait_until
 from tests.harness import Harness, callback_settings, harness
 
@@ -270,7 +270,7 @@ async def test_a_client_over_its_rate_gets_429_and_other_clients_are_still_serve
 
 
 def test_the_rate_limit_refills_at_its_rate_and_remembers_a_bounded_number_of_clients() -> None:
-    from bot.callbacks import MAX_CLIENTS, RateLimit
+    from bot.provider.callbacks import MAX_CLIENTS, RateLimit
 
     now = [0.0]
     limit = RateLimit(rate=2.0, burst=3, clock=lambda: now[0])

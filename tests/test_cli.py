@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from bot.jobs import JobRequest, JobService
-from bot.kling import KlingClient
-from bot.simulator import KlingSimulator
-from bot.store import Store
+from bot.core.jobs import JobRequest, JobService
+from bot.provider.kling import KlingClient
+from bot.provider.simulator import KlingSimulator
+from bot.storage.sqlite import Store
 from tests.conftest import API_KEY, make_image
 from tests.harness import bot_process
 

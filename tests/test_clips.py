@@ -1,5 +1,5 @@
-"""Chains of videos: the last frame of a clip, joining clips (bot/clips.py), and the Continue and Join buttons end to
-end through the fake Discord and the simulator, whose videos then end on a colour of their own per task."""
+"""Chains of videos: the last frame of a clip, joining clips (bot/media/clips.py), and the Continue and Join buttons
+end to end through the fake Discord and the simulator, whose videos then end on a colour of their own per task."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import av
 import pytest
 from PIL import Image, ImageStat
 
-from bot import clips
-from bot.model import Job
-from bot.simulator import make_clip, sample_video, task_colour, task_video
+from bot.core.model import Job
+from bot.media import clips
+from bot.provider.simulator import make_clip, sample_video, task_colour, task_video
 from tests.fake_discord import Interaction, wait_until
 from tests.harness import Harness, harness
 from tests.join_gate import Gate, held, hold
@@ -45,7 +45,7 @@ def decoded_frames(path: Path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-# --- bot/clips.py ------------------------------------------------------------------------------------------------
+# --- bot/media/clips.py --------------------------------------------------------------------------------------------
 
 
 async def test_last_frame_is_the_final_frames_colour(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from bot.crashpoints import POINTS
-from bot.simulator import KlingSimulator, sample_video
-from bot.store import Store
+from bot.provider.simulator import KlingSimulator, sample_video
+from bot.storage.sqlite import Store
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import bot_process
 from tests.ports import free_port

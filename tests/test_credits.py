@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.credits import CreditService, QuotaRefused
-from bot.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
-from bot.kling import KlingClient
-from bot.model import QuotaSettings
-from bot.simulator import KlingSimulator
-from bot.store import Store
+from bot.core.credits import CreditService, QuotaRefused
+from bot.core.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
+from bot.core.model import QuotaSettings
+from bot.provider.kling import KlingClient
+from bot.provider.simulator import KlingSimulator
+from bot.storage.sqlite import Store
 from tests.conftest import FakeClock
 
 GUILD, OTHER_GUILD, ALICE, MOD = 100, 200, 1, 9

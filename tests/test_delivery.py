@@ -12,8 +12,8 @@ import discord
 import pytest
 
 from bot.app import VideoBot
-from bot.model import Job
-from bot.store import Store
+from bot.core.model import Job
+from bot.storage.sqlite import Store
 from cogs.poller import Poller
 from tests.fake_discord import BOT_PERMISSIONS, wait_until
 from tests.harness import Harness, harness

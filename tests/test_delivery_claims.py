@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from bot.jobs import JobService
-from bot.model import Job
+from bot.core.jobs import JobService
+from bot.core.model import Job
 from cogs.delivery import DeliveryWorker
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness

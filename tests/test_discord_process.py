@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.simulator import KlingSimulator
+from bot.provider.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import KEY, bot_process, running_fakes
 

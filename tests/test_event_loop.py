@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from bench.burst import noise_jpeg
-from bot import images, kling
-from bot.images import MAX_CONCURRENT_SENDS, FirstFrame, encode_base64, prepare_first_frame
-from bot.jobs import JobRequest, JobService
-from bot.kling import encode_json
-from bot.simulator import KlingSimulator
+from bot.core.jobs import JobRequest, JobService
+from bot.media import images
+from bot.media.images import MAX_CONCURRENT_SENDS, FirstFrame, encode_base64, prepare_first_frame
+from bot.provider import kling
+from bot.provider.kling import encode_json
+from bot.provider.simulator import KlingSimulator
 
 
 @pytest.fixture(scope="module")

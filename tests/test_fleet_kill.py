@@ -22,8 +22,8 @@ from bench.soak import (
     running_fleet,
     world_counts,
 )
-from bot.model import STATES
-from bot.pgstore import PgStore
+from bot.core.model import STATES
+from bot.storage.postgres import PgStore
 from tests.fake_discord import Interaction, wait_until
 
 pytest_plugins = ["tests.postgres"]

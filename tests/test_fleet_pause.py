@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 from bench.soak import command, fleet_env, make_world, running_fleet
-from bot.pgstore import PgStore
+from bot.storage.postgres import PgStore
 from cogs.delivery import post_nonce
 from tests.fake_discord import FakeDiscord, wait_until
 

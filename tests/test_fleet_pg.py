@@ -13,11 +13,11 @@ import aiohttp
 from pydantic import SecretStr
 
 from bot.app import VideoBot
-from bot.jobs import JobRequest, JobService
-from bot.kling import KlingClient
-from bot.pgstore import PgStore
+from bot.core.jobs import JobRequest, JobService
+from bot.provider.kling import KlingClient
+from bot.provider.simulator import GatewayVariant, KlingSimulator, sample_video
 from bot.resources import open_resources
-from bot.simulator import GatewayVariant, KlingSimulator, sample_video
+from bot.storage.postgres import PgStore
 from cogs.delivery import post_nonce
 from tests.conftest import API_KEY, FakeClock
 from tests.fake_discord import wait_until

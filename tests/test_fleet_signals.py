@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.fleet import SoloFleet, open_fleet
-from bot.pgfleet import PgFleet
+from bot.storage.fleet import SoloFleet, open_fleet
+from bot.storage.postgres_fleet import PgFleet
 from tests.fake_discord import wait_until
 from tests.harness import Harness, callback_settings, harness
 
@@ -21,7 +21,7 @@ pytest_plugins = ["tests.postgres"]
 
 HOLDER = """
 import asyncio, sys
-from bot.pgfleet import PgFleet
+from bot.storage.postgres_fleet import PgFleet
 
 async def main():
     fleet = PgFleet(sys.argv[1], "doomed")

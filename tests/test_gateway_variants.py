@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.model import AT_PROVIDER, Job
-from bot.simulator import GatewayVariant, KlingSimulator
+from bot.core.model import AT_PROVIDER, Job
+from bot.provider.simulator import GatewayVariant, KlingSimulator
 from tests.conftest import make_image
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness

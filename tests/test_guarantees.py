@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import JobRequest, JobService, SubmitRefused
-from bot.kling import CircuitBreaker
-from bot.simulator import KlingSimulator
+from bot.core.jobs import JobRequest, JobService, SubmitRefused
+from bot.provider.kling import CircuitBreaker
+from bot.provider.simulator import KlingSimulator
 from tests.conftest import FakeClock
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import Harness, harness

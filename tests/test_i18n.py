@@ -15,8 +15,8 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 
-from bot.credits import QuotaRefused
-from bot.i18n import CHINESE, ENGLISH, LOCALES_DIR, SUPPORTED, catalog, english, translated
+from bot.core.credits import QuotaRefused
+from bot.core.i18n import CHINESE, ENGLISH, LOCALES_DIR, SUPPORTED, catalog, english, translated
 from cogs.messages import refusal_text
 from cogs.translator import CatalogTranslator
 from tests.conftest import make_image

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from bot import images
-from bot.images import FirstFrame, ImageRejected, check_first_frame, prepare_first_frame
+from bot.media import images
+from bot.media.images import FirstFrame, ImageRejected, check_first_frame, prepare_first_frame
 from tests.conftest import make_image
 
 
@@ -85,7 +85,7 @@ def _plain_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 _PEAK_SCRIPT = """
 import sys
 from pathlib import Path
-from bot.images import ImageRejected, prepare_first_frame
+from bot.media.images import ImageRejected, prepare_first_frame
 
 def status(key):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))

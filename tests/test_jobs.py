@@ -8,18 +8,18 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from bot.images import prepare_first_frame
-from bot.jobs import (
+from bot.core.jobs import (
     SUBMIT_LOOKUP_SECONDS,
     InvalidRequest,
     JobRequest,
     JobService,
     SubmitRefused,
 )
-from bot.kling import KlingClient
-from bot.scheduling import LATE_POLL_MAX_SECONDS
-from bot.simulator import GatewayVariant, KlingSimulator
-from bot.store import Store
+from bot.core.scheduling import LATE_POLL_MAX_SECONDS
+from bot.media.images import prepare_first_frame
+from bot.provider.kling import KlingClient
+from bot.provider.simulator import GatewayVariant, KlingSimulator
+from bot.storage.sqlite import Store
 from tests.conftest import API_KEY, FakeClock
 
 

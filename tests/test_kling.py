@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from bot.kling import (
+from bot.provider.kling import (
     KlingAccountError,
     KlingAuthError,
     KlingBadRequest,
@@ -22,8 +22,8 @@ from bot.kling import (
     KlingSubmitUncertain,
     KlingUnavailable,
 )
-from bot.serving import serve
-from bot.simulator import GatewayVariant, KlingSimulator
+from bot.provider.simulator import GatewayVariant, KlingSimulator
+from bot.serving.server import serve
 from tests.conftest import API_KEY, RecordedSleeps, make_image
 
 TEXT_PATH = "/v1/ai/acct-endpoint/kling/videos/text-to-video/kling-3.0-turbo"

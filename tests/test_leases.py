@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from bot.jobs import JobService
-from bot.kling import KlingClient
-from bot.pgstore import PgStore
+from bot.core.jobs import JobService
+from bot.provider.kling import KlingClient
+from bot.storage.postgres import PgStore
 from cogs.delivery import post_nonce
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import harness

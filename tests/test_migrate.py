@@ -15,9 +15,9 @@ from psycopg.rows import TupleRow
 
 from bot import __main__ as cli
 from bot.config import load_settings
-from bot.model import AuditEntry, Job, MemberQuota, QuotaSettings
-from bot.pgstore import PgStore
-from bot.store import RUNNING_TOTALS, Store
+from bot.core.model import AuditEntry, Job, MemberQuota, QuotaSettings
+from bot.storage.postgres import PgStore
+from bot.storage.sqlite import RUNNING_TOTALS, Store
 from tests.harness import KEY, bot_process
 
 pytest_plugins = ["tests.postgres"]

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from bot import store as store_module
 from bot.config import load_settings
-from bot.jobs import JobRequest, JobService
-from bot.kling import KlingClient
-from bot.model import Job
+from bot.core.jobs import JobRequest, JobService
+from bot.core.model import Job
+from bot.provider.kling import KlingClient
+from bot.provider.simulator import KlingSimulator
 from bot.resources import open_resources
-from bot.simulator import KlingSimulator
-from bot.store import Store
+from bot.storage import sqlite as store_module
+from bot.storage.sqlite import Store
 
 
 def task_queries(sim: KlingSimulator) -> list[Any]:

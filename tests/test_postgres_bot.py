@@ -6,7 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from bot.pgstore import PgStore
+from bot.storage.postgres import PgStore
 from tests.harness import KEY, bot_process, harness
 
 pytest_plugins = ["tests.postgres"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.preflight import (
+from bot.ops.preflight import (
     ADMINISTRATOR,
     ALL_PERMISSIONS,
     ATTACH_FILES,
@@ -20,7 +20,7 @@ from bot.preflight import (
     channel_permissions,
     missing_permissions,
 )
-from bot.simulator import GatewayVariant, KlingSimulator
+from bot.provider.simulator import GatewayVariant, KlingSimulator
 from tests.fake_discord import FakeDiscord, P
 from tests.harness import KEY, bot_process
 from tests.ports import free_port

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import pytest
 
-from bot.credits import CreditService, QuotaRefused
-from bot.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable
-from bot.kling import CircuitBreaker, KlingClient
-from bot.model import QuotaSettings
-from bot.simulator import KlingSimulator
-from bot.store import Store
+from bot.core.credits import CreditService, QuotaRefused
+from bot.core.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable
+from bot.core.model import QuotaSettings
+from bot.provider.kling import CircuitBreaker, KlingClient
+from bot.provider.simulator import KlingSimulator
+from bot.storage.sqlite import Store
 from tests.conftest import FakeClock
 
 GUILD = 1

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import pytest
 
-from bot.quota import (
+from bot.core.quota import (
     Decision,
     Limit,
     check,

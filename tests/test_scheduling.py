@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from bot.app import Pace
-from bot.model import Job
-from bot.scheduling import (
+from bot.core.model import Job
+from bot.core.scheduling import (
     LATE_POLL_MAX_SECONDS,
     SAFETY_POLL_SECONDS,
     AccountPause,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import ConfigError, load_settings, parse_shard_ids
-from bot.simulator import KlingSimulator
+from bot.provider.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import KEY, Harness, bot_process, running_fakes
 from tests.test_discord_process import bot_env

@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot.callbacks import verify
-from bot.serving import serve
-from bot.simulator import GatewayVariant, KlingSimulator, run_forever, sample_video
+from bot.provider.callbacks import verify
+from bot.provider.simulator import GatewayVariant, KlingSimulator, run_forever, sample_video
+from bot.serving.server import serve
 from tests.conftest import FakeClock, make_image
 from tests.fake_discord import wait_until
 

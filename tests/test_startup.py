@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import load_settings
-from bot.simulator import KlingSimulator
+from bot.provider.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import KEY, bot_process
 from tests.test_discord_process import fakes  # noqa: F401  (the fixture)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.model import (
+from bot.core.model import (
     AT_PROVIDER,
     HOLDING_A_SLOT,
     IN_PROGRESS,
@@ -26,7 +26,7 @@ from bot.model import (
     QuotaSettings,
     Usage,
 )
-from bot.store import MIGRATIONS, Store
+from bot.storage.sqlite import MIGRATIONS, Store
 
 BLANK = Job(
     id="j1", guild_id=1, channel_id=2, user_id=3, kind="text", prompt="a cat", duration=5, resolution="720p",

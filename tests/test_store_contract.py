@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from bot.credits import CreditService, QuotaRefused
-from bot.jobs import JobRequest, JobService
-from bot.model import OPEN, DuplicateRequest, Lease
-from bot.store import MIGRATIONS, AuditEntry, Job, MemberQuota, QuotaSettings, Store, StoreUnavailable, Usage
+from bot.core.credits import CreditService, QuotaRefused
+from bot.core.jobs import JobRequest, JobService
+from bot.core.model import OPEN, DuplicateRequest, Lease
+from bot.storage.sqlite import MIGRATIONS, AuditEntry, Job, MemberQuota, QuotaSettings, Store, StoreUnavailable, Usage
 from tests.conftest import FakeClock
 
 pytest_plugins = ["tests.postgres"]
@@ -63,7 +63,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         chosen = Backend("sqlite", lambda **kw: Store.open(path, **kw), sqlite3.IntegrityError)
     else:
         psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
-        from bot.storage import open_storage
+        from bot.storage.interface import open_storage
 
         dsn: str = request.getfixturevalue("postgres_dsn")
         chosen = Backend("postgres", lambda **kw: open_storage(dsn, **kw), psycopg.IntegrityError)
@@ -392,7 +392,7 @@ async def test_two_processes_with_room_for_one_job_start_exactly_one(backend: Ba
 def hold_the_first_two_counts_of_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first two reservations to count their server's jobs in flight each wait (a second at most) until both have
     counted, before either writes its job: a race that a lock too narrow would lose is then lost every time."""
-    from bot.pgstore import PgStore
+    from bot.storage.postgres import PgStore
 
     counting = PgStore._server_in_flight
     both_counted = asyncio.Event()
@@ -442,7 +442,7 @@ async def test_an_unreachable_database_is_a_one_line_store_unavailable(backend: 
         target: Any = tmp_path  # a folder, not a database file
         opener: Any = Store.open
     else:
-        from bot.pgstore import PgStore
+        from bot.storage.postgres import PgStore
 
         target, opener = f"postgresql://postgres:secret@/nosuchdb?host={tmp_path}", PgStore.open
     with pytest.raises(StoreUnavailable) as caught:

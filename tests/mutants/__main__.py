@@ -41,6 +41,7 @@ class Mutant:
     path: Path
     row: str
     tests: tuple[str, ...]
+    text: str  # read once at the start: the run does not see edits made while it goes
 
     @property
     def name(self) -> str:
@@ -48,11 +49,12 @@ class Mutant:
 
 
 def read_mutant(path: Path) -> Mutant:
-    header = path.read_text().split("\ndiff --git", 1)[0]
+    text = path.read_text()
+    header = text.split("\ndiff --git", 1)[0]
     fields = dict(re.findall(r"^(Row|Tests):\s*(.+)$", header, re.MULTILINE))
-    if "Row" not in fields or "Tests" not in fields or "diff --git" not in path.read_text():
+    if "Row" not in fields or "Tests" not in fields or "diff --git" not in text:
         raise SystemExit(f"{path.name}: needs a 'Row:' line, a 'Tests:' line and a diff")
-    return Mutant(path, fields["Row"].strip(), tuple(fields["Tests"].split()))
+    return Mutant(path, fields["Row"].strip(), tuple(fields["Tests"].split()), text)
 
 
 def table_rows() -> set[str]:
@@ -128,7 +130,7 @@ def main() -> int:
         for mutant in mutants:
             tree = Path(scratch) / mutant.name
             shutil.copytree(baseline_tree, tree)
-            applied = subprocess.run(["git", "apply", str(mutant.path)], cwd=tree, capture_output=True, text=True)
+            applied = subprocess.run(["git", "apply"], input=mutant.text, cwd=tree, capture_output=True, text=True)
             started = time.monotonic()
             if applied.returncode != 0:
                 result = "does not apply: " + applied.stderr.strip().splitlines()[0]

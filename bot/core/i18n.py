@@ -1,7 +1,7 @@
 """The bot's words in the member's language: English source strings, translations in gettext `.po` catalogs.
 
 Every text the bot writes goes through `tr(locale, "English text {name}", name=...)`. The English text is the
-message id; `bot/locales/<language>/LC_MESSAGES/messages.po` holds its translation. A locale with no catalog, or a
+message id; `bot/core/locales/<language>/LC_MESSAGES/messages.po` holds its translation. A locale with no catalog, or a
 message with no translation, falls back to English (`tests/test_i18n.py` fails when a catalog misses one).
 
 The core knows no member's language: it writes its member-facing texts (refusals, a job's stored error) with

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from bot.model import InFlight, Job
+from bot.core.model import InFlight, Job
 
 # Adaptive polling: a job is not asked about before EARLY_FRACTION of the median render time of its shape (but for a
 # safety check every SAFETY_POLL_SECONDS), and the loop ticks faster until LATE_FRACTION of it has passed.

@@ -24,7 +24,7 @@ from pydantic import (
     WrapValidator,
 )
 
-from bot import metrics
+from bot.serving import metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ QUERY_CONCURRENCY = 4  # queries of one poll in flight at once (POLL_CONCURRENCY
 # a smaller one costs less than the hop to a thread.
 LARGE_BODY_CHARS = 64 * 1024
 JSON_PIECE = 64 * 1024  # characters of one long string escaped per json.dumps call
-# One thread encodes every large body (see bot/images.py: the GIL serialises encodes; fewer malloc arenas).
+# One thread encodes every large body (see bot/media/images.py: the GIL serialises encodes; fewer malloc arenas).
 _encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="json")
 
 KNOWN_STATUSES = frozenset({"submitted", "processing", "succeeded", "failed"})

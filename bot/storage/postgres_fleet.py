@@ -9,7 +9,7 @@ import time
 
 import psycopg
 
-from bot.fleet import MessageHandler, process_name
+from bot.storage.fleet import MessageHandler, process_name
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from bot.storage import is_postgres
+from bot.storage.interface import is_postgres
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def open_fleet(database: str, name: str | None = None) -> Fleet:
 
     Nothing connects until a duty or a message needs it, so tools that never ask pay nothing."""
     if is_postgres(database):
-        from bot.pgfleet import PgFleet  # psycopg is only needed by those who use PostgreSQL
+        from bot.storage.postgres_fleet import PgFleet  # psycopg is only needed by those who use PostgreSQL
 
         return PgFleet(database, name)
     return SoloFleet()

@@ -1,4 +1,4 @@
-"""The PostgreSQL twin of `bot.store.Store`: the same methods and rows, over psycopg 3 and a connection pool.
+"""The PostgreSQL twin of `bot.storage.sqlite.Store`: the same methods and rows, over psycopg 3 and a connection pool.
 
 Unlike SQLite, several bot processes may share one PostgreSQL database: they claim their background work with
 leases (`claim_jobs`, `claim_queued`), count the provider's slots under an advisory lock, and reservations lock per
@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from bot.model import (
+from bot.core.model import (
     AT_PROVIDER,
     HOLDING_A_SLOT,
     AuditEntry,
@@ -37,7 +37,7 @@ from bot.model import (
     Usage,
     UsageRow,
 )
-from bot.store import (
+from bot.storage.sqlite import (
     CLAIM_ORDER,
     IN_FLIGHT_COLUMNS,
     JOB_COLUMNS,
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
-# One entry per entry of bot.store.MIGRATIONS, same number, same meaning; never edit one that has shipped.
+# One entry per entry of bot.storage.sqlite.MIGRATIONS, same number, same meaning; never edit one that has shipped.
 # Discord snowflakes and milli-credit sums exceed 2^31, so every id and amount is BIGINT; REAL is double precision.
 PG_MIGRATIONS: tuple[str, ...] = (
     """

@@ -15,10 +15,10 @@ from typing import Any, Literal
 import aiohttp
 
 from bot.config import Settings
-from bot.kling import KlingBadRequest, KlingClient, KlingError
+from bot.provider.kling import KlingBadRequest, KlingClient, KlingError
 from bot.resources import open_resources
-from bot.storage import Storage
-from bot.store import StoreUnavailable
+from bot.storage.interface import Storage
+from bot.storage.sqlite import StoreUnavailable
 
 Status = Literal["ok", "warn", "fail"]
 

@@ -1,8 +1,8 @@
 """The one interface the services use to keep jobs and quotas, and the choice of backend behind it.
 
-`bot.store.Store` (SQLite, the embedded default for one process) and `bot.pgstore.PgStore` (PostgreSQL, for
-several processes) both implement `Storage`; nothing outside them knows which one is in use. The contract tests
-(`tests/test_store_contract.py`) run the same assertions against both.
+`bot.storage.sqlite.Store` (SQLite, the embedded default for one process) and `bot.storage.postgres.PgStore`
+(PostgreSQL, for several processes) both implement `Storage`; nothing outside them knows which one is in use. The
+contract tests (`tests/test_store_contract.py`) run the same assertions against both.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.model import (
+from bot.core.model import (
     AuditEntry,
     InFlight,
     Job,
@@ -23,7 +23,7 @@ from bot.model import (
     Usage,
     UsageRow,
 )
-from bot.store import DecisionT, Store, StoreUnavailable
+from bot.storage.sqlite import DecisionT, Store, StoreUnavailable
 
 
 class Storage(Protocol):
@@ -171,7 +171,7 @@ async def open_storage(database: str, *, single_instance: bool = False) -> Stora
     """Open the backend `database` names: a PostgreSQL URL, or a SQLite file path (`sqlite:///path` too)."""
     if is_postgres(database):
         try:
-            from bot.pgstore import PgStore  # psycopg is only needed by those who use PostgreSQL
+            from bot.storage.postgres import PgStore  # psycopg is only needed by those who use PostgreSQL
         except ImportError:
             raise StoreUnavailable("PostgreSQL needs its driver: pip install -e '.[postgres]'") from None
         return await PgStore.open(database)  # several bots may share it: `single_instance` is SQLite's

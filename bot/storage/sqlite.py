@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
-from bot.model import (
+from bot.core.model import (
     AT_PROVIDER,
     HOLDING_A_SLOT,
     IN_PROGRESS,

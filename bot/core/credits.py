@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from bot import quota
-from bot.i18n import english
-from bot.model import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, UsageRow
-from bot.storage import Storage
+from bot.core import quota
+from bot.core.i18n import english
+from bot.core.model import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, UsageRow
+from bot.storage.interface import Storage
 
 
 class QuotaRefused(Exception):

@@ -10,13 +10,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from bot import quota
+from bot.core import quota
+from bot.core.credits import CreditService
+from bot.core.i18n import english
+from bot.core.model import AT_PROVIDER, FINAL, NOTIFY_MODES, OPEN, WAITING, InFlight, Job, Lease, lease_of
+from bot.core.scheduling import AccountPause, Polled, Shape, due_for_poll, fair_order, poll_delay, shape_of
 from bot.crashpoints import crash_point
-from bot.credits import CreditService
-from bot.fleet import process_name
-from bot.i18n import english
-from bot.images import FirstFrame, base64_text, send_slots
-from bot.kling import (
+from bot.media.images import FirstFrame, base64_text, send_slots
+from bot.provider.kling import (
     KlingAccountError,
     KlingAuthError,
     KlingBadRequest,
@@ -28,9 +29,8 @@ from bot.kling import (
     KlingTask,
     KlingUnavailable,
 )
-from bot.model import AT_PROVIDER, FINAL, NOTIFY_MODES, OPEN, WAITING, InFlight, Job, Lease, lease_of
-from bot.scheduling import AccountPause, Polled, Shape, due_for_poll, fair_order, poll_delay, shape_of
-from bot.storage import Storage
+from bot.storage.fleet import process_name
+from bot.storage.interface import Storage
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ RESERVED_GRACE_LEASES = 2
 # again: a gateway may create the task late and may not refuse a second one under the same id.
 SUBMIT_LOOKUP_SECONDS = 150.0
 # A job still rendering past JOB_TIMEOUT_MINUTES is late, not failed: the provider bills it either way, so it is
-# asked about less and less often (see bot/scheduling.py) for this long before it is given up.
+# asked about less and less often (see bot/core/scheduling.py) for this long before it is given up.
 LATE_LIMIT_SECONDS = 24 * 3600.0
 MAX_CHAIN = 50  # segments read back from one video (a join of more would not fit an upload anyway)
 # Background work is claimed (see docs/fleet.md): a claim lasts this long unless renewed, so the jobs

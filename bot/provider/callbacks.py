@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from bot import metrics
-from bot.serving import serve
+from bot.serving import metrics
+from bot.serving.server import serve
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bot.i18n import english
+from bot.core.i18n import english
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})  # MPO: phones' multi-picture JPEGs
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # what we agree to read at all

@@ -50,8 +50,8 @@ import av
 from aiohttp import web
 from PIL import Image
 
-from bot.callbacks import sign
-from bot.serving import serve
+from bot.provider.callbacks import sign
+from bot.serving.server import serve
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
 # Hosts reserved for examples (RFC 2606): nothing can be fetched there, so tests use them as placeholder URLs.
 PLACEHOLDER_HOSTS = ("example.com", "example.net", "example.org")
 PLACEHOLDER_TLDS = (".example", ".invalid")
-VARIANT_HELP = "make the gateway differ from its page (repeatable); see bot/simulator.py's docstring for the keys"
+VARIANT_HELP = (
+    "make the gateway differ from its page (repeatable); see bot/provider/simulator.py's docstring for the keys"
+)
 LEGACY_STATUSES = {"succeeded": "succeed", "failed": "fail"}
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
@@ -802,8 +804,10 @@ async def run_forever(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bot.simulator`: the simulator alone, until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m bot.simulator", description="A local Kling API simulator.")
+    """`python -m bot.provider.simulator`: the simulator alone, until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bot.provider.simulator", description="A local Kling API simulator."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--api-key", default="sim-key")

@@ -1,0 +1,1 @@
+"""The pure rules (model, quotas, scheduling, languages) and the job and credit services."""

@@ -1,0 +1,1 @@
+"""Pictures and videos: first frames, clips (PyAV) and capped downloads."""

@@ -1,0 +1,1 @@
+"""The operator's tools beside the bot: the preflight check."""

@@ -1,0 +1,1 @@
+"""The Kling API: its client, a local simulator of it, and its callbacks."""

@@ -1,0 +1,1 @@
+"""The bot's own HTTP servers and its Prometheus metrics."""
