@@ -317,7 +317,7 @@ def rss_mb(pid: int) -> float:
 
 async def bench_memory(folder: Path, jobs: int) -> None:
     from tests.fake_discord import FakeDiscord
-    from tests.test_discord_process import bot_env
+    from tests.ops.test_discord_process import bot_env
 
     print(f"Resident memory of the bot process: idle, and with {jobs:,} jobs in flight")
     fake, sim = FakeDiscord(), KlingSimulator(api_key="sk-harness-secret-key-0123", endpoint_path="proc")

@@ -7,7 +7,7 @@ event loop; the bots are real `python -m bot run` processes. `--faults R` inject
 lost submit answers, and Discord 5xx answers to posts and edits, at rate R of the requests each receives.
 
 It prints what must be zero (jobs lost, sent twice, posted twice, credits out of balance) and jobs delivered per
-second. `tests/test_fleet_kill.py` runs the same fleet and the same audit with the fakes in the test process.
+second. `tests/storage/test_fleet_kill.py` runs the same fleet and the same audit with the fakes in the test process.
 """
 
 from __future__ import annotations

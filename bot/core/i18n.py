@@ -2,7 +2,7 @@
 
 Every text the bot writes goes through `tr(locale, "English text {name}", name=...)`. The English text is the
 message id; `bot/core/locales/<language>/LC_MESSAGES/messages.po` holds its translation. A locale with no catalog, or a
-message with no translation, falls back to English (`tests/test_i18n.py` fails when a catalog misses one).
+message with no translation, falls back to English (`tests/core/test_i18n.py` fails when a catalog misses one).
 
 The core knows no member's language: it writes its member-facing texts (refusals, a job's stored error) with
 `english("English text {name}", name=...)`, which marks the message id for extraction and returns the English

@@ -2,7 +2,7 @@
 
 `bot.storage.sqlite.Store` (SQLite, the embedded default for one process) and `bot.storage.postgres.PgStore`
 (PostgreSQL, for several processes) both implement `Storage`; nothing outside them knows which one is in use. The
-contract tests (`tests/test_store_contract.py`) run the same assertions against both.
+contract tests (`tests/storage/test_store_contract.py`) run the same assertions against both.
 """
 
 from __future__ import annotations

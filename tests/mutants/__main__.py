@@ -4,7 +4,7 @@ Each `tests/mutants/*.patch` is a small patch that breaks one row of `docs/guara
 which row it breaks and which tests must then fail:
 
     Row: one-charge-per-confirm
-    Tests: tests/test_confirm.py::test_confirm_pressed_twice_at_once_makes_one_job
+    Tests: tests/discord/test_confirm.py::test_confirm_pressed_twice_at_once_makes_one_job
 
     diff --git a/cogs/video.py b/cogs/video.py
     ...

@@ -17,7 +17,7 @@ from bot.storage.postgres import PgStore
 from cogs.delivery import post_nonce
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import harness
-from tests.test_store_contract import BLANK
+from tests.storage.test_store_contract import BLANK
 
 pytest_plugins = ["tests.postgres"]
 

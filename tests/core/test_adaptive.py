@@ -8,7 +8,7 @@ from bot.core.jobs import JobRequest, JobService
 from bot.provider.simulator import KlingSimulator
 from bot.storage.sqlite import Store
 from tests.conftest import FakeClock
-from tests.test_store import BLANK
+from tests.storage.test_store import BLANK
 
 
 def queries(sim: KlingSimulator) -> int:

@@ -17,7 +17,7 @@ from bot.provider.simulator import GatewayVariant, KlingSimulator
 from tests.conftest import make_image
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
-from tests.test_cli import env_for, run_cli
+from tests.ops.test_cli import env_for, run_cli
 
 VARIANTS = {
     "page": GatewayVariant(),

@@ -16,7 +16,7 @@ import pytest
 from tests.fake_discord import wait_until
 from tests.harness import callback_settings, harness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def dropped() -> float:

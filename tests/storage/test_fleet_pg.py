@@ -144,10 +144,16 @@ async def test_two_bots_on_one_postgresql_submit_post_and_charge_each_video_once
                 await fake.slash("video", {"prompt": f"fleet {n}"}, sub="text", user=("alice", "bob", "mod")[n % 3])
             await wait_until(lambda: len(fake.threads()) == count)
             async with second_bot(world) as second:
+                pollers = [bot.get_cog("Poller") for bot in (first, second)]
+                # Downloads stall until both bots have deliveries under way: one bot's slots fill, the other takes
+                # the rest (fast downloads would let whichever ticks first post everything).
+                sim.hold_videos()
                 sim.hold = False
+                await wait_until(lambda: all(p.deliveries.started for p in pollers), within=30)  # type: ignore[union-attr]
+                sim.release_videos()
                 store = first.resources.store
                 await wait_until(lambda: _all_delivered(store, count), within=60)
-                started = [bot.get_cog("Poller").deliveries.started for bot in (first, second)]  # type: ignore[union-attr]
+                started = [p.deliveries.started for p in pollers]  # type: ignore[union-attr]
             jobs = await store.jobs_in(("delivered",))
             usage = {
                 name: await first.resources.credits.status(int(fake.guild_id), int(fake.users[name]["id"]), ())

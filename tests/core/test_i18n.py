@@ -23,7 +23,7 @@ from tests.conftest import make_image
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The same keywords as docs/operating.md's `pybabel extract -F babel.cfg -k tr:2 -k english -k locale_str`.
 KEYWORDS: dict[str, Any] = {"tr": (2,), "english": None, "locale_str": None}
 FIELD = re.compile(r"\{(\w*)[^{}]*\}")

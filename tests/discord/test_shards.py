@@ -15,7 +15,7 @@ from bot.config import ConfigError, load_settings, parse_shard_ids
 from bot.provider.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import KEY, Harness, bot_process, running_fakes
-from tests.test_discord_process import bot_env
+from tests.ops.test_discord_process import bot_env
 
 pytest_plugins = ["tests.postgres"]
 

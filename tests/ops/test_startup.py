@@ -14,9 +14,9 @@ from bot.config import load_settings
 from bot.provider.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import KEY, bot_process
-from tests.test_discord_process import fakes  # noqa: F401  (the fixture)
+from tests.ops.test_discord_process import fakes  # noqa: F401  (the fixture)
 
-EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
 
 
 def filled_example(folder: Path, token: str, **lines: str) -> Path:

@@ -17,8 +17,8 @@ from bot.provider.simulator import KlingSimulator, sample_video
 from bot.storage.sqlite import Store
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import bot_process
+from tests.ops.test_discord_process import bot_env, fakes  # noqa: F401  (the fixture)
 from tests.ports import free_port
-from tests.test_discord_process import bot_env, fakes  # noqa: F401  (the fixture)
 
 TICK_COUNT = "kling_bot_poll_tick_seconds_count "
 

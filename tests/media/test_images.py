@@ -113,7 +113,7 @@ def _checked_in_fresh_process(data: bytes, tmp_path: Path) -> tuple[float, str]:
         pytest.skip("needs Linux's /proc to measure peak memory")
     path = tmp_path / "image.bin"
     path.write_bytes(data)
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-c", _PEAK_SCRIPT, str(path)], cwd=root, capture_output=True, text=True, check=True
     )

@@ -14,7 +14,7 @@ from tests.fake_discord import FakeDiscord, wait_until
 
 pytest_plugins = ["tests.postgres"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = 2
 STOPPED = "left to its new holder"  # what a deliverer that lost its claim logs as it gives up
 

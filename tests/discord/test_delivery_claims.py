@@ -16,8 +16,8 @@ from bot.core.model import Job
 from cogs.delivery import DeliveryWorker
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
-from tests.test_leases import video_posts
-from tests.test_store_contract import BLANK
+from tests.storage.test_leases import video_posts
+from tests.storage.test_store_contract import BLANK
 
 pytest_plugins = ["tests.postgres"]
 
