@@ -20,7 +20,8 @@ from bot.ops.preflight import (
     channel_permissions,
     missing_permissions,
 )
-from bot.provider.simulator import GatewayVariant, KlingSimulator
+from bot.provider.sim_variant import GatewayVariant
+from bot.provider.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, P
 from tests.harness import KEY, bot_process
 from tests.ports import free_port

@@ -22,7 +22,8 @@ from bot.provider.errors import (
     KlingUnavailable,
 )
 from bot.provider.kling import KlingClient
-from bot.provider.simulator import GatewayVariant, KlingSimulator
+from bot.provider.sim_variant import GatewayVariant
+from bot.provider.simulator import KlingSimulator
 from bot.serving.server import serve
 from tests.conftest import API_KEY, RecordedSleeps, make_image
 
