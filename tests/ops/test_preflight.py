@@ -22,7 +22,8 @@ from bot.ops.preflight import (
 )
 from bot.provider.sim_variant import GatewayVariant
 from bot.provider.simulator import KlingSimulator
-from tests.fake_discord import FakeDiscord, P
+from tests.fake_discord import FakeDiscord
+from tests.fakes.discord.world import P
 from tests.harness import KEY, bot_process
 from tests.ports import free_port
 
