@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.media import clips
-from bot.provider.simulator import make_clip
+from bot.provider.sim_videos import make_clip
 
 
 def segment(seconds: int, width: int, height: int, fps: int, seed: int) -> bytes:

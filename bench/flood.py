@@ -32,12 +32,12 @@ from bot.core.model import AT_PROVIDER, Job
 from bot.provider.simulator import KlingSimulator
 from bot.resources import open_resources
 from bot.serving.server import serve
-from tests.fake_discord import (
+from tests.fake_discord import FakeDiscord
+from tests.fakes.discord.ratelimits import (
     DEFAULT_LIMIT,
     GLOBAL_EXEMPT,
     GLOBAL_LIMIT,
     ROUTE_LIMITS,
-    FakeDiscord,
     Limit,
     rate_limit_route,
 )

@@ -32,7 +32,8 @@ from bot.core.jobs import JobService
 from bot.core.model import AT_PROVIDER, Job, QuotaSettings
 from bot.media.downloads import download_video
 from bot.provider.kling import MAX_IDS_PER_QUERY, KlingClient
-from bot.provider.simulator import KlingSimulator, SimTask
+from bot.provider.sim_tasks import SimTask
+from bot.provider.simulator import KlingSimulator
 from bot.storage.sqlite import JOB_COLUMNS, Store
 
 KEY = "bench-key"

@@ -33,7 +33,9 @@ from aiohttp import web
 
 from bench.flood import fakes_process, serve_control
 from bot.core.model import FINAL, OPEN, STATES, Job
-from bot.provider.simulator import RATES, GatewayVariant, KlingSimulator
+from bot.provider.sim_tasks import RATES
+from bot.provider.sim_variant import GatewayVariant
+from bot.provider.simulator import KlingSimulator
 from tests.fake_discord import FakeDiscord, Interaction, wait_until
 from tests.ports import free_port
 

@@ -37,7 +37,8 @@ from bench.run import TEMPLATE, bulk_insert
 from bot.core.jobs import JobChange, JobService
 from bot.core.model import AT_PROVIDER
 from bot.provider.kling import MAX_IDS_PER_QUERY, TASKS, KlingClient
-from bot.provider.simulator import KlingSimulator, SimTask
+from bot.provider.sim_tasks import SimTask
+from bot.provider.simulator import KlingSimulator
 from bot.storage.sqlite import Store
 
 KEY = "bench-tick-key"

@@ -17,18 +17,18 @@ from bot.core.model import AT_PROVIDER, FINAL, NOTIFY_MODES, OPEN, WAITING, InFl
 from bot.core.scheduling import AccountPause, Polled, Shape, due_for_poll, fair_order, poll_delay, shape_of
 from bot.crashpoints import crash_point
 from bot.media.images import FirstFrame, base64_text, send_slots
-from bot.provider.kling import (
+from bot.provider.errors import (
     KlingAccountError,
     KlingAuthError,
     KlingBadRequest,
-    KlingClient,
     KlingContentPolicy,
     KlingError,
     KlingNotSent,
     KlingRateLimited,
-    KlingTask,
     KlingUnavailable,
 )
+from bot.provider.kling import KlingClient
+from bot.provider.records import KlingTask
 from bot.storage.fleet import process_name
 from bot.storage.interface import Storage
 

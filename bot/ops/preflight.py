@@ -15,7 +15,8 @@ from typing import Any, Literal
 import aiohttp
 
 from bot.config import Settings
-from bot.provider.kling import KlingBadRequest, KlingClient, KlingError
+from bot.provider.errors import KlingBadRequest, KlingError
+from bot.provider.kling import KlingClient
 from bot.resources import open_resources
 from bot.storage.interface import Storage
 from bot.storage.sqlite import StoreUnavailable

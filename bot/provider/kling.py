@@ -1,4 +1,7 @@
-"""Client of the Kling 3.0 turbo API as served by Cloudsway's gateway (see docs/provider-api.md)."""
+"""Client of the Kling 3.0 turbo API as served by Cloudsway's gateway (see docs/provider-api.md).
+
+Its typed errors are in `errors.py`, the lenient reading of its answers in `records.py`, and the JSON of its
+request bodies in `encoding.py`."""
 
 from __future__ import annotations
 
@@ -9,21 +12,23 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
 
 import aiohttp
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    SecretStr,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
-)
+from pydantic import SecretStr, ValidationError
 
+from bot.provider.encoding import encode_body
+from bot.provider.errors import (
+    KlingBadRequest,
+    KlingError,
+    KlingNotSent,
+    KlingRateLimited,
+    KlingSubmitUncertain,
+    KlingUnavailable,
+    classify,
+)
+from bot.provider.records import Envelope, KlingTask, parse_task, parse_tasks
 from bot.serving import metrics
 
 log = logging.getLogger(__name__)
@@ -36,197 +41,6 @@ MAX_IDS_PER_QUERY = 20  # the provider's cap, checked against production
 
 MAX_RETRY_AFTER = 60.0  # a gateway's Retry-After beyond this is not believed
 QUERY_CONCURRENCY = 4  # queries of one poll in flight at once (POLL_CONCURRENCY)
-
-# A request body with more text than this (a first frame in Base64) is encoded in a worker thread, piece by piece;
-# a smaller one costs less than the hop to a thread.
-LARGE_BODY_CHARS = 64 * 1024
-JSON_PIECE = 64 * 1024  # characters of one long string escaped per json.dumps call
-# One thread encodes every large body (see bot/media/images.py: the GIL serialises encodes; fewer malloc arenas).
-_encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="json")
-
-KNOWN_STATUSES = frozenset({"submitted", "processing", "succeeded", "failed"})
-# Kling's older endpoints (and perhaps the gateway) spell the two ends differently.
-STATUS_SPELLINGS = {"succeed": "succeeded", "success": "succeeded", "fail": "failed"}
-_unknown_statuses: set[str] = set()  # logged once each per process
-
-
-def _digits_as_str(value: object) -> object:
-    # Ids are strings of digits; a gateway that sends them as JSON numbers must not lose precision to floats.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-def _number_as_text(value: object) -> object:
-    # The page writes durations and amounts as strings; a gateway may send numbers.
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-def _status(value: object) -> object:
-    if isinstance(value, str):
-        value = value.strip().lower()
-        return STATUS_SPELLINGS.get(value, value)
-    return value
-
-
-def _or_none(value: object, handler: ValidatorFunctionWrapHandler) -> object:
-    # An odd optional field becomes "unknown" instead of dropping the whole task record.
-    try:
-        return handler(value)
-    except ValidationError:
-        return None
-
-
-IdStr = Annotated[str, BeforeValidator(_digits_as_str)]
-Text = Annotated[str, BeforeValidator(_number_as_text)]
-Status = Annotated[str, BeforeValidator(_status)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class KlingOutput(_Model):
-    """One result of a finished task; `url` is a signed CDN link that expires."""
-
-    type: str = "video"
-    id: IdStr = ""
-    url: str
-    duration: Annotated[Text | None, WrapValidator(_or_none)] = None
-
-    @property
-    def seconds(self) -> float | None:
-        """The video's length in seconds, if the provider gave a readable one."""
-        try:
-            return float(self.duration) if self.duration is not None else None
-        except ValueError:
-            return None
-
-
-class KlingBilling(_Model):
-    """What the provider charged; `amount` is a decimal string (or a number, from some gateways)."""
-
-    amount: Text
-    charge_type: Annotated[Text | None, WrapValidator(_or_none)] = None
-    package_type: Annotated[Text | None, WrapValidator(_or_none)] = None
-
-
-class KlingTask(_Model):
-    """A task as the provider reports it; the status is kept even when we do not know it."""
-
-    id: IdStr
-    status: Status
-    message: Annotated[Text | None, WrapValidator(_or_none)] = ""
-    outputs: Annotated[list[KlingOutput] | None, WrapValidator(_or_none)] = None
-    billing: Annotated[list[KlingBilling] | None, WrapValidator(_or_none)] = None
-    create_time: Annotated[int | None, WrapValidator(_or_none)] = None
-    update_time: Annotated[int | None, WrapValidator(_or_none)] = None
-
-    @property
-    def video(self) -> KlingOutput | None:
-        """The first video output, if any."""
-        return next((o for o in self.outputs or () if o.type == "video" and o.url), None)
-
-    @property
-    def billed_amount(self) -> str | None:
-        """The charged amount as the provider wrote it, when billing is known."""
-        return self.billing[0].amount if self.billing else None
-
-
-class Envelope(_Model):
-    """Every answer: `code` 0 means success whatever the HTTP status says, and vice versa."""
-
-    code: int
-    message: str | None = ""
-    data: Any = None
-    request_id: str | None = None
-
-
-class KlingError(Exception):
-    """A failed call; `message` is the provider's own words where it gave any."""
-
-    def __init__(
-        self, message: str, *, code: int | None = None, status: int | None = None, request_id: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
-        self.request_id = request_id
-
-    def __str__(self) -> str:
-        where = ", ".join(
-            part
-            for part in (f"HTTP {self.status}" if self.status else "", f"code {self.code}" if self.code else "")
-            if part
-        )
-        return f"{self.message} ({where})" if where else self.message
-
-
-class KlingAuthError(KlingError):
-    """The key was refused (or the IP is not allowed): the operator must act; never retried."""
-
-
-class KlingAccountError(KlingError):
-    """The account is in arrears, out of credits or without access to the model: the operator must act."""
-
-
-class KlingBadRequest(KlingError):
-    """The provider refused the parameters; its message says why. Not retried."""
-
-
-class KlingContentPolicy(KlingError):
-    """The prompt or image broke the platform's content policy: the member must change it."""
-
-
-class KlingRateLimited(KlingError):
-    """Too many requests (1302) or too many tasks at once (1303); `retry_after` is in seconds."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
-
-
-class KlingUnavailable(KlingError):
-    """Server trouble: 5xx, codes 5000-5002, a body that is not the API's JSON, a time-out, no connection."""
-
-
-class KlingNotSent(KlingUnavailable):
-    """The circuit breaker is open: the call was not sent at all."""
-
-
-class KlingSubmitUncertain(KlingUnavailable):
-    """A submit got no usable answer and the task is not visible yet: it may still appear (gateways create
-    tasks late and may not refuse a repeated external id), so it must not be sent again for a while."""
-
-
-def classify(
-    status: int, code: int | None, message: str, *, request_id: str | None = None, retry_after: float | None = None
-) -> KlingError:
-    """Turn an HTTP status and the envelope's code into the error the rest of the code acts on."""
-    kwargs: dict[str, Any] = {"code": code, "status": status, "request_id": request_id}
-    if code is not None:
-        if 1000 <= code <= 1004 or code == 1304:
-            return KlingAuthError(message or "authentication failed", **kwargs)
-        if 1100 <= code <= 1103:
-            return KlingAccountError(message or "account unavailable", **kwargs)
-        if 1200 <= code <= 1299:
-            return KlingBadRequest(message or "bad request", **kwargs)
-        if code in (1300, 1301):
-            return KlingContentPolicy(message or "refused by the content policy", **kwargs)
-        if code in (1302, 1303):
-            return KlingRateLimited(message or "rate limited", retry_after=retry_after, **kwargs)
-        if 5000 <= code <= 5999:
-            return KlingUnavailable(message or "server error", **kwargs)
-    if status == 401:
-        return KlingAuthError(message or "authentication failed", **kwargs)
-    if status == 429:
-        return KlingRateLimited(message or "rate limited", retry_after=retry_after, **kwargs)
-    if 400 <= status < 500:
-        return KlingBadRequest(message or f"request refused (HTTP {status})", **kwargs)
-    return KlingUnavailable(message or f"server error (HTTP {status})", **kwargs)
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -493,7 +307,7 @@ class KlingClient:
     async def _query_once(self, kind: str, ids: Sequence[str]) -> list[KlingTask]:
         params = {"task_ids": "", "external_task_ids": ""} | {kind: ",".join(ids)}
         data = await self._with_retries(functools.partial(self._call, "GET", TASKS, params=params), "query")
-        return _parse_tasks(data)
+        return parse_tasks(data)
 
     async def check_auth(self) -> None:
         """One cheap authenticated call (a query for no known task); raises the typed error if it fails."""
@@ -512,7 +326,7 @@ class KlingClient:
         while True:
             await self._wait_quiet(delay)
             try:
-                return _parse_task(await self._call("POST", path, json_body=body))
+                return parse_task(await self._call("POST", path, json_body=body))
             except KlingRateLimited as exc:
                 if attempt >= self._max_retries:
                     raise
@@ -644,89 +458,3 @@ class KlingClient:
                 retry_after=retry_after,
             )
         return envelope.data
-
-
-async def encode_body(body: dict[str, Any]) -> bytes | io.BytesIO:
-    """A request body as JSON: a large one (a first frame) in the encoder thread, a small one right here."""
-    if _text_chars(body) <= LARGE_BODY_CHARS:
-        return json.dumps(body).encode()
-    # As a file, aiohttp sends it in 64 KB pieces as the socket takes them, instead of copying the rest of a
-    # 13 MB body into the transport's buffer on the loop.
-    return await asyncio.get_running_loop().run_in_executor(_encoder, encode_json, body)
-
-
-def encode_json(value: Any) -> io.BytesIO:
-    """What `json.dumps(value).encode()` gives, with long strings escaped piece by piece; run it in a thread."""
-    # One json.dumps over a 13 MB string holds the GIL for tens of milliseconds, stalling the event loop even
-    # from a thread; between pieces the loop gets its turn. JSON escapes each character alone, so pieces join.
-    out = io.BytesIO()
-    for piece in _json_pieces(value):
-        out.write(piece.encode("ascii"))
-    out.seek(0)
-    return out
-
-
-def _json_pieces(value: Any) -> Iterator[str]:
-    if isinstance(value, str) and len(value) > JSON_PIECE:
-        yield '"'
-        for start in range(0, len(value), JSON_PIECE):
-            yield json.dumps(value[start : start + JSON_PIECE])[1:-1]
-        yield '"'
-    elif isinstance(value, dict):
-        yield "{"
-        for number, (key, item) in enumerate(value.items()):
-            if not isinstance(key, str):
-                raise TypeError(f"request body keys must be strings, not {type(key).__name__}")
-            yield (", " if number else "") + json.dumps(key) + ": "
-            yield from _json_pieces(item)
-        yield "}"
-    elif isinstance(value, list | tuple):
-        yield "["
-        for number, item in enumerate(value):
-            if number:
-                yield ", "
-            yield from _json_pieces(item)
-        yield "]"
-    else:
-        yield json.dumps(value)
-
-
-def _text_chars(value: Any) -> int:
-    """Roughly how long the JSON of a request body is: its strings dominate, numbers are counted as a few."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(len(str(key)) + _text_chars(item) for key, item in value.items())
-    if isinstance(value, list | tuple):
-        return sum(_text_chars(item) for item in value)
-    return 8
-
-
-def _parse_task(data: Any) -> KlingTask:
-    try:
-        task = KlingTask.model_validate(data)
-    except ValidationError as exc:
-        raise KlingUnavailable(f"malformed task in the answer: {exc.error_count()} problem(s)") from None
-    _note_status(task)
-    return task
-
-
-def _parse_tasks(data: Any) -> list[KlingTask]:
-    if data is None:
-        return []
-    if not isinstance(data, list):
-        raise KlingUnavailable("malformed answer: the task list is not a list")
-    tasks = []
-    for item in data:
-        try:
-            tasks.append(_parse_task(item))
-        except KlingUnavailable as exc:
-            # One bad record must not hide the others; its job stays in flight and is asked about again.
-            log.warning("skipping a task record: %s", exc)
-    return tasks
-
-
-def _note_status(task: KlingTask) -> None:
-    if task.status not in KNOWN_STATUSES and task.status not in _unknown_statuses:
-        _unknown_statuses.add(task.status)
-        log.warning("task %s has a status we do not know: %r; such tasks are polled on", task.id, task.status)

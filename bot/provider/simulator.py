@@ -4,208 +4,56 @@ The tests use it over 127.0.0.1; `python -m bot simulate` lets a server owner tr
 Faults can be switched on (`fail_next`) to prove the client copes with what the real gateway does. Videos are the
 sample mp4, or with `task_videos` one small clip per task whose last frame has a colour of that task's own.
 
-Nobody has proven that Cloudsway's gateway behaves as its page says, so `GatewayVariant` (`sim.variant`, or
-`--variant KEY=VALUE` on the command line) switches on one plausible difference each; every default follows the page:
-- query_lists=accept|refuse|partial: the page lists `task_ids=a,b,c`; refuse: several ids in one parameter get
-  400/1201; partial: several ids answer only the first task that exists, the rest dropped silently.
-- query_cap=N: the page names no limit (Kling's is 20, the default); more than N ids in one query get 400/1201.
-- statuses=page|legacy: the page says `succeeded`/`failed`; legacy says `succeed`/`fail` (Kling's older endpoints).
-- numbers=true: the page has string ids, durations, amounts and integer times; this flips each to the other type.
-- first_frame=any|url_only|base64_only: the page shows an http(s) URL, Kling also takes raw Base64; url_only
-  refuses Base64, base64_only refuses URLs (a gateway that cannot fetch outside URLs), each with 400/1201.
-- fetch_urls=true|false: the provider must fetch a first-frame URL; true fetches it at submit and refuses what is
-  not a readable JPEG/PNG within limits (the reserved example.com/.org/.net, *.example and *.invalid hosts are
-  taken unchecked, as placeholders); false takes every URL unchecked.
-- callbacks=page|native: the page's callbacks would carry its task record; native carries Kling's own
-  `task_id`/`task_status`/`task_status_msg`/`external_task_id`/`task_result.videos` shape.
-- late_submit=S: a submit checks its request, answers a proxy's 504 HTML page, and its task appears (and starts
-  rendering) S seconds later by the simulator's clock; the page answers at once.
-- dedupe_external_ids=false: Kling refuses a repeated external_task_id (400/1201); false makes a second task
-  (both render and bill) and a query by that external id answers all of them.
+Its parts: the ways a gateway may differ from its page (`sim_variant.py`, `GatewayVariant`), the task model and
+its records and callbacks (`sim_tasks.py`), what the HTTP handlers share (`sim_http.py`: answers, faults, the
+checks of a submit) and the videos it serves (`sim_videos.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
-import hashlib
-import io
 import itertools
-import json
 import logging
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, fields
-from decimal import Decimal
-from importlib import resources
-from typing import Any, Literal, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from typing import Any
 
-import aiohttp
-import av
 from aiohttp import web
-from PIL import Image
 
-from bot.provider.callbacks import sign
+from bot.provider.sim_http import (
+    FAULTS,
+    HTML_PAGE,
+    TIMEOUT_PAGE,
+    Answer,
+    Fault,
+    bad,
+    check_image,
+    decode_base64,
+    envelope,
+    fault_response,
+    fetch_image,
+    image_request,
+    json_body,
+    placeholder,
+    refuse,
+    stream_video,
+    task_settings,
+    text_request,
+)
+from bot.provider.sim_tasks import RecordedRequest, SimTask, callback_body, send_callback, task_record
+from bot.provider.sim_variant import GatewayVariant, describe
+from bot.provider.sim_videos import sample_video, task_video
 from bot.serving.server import serve
 
 log = logging.getLogger(__name__)
 
 MODEL = "kling-3.0-turbo"
-MAX_IDS = 20
-RATES = {"720p": Decimal("0.8"), "1080p": Decimal("1.0")}
-ASPECT_RATIOS = ("16:9", "9:16", "1:1")
-MAX_IMAGE_BYTES = 10 * 1024 * 1024  # Kling's safe size for a first frame
-FAULTS = frozenset(
-    {"rate_limit", "concurrency", "server_error", "unavailable", "html", "slow", "credits", "auth",
-     "accept_then_error", "bad_json", "malformed", "empty"}
-)  # fmt: skip
 TICK_SECONDS = 0.02
-CHUNK_BYTES = 64 * 1024
-HTML_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center>" \
-    "<hr><center>nginx</center></body></html>"  # fmt: skip
-TIMEOUT_PAGE = "<html><head><title>504 Gateway Time-out</title></head><body><center><h1>504 Gateway Time-out</h1>" \
-    "</center><hr><center>nginx</center></body></html>"  # fmt: skip
-FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
-# Hosts reserved for examples (RFC 2606): nothing can be fetched there, so tests use them as placeholder URLs.
-PLACEHOLDER_HOSTS = ("example.com", "example.net", "example.org")
-PLACEHOLDER_TLDS = (".example", ".invalid")
 VARIANT_HELP = (
-    "make the gateway differ from its page (repeatable); see bot/provider/simulator.py's docstring for the keys"
+    "make the gateway differ from its page (repeatable); see bot/provider/sim_variant.py's docstring for the keys"
 )
-LEGACY_STATUSES = {"succeeded": "succeed", "failed": "fail"}
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-@dataclass
-class GatewayVariant:
-    """How this simulated gateway differs from the provider's page; every default follows the page."""
-
-    query_lists: Literal["accept", "refuse", "partial"] = "accept"
-    query_cap: int = MAX_IDS
-    statuses: Literal["page", "legacy"] = "page"
-    numbers: bool = False
-    first_frame: Literal["any", "url_only", "base64_only"] = "any"
-    fetch_urls: bool = True
-    callbacks: Literal["page", "native"] = "page"
-    late_submit: float | None = None
-    dedupe_external_ids: bool = True
-
-    @classmethod
-    def parse(cls, items: Sequence[str]) -> GatewayVariant:
-        """Build a variant from `KEY=VALUE` items; raises ValueError naming the first bad item."""
-        hints = get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for item in items:
-            key, equals, raw = (part.strip() for part in item.partition("="))
-            if not equals or key not in hints:
-                raise ValueError(f"bad gateway variant {item!r}: expected KEY=VALUE, KEY one of {', '.join(hints)}")
-            try:
-                values[key] = _parse_value(hints[key], raw)
-            except ValueError as exc:
-                raise ValueError(f"bad gateway variant {item!r}: {exc}") from None
-        return cls(**values)
-
-
-def _describe(variant: GatewayVariant) -> str:
-    """The switches that differ from the page, as `KEY=VALUE, ...`, or that none does."""
-    shown = []
-    for f in fields(variant):
-        value = getattr(variant, f.name)
-        if value != f.default:  # written back as `--variant` takes it: true, 40, partial
-            text = f"{value:g}" if isinstance(value, float) else str(value)
-            shown.append(f"{f.name}={text.lower()}")
-    return ", ".join(shown) or "none (the provider's page)"
-
-
-def _parse_value(hint: Any, raw: str) -> Any:
-    if get_origin(hint) is Literal:
-        if raw not in get_args(hint):
-            raise ValueError(f"expected one of {', '.join(get_args(hint))}")
-        return raw
-    if hint is bool:
-        if raw.lower() not in (*_TRUE, *_FALSE):
-            raise ValueError("expected true or false")
-        return raw.lower() in _TRUE
-    if hint is int:
-        number = int(raw)
-        if number < 1:
-            raise ValueError("expected a whole number of at least 1")
-        return number
-    if raw.lower() in ("", "none", "off"):  # late_submit: float | None
-        return None
-    seconds = float(raw)
-    if not 0 <= seconds < float("inf"):
-        raise ValueError("expected seconds, 0 or more")
-    return seconds
-
-
-@dataclass
-class RecordedRequest:
-    """One API request as the simulator received it (the video downloads are not recorded)."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    json: Any
-    headers: dict[str, str]
-
-
-@dataclass
-class SimTask:
-    """A task and what decides its fate."""
-
-    id: str
-    external_id: str | None
-    kind: str
-    prompt: str
-    duration: int
-    resolution: str
-    created: float
-    callback_url: str | None
-    status: str = "submitted"
-    message: str = ""
-    fail_message: str | None = None
-    output_id: str = ""
-    create_ms: int = 0
-    update_ms: int = 0
-    finished: bool = False
-
-
-@dataclass
-class _Fault:
-    kind: str
-    on: str
-    times: int
-    retry_after: float | None
-    delay: float
-
-
-class _Answer(Exception):
-    """Ends a request early with this response: a refusal or a fault."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
-
-
-def _envelope(
-    data: Any, code: int = 0, message: str = "SUCCEED", status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    body = {"code": code, "message": message, "data": data, "request_id": str(uuid.uuid4())}
-    return web.json_response(body, status=status, headers=headers)
-
-
-def _refuse(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> _Answer:
-    return _Answer(_envelope(None, code, message, status, headers))
-
-
-def _bad(message: str) -> _Answer:
-    return _refuse(400, 1201, message)
 
 
 class KlingSimulator:
@@ -251,7 +99,7 @@ class KlingSimulator:
         self.most_at_once = 0
         self.fetched_urls: list[str] = []  # first-frame URLs the simulator fetched (variant.fetch_urls)
         self._pending: list[SimTask] = []  # late submits: each appears when the clock reaches its `created`
-        self._faults: list[_Fault] = []
+        self._faults: list[Fault] = []
         self._ids = itertools.count(901930004609634393)
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -277,7 +125,7 @@ class KlingSimulator:
         """The next `times` requests of kind `on` ("submit", "query", "any") get `fault` instead."""
         if fault not in FAULTS or on not in ("submit", "query", "any"):
             raise ValueError(f"unknown fault {fault!r} or request kind {on!r}")
-        self._faults.append(_Fault(fault, on, times, retry_after, delay))
+        self._faults.append(Fault(fault, on, times, retry_after, delay))
 
     def tasks_for(self, external_id: str) -> list[SimTask]:
         """The tasks that exist with this external id, oldest first (late submits only once they appeared)."""
@@ -336,18 +184,18 @@ class KlingSimulator:
     ) -> web.StreamResponse:
         api = request.path.startswith("/v1/ai/")
         if api:
-            body, headers = await _json_body(request), dict(request.headers)
+            body, headers = await json_body(request), dict(request.headers)
             self.requests.append(RecordedRequest(request.method, request.path, dict(request.query), body, headers))
         try:
             return await handler(request)
-        except _Answer as answer:
+        except Answer as answer:
             return answer.response
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
             if not api:
                 raise
-            return _envelope(None, 1203, f"no such API: {request.method} {request.path}", 404)
+            return envelope(None, 1203, f"no such API: {request.method} {request.path}", 404)
 
-    async def _enter(self, request: web.Request, kind: str) -> tuple[Any, _Fault | None]:
+    async def _enter(self, request: web.Request, kind: str) -> tuple[Any, Fault | None]:
         """Check the key and the endpoint and apply a pending fault; returns the body and a fault the route plays."""
         fault = self._take_fault(kind)
         if fault is not None and fault.kind == "slow":
@@ -355,16 +203,16 @@ class KlingSimulator:
             fault = None
         auth = request.headers.get("Authorization", "")
         if not auth:
-            raise _refuse(401, 1000, "authentication failed: no Authorization header")
+            raise refuse(401, 1000, "authentication failed: no Authorization header")
         if auth != f"Bearer {self.api_key}":
-            raise _refuse(401, 1002, "authentication failed: invalid access key")
+            raise refuse(401, 1002, "authentication failed: invalid access key")
         if request.match_info["endpoint"] != self.endpoint_path:
-            raise _refuse(404, 1203, "endpoint not found")
+            raise refuse(404, 1203, "endpoint not found")
         if fault is None or fault.kind == "malformed" or (fault.kind, kind) == ("accept_then_error", "submit"):
-            return await _json_body(request), fault
-        raise _Answer(_fault_response(fault))
+            return await json_body(request), fault
+        raise Answer(fault_response(fault))
 
-    def _take_fault(self, kind: str) -> _Fault | None:
+    def _take_fault(self, kind: str) -> Fault | None:
         for fault in self._faults:
             if fault.on in ("any", kind):
                 fault.times -= 1
@@ -377,97 +225,41 @@ class KlingSimulator:
 
     async def _submit_text(self, request: web.Request) -> web.Response:
         body, fault = await self._enter(request, "submit")
-        if not isinstance(body, dict):
-            raise _bad("the body must be a JSON object")
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise _bad("prompt is required")
-        if len(prompt) > 3072:
-            raise _bad("prompt must be at most 3072 characters")
-        aspect = _section(body, "settings").get("aspect_ratio", "16:9")
-        if aspect not in ASPECT_RATIOS:
-            raise _bad(f"aspect_ratio {aspect!r} is not supported (16:9, 9:16, 1:1)")
-        return self._create(body, "text", prompt, fault)
+        checked, prompt = text_request(body)
+        return self._create(checked, "text", prompt, fault)
 
     async def _submit_image(self, request: web.Request) -> web.Response:
         body, fault = await self._enter(request, "submit")
-        if not isinstance(body, dict) or not isinstance(body.get("contents"), list):
-            raise _bad("contents is required")
-        if "aspect_ratio" in _section(body, "settings"):
-            raise _bad("aspect_ratio is not accepted for image to video: the first frame sets it")
-        frames, texts = [], []
-        for item in body["contents"]:
-            kind = item.get("type") if isinstance(item, dict) else None
-            if kind == "first_frame":
-                frames.append(item.get("url"))
-            elif kind == "prompt":
-                texts.append(item.get("text"))
-            else:
-                raise _bad(f"contents type {kind!r} is not supported (first_frame, prompt)")
-        if len(frames) != 1 or not isinstance(frames[0], str):
-            raise _bad("contents must hold exactly one first_frame with a url")
-        if len(texts) > 1 or not all(isinstance(text, str) for text in texts):
-            raise _bad("contents may hold one prompt, whose text is a string")
-        prompt = texts[0] if texts else ""
-        if len(prompt) > 2500:
-            raise _bad("prompt must be at most 2500 characters")
-        await self._check_first_frame(frames[0])
-        return self._create(body, "image", prompt, fault)
+        checked, prompt, frame = image_request(body)
+        await self._check_first_frame(frame)
+        return self._create(checked, "image", prompt, fault)
 
     async def _check_first_frame(self, url: str) -> None:
         """Refuse a first frame as the variant's gateway would: by its form, then (a URL) by what it serves."""
         is_url = url.startswith(("http://", "https://"))
         if is_url and self.variant.first_frame == "base64_only":
-            raise _bad("first_frame must be raw Base64: this gateway does not fetch URLs")
+            raise bad("first_frame must be raw Base64: this gateway does not fetch URLs")
         if not is_url and self.variant.first_frame == "url_only":
-            raise _bad("first_frame url must be an http(s) URL")
+            raise bad("first_frame url must be an http(s) URL")
         if not is_url:
-            _check_image(_decode_base64(url))
-        elif self.variant.fetch_urls and not _placeholder(url):
-            _check_image(await self._fetch(url))
+            check_image(decode_base64(url))
+        elif self.variant.fetch_urls and not placeholder(url):
+            self.fetched_urls.append(url)
+            check_image(await fetch_image(url))
 
-    async def _fetch(self, url: str) -> bytes:
-        """The first frame's bytes, fetched now as the provider must; refused if it cannot be had."""
-        self.fetched_urls.append(url)
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=FETCH_TIMEOUT) as session,
-                session.get(url) as response,
-            ):
-                if response.status != 200:
-                    raise _bad(f"first_frame url could not be fetched (HTTP {response.status})")
-                data = bytearray()
-                async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-                    data += chunk
-                    if len(data) > MAX_IMAGE_BYTES:  # enough to refuse it; the rest need not come
-                        break
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise _bad(f"first_frame url could not be fetched ({type(exc).__name__})") from None
-        return bytes(data)
-
-    def _create(self, body: dict[str, Any], kind: str, prompt: str, fault: _Fault | None) -> web.Response:
-        settings, options = _section(body, "settings"), _section(body, "options")
-        duration, resolution = settings.get("duration", 5), settings.get("resolution", "720p")
-        if not isinstance(duration, int) or isinstance(duration, bool) or not 3 <= duration <= 15:
-            raise _bad("duration must be an integer from 3 to 15")
-        if resolution not in RATES:
-            raise _bad(f"resolution {resolution!r} is not supported (720p, 1080p)")
-        external, callback_url = options.get("external_task_id") or None, options.get("callback_url") or None
-        if external is not None and not isinstance(external, str):
-            raise _bad("external_task_id must be a string")
-        if callback_url is not None and not str(callback_url).startswith(("http://", "https://")):
-            raise _bad("callback_url must be an http(s) URL")
+    def _create(self, body: dict[str, Any], kind: str, prompt: str, fault: Fault | None) -> web.Response:
+        duration, resolution, external, callback_url = task_settings(body)
         if external and self.variant.dedupe_external_ids and self.tasks_for(external):
-            raise _bad("external_task_id already exists")
+            raise bad("external_task_id already exists")
         if "forbidden" in prompt.lower():
-            raise _refuse(400, 1301, "prompt did not pass the content safety check")
+            raise refuse(400, 1301, "prompt did not pass the content safety check")
         if self.concurrency_limit is not None:
             for other in list(self.tasks.values()):
                 self._advance(other)
             if sum(not t.finished for t in self.tasks.values()) >= self.concurrency_limit:
-                raise _refuse(429, 1303, "concurrent task limit exceeded")
+                raise refuse(429, 1303, "concurrent task limit exceeded")
         if fault is not None and fault.kind == "malformed":  # an answer the client cannot use: no task id
-            return _envelope({"status": "submitted", "message": ""})
+            return envelope({"status": "submitted", "message": ""})
         now_ms, late = int(time.time() * 1000), self.variant.late_submit
         task = SimTask(
             id=str(next(self._ids)),
@@ -490,8 +282,8 @@ class KlingSimulator:
         self.most_at_once = max(self.most_at_once, sum(not t.finished for t in self.tasks.values()))
         log.info("task %s created (%s, %ss, %s)", task.id, kind, duration, resolution)
         if fault is not None:  # accept_then_error: the task exists, but the answer is lost
-            raise _refuse(500, 5000, "internal error")
-        return _envelope(self._record(task, self._origin))
+            raise refuse(500, 5000, "internal error")
+        return envelope(task_record(task, self._origin, self.variant))
 
     def _appear(self) -> None:
         """Let late submits whose time has come exist; a repeated external id is then refused unheard."""
@@ -511,14 +303,14 @@ class KlingSimulator:
     async def _query(self, request: web.Request) -> web.Response:
         _, fault = await self._enter(request, "query")
         if fault is not None:  # malformed: records of the wrong shape and type
-            return _envelope([{"unexpected": True}, {"id": None, "status": 7}])
+            return envelope([{"unexpected": True}, {"id": None, "status": 7}])
         task_ids = [i for i in request.query.get("task_ids", "").split(",") if i]
         external_ids = [i for i in request.query.get("external_task_ids", "").split(",") if i]
         cap, lists = self.variant.query_cap, self.variant.query_lists
         if len(task_ids) + len(external_ids) > cap:
-            raise _bad(f"at most {cap} ids per query")
+            raise bad(f"at most {cap} ids per query")
         if lists == "refuse" and max(len(task_ids), len(external_ids)) > 1:
-            raise _bad("invalid parameter: task_ids and external_task_ids take one id each")
+            raise bad("invalid parameter: task_ids and external_task_ids take one id each")
         self._appear()
         found = [self.tasks[i] for i in task_ids if i in self.tasks]
         found += [t for e in external_ids for t in self.tasks.values() if t.external_id == e]
@@ -527,10 +319,10 @@ class KlingSimulator:
         for task in found:
             self._advance(task)
         origin = f"{request.scheme}://{request.host}"
-        records = [self._record(task, origin) for task in found]
+        records = [task_record(task, origin, self.variant) for task in found]
         if self.rewrite is not None:
             records = [self.rewrite(record) for record in records]
-        return _envelope(records)
+        return envelope(records)
 
     def _advance(self, task: SimTask) -> None:
         """Move a task along by the clock: submitted, then processing, then its end (unless held)."""
@@ -557,66 +349,12 @@ class KlingSimulator:
         task.update_ms = int(time.time() * 1000)
         log.info("task %s is %s", task.id, status)
         if task.callback_url:
+            body = callback_body(task, self._origin, self.variant)
             sending = asyncio.get_running_loop().create_task(
-                self._callback(task.callback_url, self._callback_body(task))
+                send_callback(task.callback_url, body, self.callback_secret)
             )
             self._callbacks.add(sending)
             sending.add_done_callback(self._callbacks.discard)
-
-    def _callback_body(self, task: SimTask) -> dict[str, Any]:
-        """What a callback carries: the page's task record, or Kling's native callback shape."""
-        record = self._record(task, self._origin)
-        if self.variant.callbacks == "page":
-            return record
-        body: dict[str, Any] = {
-            "task_id": record["id"],
-            "task_status": record["status"],
-            "task_status_msg": record["message"],
-            "external_task_id": task.external_id or "",
-        }
-        if "outputs" in record:
-            videos = [{"id": out["id"], "url": out["url"], "duration": out["duration"]} for out in record["outputs"]]
-            body["task_result"] = {"videos": videos}
-        return body
-
-    async def _callback(self, url: str, record: dict[str, Any]) -> None:
-        body = json.dumps(record).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.callback_secret is not None:
-            webhook_id, timestamp = f"msg_{uuid.uuid4().hex}", int(time.time())
-            headers.update({"webhook-id": webhook_id, "webhook-timestamp": str(timestamp),
-                            "webhook-signature": sign(self.callback_secret, webhook_id, timestamp, body)})  # fmt: skip
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-                session.post(url, data=body, headers=headers) as response,
-            ):
-                await response.read()
-        except Exception as exc:  # fire and forget: a callback that fails is only logged
-            log.warning("callback to %s failed: %r", url, exc)
-
-    def _record(self, task: SimTask, origin: str) -> dict[str, Any]:
-        """The task as the reference shows it (no external id: the provider's page does not echo it)."""
-        numbers = self.variant.numbers
-        status = LEGACY_STATUSES.get(task.status, task.status) if self.variant.statuses == "legacy" else task.status
-        record: dict[str, Any] = {
-            "id": int(task.id) if numbers else task.id,
-            "status": status,
-            "message": task.message,
-            "create_time": str(task.create_ms) if numbers else task.create_ms,
-            "update_time": str(task.update_ms) if numbers else task.update_ms,
-        }
-        if task.status == "succeeded":
-            url, duration = f"{origin}/videos/{task.output_id}.mp4", f"{task.duration + 0.041:.3f}"
-            output_id, amount = task.output_id, _plain(RATES[task.resolution] * task.duration)
-            record["outputs"] = [
-                {"type": "video", "id": int(output_id) if numbers else output_id, "url": url,
-                 "duration": float(duration) if numbers else duration}
-            ]  # fmt: skip
-            record["billing"] = [
-                {"amount": float(amount) if numbers else amount, "charge_type": "unit", "package_type": "video"}
-            ]
-        return record
 
     # --- the CDN -----------------------------------------------------------------------------------------
 
@@ -630,17 +368,7 @@ class KlingSimulator:
         if self.video_fault == "html":
             return web.Response(text=HTML_PAGE, content_type="text/html")
         data = self.video_bytes if self.video_bytes is not None else await self._video_data(output_id)
-        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
-        response.content_length = len(data)
-        await response.prepare(request)
-        view = memoryview(data)
-        step = 1 if trickle else CHUNK_BYTES
-        for start in range(0, len(data), step):
-            if trickle:
-                await asyncio.sleep(trickle)
-            await response.write(view[start : start + step])
-        await response.write_eof()
-        return response
+        return await stream_video(request, data, trickle)
 
     def hold_videos(self) -> None:
         """Video downloads from now on wait, unanswered, until `release_videos` (a CDN that stalls)."""
@@ -657,122 +385,6 @@ class KlingSimulator:
         if task_id not in self._task_clips:  # encoded off the loop: the bot may share it
             self._task_clips[task_id] = await asyncio.to_thread(self.clip_maker, task_id)
         return self._task_clips[task_id]
-
-
-async def _json_body(request: web.Request) -> Any:
-    """The request's JSON, or None (aiohttp keeps the bytes, so asking twice is cheap)."""
-    if not request.body_exists:
-        return None
-    try:
-        return await request.json()
-    except ValueError:
-        return None
-
-
-def _fault_response(fault: _Fault) -> web.Response:
-    if fault.kind == "empty":
-        return web.Response(status=200, body=b"", content_type="application/json")
-    if fault.kind in ("html", "bad_json"):
-        return web.Response(status=502 if fault.kind == "html" else 200, text=HTML_PAGE, content_type="text/html")
-    retry = {"Retry-After": f"{fault.retry_after if fault.retry_after is not None else 1:g}"}
-    status, code, message, headers = {
-        "rate_limit": (429, 1302, "request rate limit exceeded", retry),
-        "concurrency": (429, 1303, "concurrent task limit exceeded", {}),
-        "server_error": (500, 5000, "internal error", {}),
-        "accept_then_error": (500, 5000, "internal error", {}),  # on a query: just a lost answer
-        "unavailable": (503, 5001, "service under maintenance", {}),
-        "credits": (429, 1101, "resource pack exhausted", {}),
-        "auth": (401, 1002, "authentication failed: invalid access key", {}),
-    }[fault.kind]
-    return _refuse(status, code, message, headers).response
-
-
-def _section(body: dict[str, Any], name: str) -> dict[str, Any]:
-    """`settings` or `options`: absent is empty; anything but an object is refused."""
-    value = body.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _bad(f"{name} must be an object")
-    return value
-
-
-def _plain(value: Decimal) -> str:
-    text = f"{value:f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def _placeholder(url: str) -> bool:
-    """Whether the URL's host is reserved for examples, so that fetching it can only fail."""
-    host = (urlsplit(url).hostname or "").rstrip(".")
-    return host.endswith(PLACEHOLDER_TLDS) or any(host == h or host.endswith("." + h) for h in PLACEHOLDER_HOSTS)
-
-
-def _decode_base64(text: str) -> bytes:
-    """A first frame given as raw Base64 (not a data: URL), decoded, or refused."""
-    if text.startswith("data:"):
-        raise _bad("first_frame must be a URL or raw Base64 without a data: prefix")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise _bad("first_frame is neither a URL nor valid Base64") from None
-
-
-def _check_image(data: bytes) -> None:
-    """Refuse what the provider refuses: anything but a JPEG or PNG within Kling's size and shape limits."""
-    if len(data) > MAX_IMAGE_BYTES:
-        raise _bad("first_frame must be at most 10 MB")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            kind, (width, height) = image.format, image.size
-            image.verify()
-    except Exception:  # Pillow raises many types for a broken file; all mean the same here
-        raise _bad("first_frame is not a readable image") from None
-    if kind not in ("JPEG", "MPO", "PNG"):  # MPO: a camera's JPEG with extra frames
-        raise _bad(f"first_frame format {kind} is not supported (jpg, jpeg, png)")
-    if min(width, height) < 300:
-        raise _bad("first_frame must be at least 300 px on each side")
-    if max(width, height) / min(width, height) > 2.5:
-        raise _bad("first_frame aspect ratio must be between 1:2.5 and 2.5:1")
-
-
-def task_colour(seed: str) -> tuple[int, int, int]:
-    """The colour of the last frame of the simulator's video for this task id (mid-range, so YUV keeps it)."""
-    digest = hashlib.sha256(seed.encode()).digest()
-    return (40 + digest[0] % 176, 40 + digest[1] % 176, 40 + digest[2] % 176)
-
-
-def make_clip(colours: Sequence[tuple[int, int, int]], *, width: int = 480, height: int = 320, fps: int = 8) -> bytes:
-    """A small H.264 mp4 with one plain frame per colour, at `fps` frames a second."""
-    out = io.BytesIO()
-    with av.open(out, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "18"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for colour in colours:
-            frame = av.VideoFrame.from_image(Image.new("RGB", (width, height), colour))  # type: ignore[no-untyped-call]
-            for packet in stream.encode(frame.reformat(format="yuv420p")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return out.getvalue()
-
-
-def task_video(seed: str) -> bytes:
-    """The simulator's video for one task (`task_videos`): one second at 480x320 whose final frame has
-    `task_colour(seed)` and every frame before it a colour 88 away in each channel, so a first frame is never
-    mistaken for a last."""
-    last = task_colour(seed)
-    before = (_away(last[0]), _away(last[1]), _away(last[2]))
-    return make_clip([before] * 7 + [last])
-
-
-def _away(channel: int) -> int:
-    return channel + 88 if channel < 128 else channel - 88
-
-
-def sample_video() -> bytes:
-    """The small real mp4 the simulator serves (3 s, 320x180, H.264 and AAC)."""
-    return (resources.files("bot") / "assets" / "sample.mp4").read_bytes()
 
 
 async def run_forever(
@@ -792,7 +404,7 @@ async def run_forever(
     print(
         f"Kling simulator on {simulator._origin}/v1/ai (endpoint path {endpoint_path!r}); point the bot at it with:\n"
         f"  KLING_BASE_URL={simulator._origin}/v1/ai KLING_API_KEY={api_key} KLING_ENDPOINT_PATH={endpoint_path}\n"
-        f"Gateway variant: {_describe(parsed)}.\n"
+        f"Gateway variant: {describe(parsed)}.\n"
         "Prompts containing 'forbidden' are refused; 'fail-render' fails after rendering. Ctrl-C stops it.",
         flush=True,
     )

@@ -18,7 +18,8 @@ from bot.core.jobs import (
 from bot.core.scheduling import LATE_POLL_MAX_SECONDS
 from bot.media.images import prepare_first_frame
 from bot.provider.kling import KlingClient
-from bot.provider.simulator import GatewayVariant, KlingSimulator
+from bot.provider.sim_variant import GatewayVariant
+from bot.provider.simulator import KlingSimulator
 from bot.storage.sqlite import Store
 from tests.conftest import API_KEY, FakeClock
 

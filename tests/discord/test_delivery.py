@@ -15,7 +15,8 @@ from bot.app import VideoBot
 from bot.core.model import Job
 from bot.storage.sqlite import Store
 from cogs.poller import Poller
-from tests.fake_discord import BOT_PERMISSIONS, wait_until
+from tests.fake_discord import wait_until
+from tests.fakes.discord.world import BOT_PERMISSIONS
 from tests.harness import Harness, harness
 
 SLOW = 0.5  # seconds per byte of a slow video link: its download never ends within a test

@@ -10,7 +10,7 @@ from pathlib import Path
 import discord
 import pytest
 
-from bot.provider.simulator import sample_video
+from bot.provider.sim_videos import sample_video
 from tests.conftest import make_image
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness, private_answer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.fake_discord import GLOBAL_EXEMPT, Limit
+from tests.fakes.discord.ratelimits import GLOBAL_EXEMPT, Limit
 from tests.harness import harness
 
 PACE = 4  # requests a second: the bot's setting here, one under the fake's global limit

@@ -17,8 +17,8 @@ from bench.burst import noise_jpeg
 from bot.core.jobs import JobRequest, JobService
 from bot.media import images
 from bot.media.images import MAX_CONCURRENT_SENDS, FirstFrame, encode_base64, prepare_first_frame
-from bot.provider import kling
-from bot.provider.kling import encode_json
+from bot.provider import encoding
+from bot.provider.encoding import encode_json
 from bot.provider.simulator import KlingSimulator
 
 
@@ -59,7 +59,7 @@ async def test_base64_and_json_of_a_frame_are_made_off_the_loop_thread(
         raise AssertionError("FirstFrame.base64 encodes on the calling thread")
 
     monkeypatch.setattr(images, "encode_base64", recorded("base64", images.encode_base64))
-    monkeypatch.setattr(kling, "encode_json", recorded("json", kling.encode_json))
+    monkeypatch.setattr(encoding, "encode_json", recorded("json", encoding.encode_json))
     monkeypatch.setattr(FirstFrame, "base64", property(never_on_the_loop))
     job = await service.create(JobRequest("image", "", image=prepare_first_frame(big_jpeg)))
     assert job.status == "submitted"
@@ -73,7 +73,7 @@ async def test_small_requests_are_encoded_on_the_loop_without_a_thread(
     def no_thread(value: Any) -> Any:
         raise AssertionError("a small body went to the encoder thread")
 
-    monkeypatch.setattr(kling, "encode_json", no_thread)
+    monkeypatch.setattr(encoding, "encode_json", no_thread)
     job = await service.create(JobRequest("text", "a fox in snow"))
     assert job.status == "submitted"
     assert sim.requests[-1].json["prompt"] == "a fox in snow"

@@ -10,7 +10,8 @@ import aiohttp
 import discord
 import pytest
 
-from tests.fake_discord import FakeDiscord, Limit, rate_limit_route, running_bot, running_fake
+from tests.fake_discord import FakeDiscord, running_bot, running_fake
+from tests.fakes.discord.ratelimits import Limit, rate_limit_route
 
 MESSAGES = "POST /channels/{channel_id}/messages"
 

@@ -18,7 +18,7 @@ from PIL import Image, ImageStat
 
 from bot.core.model import Job
 from bot.media import clips
-from bot.provider.simulator import make_clip, sample_video, task_colour, task_video
+from bot.provider.sim_videos import make_clip, sample_video, task_colour, task_video
 from tests.fake_discord import Interaction, wait_until
 from tests.harness import Harness, harness
 from tests.join_gate import Gate, held, hold

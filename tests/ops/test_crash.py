@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from bot.crashpoints import POINTS
-from bot.provider.simulator import KlingSimulator, sample_video
+from bot.provider.sim_videos import sample_video
+from bot.provider.simulator import KlingSimulator
 from bot.storage.sqlite import Store
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import bot_process

@@ -20,8 +20,10 @@ from bot.ops.preflight import (
     channel_permissions,
     missing_permissions,
 )
-from bot.provider.simulator import GatewayVariant, KlingSimulator
-from tests.fake_discord import FakeDiscord, P
+from bot.provider.sim_variant import GatewayVariant
+from bot.provider.simulator import KlingSimulator
+from tests.fake_discord import FakeDiscord
+from tests.fakes.discord.world import P
 from tests.harness import KEY, bot_process
 from tests.ports import free_port
 

@@ -15,7 +15,7 @@ import prometheus_client
 import pytest
 
 from bot.provider.callbacks import BadSignature, callback_task_id, sign, verify
-from bot.provider.simulator import GatewayVariant
+from bot.provider.sim_variant import GatewayVariant
 from tests.fake_discord import wait_until
 from tests.harness import Harness, callback_settings, harness
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from bot.core.model import AT_PROVIDER, Job
-from bot.provider.simulator import GatewayVariant, KlingSimulator
+from bot.provider.sim_variant import GatewayVariant
+from bot.provider.simulator import KlingSimulator
 from tests.conftest import make_image
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness

@@ -12,17 +12,18 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from bot.provider.kling import (
+from bot.provider.errors import (
     KlingAccountError,
     KlingAuthError,
     KlingBadRequest,
-    KlingClient,
     KlingContentPolicy,
     KlingRateLimited,
     KlingSubmitUncertain,
     KlingUnavailable,
 )
-from bot.provider.simulator import GatewayVariant, KlingSimulator
+from bot.provider.kling import KlingClient
+from bot.provider.sim_variant import GatewayVariant
+from bot.provider.simulator import KlingSimulator
 from bot.serving.server import serve
 from tests.conftest import API_KEY, RecordedSleeps, make_image
 

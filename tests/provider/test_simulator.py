@@ -19,7 +19,9 @@ from aiohttp import web
 from PIL import Image
 
 from bot.provider.callbacks import verify
-from bot.provider.simulator import GatewayVariant, KlingSimulator, run_forever, sample_video
+from bot.provider.sim_variant import GatewayVariant
+from bot.provider.sim_videos import sample_video
+from bot.provider.simulator import KlingSimulator, run_forever
 from bot.serving.server import serve
 from tests.conftest import FakeClock, make_image
 from tests.fake_discord import wait_until

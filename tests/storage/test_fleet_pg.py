@@ -15,7 +15,9 @@ from pydantic import SecretStr
 from bot.app import VideoBot
 from bot.core.jobs import JobRequest, JobService
 from bot.provider.kling import KlingClient
-from bot.provider.simulator import GatewayVariant, KlingSimulator, sample_video
+from bot.provider.sim_variant import GatewayVariant
+from bot.provider.sim_videos import sample_video
+from bot.provider.simulator import KlingSimulator
 from bot.resources import open_resources
 from bot.storage.postgres import PgStore
 from cogs.delivery import post_nonce

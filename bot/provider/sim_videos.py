@@ -1,0 +1,50 @@
+"""The videos the simulator serves: the sample mp4, or a small clip per task whose last frame has its own colour."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from importlib import resources
+
+import av
+from PIL import Image
+
+
+def task_colour(seed: str) -> tuple[int, int, int]:
+    """The colour of the last frame of the simulator's video for this task id (mid-range, so YUV keeps it)."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return (40 + digest[0] % 176, 40 + digest[1] % 176, 40 + digest[2] % 176)
+
+
+def make_clip(colours: Sequence[tuple[int, int, int]], *, width: int = 480, height: int = 320, fps: int = 8) -> bytes:
+    """A small H.264 mp4 with one plain frame per colour, at `fps` frames a second."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for colour in colours:
+            frame = av.VideoFrame.from_image(Image.new("RGB", (width, height), colour))  # type: ignore[no-untyped-call]
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()
+
+
+def task_video(seed: str) -> bytes:
+    """The simulator's video for one task (`task_videos`): one second at 480x320 whose final frame has
+    `task_colour(seed)` and every frame before it a colour 88 away in each channel, so a first frame is never
+    mistaken for a last."""
+    last = task_colour(seed)
+    before = (_away(last[0]), _away(last[1]), _away(last[2]))
+    return make_clip([before] * 7 + [last])
+
+
+def _away(channel: int) -> int:
+    return channel + 88 if channel < 128 else channel - 88
+
+
+def sample_video() -> bytes:
+    """The small real mp4 the simulator serves (3 s, 320x180, H.264 and AAC)."""
+    return (resources.files("bot") / "assets" / "sample.mp4").read_bytes()
