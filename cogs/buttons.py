@@ -44,7 +44,7 @@ class VideoButtons(commands.Cog):
         self.bot.remove_dynamic_items(RerollButton, DeleteButton, ContinueButton, JoinButton)
         clips.stop_joins()
 
-    # --- buttons ----------------------------------------------------------------------------------------
+    # --- Re-roll and Delete ---------------------------------------------------------------------------
 
     async def reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """The same prompt and options as a new job of whoever pressed the button; presses of one member on one
