@@ -17,9 +17,16 @@ log = logging.getLogger(__name__)
 JOB_ID = r"(?P<job_id>[0-9a-f]{16})"
 
 
+def is_moderator(interaction: discord.Interaction[Any]) -> bool:
+    """Manage Messages or Manage Server in this channel."""
+    permissions = interaction.permissions
+    return permissions.manage_messages or permissions.manage_guild
+
+
 @runtime_checkable
 class VideoActions(Protocol):
-    """What the buttons need from the video cog (found by what it does, not by a name and a cast)."""
+    """What the buttons need from the buttons cog, `cogs/buttons.py` (found by what it does, not by a name and a
+    cast: this module is below the cogs that use its items)."""
 
     async def reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
 
@@ -30,10 +37,10 @@ class VideoActions(Protocol):
     async def join_chain(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
 
 
-def _video_cog(interaction: discord.Interaction[Any]) -> VideoActions:
+def _buttons_cog(interaction: discord.Interaction[Any]) -> VideoActions:
     cog = next((c for c in interaction.client.cogs.values() if isinstance(c, VideoActions)), None)
     if cog is None:
-        raise RuntimeError("the video cog is not loaded")
+        raise RuntimeError("the buttons cog is not loaded")
     return cog
 
 
@@ -66,7 +73,7 @@ class RerollButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], t
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _video_cog(interaction).reroll(interaction, self.job_id)
+        await _buttons_cog(interaction).reroll(interaction, self.job_id)
 
 
 class DeleteButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:delete:{JOB_ID}"):
@@ -90,7 +97,7 @@ class DeleteButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], t
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _video_cog(interaction).delete_video(interaction, self.job_id)
+        await _buttons_cog(interaction).delete_video(interaction, self.job_id)
 
 
 class ContinueButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:continue:{JOB_ID}"):
@@ -111,7 +118,7 @@ class ContinueButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]],
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _video_cog(interaction).continue_video(interaction, self.job_id)
+        await _buttons_cog(interaction).continue_video(interaction, self.job_id)
 
 
 class JoinButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:join:{JOB_ID}"):
@@ -132,7 +139,7 @@ class JoinButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], tem
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _video_cog(interaction).join_chain(interaction, self.job_id)
+        await _buttons_cog(interaction).join_chain(interaction, self.job_id)
 
 
 def result_view(

@@ -1,0 +1,435 @@
+"""Making videos: the Animate image menu, the requests of /video text and /video image and of the forms, and
+`start_job`, which reserves a job and posts its card and thread (the commands themselves are in `cogs/video.py`)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.app import NOT_IN_A_SERVER, STOPPING, UserFacingError, VideoBot, in_a_server
+from bot.core.credits import QuotaRefused
+from bot.core.i18n import english, tr, translated
+from bot.core.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
+from bot.core.model import DuplicateRequest, Job
+from bot.core.quota import format_credits
+from bot.media import clips
+from bot.media.downloads import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
+from bot.media.images import FirstFrame, ImageRejected, check_first_frame
+from cogs.forms import ALREADY_ANSWERED, AnimateModal, ConfirmView, WaitView
+from cogs.frames import read_first_frame
+from cogs.messages import frame_filename, job_card, options_line, refusal_text, status_line, thread_name
+from cogs.quota import member_roles
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+NO_THREAD_NOTE = english("A thread could not be started here, so this job's updates follow in this channel.")
+
+RequestBuilder = Callable[[], Awaitable[JobRequest]]
+THREAD_TYPES = (discord.ChannelType.public_thread, discord.ChannelType.private_thread, discord.ChannelType.news_thread)
+CogT = TypeVar("CogT", bound=commands.Cog)
+
+
+def loaded_cog(bot: VideoBot, kind: type[CogT]) -> CogT:
+    """This bot's cog of that class: the video cogs are extensions of their own that call on each other."""
+    cog = bot.get_cog(kind.__cog_name__)
+    if not isinstance(cog, kind):
+        raise RuntimeError(f"the {kind.__cog_name__} cog is not loaded")
+    return cog
+
+
+def missing_permissions(permissions: discord.Permissions, *, in_thread: bool) -> list[str]:
+    """What the bot lacks to post a job's card, thread, status and video here, in Discord's own words (English
+    message ids)."""
+    needed = {
+        "view_channel": english("View Channel"),
+        "send_messages_in_threads" if in_thread else "send_messages": (
+            english("Send Messages in Threads") if in_thread else english("Send Messages")
+        ),
+        "embed_links": english("Embed Links"),
+        "attach_files": english("Attach Files"),
+    }
+    if not in_thread:
+        needed["create_public_threads"] = english("Create Public Threads")
+    return [name for flag, name in needed.items() if not getattr(permissions, flag)]
+
+
+def question_key(interaction: discord.Interaction[Any]) -> str:
+    """The question a job made from this interaction answers, as the job's request key (one job per key): a sent
+    form (its custom id is new each time it is shown), else the interaction itself (a command, whose Confirm or
+    "queue it" answer carries the command's key on)."""
+    if interaction.type is discord.InteractionType.modal_submit:
+        data: dict[str, Any] = dict(interaction.data or {})
+        return f"form:{data.get('custom_id')}"
+    return f"interaction:{interaction.id}"
+
+
+class MakingVideos(commands.Cog):
+    """Turns a member's options, image or form into a `JobRequest`, and an accepted job into its card and thread."""
+
+    def __init__(self, bot: VideoBot) -> None:
+        self.bot = bot
+        self.jobs: JobService = bot.resources.jobs
+        self.animate_menu = app_commands.ContextMenu(
+            name=app_commands.locale_str("Animate image"), callback=self.animate
+        )
+        self.animate_menu.guild_only = True
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.animate_menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.animate_menu.name, type=self.animate_menu.type)
+
+    # --- building requests ------------------------------------------------------------------------------
+
+    def request(
+        self,
+        interaction: discord.Interaction[Any],
+        kind: Literal["text", "image"],
+        prompt: str | None,
+        *,
+        duration: int | None = None,
+        resolution: str | None = None,
+        **extra: Any,
+    ) -> JobRequest:
+        """A request from a member's options, with the server's defaults filled in."""
+        settings = self.bot.settings
+        return JobRequest(
+            kind=kind,
+            prompt=prompt or "",
+            duration=duration if duration is not None else settings.default_duration,
+            resolution=resolution or settings.default_resolution,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            role_ids=member_roles(interaction.user),
+            attachment_size_limit=interaction.filesize_limit,
+            locale=str(interaction.locale),
+            request_key=question_key(interaction),
+            **extra,
+        )
+
+    # --- the requests of /video text, /video image and the Animate image menu ----------------------------
+
+    async def from_text(
+        self,
+        interaction: discord.Interaction[Any],
+        prompt: str,
+        *,
+        aspect_ratio: str | None,
+        resolution: str | None,
+        duration: int | None,
+    ) -> None:
+        async def build() -> JobRequest:
+            return self.request(
+                interaction, "text", prompt, duration=duration, resolution=resolution, aspect_ratio=aspect_ratio
+            )
+
+        await self.start_job(interaction, build)
+
+    async def from_image(
+        self,
+        interaction: discord.Interaction[Any],
+        image: discord.Attachment,
+        *,
+        prompt: str | None,
+        resolution: str | None,
+        duration: int | None,
+    ) -> None:
+        async def build() -> JobRequest:
+            frame, source, url = await read_first_frame(image)
+            return self.request(
+                interaction,
+                "image",
+                prompt,
+                duration=duration,
+                resolution=resolution,
+                image=frame,
+                image_source=source,
+                frame_url=url,
+            )
+
+        await self.start_job(interaction, build)
+
+    async def animate(self, interaction: discord.Interaction[Any], message: discord.Message) -> None:
+        """Message menu: animate the first image of a message, asking for the prompt in a modal."""
+        image = next(
+            (
+                a
+                for a in message.attachments
+                if (a.content_type or "").startswith("image/") or a.filename.lower().endswith(IMAGE_SUFFIXES)
+            ),
+            None,
+        )
+        if image is None:
+            raise UserFacingError(
+                tr(
+                    interaction.locale,
+                    "That message has no image attached; use it on a message with a JPG, PNG or WebP.",
+                )
+            )
+        await interaction.response.send_modal(AnimateModal(self, image, interaction.locale))
+
+    # --- starting a job ---------------------------------------------------------------------------------
+
+    async def start_job(
+        self,
+        interaction: discord.Interaction[Any],
+        build: RequestBuilder,
+        *,
+        channel: discord.abc.Messageable | None = None,
+        confirmed: bool = False,
+    ) -> Job | None:
+        """Check where the job will live, reserve it, post its card and thread, then send it.
+
+        Everything that can refuse the job runs before a credit is held; once the job is reserved, no Discord
+        failure is reported as "nothing was charged". A job above the server's confirm-above threshold first asks
+        the member (unless `confirmed`), and nothing is reserved before they press Confirm."""
+        locale = interaction.locale
+        if self.bot.closing:  # a button or a form during shutdown: the store is about to close
+            raise UserFacingError(tr(locale, STOPPING))
+        if not in_a_server(interaction):  # buttons and forms do not pass the tree's check
+            raise UserFacingError(tr(locale, NOT_IN_A_SERVER))
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        channel = channel or interaction.channel  # type: ignore[assignment]
+        if not isinstance(channel, discord.abc.Messageable) or isinstance(channel, discord.ForumChannel):
+            raise UserFacingError(tr(locale, "Use this command in a text channel or a thread."))
+        missing = missing_permissions(self._permissions_in(interaction, channel), in_thread=self._no_thread(channel))
+        if missing:
+            raise UserFacingError(
+                tr(
+                    locale,
+                    "I cannot make videos in this channel: I lack {permissions}. "
+                    "Ask a moderator to give me that here. Nothing was charged.",
+                    permissions=", ".join(tr(locale, name) for name in missing),
+                )
+            )
+        try:
+            # The job lives where its card is posted (a re-roll's card goes beside the original, not in its thread).
+            request = replace(await build(), channel_id=getattr(channel, "id", interaction.channel_id))
+            if not confirmed and await self._ask_to_confirm(interaction, request, channel):
+                return None
+            job = await self.jobs.reserve(request)
+        except InvalidRequest as exc:
+            reason = translated(locale, str(exc))
+            raise UserFacingError(tr(locale, "{reason} Nothing was sent or charged.", reason=reason)) from None
+        except QuotaRefused as exc:
+            reason = refusal_text(exc, locale)
+            raise UserFacingError(tr(locale, "{reason} Nothing was charged.", reason=reason)) from None
+        except DuplicateRequest:  # the same question answered in another process (or a form sent twice)
+            log.info("user %s: a second answer to %s was refused", interaction.user.id, request.request_key)
+            raise UserFacingError(tr(locale, ALREADY_ANSWERED)) from None
+        except ServiceUnavailable as exc:
+            await interaction.followup.send(
+                tr(
+                    locale,
+                    "{reason} Or I can queue it (your credits are held) and make it when the service is back.",
+                    reason=translated(locale, str(exc)),
+                ),
+                view=WaitView(self, request, channel),
+                ephemeral=True,
+            )
+            return None
+        card, frame_url = await self._post_card(interaction, channel, job, request)
+        if card is None:
+            await self.jobs.release(job, english("its card could not be posted"))
+            raise UserFacingError(
+                tr(locale, "I could not post in this channel, so nothing was sent or charged. Try again.")
+            )
+        try:
+            job = await self.jobs.start(replace(job, frame_url=frame_url), request)
+        except SubmitRefused as exc:
+            with contextlib.suppress(discord.HTTPException):
+                await card.delete()  # a refused prompt stays private
+            raise UserFacingError(translated(locale, exc.reason)) from None
+        thread = await self._open_job_thread(interaction, channel, card, job)
+        current = await self.jobs.get(job.id)
+        if current is not None and current.status != job.status:
+            self.bot.dispatch("job_changed", current)  # it moved while its thread was being opened
+        where = thread.mention if thread else tr(locale, "this channel")
+        await interaction.followup.send(
+            tr(
+                locale,
+                "Your video `{id}` is on its way ({options}); follow it in {where}.",
+                id=job.id[:8],
+                options=options_line(job, locale),
+                where=where,
+            )
+            + "\n"
+            + await self.cost_line(interaction, job.cost_estimate),
+            ephemeral=True,
+        )
+        server = self.bot.server_locale(job.guild_id)
+        await self.bot.post_log(
+            job.guild_id,
+            tr(
+                server,
+                "▶️ {mention} started video `{id}` ({options}) in {channel}",
+                mention=f"<@{job.user_id}>",
+                id=job.id[:8],
+                options=options_line(job, server),
+                channel=f"<#{job.channel_id}>",
+            ),
+        )
+        return job
+
+    async def cost_line(self, interaction: discord.Interaction[Any], cost: int) -> str:
+        """The job's cost, what the member has left now and when it resets (in the reader's own time zone)."""
+        assert interaction.guild_id is not None
+        credits = self.bot.resources.credits
+        status = await credits.status(interaction.guild_id, interaction.user.id, member_roles(interaction.user))
+        locale = interaction.locale
+        left = tr(locale, "unlimited") if status.remaining is None else format_credits(status.remaining)
+        reset_at = status.window.reset_at
+        resets = f"<t:{int(reset_at.timestamp())}:R>" if reset_at else tr(locale, "never")
+        return tr(
+            locale,
+            "Cost: {cost} credits · left: {left} · resets {resets}",
+            cost=format_credits(cost),
+            left=left,
+            resets=resets,
+        )
+
+    async def _ask_to_confirm(
+        self, interaction: discord.Interaction[Any], request: JobRequest, channel: discord.abc.Messageable
+    ) -> bool:
+        """Above the server's confirm-above threshold: show the cost with Confirm and Cancel (True: asked)."""
+        if interaction.guild_id is None:
+            return False
+        self.jobs.validate(request)  # a mistake is named now, not after the member confirmed
+        threshold = (await self.bot.resources.credits.settings(interaction.guild_id)).confirm_above
+        cost = self.jobs.cost_of(request.duration, request.resolution)
+        if threshold is None or cost <= threshold:
+            return False
+        timeout = self.bot.settings.confirm_timeout_seconds
+        view = ConfirmView(self, request, channel, interaction.locale, timeout)
+        text = tr(
+            interaction.locale,
+            "This video costs more than {threshold} credits, so it waits for your Confirm.\n{costs}\n"
+            "Nothing is reserved until you press Confirm; this question expires {expires}.",
+            threshold=format_credits(threshold),
+            costs=await self.cost_line(interaction, cost),
+            expires=f"<t:{int(time.time() + timeout)}:R>",
+        )
+        view.message = await interaction.followup.send(text, view=view, ephemeral=True, wait=True)
+        log.info("user %s asked to confirm a job of %d milli-credits", interaction.user.id, cost)
+        return True
+
+    def _permissions_in(
+        self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable
+    ) -> discord.Permissions:
+        """The bot's permissions where the card goes: Discord tells them for the interaction's own channel."""
+        if getattr(channel, "id", None) == interaction.channel_id:
+            return interaction.app_permissions
+        guild = interaction.guild
+        if guild is not None and isinstance(channel, discord.abc.GuildChannel | discord.Thread):
+            return channel.permissions_for(guild.me)
+        return interaction.app_permissions
+
+    @staticmethod
+    def _no_thread(channel: discord.abc.Messageable) -> bool:
+        """True where no thread can be opened (inside a thread or a forum post): the job is posted in place."""
+        return isinstance(channel, discord.Thread) or getattr(channel, "type", None) in THREAD_TYPES
+
+    async def _post_card(
+        self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, job: Job, request: JobRequest
+    ) -> tuple[discord.Message | None, str | None]:
+        """Post the job's card with the first frame it animates; returns it (None if refused) and the URL of that
+        frame a gateway can fetch (the member's attachment when sent as is, else the card's copy)."""
+        frame = request.image
+        file = discord.File(io.BytesIO(frame.data), filename=frame_filename(frame.mime)) if frame else None
+        try:
+            card = await channel.send(
+                embed=job_card(job, frame=frame_filename(frame.mime) if frame else None),
+                allowed_mentions=discord.AllowedMentions.none(),
+                files=[file] if file else [],
+            )
+        except discord.HTTPException:
+            log.warning("job %s: could not post its card in channel %s", job.id, interaction.channel_id, exc_info=True)
+            return None, None
+        frame_url = request.frame_url or (card.attachments[0].url if frame and card.attachments else None)
+        if frame_url is not None:
+            await self.jobs.set_frame_url(job.id, frame_url)
+        return card, frame_url
+
+    async def _open_job_thread(
+        self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, card: discord.Message, job: Job
+    ) -> discord.Thread | None:
+        """Open the accepted job's thread and status message; where that fails, the card carries the status."""
+        thread = None if self._no_thread(channel) else await self._open_thread(interaction, channel, card, job)
+        status = card
+        if thread is None:
+            with contextlib.suppress(discord.HTTPException):
+                await card.edit(
+                    embed=job_card(job, note=tr(job.locale, NO_THREAD_NOTE)),
+                    allowed_mentions=discord.AllowedMentions.none(),
+                )
+        else:
+            position = None
+            if job.status == "queued":
+                position = next((n for n, j in enumerate(await self.jobs.queue_order(), 1) if j.id == job.id), None)
+            try:
+                estimate = await self.jobs.estimate_seconds(job.duration, job.resolution)
+                status = await thread.send(status_line(job, time.time(), estimate, position))
+            except discord.HTTPException:
+                log.warning("job %s: could not post its status in thread %s; the card shows it", job.id, thread.id)
+        await self.jobs.set_discord_refs(
+            job.id, message_id=card.id, thread_id=thread.id if thread else None, status_message_id=status.id
+        )
+        return thread
+
+    async def _open_thread(
+        self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, card: discord.Message, job: Job
+    ) -> discord.Thread | None:
+        if not isinstance(channel, discord.TextChannel | discord.VoiceChannel | discord.PartialMessageable):
+            return None
+        try:
+            return await channel.get_partial_message(card.id).create_thread(
+                name=thread_name(job), auto_archive_duration=1440
+            )
+        except (discord.HTTPException, ValueError) as exc:
+            log.info("job %s: no thread in channel %s (%s); posting in place", job.id, interaction.channel_id, exc)
+            return None
+
+    # --- the Continue form's first frame ----------------------------------------------------------------
+
+    async def last_frame_of(self, job: Job, locale: object) -> FirstFrame:
+        """The last frame of a delivered video, checked as a first frame; `InvalidRequest` says what went wrong."""
+        assert job.video_url is not None
+        with tempfile.TemporaryDirectory(prefix="continue-") as folder:
+            path = Path(folder) / "segment.mp4"
+            try:
+                await download_video(self.bot.resources.session, job.video_url, path, max_bytes=MAX_VIDEO_BYTES)
+                data = await clips.last_frame(path)
+            except (DownloadFailed, VideoTooLarge) as exc:
+                log.info("job %s: its video could not be fetched to continue it: %s", job.id, exc)
+                raise InvalidRequest(
+                    tr(locale, "That video can no longer be downloaded ({reason}), so it cannot be continued.",
+                       reason=str(exc))
+                ) from None  # fmt: skip
+            except clips.ClipError as exc:
+                log.warning("job %s: no last frame: %s", job.id, exc)
+                raise InvalidRequest(tr(locale, "That video could not be read, so it cannot be continued.")) from None
+        try:
+            return await check_first_frame(data)
+        except ImageRejected as exc:
+            raise InvalidRequest(
+                tr(locale, "That video's last frame cannot start a video: {reason}", reason=str(exc))
+            ) from None
+
+
+async def setup(bot: VideoBot) -> None:
+    await bot.add_cog(MakingVideos(bot))
