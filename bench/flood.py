@@ -118,7 +118,7 @@ async def serve_fakes(channels: int, members: int) -> None:
         return web.json_response({
             "t0": t0,
             "requests": [(r.method, r.path, r.status, r.at) for r in fake.requests if r.at >= t0],
-            "answers": {n: (i.sent_at, i.first_answer_at, i.last_answer_at) for n, i in answers.items()},
+            "answers": {n: (i.sent_at, i.first_answer_at, i.told_at) for n, i in answers.items()},
             "queries": [t for t in queries if t >= t0],
             "limited": fake.rate_limited,
         })  # fmt: skip

@@ -255,23 +255,27 @@ class MakingVideos(commands.Cog):
             with contextlib.suppress(discord.HTTPException):
                 await card.delete()  # a refused prompt stays private
             raise UserFacingError(translated(locale, exc.reason)) from None
-        thread = await self._open_job_thread(interaction, channel, card, job)
-        current = await self.jobs.get(job.id)
-        if current is not None and current.status != job.status:
-            self.bot.dispatch("job_changed", current)  # it moved while its thread was being opened
-        where = thread.mention if thread else tr(locale, "this channel")
-        await interaction.followup.send(
-            tr(
+
+        def on_its_way(where: str) -> str:
+            text = tr(
                 locale,
                 "Your video `{id}` is on its way ({options}); follow it in {where}.",
                 id=job.id[:8],
                 options=options_line(job, locale),
                 where=where,
             )
-            + "\n"
-            + await self.cost_line(interaction, job.cost_estimate),
-            ephemeral=True,
-        )
+            return text + "\n" + cost
+
+        cost = await self.cost_line(interaction, job.cost_estimate)
+        # The member hears first: the thread may wait its turn behind the channel's limits on Discord's side.
+        answer = await interaction.followup.send(on_its_way(tr(locale, "this channel")), ephemeral=True, wait=True)
+        thread = await self._open_job_thread(interaction, channel, card, job)
+        current = await self.jobs.get(job.id)
+        if current is not None and current.status != job.status:
+            self.bot.dispatch("job_changed", current)  # it moved while its thread was being opened
+        if thread is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await answer.edit(content=on_its_way(thread.mention))
         server = self.bot.server_locale(job.guild_id)
         await self.bot.post_log(
             job.guild_id,

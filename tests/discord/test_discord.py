@@ -305,6 +305,21 @@ async def test_a_discord_server_error_while_posting_is_retried(world: Harness) -
     assert len([m for m in fake.messages[thread_id] if m["files"]]) == 1
 
 
+async def test_a_members_answer_does_not_wait_for_the_jobs_thread(world: Harness) -> None:
+    fake = world.discord
+    world.sim.hold = True
+    async with world.running():
+        fake.delay_next("POST", r"/threads$", 3.0)  # the thread waits its turn at Discord
+        started = await fake.slash("video", {"prompt": "answer me first"}, sub="text")
+        await wait_until(lambda: started.told_at is not None)
+        told, threads_then = started.texts()[-1], len(fake.threads())
+        await wait_until(lambda: len(fake.threads()) == 1)
+        thread = fake.threads()[0]["id"]
+        await wait_until(lambda: f"<#{thread}>" in started.texts()[-1])  # then the answer points at the thread
+    assert "on its way" in told and "this channel" in told and "Cost:" in told
+    assert threads_then == 0  # told while the thread was still being opened
+
+
 async def test_a_members_delete_goes_before_the_deliveries_waiting_for_their_turn(world: Harness) -> None:
     fake = world.discord
     world.settings_overrides |= {"member_jobs_in_flight": 10, "server_jobs_in_flight": 10}
@@ -412,12 +427,11 @@ async def test_status_edits_are_throttled_while_jobs_render(world: Harness) -> N
     async with world.running():
         for n in range(12):
             await fake.slash("video", {"prompt": f"throttle {n}"}, sub="text")
-        await wait_until(
-            lambda: len([r for r in fake.posted("PATCH", "/messages/") if "rendering" in str(r.json).lower()]) >= 24
-        )
-        before = len(fake.posted("PATCH", "/messages/"))
+        edits = r"^/channels/\d+/messages/"  # the cards and status messages (not the members' answers)
+        await wait_until(lambda: sum("rendering" in str(r.json).lower() for r in fake.posted("PATCH", edits)) >= 24)
+        before = len(fake.posted("PATCH", edits))
         await world.more_ticks(20)  # no elapsed-time edit is due for 30 s
-        after = len(fake.posted("PATCH", "/messages/"))
+        after = len(fake.posted("PATCH", edits))
         world.sim.finish()
     # Each job: its status message and its card once on "rendering"; nothing more until 30 s have passed.
     assert before == 24 and after == before

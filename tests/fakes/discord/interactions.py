@@ -29,6 +29,11 @@ class Interaction:
     sent_to: list[tuple[int, int]] = field(default_factory=list)  # the shard of each session it went to
     first_answer_at: float | None = None  # when the bot's first callback arrived
     last_answer_at: float | None = None  # when the member last saw an answer (a message, not a "thinking" defer)
+    told_at: float | None = None  # when the member first saw a message that is not "thinking"
+
+    def saw_answer(self) -> None:
+        self.last_answer_at = time.perf_counter()
+        self.told_at = self.told_at or self.last_answer_at
 
     @property
     def responses(self) -> list[dict[str, Any]]:
@@ -338,7 +343,7 @@ class Interactions(Gateway):
         interaction.callbacks.append(body)
         interaction.first_answer_at = time.perf_counter()
         if body["type"] not in (5, 6):
-            interaction.last_answer_at = interaction.first_answer_at
+            interaction.saw_answer()
         response: dict[str, Any] = {"interaction": {"id": interaction_id, "type": interaction.payload["type"]}}
         message: dict[str, Any] | None = None
         if body["type"] == 4:  # a message
@@ -381,7 +386,7 @@ class Interactions(Gateway):
         else:
             message = self._respond(interaction, body, call.files)
         interaction.followups.append(message)
-        interaction.last_answer_at = time.perf_counter()
+        interaction.saw_answer()
         interaction.answered.set()
         return self._public(message)
 
@@ -395,7 +400,7 @@ class Interactions(Gateway):
         if call.method == "PATCH":
             self._check_upload(call.files, interaction.payload["attachment_size_limit"])
             self._edit(message, call.json or {}, call.files)
-            interaction.last_answer_at = time.perf_counter()
+            interaction.saw_answer()
         elif call.method == "DELETE":
             interaction.messages.remove(message)
             if message in self.messages.get(message["channel_id"], []):
