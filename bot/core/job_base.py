@@ -196,7 +196,9 @@ class JobBase(ABC):
             return None
         return await self.store.get_job(job.id)
 
-    # --- what one part asks of another (each defined in its part; declared here so every part type-checks alone)
+    # --- what one part asks of another: defined in the part named, declared here so each part type-checks on its own
+    # (and a JobService missing a part cannot be built). Intake's start takes a slot, queues or submits; Polling
+    # submits, adopts a found task and dispatches; Dispatch applies the state a submit's answer is already in.
 
     @abstractmethod
     async def _take_slot(self, job: Job) -> bool: ...  # Dispatch
