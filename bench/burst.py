@@ -29,7 +29,7 @@ import aiohttp
 from PIL import Image
 from pydantic import SecretStr
 
-from bot.core import jobs
+from bot.core import dispatch, intake
 from bot.core.jobs import JobRequest, JobService
 from bot.media.images import check_first_frame
 from bot.provider import kling
@@ -105,10 +105,12 @@ def encode_on_the_loop() -> None:
     async def body_on_loop(body: dict[str, Any]) -> bytes:
         return json.dumps(body).encode()
 
-    # Absent on the code before the change, which needs no patching.
-    if hasattr(jobs, "base64_text"):
-        jobs.base64_text = base64_on_loop  # type: ignore[attr-defined]
-        jobs.send_slots = lambda: asyncio.Semaphore(1000)  # type: ignore[attr-defined]
+    # Absent on the code before the change, which needs no patching. A start encodes the frame it was given
+    # (intake); a job sent later encodes its stored frame (dispatch).
+    if hasattr(intake, "base64_text"):
+        intake.base64_text = base64_on_loop  # type: ignore[attr-defined]
+        intake.send_slots = lambda: asyncio.Semaphore(1000)  # type: ignore[attr-defined]
+        dispatch.base64_text = base64_on_loop  # type: ignore[attr-defined]
     if hasattr(kling, "encode_body"):
         kling.encode_body = body_on_loop  # type: ignore[attr-defined]
 

@@ -19,7 +19,16 @@ LAYERS: list[tuple[str, ...]] = [
     ("bot.serving",),
     ("bot.storage",),
     ("bot.provider", "bot.media"),
-    ("bot.core.jobs", "bot.core.credits"),
+    (
+        "bot.core.jobs",
+        "bot.core.job_base",
+        "bot.core.intake",
+        "bot.core.dispatch",
+        "bot.core.polling",
+        "bot.core.delivery_book",
+        "bot.core.job_reads",
+        "bot.core.credits",
+    ),
     ("bot.resources", "bot.ops"),
     # The Discord front end: the bot (which installs the cogs' translator) and the cogs.
     ("bot.app", "cogs"),

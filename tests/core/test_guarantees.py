@@ -5,15 +5,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bot.core.jobs import JobRequest, JobService, SubmitRefused
-from bot.provider.kling import CircuitBreaker
-from bot.provider.simulator import KlingSimulator
-from tests.conftest import FakeClock
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.harness import Harness, harness
 
@@ -22,32 +17,6 @@ from tests.harness import Harness, harness
 async def world(tmp_path: Path) -> AsyncIterator[Harness]:
     async with harness(tmp_path) as running:
         yield running
-
-
-def posts(sim: KlingSimulator) -> int:
-    return sum(1 for r in sim.requests if r.method == "POST")
-
-
-async def test_the_dispatcher_stops_sending_once_the_provider_says_the_account_is_full(
-    sim: KlingSimulator, service: JobService, clock: FakeClock
-) -> None:
-    service.kling.breaker.opened_at = service.kling.breaker.clock()  # down: the jobs wait in the queue
-    waiting = [await service.create(replace(JobRequest("text", f"w{n}"), wait_if_unavailable=True)) for n in range(3)]
-    assert [j.status for j in waiting] == ["queued"] * 3
-    service.kling.breaker.opened_at = None
-    sim.fail_next("credits", on="submit")  # the first one sent hears that the account is out of credits
-    await service.poll_once()
-    assert posts(sim) == 1  # the other two were not sent after that answer
-    assert [(await service.get(j.id)).status for j in waiting] == ["queued"] * 3  # type: ignore[union-attr]
-
-
-async def test_content_policy_refusals_never_open_the_circuit(sim: KlingSimulator, service: JobService) -> None:
-    service.kling.breaker = CircuitBreaker(threshold=3)
-    for n in range(5):
-        with pytest.raises(SubmitRefused):
-            await service.create(JobRequest("text", f"forbidden {n}"))
-    assert not service.kling.breaker.is_open  # a refusal is an answer, not a failing provider
-    assert (await service.create(JobRequest("text", "fine"))).status == "submitted"
 
 
 async def test_an_unexpected_exception_in_a_tick_does_not_end_the_poll_loop(

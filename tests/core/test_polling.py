@@ -1,27 +1,26 @@
-"""JobService over the simulator and a real SQLite file: create, poll, resume, time out."""
+"""Polling and settling over the simulator and a real SQLite file: batched polls, late jobs, lost and crashed
+submits settled by their external id, and time-outs. (The tick's reads: test_poll_tick.py; adaptive polling:
+test_adaptive.py.)"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from bot.core.jobs import (
-    SUBMIT_LOOKUP_SECONDS,
-    InvalidRequest,
-    JobRequest,
-    JobService,
-    SubmitRefused,
-)
+from bot.core.credits import CreditService, QuotaRefused
+from bot.core.jobs import SUBMIT_LOOKUP_SECONDS, JobRequest, JobService
+from bot.core.model import QuotaSettings
 from bot.core.scheduling import LATE_POLL_MAX_SECONDS
-from bot.media.images import prepare_first_frame
 from bot.provider.kling import KlingClient
 from bot.provider.sim_variant import GatewayVariant
 from bot.provider.simulator import KlingSimulator
 from bot.storage.sqlite import Store
 from tests.conftest import API_KEY, FakeClock
+from tests.core.conftest import GUILD, posts, video
 
 
 def submits(sim: KlingSimulator) -> int:
@@ -30,53 +29,6 @@ def submits(sim: KlingSimulator) -> int:
 
 def task_queries(sim: KlingSimulator) -> list:
     return [r for r in sim.requests if r.path.endswith("/kling/tasks")]
-
-
-async def jobs_count(store: Store) -> int:
-    return len(await store.jobs_in(("reserved", "submitted", "processing", "succeeded", "failed", "delivered")))
-
-
-async def test_create_submits_with_our_id_as_external_task_id(sim: KlingSimulator, service: JobService) -> None:
-    job = await service.create(JobRequest("text", "a red fox in snow", duration=5, resolution="1080p", user_id=7))
-    assert job.status == "submitted"
-    assert job.provider_task_id in sim.tasks
-    [post] = [r for r in sim.requests if r.method == "POST"]
-    assert post.json["options"]["external_task_id"] == job.id
-    assert post.json["settings"] == {"resolution": "1080p", "aspect_ratio": "16:9", "duration": 5}
-    assert job.cost_estimate == 5000
-
-
-@pytest.mark.parametrize(
-    ("request_", "message"),
-    [
-        (JobRequest("text", "   "), "prompt is empty"),
-        (JobRequest("text", "x" * 3073), "at most 3072"),
-        (JobRequest("image", "x" * 2501, image_url="https://e/x.png"), "at most 2500"),
-        (JobRequest("text", "ok", duration=2), "from 3 to 15"),
-        (JobRequest("text", "ok", duration=16), "from 3 to 15"),
-        (JobRequest("text", "ok", resolution="4k"), "720p or 1080p"),
-        (JobRequest("text", "ok", aspect_ratio="4:3"), "16:9, 9:16 or 1:1"),
-        (JobRequest("image", "ok", aspect_ratio="16:9", image_url="https://e/x.png"), "leave the aspect ratio out"),
-        (JobRequest("image", "ok"), "exactly one first-frame"),
-        (JobRequest("image", "ok", image_url="file:///etc/passwd"), "http(s) link"),
-    ],
-)
-async def test_invalid_requests_write_nothing_and_send_nothing(
-    sim: KlingSimulator, service: JobService, store: Store, request_: JobRequest, message: str
-) -> None:
-    with pytest.raises(InvalidRequest, match=message.replace("(", r"\(").replace(")", r"\)")):
-        await service.create(request_)
-    assert sim.requests == []
-    assert await jobs_count(store) == 0
-
-
-async def test_a_refused_submit_is_recorded_as_failed_with_the_reason(sim: KlingSimulator, service: JobService) -> None:
-    with pytest.raises(SubmitRefused) as refused:
-        await service.create(JobRequest("text", "a forbidden scene"))
-    job = refused.value.job
-    assert job.status == "failed"
-    assert job.error is not None and "content policy" in job.error
-    assert job.provider_task_id is None
 
 
 async def test_poll_moves_45_jobs_to_succeeded_in_3_requests(
@@ -184,17 +136,6 @@ async def test_resume_sends_a_job_reserved_but_never_sent(
     assert change.job.id == job.id and change.job.status == "submitted" and submits(sim) == 1
 
 
-async def test_an_image_job_sends_the_stored_frame_as_base64(
-    sim: KlingSimulator, service: JobService, store: Store, png_frame: bytes
-) -> None:
-    frame = prepare_first_frame(png_frame)
-    job = await service.create(JobRequest("image", "", image=frame, image_source="frame.png"))
-    [post] = [r for r in sim.requests if r.method == "POST"]
-    assert post.json["contents"] == [{"type": "first_frame", "url": frame.base64}]
-    assert "aspect_ratio" not in post.json["settings"]
-    assert job.image_sha256 is not None and (await store.get_image(job.image_sha256)) is not None
-
-
 async def test_a_task_created_40_s_late_by_a_gateway_that_keeps_duplicates_is_found_not_sent_again(
     store: Store, session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:
@@ -222,3 +163,25 @@ async def test_a_task_created_40_s_late_by_a_gateway_that_keeps_duplicates_is_fo
         assert submits(sim) == 1 and len(sim.tasks_for(job.id)) == 1
     finally:
         await sim.close()
+
+
+async def test_jobs_never_sent_while_the_service_is_down_time_out_and_free_the_members_slots(
+    sim: KlingSimulator, store: Store, kling: KlingClient, clock: FakeClock
+) -> None:
+    credits = CreditService(
+        store, QuotaSettings(1_000_000, "total", member_in_flight=2, server_in_flight=50), clock=clock
+    )
+    service = JobService(store, kling, credits=credits, clock=clock, job_timeout=30 * 60)
+    kling.breaker.opened_at = kling.breaker.clock()  # down: members who choose to wait get queued jobs
+    waiting = [await service.create(replace(video(1, f"w{n}"), wait_if_unavailable=True)) for n in range(2)]
+    assert [j.status for j in waiting] == ["queued", "queued"]
+    with pytest.raises(QuotaRefused):
+        await service.create(replace(video(1), wait_if_unavailable=True))  # both slots held
+    clock.advance(30 * 60 + 1)
+    assert await service.poll_once(sweep=False) == []  # another process of the fleet does the sweep
+    changes = await service.poll_once()
+    assert sorted((c.previous, c.job.status) for c in changes) == [("queued", "failed")] * 2
+    assert all("never sent" in (c.job.error or "") and "nothing was charged" in (c.job.error or "") for c in changes)
+    status = await credits.status(GUILD, 1, ())
+    assert (status.reserved, status.in_flight) == (0, 0)
+    assert posts(sim) == 0
