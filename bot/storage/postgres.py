@@ -23,7 +23,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bot.core.model import DuplicateRequest, Job, Lease, Usage
 from bot.storage.schema import RUNNING_TOTALS, migrations
-from bot.storage.sql import IN_PROGRESS_SQL, JOB_COLUMNS, SETTLED_SQL, SqlStore, StoreUnavailable
+from bot.storage.sql import IN_PROGRESS_SQL, JOB_COLUMNS, SETTLED_SQL, StoreUnavailable
+from bot.storage.sql_jobs import SqlStore
 from bot.storage.sqlite import MIGRATIONS, Store
 
 log = logging.getLogger(__name__)

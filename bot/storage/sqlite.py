@@ -37,11 +37,11 @@ from bot.storage.sql import (
     JOB_COLUMNS,
     SETTLED_SQL,
     DecisionT,
-    SqlStore,
     StoreUnavailable,
     checked_update,
     literals,
 )
+from bot.storage.sql_jobs import SqlStore
 
 # What other modules and the tests import from here.
 __all__ = [
