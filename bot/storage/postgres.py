@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bot.core.model import DuplicateRequest, Job, Lease, Usage
 from bot.storage.schema import RUNNING_TOTALS, migrations
-from bot.storage.sql import IN_PROGRESS_SQL, JOB_COLUMNS, SETTLED_SQL, StoreUnavailable
+from bot.storage.sql import IN_PROGRESS_SQL, JOB_COLUMNS, StoreUnavailable
 from bot.storage.sql_jobs import SqlStore
 from bot.storage.sqlite import MIGRATIONS, Store
 
@@ -261,15 +261,7 @@ class PgStore(SqlStore):
 
     async def _usage(self, db: Connection | None, guild_id: int, user_id: int, since: float) -> Usage:
         # Failed and cancelled jobs release their credits simply by not being counted.
-        rows = await self._select(
-            db,
-            "SELECT"
-            f" COALESCE(SUM(CASE WHEN status IN ({SETTLED_SQL}) THEN COALESCE(cost_billed, cost_estimate) END), 0),"
-            f" COALESCE(SUM(CASE WHEN status IN ({IN_PROGRESS_SQL}) THEN cost_estimate END), 0)"
-            " FROM jobs WHERE guild_id = ? AND user_id = ? AND created_at >= ?",
-            (guild_id, user_id, since),
-        )
-        used, reserved = rows[0] if rows else (0, 0)
+        used, reserved = await self._used_since(db, guild_id, user_id, since)
         granted = await self._granted(db, guild_id, user_id, since)
         in_flight = await self._scalar(
             f"SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ? AND status IN ({IN_PROGRESS_SQL})",

@@ -259,6 +259,19 @@ class QuotaStatements(SqlBase):
         """A member's credits used, reserved and granted since a time, derived from jobs and grants."""
         return await self._usage(None, guild_id, user_id, since)
 
+    async def _used_since(self, db: Any, guild_id: int, user_id: int, since: float) -> tuple[int, int]:
+        """Milli-credits used (settled, else estimated) and reserved by a member's jobs made since a time."""
+        rows = await self._select(
+            db,
+            "SELECT"
+            f" COALESCE(SUM(CASE WHEN status IN ({SETTLED_SQL}) THEN COALESCE(cost_billed, cost_estimate) END), 0),"
+            f" COALESCE(SUM(CASE WHEN status IN ({IN_PROGRESS_SQL}) THEN cost_estimate END), 0)"
+            " FROM jobs WHERE guild_id = ? AND user_id = ? AND created_at >= ?",
+            (guild_id, user_id, since),
+        )
+        used, reserved = rows[0] if rows else (0, 0)
+        return int(used), int(reserved)  # SUM over BIGINT is NUMERIC in PostgreSQL (a Decimal here)
+
     async def _granted(self, db: Any, guild_id: int, user_id: int, since: float) -> int:
         sql = "SELECT COALESCE(SUM(amount), 0) FROM grants WHERE guild_id = ? AND user_id = ? AND created_at >= ?"
         return int(await self._scalar(sql, (guild_id, user_id, since), db) or 0)

@@ -260,15 +260,7 @@ class Store(SqlStore):
         )
         first, used, reserved, in_flight = rows[0] if rows else (None, 0, 0, 0)
         if first is not None and since > first:  # a window of part of their history: the index's range of it
-            rows = await self._select(
-                db,
-                "SELECT"
-                f" COALESCE(SUM(CASE WHEN status IN ({SETTLED_SQL}) THEN COALESCE(cost_billed, cost_estimate) END), 0),"
-                f" COALESCE(SUM(CASE WHEN status IN ({IN_PROGRESS_SQL}) THEN cost_estimate END), 0)"
-                " FROM jobs WHERE guild_id = ? AND user_id = ? AND created_at >= ?",
-                (guild_id, user_id, since),
-            )
-            used, reserved = rows[0] if rows else (0, 0)
+            used, reserved = await self._used_since(db, guild_id, user_id, since)
         granted = await self._granted(db, guild_id, user_id, since)
         return Usage(int(used), int(reserved), granted, int(in_flight))
 
