@@ -1,18 +1,17 @@
-"""The PostgreSQL twin of `bot.storage.sqlite.Store`: the same methods and rows, over psycopg 3 and a connection pool.
+"""PostgreSQL, for several bot processes sharing one database: a psycopg 3 connection pool, and what PostgreSQL does
+its own way.
 
-Unlike SQLite, several bot processes may share one PostgreSQL database: they claim their background work with
-leases (`claim_jobs`, `claim_queued`), count the provider's slots under an advisory lock, and reservations lock per
-server."""
+The statements both databases share are in `bot.storage.sql` (written with `?`, run here as `%s`). The processes
+claim their background work with leases set by the database's clock and `FOR UPDATE SKIP LOCKED`, count the
+provider's slots under an advisory lock, and reservations lock per server."""
 
 from __future__ import annotations
 
 import contextlib
 import graphlib
-import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import astuple
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,183 +21,18 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from bot.core.model import (
-    AT_PROVIDER,
-    HOLDING_A_SLOT,
-    AuditEntry,
-    DuplicateRequest,
-    InFlight,
-    Job,
-    Lease,
-    MemberQuota,
-    QuotaFacts,
-    QuotaSettings,
-    StoredImage,
-    Usage,
-    UsageRow,
-)
-from bot.storage.sqlite import (
-    CLAIM_ORDER,
-    IN_FLIGHT_COLUMNS,
-    JOB_COLUMNS,
-    MIGRATIONS,
-    NOT_HELD_FOR_REVIEW,
-    RUNNING_TOTALS,
-    DecisionT,
-    Store,
-    StoreUnavailable,
-    checked_update,
-)
+from bot.core.model import DuplicateRequest, Job, Lease, Usage
+from bot.storage.schema import RUNNING_TOTALS, migrations
+from bot.storage.sql import IN_PROGRESS_SQL, JOB_COLUMNS, StoreUnavailable
+from bot.storage.sql_jobs import SqlStore
+from bot.storage.sqlite import MIGRATIONS, Store
 
 log = logging.getLogger(__name__)
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
-# One entry per entry of bot.storage.sqlite.MIGRATIONS, same number, same meaning; never edit one that has shipped.
-# Discord snowflakes and milli-credit sums exceed 2^31, so every id and amount is BIGINT; REAL is double precision.
-PG_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE images (
-        sha256 TEXT PRIMARY KEY,
-        mime TEXT NOT NULL,
-        width INTEGER NOT NULL,
-        height INTEGER NOT NULL,
-        data BYTEA NOT NULL
-    );
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        guild_id BIGINT,
-        channel_id BIGINT,
-        user_id BIGINT,
-        kind TEXT NOT NULL CHECK (kind IN ('text', 'image')),
-        prompt TEXT NOT NULL,
-        duration INTEGER NOT NULL,
-        resolution TEXT NOT NULL,
-        aspect_ratio TEXT,
-        image_sha256 TEXT REFERENCES images (sha256),
-        image_url TEXT,
-        image_source TEXT,
-        status TEXT NOT NULL,
-        provider_task_id TEXT,
-        provider_status TEXT,
-        error TEXT,
-        video_url TEXT,
-        video_seconds DOUBLE PRECISION,
-        billed_amount TEXT,
-        cost_estimate BIGINT NOT NULL DEFAULT 0,
-        cost_billed BIGINT,
-        attachment_size_limit BIGINT,
-        message_id BIGINT,
-        thread_id BIGINT,
-        status_message_id BIGINT,
-        result_message_id BIGINT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        delivery_attempts INTEGER NOT NULL DEFAULT 0,
-        created_at DOUBLE PRECISION NOT NULL,
-        submitted_at DOUBLE PRECISION,
-        finished_at DOUBLE PRECISION,
-        delivered_at DOUBLE PRECISION,
-        updated_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE INDEX jobs_open ON jobs (status, updated_at)
-        WHERE status IN ('reserved', 'queued', 'submitted', 'processing', 'succeeded');
-    CREATE INDEX jobs_member ON jobs (guild_id, user_id, created_at);
-    CREATE INDEX jobs_finished ON jobs (duration, resolution, finished_at) WHERE status = 'delivered';
-    CREATE UNIQUE INDEX jobs_provider ON jobs (provider_task_id) WHERE provider_task_id IS NOT NULL;
-    """,
-    """
-    CREATE TABLE guild_settings (
-        guild_id BIGINT PRIMARY KEY,
-        default_limit BIGINT NOT NULL,
-        period TEXT NOT NULL CHECK (period IN ('day', 'week', 'month', 'total')),
-        member_in_flight INTEGER NOT NULL,
-        server_in_flight INTEGER NOT NULL,
-        log_channel_id BIGINT
-    );
-    CREATE TABLE member_quotas (
-        guild_id BIGINT NOT NULL,
-        user_id BIGINT NOT NULL,
-        override BIGINT,
-        blocked_reason TEXT,
-        PRIMARY KEY (guild_id, user_id)
-    );
-    CREATE TABLE role_quotas (
-        guild_id BIGINT NOT NULL,
-        role_id BIGINT NOT NULL,
-        quota BIGINT,
-        PRIMARY KEY (guild_id, role_id)
-    );
-    CREATE TABLE grants (
-        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-        guild_id BIGINT NOT NULL,
-        user_id BIGINT NOT NULL,
-        amount BIGINT NOT NULL,
-        reason TEXT NOT NULL,
-        moderator_id BIGINT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE INDEX grants_member ON grants (guild_id, user_id, created_at);
-    CREATE TABLE audit_log (
-        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-        guild_id BIGINT NOT NULL,
-        moderator_id BIGINT NOT NULL,
-        action TEXT NOT NULL,
-        target_id BIGINT,
-        before TEXT,
-        after TEXT,
-        reason TEXT,
-        created_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE INDEX audit_guild ON audit_log (guild_id, target_id, created_at);
-    CREATE INDEX jobs_guild_open ON jobs (guild_id, status)
-        WHERE status IN ('reserved', 'queued', 'submitted', 'processing', 'succeeded');
-    """,
-    """
-    CREATE INDEX jobs_member_open ON jobs (guild_id, user_id, status)
-        WHERE status IN ('reserved', 'queued', 'submitted', 'processing');
-    DROP INDEX jobs_open;
-    CREATE INDEX jobs_status ON jobs (status, created_at);
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN origin TEXT NOT NULL DEFAULT 'discord';
-    ALTER TABLE jobs ADD COLUMN frame_url TEXT;
-    ALTER TABLE jobs ADD COLUMN uncertain_since DOUBLE PRECISION;
-    ALTER TABLE jobs ADD COLUMN lookups INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE;
-    """,
-    """
-    -- SQLite's migration 5 adds running totals kept by triggers; this store reads the rows (PostgreSQL's planner
-    -- and its partial and covering indexes serve them), so only the indexes are mirrored. The in-flight indexes
-    -- SQLite dropped stay: the counts here use them.
-    CREATE INDEX jobs_member_unsettled ON jobs (guild_id, user_id, created_at)
-        WHERE status IN ('reserved', 'queued', 'submitted', 'processing', 'succeeded');
-    CREATE INDEX jobs_member_usage ON jobs (guild_id, user_id, created_at) INCLUDE (status, cost_estimate, cost_billed);
-    CREATE INDEX jobs_guild_usage ON jobs (guild_id, created_at) INCLUDE (status, cost_estimate, cost_billed);
-    DROP INDEX jobs_member;
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN parent_id TEXT;
-    ALTER TABLE jobs ADD COLUMN locale TEXT;
-    ALTER TABLE jobs ADD COLUMN review_message_id BIGINT;
-    ALTER TABLE jobs ADD COLUMN review_state TEXT;
-    ALTER TABLE jobs ADD COLUMN review_reason TEXT;
-    ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
-    ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION;
-    ALTER TABLE jobs ADD COLUMN lease_attempt INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
-    ALTER TABLE guild_settings ADD COLUMN confirm_above BIGINT;
-    ALTER TABLE guild_settings ADD COLUMN review_channel_id BIGINT;
-    CREATE TABLE member_prefs (
-        user_id BIGINT PRIMARY KEY,
-        notify TEXT NOT NULL CHECK (notify IN ('mention', 'dm', 'off'))
-    );
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN request_key TEXT;
-    CREATE UNIQUE INDEX jobs_request_key ON jobs (request_key);
-    """,
-)
-assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every SQLite migration needs its PostgreSQL twin"
+# The same steps as SQLite's, same numbers (bot.storage.schema), in this dialect.
+PG_MIGRATIONS = migrations("postgres")
 
 # PostgreSQL has no PRAGMA user_version: the version lives in a one-row table made before any migration.
 _SCHEMA_VERSION = """
@@ -209,10 +43,9 @@ _SCHEMA_VERSION = """
     INSERT INTO schema_version (one, version) VALUES (TRUE, 0) ON CONFLICT (one) DO NOTHING;
 """
 
-# Advisory lock keys (namespaced text hashed by the server, so they cannot collide with plain numbers).
+# Advisory lock keys are namespaced text hashed by the server, so they cannot collide with plain numbers.
 _MIGRATE_LOCK = "kling-bot:migrate"
-_RESERVE_LOCK = "kling-bot:reserve:"
-_DISPATCH_LOCK = "kling-bot:dispatch"  # counting the provider's slots and taking one: one process at a time
+
 
 # Leases are set and compared with the database's clock, never a process's: one whose clock ran ahead would see
 # live claims as expired and take work another process is doing. (`now` passed by callers is their own clock.)
@@ -220,7 +53,6 @@ DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
 # A lease is free when released (no owner) or run out in the database's terms.
 _LEASE_FREE = f"(lease_owner IS NULL OR lease_until IS NULL OR lease_until <= {DB_NOW})"
 
-_SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 _BOOLEAN = frozenset({"cancel_requested"})
 # This database's bookkeeping, not the store's data (SQLite keeps its version in PRAGMA user_version).
 _BOOKKEEPING = frozenset({"schema_version"})
@@ -273,13 +105,11 @@ def _describe(dsn: str) -> str:
     return f"postgresql database {parts.get('dbname') or '(default)'} on {host}{port}"
 
 
-def _value(name: str, value: Any) -> Any:
-    # SQLite callers pass 0/1 for flags; PostgreSQL has no implicit integer-to-boolean cast.
-    return bool(value) if name in _BOOLEAN and value is not None else value
-
-
-class PgStore:
+class PgStore(SqlStore):
     """A psycopg connection pool; each write is its own transaction, and reservations lock their server."""
+
+    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"  # processes claiming at once pass over each other's rows: disjoint claims
+    NULL_SAFE_EQUALS = "IS NOT DISTINCT FROM"
 
     def __init__(self, pool: AsyncConnectionPool[Connection], where: str) -> None:
         self._pool = pool
@@ -324,7 +154,7 @@ class PgStore:
         while True:
             async with self.transaction() as db:
                 await db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_MIGRATE_LOCK,))
-                version = int(await self._scalar_in(db, "SELECT version FROM schema_version"))
+                version = int(await self._scalar("SELECT version FROM schema_version", db=db))
                 if version > len(PG_MIGRATIONS):
                     raise RuntimeError(f"database schema {version} is newer than this bot ({len(PG_MIGRATIONS)})")
                 if version == len(PG_MIGRATIONS):
@@ -340,32 +170,51 @@ class PgStore:
         async with self._pool.connection() as db, db.transaction():
             yield db
 
-    @staticmethod
-    async def _scalar_in(db: Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-        cursor = await db.execute(sql, params)
-        row = await cursor.fetchone()
-        return row[0] if row else None
-
-    async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        async with self._pool.connection() as db:
-            return await self._scalar_in(db, sql, params)
-
-    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[TupleRow]:
-        async with self._pool.connection() as db:
-            cursor = await db.execute(sql, params)
-            return await cursor.fetchall()
-
     async def schema_version(self) -> int:
         """The schema version recorded in the database."""
         return int(await self._scalar("SELECT version FROM schema_version"))
 
-    # --- jobs -------------------------------------------------------------------------------------------
+    # --- the hooks of bot.storage.sql ------------------------------------------------------------------
+
+    async def _fetch(self, db: Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        cursor = await db.execute(sql.replace("?", "%s"), params)
+        return await cursor.fetchall() if cursor.description else []
+
+    async def _run(self, db: Connection, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = await db.execute(sql.replace("?", "%s"), params)
+        return cursor.rowcount
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._pool.connection() as db:
+            return await self._fetch(db, sql, params)
+
+    def _lease_until(self, now: float, seconds: float) -> tuple[str, float]:
+        return f"{DB_NOW} + ?", seconds
+
+    def _lease_free(self, now: float) -> tuple[str, list[Any]]:
+        return _LEASE_FREE, []
+
+    def _any(self, column: str, values: Sequence[Any], kind: str) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?::{kind}[])", [list(values)]
+
+    async def _advisory_lock(self, db: Connection, key: str) -> None:
+        # Released at commit or rollback; READ COMMITTED alone would let two processes count the same room.
+        await db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+
+    def _param(self, name: str, value: Any) -> Any:
+        # SQLite callers pass 0/1 for flags; PostgreSQL has no implicit integer-to-boolean cast.
+        return bool(value) if name in _BOOLEAN and value is not None else value
+
+    def _set_mark(self, name: str, changes: dict[str, Any]) -> str:
+        # A write that ends a claim stamps the database's time (later claims go to the jobs worked on least recently).
+        released = "lease_owner" in changes and changes["lease_owner"] is None
+        return DB_NOW if released and name == "lease_until" else "?"
 
     async def insert_job(self, db: Connection, job: Job) -> None:
         """Write a new job inside a transaction the caller holds (the quota check shares it). A new job's claim
         (its command's) lasts as long as the process asked, from the database's clock."""
         marks = {name: "%s" for name in JOB_COLUMNS}
-        values = [_value(name, getattr(job, name)) for name in JOB_COLUMNS]
+        values = [self._param(name, getattr(job, name)) for name in JOB_COLUMNS]
         if job.lease_owner is not None and job.lease_until is not None:
             marks["lease_until"] = f"{DB_NOW} + %s"
             values[JOB_COLUMNS.index("lease_until")] = job.lease_until - job.created_at
@@ -376,177 +225,6 @@ class PgStore:
             if exc.diag.constraint_name == "jobs_request_key":  # the question was answered already: rolled back
                 raise DuplicateRequest(job.request_key) from None
             raise
-
-    async def add_job(self, job: Job) -> None:
-        """Write a new job in its own transaction."""
-        async with self.transaction() as db:
-            await self.insert_job(db, job)
-
-    async def transition(
-        self,
-        job_id: str,
-        from_status: str | Iterable[str],
-        to_status: str,
-        *,
-        lease: Lease | None = None,
-        **changes: Any,
-    ) -> bool:
-        """Move a job from one state to another, once: False when another path already moved it, or (with `lease`)
-        when the job was claimed again since that lease was taken."""
-        return await self._guarded_update(job_id, from_status, {"status": to_status, **changes}, lease)
-
-    async def update_job(
-        self, job_id: str, in_status: str | Iterable[str], *, lease: Lease | None = None, **changes: Any
-    ) -> bool:
-        """Change fields of a job without moving it, if it is still in one of the given states (and under `lease`)."""
-        return await self._guarded_update(job_id, in_status, changes, lease)
-
-    async def _guarded_update(
-        self, job_id: str, states: str | Iterable[str], changes: dict[str, Any], lease: Lease | None
-    ) -> bool:
-        allowed = list(checked_update(states, changes))
-        # Column names come from the checked set above; values are parameters. A write that ends a claim stamps
-        # the database's time (later claims go to the jobs worked on least recently).
-        released = "lease_owner" in changes and changes["lease_owner"] is None and "lease_until" in changes
-        marks = {name: DB_NOW if released and name == "lease_until" else "%s" for name in changes}
-        assignments = ", ".join(f"{name} = {mark}" for name, mark in marks.items())
-        values = [_value(name, value) for name, value in changes.items() if marks[name] == "%s"]
-        fence = " AND lease_owner = %s AND lease_attempt = %s" if lease else ""
-        # A racing UPDATE waits for the row lock, then re-checks the status (and the lease): only one moves the job.
-        async with self.transaction() as db:
-            cursor = await db.execute(
-                f"UPDATE jobs SET {assignments} WHERE id = %s AND status = ANY(%s::text[]){fence}",
-                (*values, job_id, allowed, *((lease.owner, lease.attempt) if lease else ())),
-            )
-            return cursor.rowcount == 1
-
-    # --- claims: several processes share the background work --------------------------------------------------
-
-    async def claim_jobs(
-        self,
-        statuses: Sequence[str],
-        *,
-        owner: str,
-        now: float,
-        seconds: float,
-        limit: int,
-        origin: str = "discord",
-        ids: Sequence[str] | None = None,
-        created_before: float | None = None,
-        abandoned: bool | None = None,
-    ) -> list[Job]:
-        """Claim up to `limit` jobs in these states that nobody holds (no lease, or an expired one) for `seconds`,
-        each claim bumping the job's lease attempt; the jobs as claimed, oldest first.
-
-        SKIP LOCKED: processes claiming at once pass over each other's rows instead of waiting for them, so their
-        claims are disjoint. Leases are the database's time (`now` is not used for them). `ids`, `created_before`
-        and `abandoned` as in `Store.claim_jobs`."""
-        sql = f"status = ANY(%s::text[]) AND origin = %s AND {_LEASE_FREE} AND {NOT_HELD_FOR_REVIEW}"
-        params: list[Any] = [list(statuses), origin]
-        if ids is not None:
-            sql += " AND id = ANY(%s::text[])"
-            params.append(list(ids))
-        if created_before is not None:
-            sql += " AND created_at < %s"
-            params.append(created_before)
-        if abandoned is not None:
-            sql += " AND lease_owner IS NOT NULL" if abandoned else " AND lease_owner IS NULL"
-        rows = await self._claim(sql, params, ", ".join(JOB_COLUMNS), owner=owner, seconds=seconds, limit=limit)
-        return sorted((Job(*row) for row in rows), key=lambda job: job.created_at)
-
-    async def claim_in_flight(
-        self, ids: Sequence[str], *, owner: str, now: float, seconds: float, limit: int, origin: str = "discord"
-    ) -> list[InFlight]:
-        """`claim_jobs` of these jobs at the provider, returning only the narrow rows a poll tick reads."""
-        sql = f"status = ANY(%s::text[]) AND origin = %s AND {_LEASE_FREE} AND {NOT_HELD_FOR_REVIEW}"
-        sql += " AND id = ANY(%s::text[])"
-        params: list[Any] = [list(AT_PROVIDER), origin, list(ids)]
-        rows = await self._claim(sql, params, IN_FLIGHT_COLUMNS, owner=owner, seconds=seconds, limit=limit)
-        return sorted((InFlight(*row) for row in rows), key=lambda job: job.created_at)
-
-    async def _claim(
-        self, where: str, params: list[Any], columns: str, *, owner: str, seconds: float, limit: int
-    ) -> list[TupleRow]:
-        """One statement: SKIP LOCKED passes over the rows other processes are claiming; the lease is the
-        database's time plus `seconds`."""
-        return await self._write_rows(
-            f"UPDATE jobs SET lease_owner = %s, lease_until = {DB_NOW} + %s, lease_attempt = lease_attempt + 1"
-            f" WHERE id IN (SELECT id FROM jobs WHERE {where} ORDER BY {CLAIM_ORDER} FOR UPDATE SKIP LOCKED LIMIT %s)"
-            f" RETURNING {columns}",
-            (owner, seconds, *params, limit),
-        )
-
-    async def claim_queued(
-        self,
-        *,
-        capacity: int,
-        owner: str,
-        now: float,
-        seconds: float,
-        origin: str = "discord",
-        order: Callable[[list[Job]], list[Job]],
-    ) -> list[Job]:
-        """Take queued jobs for as many provider slots as are free (`capacity` minus the jobs holding one, in the
-        whole fleet), in `order`, moving each to `reserved` under a lease. A transaction-level advisory lock makes
-        the count and the move one step across processes, so two cannot both take the last slot."""
-        async with self.transaction() as db:
-            await db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_DISPATCH_LOCK,))
-            free = capacity - await self._holding(db)
-            if free <= 0:
-                return []
-            cursor = await db.execute(
-                f"{_SELECT_JOB} WHERE status = 'queued' AND origin = %s AND {_LEASE_FREE} ORDER BY created_at",
-                (origin,),
-            )
-            chosen = [job.id for job in order([Job(*row) for row in await cursor.fetchall()])[:free]]
-            if not chosen:
-                return []
-            cursor = await db.execute(
-                f"UPDATE jobs SET status = 'reserved', lease_owner = %s, lease_until = {DB_NOW} + %s,"
-                " lease_attempt = lease_attempt + 1, updated_at = %s"
-                " WHERE status = 'queued' AND id = ANY(%s::text[])"
-                f" RETURNING {', '.join(JOB_COLUMNS)}",
-                (owner, seconds, now, chosen),
-            )
-            taken = {row[0]: Job(*row) for row in await cursor.fetchall()}
-        return [taken[job_id] for job_id in chosen if job_id in taken]
-
-    async def take_slot(self, job_id: str, lease: Lease, *, capacity: int, now: float, seconds: float) -> bool:
-        """A reserved job (held under `lease`) keeps a provider slot to be sent now: only when nobody is queued and
-        fewer than `capacity` other jobs of the fleet hold one; under the same lock as `claim_queued`."""
-        async with self.transaction() as db:
-            await db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_DISPATCH_LOCK,))
-            if await self._scalar_in(db, "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued')"):
-                return False
-            if await self._holding(db, besides=job_id) >= capacity:
-                return False
-            cursor = await db.execute(
-                f"UPDATE jobs SET lease_until = {DB_NOW} + %s WHERE id = %s AND status = 'reserved'"
-                " AND lease_owner = %s AND lease_attempt = %s",
-                (seconds, job_id, lease.owner, lease.attempt),
-            )
-            return cursor.rowcount == 1
-
-    async def _holding(self, db: Connection, *, besides: str = "") -> int:
-        return int(
-            await self._scalar_in(
-                db,
-                "SELECT COUNT(*) FROM jobs WHERE status = ANY(%s::text[]) AND id != %s",
-                (list(HOLDING_A_SLOT), besides),
-            )
-            or 0
-        )
-
-    async def renew_lease(self, job_id: str, lease: Lease, *, now: float, seconds: float) -> bool:
-        """Extend a lease still held to `seconds` from the database's now (long work: a delivery); False when the
-        job was claimed again. A delivery's check right before its post is this call: the fence of the post."""
-        async with self.transaction() as db:
-            cursor = await db.execute(
-                f"UPDATE jobs SET lease_until = {DB_NOW} + %s"
-                " WHERE id = %s AND lease_owner = %s AND lease_attempt = %s",
-                (seconds, job_id, lease.owner, lease.attempt),
-            )
-            return cursor.rowcount == 1
 
     async def release_leases(self, held: Sequence[tuple[str, Lease]], now: float) -> None:
         """Give back finished claims (job id, lease); one claimed again since is left alone. The release is stamped
@@ -561,336 +239,41 @@ class PgStore:
                 ([j for j, _ in held], [lease.owner for _, lease in held], [lease.attempt for _, lease in held]),
             )
 
-    async def _write_rows(self, sql: str, params: Sequence[Any]) -> list[TupleRow]:
-        async with self.transaction() as db:
-            cursor = await db.execute(sql, params)
-            return await cursor.fetchall()
-
-    async def get_job(self, job_id: str) -> Job | None:
-        """The job with this id, or None."""
-        rows = await self._jobs(f"{_SELECT_JOB} WHERE id = %s", (job_id,))
-        return rows[0] if rows else None
-
-    async def job_by_task(self, task_id: str) -> Job | None:
-        """The job the provider knows under this task id, or None."""
-        rows = await self._jobs(f"{_SELECT_JOB} WHERE provider_task_id = %s", (task_id,))
-        return rows[0] if rows else None
-
-    async def jobs_by_tasks(self, task_ids: Sequence[str]) -> list[Job]:
-        """The jobs the provider knows under any of these task ids, in one query (a flood of callbacks' hints is
-        looked up at once)."""
-        if not task_ids:
-            return []
-        return await self._jobs(f"{_SELECT_JOB} WHERE provider_task_id = ANY(%s::text[])", (list(task_ids),))
-
-    async def jobs_in(self, statuses: Sequence[str], *, origin: str | None = None) -> list[Job]:
-        """Jobs in any of these states (of one origin, if given), oldest first."""
-        sql = f"{_SELECT_JOB} WHERE status = ANY(%s::text[])"
-        params: list[Any] = [list(statuses)]
-        if origin is not None:
-            sql += " AND origin = %s"
-            params.append(origin)
-        return await self._jobs(sql + " ORDER BY created_at", params)
-
-    async def in_flight(self, *, origin: str) -> list[InFlight]:
-        """The jobs of one origin at the provider, oldest first, as narrow rows (what a poll tick reads)."""
-        rows = await self._rows(
-            f"SELECT {IN_FLIGHT_COLUMNS} FROM jobs WHERE status = ANY(%s::text[]) AND origin = %s ORDER BY created_at",
-            (list(AT_PROVIDER), origin),
-        )
-        return [InFlight(*row) for row in rows]
-
-    async def find_job(
-        self, guild_id: int, prefix: str, *, user_id: int | None = None, statuses: Sequence[str] | None = None
-    ) -> Job | None:
-        """The newest job of a server (of one member, if given) whose id starts with `prefix` (hex), or None."""
-        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
-            return None
-        sql = f"{_SELECT_JOB} WHERE id >= %s AND id < %s AND guild_id = %s"
-        params: list[Any] = [prefix, prefix + "g", guild_id]
-        if user_id is not None:
-            sql += " AND user_id = %s"
-            params.append(user_id)
-        if statuses is not None:
-            sql += " AND status = ANY(%s::text[])"
-            params.append(list(statuses))
-        rows = await self._jobs(sql + " ORDER BY created_at DESC LIMIT 1", params)
-        return rows[0] if rows else None
-
-    async def member_jobs(
-        self, guild_id: int, user_id: int, *, statuses: Sequence[str] | None = None, limit: int = 10, offset: int = 0
-    ) -> list[Job]:
-        """A member's jobs in one server, newest first."""
-        sql = f"{_SELECT_JOB} WHERE guild_id = %s AND user_id = %s"
-        params: list[Any] = [guild_id, user_id]
-        if statuses is not None:
-            sql += " AND status = ANY(%s::text[])"
-            params.append(list(statuses))
-        sql += " ORDER BY created_at DESC LIMIT %s OFFSET %s"
-        return await self._jobs(sql, [*params, limit, offset])
+    # --- counts: PostgreSQL counts the rows (its indexes serve them; SQLite keeps running totals) -------------
 
     async def count_by_status(self) -> dict[str, int]:
         """How many jobs are in each state (an index scan: call it now and then, not per job)."""
-        return {row[0]: int(row[1]) for row in await self._rows("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+        return {row[0]: int(row[1]) for row in await self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
 
     async def credits_used(self, guild_id: int, since: float) -> int:
         """Credits a server's members used or hold since a time."""
-        return int(
-            await self._scalar(
-                "SELECT COALESCE(SUM(COALESCE(cost_billed, cost_estimate)), 0) FROM jobs"
-                " WHERE guild_id = %s AND created_at >= %s AND status NOT IN ('failed', 'cancelled')",
-                (guild_id, since),
-            )
+        sql = (
+            "SELECT COALESCE(SUM(COALESCE(cost_billed, cost_estimate)), 0) FROM jobs"
+            " WHERE guild_id = ? AND created_at >= ? AND status NOT IN ('failed', 'cancelled')"
         )
-
-    async def count_in(self, statuses: Sequence[str]) -> int:
-        """How many jobs are in any of these states."""
-        return int(await self._scalar("SELECT COUNT(*) FROM jobs WHERE status = ANY(%s::text[])", (list(statuses),)))
+        return int(await self._scalar(sql, (guild_id, since)))
 
     async def count_member_jobs(self, guild_id: int, user_id: int) -> int:
         """How many jobs a member has in one server."""
         return int(
-            await self._scalar("SELECT COUNT(*) FROM jobs WHERE guild_id = %s AND user_id = %s", (guild_id, user_id))
+            await self._scalar("SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
         )
 
-    async def render_times(self, duration: int, resolution: str, *, limit: int = 25) -> list[float]:
-        """Seconds from submit to finish of the latest delivered jobs of this shape, newest first."""
-        rows = await self._rows(
-            "SELECT finished_at - submitted_at FROM jobs"
-            " WHERE status = 'delivered' AND duration = %s AND resolution = %s AND submitted_at IS NOT NULL"
-            " ORDER BY finished_at DESC LIMIT %s",
-            (duration, resolution, limit),
-        )
-        return [float(row[0]) for row in rows]
-
-    async def _jobs(self, sql: str, params: Sequence[Any]) -> list[Job]:
-        return [Job(*row) for row in await self._rows(sql, params)]
-
-    # --- quotas -----------------------------------------------------------------------------------------
-
-    async def quota_settings(self, guild_id: int, defaults: QuotaSettings) -> QuotaSettings:
-        """A server's quota settings, or the bot's defaults when its moderators never changed them."""
-        async with self._pool.connection() as db:
-            return await self._quota_settings(db, guild_id, defaults)
-
-    @staticmethod
-    async def _quota_settings(db: Connection, guild_id: int, defaults: QuotaSettings) -> QuotaSettings:
-        cursor = await db.execute(
-            "SELECT default_limit, period, member_in_flight, server_in_flight, log_channel_id, confirm_above,"
-            " review_channel_id"
-            " FROM guild_settings WHERE guild_id = %s",
-            (guild_id,),
-        )
-        row = await cursor.fetchone()
-        return QuotaSettings(*row) if row else defaults
-
-    async def log_channels(self) -> dict[int, int]:
-        """Every server's log channel, where its moderators set one (the fleet's alerts go to all of them)."""
-        rows = await self._rows("SELECT guild_id, log_channel_id FROM guild_settings WHERE log_channel_id IS NOT NULL")
-        return {int(guild): int(channel) for guild, channel in rows}
-
-    async def save_quota_settings(self, guild_id: int, settings: QuotaSettings, audit: AuditEntry) -> None:
-        """Store a server's quota settings (all of them: callers change one field with `replace`) and the
-        moderator's audit row, in one transaction."""
-        async with self.transaction() as db:
-            await _insert_audit(db, audit)
-            await db.execute(
-                "INSERT INTO guild_settings (guild_id, default_limit, period, member_in_flight, server_in_flight,"
-                " log_channel_id, confirm_above, review_channel_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (guild_id) DO UPDATE SET"
-                " default_limit = excluded.default_limit, period = excluded.period,"
-                " member_in_flight = excluded.member_in_flight, server_in_flight = excluded.server_in_flight,"
-                " log_channel_id = excluded.log_channel_id, confirm_above = excluded.confirm_above,"
-                " review_channel_id = excluded.review_channel_id",
-                (guild_id, *astuple(settings)),
-            )
-
-    async def member_quota(self, guild_id: int, user_id: int) -> MemberQuota:
-        """A member's own override and block, if any."""
-        async with self._pool.connection() as db:
-            return await self._member_quota(db, guild_id, user_id)
-
-    @staticmethod
-    async def _member_quota(db: Connection, guild_id: int, user_id: int) -> MemberQuota:
-        cursor = await db.execute(
-            "SELECT override, blocked_reason FROM member_quotas WHERE guild_id = %s AND user_id = %s",
-            (guild_id, user_id),
-        )
-        row = await cursor.fetchone()
-        return MemberQuota(*row) if row else MemberQuota(None, None)
-
-    async def save_member_quota(self, guild_id: int, user_id: int, quota: MemberQuota, audit: AuditEntry) -> None:
-        """Store a member's override and block (both empty removes the row) and the audit row, in one transaction."""
-        async with self.transaction() as db:
-            await _insert_audit(db, audit)
-            if quota == MemberQuota(None, None):
-                await db.execute("DELETE FROM member_quotas WHERE guild_id = %s AND user_id = %s", (guild_id, user_id))
-                return
-            await db.execute(
-                "INSERT INTO member_quotas (guild_id, user_id, override, blocked_reason) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (guild_id, user_id) DO UPDATE SET override = excluded.override,"
-                " blocked_reason = excluded.blocked_reason",
-                (guild_id, user_id, quota.override, quota.blocked_reason),
-            )
-
-    async def role_quotas(self, guild_id: int, role_ids: Sequence[int] | None = None) -> dict[int, int | None]:
-        """Limits set on roles (None: unlimited), for the given roles or for every role of the server."""
-        async with self._pool.connection() as db:
-            return await self._role_quotas(db, guild_id, role_ids)
-
-    @staticmethod
-    async def _role_quotas(db: Connection, guild_id: int, role_ids: Sequence[int] | None) -> dict[int, int | None]:
-        sql = "SELECT role_id, quota FROM role_quotas WHERE guild_id = %s"
-        params: list[Any] = [guild_id]
-        if role_ids is not None:
-            sql += " AND role_id = ANY(%s::bigint[])"
-            params.append(list(role_ids))
-        cursor = await db.execute(sql, params)
-        return {row[0]: row[1] for row in await cursor.fetchall()}
-
-    async def save_role_quota(
-        self, guild_id: int, role_id: int, quota: int | None, audit: AuditEntry, *, remove: bool = False
-    ) -> None:
-        """Set a role's limit (None: unlimited) or remove its setting, with the audit row, in one transaction."""
-        async with self.transaction() as db:
-            await _insert_audit(db, audit)
-            if remove:
-                await db.execute("DELETE FROM role_quotas WHERE guild_id = %s AND role_id = %s", (guild_id, role_id))
-                return
-            await db.execute(
-                "INSERT INTO role_quotas (guild_id, role_id, quota) VALUES (%s, %s, %s)"
-                " ON CONFLICT (guild_id, role_id) DO UPDATE SET quota = excluded.quota",
-                (guild_id, role_id, quota),
-            )
-
-    async def add_grant(self, guild_id: int, user_id: int, amount: int, audit: AuditEntry) -> None:
-        """Give a member bonus credits for the current period, with the audit row, in one transaction."""
-        reason, moderator_id, now = audit.reason or "", audit.moderator_id, audit.created_at
-        async with self.transaction() as db:
-            await _insert_audit(db, audit)
-            await db.execute(
-                "INSERT INTO grants (guild_id, user_id, amount, reason, moderator_id, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (guild_id, user_id, amount, reason, moderator_id, now),
-            )
-
-    async def usage(self, guild_id: int, user_id: int, since: float) -> Usage:
-        """A member's credits used, reserved and granted since a time, derived from jobs and grants."""
-        async with self._pool.connection() as db:
-            return await self._usage(db, guild_id, user_id, since)
-
-    async def _usage(self, db: Connection, guild_id: int, user_id: int, since: float) -> Usage:
+    async def _usage(self, db: Connection | None, guild_id: int, user_id: int, since: float) -> Usage:
         # Failed and cancelled jobs release their credits simply by not being counted.
-        cursor = await db.execute(
-            "SELECT"
-            " COALESCE(SUM(CASE WHEN status IN ('succeeded', 'delivered', 'undeliverable', 'rejected')"
-            "   THEN COALESCE(cost_billed, cost_estimate) END), 0),"
-            " COALESCE(SUM(CASE WHEN status IN ('reserved', 'queued', 'submitted', 'processing')"
-            "   THEN cost_estimate END), 0)"
-            " FROM jobs WHERE guild_id = %s AND user_id = %s AND created_at >= %s",
-            (guild_id, user_id, since),
-        )
-        used, reserved = await cursor.fetchone() or (0, 0)
-        granted = await self._scalar_in(
-            db,
-            "SELECT COALESCE(SUM(amount), 0) FROM grants WHERE guild_id = %s AND user_id = %s AND created_at >= %s",
-            (guild_id, user_id, since),
-        )
-        in_flight = await self._scalar_in(
-            db,
-            "SELECT COUNT(*) FROM jobs WHERE guild_id = %s AND user_id = %s"
-            " AND status IN ('reserved', 'queued', 'submitted', 'processing')",
+        used, reserved = await self._used_since(db, guild_id, user_id, since)
+        granted = await self._granted(db, guild_id, user_id, since)
+        in_flight = await self._scalar(
+            f"SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ? AND status IN ({IN_PROGRESS_SQL})",
             (guild_id, user_id),
+            db,
         )
         # SUM over BIGINT is NUMERIC in PostgreSQL (a Decimal here): the rows carry plain ints.
-        return Usage(int(used), int(reserved), int(granted or 0), int(in_flight or 0))
+        return Usage(int(used), int(reserved), granted, int(in_flight or 0))
 
     async def _server_in_flight(self, db: Connection, guild_id: int) -> int:
-        count = await self._scalar_in(
-            db,
-            "SELECT COUNT(*) FROM jobs WHERE guild_id = %s"
-            " AND status IN ('reserved', 'queued', 'submitted', 'processing')",
-            (guild_id,),
-        )
-        return int(count or 0)
-
-    async def reserve_job(
-        self,
-        job: Job,
-        *,
-        role_ids: Sequence[int],
-        defaults: QuotaSettings,
-        window_start: Callable[[str], float],
-        decide: Callable[[QuotaFacts], DecisionT],
-    ) -> tuple[QuotaFacts, DecisionT]:
-        """Check the quota and write the job in ONE transaction, so concurrent commands cannot overspend."""
-        assert job.guild_id is not None and job.user_id is not None
-        async with self.transaction() as db:
-            # READ COMMITTED alone would let two processes count the same room. The lock is per server, not per
-            # member, because the server's in-flight cap spans members; it is released at commit or rollback.
-            await db.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{_RESERVE_LOCK}{job.guild_id}",)
-            )
-            settings = await self._quota_settings(db, job.guild_id, defaults)
-            facts = QuotaFacts(
-                settings=settings,
-                member=await self._member_quota(db, job.guild_id, job.user_id),
-                role_quotas=await self._role_quotas(db, job.guild_id, role_ids),
-                usage=await self._usage(db, job.guild_id, job.user_id, window_start(settings.period)),
-                server_in_flight=await self._server_in_flight(db, job.guild_id),
-            )
-            decision = decide(facts)
-            if decision.allowed:
-                await self.insert_job(db, job)
-        return facts, decision
-
-    async def usage_table(self, guild_id: int, since: float, *, limit: int = 15) -> list[UsageRow]:
-        """The top members of a server since a time: jobs, seconds of video, credits, billed units."""
-        rows = await self._rows(
-            "SELECT user_id, COUNT(*), COALESCE(SUM(COALESCE(video_seconds, duration)), 0),"
-            " COALESCE(SUM(COALESCE(cost_billed, cost_estimate)), 0), COALESCE(SUM(cost_billed), 0)"
-            " FROM jobs WHERE guild_id = %s AND created_at >= %s"
-            " AND status NOT IN ('failed', 'cancelled')"
-            " GROUP BY user_id ORDER BY 4 DESC LIMIT %s",
-            (guild_id, since, limit),
-        )
-        return [UsageRow(int(r[0]), int(r[1]), float(r[2]), int(r[3]), int(r[4])) for r in rows]
-
-    async def audit_entries(
-        self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0
-    ) -> list[AuditEntry]:
-        """A server's moderator actions, newest first, optionally about one member."""
-        sql = (
-            "SELECT guild_id, moderator_id, action, target_id, before, after, reason, created_at"
-            " FROM audit_log WHERE guild_id = %s"
-        )
-        params: list[Any] = [guild_id]
-        if target_id is not None:
-            sql += " AND target_id = %s"
-            params.append(target_id)
-        rows = await self._rows(sql + " ORDER BY id DESC LIMIT %s OFFSET %s", [*params, limit, offset])
-        return [AuditEntry(*row) for row in rows]
-
-    # --- images -----------------------------------------------------------------------------------------
-
-    async def put_image(self, data: bytes, mime: str, width: int, height: int) -> str:
-        """Keep a first frame (once per content) and return its sha256."""
-        digest = hashlib.sha256(data).hexdigest()
-        async with self.transaction() as db:
-            await db.execute(
-                "INSERT INTO images (sha256, mime, width, height, data) VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT (sha256) DO NOTHING",
-                (digest, mime, width, height, data),
-            )
-        return digest
-
-    async def get_image(self, sha256: str) -> StoredImage | None:
-        """A kept first frame, or None."""
-        rows = await self._rows("SELECT sha256, mime, width, height, data FROM images WHERE sha256 = %s", (sha256,))
-        if not rows:
-            return None
-        digest, mime, width, height, data = rows[0]
-        return StoredImage(digest, mime, width, height, bytes(data))
+        sql = f"SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND status IN ({IN_PROGRESS_SQL})"
+        return int(await self._scalar(sql, (guild_id,), db) or 0)
 
     # --- maintenance ------------------------------------------------------------------------------------
 
@@ -975,37 +358,6 @@ class PgStore:
                 await db.execute(_VOID_CLAIMS)
         return copied
 
-    # --- member preferences and review --------------------------------------------------------------------
-
-    async def notify_preference(self, user_id: int) -> str:
-        """How a member wants to be told their video is done: 'mention' (the default), 'dm' or 'off'."""
-        value = await self._scalar("SELECT notify FROM member_prefs WHERE user_id = %s", (user_id,))
-        return str(value) if value else "mention"
-
-    async def set_notify_preference(self, user_id: int, mode: str) -> None:
-        """Keep a member's choice of 'mention', 'dm' or 'off' (the table refuses anything else)."""
-        async with self.transaction() as db:
-            await db.execute(
-                "INSERT INTO member_prefs (user_id, notify) VALUES (%s, %s)"
-                " ON CONFLICT (user_id) DO UPDATE SET notify = excluded.notify",
-                (user_id, mode),
-            )
-
-    async def decide_review(self, job_id: str, from_review: str | None, to_status: str, **changes: Any) -> bool:
-        """Move a `succeeded` job whose review_state is still `from_review` (None: never reviewed), once: False
-        when another moderator (or another path) decided first."""
-        changes = {"status": to_status, **changes}
-        checked_update("succeeded", changes)
-        assignments = ", ".join(f"{name} = %s" for name in changes)
-        values = [_value(name, value) for name, value in changes.items()]
-        async with self.transaction() as db:
-            cursor = await db.execute(
-                f"UPDATE jobs SET {assignments} WHERE id = %s AND status = 'succeeded'"
-                " AND review_state IS NOT DISTINCT FROM %s",
-                (*values, job_id, from_review),
-            )
-            return cursor.rowcount == 1
-
 
 async def _boolean_columns(db: Connection) -> set[tuple[str, str]]:
     """(table, column) of every boolean column of the store's schema."""
@@ -1014,12 +366,3 @@ async def _boolean_columns(db: Connection) -> set[tuple[str, str]]:
         " WHERE table_schema = current_schema() AND data_type = 'boolean'"
     )
     return {(str(table), str(column)) for table, column in await cursor.fetchall()}
-
-
-async def _insert_audit(db: Connection, entry: AuditEntry) -> None:
-    """One moderator action, written inside the transaction of the change it records."""
-    await db.execute(
-        "INSERT INTO audit_log (guild_id, moderator_id, action, target_id, before, after, reason, created_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        astuple(entry),
-    )

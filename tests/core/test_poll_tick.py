@@ -16,7 +16,7 @@ from bot.core.model import Job
 from bot.provider.kling import KlingClient
 from bot.provider.simulator import KlingSimulator
 from bot.resources import open_resources
-from bot.storage import sqlite as store_module
+from bot.storage import sql_jobs as store_module  # where the rows are built
 from bot.storage.sqlite import Store
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -256,13 +257,18 @@ async def test_every_hot_query_is_served_by_an_index(store: Store) -> None:
                                     provider_task_id=f"t{n}"))  # fmt: skip
     sent: list[tuple[str, Any]] = []
     db = store._db
-    original = db.execute
+    connections = {id(c): c for c in (store._db, store._reader)}.values()  # the writer and the reader
+    originals = {id(c): c.execute for c in connections}
 
-    def record(sql: str, params: Any = None) -> Any:
-        sent.append((sql, params))
-        return original(sql, params)
+    def recorder(original: Any) -> Any:
+        def record(sql: str, params: Any = None) -> Any:
+            sent.append((sql, params))
+            return original(sql, params)
 
-    db.execute = record  # type: ignore[method-assign]
+        return record
+
+    for connection in connections:
+        connection.execute = recorder(connection.execute)  # type: ignore[method-assign]
     await store.usage(1, 3, 0.0)
     await store.usage(1, 3, 110.0)  # a window of part of the history: the range query
     await store.reserve_job(replace(BLANK, id="new"), role_ids=[5], defaults=QuotaSettings(10**9, "total", 9, 9),
@@ -281,7 +287,8 @@ async def test_every_hot_query_is_served_by_an_index(store: Store) -> None:
     await store.count_by_status()
     await store.credits_used(1, 0.0)
     await store.credits_used(1, 110.0)
-    db.execute = original  # type: ignore[method-assign]
+    for connection in connections:
+        connection.execute = originals[id(connection)]  # type: ignore[method-assign]
     plans = {}
     for sql, params in sent:
         if sql.startswith("SELECT") and " FROM jobs " in sql:
@@ -295,3 +302,42 @@ async def test_every_hot_query_is_served_by_an_index(store: Store) -> None:
 async def _rows_with(db: aiosqlite.Connection, sql: str, params: Any) -> list[tuple[Any, ...]]:
     async with db.execute(sql, params or ()) as cursor:
         return list(await cursor.fetchall())
+
+
+async def test_reads_outside_a_transaction_do_not_queue_behind_the_writer_and_see_what_it_committed(
+    store: Store,
+) -> None:
+    await store.add_job(BLANK)
+    busy, free = threading.Event(), threading.Event()
+
+    def hold() -> int:  # runs on the writer's thread: every statement sent to that connection queues behind it
+        busy.set()
+        free.wait()
+        return 1
+
+    await store._db.create_function("hold", 0, hold)
+    writing = asyncio.get_running_loop().create_task(_hold_a_write(store, free))
+    try:
+        await asyncio.to_thread(busy.wait)
+        reads = asyncio.gather(
+            store.get_job(BLANK.id),
+            store.usage(1, 3, 0.0),
+            store.member_quota(1, 3),
+            store.quota_settings(1, QuotaSettings(10**9, "total", 9, 9)),
+            store.member_jobs(1, 3),
+        )
+        # A bound on a condition (the reads are done), not a sleep: on the writer's connection they never finish.
+        job, usage, *_ = await asyncio.wait_for(reads, timeout=5)
+        assert job is not None and job.prompt == BLANK.prompt  # the open transaction's change is not seen yet
+        assert usage.in_flight == 1
+    finally:
+        free.set()
+        await writing
+    changed = await store.get_job(BLANK.id)
+    assert changed is not None and changed.prompt == "a dog"  # the next read sees the commit
+
+
+async def _hold_a_write(store: Store, free: threading.Event) -> None:
+    async with store.transaction() as db:
+        await db.execute("UPDATE jobs SET prompt = 'a dog' WHERE id = ?", (BLANK.id,))
+        await db.execute("SELECT hold()")
