@@ -31,8 +31,15 @@ from bot.core.jobs import MAX_PROMPT, InvalidRequest, JobRequest, JobService, Se
 from bot.core.model import OPEN, WAITING, DuplicateRequest, Job
 from bot.core.quota import format_credits
 from bot.media import clips
-from bot.media.downloads import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
-from bot.media.images import MAX_UPLOAD_BYTES, FirstFrame, ImageRejected, check_first_frame
+from bot.media.downloads import MAX_VIDEO_BYTES, DownloadFailed, ImageFetcher, VideoTooLarge, download_video
+from bot.media.images import (
+    MAX_UPLOAD_BYTES,
+    FirstFrame,
+    ImageRejected,
+    card_preview,
+    check_first_frame,
+    check_first_frame_file,
+)
 from cogs.messages import (
     cancel_text,
     clock,
@@ -76,7 +83,7 @@ def missing_permissions(permissions: discord.Permissions, *, in_thread: bool) ->
     return [name for flag, name in needed.items() if not getattr(permissions, flag)]
 
 
-async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str, str | None]:
+async def read_first_frame(attachment: discord.Attachment, images: ImageFetcher) -> tuple[Any, str, str | None]:
     """Read an attachment and check it for real; returns the prepared frame, where it came from, and its Discord
     URL when the frame is the attachment as is (a gateway that refuses Base64 can fetch that)."""
     if attachment.size > MAX_UPLOAD_BYTES:
@@ -89,13 +96,13 @@ async def read_first_frame(attachment: discord.Attachment) -> tuple[Any, str, st
             )
         )
     try:
-        data = await attachment.read()
-    except discord.HTTPException:
+        path = await images.fetch(attachment.url, max_bytes=MAX_UPLOAD_BYTES)  # a few at once, streamed to a file
+    except (DownloadFailed, VideoTooLarge):
         raise InvalidRequest(
             english("The image could not be downloaded from Discord; try uploading it again.")
         ) from None
     try:
-        frame = await check_first_frame(data)
+        frame = await check_first_frame_file(path)
     except ImageRejected as exc:
         raise InvalidRequest(str(exc)) from None
     return frame, attachment.filename, attachment.url if frame.converted_from is None else None
@@ -188,7 +195,7 @@ class AnimateModal(JobForm):
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         async def build() -> JobRequest:
             duration = self.chosen_duration()
-            frame, source, url = await read_first_frame(self.attachment)
+            frame, source, url = await read_first_frame(self.attachment, self.cog.bot.resources.images)
             return self.cog.request(
                 interaction,
                 "image",
@@ -432,7 +439,7 @@ class VideoCog(commands.Cog):
         duration: app_commands.Range[int, 3, 15] | None = None,
     ) -> None:
         async def build() -> JobRequest:
-            frame, source, url = await read_first_frame(image)
+            frame, source, url = await read_first_frame(image, self.bot.resources.images)
             return self.request(
                 interaction,
                 "image",
@@ -735,11 +742,15 @@ class VideoCog(commands.Cog):
     ) -> tuple[discord.Message | None, str | None]:
         """Post the job's card with the first frame it animates; returns it (None if refused) and the URL of that
         frame a gateway can fetch (the member's attachment when sent as is, else the card's copy)."""
-        frame = request.image
-        file = discord.File(io.BytesIO(frame.data), filename=frame_filename(frame.mime)) if frame else None
+        frame, file, name = request.image, None, None
+        if frame and request.frame_url:  # the member's image is the frame's URL: the card only shows a preview
+            file = discord.File(io.BytesIO(await card_preview(frame)), filename=(name := "first-frame.jpg"))
+        elif frame:  # the card's copy is the frame's URL (for the gateway, and for the card's later edits)
+            content = frame.content if isinstance(frame.content, Path) else io.BytesIO(frame.content)
+            file = discord.File(content, filename=(name := frame_filename(frame.mime)))
         try:
             card = await channel.send(
-                embed=job_card(job, frame=frame_filename(frame.mime) if frame else None),
+                embed=job_card(job, frame=name),
                 allowed_mentions=discord.AllowedMentions.none(),
                 files=[file] if file else [],
             )

@@ -16,7 +16,7 @@ from bot.core.i18n import english
 from bot.core.model import AT_PROVIDER, FINAL, NOTIFY_MODES, OPEN, WAITING, InFlight, Job, Lease, lease_of
 from bot.core.scheduling import AccountPause, Polled, Shape, due_for_poll, fair_order, poll_delay, shape_of
 from bot.crashpoints import crash_point
-from bot.media.images import FirstFrame, base64_text, send_slots
+from bot.media.images import FirstFrame, base64_text, frame_bytes, send_slots
 from bot.provider.kling import (
     KlingAccountError,
     KlingAuthError,
@@ -250,7 +250,8 @@ class JobService:
         image_sha = None
         if request.image is not None:
             image = request.image
-            image_sha = await self.store.put_image(image.data, image.mime, image.width, image.height)
+            async with frame_bytes(image) as data:
+                image_sha = await self.store.put_image(data, image.mime, image.width, image.height)
         job = Job(
             id=secrets.token_hex(8),
             guild_id=request.guild_id,
@@ -315,7 +316,9 @@ class JobService:
                 return await self._submit(job)
             # Only a few full-size frames are encoded and sent at once, so a burst of big images stays within memory.
             async with send_slots():
-                return await self._submit(job, first_frame=await base64_text(request.image.data))
+                async with frame_bytes(request.image) as data:
+                    first_frame = await base64_text(data)
+                return await self._submit(job, first_frame=first_frame)
         finally:
             await self.release_claims([job])
 
