@@ -210,6 +210,10 @@ class FakeDiscord:
         self.closed_dms: set[str] = set()  # user ids whose direct messages refuse the bot (403, 50007)
         self.interactions: dict[str, Interaction] = {}
         self.files: dict[str, bytes] = {}  # CDN: attachment id -> bytes
+        # CDN downloads being served now and the most at once; while `cdn_gate` is set but not open, they wait on it.
+        self.cdn_in_flight = 0
+        self.cdn_peak = 0
+        self.cdn_gate: asyncio.Event | None = None
         self.bot_permissions: dict[str, int] = {}  # per channel, overriding BOT_PERMISSIONS
         self.commands: dict[str | None, list[dict[str, Any]]] = {}  # as last synced, by guild id (None: global)
         self.bot_roles: list[str] = []  # role ids the bot member has (besides @everyone)
@@ -1433,7 +1437,14 @@ class FakeDiscord:
         data = self.files.get(request.match_info["attachment"])
         if data is None:
             raise web.HTTPNotFound()
-        return web.Response(body=data, content_type="application/octet-stream")
+        self.cdn_in_flight += 1
+        self.cdn_peak = max(self.cdn_peak, self.cdn_in_flight)
+        try:
+            if self.cdn_gate is not None:
+                await self.cdn_gate.wait()
+            return web.Response(body=data, content_type="application/octet-stream")
+        finally:
+            self.cdn_in_flight -= 1
 
 
 # --- running things against the fake ------------------------------------------------------------------------
