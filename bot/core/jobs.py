@@ -16,7 +16,7 @@ from bot.core.i18n import english
 from bot.core.model import AT_PROVIDER, FINAL, NOTIFY_MODES, OPEN, WAITING, InFlight, Job, Lease, lease_of
 from bot.core.scheduling import AccountPause, Polled, Shape, due_for_poll, fair_order, poll_delay, shape_of
 from bot.crashpoints import crash_point
-from bot.media.images import FirstFrame, base64_text, frame_bytes, send_slots
+from bot.media.images import FirstFrame, base64_text, frame_base64, frame_bytes, send_slots
 from bot.provider.kling import (
     KlingAccountError,
     KlingAuthError,
@@ -249,9 +249,7 @@ class JobService:
         now = self.clock()
         image_sha = None
         if request.image is not None:
-            image = request.image
-            async with frame_bytes(image) as data:
-                image_sha = await self.store.put_image(data, image.mime, image.width, image.height)
+            image_sha = await self._store_frame(request.image)
         job = Job(
             id=secrets.token_hex(8),
             guild_id=request.guild_id,
@@ -316,11 +314,14 @@ class JobService:
                 return await self._submit(job)
             # Only a few full-size frames are encoded and sent at once, so a burst of big images stays within memory.
             async with send_slots():
-                async with frame_bytes(request.image) as data:
-                    first_frame = await base64_text(data)
-                return await self._submit(job, first_frame=first_frame)
+                return await self._submit(job, first_frame=await frame_base64(request.image))
         finally:
             await self.release_claims([job])
+
+    async def _store_frame(self, image: FirstFrame) -> str:
+        # Its own function, so the bytes are let go on return, not held for the rest of the reservation.
+        async with frame_bytes(image) as data:
+            return await self.store.put_image(data, image.mime, image.width, image.height)
 
     async def _take_slot(self, job: Job) -> bool:
         """Whether the job may be sent now: nobody waits and the fleet holds fewer than PROVIDER_CONCURRENCY."""

@@ -131,6 +131,12 @@ async def frame_bytes(frame: FirstFrame) -> AsyncIterator[bytes]:
         yield await asyncio.to_thread(frame.content.read_bytes)
 
 
+async def frame_base64(frame: FirstFrame) -> str:
+    """The frame's raw Base64 (as `FirstFrame.base64`); its bytes are let go when this returns."""
+    async with frame_bytes(frame) as data:
+        return await base64_text(data)
+
+
 async def card_preview(frame: FirstFrame) -> bytes:
     """A small JPEG of the frame for its card (decoded in a check slot: a PNG may be big in pixels)."""
     return await _in_check_slot(_preview, frame.content)
