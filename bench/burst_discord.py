@@ -187,6 +187,7 @@ async def measure(images: int, megabytes: float, quota_every: float, before: boo
         "quota_answered": len(waits),
         "jobs": per_job,
         "submitted": len(jobs),
+        "t0": t0,
     }
 
 

@@ -62,6 +62,7 @@ class FirstFrame:
     width: int
     height: int
     converted_from: str | None  # the original format when we had to convert
+    preview: bytes | None = None  # the card's small picture, made during the check (its decode is the costly part)
 
     def __post_init__(self) -> None:
         if isinstance(self.content, Path):
@@ -111,8 +112,8 @@ async def check_first_frame_file(path: Path) -> FirstFrame:
 
 def _prepare_spilled(path: Path) -> FirstFrame:
     frame = prepare_first_frame(path.read_bytes())
-    if frame.converted_from is None:  # sent as it is: the downloaded file is the frame
-        return FirstFrame(path, frame.mime, frame.width, frame.height, None)
+    if frame.converted_from is None:  # sent as it is: the downloaded file is the frame, its card shows a preview
+        return FirstFrame(path, frame.mime, frame.width, frame.height, None, _preview(path))
     handle, spilled = tempfile.mkstemp(prefix="frame-", suffix=".img")
     with os.fdopen(handle, "wb") as out:
         out.write(frame.data)
@@ -138,7 +139,9 @@ async def frame_base64(frame: FirstFrame) -> str:
 
 
 async def card_preview(frame: FirstFrame) -> bytes:
-    """A small JPEG of the frame for its card (decoded in a check slot: a PNG may be big in pixels)."""
+    """A small JPEG of the frame for its card: made with the check, else now in a check slot (a PNG may be big)."""
+    if frame.preview is not None:
+        return frame.preview
     return await _in_check_slot(_preview, frame.content)
 
 
