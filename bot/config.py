@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # token lasts 15 minutes, so at most 14).
     confirm_timeout_seconds: float = Field(default=300.0, gt=0, le=840)
 
+    # Members' images downloaded from Discord at once (each streamed to a temporary file); more wait their turn.
+    image_downloads: int = Field(default=4, ge=1, le=100)
+
     # Join (a chain's segments posted as one video) is free to members, so it is bounded: one at a time per chain;
     # a member may start one every JOIN_COOLDOWN_SECONDS in a server; a re-encode of more than JOIN_MAX_FRAMES
     # frames is refused before it starts (24 fps: 2400 is 100 s of video). Joins run in JOIN_PROCESSES processes

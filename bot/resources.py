@@ -11,6 +11,7 @@ import aiohttp
 from bot.config import Settings
 from bot.core.credits import CreditService
 from bot.core.jobs import JobService
+from bot.media.downloads import ImageFetcher
 from bot.provider.kling import KlingClient
 from bot.storage.fleet import Fleet, open_fleet
 from bot.storage.interface import Storage, open_storage
@@ -26,6 +27,7 @@ class Resources:
     jobs: JobService
     credits: CreditService
     fleet: Fleet  # the other processes on the same database (none on SQLite)
+    images: ImageFetcher  # members' attachments, a few at once
 
 
 @contextlib.asynccontextmanager
@@ -63,7 +65,9 @@ async def open_resources(
             )
             fleet = open_fleet(settings.database)
             try:
-                yield Resources(session, store, kling, jobs, credits, fleet)
+                yield Resources(
+                    session, store, kling, jobs, credits, fleet, ImageFetcher(session, limit=settings.image_downloads)
+                )
             finally:
                 await fleet.close()
         finally:

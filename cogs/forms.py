@@ -97,7 +97,7 @@ class AnimateModal(JobForm):
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         async def build() -> JobRequest:
             duration = self.chosen_duration()
-            frame, source, url = await read_first_frame(self.attachment)
+            frame, source, url = await read_first_frame(self.attachment, self.cog.bot.resources.images)
             return self.cog.request(
                 interaction,
                 "image",

@@ -25,7 +25,7 @@ from bot.core.model import DuplicateRequest, Job
 from bot.core.quota import format_credits
 from bot.media import clips
 from bot.media.downloads import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
-from bot.media.images import FirstFrame, ImageRejected, check_first_frame
+from bot.media.images import FirstFrame, ImageRejected, card_preview, check_first_frame
 from cogs.forms import ALREADY_ANSWERED, AnimateModal, ConfirmView, WaitView
 from cogs.frames import read_first_frame
 from cogs.messages import frame_filename, job_card, options_line, refusal_text, status_line, thread_name
@@ -149,7 +149,7 @@ class MakingVideos(commands.Cog):
         duration: int | None,
     ) -> None:
         async def build() -> JobRequest:
-            frame, source, url = await read_first_frame(image)
+            frame, source, url = await read_first_frame(image, self.bot.resources.images)
             return self.request(
                 interaction,
                 "image",
@@ -353,11 +353,15 @@ class MakingVideos(commands.Cog):
     ) -> tuple[discord.Message | None, str | None]:
         """Post the job's card with the first frame it animates; returns it (None if refused) and the URL of that
         frame a gateway can fetch (the member's attachment when sent as is, else the card's copy)."""
-        frame = request.image
-        file = discord.File(io.BytesIO(frame.data), filename=frame_filename(frame.mime)) if frame else None
+        frame, file, name = request.image, None, None
+        if frame and request.frame_url:  # the member's image is the frame's URL: the card only shows a preview
+            file = discord.File(io.BytesIO(await card_preview(frame)), filename=(name := "first-frame.jpg"))
+        elif frame:  # the card's copy is the frame's URL (for the gateway, and for the card's later edits)
+            content = frame.content if isinstance(frame.content, Path) else io.BytesIO(frame.content)
+            file = discord.File(content, filename=(name := frame_filename(frame.mime)))
         try:
             card = await channel.send(
-                embed=job_card(job, frame=frame_filename(frame.mime) if frame else None),
+                embed=job_card(job, frame=name),
                 allowed_mentions=discord.AllowedMentions.none(),
                 files=[file] if file else [],
             )

@@ -60,6 +60,12 @@ def check_burst(text: str) -> None:
     assert re.search(r"memory \(MB\): peak RSS \d+", text)
 
 
+def check_burst_discord(text: str) -> None:
+    assert text.count("jobs submitted: 2 of 2") == 2  # today's way, then the bounded one
+    assert re.search(r"\| /quota p99 \(ms\) \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", text)
+    assert re.search(r"\| peak RSS over idle \(MB\) \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", text)
+
+
 def check_images(text: str) -> None:
     figures = [line for line in text.splitlines() if re.search(r"(\s+[\d.]+){4}$", line)]
     assert len(figures) == 5, text  # before and after, memory and time, for each case
@@ -90,6 +96,7 @@ SMOKE_RUNS: dict[str, tuple[list[str], Callable[[str], None]]] = {
     "flood": (["--videos", "5", "--channels", "2", "--acks", "3", "--members", "2"], check_flood),
     "callback_flood": (["--samples", "1", "--connections", "2", "--flood-answers", "500"], check_callback_flood),
     "burst": (["--jobs", "2"], check_burst),
+    "burst_discord": (["--images", "2", "--megabytes", "0.3", "--before"], check_burst_discord),
     "images": (["--scale", "0.1"], check_images),
     "store": (["--sizes", "1000", "--calls", "20"], check_store),
     "tick": (["--jobs", "200", "--ticks", "2"], check_tick),

@@ -11,7 +11,7 @@ from bot.core.i18n import english
 from bot.core.job_base import InvalidRequest, JobBase, JobRequest, ServiceUnavailable
 from bot.core.model import FINAL, OPEN, WAITING, Job
 from bot.crashpoints import crash_point
-from bot.media.images import base64_text, send_slots
+from bot.media.images import FirstFrame, frame_base64, frame_bytes, send_slots
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,7 @@ class Intake(JobBase):
         now = self.clock()
         image_sha = None
         if request.image is not None:
-            image = request.image
-            image_sha = await self.store.put_image(image.data, image.mime, image.width, image.height)
+            image_sha = await self._store_frame(request.image)
         job = Job(
             id=secrets.token_hex(8),
             guild_id=request.guild_id,
@@ -163,6 +162,11 @@ class Intake(JobBase):
         crash_point("after_reserve")
         return job
 
+    async def _store_frame(self, image: FirstFrame) -> str:
+        # Its own function, so the bytes are let go on return, not held for the rest of the reservation.
+        async with frame_bytes(image) as data:
+            return await self.store.put_image(data, image.mime, image.width, image.height)
+
     async def start(self, job: Job, request: JobRequest | None = None) -> Job:
         """Send a reserved job, or queue it when the provider or our own limit has no room (the bot only)."""
         try:
@@ -175,7 +179,7 @@ class Intake(JobBase):
                 return await self._submit(job)
             # Only a few full-size frames are encoded and sent at once, so a burst of big images stays within memory.
             async with send_slots():
-                return await self._submit(job, first_frame=await base64_text(request.image.data))
+                return await self._submit(job, first_frame=await frame_base64(request.image))
         finally:
             await self.release_claims([job])
 

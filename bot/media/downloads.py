@@ -1,7 +1,8 @@
-"""Fetching finished videos: streamed to a temporary file, capped at what can be posted."""
+"""Fetching finished videos and members' images: streamed to a temporary file, capped in size."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -69,3 +70,27 @@ async def download_video(
             os.unlink(partial)  # gone already when os.replace succeeded
     log.debug("downloaded %d bytes to %s", size, destination)
     return size
+
+
+class ImageFetcher:
+    """Members' images fetched from Discord's CDN: at most `limit` at once, each streamed to a temporary file
+    under the size cap, so a burst of big attachments holds neither twenty downloads nor twenty images."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, limit: int) -> None:
+        self.session = session
+        self.slots = asyncio.Semaphore(limit)
+
+    async def fetch(self, url: str, *, max_bytes: int) -> Path:
+        """The image at `url` in a new temporary file (the caller's to delete). Raises `DownloadFailed`, or
+        `VideoTooLarge` when it serves more than `max_bytes`."""
+        handle, name = tempfile.mkstemp(prefix="attachment-", suffix=".img")
+        os.close(handle)
+        path = Path(name)
+        try:
+            async with self.slots:
+                await download_video(self.session, url, path, max_bytes=max_bytes, time_limit=60.0)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        return path

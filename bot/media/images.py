@@ -5,15 +5,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
+import os
+import tempfile
 import warnings
 import weakref
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bot.core.i18n import english
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})  # MPO: phones' multi-picture JPEGs
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # what we agree to read at all
@@ -25,6 +34,8 @@ MAX_SIDE = 4096  # more than the provider needs: a longer side beyond it is down
 MAX_DECODE_PIXELS = MAX_SIDE * MAX_SIDE  # most pixels decoded at once (~67 MB as RGBA)
 MAX_CONCURRENT_CHECKS = 2  # each check may hold ~100 MB of pixels at its peak
 MAX_CONCURRENT_SENDS = 1  # a 10 MB frame in flight holds ~25 MB more; one at a time keeps a burst near 300 MB
+MAX_FRAMES_IN_MEMORY = 2  # checked frames read back from their file at once (stored, sent)
+PREVIEW_SIDE = 480  # the card's picture: a JPEG of a few tens of KB, not the member's 10 MB frame
 BASE64_PIECE = 3 * 16 * 1024  # bytes encoded per call; a multiple of 3, so the pieces join into one valid text
 
 _JPEG_SCALES = (1, 2, 4, 8)  # the reductions libjpeg can decode at directly
@@ -32,6 +43,7 @@ _JPEG_SCALES = (1, 2, 4, 8)  # the reductions libjpeg can decode at directly
 # (or a restarted bot) run several loops in one process.
 _check_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 _send_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+_memory_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 # One thread encodes every frame: the GIL lets only one encode run at a time anyway, and each thread that handles
 # big buffers keeps its own malloc arena, so more threads would hold more memory after a burst.
 _encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="base64")
@@ -41,15 +53,25 @@ class ImageRejected(ValueError):
     """The image cannot be a first frame; the message tells the member what to change."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class FirstFrame:
-    """An image ready to send: JPEG or PNG bytes within the provider's limits."""
+    """An image ready to send: JPEG or PNG bytes within the provider's limits, in memory or in a temporary file."""
 
-    data: bytes
+    content: bytes | Path  # a file is this frame's own: it is deleted when the frame is dropped
     mime: str
     width: int
     height: int
     converted_from: str | None  # the original format when we had to convert
+    preview: bytes | None = None  # the card's small picture, made during the check (its decode is the costly part)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.content, Path):
+            weakref.finalize(self, _unlink, self.content)
+
+    @property
+    def data(self) -> bytes:
+        """The bytes (read from the file each time: prefer `frame_bytes`, which bounds how many are held)."""
+        return self.content if isinstance(self.content, bytes) else self.content.read_bytes()
 
     @property
     def base64(self) -> str:
@@ -59,17 +81,83 @@ class FirstFrame:
 
 async def check_first_frame(data: bytes) -> FirstFrame:
     """prepare_first_frame in a worker thread, at most MAX_CONCURRENT_CHECKS at once across the bot."""
+    return await _in_check_slot(prepare_first_frame, data)
+
+
+async def _in_check_slot(work: Callable[[T], R], argument: T) -> R:
+    """`work(argument)` in a worker thread, at most MAX_CONCURRENT_CHECKS at once (each may decode ~100 MB)."""
     slots = _check_slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(MAX_CONCURRENT_CHECKS))
     await slots.acquire()
     try:
-        work = asyncio.ensure_future(asyncio.to_thread(prepare_first_frame, data))
+        running = asyncio.ensure_future(asyncio.to_thread(work, argument))
     except BaseException:
         slots.release()
         raise
     # The slot is freed when the thread ends, not when the caller stops waiting: a cancelled
     # command must not let another decode start while its own still holds the memory.
-    work.add_done_callback(lambda done: _free_check_slot(slots, done))
-    return await asyncio.shield(work)
+    running.add_done_callback(lambda done: _free_check_slot(slots, done))
+    return await asyncio.shield(running)
+
+
+async def check_first_frame_file(path: Path) -> FirstFrame:
+    """check_first_frame for a downloaded file, which becomes the frame's own (deleted with it, or now if refused).
+
+    The checked frame stays on disk, so a burst of commands holds files, not tens of MB each, until sent."""
+    try:
+        return await _in_check_slot(_prepare_spilled, path)
+    except BaseException:
+        _unlink(path)
+        raise
+
+
+def _prepare_spilled(path: Path) -> FirstFrame:
+    frame = prepare_first_frame(path.read_bytes())
+    if frame.converted_from is None:  # sent as it is: the downloaded file is the frame, its card shows a preview
+        return FirstFrame(path, frame.mime, frame.width, frame.height, None, _preview(path))
+    handle, spilled = tempfile.mkstemp(prefix="frame-", suffix=".img")
+    with os.fdopen(handle, "wb") as out:
+        out.write(frame.data)
+    _unlink(path)
+    return FirstFrame(Path(spilled), frame.mime, frame.width, frame.height, frame.converted_from)
+
+
+@contextlib.asynccontextmanager
+async def frame_bytes(frame: FirstFrame) -> AsyncIterator[bytes]:
+    """The frame's bytes for the block; a frame kept in a file is read back by at most MAX_FRAMES_IN_MEMORY at once."""
+    if isinstance(frame.content, bytes):
+        yield frame.content
+        return
+    slots = _memory_slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(MAX_FRAMES_IN_MEMORY))
+    async with slots:
+        yield await asyncio.to_thread(frame.content.read_bytes)
+
+
+async def frame_base64(frame: FirstFrame) -> str:
+    """The frame's raw Base64 (as `FirstFrame.base64`); its bytes are let go when this returns."""
+    async with frame_bytes(frame) as data:
+        return await base64_text(data)
+
+
+async def card_preview(frame: FirstFrame) -> bytes:
+    """A small JPEG of the frame for its card: made with the check, else now in a check slot (a PNG may be big)."""
+    if frame.preview is not None:
+        return frame.preview
+    return await _in_check_slot(_preview, frame.content)
+
+
+def _preview(content: bytes | Path) -> bytes:
+    with Image.open(io.BytesIO(content) if isinstance(content, bytes) else content) as image:
+        image.draft("RGB", (PREVIEW_SIDE, PREVIEW_SIDE))  # a JPEG decodes at reduced scale; others ignore it
+        image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        upright = ImageOps.exif_transpose(image).convert("RGB")
+        out = io.BytesIO()
+        upright.save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def send_slots() -> asyncio.Semaphore:
@@ -92,7 +180,7 @@ def encode_base64(data: bytes) -> str:
     return out.decode("ascii")
 
 
-def _free_check_slot(slots: asyncio.Semaphore, work: asyncio.Future[FirstFrame]) -> None:
+def _free_check_slot(slots: asyncio.Semaphore, work: asyncio.Future[Any]) -> None:
     slots.release()
     if not work.cancelled():
         work.exception()  # retrieved here so an abandoned check does not log "never retrieved"

@@ -237,3 +237,28 @@ async def test_a_cancelled_check_keeps_its_slot_until_its_thread_ends(monkeypatc
         counting.let_go.release(3)
     assert (await second).data == b"x" and (await third).data == b"y"
     assert counting.most == 2
+
+
+async def test_a_checked_download_stays_in_its_file_until_the_frame_is_dropped(tmp_path: Path) -> None:
+    import gc
+
+    data = make_image(640, 360)
+    for name, content in (("png", data), ("webp", make_image(640, 480, "WEBP"))):
+        download = tmp_path / name
+        download.write_bytes(content)
+        frame = await images.check_first_frame_file(download)
+        assert isinstance(frame.content, Path) and frame.content.exists()  # not held in memory
+        kept = frame.content
+        async with images.frame_bytes(frame) as read:
+            assert read == kept.read_bytes() and (read == data) == (name == "png")
+        del frame, read
+        gc.collect()
+        assert not kept.exists() and not download.exists()
+
+
+async def test_a_refused_download_is_deleted_at_once(tmp_path: Path) -> None:
+    download = tmp_path / "small.png"
+    download.write_bytes(make_image(100, 100))
+    with pytest.raises(ImageRejected):
+        await images.check_first_frame_file(download)
+    assert not download.exists()

@@ -341,4 +341,11 @@ class Rest(Gateway, RateLimits):
         data = self.files.get(request.match_info["attachment"])
         if data is None:
             raise web.HTTPNotFound()
-        return web.Response(body=data, content_type="application/octet-stream")
+        self.cdn_in_flight += 1
+        self.cdn_peak = max(self.cdn_peak, self.cdn_in_flight)
+        try:
+            if self.cdn_gate is not None:
+                await self.cdn_gate.wait()
+            return web.Response(body=data, content_type="application/octet-stream")
+        finally:
+            self.cdn_in_flight -= 1

@@ -3,6 +3,7 @@ and attachments, as the REST routes and the gateway show them."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +57,10 @@ class World:
         self.dm_channels: dict[str, str] = {}  # direct-message channel id -> the user's id
         self.closed_dms: set[str] = set()  # user ids whose direct messages refuse the bot (403, 50007)
         self.files: dict[str, bytes] = {}  # CDN: attachment id -> bytes
+        # CDN downloads being served now and the most at once; while `cdn_gate` is set but not open, they wait on it.
+        self.cdn_in_flight = 0
+        self.cdn_peak = 0
+        self.cdn_gate: asyncio.Event | None = None
         self.bot_permissions: dict[str, int] = {}  # per channel, overriding BOT_PERMISSIONS
         self.bot_roles: list[str] = []  # role ids the bot member has (besides @everyone)
         # When True, GUILD_CREATE also shows `bot_permissions` as the bot's member overwrites, so the bot's cache
