@@ -22,6 +22,7 @@ from bot.core.credits import QuotaRefused
 from bot.core.i18n import english, tr, translated
 from bot.core.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.core.model import DuplicateRequest, Job
+from bot.core.options import OPTIONS, with_defaults
 from bot.core.quota import format_credits
 from bot.media import clips
 from bot.media.downloads import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
@@ -99,18 +100,14 @@ class MakingVideos(commands.Cog):
         interaction: discord.Interaction[Any],
         kind: Literal["text", "image"],
         prompt: str | None,
-        *,
-        duration: int | None = None,
-        resolution: str | None = None,
         **extra: Any,
     ) -> JobRequest:
-        """A request from a member's options, with the server's defaults filled in."""
-        settings = self.bot.settings
+        """A request from a member's options (named as in `OPTIONS`), with the server's defaults filled in."""
+        chosen = with_defaults({opt.name: extra.pop(opt.name, None) for opt in OPTIONS}, self.bot.settings)
         return JobRequest(
             kind=kind,
             prompt=prompt or "",
-            duration=duration if duration is not None else settings.default_duration,
-            resolution=resolution or settings.default_resolution,
+            **chosen,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
             user_id=interaction.user.id,
