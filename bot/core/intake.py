@@ -54,7 +54,7 @@ class Intake(JobBase):
                 raise InvalidRequest(english("The first frame must be an http(s) link or an uploaded image."))
 
     def cost_of(self, duration: int, resolution: str) -> int:
-        """The credits (milli) a job of this shape reserves."""
+        """The credits (milli) a job of this shape reserves (for the buttons' prices; a job's own: `JobOptions`)."""
         return quota.job_cost(duration, resolution, self.rates)
 
     def unavailable_reason(self) -> str | None:
@@ -113,7 +113,7 @@ class Intake(JobBase):
             video_url=None,
             video_seconds=None,
             billed_amount=None,
-            cost_estimate=self.cost_of(options.duration, options.resolution),
+            cost_estimate=options.cost(self.rates),
             cost_billed=None,
             attachment_size_limit=request.attachment_size_limit,
             message_id=None,

@@ -14,7 +14,7 @@ from bot.core import quota
 from bot.core.credits import CreditService
 from bot.core.i18n import english
 from bot.core.model import InFlight, Job, Lease, lease_of
-from bot.core.options import OPTIONS, InvalidOption, JobOptions
+from bot.core.options import OPTIONS, InvalidOption, JobOptions, option
 from bot.core.scheduling import AccountPause
 from bot.media.images import FirstFrame
 from bot.provider.errors import (
@@ -69,8 +69,9 @@ class JobRequest:
 
     kind: Literal["text", "image"]
     prompt: str
-    duration: int = 5
-    resolution: str = "720p"
+    # The options, named as declared in bot/core/options.py; None: the declared default.
+    duration: int = option("duration").default
+    resolution: str = option("resolution").default
     aspect_ratio: str | None = None
     image: FirstFrame | None = None
     image_url: str | None = None

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bot.core import quota
 from bot.core.i18n import english
 
 KINDS = ("text", "image")
@@ -27,7 +28,9 @@ class Option:
     kinds: tuple[str, ...] = KINDS  # the job kinds that take it; another kind leaves it out of the body
     other_kind: str = ""  # the member's words when a kind that does not take it is given one
     cost: Literal["seconds", "rate"] | None = None  # seconds multiply the rate; the rate is looked up by this value
-    help: str = ""  # the command line's and the slash command's description
+    help: str = ""  # the command line's description
+    label: str = ""  # the options line's message id (marked with `english`), filled in by `label_field`; "": as is
+    label_field: str = "value"
 
     def takes(self, kind: str) -> bool:
         return kind in self.kinds
@@ -50,6 +53,8 @@ OPTIONS: list[Option] = [
         api_field="duration",
         cost="seconds",
         help="seconds, 3-15 (default: DEFAULT_DURATION)",
+        label=english("{seconds} s"),
+        label_field="seconds",
     ),
     Option(
         name="resolution",
@@ -68,7 +73,7 @@ OPTIONS: list[Option] = [
         api_field="aspect_ratio",
         kinds=("text",),
         other_kind=english("An image video takes its shape from the image; leave the aspect ratio out."),
-        help="text videos only; default 16:9",
+        help="16:9, 9:16 or 1:1 (text videos only)",
     ),
 ]
 
@@ -129,8 +134,10 @@ class JobOptions:
     def resolution(self) -> str:
         return str(self["resolution"])
 
-    def by_role(self, role: str) -> Any:
-        return next(value for name, value in self.values if option(name).cost == role)
+    def cost(self, rates: Mapping[str, int]) -> int:
+        """The credits (milli) these options reserve: the `seconds` option times the rate of the `rate` option."""
+        by_role = {option(name).cost: value for name, value in self.values}
+        return quota.job_cost(by_role["seconds"], by_role["rate"], rates)
 
     def settings(self) -> dict[str, Any]:
         """The API body's `settings`: each option this kind takes, under its field (a row without one: the default)."""
