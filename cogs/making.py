@@ -124,15 +124,12 @@ class MakingVideos(commands.Cog):
         self,
         interaction: discord.Interaction[Any],
         prompt: str,
-        *,
-        aspect_ratio: str | None,
-        resolution: str | None,
-        duration: int | None,
+        **chosen: Any,
     ) -> None:
+        """`chosen`: the member's options, named as in `OPTIONS` (None: not chosen)."""
+
         async def build() -> JobRequest:
-            return self.request(
-                interaction, "text", prompt, duration=duration, resolution=resolution, aspect_ratio=aspect_ratio
-            )
+            return self.request(interaction, "text", prompt, **chosen)
 
         await self.start_job(interaction, build)
 
@@ -142,21 +139,11 @@ class MakingVideos(commands.Cog):
         image: discord.Attachment,
         *,
         prompt: str | None,
-        resolution: str | None,
-        duration: int | None,
+        **chosen: Any,
     ) -> None:
         async def build() -> JobRequest:
             frame, source, url = await read_first_frame(image)
-            return self.request(
-                interaction,
-                "image",
-                prompt,
-                duration=duration,
-                resolution=resolution,
-                image=frame,
-                image_source=source,
-                frame_url=url,
-            )
+            return self.request(interaction, "image", prompt, image=frame, image_source=source, frame_url=url, **chosen)
 
         await self.start_job(interaction, build)
 

@@ -87,7 +87,7 @@ class InvalidOption(ValueError):
 
 
 def _allowed(opt: Option, value: Any) -> bool:
-    # True is an int to Python, never a number of seconds to the provider.
+    # True and 5.0 equal ints to Python; neither is a whole number of seconds to the provider.
     return not isinstance(value, bool) and value in opt.allowed and type(value) in {type(v) for v in opt.allowed}
 
 
