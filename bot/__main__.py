@@ -14,6 +14,7 @@ from typing import Any
 from bot.config import ConfigError, Settings, load_settings
 from bot.core.jobs import InvalidRequest, JobRequest, JobService, SubmitRefused
 from bot.core.model import HOLDING_A_SLOT
+from bot.core.options import OPTIONS, with_defaults
 from bot.media.downloads import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
 from bot.media.images import ImageRejected, prepare_first_frame
 from bot.resources import open_resources
@@ -48,9 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="make one video without Discord")
     generate.add_argument("--prompt", default="", help="what the video shows")
     generate.add_argument("--image", help="first frame: a file path or an http(s) URL")
-    generate.add_argument("--duration", type=int, help="seconds, 3-15 (default: DEFAULT_DURATION)")
-    generate.add_argument("--resolution", help="720p or 1080p (default: DEFAULT_RESOLUTION)")
-    generate.add_argument("--aspect-ratio", help="16:9, 9:16 or 1:1 (text videos only)")
+    for opt in OPTIONS:  # a value outside the declaration is refused by the intake, in its words
+        generate.add_argument("--" + opt.name.replace("_", "-"), type=type(opt.default), help=opt.help)
     generate.add_argument("--out", type=Path, required=True, help="where to write the mp4")
     simulate = commands.add_parser("simulate", help="run a local Kling API simulator (no key, no cost)")
     simulate.add_argument("--host", default="127.0.0.1")
@@ -174,9 +174,7 @@ def _request_from_args(settings: Settings, args: argparse.Namespace) -> JobReque
     request = JobRequest(
         kind="image" if args.image else "text",
         prompt=args.prompt,
-        duration=args.duration if args.duration is not None else settings.default_duration,
-        resolution=args.resolution or settings.default_resolution,
-        aspect_ratio=args.aspect_ratio,
+        **with_defaults({opt.name: getattr(args, opt.name) for opt in OPTIONS}, settings),
         image=image,
         image_url=image_url,
         image_source=args.image,

@@ -77,9 +77,7 @@ class VideoButtons(commands.Cog):
                 interaction,
                 original.kind,  # type: ignore[arg-type]
                 original.prompt,
-                duration=original.duration,
-                resolution=original.resolution,
-                aspect_ratio=original.aspect_ratio if original.kind == "text" else None,
+                **original.options.columns(),
                 image=frame,
                 image_url=original.image_url,
                 image_source=original.image_source,

@@ -22,6 +22,7 @@ from bot.core.credits import QuotaRefused
 from bot.core.i18n import english, tr, translated
 from bot.core.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.core.model import DuplicateRequest, Job
+from bot.core.options import OPTIONS, with_defaults
 from bot.core.quota import format_credits
 from bot.media import clips
 from bot.media.downloads import MAX_VIDEO_BYTES, DownloadFailed, VideoTooLarge, download_video
@@ -99,18 +100,14 @@ class MakingVideos(commands.Cog):
         interaction: discord.Interaction[Any],
         kind: Literal["text", "image"],
         prompt: str | None,
-        *,
-        duration: int | None = None,
-        resolution: str | None = None,
         **extra: Any,
     ) -> JobRequest:
-        """A request from a member's options, with the server's defaults filled in."""
-        settings = self.bot.settings
+        """A request from a member's options (named as in `OPTIONS`), with the server's defaults filled in."""
+        chosen = with_defaults({opt.name: extra.pop(opt.name, None) for opt in OPTIONS}, self.bot.settings)
         return JobRequest(
             kind=kind,
             prompt=prompt or "",
-            duration=duration if duration is not None else settings.default_duration,
-            resolution=resolution or settings.default_resolution,
+            **chosen,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
             user_id=interaction.user.id,
@@ -127,15 +124,12 @@ class MakingVideos(commands.Cog):
         self,
         interaction: discord.Interaction[Any],
         prompt: str,
-        *,
-        aspect_ratio: str | None,
-        resolution: str | None,
-        duration: int | None,
+        **chosen: Any,
     ) -> None:
+        """`chosen`: the member's options, named as in `OPTIONS` (None: not chosen)."""
+
         async def build() -> JobRequest:
-            return self.request(
-                interaction, "text", prompt, duration=duration, resolution=resolution, aspect_ratio=aspect_ratio
-            )
+            return self.request(interaction, "text", prompt, **chosen)
 
         await self.start_job(interaction, build)
 
@@ -145,21 +139,11 @@ class MakingVideos(commands.Cog):
         image: discord.Attachment,
         *,
         prompt: str | None,
-        resolution: str | None,
-        duration: int | None,
+        **chosen: Any,
     ) -> None:
         async def build() -> JobRequest:
             frame, source, url = await read_first_frame(image, self.bot.resources.images)
-            return self.request(
-                interaction,
-                "image",
-                prompt,
-                duration=duration,
-                resolution=resolution,
-                image=frame,
-                image_source=source,
-                frame_url=url,
-            )
+            return self.request(interaction, "image", prompt, image=frame, image_source=source, frame_url=url, **chosen)
 
         await self.start_job(interaction, build)
 

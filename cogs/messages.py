@@ -7,6 +7,7 @@ import discord
 from bot.core.credits import QuotaRefused
 from bot.core.i18n import english, tr, translated
 from bot.core.model import Job
+from bot.core.options import option
 from bot.core.quota import format_credits
 
 COLOURS = {
@@ -63,12 +64,16 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
 
 
+def option_label(locale: object, name: str, value: object) -> str:
+    """One option's value as the options line shows it (its declared label, in the member's language)."""
+    opt = option(name)
+    return tr(locale, opt.label, **{opt.label_field: value}) if opt.label else str(value)
+
+
 def options_line(job: Job, locale: object = None) -> str:
     """`5 s · 720p · 16:9 · text` in one short line (in the job's language unless told)."""
     locale = locale or job.locale
-    parts = [tr(locale, "{seconds} s", seconds=job.duration), job.resolution]
-    if job.aspect_ratio:
-        parts.append(job.aspect_ratio)
+    parts = [option_label(locale, name, value) for name, value in job.options.values if value is not None]
     parts.append(tr(locale, "from an image") if job.kind == "image" else tr(locale, "from text"))
     return " · ".join(parts)
 

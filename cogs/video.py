@@ -12,8 +12,16 @@ from discord.ext import commands
 
 from bot.app import VideoBot
 from bot.core.model import WAITING
+from bot.core.options import option
 from cogs.making import MakingVideos, loaded_cog
 from cogs.mine import MemberViews
+
+# The options' values as Discord offers them, from their declaration (bot/core/options.py).
+SHORTEST, LONGEST = min(option("duration").allowed), max(option("duration").allowed)
+
+
+def choices(name: str) -> list[app_commands.Choice[str]]:
+    return [app_commands.Choice(name=str(value), value=value) for value in option(name).allowed]
 
 
 class VideoCommands(commands.Cog):
@@ -37,13 +45,14 @@ class VideoCommands(commands.Cog):
         resolution="720p (default) or 1080p; 1080p costs more credits",
         duration="Length in seconds, 3 to 15 (default 5)",
     )
+    @app_commands.choices(aspect_ratio=choices("aspect_ratio"), resolution=choices("resolution"))
     async def text(
         self,
         interaction: discord.Interaction[Any],
         prompt: app_commands.Range[str, 1, 3072],
-        aspect_ratio: Literal["16:9", "9:16", "1:1"] | None = None,
-        resolution: Literal["720p", "1080p"] | None = None,
-        duration: app_commands.Range[int, 3, 15] | None = None,
+        aspect_ratio: str | None = None,
+        resolution: str | None = None,
+        duration: app_commands.Range[int, SHORTEST, LONGEST] | None = None,
     ) -> None:
         await self.making().from_text(
             interaction, prompt, aspect_ratio=aspect_ratio, resolution=resolution, duration=duration
@@ -56,13 +65,14 @@ class VideoCommands(commands.Cog):
         resolution="720p (default) or 1080p; 1080p costs more credits",
         duration="Length in seconds, 3 to 15 (default 5)",
     )
+    @app_commands.choices(resolution=choices("resolution"))
     async def image(
         self,
         interaction: discord.Interaction[Any],
         image: discord.Attachment,
         prompt: app_commands.Range[str, 1, 2500] | None = None,
-        resolution: Literal["720p", "1080p"] | None = None,
-        duration: app_commands.Range[int, 3, 15] | None = None,
+        resolution: str | None = None,
+        duration: app_commands.Range[int, SHORTEST, LONGEST] | None = None,
     ) -> None:
         await self.making().from_image(interaction, image, prompt=prompt, resolution=resolution, duration=duration)
 

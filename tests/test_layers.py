@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: list[tuple[str, ...]] = [
-    ("bot.crashpoints", "bot.core.i18n", "bot.core.model", "bot.core.quota", "bot.core.scheduling"),
+    ("bot.crashpoints", "bot.core.i18n", "bot.core.options", "bot.core.model", "bot.core.quota", "bot.core.scheduling"),
     ("bot.config",),
     ("bot.serving",),
     ("bot.storage",),

@@ -92,9 +92,7 @@ class Dispatch(JobBase):
         if job.kind == "text":
             return await self.kling.submit_text(
                 job.prompt,
-                aspect_ratio=job.aspect_ratio or "16:9",
-                duration=job.duration,
-                resolution=job.resolution,
+                options=job.options,
                 external_task_id=job.id,
                 callback_url=self.callback_url,
             )
@@ -104,8 +102,7 @@ class Dispatch(JobBase):
             job.prompt or None,
             base64_frame=first_frame if job.image_url is None else None,
             url_frame=job.image_url or job.frame_url,
-            duration=job.duration,
-            resolution=job.resolution,
+            options=job.options,
             external_task_id=job.id,
             callback_url=self.callback_url,
         )

@@ -10,15 +10,16 @@ from bot.core import quota
 from bot.core.i18n import english
 from bot.core.job_base import InvalidRequest, JobBase, JobRequest, ServiceUnavailable
 from bot.core.model import FINAL, OPEN, WAITING, Job
+from bot.core.options import option
 from bot.crashpoints import crash_point
 from bot.media.images import FirstFrame, frame_base64, frame_bytes, send_slots
 
 log = logging.getLogger(__name__)
 
 MAX_PROMPT = {"text": 3072, "image": 2500}
-DURATIONS = range(3, 16)
-RESOLUTIONS = ("720p", "1080p")
-ASPECT_RATIOS = ("16:9", "9:16", "1:1")
+DURATIONS = option("duration").allowed
+RESOLUTIONS = option("resolution").allowed
+ASPECT_RATIOS = option("aspect_ratio").allowed
 
 
 class Intake(JobBase):
@@ -42,36 +43,18 @@ class Intake(JobBase):
             )
         if "\x00" in request.prompt:
             raise InvalidRequest(english("The prompt contains a NUL character; remove it."))
-        if not isinstance(request.duration, int) or request.duration not in DURATIONS:
-            raise InvalidRequest(
-                english(
-                    "The duration must be a whole number of seconds from 3 to 15, not {duration}.",
-                    duration=request.duration,
-                )
-            )
-        if request.resolution not in RESOLUTIONS:
-            raise InvalidRequest(
-                english("The resolution must be 720p or 1080p, not {resolution}.", resolution=request.resolution)
-            )
+        _ = request.options  # raises InvalidRequest at the first option its declaration refuses
         if request.kind == "text":
-            if request.aspect_ratio is not None and request.aspect_ratio not in ASPECT_RATIOS:
-                raise InvalidRequest(
-                    english("The aspect ratio must be 16:9, 9:16 or 1:1, not {ratio}.", ratio=request.aspect_ratio)
-                )
             if request.image is not None or request.image_url is not None:
                 raise InvalidRequest(english("A text video takes no image; use an image video for a first frame."))
         else:
-            if request.aspect_ratio is not None:
-                raise InvalidRequest(
-                    english("An image video takes its shape from the image; leave the aspect ratio out.")
-                )
             if (request.image is None) == (request.image_url is None):
                 raise InvalidRequest(english("An image video needs exactly one first-frame image."))
             if request.image_url is not None and not request.image_url.startswith(("https://", "http://")):
                 raise InvalidRequest(english("The first frame must be an http(s) link or an uploaded image."))
 
     def cost_of(self, duration: int, resolution: str) -> int:
-        """The credits (milli) a job of this shape reserves."""
+        """The credits (milli) a job of this shape reserves (for the buttons' prices; a job's own: `JobOptions`)."""
         return quota.job_cost(duration, resolution, self.rates)
 
     def unavailable_reason(self) -> str | None:
@@ -99,6 +82,7 @@ class Intake(JobBase):
 
         Raises `DuplicateRequest` when a job answering the same question (`request.request_key`) exists."""
         self.validate(request)
+        options = request.options
         charged = self.credits is not None and self.origin == "discord"
         if charged and (request.guild_id is None or request.user_id is None):
             # Credits are counted per member of a server: a Discord job outside one would be sent with no quota.
@@ -117,9 +101,7 @@ class Intake(JobBase):
             user_id=request.user_id,
             kind=request.kind,
             prompt=request.prompt,
-            duration=request.duration,
-            resolution=request.resolution,
-            aspect_ratio=(request.aspect_ratio or "16:9") if request.kind == "text" else None,
+            **options.columns(),
             image_sha256=image_sha,
             image_url=request.image_url,
             image_source=request.image_source,
@@ -130,7 +112,7 @@ class Intake(JobBase):
             video_url=None,
             video_seconds=None,
             billed_amount=None,
-            cost_estimate=self.cost_of(request.duration, request.resolution),
+            cost_estimate=options.cost(self.rates),
             cost_billed=None,
             attachment_size_limit=request.attachment_size_limit,
             message_id=None,

@@ -14,6 +14,7 @@ from bot.core import quota
 from bot.core.credits import CreditService
 from bot.core.i18n import english
 from bot.core.model import InFlight, Job, Lease, lease_of
+from bot.core.options import OPTIONS, InvalidOption, JobOptions, option
 from bot.core.scheduling import AccountPause
 from bot.media.images import FirstFrame
 from bot.provider.errors import (
@@ -68,8 +69,9 @@ class JobRequest:
 
     kind: Literal["text", "image"]
     prompt: str
-    duration: int = 5
-    resolution: str = "720p"
+    # The options, named as declared in bot/core/options.py; None: the declared default.
+    duration: int = option("duration").default
+    resolution: str = option("resolution").default
     aspect_ratio: str | None = None
     image: FirstFrame | None = None
     image_url: str | None = None
@@ -84,6 +86,14 @@ class JobRequest:
     parent_id: str | None = None  # the job this one continues (its first frame is that video's last frame)
     locale: str | None = None  # the member's Discord locale: later posts about the job are in their language
     request_key: str | None = None  # the question this answers: a second job for the same key is refused
+
+    @property
+    def options(self) -> JobOptions:
+        """The chosen options (the fields named as in `OPTIONS`), checked; raises `InvalidRequest`."""
+        try:
+            return JobOptions.of(self.kind, {opt.name: getattr(self, opt.name, None) for opt in OPTIONS})
+        except InvalidOption as exc:
+            raise InvalidRequest(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)

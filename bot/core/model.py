@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from bot.core.options import JobOptions
+
 # The states a job moves through (see docs/architecture.md): each set is named once, by what it means.
 WAITING = ("reserved", "queued")  # accepted, not (known to be) at the provider yet
 AT_PROVIDER = ("submitted", "processing")  # the provider is rendering it: polled
@@ -73,6 +75,11 @@ class Job:
     # The question this job answers (e.g. the command that asked to confirm it): unique, so pressing Confirm twice,
     # in one process or in two, writes (and charges) one job. None for the command line's jobs.
     request_key: str | None = None
+
+    @property
+    def options(self) -> JobOptions:
+        """The options it was made with, from its columns."""
+        return JobOptions.stored(self.kind, self)
 
 
 class DuplicateRequest(Exception):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import SecretStr, ValidationError
 
+from bot.core.options import JobOptions
 from bot.provider.encoding import encode_body
 from bot.provider.errors import (
     KlingBadRequest,
@@ -148,16 +149,14 @@ class KlingClient:
         self,
         prompt: str,
         *,
-        duration: int,
-        resolution: str,
-        aspect_ratio: str,
+        options: JobOptions,
         external_task_id: str,
         callback_url: str | None = None,
     ) -> KlingTask:
         """Start a text-to-video task; the body follows the reference's example."""
         body = {
             "prompt": prompt,
-            "settings": {"resolution": resolution, "aspect_ratio": aspect_ratio, "duration": duration},
+            "settings": options.settings(),
             "options": self._options(external_task_id, callback_url),
         }
         return await self._submit(TEXT_TO_VIDEO, body, external_task_id)
@@ -168,8 +167,7 @@ class KlingClient:
         *,
         base64_frame: str | None = None,
         url_frame: str | None = None,
-        duration: int,
-        resolution: str,
+        options: JobOptions,
         external_task_id: str,
         callback_url: str | None = None,
     ) -> KlingTask:
@@ -188,7 +186,7 @@ class KlingClient:
                 contents.append({"type": "prompt", "text": prompt})
             body = {
                 "contents": contents,
-                "settings": {"resolution": resolution, "duration": duration},
+                "settings": options.settings(),
                 "options": self._options(external_task_id, callback_url),
             }
             try:

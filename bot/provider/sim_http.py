@@ -16,9 +16,8 @@ import aiohttp
 from aiohttp import web
 from PIL import Image
 
-from bot.provider.sim_tasks import RATES
+from bot.core.options import InvalidOption, check_settings
 
-ASPECT_RATIOS = ("16:9", "9:16", "1:1")
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # Kling's safe size for a first frame
 FAULTS = frozenset(
     {"rate_limit", "concurrency", "server_error", "unavailable", "html", "slow", "credits", "auth",
@@ -109,9 +108,6 @@ def text_request(body: Any) -> tuple[dict[str, Any], str]:
         raise bad("prompt is required")
     if len(prompt) > 3072:
         raise bad("prompt must be at most 3072 characters")
-    aspect = section(body, "settings").get("aspect_ratio", "16:9")
-    if aspect not in ASPECT_RATIOS:
-        raise bad(f"aspect_ratio {aspect!r} is not supported (16:9, 9:16, 1:1)")
     return body, prompt
 
 
@@ -119,8 +115,6 @@ def image_request(body: Any) -> tuple[dict[str, Any], str, str]:
     """An image-to-video body, its prompt ("" without one) and its first frame (a URL or Base64), or refused."""
     if not isinstance(body, dict) or not isinstance(body.get("contents"), list):
         raise bad("contents is required")
-    if "aspect_ratio" in section(body, "settings"):
-        raise bad("aspect_ratio is not accepted for image to video: the first frame sets it")
     frames, texts = [], []
     for item in body["contents"]:
         kind = item.get("type") if isinstance(item, dict) else None
@@ -140,20 +134,19 @@ def image_request(body: Any) -> tuple[dict[str, Any], str, str]:
     return body, prompt, frames[0]
 
 
-def task_settings(body: dict[str, Any]) -> tuple[int, str, str | None, str | None]:
-    """A submit's duration, resolution, external id and callback URL, or refused."""
+def task_settings(body: dict[str, Any], kind: str) -> tuple[dict[str, Any], str | None, str | None]:
+    """A submit's options (checked by their declaration), external id and callback URL, or refused."""
     settings, options = section(body, "settings"), section(body, "options")
-    duration, resolution = settings.get("duration", 5), settings.get("resolution", "720p")
-    if not isinstance(duration, int) or isinstance(duration, bool) or not 3 <= duration <= 15:
-        raise bad("duration must be an integer from 3 to 15")
-    if resolution not in RATES:
-        raise bad(f"resolution {resolution!r} is not supported (720p, 1080p)")
+    try:
+        chosen = check_settings(kind, settings)
+    except InvalidOption as exc:
+        raise bad(str(exc)) from None
     external, callback_url = options.get("external_task_id") or None, options.get("callback_url") or None
     if external is not None and not isinstance(external, str):
         raise bad("external_task_id must be a string")
     if callback_url is not None and not str(callback_url).startswith(("http://", "https://")):
         raise bad("callback_url must be an http(s) URL")
-    return duration, resolution, external, callback_url
+    return chosen, external, callback_url
 
 
 def section(body: dict[str, Any], name: str) -> dict[str, Any]:

@@ -248,7 +248,8 @@ class KlingSimulator:
             check_image(await fetch_image(url))
 
     def _create(self, body: dict[str, Any], kind: str, prompt: str, fault: Fault | None) -> web.Response:
-        duration, resolution, external, callback_url = task_settings(body)
+        chosen, external, callback_url = task_settings(body, kind)
+        duration, resolution = chosen["duration"], chosen["resolution"]
         if external and self.variant.dedupe_external_ids and self.tasks_for(external):
             raise bad("external_task_id already exists")
         if "forbidden" in prompt.lower():

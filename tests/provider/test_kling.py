@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
+from bot.core.options import JobOptions
 from bot.provider.errors import (
     KlingAccountError,
     KlingAuthError,
@@ -40,12 +41,14 @@ def queries(sim: KlingSimulator) -> list:
     return [r for r in sim.requests if r.path == TASKS_PATH]
 
 
+TEXT_5S = JobOptions.of("text", {"duration": 5, "resolution": "720p", "aspect_ratio": "16:9"})
+IMAGE_5S = JobOptions.of("image", {"duration": 5, "resolution": "720p"})
+
+
 async def test_submit_text_sends_the_reference_body(sim: KlingSimulator, kling: KlingClient) -> None:
     task = await kling.submit_text(
         "A golden retriever running on a sunny beach",
-        duration=5,
-        resolution="1080p",
-        aspect_ratio="16:9",
+        options=JobOptions.of("text", {"duration": 5, "resolution": "1080p", "aspect_ratio": "16:9"}),
         external_task_id="job-1",
     )
     [request] = sim.requests
@@ -62,7 +65,10 @@ async def test_submit_text_sends_the_reference_body(sim: KlingSimulator, kling: 
 
 async def test_submit_image_sends_contents_and_no_aspect_ratio(sim: KlingSimulator, kling: KlingClient) -> None:
     await kling.submit_image(
-        "waves", url_frame="https://example.org/frame.jpg", duration=8, resolution="720p", external_task_id="job-2"
+        "waves",
+        url_frame="https://example.org/frame.jpg",
+        options=JobOptions.of("image", {"duration": 8, "resolution": "720p"}),
+        external_task_id="job-2",
     )
     [request] = sim.requests
     assert request.path == IMAGE_PATH
@@ -80,7 +86,9 @@ async def test_query_batches_45_ids_into_3_requests(sim: KlingSimulator, kling: 
     ids = []
     for n in range(45):
         task = await kling.submit_text(
-            f"clip {n}", duration=3, resolution="720p", aspect_ratio="1:1", external_task_id=f"j{n}"
+            f"clip {n}",
+            options=JobOptions.of("text", {"duration": 3, "resolution": "720p", "aspect_ratio": "1:1"}),
+            external_task_id=f"j{n}",
         )
         ids.append(task.id)
     tasks = await kling.query(ids)
@@ -134,17 +142,28 @@ async def test_wrong_key_is_an_auth_error_and_is_not_retried(
 async def test_content_policy_is_refused_without_retry(sim: KlingSimulator, kling: KlingClient) -> None:
     with pytest.raises(KlingContentPolicy) as caught:
         await kling.submit_text(
-            "something forbidden", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="j"
+            "something forbidden",
+            options=JobOptions.of("text", {"duration": 5, "resolution": "720p", "aspect_ratio": "16:9"}),
+            external_task_id="j",
         )
     assert caught.value.code == 1301
     assert len(posts(sim)) == 1
 
 
 async def test_bad_request_carries_the_providers_message(sim: KlingSimulator, kling: KlingClient) -> None:
-    await kling.submit_text("one", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="dup")
+    await kling.submit_text(
+        "one",
+        options=JobOptions.of("text", {"duration": 5, "resolution": "720p", "aspect_ratio": "16:9"}),
+        external_task_id="dup",
+    )
     with pytest.raises(KlingBadRequest) as caught:
         # A second task under the same external id is refused (1201); it does not exist under another id.
-        await kling.submit_image(None, base64_frame="not-base64!", duration=5, resolution="720p", external_task_id="o")
+        await kling.submit_image(
+            None,
+            base64_frame="not-base64!",
+            options=IMAGE_5S,
+            external_task_id="o",
+        )
     assert caught.value.code == 1201
     assert caught.value.message
 
@@ -153,7 +172,11 @@ async def test_submit_retries_a_rate_limit_honouring_retry_after(
     sim: KlingSimulator, kling: KlingClient, sleeps: RecordedSleeps
 ) -> None:
     sim.fail_next("rate_limit", on="submit", times=2, retry_after=7)
-    task = await kling.submit_text("ok", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="r")
+    task = await kling.submit_text(
+        "ok",
+        options=JobOptions.of("text", {"duration": 5, "resolution": "720p", "aspect_ratio": "16:9"}),
+        external_task_id="r",
+    )
     assert task.status == "submitted"
     assert len(posts(sim)) == 3
     assert len(sleeps.delays) == 2 and all(d >= 7 for d in sleeps.delays)
@@ -162,7 +185,11 @@ async def test_submit_retries_a_rate_limit_honouring_retry_after(
 async def test_rate_limit_past_the_retries_is_raised(sim: KlingSimulator, kling: KlingClient) -> None:
     sim.fail_next("rate_limit", on="submit", times=10)
     with pytest.raises(KlingRateLimited):
-        await kling.submit_text("ok", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="r")
+        await kling.submit_text(
+            "ok",
+            options=JobOptions.of("text", {"duration": 5, "resolution": "720p", "aspect_ratio": "16:9"}),
+            external_task_id="r",
+        )
     assert len(posts(sim)) == 4  # the first try and three retries
 
 
@@ -180,7 +207,11 @@ async def test_submit_after_a_lost_answer_finds_the_task_and_does_not_resend(
     sim: KlingSimulator, kling: KlingClient
 ) -> None:
     sim.fail_next("accept_then_error", on="submit")
-    task = await kling.submit_text("x", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="lost")
+    task = await kling.submit_text(
+        "x",
+        options=JobOptions.of("text", {"duration": 5, "resolution": "720p", "aspect_ratio": "16:9"}),
+        external_task_id="lost",
+    )
     assert len(posts(sim)) == 1
     assert [t.id for t in sim.tasks.values()] == [task.id]
     assert queries(sim)[0].query["external_task_ids"] == "lost"
@@ -191,7 +222,11 @@ async def test_a_submit_after_a_server_error_is_never_resent_by_the_client(
 ) -> None:
     sim.fail_next("server_error", on="submit")
     with pytest.raises(KlingSubmitUncertain):
-        await kling.submit_text("x", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id="retry")
+        await kling.submit_text(
+            "x",
+            options=JobOptions.of("text", {"duration": 5, "resolution": "720p", "aspect_ratio": "16:9"}),
+            external_task_id="retry",
+        )
     assert len(posts(sim)) == 1 and sim.tasks == {}
     assert [q.query["external_task_ids"] for q in queries(sim)] == ["retry"]  # looked up once, at once
 
@@ -287,7 +322,11 @@ async def test_the_key_never_appears_in_repr_errors_or_logs(
 
 async def submitted_ids(kling: KlingClient, count: int) -> list[str]:
     tasks = [
-        await kling.submit_text(f"p{n}", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id=f"e{n}")
+        await kling.submit_text(
+            f"p{n}",
+            options=JobOptions.of("text", {"duration": 5, "resolution": "720p", "aspect_ratio": "16:9"}),
+            external_task_id=f"e{n}",
+        )
         for n in range(count)
     ]
     return [t.id for t in tasks]
@@ -338,7 +377,7 @@ async def test_a_refused_first_frame_form_is_retried_once_in_the_other_and_remem
     with caplog.at_level(logging.INFO):
         for n in range(2):
             await kling.submit_image(
-                None, base64_frame=frame, url_frame=f"https://cdn.test/{n}.png", duration=5, resolution="720p",
+                None, base64_frame=frame, url_frame=f"https://cdn.test/{n}.png", options=IMAGE_5S,
                 external_task_id=f"f{n}",
             )  # fmt: skip
     forms = [p.json["contents"][0]["url"][:5] for p in posts(sim)]
@@ -374,7 +413,7 @@ async def queries_at_once(sim: KlingSimulator, session: aiohttp.ClientSession, a
     """Ask about 200 tasks (10 lists), each answer held back a little: (most queries in flight at once, queries)."""
     ids = [task.id for task in [
         await KlingClient(session, root_url=f"{sim.base_url()}/acct-endpoint", api_key=SecretStr(API_KEY)).submit_text(
-            f"p{n}", duration=5, resolution="720p", aspect_ratio="16:9", external_task_id=f"e{n}")
+            f"p{n}", options=TEXT_5S, external_task_id=f"e{n}")
         for n in range(200)
     ]]  # fmt: skip
     in_flight, most = 0, 0

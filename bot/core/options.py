@@ -1,0 +1,180 @@
+"""A job's options (duration, resolution, aspect ratio), each declared once: its values, default, cost effect, its
+field in the API body and the member's refusal. The intake validates with it, the client builds the API body from
+it and the simulator checks a submit with it; `JobOptions` is one job's validated choice.
+
+A new option is one more `Option` in `OPTIONS` (and, to be stored, a `jobs` column of the same name)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bot.core import quota
+from bot.core.i18n import english
+
+KINDS = ("text", "image")
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option: `name` is its field on a request and a job (and its `jobs` column, CLI flag, slash option)."""
+
+    name: str
+    allowed: tuple[Any, ...]  # the values the provider accepts, in the order the member is offered them
+    default: Any
+    refusal: Callable[[Any], str]  # the member's words for a value outside `allowed`
+    api_field: str  # its key in the API body's `settings`
+    kinds: tuple[str, ...] = KINDS  # the job kinds that take it; another kind leaves it out of the body
+    other_kind: str = ""  # the member's words when a kind that does not take it is given one
+    cost: Literal["seconds", "rate"] | None = None  # seconds multiply the rate; the rate is looked up by this value
+    help: str = ""  # the command line's description
+    label: str = ""  # the options line's message id (marked with `english`), filled in by `label_field`; "": as is
+    label_field: str = "value"
+
+    def takes(self, kind: str) -> bool:
+        return kind in self.kinds
+
+    def provider_refusal(self, value: Any) -> str:
+        """What the provider says about a value it does not accept."""
+        if all(isinstance(v, int) for v in self.allowed):
+            return f"{self.api_field} must be an integer from {min(self.allowed)} to {max(self.allowed)}"
+        return f"{self.api_field} {value!r} is not supported ({', '.join(map(str, self.allowed))})"
+
+
+OPTIONS: list[Option] = [
+    Option(
+        name="duration",
+        allowed=tuple(range(3, 16)),
+        default=5,
+        refusal=lambda value: english(
+            "The duration must be a whole number of seconds from 3 to 15, not {duration}.", duration=value
+        ),
+        api_field="duration",
+        cost="seconds",
+        help="seconds, 3-15 (default: DEFAULT_DURATION)",
+        label=english("{seconds} s"),
+        label_field="seconds",
+    ),
+    Option(
+        name="resolution",
+        allowed=("720p", "1080p"),
+        default="720p",
+        refusal=lambda value: english("The resolution must be 720p or 1080p, not {resolution}.", resolution=value),
+        api_field="resolution",
+        cost="rate",
+        help="720p or 1080p (default: DEFAULT_RESOLUTION)",
+    ),
+    Option(
+        name="aspect_ratio",
+        allowed=("16:9", "9:16", "1:1"),
+        default="16:9",
+        refusal=lambda value: english("The aspect ratio must be 16:9, 9:16 or 1:1, not {ratio}.", ratio=value),
+        api_field="aspect_ratio",
+        kinds=("text",),
+        other_kind=english("An image video takes its shape from the image; leave the aspect ratio out."),
+        help="16:9, 9:16 or 1:1 (text videos only)",
+    ),
+]
+
+
+def option(name: str) -> Option:
+    return next(o for o in OPTIONS if o.name == name)
+
+
+class InvalidOption(ValueError):
+    """An option's value breaks its declaration; the message is the member's words."""
+
+
+def _allowed(opt: Option, value: Any) -> bool:
+    # True and 5.0 equal ints to Python; neither is a whole number of seconds to the provider.
+    return not isinstance(value, bool) and value in opt.allowed and type(value) in {type(v) for v in opt.allowed}
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """One job's options, checked against `OPTIONS` when made: a value for each option its kind takes (the
+    default when not chosen), None for each it does not."""
+
+    kind: str
+    values: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, kind: str, chosen: Mapping[str, Any]) -> JobOptions:
+        """`chosen` (None: not chosen) checked in declaration order; raises `InvalidOption` at the first bad one."""
+        unknown = set(chosen) - {o.name for o in OPTIONS}
+        if unknown:
+            raise InvalidOption(f"unknown options: {sorted(unknown)}")
+        values = []
+        for opt in OPTIONS:
+            value = chosen.get(opt.name)
+            if not opt.takes(kind):
+                if value is not None:
+                    raise InvalidOption(opt.other_kind or f"a {kind} video takes no {opt.name}")
+            elif value is None:
+                value = opt.default
+            elif not _allowed(opt, value):
+                raise InvalidOption(opt.refusal(value))
+            values.append((opt.name, value))
+        return cls(kind, tuple(values))
+
+    @classmethod
+    def stored(cls, kind: str, row: object) -> JobOptions:
+        """A stored job's options, read by name from its row (checked when it was made)."""
+        return cls(kind, tuple((opt.name, getattr(row, opt.name, None)) for opt in OPTIONS))
+
+    def __getitem__(self, name: str) -> Any:
+        return dict(self.values)[name]
+
+    @property
+    def duration(self) -> int:
+        return int(self["duration"])
+
+    @property
+    def resolution(self) -> str:
+        return str(self["resolution"])
+
+    def cost(self, rates: Mapping[str, int]) -> int:
+        """The credits (milli) these options reserve: the `seconds` option times the rate of the `rate` option."""
+        by_role = {option(name).cost: value for name, value in self.values}
+        return quota.job_cost(by_role["seconds"], by_role["rate"], rates)
+
+    def settings(self) -> dict[str, Any]:
+        """The API body's `settings`: each option this kind takes, under its field (a row without one: the default)."""
+        chosen = dict(self.values)
+        return {
+            opt.api_field: opt.default if chosen.get(opt.name) is None else chosen[opt.name]
+            for opt in OPTIONS
+            if opt.takes(self.kind)
+        }
+
+    def columns(self) -> dict[str, Any]:
+        """The job row's columns, one per option."""
+        return dict(self.values)
+
+
+def with_defaults(chosen: Mapping[str, Any], settings: object) -> dict[str, Any]:
+    """Each option as chosen, else the operator's setting `default_<name>` when there is one, else None (which
+    `JobOptions.of` makes the declared default)."""
+    found = {}
+    for opt in OPTIONS:
+        value = chosen.get(opt.name)
+        found[opt.name] = value if value not in (None, "") else getattr(settings, f"default_{opt.name}", None)
+    return found
+
+
+def check_settings(kind: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A submit's `settings` checked as the provider checks them; returns each option's value by name (the default
+    when absent) or raises `InvalidOption` in the provider's words."""
+    found: dict[str, Any] = {}
+    for opt in OPTIONS:
+        present = opt.api_field in settings
+        value = settings.get(opt.api_field, opt.default)
+        if not opt.takes(kind):
+            if present:
+                raise InvalidOption(f"{opt.api_field} is not accepted for {kind} to video")
+            continue
+        if not _allowed(opt, value):
+            raise InvalidOption(opt.provider_refusal(value))
+        found[opt.name] = value
+    return found
