@@ -28,7 +28,7 @@ from cogs.translator import CatalogTranslator
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.making", "cogs.buttons", "cogs.mine", "cogs.video", "cogs.poller", "cogs.quota")
+EXTENSIONS = ("cogs.making", "cogs.buttons", "cogs.mine", "cogs.video", "cogs.poller", "cogs.quota_commands")
 
 
 # Never "nothing was charged" here: the error may come after a job was accepted.

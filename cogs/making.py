@@ -30,7 +30,7 @@ from bot.media.images import FirstFrame, ImageRejected, card_preview, check_firs
 from cogs.forms import ALREADY_ANSWERED, AnimateModal, ConfirmView, WaitView
 from cogs.frames import read_first_frame
 from cogs.messages import frame_filename, job_card, options_line, refusal_text, status_line, thread_name
-from cogs.quota import member_roles
+from cogs.quota_commands import member_roles
 
 log = logging.getLogger(__name__)
 

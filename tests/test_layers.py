@@ -99,3 +99,12 @@ def test_the_layers_are_in_order() -> None:
     assert layer_of("bot.storage.sqlite") < layer_of("bot.core.jobs")
     assert layer_of("cogs.video") > layer_of("bot.core.jobs")
     assert any(within("bot.storage.postgres", f) for f in FORBIDDEN_FOR_COGS)
+
+
+def test_no_two_modules_share_a_name_across_layers() -> None:
+    # bot/delivery.py once downloaded while cogs/delivery.py posted: a name says what one module holds.
+    by_name: dict[str, list[str]] = {}
+    for path in SOURCES:
+        if path.stem != "__main__":
+            by_name.setdefault(path.stem, []).append(module_name(path))
+    assert {name: places for name, places in by_name.items() if len(places) > 1} == {}
