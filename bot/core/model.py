@@ -75,6 +75,15 @@ class Job:
     # The question this job answers (e.g. the command that asked to confirm it): unique, so pressing Confirm twice,
     # in one process or in two, writes (and charges) one job. None for the command line's jobs.
     request_key: str | None = None
+    sound: str | None = None  # 'on', 'off' or None (nothing sent: the provider's default)
+    sound_dropped: bool = False  # the gateway refused `settings.audio`: sent without it, charged as silent
+    private: bool = False  # nothing public: ephemeral answers, the video by DM
+    edited_from: str | None = None  # the job whose prompt this one edits
+    end_image_sha256: str | None = None  # the last frame, for a model that has one
+    followup_token: str | None = None  # the interaction's token, for follow-ups until followup_until
+    followup_until: float | None = None
+    delivered_via: str | None = None  # 'thread', 'channel', 'dm', 'followup' or 'none'
+    undelivered_told: bool = False  # a video that reached no one was told to its member
 
     @property
     def options(self) -> JobOptions:
@@ -126,6 +135,8 @@ class QuotaSettings:
     log_channel_id: int | None = None
     confirm_above: int | None = None  # a job costing more asks for a Confirm button first; None: never
     review_channel_id: int | None = None  # finished videos wait for a moderator there; None: no review
+    sound_default: str | None = None  # 'on', 'off' or None: the provider's default
+    private_policy: str = "allow"  # 'allow' or 'deny': whether members may make private videos
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +191,7 @@ class AuditEntry:
     after: str | None
     reason: str | None
     created_at: float
+    source: str = "discord"  # 'discord', 'web' or 'cli'
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
 # A lease is free when released (no owner) or run out in the database's terms.
 _LEASE_FREE = f"(lease_owner IS NULL OR lease_until IS NULL OR lease_until <= {DB_NOW})"
 
-_BOOLEAN = frozenset({"cancel_requested"})
+_BOOLEAN = frozenset({"cancel_requested", "sound_dropped", "private", "undelivered_told"})
 # This database's bookkeeping, not the store's data (SQLite keeps its version in PRAGMA user_version).
 _BOOKKEEPING = frozenset({"schema_version"})
 # The old process is gone: its claims end now, so the new fleet takes the jobs at once. The owner stays, as when a

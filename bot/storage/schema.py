@@ -316,6 +316,33 @@ STEPS: tuple[tuple[str | Dialects, ...], ...] = (
     CREATE UNIQUE INDEX jobs_request_key ON jobs (request_key);
     """,
     ),
+    # 8
+    (
+        """
+    -- Sound: 'on', 'off' or NULL (nothing sent: the provider's default); set when the gateway refused the field and
+    -- the job went without it (the member is told, and charged as for a silent video).
+    ALTER TABLE jobs ADD COLUMN sound TEXT;
+    ALTER TABLE jobs ADD COLUMN sound_dropped {flag};
+    -- A private job shows nothing public: its answers are ephemeral and its video goes by DM.
+    ALTER TABLE jobs ADD COLUMN private {flag};
+    -- The job whose prompt this one edits (Edit under a video).
+    ALTER TABLE jobs ADD COLUMN edited_from TEXT;
+    -- The last frame, for a model that has one.
+    ALTER TABLE jobs ADD COLUMN end_image_sha256 TEXT REFERENCES images (sha256);
+    -- The interaction's token, for follow-ups while it lives (15 minutes): a user install's answers, a closed DM.
+    ALTER TABLE jobs ADD COLUMN followup_token TEXT;
+    ALTER TABLE jobs ADD COLUMN followup_until {real};
+    -- Where the video went: 'thread', 'channel', 'dm', 'followup' or 'none' (the member finds it in /video status).
+    ALTER TABLE jobs ADD COLUMN delivered_via TEXT;
+    -- A video that reached no one was told to its member (at their next command).
+    ALTER TABLE jobs ADD COLUMN undelivered_told {flag};
+    -- A server's default sound ('on', 'off'; NULL: the provider's) and whether members may make private videos.
+    ALTER TABLE guild_settings ADD COLUMN sound_default TEXT;
+    ALTER TABLE guild_settings ADD COLUMN private_policy TEXT NOT NULL DEFAULT 'allow';
+    -- Where a moderator's change came from: 'discord' (a slash command), 'web' (the dashboard) or 'cli'.
+    ALTER TABLE audit_log ADD COLUMN source TEXT NOT NULL DEFAULT 'discord';
+    """,
+    ),
 )
 
 # Migration 5's running totals, kept by triggers from `jobs` on SQLite: PostgreSQL counts the rows instead, so a copy

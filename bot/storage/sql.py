@@ -90,6 +90,9 @@ class SqlBase:
     SKIP_LOCKED = ""
     # Comparing with a parameter that may be NULL.
     NULL_SAFE_EQUALS = "IS"
+    # A member's open jobs from the partial index of open jobs, not the whole history. SQLite, without statistics,
+    # ranks the covering usage index above it once the rows are wide, so its backend names the index.
+    OPEN_JOBS_INDEX = ""
 
     # --- the hooks each backend supplies ----------------------------------------------------------------
 
@@ -163,7 +166,7 @@ class QuotaStatements(SqlBase):
         rows = await self._select(
             db,
             "SELECT default_limit, period, member_in_flight, server_in_flight, log_channel_id, confirm_above,"
-            " review_channel_id FROM guild_settings WHERE guild_id = ?",
+            " review_channel_id, sound_default, private_policy FROM guild_settings WHERE guild_id = ?",
             (guild_id,),
         )
         return QuotaSettings(*rows[0]) if rows else defaults
@@ -181,12 +184,14 @@ class QuotaStatements(SqlBase):
             await self._run(
                 db,
                 "INSERT INTO guild_settings (guild_id, default_limit, period, member_in_flight, server_in_flight,"
-                " log_channel_id, confirm_above, review_channel_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " log_channel_id, confirm_above, review_channel_id, sound_default, private_policy)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (guild_id) DO UPDATE SET"
                 " default_limit = excluded.default_limit, period = excluded.period,"
                 " member_in_flight = excluded.member_in_flight, server_in_flight = excluded.server_in_flight,"
                 " log_channel_id = excluded.log_channel_id, confirm_above = excluded.confirm_above,"
-                " review_channel_id = excluded.review_channel_id",
+                " review_channel_id = excluded.review_channel_id, sound_default = excluded.sound_default,"
+                " private_policy = excluded.private_policy",
                 (guild_id, *astuple(settings)),
             )
 
@@ -320,7 +325,7 @@ class QuotaStatements(SqlBase):
     ) -> list[AuditEntry]:
         """A server's moderator actions, newest first, optionally about one member."""
         sql = (
-            "SELECT guild_id, moderator_id, action, target_id, before, after, reason, created_at"
+            "SELECT guild_id, moderator_id, action, target_id, before, after, reason, created_at, source"
             " FROM audit_log WHERE guild_id = ?"
         )
         params: list[Any] = [guild_id]
@@ -334,8 +339,8 @@ class QuotaStatements(SqlBase):
         """One moderator action, written inside the transaction of the change it records."""
         await self._run(
             db,
-            "INSERT INTO audit_log (guild_id, moderator_id, action, target_id, before, after, reason, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit_log (guild_id, moderator_id, action, target_id, before, after, reason, created_at,"
+            " source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             astuple(entry),
         )
 

@@ -277,6 +277,7 @@ class JobStatements(SqlBase):
         params: list[Any] = [guild_id, user_id]
         if statuses is not None:
             if set(statuses) <= set(OPEN):  # the literal lets the open jobs' partial index serve, not the history
+                sql = sql.replace(" FROM jobs ", f" FROM jobs{self.OPEN_JOBS_INDEX} ", 1)
                 sql += f" AND status IN ({OPEN_SQL})"
             sql += f" AND status IN ({marks(statuses)})"
             params.extend(statuses)

@@ -82,6 +82,8 @@ def _hold_instance_lock(path: Path) -> int:
 class Store(SqlStore):
     """A writer connection and a reader connection in WAL mode; writes are serialised by a lock."""
 
+    OPEN_JOBS_INDEX = " INDEXED BY jobs_member_unsettled"
+
     def __init__(
         self, db: aiosqlite.Connection, instance_lock: int | None = None, reader: aiosqlite.Connection | None = None
     ) -> None:

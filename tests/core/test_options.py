@@ -14,23 +14,23 @@ from bot.provider.errors import KlingBadRequest
 from bot.provider.kling import KlingClient
 from bot.provider.simulator import KlingSimulator
 
-SOUND = Option(
-    name="sound",
+CAMERA = Option(
+    name="camera",
     allowed=("off", "on"),
     default="off",
-    refusal=lambda value: f"The sound must be off or on, not {value}.",
-    api_field="sound_mode",
+    refusal=lambda value: f"The camera must be off or on, not {value}.",
+    api_field="camera_mode",
 )
 
 
 @pytest.fixture
-def sound() -> Iterator[Option]:
+def camera() -> Iterator[Option]:
     """The throwaway option, declared for one test (every reader of the declaration sees the same list)."""
-    options.OPTIONS.append(SOUND)
+    options.OPTIONS.append(CAMERA)
     try:
-        yield SOUND
+        yield CAMERA
     finally:
-        options.OPTIONS.remove(SOUND)
+        options.OPTIONS.remove(CAMERA)
 
 
 def submitted_settings(sim: KlingSimulator) -> dict[str, object]:
@@ -40,45 +40,45 @@ def submitted_settings(sim: KlingSimulator) -> dict[str, object]:
 
 
 async def test_a_declared_option_with_no_jobs_column_is_refused_loudly_before_anything_is_sent(
-    sound: Option, sim: KlingSimulator, service: JobService
+    camera: Option, sim: KlingSimulator, service: JobService
 ) -> None:
     # Storing an option takes a `jobs` column (a migration) and a `Job` field of its name; without one the job
     # is not written, charged or sent, rather than sent without the member's choice.
-    with pytest.raises(TypeError, match="sound"):
+    with pytest.raises(TypeError, match="camera"):
         await service.create(JobRequest(kind="text", prompt="a quiet fox"))
     assert sim.requests == []
 
 
-async def test_a_stored_job_sends_each_declared_option(sound: Option, sim: KlingSimulator, kling: KlingClient) -> None:
-    # A row read back (here one with no `sound` column) sends the declared default.
+async def test_a_stored_job_sends_each_declared_option(camera: Option, sim: KlingSimulator, kling: KlingClient) -> None:
+    # A row read back (here one with no `camera` column) sends the declared default.
     row = JobOptions.stored("text", type("Row", (), {"duration": 6, "resolution": "1080p", "aspect_ratio": "9:16"}))
     await kling.submit_text("a quiet fox", options=row, external_task_id="row")
     assert submitted_settings(sim) == {
         "duration": 6,
         "resolution": "1080p",
         "aspect_ratio": "9:16",
-        "sound_mode": "off",
+        "camera_mode": "off",
     }
 
 
-async def test_a_declared_option_is_sent_as_chosen(sound: Option, sim: KlingSimulator, kling: KlingClient) -> None:
-    chosen = JobOptions.of("image", {"duration": 4, "sound": "on"})
+async def test_a_declared_option_is_sent_as_chosen(camera: Option, sim: KlingSimulator, kling: KlingClient) -> None:
+    chosen = JobOptions.of("image", {"duration": 4, "camera": "on"})
     await kling.submit_image(None, url_frame="https://example.org/f.jpg", options=chosen, external_task_id="s")
-    assert submitted_settings(sim) == {"duration": 4, "resolution": "720p", "sound_mode": "on"}
+    assert submitted_settings(sim) == {"duration": 4, "resolution": "720p", "camera_mode": "on"}
 
 
-def test_the_intake_refuses_a_value_outside_the_declaration(sound: Option) -> None:
-    with pytest.raises(InvalidOption, match=r"The sound must be off or on, not loud\."):
-        JobOptions.of("text", {"sound": "loud"})
+def test_the_intake_refuses_a_value_outside_the_declaration(camera: Option) -> None:
+    with pytest.raises(InvalidOption, match=r"The camera must be off or on, not loud\."):
+        JobOptions.of("text", {"camera": "loud"})
 
 
 async def test_the_simulator_refuses_a_value_outside_the_declaration(
-    sound: Option, sim: KlingSimulator, kling: KlingClient
+    camera: Option, sim: KlingSimulator, kling: KlingClient
 ) -> None:
     unchecked = JobOptions(
-        "text", (("duration", 5), ("resolution", "720p"), ("aspect_ratio", "1:1"), ("sound", "loud"))
+        "text", (("duration", 5), ("resolution", "720p"), ("aspect_ratio", "1:1"), ("camera", "loud"))
     )
-    with pytest.raises(KlingBadRequest, match=r"sound_mode 'loud' is not supported \(off, on\)"):
+    with pytest.raises(KlingBadRequest, match=r"camera_mode 'loud' is not supported \(off, on\)"):
         await kling.submit_text("a loud fox", options=unchecked, external_task_id="loud")
     assert sim.tasks == {}
 
