@@ -9,6 +9,7 @@ from dataclasses import replace
 from bot.core.i18n import english
 from bot.core.job_base import JobBase, JobChange, SubmitRefused, explain, released
 from bot.core.model import Job
+from bot.core.options import JobOptions
 from bot.core.scheduling import fair_order
 from bot.crashpoints import crash_point
 from bot.media.images import base64_text
@@ -74,7 +75,20 @@ class Dispatch(JobBase):
             return await self._refused(job, exc)
         crash_point("after_submit")
         self.pause.worked()
+        if job.sound is not None and not self.kling.takes_sound and not job.sound_dropped:
+            job = await self._sound_dropped(job)
         return await self._adopt(job, task, "reserved")
+
+    async def _sound_dropped(self, job: Job) -> Job:
+        """The job went without its sound choice (the gateway takes none): charged as silent, and flagged so that
+        its member is told."""
+        cost = job.options.cost(self.rates, sound_offered=False)
+        log.info("job %s: sent without its sound choice (%s); reserving %d", job.id, job.sound, cost)
+        await self.store.update_job(
+            job.id, "reserved", lease=self.lease_of(job), sound_dropped=True, cost_estimate=cost,
+            updated_at=self.clock(),
+        )  # fmt: skip
+        return replace(job, sound_dropped=True, cost_estimate=cost)
 
     async def _cannot_send(self, job: Job, error: KlingError, why: str) -> Job:
         # The bot queues the job for later; the command line has no queue, so it ends the job with the reason.
@@ -89,20 +103,34 @@ class Dispatch(JobBase):
         raise SubmitRefused(failed or job, reason, error) from None
 
     async def _send(self, job: Job, first_frame: str | None) -> KlingTask:
+        """Submit the job; a gateway that refuses its sound choice gets it again without (the refusal made no task,
+        so the same external id is free) and is remembered as taking none."""
+        if job.image_url is None and first_frame is None and job.kind == "image":
+            first_frame = await self._stored_frame(job)
+        options = job.options
+        if options["sound"] is None or not self.kling.takes_sound:
+            return await self._send_as(job, options.without("sound"), first_frame)
+        try:
+            return await self._send_as(job, options, first_frame)
+        except KlingBadRequest as refused:
+            log.info("job %s: refused with settings.audio (%s); sending it again without", job.id, refused)
+            task = await self._send_as(job, options.without("sound"), first_frame)  # a refusal again is not sound's
+            self.kling.refuses_sound(refused)
+            return task
+
+    async def _send_as(self, job: Job, options: JobOptions, first_frame: str | None) -> KlingTask:
         if job.kind == "text":
             return await self.kling.submit_text(
                 job.prompt,
-                options=job.options,
+                options=options,
                 external_task_id=job.id,
                 callback_url=self.callback_url,
             )
-        if job.image_url is None and first_frame is None:
-            first_frame = await self._stored_frame(job)
         return await self.kling.submit_image(
             job.prompt or None,
             base64_frame=first_frame if job.image_url is None else None,
             url_frame=job.image_url or job.frame_url,
-            options=job.options,
+            options=options,
             external_task_id=job.id,
             callback_url=self.callback_url,
         )
