@@ -67,6 +67,8 @@ def clock(seconds: float) -> str:
 def option_label(locale: object, name: str, value: object) -> str:
     """One option's value as the options line shows it (its declared label, in the member's language)."""
     opt = option(name)
+    if value in opt.labels:
+        return tr(locale, opt.labels[value])
     return tr(locale, opt.label, **{opt.label_field: value}) if opt.label else str(value)
 
 

@@ -54,9 +54,14 @@ class Intake(JobBase):
             if request.image_url is not None and not request.image_url.startswith(("https://", "http://")):
                 raise InvalidRequest(english("The first frame must be an http(s) link or an uploaded image."))
 
+    @property
+    def takes_sound(self) -> bool:
+        """Whether the video service takes a sound choice (False once it refused one)."""
+        return self.kling.takes_sound
+
     def cost_of(self, duration: int, resolution: str, sound: str | None = None) -> int:
         """The credits (milli) a job of this shape reserves (for the buttons' prices; a job's own: `JobOptions`)."""
-        with_sound = self.kling.takes_sound and sound != "off"
+        with_sound = self.takes_sound and sound != "off"
         return quota.job_cost(duration, resolution, self.rates, with_sound=with_sound)
 
     async def with_server_defaults(self, request: JobRequest) -> JobRequest:
