@@ -47,7 +47,9 @@ class VideoCommands(commands.Cog):
         duration="Length in seconds, 3 to 15 (default 5)",
         sound=SOUND_HELP,
     )
-    @app_commands.choices(aspect_ratio=choices("aspect_ratio"), resolution=choices("resolution"), sound=choices("sound"))
+    @app_commands.choices(
+        aspect_ratio=choices("aspect_ratio"), resolution=choices("resolution"), sound=choices("sound")
+    )
     async def text(
         self,
         interaction: discord.Interaction[Any],

@@ -113,9 +113,7 @@ async def test_a_refusal_that_is_not_about_sound_fails_the_job_and_is_not_rememb
     assert sim.tasks == {} and kling.takes_sound
 
 
-async def test_an_image_job_refused_for_its_sound_keeps_its_first_frame(
-    sim: KlingSimulator, paid: JobService
-) -> None:
+async def test_an_image_job_refused_for_its_sound_keeps_its_first_frame(sim: KlingSimulator, paid: JobService) -> None:
     sim.variant = GatewayVariant(audio="refuse")
     url = "https://example.org/frame.png"  # a placeholder the simulator takes unchecked
     job = await paid.create(JobRequest("image", "", sound="off", image_url=url, guild_id=GUILD, user_id=7))
