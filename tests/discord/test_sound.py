@@ -116,5 +116,9 @@ async def test_a_gateway_refusing_sound_is_told_in_the_first_answer_and_not_offe
     assert COST.search(first).group(1) == "4"  # type: ignore[union-attr]
     assert sent_audio(world) == ["native", "absent", "absent"]
     assert len(world.sim.tasks_for(job.id)) == 1 and job.sound_dropped and job.delivered_at
+    [thread, *_] = fake.threads()
+    video = next(m for m in fake.messages[thread["id"]] if m["files"])
+    fields = {f["name"]: f["value"] for f in video["embeds"][0]["fields"]}
+    assert fields["Sound"].startswith("this video service offers no sound control")
     assert SOUND_INPUT not in labels  # the form no longer offers it as if it worked
     assert "offers no sound control" in later
