@@ -89,6 +89,12 @@ async def test_a_re_encoded_join_has_one_aac_track_and_a_silent_segment_is_silen
     assert loudness(samples, 0.1, 0.9) > 1000
     assert loudness(samples, 1.1, 1.9) < 50  # the silent segment's second
     assert loudness(samples, 2.1, 2.9) > 1000
+    # A silent segment last: its silence still lasts its length.
+    ends_silent = tmp_path / "ends-silent.mp4"
+    await joined([paths[2], paths[1]], ends_silent)
+    codecs, seconds, samples = audio_of(ends_silent)
+    assert codecs == ["aac"] and seconds == pytest.approx(2.0, abs=FRAME)
+    assert loudness(samples, 1.1, 1.9) < 50
 
 
 async def test_silent_segments_join_without_a_track_and_the_last_frame_is_unchanged(tmp_path: Path) -> None:
