@@ -58,7 +58,7 @@ class Dispatch(JobBase):
             return await self.store.get_job(job.id) or job
         job = replace(job, attempts=attempts, updated_at=now)
         try:
-            task = await self._send(job, first_frame)
+            task, sound_dropped = await self._send(job, first_frame)
         except KlingNotSent as exc:
             return await self._cannot_send(job, exc, "the video service is failing; the job waits for it")
         except KlingUnavailable as exc:
@@ -75,7 +75,7 @@ class Dispatch(JobBase):
             return await self._refused(job, exc)
         crash_point("after_submit")
         self.pause.worked()
-        if job.sound is not None and not self.kling.takes_sound and not job.sound_dropped:
+        if sound_dropped and not job.sound_dropped:
             job = await self._sound_dropped(job)
         return await self._adopt(job, task, "reserved")
 
@@ -102,21 +102,22 @@ class Dispatch(JobBase):
         failed = await self._fail(job, reason, "reserved")
         raise SubmitRefused(failed or job, reason, error) from None
 
-    async def _send(self, job: Job, first_frame: str | None) -> KlingTask:
-        """Submit the job; a gateway that refuses its sound choice gets it again without (the refusal made no task,
-        so the same external id is free) and is remembered as taking none."""
+    async def _send(self, job: Job, first_frame: str | None) -> tuple[KlingTask, bool]:
+        """Submit the job, and say whether its sound choice was left out. A gateway that refuses the choice gets
+        the job again without it (the refusal made no task, so the same external id is free) and is remembered as
+        taking none."""
         if job.image_url is None and first_frame is None and job.kind == "image":
             first_frame = await self._stored_frame(job)
         options = job.options
         if options["sound"] is None or not self.kling.takes_sound:
-            return await self._send_as(job, options.without("sound"), first_frame)
+            return await self._send_as(job, options.without("sound"), first_frame), options["sound"] is not None
         try:
-            return await self._send_as(job, options, first_frame)
+            return await self._send_as(job, options, first_frame), False
         except KlingBadRequest as refused:
             log.info("job %s: refused with settings.audio (%s); sending it again without", job.id, refused)
             task = await self._send_as(job, options.without("sound"), first_frame)  # a refusal again is not sound's
             self.kling.refuses_sound(refused)
-            return task
+            return task, True
 
     async def _send_as(self, job: Job, options: JobOptions, first_frame: str | None) -> KlingTask:
         if job.kind == "text":
