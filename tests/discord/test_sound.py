@@ -122,3 +122,15 @@ async def test_a_gateway_refusing_sound_is_told_in_the_first_answer_and_not_offe
     assert fields["Sound"].startswith("this video service offers no sound control")
     assert SOUND_INPUT not in labels  # the form no longer offers it as if it worked
     assert "offers no sound control" in later
+
+
+async def test_the_confirm_question_counts_the_rate_with_sound(world: Harness) -> None:
+    fake = world.discord
+    world.settings_overrides |= {"credits_per_second_720p_sound": 1.2}
+    async with world.running():
+        await private_answer(await fake.slash("quota-admin", {"credits": "5"}, sub="confirm-above", user="mod"))
+        asked = await private_answer(await fake.slash("video", {"prompt": "a loud sunset"}, sub="text"))
+        silent = await started(world, {"prompt": "a quiet sunset", "sound": "off"})
+    assert "costs more than 5 credits" in asked and COST.search(asked).group(1) == "6"  # type: ignore[union-attr]
+    assert COST.search(silent).group(1) == "4"  # type: ignore[union-attr]
+    assert sent_audio(world) == ["off"]
