@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", default="", help="what the video shows")
     generate.add_argument("--image", help="first frame: a file path or an http(s) URL")
     for opt in OPTIONS:  # a value outside the declaration is refused by the intake, in its words
-        generate.add_argument("--" + opt.name.replace("_", "-"), type=type(opt.default), help=opt.help)
+        generate.add_argument("--" + opt.name.replace("_", "-"), type=type(opt.allowed[0]), help=opt.help)
     generate.add_argument("--out", type=Path, required=True, help="where to write the mp4")
     simulate = commands.add_parser("simulate", help="run a local Kling API simulator (no key, no cost)")
     simulate.add_argument("--host", default="127.0.0.1")

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.core.model import QuotaSettings
-from bot.core.quota import Period
+from bot.core.quota import SOUND, Period
 
 Resolution = Literal["720p", "1080p"]
 
@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     # Credits follow the provider's billing units: a job reserves duration x this rate until billing is known.
     credits_per_second_720p: float = Field(default=0.8, ge=0, le=100)
     credits_per_second_1080p: float = Field(default=1.0, ge=0, le=100)
+    # The same with sound (asked for, or not chosen: turbo's default is sound). Unset: as without (Kling's turbo
+    # price includes sound; other models and resellers charge about 1.5x for it).
+    credits_per_second_720p_sound: float | None = Field(default=None, ge=0, le=100)
+    credits_per_second_1080p_sound: float | None = Field(default=None, ge=0, le=100)
 
     # Quotas: what a server starts with until its moderators change it with /quota-admin.
     default_quota_credits: float = Field(default=50.0, ge=0)
@@ -112,11 +116,13 @@ class Settings(BaseSettings):
 
     @property
     def credit_rates(self) -> dict[str, int]:
-        """Milli-credits per second of video, by resolution."""
-        return {
-            "720p": round(self.credits_per_second_720p * 1000),
-            "1080p": round(self.credits_per_second_1080p * 1000),
-        }
+        """Milli-credits per second of video, by resolution, and with sound (`720p+sound`)."""
+        silent = {"720p": self.credits_per_second_720p, "1080p": self.credits_per_second_1080p}
+        sound = {"720p": self.credits_per_second_720p_sound, "1080p": self.credits_per_second_1080p_sound}
+        rates = {name: round(rate * 1000) for name, rate in silent.items()}
+        for name, rate in sound.items():
+            rates[name + SOUND] = round((silent[name] if rate is None else rate) * 1000)
+        return rates
 
     @property
     def quota_defaults(self) -> QuotaSettings:

@@ -243,8 +243,8 @@ class Deliverer:
         """The buttons under the video, with what Re-roll and Continue (at the default duration) cost."""
         return result_view(
             job.id,
-            reroll_cost=self.jobs.cost_of(job.duration, job.resolution),
-            continue_cost=self.jobs.cost_of(self.bot.settings.default_duration, job.resolution),
+            reroll_cost=self.jobs.cost_of(job.duration, job.resolution, job.sound),
+            continue_cost=self.jobs.cost_of(self.bot.settings.default_duration, job.resolution, job.sound),
             chained=job.parent_id is not None,
             locale=job.locale,
         )

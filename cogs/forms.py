@@ -47,7 +47,24 @@ class JobForm(discord.ui.Modal):
         )
         self.add_item(self.prompt)
         self.add_item(self.duration)
+        self.sound: discord.ui.TextInput[JobForm] | None = None
         self.sent = False
+
+    def add_sound(self, locale: object, default: str | None = None) -> None:
+        """The sound choice (on / off; empty: the server's default), unless the video service takes none; a form
+        that makes a job (Edit too) adds it last and reads it with `chosen_sound`."""
+        if not self.cog.jobs.takes_sound:  # not offered as if it worked
+            return
+        self.sound = discord.ui.TextInput(
+            label=tr(locale, "Sound (on or off; empty: the default)"), default=default or "", required=False,
+            max_length=3,
+        )  # fmt: skip
+        self.add_item(self.sound)
+
+    def chosen_sound(self) -> str | None:
+        """The sound typed in the form (None: not chosen); a word other than on or off is refused by the intake."""
+        word = self.sound.value.strip().lower() if self.sound is not None else ""
+        return word or None
 
     async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
         # A form sent twice at once makes one job: the flag is set before any await (its request key, the form's
@@ -93,6 +110,7 @@ class AnimateModal(JobForm):
             label=tr(locale, "Resolution (720p or 1080p)"), default="720p", max_length=5
         )
         self.add_item(self.resolution)
+        self.add_sound(locale)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         async def build() -> JobRequest:
@@ -104,6 +122,7 @@ class AnimateModal(JobForm):
                 self.prompt.value,
                 duration=duration,
                 resolution=self.resolution.value.strip().lower(),
+                sound=self.chosen_sound(),
                 image=frame,
                 image_source=source,
                 frame_url=url,
@@ -124,6 +143,7 @@ class ContinueModal(JobForm):
             locale=locale,
         )
         self.parent = parent
+        self.add_sound(locale, parent.sound)  # the chain's sound as before, unless changed: Join can copy it
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         async def build() -> JobRequest:
@@ -135,6 +155,7 @@ class ContinueModal(JobForm):
                 self.prompt.value,
                 duration=duration,
                 resolution=self.parent.resolution,
+                sound=self.chosen_sound(),
                 image=frame,
                 image_source=f"last frame of {self.parent.id[:8]}",
                 parent_id=self.parent.id,

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 NO_THREAD_NOTE = english("A thread could not be started here, so this job's updates follow in this channel.")
+SOUND_DROPPED_NOTE = english(
+    "🔇 This video service offers no sound control, so your sound choice was not sent; you are charged as for a "
+    "silent video."
+)
 
 RequestBuilder = Callable[[], Awaitable[JobRequest]]
 THREAD_TYPES = (discord.ChannelType.public_thread, discord.ChannelType.private_thread, discord.ChannelType.news_thread)
@@ -248,6 +252,8 @@ class MakingVideos(commands.Cog):
                 options=options_line(job, locale),
                 where=where,
             )
+            if job.sound_dropped:
+                text += "\n" + tr(locale, SOUND_DROPPED_NOTE)
             return text + "\n" + cost
 
         cost = await self.cost_line(interaction, job.cost_estimate)
@@ -299,7 +305,7 @@ class MakingVideos(commands.Cog):
             return False
         self.jobs.validate(request)  # a mistake is named now, not after the member confirmed
         threshold = (await self.bot.resources.credits.settings(interaction.guild_id)).confirm_above
-        cost = self.jobs.cost_of(request.duration, request.resolution)
+        cost = await self.jobs.request_cost(request)
         if threshold is None or cost <= threshold:
             return False
         timeout = self.bot.settings.confirm_timeout_seconds

@@ -42,6 +42,8 @@ def job_state(job: Job, locale: object) -> str:
     return state_word(locale, job.status)
 
 
+SOUND_NOT_OFFERED = english("this video service offers no sound control: your choice was not sent, charged as silent")
+
 MESSAGE_LIMIT = 2000  # Discord refuses longer message content
 
 
@@ -67,6 +69,8 @@ def clock(seconds: float) -> str:
 def option_label(locale: object, name: str, value: object) -> str:
     """One option's value as the options line shows it (its declared label, in the member's language)."""
     opt = option(name)
+    if value in opt.labels:
+        return tr(locale, opt.labels[value])
     return tr(locale, opt.label, **{opt.label_field: value}) if opt.label else str(value)
 
 
@@ -206,6 +210,8 @@ def result_embed(job: Job) -> discord.Embed:
     embed.add_field(name=tr(locale, "Credits used"), value=format_credits(credits))
     if job.finished_at and job.submitted_at:
         embed.add_field(name=tr(locale, "Time taken"), value=clock(job.finished_at - job.submitted_at))
+    if job.sound_dropped:  # also for a job that waited in the queue, sent after its first answer
+        embed.add_field(name=tr(locale, "Sound"), value=tr(locale, SOUND_NOT_OFFERED), inline=False)
     return embed
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -27,6 +27,12 @@ SOURCES = {  # English message ids
     "override": english("set for you"),
     "role": english("from your role"),
     "default": english("server default"),
+}
+
+SOUND_DEFAULTS = {  # English message ids, by the server's sound default
+    "on": english("with sound"),
+    "off": english("silent"),
+    None: english("the video service's default (with sound)"),
 }
 
 
@@ -94,6 +100,8 @@ def describe_status(status: QuotaStatus, credits: CreditService, who: str | None
             limit=status.settings.member_in_flight,
         )
     )
+    sound = SOUND_DEFAULTS[status.settings.sound_default]
+    lines.append(tr(locale, "Sound when not chosen: {sound}", sound=tr(locale, sound)))
     return "\n".join(lines)
 
 
@@ -327,6 +335,14 @@ class QuotaCog(commands.Cog):
     async def review(self, interaction: discord.Interaction[Any], channel: discord.TextChannel | None = None) -> None:
         entry = await self.credits.set_review_channel(
             self._guild(interaction), interaction.user.id, channel.id if channel else None
+        )
+        await self._done(interaction, entry)
+
+    @admin.command(name="sound", description="Whether videos have sound when their member does not choose")
+    @app_commands.describe(default="on, off, or provider (the default): the video service's own choice")
+    async def sound(self, interaction: discord.Interaction[Any], default: Literal["on", "off", "provider"]) -> None:
+        entry = await self.credits.set_sound_default(
+            self._guild(interaction), interaction.user.id, None if default == "provider" else default
         )
         await self._done(interaction, entry)
 

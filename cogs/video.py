@@ -18,6 +18,7 @@ from cogs.mine import MemberViews
 
 # The options' values as Discord offers them, from their declaration (bot/core/options.py).
 SHORTEST, LONGEST = min(option("duration").allowed), max(option("duration").allowed)
+SOUND_HELP = "on or off; not chosen: the server's default, else the video service's (with sound)"
 
 
 def choices(name: str) -> list[app_commands.Choice[str]]:
@@ -44,8 +45,11 @@ class VideoCommands(commands.Cog):
         aspect_ratio="The shape of the video (default 16:9)",
         resolution="720p (default) or 1080p; 1080p costs more credits",
         duration="Length in seconds, 3 to 15 (default 5)",
+        sound=SOUND_HELP,
     )
-    @app_commands.choices(aspect_ratio=choices("aspect_ratio"), resolution=choices("resolution"))
+    @app_commands.choices(
+        aspect_ratio=choices("aspect_ratio"), resolution=choices("resolution"), sound=choices("sound")
+    )
     async def text(
         self,
         interaction: discord.Interaction[Any],
@@ -53,9 +57,10 @@ class VideoCommands(commands.Cog):
         aspect_ratio: str | None = None,
         resolution: str | None = None,
         duration: app_commands.Range[int, SHORTEST, LONGEST] | None = None,
+        sound: str | None = None,
     ) -> None:
         await self.making().from_text(
-            interaction, prompt, aspect_ratio=aspect_ratio, resolution=resolution, duration=duration
+            interaction, prompt, aspect_ratio=aspect_ratio, resolution=resolution, duration=duration, sound=sound
         )
 
     @video.command(name="image", description="Make a video that starts from your image")
@@ -64,8 +69,9 @@ class VideoCommands(commands.Cog):
         prompt="What happens in the video (optional, up to 2500 characters)",
         resolution="720p (default) or 1080p; 1080p costs more credits",
         duration="Length in seconds, 3 to 15 (default 5)",
+        sound=SOUND_HELP,
     )
-    @app_commands.choices(resolution=choices("resolution"))
+    @app_commands.choices(resolution=choices("resolution"), sound=choices("sound"))
     async def image(
         self,
         interaction: discord.Interaction[Any],
@@ -73,8 +79,11 @@ class VideoCommands(commands.Cog):
         prompt: app_commands.Range[str, 1, 2500] | None = None,
         resolution: str | None = None,
         duration: app_commands.Range[int, SHORTEST, LONGEST] | None = None,
+        sound: str | None = None,
     ) -> None:
-        await self.making().from_image(interaction, image, prompt=prompt, resolution=resolution, duration=duration)
+        await self.making().from_image(
+            interaction, image, prompt=prompt, resolution=resolution, duration=duration, sound=sound
+        )
 
     @video.command(name="notify", description="How you are told that your video is done")
     @app_commands.describe(mode="mention: in the video's thread (default) · dm: a direct message · off: neither")

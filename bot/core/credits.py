@@ -326,6 +326,17 @@ class CreditService:
         await self.store.save_quota_settings(guild_id, replace(before, review_channel_id=channel_id), entry)
         return entry
 
+    async def set_sound_default(self, guild_id: int, moderator_id: int, sound: str | None) -> AuditEntry:
+        """The sound of the server's videos whose member does not choose: 'on', 'off' or None (the provider's)."""
+        if sound not in ("on", "off", None):
+            raise ValueError(f"unknown sound default {sound!r}")
+        before = await self.store.quota_settings(guild_id, self.defaults)
+        entry = self._audit(
+            guild_id, moderator_id, "sound", None, before.sound_default or "provider", sound or "provider"
+        )
+        await self.store.save_quota_settings(guild_id, replace(before, sound_default=sound), entry)
+        return entry
+
     async def audit_entries(
         self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0
     ) -> list[AuditEntry]:

@@ -9,6 +9,7 @@ from dataclasses import replace
 from bot.core.i18n import english
 from bot.core.job_base import JobBase, JobChange, SubmitRefused, explain, released
 from bot.core.model import Job
+from bot.core.options import JobOptions
 from bot.core.scheduling import fair_order
 from bot.crashpoints import crash_point
 from bot.media.images import base64_text
@@ -57,7 +58,7 @@ class Dispatch(JobBase):
             return await self.store.get_job(job.id) or job
         job = replace(job, attempts=attempts, updated_at=now)
         try:
-            task = await self._send(job, first_frame)
+            task, sound_dropped = await self._send(job, first_frame)
         except KlingNotSent as exc:
             return await self._cannot_send(job, exc, "the video service is failing; the job waits for it")
         except KlingUnavailable as exc:
@@ -74,7 +75,20 @@ class Dispatch(JobBase):
             return await self._refused(job, exc)
         crash_point("after_submit")
         self.pause.worked()
+        if sound_dropped and not job.sound_dropped:
+            job = await self._sound_dropped(job)
         return await self._adopt(job, task, "reserved")
+
+    async def _sound_dropped(self, job: Job) -> Job:
+        """The job went without its sound choice (the gateway takes none): charged as silent, and flagged so that
+        its member is told."""
+        cost = job.options.cost(self.rates, sound_offered=False)
+        log.info("job %s: sent without its sound choice (%s); reserving %d", job.id, job.sound, cost)
+        await self.store.update_job(
+            job.id, "reserved", lease=self.lease_of(job), sound_dropped=True, cost_estimate=cost,
+            updated_at=self.clock(),
+        )  # fmt: skip
+        return replace(job, sound_dropped=True, cost_estimate=cost)
 
     async def _cannot_send(self, job: Job, error: KlingError, why: str) -> Job:
         # The bot queues the job for later; the command line has no queue, so it ends the job with the reason.
@@ -88,21 +102,36 @@ class Dispatch(JobBase):
         failed = await self._fail(job, reason, "reserved")
         raise SubmitRefused(failed or job, reason, error) from None
 
-    async def _send(self, job: Job, first_frame: str | None) -> KlingTask:
+    async def _send(self, job: Job, first_frame: str | None) -> tuple[KlingTask, bool]:
+        """Submit the job, and say whether its sound choice was left out. A gateway that refuses the choice gets
+        the job again without it (the refusal made no task, so the same external id is free) and is remembered as
+        taking none."""
+        if job.image_url is None and first_frame is None and job.kind == "image":
+            first_frame = await self._stored_frame(job)
+        options = job.options
+        if options["sound"] is None or not self.kling.takes_sound:
+            return await self._send_as(job, options.without("sound"), first_frame), options["sound"] is not None
+        try:
+            return await self._send_as(job, options, first_frame), False
+        except KlingBadRequest as refused:
+            log.info("job %s: refused with settings.audio (%s); sending it again without", job.id, refused)
+            task = await self._send_as(job, options.without("sound"), first_frame)  # a refusal again is not sound's
+            self.kling.refuses_sound(refused)
+            return task, True
+
+    async def _send_as(self, job: Job, options: JobOptions, first_frame: str | None) -> KlingTask:
         if job.kind == "text":
             return await self.kling.submit_text(
                 job.prompt,
-                options=job.options,
+                options=options,
                 external_task_id=job.id,
                 callback_url=self.callback_url,
             )
-        if job.image_url is None and first_frame is None:
-            first_frame = await self._stored_frame(job)
         return await self.kling.submit_image(
             job.prompt or None,
             base64_frame=first_frame if job.image_url is None else None,
             url_frame=job.image_url or job.frame_url,
-            options=job.options,
+            options=options,
             external_task_id=job.id,
             callback_url=self.callback_url,
         )

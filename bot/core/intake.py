@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import replace
 
 from bot.core import quota
 from bot.core.i18n import english
@@ -53,9 +54,27 @@ class Intake(JobBase):
             if request.image_url is not None and not request.image_url.startswith(("https://", "http://")):
                 raise InvalidRequest(english("The first frame must be an http(s) link or an uploaded image."))
 
-    def cost_of(self, duration: int, resolution: str) -> int:
+    @property
+    def takes_sound(self) -> bool:
+        """Whether the video service takes a sound choice (False once it refused one)."""
+        return self.kling.takes_sound
+
+    def cost_of(self, duration: int, resolution: str, sound: str | None = None) -> int:
         """The credits (milli) a job of this shape reserves (for the buttons' prices; a job's own: `JobOptions`)."""
-        return quota.job_cost(duration, resolution, self.rates)
+        with_sound = self.takes_sound and sound != "off"
+        return quota.job_cost(duration, resolution, self.rates, with_sound=with_sound)
+
+    async def with_server_defaults(self, request: JobRequest) -> JobRequest:
+        """The request with its server's defaults for what the member left unchosen (the sound)."""
+        if request.sound is not None or self.credits is None or request.guild_id is None:
+            return request
+        default = (await self.credits.settings(request.guild_id)).sound_default
+        return replace(request, sound=default) if default is not None else request
+
+    async def request_cost(self, request: JobRequest) -> int:
+        """What this request would reserve now (its server's defaults applied), for the confirm question."""
+        request = await self.with_server_defaults(request)
+        return request.options.cost(self.rates, sound_offered=self.kling.takes_sound)
 
     def unavailable_reason(self) -> str | None:
         """Why new jobs cannot be taken now, or None when they can."""
@@ -81,8 +100,11 @@ class Intake(JobBase):
         """Validate, check the quota and write the job with its credits held; nothing is sent yet.
 
         Raises `DuplicateRequest` when a job answering the same question (`request.request_key`) exists."""
+        request = await self.with_server_defaults(request)
         self.validate(request)
         options = request.options
+        # A service known to take no sound control: the choice is kept, the job sent without it and charged silent.
+        sound_dropped = options["sound"] is not None and not self.kling.takes_sound
         charged = self.credits is not None and self.origin == "discord"
         if charged and (request.guild_id is None or request.user_id is None):
             # Credits are counted per member of a server: a Discord job outside one would be sent with no quota.
@@ -112,7 +134,7 @@ class Intake(JobBase):
             video_url=None,
             video_seconds=None,
             billed_amount=None,
-            cost_estimate=options.cost(self.rates),
+            cost_estimate=options.cost(self.rates, sound_offered=self.kling.takes_sound),
             cost_billed=None,
             attachment_size_limit=request.attachment_size_limit,
             message_id=None,
@@ -135,6 +157,7 @@ class Intake(JobBase):
             lease_until=now + self.reserved_grace,
             lease_attempt=1,
             request_key=request.request_key,
+            sound_dropped=sound_dropped,
         )
         if self.credits is not None and job.guild_id is not None and job.user_id is not None:
             await self.credits.reserve(job, request.role_ids)

@@ -73,6 +73,7 @@ class JobRequest:
     duration: int = option("duration").default
     resolution: str = option("resolution").default
     aspect_ratio: str | None = None
+    sound: str | None = None  # None: the server's default, else the provider's
     image: FirstFrame | None = None
     image_url: str | None = None
     image_source: str | None = None

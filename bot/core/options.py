@@ -1,13 +1,13 @@
-"""A job's options (duration, resolution, aspect ratio), each declared once: its values, default, cost effect, its
-field in the API body and the member's refusal. The intake validates with it, the client builds the API body from
-it and the simulator checks a submit with it; `JobOptions` is one job's validated choice.
+"""A job's options (duration, resolution, aspect ratio, sound), each declared once: its values, default, cost
+effect, its field in the API body and the member's refusal. The intake validates with it, the client builds the API
+body from it and the simulator checks a submit with it; `JobOptions` is one job's validated choice.
 
 A new option is one more `Option` in `OPTIONS` (and, to be stored, a `jobs` column of the same name)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bot.core import quota
@@ -27,19 +27,32 @@ class Option:
     api_field: str  # its key in the API body's `settings`
     kinds: tuple[str, ...] = KINDS  # the job kinds that take it; another kind leaves it out of the body
     other_kind: str = ""  # the member's words when a kind that does not take it is given one
-    cost: Literal["seconds", "rate"] | None = None  # seconds multiply the rate; the rate is looked up by this value
+    # seconds multiply the rate; the rate is looked up by the `rate` value, and its with-sound rate by `sound`
+    cost: Literal["seconds", "rate", "sound"] | None = None
     help: str = ""  # the command line's description
     label: str = ""  # the options line's message id (marked with `english`), filled in by `label_field`; "": as is
     label_field: str = "value"
+    labels: Mapping[Any, str] = field(default_factory=dict)  # a message id per value, instead of `label`
+    # How each value is written in the API body (absent: as it is). A value of None (not chosen, no default) is
+    # left out of the body, so the provider's own default stands.
+    api_values: Mapping[Any, Any] = field(default_factory=dict)
 
     def takes(self, kind: str) -> bool:
         return kind in self.kinds
+
+    def to_api(self, value: Any) -> Any:
+        return self.api_values.get(value, value)
+
+    def from_api(self, value: Any) -> Any:
+        """The member's value for an API value (or the API value itself when it names none)."""
+        return next((mine for mine, theirs in self.api_values.items() if theirs == value), value)
 
     def provider_refusal(self, value: Any) -> str:
         """What the provider says about a value it does not accept."""
         if all(isinstance(v, int) for v in self.allowed):
             return f"{self.api_field} must be an integer from {min(self.allowed)} to {max(self.allowed)}"
-        return f"{self.api_field} {value!r} is not supported ({', '.join(map(str, self.allowed))})"
+        accepted = ", ".join(str(self.to_api(v)) for v in self.allowed)
+        return f"{self.api_field} {value!r} is not supported ({accepted})"
 
 
 OPTIONS: list[Option] = [
@@ -74,6 +87,17 @@ OPTIONS: list[Option] = [
         kinds=("text",),
         other_kind=english("An image video takes its shape from the image; leave the aspect ratio out."),
         help="16:9, 9:16 or 1:1 (text videos only)",
+    ),
+    Option(
+        name="sound",
+        allowed=("on", "off"),
+        default=None,  # not chosen: nothing is sent and the provider's default stands (turbo: with sound)
+        refusal=lambda value: english("The sound must be on or off, not {sound}.", sound=value),
+        api_field="audio",  # Kling's own API: "native" (sound made by the model, speech included) or "off"
+        api_values={"on": "native", "off": "off"},
+        cost="sound",
+        help="on or off (default: the server's, else the provider's: with sound)",
+        labels={"on": english("with sound"), "off": english("silent")},
     ),
 ]
 
@@ -134,19 +158,28 @@ class JobOptions:
     def resolution(self) -> str:
         return str(self["resolution"])
 
-    def cost(self, rates: Mapping[str, int]) -> int:
-        """The credits (milli) these options reserve: the `seconds` option times the rate of the `rate` option."""
+    def without(self, name: str) -> JobOptions:
+        """The same options with `name` not chosen (left out of the body when it has no default)."""
+        return JobOptions(self.kind, tuple((n, None if n == name else v) for n, v in self.values))
+
+    def cost(self, rates: Mapping[str, int], *, sound_offered: bool = True) -> int:
+        """The credits (milli) these options reserve: the `seconds` option times the rate of the `rate` option, its
+        with-sound rate unless the `sound` option says off (not chosen: the provider's default, which is with
+        sound) or the service offers no sound control (`sound_offered` False: charged as silent)."""
         by_role = {option(name).cost: value for name, value in self.values}
-        return quota.job_cost(by_role["seconds"], by_role["rate"], rates)
+        with_sound = sound_offered and by_role.get("sound") != "off"
+        return quota.job_cost(by_role["seconds"], by_role["rate"], rates, with_sound=with_sound)
 
     def settings(self) -> dict[str, Any]:
-        """The API body's `settings`: each option this kind takes, under its field (a row without one: the default)."""
+        """The API body's `settings`: each option this kind takes, under its field (a row without one: the default;
+        None, an option not chosen that has no default, is left out)."""
         chosen = dict(self.values)
-        return {
-            opt.api_field: opt.default if chosen.get(opt.name) is None else chosen[opt.name]
-            for opt in OPTIONS
-            if opt.takes(self.kind)
-        }
+        found = {}
+        for opt in OPTIONS:
+            value = opt.default if chosen.get(opt.name) is None else chosen[opt.name]
+            if opt.takes(self.kind) and value is not None:
+                found[opt.api_field] = opt.to_api(value)
+        return found
 
     def columns(self) -> dict[str, Any]:
         """The job row's columns, one per option."""
@@ -169,12 +202,16 @@ def check_settings(kind: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for opt in OPTIONS:
         present = opt.api_field in settings
-        value = settings.get(opt.api_field, opt.default)
         if not opt.takes(kind):
             if present:
                 raise InvalidOption(f"{opt.api_field} is not accepted for {kind} to video")
             continue
-        if not _allowed(opt, value):
-            raise InvalidOption(opt.provider_refusal(value))
+        if not present:
+            found[opt.name] = opt.default
+            continue
+        sent = settings[opt.api_field]
+        value = opt.from_api(sent)
+        if not _allowed(opt, value) or (opt.api_values and sent not in opt.api_values.values()):
+            raise InvalidOption(opt.provider_refusal(sent))
         found[opt.name] = value
     return found

@@ -12,8 +12,10 @@ Millicredits = int
 Period = Literal["day", "week", "month", "total"]
 PERIODS: tuple[Period, ...] = ("day", "week", "month", "total")
 
-# The provider's price list: about 0.8 units per second at 720p and 1.0 at 1080p.
+# The provider's price list: about 0.8 units per second at 720p and 1.0 at 1080p, sound included. A rate with sound
+# is the resolution's key with SOUND after it ("720p+sound"); without one, sound costs what silence does.
 DEFAULT_RATES: Mapping[str, Millicredits] = {"720p": 800, "1080p": 1000}
+SOUND = "+sound"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Plain digits only: no sign, exponent or underscores, so "1e999999999" cannot make a huge integer.
 _AMOUNT = re.compile(r"([0-9]*)(?:\.([0-9]*))?")
@@ -124,13 +126,15 @@ def check(
     return Decision(True, "ok", None if left is None else left - cost)
 
 
-def job_cost(duration: int, resolution: str, rates: Mapping[str, int] = DEFAULT_RATES) -> Millicredits:
-    """The credits a job reserves: its duration (seconds) times the rate of its resolution."""
+def job_cost(
+    duration: int, resolution: str, rates: Mapping[str, int] = DEFAULT_RATES, *, with_sound: bool = False
+) -> Millicredits:
+    """The credits a job reserves: its duration (seconds) times the rate of its resolution (with sound or not)."""
     if resolution not in rates:
         raise ValueError(f"no credit rate for resolution {resolution!r}")
     if duration < 0:
         raise ValueError(f"a duration cannot be negative: {duration}")
-    return duration * rates[resolution]
+    return duration * rates.get(resolution + SOUND if with_sound else resolution, rates[resolution])
 
 
 def parse_billed_amount(amount: str) -> Millicredits:

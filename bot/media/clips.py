@@ -33,6 +33,9 @@ MP4_OPTIONS = {"movflags": "+faststart"}  # the index first, so Discord can play
 ENCODE_PRESET = "veryfast"  # a join takes ~40% less CPU than with x264's default; the bit rate is set
 MUX_OVERHEAD = 0.03  # an mp4's index and headers, on top of its bit rate (estimates are upper bounds)
 MUX_BYTES = 64 * 1024
+AUDIO_BIT_RATE = 128_000  # a re-encoded join's AAC track
+AUDIO_CHUNK = 1024  # samples handed to the AAC encoder at a time
+DEFAULT_AUDIO = (48000, "mono")  # the track's rate and layout when no segment says otherwise
 _frames = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-frames")  # a Continue never waits on a join
 _headers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-headers")
 _joins: ProcessPoolExecutor | None = None
@@ -56,6 +59,7 @@ class JoinPlan:
     seconds: float
     estimated_bytes: int
     bit_rate: int  # the re-encode's target in bits a second (0 for a remux)
+    sound: bool = False  # some segment has an audio track: the joined video has one
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,8 @@ def _probe(path: Path) -> _Segment:
             if packet.pts is None or packet.time_base is None:
                 continue
             at = float(packet.pts * packet.time_base)
-            first = at if first is None else min(first, at)
+            if packet.stream.type == "video":  # the video starts a segment: an AAC track's priming starts before it
+                first = at if first is None else min(first, at)
             end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
     if first is None:
         raise ClipError(f"{path.name} has no packets")
@@ -235,6 +240,7 @@ class _Header:
     bit_rate: int  # the video's, bits a second
     width: int
     height: int
+    sound: bool
 
 
 def _header(path: Path) -> _Header:
@@ -251,7 +257,8 @@ def _header(path: Path) -> _Header:
         frames = video.frames or round(seconds * float(video.average_rate or 24))
         bit_rate = video.bit_rate or (round(path.stat().st_size * 8 / seconds) if seconds else 0)
         width, height = video.codec_context.width, video.codec_context.height
-    return _Header(shape, seconds, frames, bit_rate, width, height)
+        sound = bool(container.streams.audio)
+    return _Header(shape, seconds, frames, bit_rate, width, height, sound)
 
 
 def _plan(paths: tuple[Path, ...]) -> JoinPlan:
@@ -259,13 +266,15 @@ def _plan(paths: tuple[Path, ...]) -> JoinPlan:
         raise ClipError("nothing to join")
     heads = [_header(path) for path in paths]
     seconds, frames = sum(h.seconds for h in heads), sum(h.frames for h in heads)
+    sound = any(head.sound for head in heads)
     if all(head.shape == heads[0].shape for head in heads):
-        return JoinPlan(paths, "remux", frames, seconds, sum(p.stat().st_size for p in paths), 0)
+        return JoinPlan(paths, "remux", frames, seconds, sum(p.stat().st_size for p in paths), 0, sound)
     width, height = _even(heads[0].width, heads[0].height)
     # As many bits a pixel as the densest segment, at the joined video's size: no segment loses its quality.
     bit_rate = max(round(h.bit_rate * width * height / max(1, h.width * h.height)) for h in heads)
-    estimated = round(bit_rate * seconds / 8 * (1 + MUX_OVERHEAD)) + MUX_BYTES
-    return JoinPlan(paths, "reencode", frames, seconds, estimated, bit_rate)
+    total_rate = bit_rate + (AUDIO_BIT_RATE if sound else 0)
+    estimated = round(total_rate * seconds / 8 * (1 + MUX_OVERHEAD)) + MUX_BYTES
+    return JoinPlan(paths, "reencode", frames, seconds, estimated, bit_rate, sound)
 
 
 def _even(width: int, height: int) -> tuple[int, int]:
@@ -281,7 +290,7 @@ def _join_in_process(plan: JoinPlan, out_path: Path, threads: int) -> Joined:
         if plan.how == "remux":
             _remux(segments, out_path)
         else:
-            _reencode(segments, out_path, bit_rate=plan.bit_rate, threads=threads)
+            _reencode(segments, out_path, bit_rate=plan.bit_rate, threads=threads, sound=plan.sound)
     except av.FFmpegError as exc:
         raise ClipError(f"the video could not be read: {exc}") from None
     return Joined(plan.how, sum(s.length for s in segments), time.process_time() - started)
@@ -318,16 +327,17 @@ def _remux(segments: list[_Segment], out_path: Path) -> None:
             before += segment.length
 
 
-def _reencode(segments: list[_Segment], out_path: Path, *, bit_rate: int, threads: int) -> None:
+def _reencode(segments: list[_Segment], out_path: Path, *, bit_rate: int, threads: int, sound: bool = False) -> None:
     """Decode every segment and encode one H.264 video at the first segment's size and `bit_rate` (capped, so the
     plan's size estimate holds); each frame keeps its time within its segment, moved by the length of the segments
-    before it. Sound is left out: segments that differ rarely share a sound format, and a silent join is better
-    than none."""
+    before it. With `sound`, one AAC track too, each segment's sound (or, for a silent one, silence) filling its
+    segment's place exactly, so the track lasts the sum of the segments."""
     with av.open(str(segments[0].path)) as first:
         template = first.streams.video[0]
         width, height = template.codec_context.width, template.codec_context.height
         rate = template.average_rate or Fraction(24)
     width, height = _even(width, height)
+    audio_format = _audio_format([segment.path for segment in segments]) if sound else None
     options = {"preset": ENCODE_PRESET, "threads": str(threads), "maxrate": str(bit_rate), "bufsize": str(bit_rate)}
     with av.open(str(out_path), "w", format="mp4", options=MP4_OPTIONS) as output:
         stream = output.add_stream("libx264", rate=rate, options=options)
@@ -335,6 +345,7 @@ def _reencode(segments: list[_Segment], out_path: Path, *, bit_rate: int, thread
         stream.bit_rate = bit_rate
         stream.codec_context.time_base = ENCODE_TIME_BASE
         stream.time_base = ENCODE_TIME_BASE
+        track = _Track(output, *audio_format) if audio_format is not None else None
         offset = 0.0
         last_pts = -1
         lasting: dict[int, int] = {}  # a frame's pts -> its duration, set on its packet
@@ -347,14 +358,77 @@ def _reencode(segments: list[_Segment], out_path: Path, *, bit_rate: int, thread
                         continue
                     at = offset + float(frame.pts * frame.time_base) - segment.start
                     pts = max(round(at / ENCODE_TIME_BASE), last_pts + 1)
-                    out = frame.reformat(width=width, height=height, format="yuv420p")
-                    out.pts, out.time_base = pts, ENCODE_TIME_BASE
                     if frame.duration:  # each frame lasts as long as in its segment, the last one too
                         lasting[pts] = round(frame.duration * frame.time_base / ENCODE_TIME_BASE)
+                    # (before the times are set: a frame already in the right shape is its own reformat)
+                    out = frame.reformat(width=width, height=height, format="yuv420p")
+                    out.pts, out.time_base = pts, ENCODE_TIME_BASE
                     last_pts = pts
                     _mux(output, stream.encode(out), lasting)
+                if track is not None:
+                    track.add(container, offset, offset + segment.length)
             offset += segment.length
         _mux(output, stream.encode(None), lasting)
+        if track is not None:
+            track.close()
+
+
+def _audio_format(paths: Sequence[Path]) -> tuple[int, str]:
+    """The joined track's sample rate and layout: the first segment with sound's."""
+    for path in paths:
+        with av.open(str(path)) as container:
+            if container.streams.audio:
+                context = container.streams.audio[0].codec_context
+                return context.sample_rate or DEFAULT_AUDIO[0], context.layout.name or DEFAULT_AUDIO[1]
+    return DEFAULT_AUDIO
+
+
+class _Track:
+    """A re-encoded join's one AAC track, written in order: each segment's sound resampled to the track's format,
+    cut or padded with silence to its segment's place."""
+
+    def __init__(self, output: Any, rate: int, layout: str) -> None:
+        self.output = output
+        self.rate, self.layout = rate, layout
+        self.stream = output.add_stream("aac", rate=rate, layout=layout)
+        self.stream.bit_rate = AUDIO_BIT_RATE
+        self.width = 2 * len(av.AudioLayout(layout).channels)  # bytes per sample, 16-bit, every channel
+        self.written = 0  # samples
+
+    def add(self, container: InputContainer, start: float, end: float) -> None:
+        """The sound of `container` from `start` to `end` (seconds in the joined video); silence where it has none."""
+        self._pad(start)
+        limit = round(end * self.rate)
+        if container.streams.audio:
+            container.seek(0)
+            resampler = av.AudioResampler(format="s16", layout=self.layout, rate=self.rate)
+            decoded = container.decode(container.streams.audio[0])
+            frames = [out for frame in decoded for out in resampler.resample(frame)] + resampler.resample(None)
+            for out in frames:
+                room = limit - self.written
+                if room > 0:
+                    self._write(bytes(out.planes[0])[: min(out.samples, room) * self.width])
+        self._pad(end)
+
+    def _pad(self, until: float) -> None:
+        missing = round(until * self.rate) - self.written
+        if missing > 0:
+            self._write(bytes(missing * self.width))
+
+    def _write(self, pcm: bytes) -> None:
+        step = AUDIO_CHUNK * self.width
+        for start in range(0, len(pcm), step):
+            piece = pcm[start : start + step]
+            frame = av.AudioFrame(format="s16", layout=self.layout, samples=len(piece) // self.width)
+            frame.planes[0].update(piece)
+            frame.sample_rate, frame.pts, frame.time_base = self.rate, self.written, Fraction(1, self.rate)
+            self.written += frame.samples
+            for packet in self.stream.encode(frame):
+                self.output.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode(None):
+            self.output.mux(packet)
 
 
 def _mux(output: Any, packets: list[Any], lasting: dict[int, int]) -> None:

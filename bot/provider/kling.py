@@ -141,6 +141,15 @@ class KlingClient:
         self._lists_proven = False  # a full list was answered in full: lists may go out together
         self._announced_sizes: set[int] = set()
         self.frame_form: Literal["base64", "url"] = "base64"
+        # False once the gateway refused `settings.audio` (Kling's own field, not on its page): every later job is
+        # sent without it, for the life of the process.
+        self.takes_sound = True
+
+    def refuses_sound(self, error: KlingError) -> None:
+        """The gateway refused a body that differs from an accepted one only by `settings.audio`: remember it."""
+        if self.takes_sound:
+            log.warning("the gateway refused settings.audio (%s); jobs are sent without it from now on", error)
+        self.takes_sound = False
 
     def __repr__(self) -> str:
         return f"KlingClient(root_url={self._root!r})"

@@ -52,6 +52,7 @@ class SimTask:
     create_ms: int = 0
     update_ms: int = 0
     finished: bool = False
+    sound: bool = True  # its video has an audio track
 
 
 def task_record(task: SimTask, origin: str, variant: GatewayVariant) -> dict[str, Any]:

@@ -18,6 +18,9 @@ Nobody has proven that Cloudsway's gateway behaves as its page says, so `Gateway
   rendering) S seconds later by the simulator's clock; the page answers at once.
 - dedupe_external_ids=false: Kling refuses a repeated external_task_id (400/1201); false makes a second task
   (both render and bill) and a query by that external id answers all of them.
+- audio=accept|refuse|refuse_unnamed: the page lists no `settings.audio` (Kling's own API takes "native" or
+  "off"); refuse answers a parameter error naming it (400/1201), refuse_unnamed a bare HTTP 422 naming nothing.
+  Either way no task is made.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class GatewayVariant:
     callbacks: Literal["page", "native"] = "page"
     late_submit: float | None = None
     dedupe_external_ids: bool = True
+    audio: Literal["accept", "refuse", "refuse_unnamed"] = "accept"
 
     @classmethod
     def parse(cls, items: Sequence[str]) -> GatewayVariant:

@@ -38,13 +38,14 @@ from bot.provider.sim_http import (
     json_body,
     placeholder,
     refuse,
+    section,
     stream_video,
     task_settings,
     text_request,
 )
 from bot.provider.sim_tasks import RecordedRequest, SimTask, callback_body, send_callback, task_record
 from bot.provider.sim_variant import GatewayVariant, describe
-from bot.provider.sim_videos import sample_video, task_video
+from bot.provider.sim_videos import sample_video, silent_task_video, task_video
 from bot.serving.server import serve
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,10 @@ class KlingSimulator:
         # True: each task's video is its own small clip (`task_video`), whose last frame differs per task, so a
         # continued video's first frame can be traced; False: every task serves the sample video.
         self.task_videos = False
-        self.clip_maker: Callable[[str], bytes] = task_video  # makes a task's clip from its id (`task_videos`)
+        # Make a task's clip from its id (`task_videos`): with an AAC track, as turbo's videos have, or without
+        # when the submit asked for `"audio": "off"`.
+        self.clip_maker: Callable[[str], bytes] = task_video
+        self.silent_clip_maker: Callable[[str], bytes] = silent_task_video
         self._task_clips: dict[str, bytes] = {}  # task id -> its clip, made once
         self.callback_secret: str | None = None  # signs callbacks (Standard Webhooks) when set
         self.requests: list[RecordedRequest] = []
@@ -248,6 +252,10 @@ class KlingSimulator:
             check_image(await fetch_image(url))
 
     def _create(self, body: dict[str, Any], kind: str, prompt: str, fault: Fault | None) -> web.Response:
+        if "audio" in section(body, "settings") and self.variant.audio != "accept":
+            if self.variant.audio == "refuse":
+                raise bad("invalid parameter: settings.audio is not supported")
+            raise Answer(web.Response(status=422, text="Unprocessable Entity"))
         chosen, external, callback_url = task_settings(body, kind)
         duration, resolution = chosen["duration"], chosen["resolution"]
         if external and self.variant.dedupe_external_ids and self.tasks_for(external):
@@ -274,6 +282,7 @@ class KlingSimulator:
             fail_message="Video generation failed: internal render error" if "fail-render" in prompt else None,
             create_ms=now_ms,
             update_ms=now_ms,
+            sound=chosen["sound"] != "off",  # turbo's videos carry sound unless asked for none
         )
         if late is not None:  # the proxy gave up waiting; the request still reaches the provider, later
             self._pending.append(task)
@@ -382,10 +391,11 @@ class KlingSimulator:
     async def _video_data(self, output_id: str) -> bytes:
         if not self.task_videos:
             return sample_video()
-        task_id = next(t.id for t in self.tasks.values() if t.output_id == output_id)
-        if task_id not in self._task_clips:  # encoded off the loop: the bot may share it
-            self._task_clips[task_id] = await asyncio.to_thread(self.clip_maker, task_id)
-        return self._task_clips[task_id]
+        task = next(t for t in self.tasks.values() if t.output_id == output_id)
+        if task.id not in self._task_clips:  # encoded off the loop: the bot may share it
+            maker = self.clip_maker if task.sound else self.silent_clip_maker
+            self._task_clips[task.id] = await asyncio.to_thread(maker, task.id)
+        return self._task_clips[task.id]
 
 
 async def run_forever(

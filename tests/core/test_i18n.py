@@ -264,7 +264,7 @@ async def test_refusals_forms_and_alerts_reach_a_chinese_member_in_chinese(world
     assert rejected.texts()[-1] == "图片尺寸为 100x100，每条边至少需要 300 像素。没有提交任务，也没有扣除任何额度。"
     assert shown.modal is not None and shown.modal["title"] == "图片生成视频"
     labels = [row["components"][0]["label"] for row in shown.modal["components"]]
-    assert labels == ["提示词（可选）", "时长（秒，3-15）", "分辨率（720p 或 1080p）"]
+    assert labels == ["提示词（可选）", "时长（秒，3-15）", "分辨率（720p 或 1080p）", "声音（on 或 off；留空：默认）"]
     offer = next(m for m in refused.messages if "排队" in m["content"])
     assert offer["content"].startswith(
         "视频服务暂不可用：机器人的账户需要运维人员处理。没有扣除任何额度，请稍后再试。或者"

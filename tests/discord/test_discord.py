@@ -80,6 +80,7 @@ async def test_animate_image_from_the_message_menu_and_its_modal(world: Harness)
             "Prompt (optional)",
             "Duration in seconds (3-15)",
             "Resolution (720p or 1080p)",
+            "Sound (on or off; empty: the default)",
         ]
         await fake.submit_modal(shown, {"Prompt (optional)": "the cat blinks", "Duration in seconds (3-15)": "4"})
         job = await world.job_in("delivered")

@@ -44,13 +44,14 @@ async def test_generate_writes_the_exact_bytes_the_simulator_served(sim: KlingSi
     sim.render_seconds = 0.3
     out = tmp_path / "fox.mp4"
     code, stdout, stderr = await run_cli(
-        "generate", "--prompt", "a fox", "--duration", "3", "--out", str(out), env=env_for(sim, tmp_path), cwd=tmp_path
-    )
+        "generate", "--prompt", "a fox", "--duration", "3", "--sound", "off", "--out", str(out),
+        env=env_for(sim, tmp_path), cwd=tmp_path,
+    )  # fmt: skip
     assert code == 0, stderr
     assert out.read_bytes() == (resources.files("bot") / "assets" / "sample.mp4").read_bytes()
     assert "elapsed" in stderr and "ok: job" in stdout
     [post] = [r for r in sim.requests if r.method == "POST"]
-    assert post.json["settings"]["duration"] == 3
+    assert post.json["settings"]["duration"] == 3 and post.json["settings"]["audio"] == "off"
 
 
 async def test_generate_with_an_image_file(sim: KlingSimulator, tmp_path: Path) -> None:
@@ -70,6 +71,7 @@ async def test_generate_with_an_image_file(sim: KlingSimulator, tmp_path: Path) 
         ["--prompt", "x", "--duration", "20"],
         ["--prompt", "x", "--resolution", "4k"],
         ["--prompt", "x", "--aspect-ratio", "4:3"],
+        ["--prompt", "x", "--sound", "loud"],
         ["--prompt", ""],
         ["--prompt", "x", "--image", "missing.png"],
     ],
