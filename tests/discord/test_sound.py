@@ -58,19 +58,25 @@ async def test_the_commands_send_sound_as_chosen_and_the_servers_default_otherwi
     assert (entry.action, entry.before, entry.after) == ("sound", "provider", "off")
 
 
+async def animate_image_form(world: Harness) -> tuple[Any, list[str]]:
+    """Bob's Animate image on a message with a picture: the form shown and its fields' labels."""
+    fake = world.discord
+    message = fake.post_message(
+        fake.general,
+        fake.users["bob"],
+        "look",
+        attachments=[fake.add_attachment("cat.png", make_image(500, 500), "image/png")],
+    )
+    shown = await fake.message_menu("Animate image", message)
+    await wait_until(lambda: shown.modal is not None)
+    return shown, [row["components"][0]["label"] for row in shown.modal["components"]]
+
+
 async def test_the_forms_offer_sound_and_continue_keeps_the_chains(world: Harness) -> None:
     fake = world.discord
     world.sim.task_videos = True
     async with world.running():
-        message = fake.post_message(
-            fake.general,
-            fake.users["bob"],
-            "look",
-            attachments=[fake.add_attachment("cat.png", make_image(500, 500), "image/png")],
-        )
-        shown = await fake.message_menu("Animate image", message)
-        await wait_until(lambda: shown.modal is not None)
-        labels = [row["components"][0]["label"] for row in shown.modal["components"]]
+        shown, labels = await animate_image_form(world)
         assert labels[-1] == SOUND_INPUT
         form = await fake.submit_modal(shown, {SOUND_INPUT: "off"})
         assert "silent" in await private_answer(form)
@@ -102,15 +108,7 @@ async def test_a_gateway_refusing_sound_is_told_in_the_first_answer_and_not_offe
     async with world.running():
         first = await started(world, {"prompt": "a storm with thunder", "sound": "on"})
         job = await world.job_in("delivered")
-        message = fake.post_message(
-            fake.general,
-            fake.users["bob"],
-            "look",
-            attachments=[fake.add_attachment("cat.png", make_image(500, 500), "image/png")],
-        )
-        shown = await fake.message_menu("Animate image", message)
-        await wait_until(lambda: shown.modal is not None)
-        labels = [row["components"][0]["label"] for row in shown.modal["components"]]
+        _, labels = await animate_image_form(world)
         later = await started(world, {"prompt": "a quiet storm", "sound": "off"})
     assert "offers no sound control" in first and "charged as for a silent video" in first
     assert COST.search(first).group(1) == "4"  # type: ignore[union-attr]
