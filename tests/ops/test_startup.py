@@ -156,4 +156,9 @@ async def test_a_second_bot_on_the_same_sqlite_file_is_refused(
         assert backup.returncode == 0, err.decode()
     finally:
         first.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(first.wait(), 15)
+        try:
+            await asyncio.wait_for(first.wait(), 15)
+        finally:
+            if first.returncode is None:  # a bot slow to stop is not left running past its test
+                first.kill()
+                await first.wait()
