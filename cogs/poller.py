@@ -6,6 +6,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Iterable
 
 import discord
 from discord.ext import commands, tasks
@@ -28,6 +29,10 @@ HINT_COALESCE_SECONDS = 0.03  # callbacks arriving this close together are answe
 # most every OVERFLOW_ASK_SECONDS, so a real job still lands within seconds.
 MAX_PENDING_HINTS = 2000
 OVERFLOW_ASK_SECONDS = 1.0
+# A hinted job someone held (an intake that has not yet let go of the job it just sent, another process's tick) is
+# asked about again this much later, at most HELD_HINT_TRIES times; past that its holder asks, or the ordinary poll.
+HELD_HINT_RETRY_SECONDS = 0.25
+HELD_HINT_TRIES = 40
 STOP_GRACE_SECONDS = 8.0  # on shutdown: for a tick in progress, then for running deliveries
 METRICS_EVERY = 30.0
 ENDINGS = {  # how a job ended, in the log channel's announcement
@@ -123,6 +128,9 @@ class Poller(commands.Cog):
         self.hints_dropped = False  # since the last lookup; then every job at the provider is asked about
         self.asked_all_at = float("-inf")
         self.hint_flush: asyncio.Task[None] | None = None
+        self.held_tries: dict[str, int] = {}  # task ids whose job was held when hinted, with the tries so far
+        self.held_waiting: set[str] = set()  # of those, the ones to hint again when `held_timer` fires
+        self.held_timer: asyncio.TimerHandle | None = None
         self.lock = asyncio.Lock()  # a callback's hint and a tick never apply the same provider answer at once
         self.metrics_at = float("-inf")
         self.metrics_every = METRICS_EVERY
@@ -143,6 +151,8 @@ class Poller(commands.Cog):
             except TimeoutError:
                 log.warning("the poll tick did not finish in %.0fs; cancelling it", self.stop_grace)
         self.tick.cancel()
+        if self.held_timer is not None:
+            self.held_timer.cancel()
         if self.hint_flush is not None:  # hints not yet asked about: the next poll covers them
             self.hint_flush.cancel()
             await asyncio.gather(self.hint_flush, return_exceptions=True)
@@ -221,6 +231,9 @@ class Poller(commands.Cog):
         """A callback said a task changed: ask about it soon, together with the others that arrive meanwhile
         (callbacks come in bursts when many videos finish at once: one query answers them all). Nothing is awaited
         here, so the callback's answer never waits for the database."""
+        self._note_hint(task_id, from_fleet)
+
+    def _note_hint(self, task_id: str, from_fleet: bool) -> None:
         if task_id not in self.hinted and len(self.hinted) >= self.max_pending_hints:
             metrics.CALLBACKS_DROPPED.inc()
             self.hints_dropped = True
@@ -253,9 +266,33 @@ class Poller(commands.Cog):
         if not jobs:
             return
         async with self.lock:
-            for change in await self.jobs.refresh(jobs):
+            changes, held = await self.jobs.refresh(jobs)
+            for change in changes:
                 await self.announce(change.job)
+        self._hint_held_again(held, asked=hinted)
         await self.deliver_finished()
+
+    def _hint_held_again(self, held: list[Job], asked: Iterable[str]) -> None:
+        """Hint the held jobs again shortly, a bounded number of times: a hint dropped here would leave a finished
+        video waiting for the job's ordinary poll, which for a long render may be minutes away."""
+        again = {job.provider_task_id for job in held if job.provider_task_id is not None}
+        for task_id in set(asked) - again:  # asked about, or no longer at the provider: done with
+            self.held_tries.pop(task_id, None)
+        for task_id in again:
+            self.held_tries[task_id] = self.held_tries.get(task_id, 0) + 1
+            if self.held_tries[task_id] > HELD_HINT_TRIES:
+                del self.held_tries[task_id]
+                log.info("callback: task %s stayed held by another claim; its poll will see it", task_id)
+            else:
+                self.held_waiting.add(task_id)
+        if self.held_waiting and self.held_timer is None:
+            self.held_timer = asyncio.get_running_loop().call_later(HELD_HINT_RETRY_SECONDS, self._retry_held)
+
+    def _retry_held(self) -> None:
+        self.held_timer = None
+        waiting, self.held_waiting = self.held_waiting, set()
+        for task_id in waiting:
+            self._note_hint(task_id, from_fleet=True)  # matched a job already: the fleet was told then
 
     async def deliver_finished(self) -> int:
         """Claim finished jobs for the free delivery slots and hand them to the delivery worker; no waiting.

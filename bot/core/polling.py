@@ -76,16 +76,17 @@ class Polling(JobBase):
         found = await self.store.jobs_by_tasks(list(dict.fromkeys(task_ids)))
         return [job for job in found if job.status in AT_PROVIDER and job.origin == self.origin]
 
-    async def refresh(self, jobs: Sequence[Job]) -> list[JobChange]:
+    async def refresh(self, jobs: Sequence[Job]) -> tuple[list[JobChange], list[Job]]:
         """Ask the provider now about jobs callbacks named (`hinted_jobs`; in one batched query); its answers, not
-        the callbacks, move the jobs."""
+        the callbacks, move the jobs. Also returns the jobs skipped because someone held them: the holder may be
+        an intake that has not let go yet (not asking the provider at all), so the caller asks again once free."""
         if not jobs:
-            return []
+            return [], []
         wanted = [job.id for job in jobs]
-        # A job another process holds is skipped: that process is asking about it already.
         claimed = await self._claim(AT_PROVIDER, limit=len(wanted), ids=wanted)
+        taken = {job.id for job in claimed}
         try:
-            return await self._ask(claimed)
+            return await self._ask(claimed), [job for job in jobs if job.id not in taken]
         finally:
             await self.release_claims(claimed)
 

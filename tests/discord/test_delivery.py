@@ -12,7 +12,7 @@ import discord
 import pytest
 
 from bot.app import VideoBot
-from bot.core.model import Job
+from bot.core.model import Job, lease_of
 from bot.storage.sqlite import Store
 from cogs.poller import Poller
 from tests.fake_discord import wait_until
@@ -148,6 +148,29 @@ async def test_a_job_whose_claim_ran_out_mid_download_is_not_downloaded_again_he
         await wait_until(claimed_again)
         await world.more_ticks()
         assert sim.video_requests.count(output_of(world, job)) == 1 and job.id in poller.deliveries.running
+
+
+async def test_a_hint_for_a_job_still_held_by_its_intake_is_asked_again_once_it_is_free(world: Harness) -> None:
+    # The intake marks a job `submitted` and lets go of it a moment later; a callback can come in between. The
+    # ordinary poll is five minutes away here, so only the hint, asked again once the claim is free, delivers it.
+    world.settings_overrides["poll_interval_seconds"] = 300
+    sim = world.sim
+    async with world.running() as bot:
+        poller, store = poller_of(bot), bot.resources.store
+        [job] = await rendering(world, "called back too soon")
+        assert job.provider_task_id is not None
+        [held] = await store.claim_jobs(
+            ("submitted", "processing"), owner="intake", now=time.time(), seconds=60, limit=1, ids=[job.id]
+        )
+        sim.finish(job.provider_task_id)
+        handled = poller.hints_handled
+        await poller.hint(job.provider_task_id)
+        await wait_until(lambda: poller.hints_handled > handled)  # looked up, and skipped: the intake holds it
+        lease = lease_of(held)
+        assert lease is not None
+        await store.release_leases([(job.id, lease)], time.time())
+        await wait_until(lambda: videos_in(world, job.thread_id or 0), within=10)
+    assert sim.video_requests.count(output_of(world, job)) == 1
 
 
 async def test_racing_hints_and_ticks_deliver_a_job_once(world: Harness) -> None:
