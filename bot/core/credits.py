@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from bot.core import quota
 from bot.core.i18n import english
-from bot.core.model import AuditEntry, Job, MemberQuota, QuotaFacts, QuotaSettings, UsageRow
+from bot.core.model import AuditEntry, DayCredits, Job, MemberQuota, QuotaFacts, QuotaSettings, UsageRow
 from bot.storage.interface import Storage
 
 
@@ -361,3 +361,14 @@ class CreditService:
         settings = await self.store.quota_settings(guild_id, self.defaults)
         window = self.window(period or settings.period)
         return await self.store.usage_table(guild_id, window.start.timestamp()), window
+
+    async def daily_credits(self, guild_id: int, days: int = 30) -> list[DayCredits]:
+        """The server's credits per UTC day over the last `days` days, today included, oldest first (a day without
+        jobs is 0), counted as `/quota` counts them."""
+        today = datetime.fromtimestamp(self.clock(), UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        first = today - timedelta(days=days - 1)
+        counted = await self.store.daily_credits(guild_id, first.timestamp())
+        return [
+            DayCredits(day, counted.get(day, 0) / 1000)
+            for day in (first.date() + timedelta(days=n) for n in range(days))
+        ]

@@ -6,6 +6,7 @@ The store turns rows into these; the services, the cogs and the command line use
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from datetime import date
 
 from bot.core.options import JobOptions
 
@@ -177,6 +178,14 @@ class UsageRow:
     seconds: float
     credits: int
     billed: int
+
+
+@dataclass(frozen=True, slots=True)
+class DayCredits:
+    """A server's credits on one UTC day (the usage chart's bar)."""
+
+    day: date
+    credits: float
 
 
 @dataclass(frozen=True, slots=True)

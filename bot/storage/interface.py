@@ -8,6 +8,7 @@ contract tests (`tests/storage/test_store_contract.py`) run the same assertions 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -144,6 +145,8 @@ class Storage(Protocol):
     ) -> tuple[QuotaFacts, DecisionT]: ...
 
     async def usage_table(self, guild_id: int, since: float, *, limit: int = 15) -> list[UsageRow]: ...
+
+    async def daily_credits(self, guild_id: int, since: float) -> dict[date, int]: ...
 
     async def audit_entries(
         self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0

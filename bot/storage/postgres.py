@@ -110,6 +110,7 @@ class PgStore(SqlStore):
 
     SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"  # processes claiming at once pass over each other's rows: disjoint claims
     NULL_SAFE_EQUALS = "IS NOT DISTINCT FROM"
+    CREATED_DAY = "CAST(FLOOR(created_at / 86400) AS BIGINT)"  # a plain CAST would round to the nearest day
 
     def __init__(self, pool: AsyncConnectionPool[Connection], where: str) -> None:
         self._pool = pool

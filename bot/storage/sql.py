@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import astuple, fields
+from datetime import date, timedelta
 from typing import Any, Protocol, TypeVar
 
 from bot.core.model import (
@@ -44,6 +45,14 @@ def literals(states: Iterable[str]) -> str:
 IN_PROGRESS_SQL = literals(IN_PROGRESS)
 SETTLED_SQL = literals(("succeeded", "delivered", "undeliverable", "rejected"))
 OPEN_SQL = literals(OPEN)  # the WHERE of the partial index jobs_member_unsettled
+# What a job counts against its member's credits, the rule of `/quota` (`_used_since`, SQLite's running totals):
+# settled at the billed amount (else the estimate), in progress at the estimate, failed or cancelled (refusals are
+# failed) at nothing.
+COUNTED_CREDITS = (
+    f"CASE WHEN status IN ({SETTLED_SQL}) THEN COALESCE(cost_billed, cost_estimate)"
+    f" WHEN status IN ({IN_PROGRESS_SQL}) THEN cost_estimate ELSE 0 END"
+)
+EPOCH_DAY = date(1970, 1, 1)
 # Claims go to the jobs worked on least recently (a released claim keeps its time), then the oldest.
 CLAIM_ORDER = "COALESCE(lease_until, 0), created_at, id"
 # A video waiting in the review channel has no background work until a moderator decides: never claimed.
@@ -93,6 +102,8 @@ class SqlBase:
     # A member's open jobs from the partial index of open jobs, not the whole history. SQLite, without statistics,
     # ranks the covering usage index above it once the rows are wide, so its backend names the index.
     OPEN_JOBS_INDEX = ""
+    # A job's UTC day, as whole days since 1970-01-01 (each dialect rounds down its own way).
+    CREATED_DAY = ""
 
     # --- the hooks each backend supplies ----------------------------------------------------------------
 
@@ -319,6 +330,16 @@ class QuotaStatements(SqlBase):
             (guild_id, since, limit),
         )
         return [UsageRow(int(r[0]), int(r[1]), float(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+    async def daily_credits(self, guild_id: int, since: float) -> dict[date, int]:
+        """Milli-credits a server's jobs made since a time count, per UTC day they were made (days without any left
+        out)."""
+        rows = await self._read(
+            f"SELECT {self.CREATED_DAY}, COALESCE(SUM({COUNTED_CREDITS}), 0) FROM jobs"
+            " WHERE guild_id = ? AND created_at >= ? GROUP BY 1",
+            (guild_id, since),
+        )
+        return {EPOCH_DAY + timedelta(days=int(day)): int(credits) for day, credits in rows}
 
     async def audit_entries(
         self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0

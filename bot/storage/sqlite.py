@@ -83,6 +83,7 @@ class Store(SqlStore):
     """A writer connection and a reader connection in WAL mode; writes are serialised by a lock."""
 
     OPEN_JOBS_INDEX = " INDEXED BY jobs_member_unsettled"
+    CREATED_DAY = "CAST(created_at / 86400 AS INTEGER)"  # truncation is rounding down: no job predates 1970
 
     def __init__(
         self, db: aiosqlite.Connection, instance_lock: int | None = None, reader: aiosqlite.Connection | None = None

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.conftest import FakeClock
 pytest_plugins = ["tests.postgres"]
 
 GUILD, OTHER_GUILD, ALICE, BOB, MOD = 100, 200, 1, 2, 9
+DAY = 86400
 BIG = 2**63 - 1  # the largest id a signed 64-bit column holds; Discord snowflakes are far below it
 DEFAULTS = QuotaSettings(default_limit=20_000, period="week", member_in_flight=2, server_in_flight=10)
 
@@ -284,6 +286,37 @@ async def test_usage_table_ranks_members_by_credits(store: AnyStore) -> None:
         (ALICE, 1, 5.5, 4000, 0),
     ]
     assert len(await store.usage_table(GUILD, 50.0, limit=1)) == 1
+
+
+async def test_daily_credits_count_each_utc_day_as_quota_does(store: AnyStore, credits: CreditService) -> None:
+    today = datetime.fromtimestamp(credits.clock(), UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight = today.timestamp()
+    first = midnight - 29 * DAY  # the window's first day starts at its midnight, UTC
+    jobs = [  # (id, status, estimate, billed, created_at, guild, user)
+        ("billed", "delivered", 4000, 4500, midnight + 60, GUILD, ALICE),
+        ("rendering", "processing", 2000, None, midnight + 120, GUILD, ALICE),
+        ("bob", "reserved", 1000, None, midnight + 180, GUILD, BOB),
+        ("failed", "failed", 16000, None, midnight + 240, GUILD, ALICE),
+        ("cancelled", "cancelled", 8000, None, midnight + 300, GUILD, ALICE),
+        ("elsewhere", "delivered", 32000, None, midnight + 360, OTHER_GUILD, ALICE),
+        ("late-yesterday", "succeeded", 3000, None, midnight - 0.1, GUILD, ALICE),  # not rounded up to today
+        ("rejected", "rejected", 9000, 1000, midnight - 3600, GUILD, BOB),
+        ("queued", "queued", 500, None, midnight - 7200, GUILD, ALICE),
+        ("first-day", "undeliverable", 7000, None, first, GUILD, ALICE),
+        ("too-old", "delivered", 64000, None, first - 0.1, GUILD, ALICE),
+    ]
+    for job_id, status, estimate, billed, created, guild, user in jobs:
+        job = replace(BLANK, id=job_id, status=status, cost_estimate=estimate, cost_billed=billed, created_at=created)
+        await store.add_job(replace(job, guild_id=guild, user_id=user))
+    days = await credits.daily_credits(GUILD)
+    assert [d.day for d in days] == [(today - timedelta(days=29 - n)).date() for n in range(30)]
+    assert {d.day: d.credits for d in days if d.credits} == {
+        today.date(): 4.5 + 2.0 + 1.0,
+        (today - timedelta(days=1)).date(): 3.0 + 1.0 + 0.5,
+        (today - timedelta(days=29)).date(): 7.0,
+    }
+    assert [d.credits for d in await credits.daily_credits(GUILD, days=1)] == [7.5]
+    assert all(d.credits == 0 for d in await credits.daily_credits(GUILD + 1))
 
 
 async def test_audit_entries_are_newest_first_and_filtered(store: AnyStore) -> None:
