@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from datetime import datetime
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from bot.core.credits import CreditService, QuotaStatus
 from bot.core.i18n import english, tr, translated
 from bot.core.model import AuditEntry
 from bot.core.quota import Period, format_credits
+from bot.serving.chart import draw_usage_chart
 from cogs.delivery import Deliverer
 from cogs.messages import fit_lines, state_word
 from cogs.views import REVIEW_BUTTONS, PagedView
@@ -278,27 +280,36 @@ class QuotaCog(commands.Cog):
     @admin.command(name="usage", description="The top members by credits, and the server's total")
     @app_commands.describe(period="Which period (the server's own by default)")
     async def usage(self, interaction: discord.Interaction[Any], period: Period | None = None) -> None:
-        rows, window = await self.credits.usage(self._guild(interaction), period)
+        """The table, and beside it the last 30 days as a chart (drawing takes a moment: the answer is deferred)."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        guild = self._guild(interaction)
+        rows, window = await self.credits.usage(guild, period)
         locale = interaction.locale
         if window.start.timestamp() <= 0:
             since = tr(locale, "all time")
         else:
             since = tr(locale, "since {when}", when=f"<t:{int(window.start.timestamp())}:f>")
+        chart = await draw_usage_chart(await self.credits.daily_credits(guild), locale=str(locale))
+        files = [discord.File(io.BytesIO(chart), "usage-30-days.png")] if chart is not None else []
         if not rows:
-            await self._reply(interaction, tr(locale, "No videos {since}.", since=since))
-            return
-        lines = [tr(locale, "member · jobs · seconds · credits · billed units")]
-        lines += [
-            f"<@{r.user_id}> · {r.jobs} · {r.seconds:.0f} · {format_credits(r.credits)} · {format_credits(r.billed)}"
-            for r in rows
-        ]
-        total = (
-            f"**{tr(locale, 'Total')}** · {sum(r.jobs for r in rows)} · {sum(r.seconds for r in rows):.0f} · "
-            f"{format_credits(sum(r.credits for r in rows))} · {format_credits(sum(r.billed for r in rows))}"
+            text = tr(locale, "No videos {since}.", since=since)
+        else:
+            lines = [tr(locale, "member · jobs · seconds · credits · billed units")]
+            lines += [
+                f"<@{r.user_id}> · {r.jobs} · {r.seconds:.0f} · {format_credits(r.credits)} · "
+                f"{format_credits(r.billed)}"
+                for r in rows
+            ]
+            total = (
+                f"**{tr(locale, 'Total')}** · {sum(r.jobs for r in rows)} · {sum(r.seconds for r in rows):.0f} · "
+                f"{format_credits(sum(r.credits for r in rows))} · {format_credits(sum(r.billed for r in rows))}"
+            )
+            # The total goes first when lines must be dropped, so it is never the one left out.
+            header = tr(locale, "**Usage {since}**", since=since) + f"\n{total}"
+            text = fit_lines(header, lines, locale=locale)
+        await interaction.followup.send(
+            text, files=files, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )
-        # The total goes first when lines must be dropped, so it is never the one left out.
-        header = tr(locale, "**Usage {since}**", since=since) + f"\n{total}"
-        await self._reply(interaction, fit_lines(header, lines, locale=locale))
 
     @admin.command(name="log-channel", description="Where moderator actions and job starts and ends are posted")
     @app_commands.describe(channel="The channel (leave empty to stop posting)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from tests.fake_discord import FakeDiscord, Interaction, wait_until
 from tests.harness import Harness, harness
+from tests.serving.test_chart import MATPLOTLIB_MODULES
 
 
 @pytest.fixture
@@ -101,6 +103,30 @@ async def test_usage_lists_the_top_members_and_the_total(world: Harness) -> None
     text = await admin(fake, "usage", {"period": "total"})
     assert f"<@{fake.users['alice']['id']}> · 1 · 5 · 4 · 4" in text
     assert "**Total** · 1 · 5 · 4 · 4" in text
+
+
+async def test_usage_attaches_the_30_day_chart_as_a_png_beside_its_table(world: Harness) -> None:
+    fake = world.discord
+    await fake.slash("video", {"prompt": "charted clip", "duration": 5}, sub="text")
+    await world.job_in("delivered")
+    interaction = await fake.slash("quota-admin", {"period": "total"}, sub="usage", user="mod")
+    text = await answer(interaction)
+    assert "**Total** · 1 · 5 · 4 · 4" in text
+    [(name, png)] = interaction.messages[-1]["files"]
+    assert name.endswith(".png") and png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+async def test_usage_without_the_web_extra_answers_its_table_alone(
+    world: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in MATPLOTLIB_MODULES:
+        monkeypatch.setitem(sys.modules, name, None)  # importing it fails, as when the extra is not installed
+    fake = world.discord
+    await fake.slash("video", {"prompt": "uncharted clip", "duration": 5}, sub="text")
+    await world.job_in("delivered")
+    interaction = await fake.slash("quota-admin", {"period": "total"}, sub="usage", user="mod")
+    assert "**Total** · 1 · 5 · 4 · 4" in await answer(interaction)
+    assert interaction.messages[-1]["files"] == []
 
 
 async def test_a_long_audit_page_still_fits_in_one_message(world: Harness) -> None:
