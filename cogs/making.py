@@ -130,7 +130,7 @@ class MakingVideos(commands.Cog):
             if digest:
                 frames[name] = await self.jobs.stored_frame(digest)
                 if frames[name] is None:
-                    raise InvalidRequest(english("The first or end frame of that video is no longer stored."))
+                    raise InvalidRequest(english("The first frame of that video is no longer stored."))
         chosen = original.options.columns()
         for name in chosen.keys() & changes.keys():
             chosen[name] = changes.pop(name)
