@@ -1,4 +1,4 @@
-"""The buttons under a video: Re-roll, Delete, Continue and Join (their persistent items are in `cogs/views.py`)."""
+"""The buttons under a video: Re-roll, Edit, Delete, Continue and Join (their items are in `cogs/views.py`)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import discord
 from discord.ext import commands
 
 from bot.app import UserFacingError, VideoBot, reply_ephemeral
-from bot.core.i18n import english, tr
-from bot.core.jobs import InvalidRequest, JobRequest, JobService
+from bot.core.i18n import tr
+from bot.core.jobs import JobRequest, JobService
 from bot.core.model import Job
 from bot.media import clips
 from bot.media.downloads import DownloadFailed, VideoTooLarge, download_video
-from cogs.forms import ALREADY_ANSWERED, ContinueModal
+from cogs.forms import ALREADY_ANSWERED, ContinueModal, EditModal
 from cogs.making import MakingVideos, loaded_cog
-from cogs.views import ContinueButton, DeleteButton, JoinButton, RerollButton, is_moderator
+from cogs.views import ContinueButton, DeleteButton, EditButton, JoinButton, RerollButton, is_moderator
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,11 @@ class VideoButtons(commands.Cog):
         self.joined_at: dict[tuple[int, int], float] = {}
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(RerollButton, DeleteButton, ContinueButton, JoinButton)
+        self.bot.add_dynamic_items(RerollButton, EditButton, DeleteButton, ContinueButton, JoinButton)
         clips.start_joins(self.bot.settings.join_processes)
 
     async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(RerollButton, DeleteButton, ContinueButton, JoinButton)
+        self.bot.remove_dynamic_items(RerollButton, EditButton, DeleteButton, ContinueButton, JoinButton)
         clips.stop_joins()
 
     # --- Re-roll and Delete ---------------------------------------------------------------------------
@@ -68,28 +68,23 @@ class VideoButtons(commands.Cog):
         making = loaded_cog(self.bot, MakingVideos)
 
         async def build() -> JobRequest:
-            frame = None
-            if original.image_sha256:
-                frame = await self.jobs.first_frame(original)
-                if frame is None:
-                    raise InvalidRequest(english("The first frame of that video is no longer stored."))
-            return making.request(
-                interaction,
-                original.kind,  # type: ignore[arg-type]
-                original.prompt,
-                **original.options.columns(),
-                image=frame,
-                image_url=original.image_url,
-                image_source=original.image_source,
-                parent_id=original.parent_id,  # a re-rolled segment is another take of the same segment
-            )
+            return await making.again(interaction, original)
 
-        # A new card belongs beside the original one, so it can have its own thread.
-        parent = self.bot.get_channel(original.channel_id) if original.channel_id else None
         try:
-            await making.start_job(interaction, build, channel=parent)  # type: ignore[arg-type]
+            await making.start_job(interaction, build, channel=making.home_of(original))
         except UserFacingError as exc:
             await reply_ephemeral(interaction, str(exc))
+
+    async def edit_video(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """Show the Edit form, prefilled with the video's prompt, duration and sound (the job is made when it is
+        sent, as the presser's)."""
+        original = await self.jobs.get(job_id)
+        if original is None or original.guild_id != interaction.guild_id:
+            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
+            return
+        await interaction.response.send_modal(
+            EditModal(loaded_cog(self.bot, MakingVideos), original, interaction.locale)
+        )
 
     async def delete_video(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """Remove the video message, if the presser asked for it or moderates the channel."""

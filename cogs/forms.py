@@ -1,4 +1,5 @@
-"""The forms that make a job (Animate image, Continue) and the one-shot questions about one job (Confirm, Queue it).
+"""The forms that make a job (Animate image, Continue, Edit) and the one-shot questions about one job (Confirm,
+Queue it).
 
 They start their jobs through the making cog (`cogs/making.py`)."""
 
@@ -32,15 +33,26 @@ class JobForm(discord.ui.Modal):
     The inputs are made here, not as class attributes: their labels can only be set, without a deprecation
     warning, when they are made."""
 
-    def __init__(self, cog: MakingVideos, *, title: str, placeholder: str, duration: int, locale: object) -> None:
+    def __init__(
+        self,
+        cog: MakingVideos,
+        *,
+        title: str,
+        placeholder: str,
+        duration: int,
+        locale: object,
+        kind: str = "image",
+        prompt: str = "",
+    ) -> None:
         super().__init__(title=title)
         self.cog = cog
         self.prompt: discord.ui.TextInput[JobForm] = discord.ui.TextInput(
-            label=tr(locale, "Prompt (optional)"),
+            label=tr(locale, "Prompt") if kind == "text" else tr(locale, "Prompt (optional)"),
             style=discord.TextStyle.paragraph,
-            required=False,
-            max_length=MAX_PROMPT["image"],
+            required=kind == "text",  # a text video needs one (the intake refuses an empty one all the same)
+            max_length=MAX_PROMPT[kind],
             placeholder=placeholder,
+            default=prompt or None,
         )
         self.duration: discord.ui.TextInput[JobForm] = discord.ui.TextInput(
             label=tr(locale, "Duration in seconds (3-15)"), default=str(duration), max_length=2
@@ -163,6 +175,37 @@ class ContinueModal(JobForm):
 
         # The next segment goes where this video is (its thread): no new thread.
         await self.cog.start_job(interaction, build)
+
+
+class EditModal(JobForm):
+    """Edit under a video: its prompt, duration and sound prefilled; the answer is a new job of whoever sends it,
+    with the original's other options and frames, posted beside the original's card."""
+
+    def __init__(self, cog: MakingVideos, original: Job, locale: object) -> None:
+        super().__init__(
+            cog,
+            title=tr(locale, "Edit the video"),
+            placeholder=tr(locale, "What happens in the video"),
+            duration=original.duration,
+            locale=locale,
+            kind=original.kind,
+            prompt=original.prompt,
+        )
+        self.original = original
+        self.add_sound(locale, original.sound)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        async def build() -> JobRequest:
+            return await self.cog.again(
+                interaction,
+                self.original,
+                prompt=self.prompt.value,
+                duration=self.chosen_duration(),
+                sound=self.chosen_sound(),
+                edited_from=self.original.id,
+            )
+
+        await self.cog.start_job(interaction, build, channel=self.cog.home_of(self.original))
 
 
 class OneShotView(discord.ui.View):

@@ -122,6 +122,35 @@ class MakingVideos(commands.Cog):
             **extra,
         )
 
+    async def again(self, interaction: discord.Interaction[Any], original: Job, **changes: Any) -> JobRequest:
+        """A new job of the presser with the original's prompt, options and frames, but for `changes` (Edit's
+        prompt, duration, sound and `edited_from`); `InvalidRequest` when a stored frame is gone."""
+        frames = {}
+        for name, digest in (("image", original.image_sha256), ("end_image", original.end_image_sha256)):
+            if digest:
+                frames[name] = await self.jobs.stored_frame(digest)
+                if frames[name] is None:
+                    raise InvalidRequest(english("The first frame of that video is no longer stored."))
+        chosen = original.options.columns()
+        for name in chosen.keys() & changes.keys():
+            chosen[name] = changes.pop(name)
+        return self.request(
+            interaction,
+            original.kind,  # type: ignore[arg-type]
+            changes.pop("prompt", original.prompt),
+            **chosen,
+            **frames,
+            image_url=original.image_url,
+            image_source=original.image_source,
+            parent_id=original.parent_id,  # another take of the same segment
+            **changes,
+        )
+
+    def home_of(self, original: Job) -> discord.abc.Messageable | None:
+        """Where a new take of a video goes: beside the original's card (so it has its own thread)."""
+        channel = self.bot.get_channel(original.channel_id) if original.channel_id else None
+        return channel if isinstance(channel, discord.abc.Messageable) else None
+
     # --- the requests of /video text, /video image and the Animate image menu ----------------------------
 
     async def from_text(

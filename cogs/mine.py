@@ -186,6 +186,8 @@ class MemberViews(commands.Cog):
             prompt=discord.utils.escape_markdown(job.prompt[:60]) or tr(locale, "(no prompt)"),
             where=self._where(job, locale),
         )
+        if job.edited_from:
+            line += " · " + tr(locale, "edited from `{job}`", job=job.edited_from[:8])
         if job.status == "undeliverable" and job.video_url:
             line += " · " + tr(locale, "[video link]({url})", url=job.video_url)
         return line

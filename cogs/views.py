@@ -30,6 +30,8 @@ class VideoActions(Protocol):
 
     async def reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
 
+    async def edit_video(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
+
     async def delete_video(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
 
     async def continue_video(self, interaction: discord.Interaction[Any], job_id: str) -> None: ...
@@ -74,6 +76,27 @@ class RerollButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], t
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await _buttons_cog(interaction).reroll(interaction, self.job_id)
+
+
+class EditButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:edit:{JOB_ID}"):
+    """Make the video again with an edited prompt (a form prefilled with it), as a new job of whoever presses it."""
+
+    def __init__(self, job_id: str, label: str = "Edit") -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=label, emoji="✏️", style=discord.ButtonStyle.secondary, custom_id=f"video:edit:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> EditButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _buttons_cog(interaction).edit_video(interaction, self.job_id)
 
 
 class DeleteButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:delete:{JOB_ID}"):
@@ -150,13 +173,17 @@ def result_view(
     chained: bool = False,
     locale: object = None,
 ) -> discord.ui.View:
-    """The persistent buttons under a finished video: Re-roll and Delete, then Continue (and Join, for a segment
+    """The persistent buttons under a finished video: Re-roll, Edit and Delete, then Continue (and Join, for a segment
     that continues another). Costs (milli-credits) are shown on the buttons that charge."""
     view = discord.ui.View(timeout=None)
     reroll = tr(locale, "Re-roll")
     if reroll_cost is not None:
         reroll = tr(locale, "Re-roll · {credits} credits", credits=format_credits(reroll_cost))
     view.add_item(RerollButton(job_id, reroll))
+    edit = tr(locale, "Edit")
+    if reroll_cost is not None:  # the original's options, as Re-roll's; the form may change them
+        edit = tr(locale, "Edit · {credits} credits", credits=format_credits(reroll_cost))
+    view.add_item(EditButton(job_id, edit))
     view.add_item(DeleteButton(job_id, locale))
     more = tr(locale, "Continue")
     if continue_cost is not None:

@@ -113,9 +113,8 @@ class Intake(JobBase):
         if unavailable is not None and not request.wait_if_unavailable:
             raise ServiceUnavailable(unavailable)
         now = self.clock()
-        image_sha = None
-        if request.image is not None:
-            image_sha = await self._store_frame(request.image)
+        image_sha = await self._store_frame(request.image) if request.image is not None else None
+        end_sha = await self._store_frame(request.end_image) if request.end_image is not None else None
         job = Job(
             id=secrets.token_hex(8),
             guild_id=request.guild_id,
@@ -151,6 +150,8 @@ class Intake(JobBase):
             origin=self.origin,
             frame_url=request.frame_url,
             parent_id=request.parent_id,
+            edited_from=request.edited_from,
+            end_image_sha256=end_sha,
             locale=request.locale,
             # Held by this process while its command posts the card and sends it: no one else sends it meanwhile.
             lease_owner=self.owner,

@@ -75,6 +75,7 @@ class JobRequest:
     aspect_ratio: str | None = None
     sound: str | None = None  # None: the server's default, else the provider's
     image: FirstFrame | None = None
+    end_image: FirstFrame | None = None  # the last frame, for a model that has one (`options.takes_frame`)
     image_url: str | None = None
     image_source: str | None = None
     frame_url: str | None = None  # a public URL of `image` too, for a gateway that refuses Base64
@@ -85,6 +86,7 @@ class JobRequest:
     attachment_size_limit: int | None = None
     wait_if_unavailable: bool = False  # the member chose to queue rather than be refused while the service is down
     parent_id: str | None = None  # the job this one continues (its first frame is that video's last frame)
+    edited_from: str | None = None  # the job whose prompt (and duration, sound) this one edits (the Edit button)
     locale: str | None = None  # the member's Discord locale: later posts about the job are in their language
     request_key: str | None = None  # the question this answers: a second job for the same key is refused
 

@@ -48,9 +48,9 @@ class JobReads(JobBase):
         """How many jobs are in each state (for the metrics)."""
         return await self.store.count_by_status()
 
-    async def first_frame(self, job: Job) -> FirstFrame | None:
-        """The stored first frame of an image job (for a re-roll), or None."""
-        stored = await self.store.get_image(job.image_sha256) if job.image_sha256 else None
+    async def stored_frame(self, sha256: str) -> FirstFrame | None:
+        """A job's stored first or end frame by its digest (for a re-roll or an edit), or None when it is gone."""
+        stored = await self.store.get_image(sha256)
         return FirstFrame(stored.data, stored.mime, stored.width, stored.height, None) if stored else None
 
     async def chain(self, job: Job) -> list[Job]:

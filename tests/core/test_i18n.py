@@ -219,7 +219,7 @@ async def test_a_chinese_member_sees_chinese_and_an_english_one_english(world: H
     assert video["content"] == f"<@{bob.user_id}> 你的视频已生成。"
     embed = {f["name"]: f["value"] for f in video["embeds"][0]["fields"]}
     assert video["embeds"][0]["title"] == f"视频 {bob.id[:8]}" and set(embed) >= {"时长", "分辨率", "消耗额度"}
-    assert [b["label"] for b in video["components"][0]["components"]] == ["重新生成 · 4 额度", "删除"]
+    assert [b["label"] for b in video["components"][0]["components"]] == ["重新生成 · 4 额度", "编辑 · 4 额度", "删除"]
     assert [b["label"] for b in video["components"][1]["components"]] == ["续写 · 4 额度"]
 
     card, status, video = post(alice)
@@ -227,7 +227,8 @@ async def test_a_chinese_member_sees_chinese_and_an_english_one_english(world: H
     assert card["embeds"][0]["title"] == f"Video job {alice.id[:8]}" and fields["State"] == "done"
     assert not chinese(status["content"]) and "The video will be posted below." in status["content"]
     assert video["content"] == f"<@{alice.user_id}> your video is ready."
-    assert [b["label"] for b in video["components"][0]["components"]] == ["Re-roll · 4 credits", "Delete"]
+    labels = [b["label"] for b in video["components"][0]["components"]]
+    assert labels == ["Re-roll · 4 credits", "Edit · 4 credits", "Delete"]
 
     # The log channel speaks the server's language, whoever started the job.
     log = [m["content"] for m in fake.messages[fake.log_channel]]

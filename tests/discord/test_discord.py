@@ -47,6 +47,7 @@ async def test_video_text_ends_with_the_exact_mp4_in_its_thread(world: Harness) 
     assert video["allowed_mentions"] == {"parse": [], "users": [int(fake.users["alice"]["id"])]}
     assert [c["custom_id"] for c in video["components"][0]["components"]] == [
         f"video:reroll:{job.id}",
+        f"video:edit:{job.id}",
         f"video:delete:{job.id}",
     ]
     [post] = submits(world)

@@ -174,7 +174,11 @@ async def test_continue_starts_the_next_segment_from_the_last_frame_in_the_same_
         [thread] = fake.threads()
         video = fake.messages[thread["id"]][-1]
         assert buttons(video) == [
-            [(f"video:reroll:{parent.id}", "Re-roll · 4 credits"), (f"video:delete:{parent.id}", "Delete")],
+            [
+                (f"video:reroll:{parent.id}", "Re-roll · 4 credits"),
+                (f"video:edit:{parent.id}", "Edit · 4 credits"),
+                (f"video:delete:{parent.id}", "Delete"),
+            ],
             [(f"video:continue:{parent.id}", "Continue · 4 credits")],  # no Join: it continues nothing
         ]
         submitted = await continue_video(
