@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--api-key", default="sim-key")
     simulate.add_argument("--endpoint-path", default="sim")
     simulate.add_argument("--render-seconds", type=float, default=8.0)
+    simulate.add_argument("--model", default="kling-3.0-turbo", help="the model at the submit paths (KLING_MODEL)")
     simulate.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE", help="a gateway variant")
     return parser
 
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging()
         return _run(
-            run_forever(args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds, args.variant)
+            run_forever(
+                args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds, args.variant, args.model
+            )
         )
     # The flags take the place of SHARD_IDS / SHARD_COUNT from the environment.
     shards = {"shard_ids": getattr(args, "shard_ids", None), "shard_count": getattr(args, "shard_count", None)}

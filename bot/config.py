@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.core.model import QuotaSettings
+from bot.core.options import DEFAULT_MODEL
 from bot.core.quota import SOUND, Period
 
 Resolution = Literal["720p", "1080p"]
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     kling_api_key: SecretStr
     kling_endpoint_path: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._~-]+$")
     kling_base_url: str = Field(default="https://genaiapi-m2.cloudsway.net/v1/ai", pattern=r"^https?://")
+    # The model: the last part of each submit path (the account's KLING_ENDPOINT_PATH comes before /kling/...).
+    # kling-3.0 also takes an end frame (`/video image end_image`); other names are sent as they are.
+    kling_model: str = Field(default=DEFAULT_MODEL, min_length=1, pattern=r"^[A-Za-z0-9._~-]+$")
     database_path: Path = Path("data/bot.sqlite3")
     # A postgresql:// URL for several bot processes on one database; unset: the SQLite file at DATABASE_PATH.
     database_url: str | None = Field(default=None, pattern=r"^(postgres(ql)?|sqlite)://")

@@ -49,6 +49,7 @@ async def open_resources(
                 timeout=settings.api_timeout_seconds,
                 max_retries=settings.api_max_retries,
                 query_concurrency=settings.poll_concurrency,
+                model=settings.kling_model,
             )
             credits = CreditService(store, settings.quota_defaults, rates=settings.credit_rates)
             jobs = JobService(

@@ -107,7 +107,7 @@ class Dispatch(JobBase):
         the job again without it (the refusal made no task, so the same external id is free) and is remembered as
         taking none."""
         if job.image_url is None and first_frame is None and job.kind == "image":
-            first_frame = await self._stored_frame(job)
+            first_frame = await self._stored_frame(job.image_sha256, "first")
         options = job.options
         if options["sound"] is None or not self.kling.takes_sound:
             return await self._send_as(job, options.without("sound"), first_frame), options["sound"] is not None
@@ -131,15 +131,17 @@ class Dispatch(JobBase):
             job.prompt or None,
             base64_frame=first_frame if job.image_url is None else None,
             url_frame=job.image_url or job.frame_url,
+            # Its bytes are in `images` as the first frame's are, and always go as Base64 (it has no URL of its own).
+            end_frame=await self._stored_frame(job.end_image_sha256, "last") if job.end_image_sha256 else None,
             options=options,
             external_task_id=job.id,
             callback_url=self.callback_url,
         )
 
-    async def _stored_frame(self, job: Job) -> str:
-        stored = await self.store.get_image(job.image_sha256 or "")
+    async def _stored_frame(self, digest: str | None, which: str) -> str:
+        stored = await self.store.get_image(digest or "")
         if stored is None:
-            raise KlingBadRequest("the first-frame image of this job is missing from the database")
+            raise KlingBadRequest(f"the {which}-frame image of this job is missing from the database")
         return await base64_text(stored.data)
 
     async def _adopt(self, job: Job, task: KlingTask, previous: str) -> Job:

@@ -11,7 +11,7 @@ from bot.core import quota
 from bot.core.i18n import english
 from bot.core.job_base import InvalidRequest, JobBase, JobRequest, ServiceUnavailable
 from bot.core.model import FINAL, OPEN, WAITING, Job
-from bot.core.options import option
+from bot.core.options import option, takes_frame
 from bot.crashpoints import crash_point
 from bot.media.images import FirstFrame, frame_base64, frame_bytes, send_slots
 
@@ -46,7 +46,7 @@ class Intake(JobBase):
             raise InvalidRequest(english("The prompt contains a NUL character; remove it."))
         _ = request.options  # raises InvalidRequest at the first option its declaration refuses
         if request.kind == "text":
-            if request.image is not None or request.image_url is not None:
+            if request.image is not None or request.image_url is not None or request.end_image is not None:
                 raise InvalidRequest(english("A text video takes no image; use an image video for a first frame."))
         else:
             if (request.image is None) == (request.image_url is None):
@@ -102,6 +102,8 @@ class Intake(JobBase):
         Raises `DuplicateRequest` when a job answering the same question (`request.request_key`) exists."""
         request = await self.with_server_defaults(request)
         self.validate(request)
+        if request.end_image is not None and not takes_frame(self.kling.model, "end_image"):
+            raise InvalidRequest(english("This video model takes no end frame; leave the end image out."))
         options = request.options
         # A service known to take no sound control: the choice is kept, the job sent without it and charged silent.
         sound_dropped = options["sound"] is not None and not self.kling.takes_sound

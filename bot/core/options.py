@@ -106,6 +106,37 @@ def option(name: str) -> Option:
     return next(o for o in OPTIONS if o.name == name)
 
 
+DEFAULT_MODEL = "kling-3.0-turbo"  # the gateway's page: the last part of the submit paths
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """An image a job may carry: `name` is its request field (`image`, `end_image`), `content` its item's type in
+    the API body's `contents`, `models` the models documented to take it (None: every model)."""
+
+    name: str
+    content: str
+    models: tuple[str, ...] | None = None
+
+
+# Kling documents a last frame for kling-3.0 but not for the turbo model (docs/provider-api.md); other models are
+# assumed to take none until proven.
+FRAMES: list[Frame] = [
+    Frame(name="image", content="first_frame"),
+    Frame(name="end_image", content="last_frame", models=("kling-3.0",)),
+]
+
+
+def frame(name: str) -> Frame:
+    return next(f for f in FRAMES if f.name == name)
+
+
+def takes_frame(model: str, name: str) -> bool:
+    """Whether `model` is documented to take the frame `name`."""
+    models = frame(name).models
+    return models is None or model in models
+
+
 class InvalidOption(ValueError):
     """An option's value breaks its declaration; the message is the member's words."""
 

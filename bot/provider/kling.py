@@ -18,7 +18,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import SecretStr, ValidationError
 
-from bot.core.options import JobOptions
+from bot.core.options import DEFAULT_MODEL, FRAMES, JobOptions, takes_frame
 from bot.provider.encoding import encode_body
 from bot.provider.errors import (
     KlingBadRequest,
@@ -34,9 +34,6 @@ from bot.serving import metrics
 
 log = logging.getLogger(__name__)
 
-MODEL = "kling-3.0-turbo"
-TEXT_TO_VIDEO = f"/kling/videos/text-to-video/{MODEL}"
-IMAGE_TO_VIDEO = f"/kling/videos/image-to-video/{MODEL}"
 TASKS = "/kling/tasks"
 MAX_IDS_PER_QUERY = 20  # the provider's cap, checked against production
 
@@ -122,7 +119,9 @@ class KlingClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         breaker: CircuitBreaker | None = None,
         query_concurrency: int = QUERY_CONCURRENCY,
+        model: str = DEFAULT_MODEL,
     ) -> None:
+        self.model = model  # the last part of the submit paths (KLING_MODEL); it decides which frames are sent
         self.breaker = breaker or CircuitBreaker()
         self.query_concurrency = max(1, query_concurrency)
         # The provider asked us to slow down (a rate limit): no request of this client goes out before this
@@ -168,7 +167,7 @@ class KlingClient:
             "settings": options.settings(),
             "options": self._options(external_task_id, callback_url),
         }
-        return await self._submit(TEXT_TO_VIDEO, body, external_task_id)
+        return await self._submit(f"/kling/videos/text-to-video/{self.model}", body, external_task_id)
 
     async def submit_image(
         self,
@@ -176,13 +175,18 @@ class KlingClient:
         *,
         base64_frame: str | None = None,
         url_frame: str | None = None,
+        end_frame: str | None = None,
         options: JobOptions,
         external_task_id: str,
         callback_url: str | None = None,
     ) -> KlingTask:
-        """Start an image-to-video task from raw Base64 (no `data:` prefix) or an http(s) URL of the first frame.
+        """Start an image-to-video task from raw Base64 (no `data:` prefix) or an http(s) URL of the first frame,
+        and the last frame's raw Base64 (`end_frame`) for a model that takes one.
 
-        Given both, a form the gateway refuses is retried once in the other, and the one that works is kept."""
+        Given both forms of the first frame, a form the gateway refuses is retried once in the other, and the one
+        that works is kept. A frame this model is not documented to take is refused here, before anything is sent."""
+        if end_frame is not None and not takes_frame(self.model, "end_image"):
+            raise KlingBadRequest(f"the model {self.model} takes no last frame")
         forms: list[tuple[Literal["base64", "url"], str | None]] = [("base64", base64_frame), ("url", url_frame)]
         if self.frame_form == "url":
             forms.reverse()
@@ -190,7 +194,8 @@ class KlingClient:
         if not candidates:
             raise ValueError("an image task needs a first frame")
         for number, (form, frame) in enumerate(candidates, start=1):
-            contents: list[dict[str, str]] = [{"type": "first_frame", "url": frame}]
+            frames = {"image": frame, "end_image": end_frame}
+            contents = [{"type": f.content, "url": url} for f in FRAMES if (url := frames.get(f.name))]
             if prompt:
                 contents.append({"type": "prompt", "text": prompt})
             body = {
@@ -199,7 +204,7 @@ class KlingClient:
                 "options": self._options(external_task_id, callback_url),
             }
             try:
-                task = await self._submit(IMAGE_TO_VIDEO, body, external_task_id)
+                task = await self._submit(f"/kling/videos/image-to-video/{self.model}", body, external_task_id)
             except KlingBadRequest as exc:
                 if number == len(candidates):
                     raise

@@ -111,27 +111,32 @@ def text_request(body: Any) -> tuple[dict[str, Any], str]:
     return body, prompt
 
 
-def image_request(body: Any) -> tuple[dict[str, Any], str, str]:
-    """An image-to-video body, its prompt ("" without one) and its first frame (a URL or Base64), or refused."""
+def image_request(body: Any) -> tuple[dict[str, Any], str, str, str | None]:
+    """An image-to-video body, its prompt ("" without one), its first frame (a URL or Base64) and its last frame
+    (None without one), or refused. Whether the model takes the last frame is the simulator's to decide."""
     if not isinstance(body, dict) or not isinstance(body.get("contents"), list):
         raise bad("contents is required")
-    frames, texts = [], []
+    frames: dict[str, list[Any]] = {"first_frame": [], "last_frame": []}
+    texts = []
     for item in body["contents"]:
         kind = item.get("type") if isinstance(item, dict) else None
-        if kind == "first_frame":
-            frames.append(item.get("url"))
+        if kind in frames:
+            frames[kind].append(item.get("url"))
         elif kind == "prompt":
             texts.append(item.get("text"))
         else:
-            raise bad(f"contents type {kind!r} is not supported (first_frame, prompt)")
-    if len(frames) != 1 or not isinstance(frames[0], str):
+            raise bad(f"contents type {kind!r} is not supported (first_frame, last_frame, prompt)")
+    first, last = frames["first_frame"], frames["last_frame"]
+    if len(first) != 1 or not isinstance(first[0], str):
         raise bad("contents must hold exactly one first_frame with a url")
+    if len(last) > 1 or not all(isinstance(url, str) for url in last):
+        raise bad("contents may hold one last_frame, whose url is a string")
     if len(texts) > 1 or not all(isinstance(text, str) for text in texts):
         raise bad("contents may hold one prompt, whose text is a string")
     prompt = texts[0] if texts else ""
     if len(prompt) > 2500:
         raise bad("prompt must be at most 2500 characters")
-    return body, prompt, frames[0]
+    return body, prompt, first[0], last[0] if last else None
 
 
 def task_settings(body: dict[str, Any], kind: str) -> tuple[dict[str, Any], str | None, str | None]:

@@ -21,6 +21,9 @@ Nobody has proven that Cloudsway's gateway behaves as its page says, so `Gateway
 - audio=accept|refuse|refuse_unnamed: the page lists no `settings.audio` (Kling's own API takes "native" or
   "off"); refuse answers a parameter error naming it (400/1201), refuse_unnamed a bare HTTP 422 naming nothing.
   Either way no task is made.
+- last_frame=documented|accept|refuse|ignore: whether a `last_frame` in `contents` is taken. documented (the
+  default) follows Kling's capability map for the simulator's model (kling-3.0 takes one, turbo does not: 400/1201);
+  accept and refuse force either; ignore takes the submit and renders as if no last frame had been sent.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class GatewayVariant:
     late_submit: float | None = None
     dedupe_external_ids: bool = True
     audio: Literal["accept", "refuse", "refuse_unnamed"] = "accept"
+    last_frame: Literal["documented", "accept", "refuse", "ignore"] = "documented"
 
     @classmethod
     def parse(cls, items: Sequence[str]) -> GatewayVariant:

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.core.options import DEFAULT_MODEL, takes_frame
 from bot.provider.sim_http import (
     FAULTS,
     HTML_PAGE,
@@ -50,7 +51,6 @@ from bot.serving.server import serve
 
 log = logging.getLogger(__name__)
 
-MODEL = "kling-3.0-turbo"
 TICK_SECONDS = 0.02
 VARIANT_HELP = (
     "make the gateway differ from its page (repeatable); see bot/provider/sim_variant.py's docstring for the keys"
@@ -71,8 +71,10 @@ class KlingSimulator:
         video_bytes: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
         variant: GatewayVariant | None = None,
+        model: str = DEFAULT_MODEL,
     ) -> None:
         self.api_key = api_key
+        self.model = model  # the only model at the submit paths; another name is an unknown API (404/1203)
         self.endpoint_path = endpoint_path
         self.render_seconds = render_seconds
         self.processing_after = processing_after
@@ -112,8 +114,8 @@ class KlingSimulator:
         self._ticker: asyncio.Task[None] | None = None
         self.app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._middleware])
         base = "/v1/ai/{endpoint}/kling"
-        self.app.router.add_post(f"{base}/videos/text-to-video/{MODEL}", self._submit_text)
-        self.app.router.add_post(f"{base}/videos/image-to-video/{MODEL}", self._submit_image)
+        self.app.router.add_post(f"{base}/videos/text-to-video/{{model}}", self._submit_text)
+        self.app.router.add_post(f"{base}/videos/image-to-video/{{model}}", self._submit_image)
         self.app.router.add_get(f"{base}/tasks", self._query)
         self.app.router.add_get("/videos/{output_id}.mp4", self._video)
 
@@ -212,6 +214,8 @@ class KlingSimulator:
             raise refuse(401, 1002, "authentication failed: invalid access key")
         if request.match_info["endpoint"] != self.endpoint_path:
             raise refuse(404, 1203, "endpoint not found")
+        if request.match_info.get("model", self.model) != self.model:
+            raise refuse(404, 1203, f"model not found: {request.match_info['model']}")
         if fault is None or fault.kind == "malformed" or (fault.kind, kind) == ("accept_then_error", "submit"):
             return await json_body(request), fault
         raise Answer(fault_response(fault))
@@ -234,9 +238,21 @@ class KlingSimulator:
 
     async def _submit_image(self, request: web.Request) -> web.Response:
         body, fault = await self._enter(request, "submit")
-        checked, prompt, frame = image_request(body)
+        checked, prompt, frame, last_frame = image_request(body)
         await self._check_first_frame(frame)
+        if last_frame is not None:
+            self._check_last_frame(last_frame)
         return self._create(checked, "image", prompt, fault)
+
+    def _check_last_frame(self, url: str) -> None:
+        """Take a last frame as the variant says (by default: as Kling documents it for this model)."""
+        taken = self.variant.last_frame
+        if taken == "documented":
+            taken = "accept" if takes_frame(self.model, "end_image") else "refuse"
+        if taken == "refuse":
+            raise bad(f"invalid parameter: last_frame is not supported by {self.model}")
+        if taken == "accept" and not url.startswith(("http://", "https://")):
+            check_image(decode_base64(url))
 
     async def _check_first_frame(self, url: str) -> None:
         """Refuse a first frame as the variant's gateway would: by its form, then (a URL) by what it serves."""
@@ -399,7 +415,13 @@ class KlingSimulator:
 
 
 async def run_forever(
-    host: str, port: int, api_key: str, endpoint_path: str, render_seconds: float, variant: Sequence[str] = ()
+    host: str,
+    port: int,
+    api_key: str,
+    endpoint_path: str,
+    render_seconds: float,
+    variant: Sequence[str] = (),
+    model: str = DEFAULT_MODEL,
 ) -> int:
     """Serve until interrupted, printing how to point the bot at it; `variant` holds `KEY=VALUE` switches."""
     try:
@@ -408,13 +430,14 @@ async def run_forever(
         print(f"error: {exc}", file=sys.stderr)
         return 2
     simulator = KlingSimulator(
-        api_key=api_key, endpoint_path=endpoint_path, render_seconds=render_seconds, variant=parsed
+        api_key=api_key, endpoint_path=endpoint_path, render_seconds=render_seconds, variant=parsed, model=model
     )
     simulator.task_videos = True  # so a video can be continued from its own last frame (480x320, one second)
     await simulator.start(host, port)
     print(
         f"Kling simulator on {simulator._origin}/v1/ai (endpoint path {endpoint_path!r}); point the bot at it with:\n"
-        f"  KLING_BASE_URL={simulator._origin}/v1/ai KLING_API_KEY={api_key} KLING_ENDPOINT_PATH={endpoint_path}\n"
+        f"  KLING_BASE_URL={simulator._origin}/v1/ai KLING_API_KEY={api_key} KLING_ENDPOINT_PATH={endpoint_path}"
+        f" KLING_MODEL={model}\n"
         f"Gateway variant: {describe(parsed)}.\n"
         "Prompts containing 'forbidden' are refused; 'fail-render' fails after rendering. Ctrl-C stops it.",
         flush=True,
@@ -436,9 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default="sim-key")
     parser.add_argument("--endpoint-path", default="sim")
     parser.add_argument("--render-seconds", type=float, default=8.0)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE", help=VARIANT_HELP)
     args = parser.parse_args(argv)
-    run = run_forever(args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds, args.variant)
+    run = run_forever(
+        args.host, args.port, args.api_key, args.endpoint_path, args.render_seconds, args.variant, args.model
+    )
     try:
         return asyncio.run(run)
     except KeyboardInterrupt:
