@@ -172,11 +172,16 @@ class MakingVideos(commands.Cog):
         image: discord.Attachment,
         *,
         prompt: str | None,
+        end_image: discord.Attachment | None = None,
         **chosen: Any,
     ) -> None:
         async def build() -> JobRequest:
             frame, source, url = await read_first_frame(image, self.bot.resources.images)
-            return self.request(interaction, "image", prompt, image=frame, image_source=source, frame_url=url, **chosen)
+            # The last frame is checked as the first is; its bytes are stored and sent, never its (expiring) URL.
+            end = (await read_first_frame(end_image, self.bot.resources.images))[0] if end_image else None
+            return self.request(
+                interaction, "image", prompt, image=frame, end_image=end, image_source=source, frame_url=url, **chosen
+            )
 
         await self.start_job(interaction, build)
 

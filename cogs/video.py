@@ -8,17 +8,26 @@ from typing import Any, Literal
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.app import VideoBot
 from bot.core.model import WAITING
-from bot.core.options import option
+from bot.core.options import option, takes_frame
 from cogs.making import MakingVideos, loaded_cog
 from cogs.mine import MemberViews
 
 # The options' values as Discord offers them, from their declaration (bot/core/options.py).
 SHORTEST, LONGEST = min(option("duration").allowed), max(option("duration").allowed)
 SOUND_HELP = "on or off; not chosen: the server's default, else the video service's (with sound)"
+IMAGE_DESCRIPTION = "Make a video that starts from your image"
+IMAGE_HELP = {
+    "image": "The first frame: a JPG, PNG or WebP image, at least 300 px a side",
+    "prompt": "What happens in the video (optional, up to 2500 characters)",
+    "resolution": "720p (default) or 1080p; 1080p costs more credits",
+    "duration": "Length in seconds, 3 to 15 (default 5)",
+    "sound": SOUND_HELP,
+}
 
 
 def choices(name: str) -> list[app_commands.Choice[str]]:
@@ -32,6 +41,12 @@ class VideoCommands(commands.Cog):
 
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot
+        if takes_frame(bot.settings.kling_model, "end_image"):
+            # The model takes a last frame: `/video image` offers `end_image` (with turbo it is not offered at all).
+            self.video.remove_command("image")
+            self.video.add_command(
+                app_commands.Command(name="image", description=IMAGE_DESCRIPTION, callback=self.image_with_end)
+            )
 
     def making(self) -> MakingVideos:
         return loaded_cog(self.bot, MakingVideos)
@@ -63,14 +78,8 @@ class VideoCommands(commands.Cog):
             interaction, prompt, aspect_ratio=aspect_ratio, resolution=resolution, duration=duration, sound=sound
         )
 
-    @video.command(name="image", description="Make a video that starts from your image")
-    @app_commands.describe(
-        image="The first frame: a JPG, PNG or WebP image, at least 300 px a side",
-        prompt="What happens in the video (optional, up to 2500 characters)",
-        resolution="720p (default) or 1080p; 1080p costs more credits",
-        duration="Length in seconds, 3 to 15 (default 5)",
-        sound=SOUND_HELP,
-    )
+    @video.command(name="image", description=IMAGE_DESCRIPTION)
+    @app_commands.describe(**IMAGE_HELP)
     @app_commands.choices(resolution=choices("resolution"), sound=choices("sound"))
     async def image(
         self,
@@ -83,6 +92,33 @@ class VideoCommands(commands.Cog):
     ) -> None:
         await self.making().from_image(
             interaction, image, prompt=prompt, resolution=resolution, duration=duration, sound=sound
+        )
+
+    # `/video image` for a model that takes a last frame (`takes_frame`): put in place of `image` by `__init__`.
+    @app_commands.describe(
+        **IMAGE_HELP,
+        end_image=locale_str("The last frame (optional): a JPG, PNG or WebP image, at least 300 px a side"),
+    )
+    @app_commands.rename(end_image=locale_str("end_image"))
+    @app_commands.choices(resolution=choices("resolution"), sound=choices("sound"))
+    async def image_with_end(
+        self,
+        interaction: discord.Interaction[Any],
+        image: discord.Attachment,
+        prompt: app_commands.Range[str, 1, 2500] | None = None,
+        resolution: str | None = None,
+        duration: app_commands.Range[int, SHORTEST, LONGEST] | None = None,
+        sound: str | None = None,
+        end_image: discord.Attachment | None = None,
+    ) -> None:
+        await self.making().from_image(
+            interaction,
+            image,
+            prompt=prompt,
+            end_image=end_image,
+            resolution=resolution,
+            duration=duration,
+            sound=sound,
         )
 
     @video.command(name="notify", description="How you are told that your video is done")

@@ -121,7 +121,8 @@ def explain(error: KlingError) -> str:
     if isinstance(error, KlingRateLimited):
         return english("The video service is busy right now; try again in a minute.")
     if isinstance(error, KlingBadRequest):
-        return english("The video service refused the request: {message}", message=error.message)
+        # Only a submit's refusal is explained so, and a refused submit made no task: its credits are released.
+        return english("The video service refused the request: {message}. Nothing was charged.", message=error.message)
     return english("The video service is not answering right now; try again later.")
 
 
