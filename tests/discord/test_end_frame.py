@@ -107,3 +107,19 @@ async def test_an_ignored_last_frame_still_delivers_the_video(world: Harness) ->
     assert job.end_image_sha256 and len(world.sim.tasks) == 1
     [thread] = world.discord.threads()
     await wait_until(lambda: any(m["files"] for m in world.discord.messages[thread["id"]]))
+
+
+async def test_a_re_roll_keeps_the_end_frame(world: Harness) -> None:
+    with_model(world, "kling-3.0")
+    fake = world.discord
+    async with world.running():
+        await image_job(world, prompt="a door closes")
+        first = await world.job_in("delivered")
+        [thread] = fake.threads()
+        video = next(m for m in fake.messages[thread["id"]] if m["files"])
+        reroll = await fake.press(f"video:reroll:{first.id}", video)
+        await wait_until(lambda: reroll.texts() and "on its way" in reroll.texts()[-1])
+        await wait_until(lambda: len(world.sim.tasks) == 2)
+    bodies = [r.json for r in world.sim.requests if r.method == "POST"]
+    last_frames = [[c["url"] for c in body["contents"] if c["type"] == "last_frame"] for body in bodies]
+    assert len(last_frames) == 2 and last_frames[0] == last_frames[1] and len(last_frames[0]) == 1
