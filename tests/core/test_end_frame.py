@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot.config import ConfigError, load_settings
 from bot.core.jobs import InvalidRequest, JobRequest, JobService
 from bot.media.images import prepare_first_frame
 from bot.provider.simulator import KlingSimulator
@@ -41,3 +42,13 @@ async def test_the_end_frame_is_stored_and_sent_from_the_store(
     ]
     stored = await store.get_image(job.end_image_sha256 or "")
     assert stored is not None and (stored.width, stored.height) == (400, 400)
+
+
+def test_kling_model_names_the_model_and_not_the_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KLING_MODEL", raising=False)
+    base = {"kling_api_key": "k", "kling_endpoint_path": "acct"}
+    assert load_settings(env_file=None, **base).kling_model == "kling-3.0-turbo"
+    chosen = load_settings(env_file=None, **base, kling_model="kling-3.0")
+    assert chosen.kling_model == "kling-3.0" and chosen.kling_api_root.endswith("/acct")
+    with pytest.raises(ConfigError, match="KLING_MODEL"):
+        load_settings(env_file=None, **base, kling_model="kling/3.0")
