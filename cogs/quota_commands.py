@@ -144,7 +144,7 @@ class QuotaCog(commands.Cog):
         self.bot = bot
         self.credits = bot.resources.credits
         self.jobs = bot.resources.jobs
-        self.review = bot.resources.review
+        self.reviews = bot.resources.review
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(*REVIEW_BUTTONS)
@@ -380,7 +380,7 @@ class QuotaCog(commands.Cog):
             )
             return False
         try:
-            await self.review.waiting(interaction.guild_id, job_id)
+            await self.reviews.waiting(interaction.guild_id, job_id)
         except ReviewRefused as refused:
             await self._refused(interaction, refused)
             return False
@@ -400,7 +400,7 @@ class QuotaCog(commands.Cog):
             return
         assert interaction.guild_id is not None
         try:
-            await self.review.approve(interaction.guild_id, interaction.user.id, job_id)
+            await self.reviews.approve(interaction.guild_id, interaction.user.id, job_id)
         except ReviewRefused:
             await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
             return
@@ -431,7 +431,7 @@ class QuotaCog(commands.Cog):
             return
         assert interaction.guild_id is not None
         try:
-            job = await self.review.reject(interaction.guild_id, interaction.user.id, job_id, reason)
+            job = await self.reviews.reject(interaction.guild_id, interaction.user.id, job_id, reason)
         except ReviewRefused:
             await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
             return

@@ -156,7 +156,6 @@ class SqlBase:
             astuple(entry),
         )
 
-
     async def _select(self, db: Any, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return await (self._read(sql, params) if db is None else self._fetch(db, sql, params))
 
