@@ -16,6 +16,7 @@ from bot.core.credits import CreditService, QuotaStatus
 from bot.core.i18n import english, tr, translated
 from bot.core.model import AuditEntry
 from bot.core.quota import Period, format_credits
+from bot.core.review import ReviewRefused
 from bot.serving.chart import draw_usage_chart
 from cogs.delivery import Deliverer
 from cogs.messages import fit_lines, state_word
@@ -145,6 +146,7 @@ class QuotaCog(commands.Cog):
         self.bot = bot
         self.credits = bot.resources.credits
         self.jobs = bot.resources.jobs
+        self.reviews = bot.resources.review
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(*REVIEW_BUTTONS)
@@ -388,21 +390,29 @@ class QuotaCog(commands.Cog):
                 interaction, tr(locale, "Only moderators (Manage Server) can approve or reject videos.")
             )
             return False
-        job = await self.jobs.get(job_id)
-        if job is None or job.guild_id != interaction.guild_id:
-            await reply_ephemeral(interaction, tr(locale, "That video's job is no longer known to me."))
-            return False
-        if job.status != "succeeded" or job.review_state != "pending":
-            state = state_word(locale, job.status)
-            await reply_ephemeral(interaction, tr(locale, "This video was already decided: {state}.", state=state))
+        try:
+            await self.reviews.waiting(interaction.guild_id, job_id)
+        except ReviewRefused as refused:
+            await self._refused(interaction, refused)
             return False
         return True
+
+    async def _refused(self, interaction: discord.Interaction[Any], refused: ReviewRefused) -> None:
+        locale = interaction.locale
+        if refused.job is None:
+            await reply_ephemeral(interaction, tr(locale, "That video's job is no longer known to me."))
+            return
+        state = state_word(locale, refused.job.status)
+        await reply_ephemeral(interaction, tr(locale, "This video was already decided: {state}.", state=state))
 
     async def approve(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """Approve: the video goes to its thread now (the poll loop is woken), and its member is told as they chose."""
         if not await self._reviewable(interaction, job_id):
             return
-        if not await self.jobs.approve(job_id):
+        assert interaction.guild_id is not None
+        try:
+            await self.reviews.approve(interaction.guild_id, interaction.user.id, job_id)
+        except ReviewRefused:
             await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
             return
         log.info("job %s approved by %s", job_id, interaction.user.id)
@@ -430,8 +440,10 @@ class QuotaCog(commands.Cog):
         the member in the job's thread."""
         if not await self._reviewable(interaction, job_id):
             return
-        job = await self.jobs.reject(job_id, reason)
-        if job is None:
+        assert interaction.guild_id is not None
+        try:
+            job = await self.reviews.reject(interaction.guild_id, interaction.user.id, job_id, reason)
+        except ReviewRefused:
             await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
             return
         log.info("job %s rejected by %s", job_id, interaction.user.id)

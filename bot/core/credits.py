@@ -49,11 +49,17 @@ class CreditService:
         *,
         rates: Mapping[str, int] = quota.DEFAULT_RATES,
         clock: Callable[[], float] = time.time,
+        source: str = "discord",
     ) -> None:
         self.store = store
         self.defaults = defaults
         self.rates = rates
         self.clock = clock
+        self.source = source  # where its moderators' changes come from, as the audit records it
+
+    def acting_from(self, source: str) -> CreditService:
+        """The same service, its changes audited as coming from `source` ('web', 'cli')."""
+        return CreditService(self.store, self.defaults, rates=self.rates, clock=self.clock, source=source)
 
     def window(self, period: str) -> quota.Window:
         """The current period's start and reset time."""
@@ -175,7 +181,7 @@ class CreditService:
         reason: str | None = None,
     ) -> AuditEntry:
         """The audit row of a change; the store writes it in the change's own transaction."""
-        return AuditEntry(guild_id, moderator_id, action, target_id, before, after, reason, self.clock())
+        return AuditEntry(guild_id, moderator_id, action, target_id, before, after, reason, self.clock(), self.source)
 
     @staticmethod
     def _member_text(member: MemberQuota) -> str:
@@ -355,6 +361,14 @@ class CreditService:
         """Milli-credits a server's members used or hold in its current period (for the metrics)."""
         settings = await self.settings(guild_id)
         return await self.store.credits_used(guild_id, self._window_start(settings.period))
+
+    async def member_overrides(self, guild_id: int) -> dict[int, MemberQuota]:
+        """The members of a server with their own limit or a block."""
+        return await self.store.member_quota_rows(guild_id)
+
+    async def role_limits(self, guild_id: int) -> dict[int, int | None]:
+        """Every role of a server with a limit (None: unlimited)."""
+        return await self.store.role_quotas(guild_id)
 
     async def usage(self, guild_id: int, period: str | None) -> tuple[list[UsageRow], quota.Window]:
         """The server's top members in a period (the server's own period by default)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bot.core.i18n import english
 from bot.core.job_base import JobBase, released
-from bot.core.model import Job, Lease
+from bot.core.model import AuditEntry, Job, Lease
 
 
 class DeliveryBook(JobBase):
@@ -82,18 +82,18 @@ class DeliveryBook(JobBase):
         """Remember the review channel's message that carries the job's Approve and Reject buttons."""
         await self.store.update_job(job_id, "succeeded", review_message_id=message_id, updated_at=self.clock())
 
-    async def approve(self, job_id: str) -> bool:
+    async def approve(self, job_id: str, audit: AuditEntry | None = None) -> bool:
         """A moderator approved the video: it is delivered like any other (with all its tries: refused posts to the
-        review channel do not count against them). False when already decided."""
-        return await self.store.decide_review(job_id, "pending", "succeeded", review_state="approved",
+        review channel do not count against them). False when already decided. `audit`: written with it."""
+        return await self.store.decide_review(job_id, "pending", "succeeded", audit=audit, review_state="approved",
                                               delivery_attempts=0, updated_at=self.clock())  # fmt: skip
 
-    async def reject(self, job_id: str, reason: str) -> Job | None:
+    async def reject(self, job_id: str, reason: str, audit: AuditEntry | None = None) -> Job | None:
         """A moderator rejected the video: the job ends `rejected`. Its credits stay spent (the provider billed
         the render), so it counts as used like a delivered job. None when already decided."""
         now = self.clock()
         if not await self.store.decide_review(
-            job_id, "pending", "rejected", review_state="rejected", review_reason=reason, updated_at=now
+            job_id, "pending", "rejected", audit=audit, review_state="rejected", review_reason=reason, updated_at=now
         ):
             return None
         return await self.store.get_job(job_id)

@@ -27,9 +27,15 @@ class JobReads(JobBase):
         return await self.store.find_job(guild_id, prefix.strip().lower(), user_id=user_id, statuses=statuses)
 
     async def member_jobs(
-        self, guild_id: int, user_id: int, *, statuses: Sequence[str] | None = None, limit: int = 10, offset: int = 0
+        self,
+        guild_id: int,
+        user_id: int | None,
+        *,
+        statuses: Sequence[str] | None = None,
+        limit: int = 10,
+        offset: int = 0,
     ) -> list[Job]:
-        """A member's jobs in one server, newest first."""
+        """A member's jobs in one server (every member's with None: the dashboard's list), newest first."""
         return await self.store.member_jobs(guild_id, user_id, statuses=statuses, limit=limit, offset=offset)
 
     async def count_member_jobs(self, guild_id: int, user_id: int) -> int:
