@@ -239,7 +239,14 @@ async def test_a_video_waiting_for_review_is_claimed_by_no_one(world: Harness) -
         await turn_review_on(fake)
         job, _ = await waiting_for_review(world)
         await wait_until(lambda: fake.messages[review_channel(fake)])
-        waiting = await world.resources.jobs.get(job.id)
+        jobs = world.resources.jobs
+
+        async def recorded() -> bool:  # the card's id is written just after its post
+            found = await jobs.get(job.id)
+            return found is not None and found.review_message_id is not None and found.lease_owner is None
+
+        await wait_until(recorded)
+        waiting = await jobs.get(job.id)
         await world.more_ticks(10)  # every tick looks for videos to post
         later = await world.resources.jobs.get(job.id)
     assert waiting.review_message_id is not None and later.lease_owner is None
