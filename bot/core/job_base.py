@@ -87,6 +87,9 @@ class JobRequest:
     parent_id: str | None = None  # the job this one continues (its first frame is that video's last frame)
     locale: str | None = None  # the member's Discord locale: later posts about the job are in their language
     request_key: str | None = None  # the question this answers: a second job for the same key is refused
+    private: bool = False  # nothing public: ephemeral answers, the video by DM
+    followup_token: str | None = None  # the interaction's token: a closed DM's fallback until followup_until
+    followup_until: float | None = None
 
     @property
     def options(self) -> JobOptions:
