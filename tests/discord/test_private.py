@@ -78,6 +78,15 @@ async def test_closed_dm_after_the_token_died_reaches_no_one_publicly(world: Har
         assert job.status == "undeliverable" and job.delivered_via == "none" and job.video_url
         assert not any(m["attachments"] for m in interaction.messages)
         assert public_messages(world) == [] and world.discord.dms("alice") == []
+        # Told at the next command, once; the link is in /video status.
+        status = await world.discord.slash("video", sub="status")
+        await wait_until(lambda: any("could not reach you" in t for t in status.texts()))
+        assert all(m["flags"] & 64 for m in status.messages)
+        again = await world.discord.slash("video", sub="status")
+        await private_answer(again)
+        assert not any("could not reach you" in t for t in again.texts())
+        assert (await world.resources.store.get_job(job.id)).undelivered_told  # type: ignore[union-attr]
+        assert public_messages(world) == []
 
 
 async def test_a_server_that_denies_private_videos_charges_nothing(world: Harness) -> None:
