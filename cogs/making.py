@@ -41,6 +41,7 @@ SOUND_DROPPED_NOTE = english(
     "silent video."
 )
 
+FOLLOWUP_SECONDS = 14 * 60  # Discord's interaction tokens die after 15 minutes; keep a margin
 RequestBuilder = Callable[[], Awaitable[JobRequest]]
 THREAD_TYPES = (discord.ChannelType.public_thread, discord.ChannelType.private_thread, discord.ChannelType.news_thread)
 CogT = TypeVar("CogT", bound=commands.Cog)
@@ -78,6 +79,13 @@ def question_key(interaction: discord.Interaction[Any]) -> str:
         data: dict[str, Any] = dict(interaction.data or {})
         return f"form:{data.get('custom_id')}"
     return f"interaction:{interaction.id}"
+
+
+def private_fields(interaction: discord.Interaction[Any], private: bool) -> dict[str, Any]:
+    """A private job keeps its interaction's token, to answer by follow-up while it lives if the DM is closed."""
+    if not private:
+        return {}
+    return {"private": True, "followup_token": interaction.token, "followup_until": time.time() + FOLLOWUP_SECONDS}
 
 
 class MakingVideos(commands.Cog):
@@ -157,12 +165,13 @@ class MakingVideos(commands.Cog):
         self,
         interaction: discord.Interaction[Any],
         prompt: str,
+        private: bool = False,
         **chosen: Any,
     ) -> None:
         """`chosen`: the member's options, named as in `OPTIONS` (None: not chosen)."""
 
         async def build() -> JobRequest:
-            return self.request(interaction, "text", prompt, **chosen)
+            return self.request(interaction, "text", prompt, **chosen, **private_fields(interaction, private))
 
         await self.start_job(interaction, build)
 
@@ -170,13 +179,23 @@ class MakingVideos(commands.Cog):
         self,
         interaction: discord.Interaction[Any],
         image: discord.Attachment,
+        private: bool = False,
         *,
         prompt: str | None,
         **chosen: Any,
     ) -> None:
         async def build() -> JobRequest:
             frame, source, url = await read_first_frame(image, self.bot.resources.images)
-            return self.request(interaction, "image", prompt, image=frame, image_source=source, frame_url=url, **chosen)
+            return self.request(
+                interaction,
+                "image",
+                prompt,
+                image=frame,
+                image_source=source,
+                frame_url=url,
+                **chosen,
+                **private_fields(interaction, private),
+            )
 
         await self.start_job(interaction, build)
 
@@ -260,6 +279,8 @@ class MakingVideos(commands.Cog):
                 ephemeral=True,
             )
             return None
+        if job.private:
+            return await self._start_private(interaction, job, request)
         card, frame_url = await self._post_card(interaction, channel, job, request)
         if card is None:
             await self.jobs.release(job, english("its card could not be posted"))
@@ -306,6 +327,32 @@ class MakingVideos(commands.Cog):
                 options=options_line(job, server),
                 channel=f"<#{job.channel_id}>",
             ),
+        )
+        return job
+
+    async def _start_private(self, interaction: discord.Interaction[Any], job: Job, request: JobRequest) -> Job:
+        """A private job: no card, no thread, no prompt in the log channel; the answer is ephemeral and the video
+        goes to the member by DM (see cogs/delivery.py)."""
+        locale = interaction.locale
+        try:
+            job = await self.jobs.start(job, request)
+        except SubmitRefused as exc:
+            raise UserFacingError(translated(locale, exc.reason)) from None
+        text = tr(
+            locale,
+            "Your private video `{id}` is on its way ({options}); it comes to you by direct message.",
+            id=job.id[:8],
+            options=options_line(job, locale),
+        )
+        if job.sound_dropped:
+            text += "\n" + tr(locale, SOUND_DROPPED_NOTE)
+        await interaction.followup.send(
+            text + "\n" + await self.cost_line(interaction, job.cost_estimate), ephemeral=True
+        )
+        server = self.bot.server_locale(job.guild_id)
+        await self.bot.post_log(
+            job.guild_id,
+            tr(server, "🔒 {mention} started a private video `{id}`", mention=f"<@{job.user_id}>", id=job.id[:8]),
         )
         return job
 

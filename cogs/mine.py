@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from cogs.messages import cancel_text, clock, fit_lines, job_state, options_line
 from cogs.views import PagedView, is_moderator
 
 HISTORY_PAGE = 5
+log = logging.getLogger(__name__)
 
 
 class MemberViews(commands.Cog):
@@ -26,6 +28,24 @@ class MemberViews(commands.Cog):
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot
         self.jobs: JobService = bot.resources.jobs
+
+    @commands.Cog.listener()
+    async def on_app_command_completion(self, interaction: discord.Interaction[Any], command: Any) -> None:
+        """After any command: tell the member, once, of a private video that reached no one (closed DMs)."""
+        if interaction.guild_id is None:
+            return
+        for job in await self.jobs.untold_unreached(interaction.guild_id, interaction.user.id):
+            text = tr(
+                interaction.locale,
+                "Your private video `{id}` could not reach you: your direct messages are closed. "
+                "Find it in /video status {id}.",
+                id=job.id[:8],
+            )
+            try:
+                await interaction.followup.send(text, ephemeral=True)
+            except discord.HTTPException as exc:
+                # Already marked told; its link stays in /video status either way.
+                log.info("job %s: could not tell its member it reached no one: %s", job.id, exc)
 
     async def notify(self, interaction: discord.Interaction[Any], mode: Literal["mention", "dm", "off"]) -> None:
         await self.jobs.set_notify_preference(interaction.user.id, mode)

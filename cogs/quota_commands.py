@@ -359,6 +359,12 @@ class QuotaCog(commands.Cog):
         )
         await self._done(interaction, entry)
 
+    @admin.command(name="private", description="Whether members may make private videos (sent to them by DM)")
+    @app_commands.describe(policy="allow (the default) or deny")
+    async def private(self, interaction: discord.Interaction[Any], policy: Literal["allow", "deny"]) -> None:
+        entry = await self.credits.set_private_policy(self._guild(interaction), interaction.user.id, policy)
+        await self._done(interaction, entry)
+
     @admin.command(name="audit", description="Moderator actions, newest first")
     @app_commands.describe(member="Only actions on this member")
     async def audit(self, interaction: discord.Interaction[Any], member: discord.Member | None = None) -> None:

@@ -19,6 +19,7 @@ from cogs.mine import MemberViews
 # The options' values as Discord offers them, from their declaration (bot/core/options.py).
 SHORTEST, LONGEST = min(option("duration").allowed), max(option("duration").allowed)
 SOUND_HELP = "on or off; not chosen: the server's default, else the video service's (with sound)"
+PRIVATE_HELP = "True: nothing public; the video comes to you by direct message"
 
 
 def choices(name: str) -> list[app_commands.Choice[str]]:
@@ -46,6 +47,7 @@ class VideoCommands(commands.Cog):
         resolution="720p (default) or 1080p; 1080p costs more credits",
         duration="Length in seconds, 3 to 15 (default 5)",
         sound=SOUND_HELP,
+        private=PRIVATE_HELP,
     )
     @app_commands.choices(
         aspect_ratio=choices("aspect_ratio"), resolution=choices("resolution"), sound=choices("sound")
@@ -58,9 +60,16 @@ class VideoCommands(commands.Cog):
         resolution: str | None = None,
         duration: app_commands.Range[int, SHORTEST, LONGEST] | None = None,
         sound: str | None = None,
+        private: bool = False,
     ) -> None:
         await self.making().from_text(
-            interaction, prompt, aspect_ratio=aspect_ratio, resolution=resolution, duration=duration, sound=sound
+            interaction,
+            prompt,
+            private,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution,
+            duration=duration,
+            sound=sound,
         )
 
     @video.command(name="image", description="Make a video that starts from your image")
@@ -70,6 +79,7 @@ class VideoCommands(commands.Cog):
         resolution="720p (default) or 1080p; 1080p costs more credits",
         duration="Length in seconds, 3 to 15 (default 5)",
         sound=SOUND_HELP,
+        private=PRIVATE_HELP,
     )
     @app_commands.choices(resolution=choices("resolution"), sound=choices("sound"))
     async def image(
@@ -80,9 +90,10 @@ class VideoCommands(commands.Cog):
         resolution: str | None = None,
         duration: app_commands.Range[int, SHORTEST, LONGEST] | None = None,
         sound: str | None = None,
+        private: bool = False,
     ) -> None:
         await self.making().from_image(
-            interaction, image, prompt=prompt, resolution=resolution, duration=duration, sound=sound
+            interaction, image, private, prompt=prompt, resolution=resolution, duration=duration, sound=sound
         )
 
     @video.command(name="notify", description="How you are told that your video is done")

@@ -343,6 +343,15 @@ class CreditService:
         await self.store.save_quota_settings(guild_id, replace(before, sound_default=sound), entry)
         return entry
 
+    async def set_private_policy(self, guild_id: int, moderator_id: int, policy: str) -> AuditEntry:
+        """Whether the server's members may make private videos: 'allow' (the default) or 'deny'."""
+        if policy not in ("allow", "deny"):
+            raise ValueError(f"unknown private policy {policy!r}")
+        before = await self.store.quota_settings(guild_id, self.defaults)
+        entry = self._audit(guild_id, moderator_id, "private", None, before.private_policy, policy)
+        await self.store.save_quota_settings(guild_id, replace(before, private_policy=policy), entry)
+        return entry
+
     async def audit_entries(
         self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0
     ) -> list[AuditEntry]:

@@ -30,7 +30,7 @@ class DeliveryBook(JobBase):
         )
 
     async def mark_delivered(
-        self, job_id: str, *, result_message_id: int | None = None, lease: Lease | None = None
+        self, job_id: str, *, result_message_id: int | None = None, lease: Lease | None = None, via: str | None = None
     ) -> bool:
         """The video reached the member: `succeeded` becomes `delivered`, once (and, with the deliverer's `lease`,
         only while that lease still holds)."""
@@ -41,6 +41,7 @@ class DeliveryBook(JobBase):
             "delivered",
             lease=lease,
             result_message_id=result_message_id,
+            delivered_via=via,
             delivered_at=now,
             updated_at=now,
             **released(now),
@@ -51,6 +52,21 @@ class DeliveryBook(JobBase):
         now = self.clock()
         return await self.store.transition(
             job_id, "succeeded", "undeliverable", lease=lease, error=reason, updated_at=now, **released(now)
+        )
+
+    async def mark_unreached(self, job_id: str, *, lease: Lease | None = None) -> bool:
+        """A private video that reached no one (a closed DM, the command's token expired): `undeliverable` with
+        `delivered_via` 'none' and its link kept; its member is told at their next command."""
+        now = self.clock()
+        return await self.store.transition(
+            job_id,
+            "succeeded",
+            "undeliverable",
+            lease=lease,
+            error=english("Your direct messages are closed, so the video could not be sent to you."),
+            delivered_via="none",
+            updated_at=now,
+            **released(now),
         )
 
     async def note_delivery_problem(self, job: Job, reason: str, *, lease: Lease | None = None) -> int:
