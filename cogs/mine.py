@@ -14,7 +14,7 @@ from bot.app import UserFacingError, VideoBot, allowed_here, quota_scope
 from bot.core.i18n import tr, translated
 from bot.core.jobs import InvalidRequest, JobService
 from bot.core.model import OPEN, WAITING, Job
-from cogs.messages import cancel_text, clock, fit_lines, job_state, options_line
+from cogs.messages import cancel_text, clock, fit_lines, job_state, jump_link, options_line
 from cogs.views import PagedView, is_moderator
 
 HISTORY_PAGE = 5
@@ -129,8 +129,8 @@ class MemberViews(commands.Cog):
     def _where(self, job: Job, locale: object) -> str:
         if job.thread_id:
             return f"<#{job.thread_id}>"
-        if job.message_id and job.channel_id and job.guild_id:
-            return f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.message_id}"
+        if job.message_id and job.channel_id:
+            return jump_link(job.guild_id, job.channel_id, job.message_id)
         return tr(locale, "no thread")
 
     def _job_line(self, job: Job, now: float, locale: object) -> str:

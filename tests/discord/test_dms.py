@@ -62,3 +62,21 @@ async def test_the_commands_are_offered_in_the_bots_dm(world: Harness) -> None:
         offered = {c.name: c.to_dict(bot.tree) for c in bot.tree.get_commands()}
     assert offered["video"]["contexts"] == [0, 1] and offered["quota"]["contexts"] == [0, 1]
     assert offered["quota-admin"]["contexts"] != [0, 1]
+
+
+async def test_re_roll_under_a_dm_video_makes_a_dm_job_on_the_personal_quota(world: Harness) -> None:
+    fake = world.discord
+    world.settings_overrides["personal_quota_credits"] = 8.0  # two 5 s videos
+    async with world.running():
+        await fake.slash("video", {"prompt": "a heron", "duration": 5}, sub="text", dm=True)
+        first = await world.job_in("delivered")
+        await wait_until(lambda: any(m["files"] for m in fake.dms("alice")))
+        video = next(m for m in fake.dms("alice") if m["files"])
+        pressed = await fake.press(f"video:reroll:{first.id}", video, dm=True)
+        assert "on its way" in await answer(pressed)
+        await wait_until(lambda: sum(1 for m in fake.dms("alice") if m["files"]) == 2)
+        status = await answer(await fake.slash("video", {"job": first.id[:8]}, sub="status", dm=True))
+        alice = int(fake.users["alice"]["id"])
+        assert await world.resources.store.count_member_jobs(PERSONAL, alice) == 2
+    assert fake.messages[fake.general] == [] and fake.threads() == []
+    assert "/channels/0/" not in status
