@@ -52,7 +52,9 @@ async def open_resources(
                 max_retries=settings.api_max_retries,
                 query_concurrency=settings.poll_concurrency,
             )
-            credits = CreditService(store, settings.quota_defaults, rates=settings.credit_rates)
+            credits = CreditService(
+                store, settings.quota_defaults, rates=settings.credit_rates, personal=settings.personal_quota
+            )
             jobs = JobService(
                 store,
                 kling,

@@ -27,6 +27,7 @@ from cogs.messages import (
     NO_ATTACH_REASON,
     THREAD_GONE_NOTE,
     failure_text,
+    jump_link,
     result_embed,
     too_large_reason,
     video_link_text,
@@ -317,7 +318,7 @@ class Deliverer:
         log.info("job %s delivered (%s)", job.id, "file" if message.attachments else "link")
         if job.private:
             return  # the DM or the follow-up was the member's notice
-        link = f"https://discord.com/channels/{job.guild_id}/{message.channel.id}/{message.id}"
+        link = jump_link(job.guild_id, message.channel.id, message.id)
         await self.notify_requester(
             job,
             tr(job.locale, "Your video `{job}` is ready: {link}", job=job.id[:8], link=link),
@@ -445,7 +446,7 @@ class Deliverer:
             )
         except discord.HTTPException:
             log.warning("job %s: could not post its end in its thread", job.id, exc_info=True)
-        link = f"https://discord.com/channels/{job.guild_id}/{where}"
+        link = jump_link(job.guild_id, where)
         await self.notify_requester(
             job, tr(job.locale, dm_text, job=job.id[:8], link=link), tr(job.locale, fallback), where
         )

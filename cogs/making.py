@@ -17,7 +17,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import NOT_IN_A_SERVER, STOPPING, UserFacingError, VideoBot, in_a_server
+from bot.app import IN_SERVERS_AND_DMS, NOT_IN_A_SERVER, STOPPING, UserFacingError, VideoBot, allowed_here, quota_scope
 from bot.core.credits import QuotaRefused
 from bot.core.i18n import english, tr, translated
 from bot.core.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
@@ -97,7 +97,7 @@ class MakingVideos(commands.Cog):
         self.animate_menu = app_commands.ContextMenu(
             name=app_commands.locale_str("Animate image"), callback=self.animate
         )
-        self.animate_menu.guild_only = True
+        self.animate_menu.allowed_contexts = IN_SERVERS_AND_DMS
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.animate_menu)
@@ -120,7 +120,7 @@ class MakingVideos(commands.Cog):
             kind=kind,
             prompt=prompt or "",
             **chosen,
-            guild_id=interaction.guild_id,
+            guild_id=quota_scope(interaction),
             channel_id=interaction.channel_id,
             user_id=interaction.user.id,
             role_ids=member_roles(interaction.user),
@@ -236,14 +236,19 @@ class MakingVideos(commands.Cog):
         locale = interaction.locale
         if self.bot.closing:  # a button or a form during shutdown: the store is about to close
             raise UserFacingError(tr(locale, STOPPING))
-        if not in_a_server(interaction):  # buttons and forms do not pass the tree's check
+        if not allowed_here(interaction):  # buttons and forms do not pass the tree's check
             raise UserFacingError(tr(locale, NOT_IN_A_SERVER))
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         channel = channel or interaction.channel  # type: ignore[assignment]
         if not isinstance(channel, discord.abc.Messageable) or isinstance(channel, discord.ForumChannel):
             raise UserFacingError(tr(locale, "Use this command in a text channel or a thread."))
-        missing = missing_permissions(self._permissions_in(interaction, channel), in_thread=self._no_thread(channel))
+        in_dm = interaction.guild_id is None  # the bot's own DM with the member: no permissions to lack there
+        missing = (
+            []
+            if in_dm
+            else missing_permissions(self._permissions_in(interaction, channel), in_thread=self._no_thread(channel))
+        )
         if missing:
             raise UserFacingError(
                 tr(
@@ -358,9 +363,8 @@ class MakingVideos(commands.Cog):
 
     async def cost_line(self, interaction: discord.Interaction[Any], cost: int) -> str:
         """The job's cost, what the member has left now and when it resets (in the reader's own time zone)."""
-        assert interaction.guild_id is not None
         credits = self.bot.resources.credits
-        status = await credits.status(interaction.guild_id, interaction.user.id, member_roles(interaction.user))
+        status = await credits.status(quota_scope(interaction), interaction.user.id, member_roles(interaction.user))
         locale = interaction.locale
         left = tr(locale, "unlimited") if status.remaining is None else format_credits(status.remaining)
         reset_at = status.window.reset_at
@@ -377,10 +381,8 @@ class MakingVideos(commands.Cog):
         self, interaction: discord.Interaction[Any], request: JobRequest, channel: discord.abc.Messageable
     ) -> bool:
         """Above the server's confirm-above threshold: show the cost with Confirm and Cancel (True: asked)."""
-        if interaction.guild_id is None:
-            return False
         self.jobs.validate(request)  # a mistake is named now, not after the member confirmed
-        threshold = (await self.bot.resources.credits.settings(interaction.guild_id)).confirm_above
+        threshold = (await self.bot.resources.credits.settings(quota_scope(interaction))).confirm_above
         cost = await self.jobs.request_cost(request)
         if threshold is None or cost <= threshold:
             return False
@@ -411,8 +413,12 @@ class MakingVideos(commands.Cog):
 
     @staticmethod
     def _no_thread(channel: discord.abc.Messageable) -> bool:
-        """True where no thread can be opened (inside a thread or a forum post): the job is posted in place."""
-        return isinstance(channel, discord.Thread) or getattr(channel, "type", None) in THREAD_TYPES
+        """True where no thread can be opened (inside a thread or a forum post, a DM): the job is posted in place."""
+        kind = getattr(channel, "type", None)
+        return isinstance(channel, discord.Thread | discord.DMChannel) or kind in (
+            *THREAD_TYPES,
+            discord.ChannelType.private,
+        )
 
     async def _post_card(
         self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, job: Job, request: JobRequest

@@ -11,8 +11,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import VideoBot, reply_ephemeral
-from bot.core.credits import CreditService, QuotaStatus
+from bot.app import VideoBot, quota_scope, reply_ephemeral
+from bot.core.credits import PERSONAL, CreditService, QuotaStatus
 from bot.core.i18n import english, tr, translated
 from bot.core.model import AuditEntry
 from bot.core.quota import Period, format_credits
@@ -31,6 +31,11 @@ SOURCES = {  # English message ids
     "role": english("from your role"),
     "default": english("server default"),
 }
+
+PERSONAL_QUOTA_TITLE = english(
+    "**Your personal credits**: for videos made in my direct messages, set by the bot's owner, apart from any "
+    "server's credits."
+)
 
 SOUND_DEFAULTS = {  # English message ids, by the server's sound default
     "on": english("with sound"),
@@ -154,12 +159,18 @@ class QuotaCog(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(*REVIEW_BUTTONS)
 
-    @app_commands.command(name="quota", description="Your video credits in this server")
-    @app_commands.guild_only()
+    @app_commands.command(
+        name="quota",
+        description="Your video credits in this server (in my DMs: your own)",
+    )
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def quota(self, interaction: discord.Interaction[Any]) -> None:
-        assert interaction.guild_id is not None
-        status = await self.credits.status(interaction.guild_id, interaction.user.id, member_roles(interaction.user))
-        await self._reply(interaction, describe_status(status, self.credits, locale=interaction.locale))
+        scope = quota_scope(interaction)
+        status = await self.credits.status(scope, interaction.user.id, member_roles(interaction.user))
+        text = describe_status(status, self.credits, locale=interaction.locale)
+        if scope == PERSONAL:
+            text = tr(interaction.locale, PERSONAL_QUOTA_TITLE) + "\n" + text
+        await self._reply(interaction, text)
 
     async def _reply(self, interaction: discord.Interaction[Any], text: str, **kwargs: Any) -> None:
         await interaction.response.send_message(

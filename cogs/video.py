@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import VideoBot
+from bot.app import IN_SERVERS_AND_DMS, VideoBot
 from bot.core.model import WAITING
 from bot.core.options import option
 from cogs.making import MakingVideos, loaded_cog
@@ -29,7 +29,9 @@ def choices(name: str) -> list[app_commands.Choice[str]]:
 class VideoCommands(commands.Cog):
     """The /video group; the work is done in the cogs it hands each subcommand to."""
 
-    video = app_commands.Group(name="video", description="Make short videos with Kling", guild_only=True)
+    video = app_commands.Group(
+        name="video", description="Make short videos with Kling", allowed_contexts=IN_SERVERS_AND_DMS
+    )
 
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot

@@ -12,6 +12,10 @@ from bot.core.i18n import english
 from bot.core.model import AuditEntry, DayCredits, Job, MemberQuota, QuotaFacts, QuotaSettings, UsageRow
 from bot.storage.interface import Storage
 
+# The quota scope of a member's direct messages with the bot (jobs.guild_id and the quota tables' guild_id): one
+# personal quota per member, set by the bot's owner; no server has id 0.
+PERSONAL = 0
+
 
 class QuotaRefused(Exception):
     """The member may not start this job now; `reason` says why, `reset_at` when their credits come back (None
@@ -50,9 +54,12 @@ class CreditService:
         rates: Mapping[str, int] = quota.DEFAULT_RATES,
         clock: Callable[[], float] = time.time,
         source: str = "discord",
+        personal: QuotaSettings | None = None,
     ) -> None:
         self.store = store
         self.defaults = defaults
+        # Direct messages off (None): a limit of 0, so even a request past the front's refusal reserves nothing.
+        self.personal = personal or replace(defaults, default_limit=0)
         self.rates = rates
         self.clock = clock
         self.source = source  # where its moderators' changes come from, as the audit records it
@@ -60,6 +67,10 @@ class CreditService:
     def acting_from(self, source: str) -> CreditService:
         """The same service, its changes audited as coming from `source` ('web', 'cli')."""
         return CreditService(self.store, self.defaults, rates=self.rates, clock=self.clock, source=source)
+
+    def defaults_for(self, guild_id: int) -> QuotaSettings:
+        """The rules a scope starts with: the personal quota's for direct messages, else a server's defaults."""
+        return self.personal if guild_id == PERSONAL else self.defaults
 
     def window(self, period: str) -> quota.Window:
         """The current period's start and reset time."""
@@ -96,7 +107,11 @@ class CreditService:
             )
 
         facts, decision = await self.store.reserve_job(
-            job, role_ids=role_ids, defaults=self.defaults, window_start=self._window_start, decide=decide
+            job,
+            role_ids=role_ids,
+            defaults=self.defaults_for(job.guild_id or 0),
+            window_start=self._window_start,
+            decide=decide,
         )
         if not decision.allowed:
             raise self._refusal(decision, limits["limit"], facts, job.cost_estimate)
@@ -146,7 +161,7 @@ class CreditService:
 
     async def status(self, guild_id: int, user_id: int, role_ids: Sequence[int]) -> QuotaStatus:
         """A member's limit, where it comes from, what is used, left and reserved, and when it resets."""
-        settings = await self.store.quota_settings(guild_id, self.defaults)
+        settings = await self.store.quota_settings(guild_id, self.defaults_for(guild_id))
         window = self.window(settings.period)
         facts = QuotaFacts(
             settings=settings,
@@ -360,7 +375,7 @@ class CreditService:
 
     async def settings(self, guild_id: int) -> QuotaSettings:
         """A server's quota rules and log channel (the defaults until its moderators change them)."""
-        return await self.store.quota_settings(guild_id, self.defaults)
+        return await self.store.quota_settings(guild_id, self.defaults_for(guild_id))
 
     async def log_channels(self) -> dict[int, int]:
         """Every server's log channel (server id to channel id), where its moderators set one."""
