@@ -66,7 +66,9 @@ class CreditService:
 
     def acting_from(self, source: str) -> CreditService:
         """The same service, its changes audited as coming from `source` ('web', 'cli')."""
-        return CreditService(self.store, self.defaults, rates=self.rates, clock=self.clock, source=source)
+        return CreditService(
+            self.store, self.defaults, rates=self.rates, clock=self.clock, source=source, personal=self.personal
+        )
 
     def defaults_for(self, guild_id: int) -> QuotaSettings:
         """The rules a scope starts with: the personal quota's for direct messages, else a server's defaults."""
