@@ -369,6 +369,13 @@ def report(
         f"{rate_limit_route(m, p)[0]}{where(p)}{' (answered 429)' if s == 429 else ''}" for m, p, s, _ in mine
     )
     refused = [(m, p) for m, p, s, _ in stats["requests"] if s == 429]
+    rooms = {str(j.channel_id) for j in jobs if j.channel_id}
+
+    def refused_where(path: str) -> str:
+        """Where a refused request went: a job's card in a channel, or a thread (a status message, a video)."""
+        parts = path.strip("/").split("/")
+        return "others" if parts[0] != "channels" else "in a channel" if parts[1] in rooms else "in a thread"
+
     last_edit = {p: s for m, p, s, _ in mine if m == "PATCH"}
     stale = sum(1 for s in last_edit.values() if s == 429)
     floor, why = floor_seconds([(m, p) for m, p, s, _ in mine if s != 429])
@@ -395,6 +402,8 @@ def report(
         ("429s received (all requests, during the flood)", f"{len(refused)}",
          "; ".join(f"{r}: {n} {'global' if g else 'route'}" for (r, g), n in Counter(
              (r, g) for r, g in stats["limited"]).most_common())),
+        ("429s by where the request went", "",
+         "; ".join(f"{w}: {n}" for w, n in Counter(refused_where(p) for _, p in refused).most_common())),
         ("edits given up after discord.py's 5 tries (message left stale)", f"{stale}", ""),
         ("finish to first video posted", f"{first_post:.1f} s", ""),
         ("finish to last video posted", f"{last_post:.1f} s", f"floor {minimum:.1f} s for one post per video"),

@@ -21,6 +21,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
+from bot.core.credits import PERSONAL
 from bot.core.i18n import english, tr
 from bot.provider.callbacks import CallbackServer, RateLimit
 from bot.resources import Resources, open_resources
@@ -38,9 +39,10 @@ SOMETHING_WENT_WRONG = english(
 
 
 STOPPING = english("The bot is restarting; try again in a minute. Nothing was charged.")
-# Until direct messages are a feature of their own, an interaction from outside a server is refused at the door.
+# With no personal quota set (PERSONAL_QUOTA_CREDITS=0), an interaction from outside a server is refused at the door.
 NOT_IN_A_SERVER = english(
-    "Videos are made only in a server for now; use this in a channel of a server. Nothing was charged."
+    "Videos are made only in a server here: this bot's owner has not turned on direct messages. Use this in a "
+    "channel of a server. Nothing was charged."
 )
 # On shutdown, command and button handlers already running get this long to finish before the store closes.
 HANDLER_GRACE_SECONDS = 10.0
@@ -128,7 +130,7 @@ class VideoTree(app_commands.CommandTree["VideoBot"]):
         if self.client.closing:
             await reply_ephemeral(interaction, tr(interaction.locale, STOPPING))
             return False
-        if not in_a_server(interaction):
+        if not allowed_here(interaction):
             await reply_ephemeral(interaction, tr(interaction.locale, NOT_IN_A_SERVER))
             return False
         return True
@@ -152,10 +154,19 @@ class VideoTree(app_commands.CommandTree["VideoBot"]):
         await reply_ephemeral(interaction, text)
 
 
-def in_a_server(interaction: discord.Interaction[Any]) -> bool:
-    """Whether the interaction comes from a server (Discord sends none from elsewhere for our server-only commands
-    and buttons, but a forged payload or a future install type can)."""
-    return interaction.guild_id is not None
+# Where the commands are offered: servers and the bot's own DM (refused there while no personal quota is set).
+IN_SERVERS_AND_DMS = app_commands.AppCommandContext(guild=True, dm_channel=True)
+
+
+def allowed_here(interaction: discord.Interaction[Any]) -> bool:
+    """Whether the bot takes this interaction where it comes from: a server, or the bot's direct messages when the
+    owner set a personal quota (else they are refused before anything is reserved)."""
+    return interaction.guild_id is not None or interaction.client.settings.personal_quota_credits > 0
+
+
+def quota_scope(interaction: discord.Interaction[Any]) -> int:
+    """Whose credits an interaction spends and whose jobs it sees: its server's, else the member's personal quota."""
+    return PERSONAL if interaction.guild_id is None else interaction.guild_id
 
 
 async def reply_ephemeral(interaction: discord.Interaction[Any], text: str, **kwargs: Any) -> None:

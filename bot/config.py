@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # Quotas: what a server starts with until its moderators change it with /quota-admin.
     default_quota_credits: float = Field(default=50.0, ge=0)
     default_quota_period: Period = "week"
+    # The personal quota: one per member across the bot's direct messages, set by the bot's owner (credits per
+    # PERSONAL_QUOTA_PERIOD). 0, the default, turns the commands off in direct messages.
+    personal_quota_credits: float = Field(default=0.0, ge=0)
+    personal_quota_period: Period = "week"
     member_jobs_in_flight: int = Field(default=2, ge=1, le=100)
     server_jobs_in_flight: int = Field(default=10, ge=1, le=1000)
     # A job above a server's confirm-above threshold waits this long for the member's Confirm (an interaction's
@@ -136,6 +140,19 @@ class Settings(BaseSettings):
             period=self.default_quota_period,
             member_in_flight=self.member_jobs_in_flight,
             server_in_flight=self.server_jobs_in_flight,
+        )
+
+    @property
+    def personal_quota(self) -> QuotaSettings | None:
+        """The rules of the personal quota (None: direct messages are off). The per-member cap is what bounds it:
+        the "server" cap would span every member's direct messages, so it is the largest a server may have."""
+        if not self.personal_quota_credits:
+            return None
+        return QuotaSettings(
+            default_limit=round(self.personal_quota_credits * 1000),
+            period=self.personal_quota_period,
+            member_in_flight=self.member_jobs_in_flight,
+            server_in_flight=1000,
         )
 
     @property

@@ -11,6 +11,7 @@ import aiohttp
 from bot.config import Settings
 from bot.core.credits import CreditService
 from bot.core.jobs import JobService
+from bot.core.review import Review
 from bot.media.downloads import ImageFetcher
 from bot.provider.kling import KlingClient
 from bot.storage.fleet import Fleet, open_fleet
@@ -28,6 +29,7 @@ class Resources:
     credits: CreditService
     fleet: Fleet  # the other processes on the same database (none on SQLite)
     images: ImageFetcher  # members' attachments, a few at once
+    review: Review  # the moderators' decisions on videos waiting for review
 
 
 @contextlib.asynccontextmanager
@@ -51,7 +53,9 @@ async def open_resources(
                 query_concurrency=settings.poll_concurrency,
                 model=settings.kling_model,
             )
-            credits = CreditService(store, settings.quota_defaults, rates=settings.credit_rates)
+            credits = CreditService(
+                store, settings.quota_defaults, rates=settings.credit_rates, personal=settings.personal_quota
+            )
             jobs = JobService(
                 store,
                 kling,
@@ -66,9 +70,8 @@ async def open_resources(
             )
             fleet = open_fleet(settings.database)
             try:
-                yield Resources(
-                    session, store, kling, jobs, credits, fleet, ImageFetcher(session, limit=settings.image_downloads)
-                )
+                images = ImageFetcher(session, limit=settings.image_downloads)
+                yield Resources(session, store, kling, jobs, credits, fleet, images, Review(jobs))
             finally:
                 await fleet.close()
         finally:

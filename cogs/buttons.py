@@ -11,7 +11,7 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-from bot.app import UserFacingError, VideoBot, reply_ephemeral
+from bot.app import UserFacingError, VideoBot, quota_scope, reply_ephemeral
 from bot.core.i18n import tr
 from bot.core.jobs import JobRequest, JobService
 from bot.core.model import Job
@@ -61,7 +61,7 @@ class VideoButtons(commands.Cog):
 
     async def _reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         original = await self.jobs.get(job_id)
-        if original is None or original.guild_id != interaction.guild_id:
+        if original is None or original.guild_id != quota_scope(interaction):
             await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
             return
 
@@ -112,7 +112,7 @@ class VideoButtons(commands.Cog):
     async def continue_video(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """Ask for the next segment's prompt and duration (the job is made when the form is sent)."""
         parent = await self.jobs.get(job_id)
-        if parent is None or parent.guild_id != interaction.guild_id:
+        if parent is None or parent.guild_id != quota_scope(interaction):
             await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
             return
         if parent.video_url is None:
@@ -127,7 +127,7 @@ class VideoButtons(commands.Cog):
         at a time, and one per member every JOIN_COOLDOWN_SECONDS."""
         locale = interaction.locale
         job = await self.jobs.get(job_id)
-        if job is None or job.guild_id != interaction.guild_id:
+        if job is None or job.guild_id != quota_scope(interaction):
             await reply_ephemeral(interaction, tr(locale, "That video's job is no longer known to me."))
             return
         await interaction.response.defer(ephemeral=True, thinking=True)

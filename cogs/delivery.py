@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 
@@ -27,6 +27,7 @@ from cogs.messages import (
     NO_ATTACH_REASON,
     THREAD_GONE_NOTE,
     failure_text,
+    jump_link,
     result_embed,
     too_large_reason,
     video_link_text,
@@ -81,6 +82,7 @@ class Deliverer:
         A job from before a restart never gets one, so it is not waited for."""
         return (
             job.message_id is None
+            and not job.private  # a private job has no card: nothing to wait for
             and job.created_at > self.started_at
             and time.time() - job.created_at < CARD_GRACE_SECONDS
         )
@@ -147,8 +149,11 @@ class Deliverer:
             await self._timed_out(job)
 
     async def _post(self, job: Job, path: Path | None, link_reason: str) -> None:
-        """Post in the job's thread; when the thread was deleted, in its channel instead."""
+        """Post in the job's thread; when the thread was deleted, in its channel instead. A private job goes by DM."""
         assert job.channel_id is not None
+        if job.private:
+            await self._post_private(job, path, link_reason)
+            return
         try:
             message = await self._send(job, job.thread_id or job.channel_id, path, link_reason)
         except discord.NotFound as exc:
@@ -161,6 +166,39 @@ class Deliverer:
             await self._post_failed(job, exc)
             return
         await self._delivered(job, message)
+
+    async def _post_private(self, job: Job, path: Path | None, link_reason: str) -> None:
+        """A private video goes by DM with its buttons. A closed DM (Discord 50007): as an ephemeral follow-up
+        while the command's token lives, else it reaches no one now (`delivered_via` 'none'): the member is told
+        at their next command and finds it in /video status and /video history. Nothing public either way."""
+        assert job.user_id is not None
+        try:
+            dm = await self.bot.create_dm(discord.Object(job.user_id))
+            message = await self._send(job, dm.id, path, link_reason, target=dm)
+        except discord.HTTPException as exc:
+            if exc.code != 50007:
+                await self._post_failed(job, exc)
+                return
+            log.info("job %s: its member's DMs are closed", job.id)
+            if job.followup_token and (job.followup_until or 0) > time.time():
+                try:
+                    message = await self._send(job, 0, path, link_reason, target=self._followup(job.followup_token))
+                except discord.HTTPException as followup_error:
+                    log.info("job %s: the follow-up was refused too: %s", job.id, followup_error)
+                else:
+                    await self._delivered(job, message, via="followup")
+                    return
+            await self.jobs.mark_unreached(job.id, lease=self.jobs.lease_of(job))
+            log.info("job %s: reached no one; its member is told at their next command", job.id)
+            return
+        await self._delivered(job, message, via="dm")
+
+    def _followup(self, token: str) -> discord.Webhook:
+        """The command's follow-up webhook (its answers are ephemeral)."""
+        assert self.bot.application_id is not None
+        webhook = discord.Webhook.partial(self.bot.application_id, token, client=self.bot)
+        webhook.type = discord.WebhookType.application  # an interaction's webhook: ephemeral messages allowed
+        return webhook
 
     async def _post_in_channel(self, job: Job, path: Path | None, link_reason: str) -> None:
         """The thread is gone: post in the job's channel, saying so; if that fails too, the job is undeliverable."""
@@ -183,11 +221,19 @@ class Deliverer:
         await self._delivered(job, message)
 
     async def _send(
-        self, job: Job, channel_id: int, path: Path | None, link_reason: str, *, note: str = ""
+        self,
+        job: Job,
+        channel_id: int,
+        path: Path | None,
+        link_reason: str,
+        *,
+        note: str = "",
+        target: discord.abc.Messageable | discord.Webhook | None = None,
     ) -> discord.Message:
-        """Post the file, or the link when there is no file or Discord refuses the file (too large, not allowed)."""
-        target = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
-        ping = await self.notify_mode(job) == "mention"  # 'dm' and 'off' post without pinging anyone
+        """Post the file, or the link when there is no file or Discord refuses the file (too large, not allowed).
+        `target`: where instead of the channel (a private job's DM or follow-up webhook)."""
+        where = target or self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
+        ping = not job.private and await self.notify_mode(job) == "mention"  # 'dm' and 'off' ping no one
         mention = f"<@{job.user_id}>" if ping else ""
         pings = requester_only(job) if ping else discord.AllowedMentions.none()
         # The nonce makes Discord answer a repeated post with the first message (discord.py sends enforce_nonce
@@ -196,7 +242,8 @@ class Deliverer:
         if path is not None:
             try:
                 await self._fence(job)
-                message = await target.send(
+                message = await self._send_to(
+                    where,
                     tr(job.locale, "{mention} your video is ready.", mention=mention).strip()
                     + (f"\n{tr(job.locale, note)}" if note else ""),
                     embed=result_embed(job),
@@ -223,7 +270,8 @@ class Deliverer:
                 else:
                     raise
         await self._fence(job)
-        message = await target.send(
+        message = await self._send_to(
+            where,
             video_link_text(job, mention, link_reason, note),
             embed=result_embed(job),
             view=self.result_view(job),
@@ -232,6 +280,16 @@ class Deliverer:
         )
         crash_point("after_post")
         return message
+
+    @staticmethod
+    async def _send_to(
+        where: discord.abc.Messageable | discord.Webhook, content: str, **kwargs: Any
+    ) -> discord.Message:
+        """A channel's send, or a follow-up webhook's (ephemeral, and it has no nonce)."""
+        if isinstance(where, discord.Webhook):
+            kwargs.pop("nonce", None)
+            return await where.send(content, ephemeral=True, wait=True, **kwargs)
+        return await where.send(content, **kwargs)
 
     async def _fence(self, job: Job) -> None:
         """Right before a post: confirm this process still holds the job's claim under the same attempt (extending
@@ -249,15 +307,18 @@ class Deliverer:
             locale=job.locale,
         )
 
-    async def _delivered(self, job: Job, message: discord.Message) -> None:
+    async def _delivered(self, job: Job, message: discord.Message, *, via: str | None = None) -> None:
         # Shielded: once posted, a shutdown's cancel must not lose the record (the nonce would catch a repeat, but
         # only for a few minutes). Fenced: a deliverer that lost its claim leaves the job to the one holding it.
         lease = self.jobs.lease_of(job)
-        if not await asyncio.shield(self.jobs.mark_delivered(job.id, result_message_id=message.id, lease=lease)):
+        marked = self.jobs.mark_delivered(job.id, result_message_id=message.id, lease=lease, via=via)
+        if not await asyncio.shield(marked):
             log.warning("job %s: posted, but it was delivered or claimed elsewhere meanwhile", job.id)
             return
         log.info("job %s delivered (%s)", job.id, "file" if message.attachments else "link")
-        link = f"https://discord.com/channels/{job.guild_id}/{message.channel.id}/{message.id}"
+        if job.private:
+            return  # the DM or the follow-up was the member's notice
+        link = jump_link(job.guild_id, message.channel.id, message.id)
         await self.notify_requester(
             job,
             tr(job.locale, "Your video `{job}` is ready: {link}", job=job.id[:8], link=link),
@@ -371,6 +432,9 @@ class Deliverer:
     async def _tell(self, job: Job, text: Callable[[bool], str], dm_text: str, fallback: str) -> None:
         """Post `text(ping)` in the job's thread, pinging only the requester if they chose mentions, then a direct
         message (`dm_text`, with the thread's link) if they chose that; a Discord error is only logged."""
+        if job.private:  # nothing public: the end is told by DM only
+            await self._tell_by_dm(job, text(False))
+            return
         if job.channel_id is None:
             return
         where = job.thread_id or job.channel_id
@@ -382,10 +446,19 @@ class Deliverer:
             )
         except discord.HTTPException:
             log.warning("job %s: could not post its end in its thread", job.id, exc_info=True)
-        link = f"https://discord.com/channels/{job.guild_id}/{where}"
+        link = jump_link(job.guild_id, where)
         await self.notify_requester(
             job, tr(job.locale, dm_text, job=job.id[:8], link=link), tr(job.locale, fallback), where
         )
+
+    async def _tell_by_dm(self, job: Job, text: str) -> None:
+        if job.user_id is None:
+            return
+        try:
+            channel = await self.bot.create_dm(discord.Object(job.user_id))
+            await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            log.info("job %s: could not tell its member by DM (%s %s)", job.id, exc.status, exc.code)
 
     # --- moderator review ---------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import NOT_IN_A_SERVER, STOPPING, UserFacingError, VideoBot, in_a_server
+from bot.app import IN_SERVERS_AND_DMS, NOT_IN_A_SERVER, STOPPING, UserFacingError, VideoBot, allowed_here, quota_scope
 from bot.core.credits import QuotaRefused
 from bot.core.i18n import english, tr, translated
 from bot.core.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
@@ -41,6 +41,7 @@ SOUND_DROPPED_NOTE = english(
     "silent video."
 )
 
+FOLLOWUP_SECONDS = 14 * 60  # Discord's interaction tokens die after 15 minutes; keep a margin
 RequestBuilder = Callable[[], Awaitable[JobRequest]]
 THREAD_TYPES = (discord.ChannelType.public_thread, discord.ChannelType.private_thread, discord.ChannelType.news_thread)
 CogT = TypeVar("CogT", bound=commands.Cog)
@@ -80,6 +81,13 @@ def question_key(interaction: discord.Interaction[Any]) -> str:
     return f"interaction:{interaction.id}"
 
 
+def private_fields(interaction: discord.Interaction[Any], private: bool) -> dict[str, Any]:
+    """A private job keeps its interaction's token, to answer by follow-up while it lives if the DM is closed."""
+    if not private:
+        return {}
+    return {"private": True, "followup_token": interaction.token, "followup_until": time.time() + FOLLOWUP_SECONDS}
+
+
 class MakingVideos(commands.Cog):
     """Turns a member's options, image or form into a `JobRequest`, and an accepted job into its card and thread."""
 
@@ -89,7 +97,7 @@ class MakingVideos(commands.Cog):
         self.animate_menu = app_commands.ContextMenu(
             name=app_commands.locale_str("Animate image"), callback=self.animate
         )
-        self.animate_menu.guild_only = True
+        self.animate_menu.allowed_contexts = IN_SERVERS_AND_DMS
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.animate_menu)
@@ -112,7 +120,7 @@ class MakingVideos(commands.Cog):
             kind=kind,
             prompt=prompt or "",
             **chosen,
-            guild_id=interaction.guild_id,
+            guild_id=quota_scope(interaction),
             channel_id=interaction.channel_id,
             user_id=interaction.user.id,
             role_ids=member_roles(interaction.user),
@@ -157,12 +165,13 @@ class MakingVideos(commands.Cog):
         self,
         interaction: discord.Interaction[Any],
         prompt: str,
+        private: bool = False,
         **chosen: Any,
     ) -> None:
         """`chosen`: the member's options, named as in `OPTIONS` (None: not chosen)."""
 
         async def build() -> JobRequest:
-            return self.request(interaction, "text", prompt, **chosen)
+            return self.request(interaction, "text", prompt, **chosen, **private_fields(interaction, private))
 
         await self.start_job(interaction, build)
 
@@ -170,6 +179,7 @@ class MakingVideos(commands.Cog):
         self,
         interaction: discord.Interaction[Any],
         image: discord.Attachment,
+        private: bool = False,
         *,
         prompt: str | None,
         end_image: discord.Attachment | None = None,
@@ -180,7 +190,15 @@ class MakingVideos(commands.Cog):
             # The last frame is checked as the first is; its bytes are stored and sent, never its (expiring) URL.
             end = (await read_first_frame(end_image, self.bot.resources.images))[0] if end_image else None
             return self.request(
-                interaction, "image", prompt, image=frame, end_image=end, image_source=source, frame_url=url, **chosen
+                interaction,
+                "image",
+                prompt,
+                image=frame,
+                end_image=end,
+                image_source=source,
+                frame_url=url,
+                **chosen,
+                **private_fields(interaction, private),
             )
 
         await self.start_job(interaction, build)
@@ -222,14 +240,19 @@ class MakingVideos(commands.Cog):
         locale = interaction.locale
         if self.bot.closing:  # a button or a form during shutdown: the store is about to close
             raise UserFacingError(tr(locale, STOPPING))
-        if not in_a_server(interaction):  # buttons and forms do not pass the tree's check
+        if not allowed_here(interaction):  # buttons and forms do not pass the tree's check
             raise UserFacingError(tr(locale, NOT_IN_A_SERVER))
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         channel = channel or interaction.channel  # type: ignore[assignment]
         if not isinstance(channel, discord.abc.Messageable) or isinstance(channel, discord.ForumChannel):
             raise UserFacingError(tr(locale, "Use this command in a text channel or a thread."))
-        missing = missing_permissions(self._permissions_in(interaction, channel), in_thread=self._no_thread(channel))
+        in_dm = interaction.guild_id is None  # the bot's own DM with the member: no permissions to lack there
+        missing = (
+            []
+            if in_dm
+            else missing_permissions(self._permissions_in(interaction, channel), in_thread=self._no_thread(channel))
+        )
         if missing:
             raise UserFacingError(
                 tr(
@@ -265,6 +288,8 @@ class MakingVideos(commands.Cog):
                 ephemeral=True,
             )
             return None
+        if job.private:
+            return await self._start_private(interaction, job, request)
         card, frame_url = await self._post_card(interaction, channel, job, request)
         if card is None:
             await self.jobs.release(job, english("its card could not be posted"))
@@ -314,11 +339,36 @@ class MakingVideos(commands.Cog):
         )
         return job
 
+    async def _start_private(self, interaction: discord.Interaction[Any], job: Job, request: JobRequest) -> Job:
+        """A private job: no card, no thread, no prompt in the log channel; the answer is ephemeral and the video
+        goes to the member by DM (see cogs/delivery.py)."""
+        locale = interaction.locale
+        try:
+            job = await self.jobs.start(job, request)
+        except SubmitRefused as exc:
+            raise UserFacingError(translated(locale, exc.reason)) from None
+        text = tr(
+            locale,
+            "Your private video `{id}` is on its way ({options}); it comes to you by direct message.",
+            id=job.id[:8],
+            options=options_line(job, locale),
+        )
+        if job.sound_dropped:
+            text += "\n" + tr(locale, SOUND_DROPPED_NOTE)
+        await interaction.followup.send(
+            text + "\n" + await self.cost_line(interaction, job.cost_estimate), ephemeral=True
+        )
+        server = self.bot.server_locale(job.guild_id)
+        await self.bot.post_log(
+            job.guild_id,
+            tr(server, "🔒 {mention} started a private video `{id}`", mention=f"<@{job.user_id}>", id=job.id[:8]),
+        )
+        return job
+
     async def cost_line(self, interaction: discord.Interaction[Any], cost: int) -> str:
         """The job's cost, what the member has left now and when it resets (in the reader's own time zone)."""
-        assert interaction.guild_id is not None
         credits = self.bot.resources.credits
-        status = await credits.status(interaction.guild_id, interaction.user.id, member_roles(interaction.user))
+        status = await credits.status(quota_scope(interaction), interaction.user.id, member_roles(interaction.user))
         locale = interaction.locale
         left = tr(locale, "unlimited") if status.remaining is None else format_credits(status.remaining)
         reset_at = status.window.reset_at
@@ -335,10 +385,8 @@ class MakingVideos(commands.Cog):
         self, interaction: discord.Interaction[Any], request: JobRequest, channel: discord.abc.Messageable
     ) -> bool:
         """Above the server's confirm-above threshold: show the cost with Confirm and Cancel (True: asked)."""
-        if interaction.guild_id is None:
-            return False
         self.jobs.validate(request)  # a mistake is named now, not after the member confirmed
-        threshold = (await self.bot.resources.credits.settings(interaction.guild_id)).confirm_above
+        threshold = (await self.bot.resources.credits.settings(quota_scope(interaction))).confirm_above
         cost = await self.jobs.request_cost(request)
         if threshold is None or cost <= threshold:
             return False
@@ -369,8 +417,12 @@ class MakingVideos(commands.Cog):
 
     @staticmethod
     def _no_thread(channel: discord.abc.Messageable) -> bool:
-        """True where no thread can be opened (inside a thread or a forum post): the job is posted in place."""
-        return isinstance(channel, discord.Thread) or getattr(channel, "type", None) in THREAD_TYPES
+        """True where no thread can be opened (inside a thread or a forum post, a DM): the job is posted in place."""
+        kind = getattr(channel, "type", None)
+        return isinstance(channel, discord.Thread | discord.DMChannel) or kind in (
+            *THREAD_TYPES,
+            discord.ChannelType.private,
+        )
 
     async def _post_card(
         self, interaction: discord.Interaction[Any], channel: discord.abc.Messageable, job: Job, request: JobRequest

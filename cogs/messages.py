@@ -263,3 +263,8 @@ def too_large_reason(limit: int) -> str:
 
 
 NO_ATTACH_REASON = english("I am not allowed to attach files here")
+
+
+def jump_link(guild_id: int | None, *ids: int) -> str:
+    """A link to a channel or message: in its server, or in the bot's DM (the personal scope, 0, has no server)."""
+    return "/".join(["https://discord.com/channels", str(guild_id or "@me"), *map(str, ids)])

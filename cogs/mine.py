@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Literal
 
@@ -10,14 +11,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import UserFacingError, VideoBot
+from bot.app import UserFacingError, VideoBot, allowed_here, quota_scope
 from bot.core.i18n import tr, translated
 from bot.core.jobs import InvalidRequest, JobService
 from bot.core.model import OPEN, WAITING, Job
-from cogs.messages import cancel_text, clock, fit_lines, job_state, options_line
+from cogs.messages import cancel_text, clock, fit_lines, job_state, jump_link, options_line
 from cogs.views import PagedView, is_moderator
 
 HISTORY_PAGE = 5
+log = logging.getLogger(__name__)
 
 
 class MemberViews(commands.Cog):
@@ -26,6 +28,24 @@ class MemberViews(commands.Cog):
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot
         self.jobs: JobService = bot.resources.jobs
+
+    @commands.Cog.listener()
+    async def on_app_command_completion(self, interaction: discord.Interaction[Any], command: Any) -> None:
+        """After any command: tell the member, once, of a private video that reached no one (closed DMs)."""
+        if interaction.guild_id is None:
+            return
+        for job in await self.jobs.untold_unreached(interaction.guild_id, interaction.user.id):
+            text = tr(
+                interaction.locale,
+                "Your private video `{id}` could not reach you: your direct messages are closed. "
+                "Find it in /video status {id}.",
+                id=job.id[:8],
+            )
+            try:
+                await interaction.followup.send(text, ephemeral=True)
+            except discord.HTTPException as exc:
+                # Already marked told; its link stays in /video status either way.
+                log.info("job %s: could not tell its member it reached no one: %s", job.id, exc)
 
     async def notify(self, interaction: discord.Interaction[Any], mode: Literal["mention", "dm", "off"]) -> None:
         await self.jobs.set_notify_preference(interaction.user.id, mode)
@@ -43,13 +63,12 @@ class MemberViews(commands.Cog):
 
     async def status(self, interaction: discord.Interaction[Any], job: str | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        assert interaction.guild_id is not None
         now = time.time()
         if job:
             found = await self._find_job(interaction, job)
             text = self._job_details(found, now, interaction.locale)
         else:
-            jobs = await self.jobs.member_jobs(interaction.guild_id, interaction.user.id, statuses=OPEN, limit=25)
+            jobs = await self.jobs.member_jobs(quota_scope(interaction), interaction.user.id, statuses=OPEN, limit=25)
             locale = interaction.locale
             if not jobs:
                 text = tr(locale, "You have no videos in progress. Start one with `/video text` or `/video image`.")
@@ -60,16 +79,15 @@ class MemberViews(commands.Cog):
 
     async def cancel(self, interaction: discord.Interaction[Any], job: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        assert interaction.guild_id is not None
         moderator = is_moderator(interaction)
         user_id = None if moderator else interaction.user.id
-        found = await self.jobs.find(interaction.guild_id, job, user_id=user_id, statuses=WAITING)
+        found = await self.jobs.find(quota_scope(interaction), job, user_id=user_id, statuses=WAITING)
         if found is None:
             raise UserFacingError(tr(interaction.locale, "There is no job waiting to be sent with that id here."))
         try:
             cancelled = await self.jobs.cancel(
                 found.id,
-                guild_id=interaction.guild_id,
+                guild_id=quota_scope(interaction),
                 user_id=interaction.user.id,
                 moderator=is_moderator(interaction),
             )
@@ -82,9 +100,9 @@ class MemberViews(commands.Cog):
         self, interaction: discord.Interaction[Any], current: str, statuses: tuple[str, ...] | None
     ) -> list[app_commands.Choice[str]]:
         """The member's jobs whose id starts with what they typed (Discord allows 100 characters a name)."""
-        if interaction.guild_id is None:
+        if not allowed_here(interaction):
             return []
-        jobs = await self.jobs.member_jobs(interaction.guild_id, interaction.user.id, statuses=statuses, limit=25)
+        jobs = await self.jobs.member_jobs(quota_scope(interaction), interaction.user.id, statuses=statuses, limit=25)
         typed = current.strip().lower()
         return [
             app_commands.Choice(name=f"{j.id[:8]} · {job_state(j, interaction.locale)} · {j.prompt}"[:100], value=j.id)
@@ -94,8 +112,7 @@ class MemberViews(commands.Cog):
 
     async def history(self, interaction: discord.Interaction[Any]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        guild_id, user_id = interaction.guild_id, interaction.user.id
-        assert guild_id is not None
+        guild_id, user_id = quota_scope(interaction), interaction.user.id
         total = await self.jobs.count_member_jobs(guild_id, user_id)
         locale = interaction.locale
 
@@ -121,8 +138,7 @@ class MemberViews(commands.Cog):
     # --- status texts -----------------------------------------------------------------------------------
 
     async def _find_job(self, interaction: discord.Interaction[Any], prefix: str) -> Job:
-        assert interaction.guild_id is not None
-        job = await self.jobs.find(interaction.guild_id, prefix, user_id=interaction.user.id)
+        job = await self.jobs.find(quota_scope(interaction), prefix, user_id=interaction.user.id)
         if job is None:
             shown = discord.utils.escape_markdown(prefix.strip()[:16])
             raise UserFacingError(
@@ -133,8 +149,8 @@ class MemberViews(commands.Cog):
     def _where(self, job: Job, locale: object) -> str:
         if job.thread_id:
             return f"<#{job.thread_id}>"
-        if job.message_id and job.channel_id and job.guild_id:
-            return f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.message_id}"
+        if job.message_id and job.channel_id:
+            return jump_link(job.guild_id, job.channel_id, job.message_id)
         return tr(locale, "no thread")
 
     def _job_line(self, job: Job, now: float, locale: object) -> str:

@@ -11,11 +11,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import VideoBot, reply_ephemeral
-from bot.core.credits import CreditService, QuotaStatus
+from bot.app import VideoBot, quota_scope, reply_ephemeral
+from bot.core.credits import PERSONAL, CreditService, QuotaStatus
 from bot.core.i18n import english, tr, translated
 from bot.core.model import AuditEntry
 from bot.core.quota import Period, format_credits
+from bot.core.review import ReviewRefused
 from bot.serving.chart import draw_usage_chart
 from cogs.delivery import Deliverer
 from cogs.messages import fit_lines, state_word
@@ -30,6 +31,11 @@ SOURCES = {  # English message ids
     "role": english("from your role"),
     "default": english("server default"),
 }
+
+PERSONAL_QUOTA_TITLE = english(
+    "**Your personal credits**: for videos made in my direct messages, set by the bot's owner, apart from any "
+    "server's credits."
+)
 
 SOUND_DEFAULTS = {  # English message ids, by the server's sound default
     "on": english("with sound"),
@@ -145,6 +151,7 @@ class QuotaCog(commands.Cog):
         self.bot = bot
         self.credits = bot.resources.credits
         self.jobs = bot.resources.jobs
+        self.reviews = bot.resources.review
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(*REVIEW_BUTTONS)
@@ -152,12 +159,18 @@ class QuotaCog(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(*REVIEW_BUTTONS)
 
-    @app_commands.command(name="quota", description="Your video credits in this server")
-    @app_commands.guild_only()
+    @app_commands.command(
+        name="quota",
+        description="Your video credits in this server (in my DMs: your own)",
+    )
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def quota(self, interaction: discord.Interaction[Any]) -> None:
-        assert interaction.guild_id is not None
-        status = await self.credits.status(interaction.guild_id, interaction.user.id, member_roles(interaction.user))
-        await self._reply(interaction, describe_status(status, self.credits, locale=interaction.locale))
+        scope = quota_scope(interaction)
+        status = await self.credits.status(scope, interaction.user.id, member_roles(interaction.user))
+        text = describe_status(status, self.credits, locale=interaction.locale)
+        if scope == PERSONAL:
+            text = tr(interaction.locale, PERSONAL_QUOTA_TITLE) + "\n" + text
+        await self._reply(interaction, text)
 
     async def _reply(self, interaction: discord.Interaction[Any], text: str, **kwargs: Any) -> None:
         await interaction.response.send_message(
@@ -357,6 +370,12 @@ class QuotaCog(commands.Cog):
         )
         await self._done(interaction, entry)
 
+    @admin.command(name="private", description="Whether members may make private videos (sent to them by DM)")
+    @app_commands.describe(policy="allow (the default) or deny")
+    async def private(self, interaction: discord.Interaction[Any], policy: Literal["allow", "deny"]) -> None:
+        entry = await self.credits.set_private_policy(self._guild(interaction), interaction.user.id, policy)
+        await self._done(interaction, entry)
+
     @admin.command(name="audit", description="Moderator actions, newest first")
     @app_commands.describe(member="Only actions on this member")
     async def audit(self, interaction: discord.Interaction[Any], member: discord.Member | None = None) -> None:
@@ -388,21 +407,29 @@ class QuotaCog(commands.Cog):
                 interaction, tr(locale, "Only moderators (Manage Server) can approve or reject videos.")
             )
             return False
-        job = await self.jobs.get(job_id)
-        if job is None or job.guild_id != interaction.guild_id:
-            await reply_ephemeral(interaction, tr(locale, "That video's job is no longer known to me."))
-            return False
-        if job.status != "succeeded" or job.review_state != "pending":
-            state = state_word(locale, job.status)
-            await reply_ephemeral(interaction, tr(locale, "This video was already decided: {state}.", state=state))
+        try:
+            await self.reviews.waiting(interaction.guild_id, job_id)
+        except ReviewRefused as refused:
+            await self._refused(interaction, refused)
             return False
         return True
+
+    async def _refused(self, interaction: discord.Interaction[Any], refused: ReviewRefused) -> None:
+        locale = interaction.locale
+        if refused.job is None:
+            await reply_ephemeral(interaction, tr(locale, "That video's job is no longer known to me."))
+            return
+        state = state_word(locale, refused.job.status)
+        await reply_ephemeral(interaction, tr(locale, "This video was already decided: {state}.", state=state))
 
     async def approve(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """Approve: the video goes to its thread now (the poll loop is woken), and its member is told as they chose."""
         if not await self._reviewable(interaction, job_id):
             return
-        if not await self.jobs.approve(job_id):
+        assert interaction.guild_id is not None
+        try:
+            await self.reviews.approve(interaction.guild_id, interaction.user.id, job_id)
+        except ReviewRefused:
             await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
             return
         log.info("job %s approved by %s", job_id, interaction.user.id)
@@ -430,8 +457,10 @@ class QuotaCog(commands.Cog):
         the member in the job's thread."""
         if not await self._reviewable(interaction, job_id):
             return
-        job = await self.jobs.reject(job_id, reason)
-        if job is None:
+        assert interaction.guild_id is not None
+        try:
+            job = await self.reviews.reject(interaction.guild_id, interaction.user.id, job_id, reason)
+        except ReviewRefused:
             await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
             return
         log.info("job %s rejected by %s", job_id, interaction.user.id)

@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.app_commands import locale_str
 from discord.ext import commands
 
-from bot.app import VideoBot
+from bot.app import IN_SERVERS_AND_DMS, VideoBot
 from bot.core.model import WAITING
 from bot.core.options import option, takes_frame
 from cogs.making import MakingVideos, loaded_cog
@@ -20,6 +20,7 @@ from cogs.mine import MemberViews
 # The options' values as Discord offers them, from their declaration (bot/core/options.py).
 SHORTEST, LONGEST = min(option("duration").allowed), max(option("duration").allowed)
 SOUND_HELP = "on or off; not chosen: the server's default, else the video service's (with sound)"
+PRIVATE_HELP = "True: nothing public; the video comes to you by direct message"
 IMAGE_DESCRIPTION = "Make a video that starts from your image"
 IMAGE_HELP = {
     "image": "The first frame: a JPG, PNG or WebP image, at least 300 px a side",
@@ -27,6 +28,7 @@ IMAGE_HELP = {
     "resolution": "720p (default) or 1080p; 1080p costs more credits",
     "duration": "Length in seconds, 3 to 15 (default 5)",
     "sound": SOUND_HELP,
+    "private": PRIVATE_HELP,
 }
 
 
@@ -37,7 +39,9 @@ def choices(name: str) -> list[app_commands.Choice[str]]:
 class VideoCommands(commands.Cog):
     """The /video group; the work is done in the cogs it hands each subcommand to."""
 
-    video = app_commands.Group(name="video", description="Make short videos with Kling", guild_only=True)
+    video = app_commands.Group(
+        name="video", description="Make short videos with Kling", allowed_contexts=IN_SERVERS_AND_DMS
+    )
 
     def __init__(self, bot: VideoBot) -> None:
         self.bot = bot
@@ -61,6 +65,7 @@ class VideoCommands(commands.Cog):
         resolution="720p (default) or 1080p; 1080p costs more credits",
         duration="Length in seconds, 3 to 15 (default 5)",
         sound=SOUND_HELP,
+        private=PRIVATE_HELP,
     )
     @app_commands.choices(
         aspect_ratio=choices("aspect_ratio"), resolution=choices("resolution"), sound=choices("sound")
@@ -73,9 +78,16 @@ class VideoCommands(commands.Cog):
         resolution: str | None = None,
         duration: app_commands.Range[int, SHORTEST, LONGEST] | None = None,
         sound: str | None = None,
+        private: bool = False,
     ) -> None:
         await self.making().from_text(
-            interaction, prompt, aspect_ratio=aspect_ratio, resolution=resolution, duration=duration, sound=sound
+            interaction,
+            prompt,
+            private,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution,
+            duration=duration,
+            sound=sound,
         )
 
     @video.command(name="image", description=IMAGE_DESCRIPTION)
@@ -89,9 +101,10 @@ class VideoCommands(commands.Cog):
         resolution: str | None = None,
         duration: app_commands.Range[int, SHORTEST, LONGEST] | None = None,
         sound: str | None = None,
+        private: bool = False,
     ) -> None:
         await self.making().from_image(
-            interaction, image, prompt=prompt, resolution=resolution, duration=duration, sound=sound
+            interaction, image, private, prompt=prompt, resolution=resolution, duration=duration, sound=sound
         )
 
     # `/video image` for a model that takes a last frame (`takes_frame`): put in place of `image` by `__init__`.
@@ -109,11 +122,13 @@ class VideoCommands(commands.Cog):
         resolution: str | None = None,
         duration: app_commands.Range[int, SHORTEST, LONGEST] | None = None,
         sound: str | None = None,
+        private: bool = False,
         end_image: discord.Attachment | None = None,
     ) -> None:
         await self.making().from_image(
             interaction,
             image,
+            private,
             prompt=prompt,
             end_image=end_image,
             resolution=resolution,

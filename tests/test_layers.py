@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
         "bot.core.delivery_book",
         "bot.core.job_reads",
         "bot.core.credits",
+        "bot.core.review",
     ),
     ("bot.resources", "bot.ops"),
     # The Discord front end: the bot (which installs the cogs' translator) and the cogs.

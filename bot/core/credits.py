@@ -12,6 +12,10 @@ from bot.core.i18n import english
 from bot.core.model import AuditEntry, DayCredits, Job, MemberQuota, QuotaFacts, QuotaSettings, UsageRow
 from bot.storage.interface import Storage
 
+# The quota scope of a member's direct messages with the bot (jobs.guild_id and the quota tables' guild_id): one
+# personal quota per member, set by the bot's owner; no server has id 0.
+PERSONAL = 0
+
 
 class QuotaRefused(Exception):
     """The member may not start this job now; `reason` says why, `reset_at` when their credits come back (None
@@ -49,11 +53,26 @@ class CreditService:
         *,
         rates: Mapping[str, int] = quota.DEFAULT_RATES,
         clock: Callable[[], float] = time.time,
+        source: str = "discord",
+        personal: QuotaSettings | None = None,
     ) -> None:
         self.store = store
         self.defaults = defaults
+        # Direct messages off (None): a limit of 0, so even a request past the front's refusal reserves nothing.
+        self.personal = personal or replace(defaults, default_limit=0)
         self.rates = rates
         self.clock = clock
+        self.source = source  # where its moderators' changes come from, as the audit records it
+
+    def acting_from(self, source: str) -> CreditService:
+        """The same service, its changes audited as coming from `source` ('web', 'cli')."""
+        return CreditService(
+            self.store, self.defaults, rates=self.rates, clock=self.clock, source=source, personal=self.personal
+        )
+
+    def defaults_for(self, guild_id: int) -> QuotaSettings:
+        """The rules a scope starts with: the personal quota's for direct messages, else a server's defaults."""
+        return self.personal if guild_id == PERSONAL else self.defaults
 
     def window(self, period: str) -> quota.Window:
         """The current period's start and reset time."""
@@ -90,7 +109,11 @@ class CreditService:
             )
 
         facts, decision = await self.store.reserve_job(
-            job, role_ids=role_ids, defaults=self.defaults, window_start=self._window_start, decide=decide
+            job,
+            role_ids=role_ids,
+            defaults=self.defaults_for(job.guild_id or 0),
+            window_start=self._window_start,
+            decide=decide,
         )
         if not decision.allowed:
             raise self._refusal(decision, limits["limit"], facts, job.cost_estimate)
@@ -140,7 +163,7 @@ class CreditService:
 
     async def status(self, guild_id: int, user_id: int, role_ids: Sequence[int]) -> QuotaStatus:
         """A member's limit, where it comes from, what is used, left and reserved, and when it resets."""
-        settings = await self.store.quota_settings(guild_id, self.defaults)
+        settings = await self.store.quota_settings(guild_id, self.defaults_for(guild_id))
         window = self.window(settings.period)
         facts = QuotaFacts(
             settings=settings,
@@ -175,7 +198,7 @@ class CreditService:
         reason: str | None = None,
     ) -> AuditEntry:
         """The audit row of a change; the store writes it in the change's own transaction."""
-        return AuditEntry(guild_id, moderator_id, action, target_id, before, after, reason, self.clock())
+        return AuditEntry(guild_id, moderator_id, action, target_id, before, after, reason, self.clock(), self.source)
 
     @staticmethod
     def _member_text(member: MemberQuota) -> str:
@@ -337,6 +360,15 @@ class CreditService:
         await self.store.save_quota_settings(guild_id, replace(before, sound_default=sound), entry)
         return entry
 
+    async def set_private_policy(self, guild_id: int, moderator_id: int, policy: str) -> AuditEntry:
+        """Whether the server's members may make private videos: 'allow' (the default) or 'deny'."""
+        if policy not in ("allow", "deny"):
+            raise ValueError(f"unknown private policy {policy!r}")
+        before = await self.store.quota_settings(guild_id, self.defaults)
+        entry = self._audit(guild_id, moderator_id, "private", None, before.private_policy, policy)
+        await self.store.save_quota_settings(guild_id, replace(before, private_policy=policy), entry)
+        return entry
+
     async def audit_entries(
         self, guild_id: int, *, target_id: int | None = None, limit: int = 10, offset: int = 0
     ) -> list[AuditEntry]:
@@ -345,7 +377,7 @@ class CreditService:
 
     async def settings(self, guild_id: int) -> QuotaSettings:
         """A server's quota rules and log channel (the defaults until its moderators change them)."""
-        return await self.store.quota_settings(guild_id, self.defaults)
+        return await self.store.quota_settings(guild_id, self.defaults_for(guild_id))
 
     async def log_channels(self) -> dict[int, int]:
         """Every server's log channel (server id to channel id), where its moderators set one."""
@@ -355,6 +387,14 @@ class CreditService:
         """Milli-credits a server's members used or hold in its current period (for the metrics)."""
         settings = await self.settings(guild_id)
         return await self.store.credits_used(guild_id, self._window_start(settings.period))
+
+    async def member_overrides(self, guild_id: int) -> dict[int, MemberQuota]:
+        """The members of a server with their own limit or a block."""
+        return await self.store.member_quota_rows(guild_id)
+
+    async def role_limits(self, guild_id: int) -> dict[int, int | None]:
+        """Every role of a server with a limit (None: unlimited)."""
+        return await self.store.role_quotas(guild_id)
 
     async def usage(self, guild_id: int, period: str | None) -> tuple[list[UsageRow], quota.Window]:
         """The server's top members in a period (the server's own period by default)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bot.core.i18n import english
 from bot.core.job_base import JobBase, released
-from bot.core.model import Job, Lease
+from bot.core.model import AuditEntry, Job, Lease
 
 
 class DeliveryBook(JobBase):
@@ -30,7 +30,7 @@ class DeliveryBook(JobBase):
         )
 
     async def mark_delivered(
-        self, job_id: str, *, result_message_id: int | None = None, lease: Lease | None = None
+        self, job_id: str, *, result_message_id: int | None = None, lease: Lease | None = None, via: str | None = None
     ) -> bool:
         """The video reached the member: `succeeded` becomes `delivered`, once (and, with the deliverer's `lease`,
         only while that lease still holds)."""
@@ -41,6 +41,7 @@ class DeliveryBook(JobBase):
             "delivered",
             lease=lease,
             result_message_id=result_message_id,
+            delivered_via=via,
             delivered_at=now,
             updated_at=now,
             **released(now),
@@ -51,6 +52,21 @@ class DeliveryBook(JobBase):
         now = self.clock()
         return await self.store.transition(
             job_id, "succeeded", "undeliverable", lease=lease, error=reason, updated_at=now, **released(now)
+        )
+
+    async def mark_unreached(self, job_id: str, *, lease: Lease | None = None) -> bool:
+        """A private video that reached no one (a closed DM, the command's token expired): `undeliverable` with
+        `delivered_via` 'none' and its link kept; its member is told at their next command."""
+        now = self.clock()
+        return await self.store.transition(
+            job_id,
+            "succeeded",
+            "undeliverable",
+            lease=lease,
+            error=english("Your direct messages are closed, so the video could not be sent to you."),
+            delivered_via="none",
+            updated_at=now,
+            **released(now),
         )
 
     async def note_delivery_problem(self, job: Job, reason: str, *, lease: Lease | None = None) -> int:
@@ -82,18 +98,18 @@ class DeliveryBook(JobBase):
         """Remember the review channel's message that carries the job's Approve and Reject buttons."""
         await self.store.update_job(job_id, "succeeded", review_message_id=message_id, updated_at=self.clock())
 
-    async def approve(self, job_id: str) -> bool:
+    async def approve(self, job_id: str, audit: AuditEntry | None = None) -> bool:
         """A moderator approved the video: it is delivered like any other (with all its tries: refused posts to the
-        review channel do not count against them). False when already decided."""
-        return await self.store.decide_review(job_id, "pending", "succeeded", review_state="approved",
+        review channel do not count against them). False when already decided. `audit`: written with it."""
+        return await self.store.decide_review(job_id, "pending", "succeeded", audit=audit, review_state="approved",
                                               delivery_attempts=0, updated_at=self.clock())  # fmt: skip
 
-    async def reject(self, job_id: str, reason: str) -> Job | None:
+    async def reject(self, job_id: str, reason: str, audit: AuditEntry | None = None) -> Job | None:
         """A moderator rejected the video: the job ends `rejected`. Its credits stay spent (the provider billed
         the render), so it counts as used like a delivered job. None when already decided."""
         now = self.clock()
         if not await self.store.decide_review(
-            job_id, "pending", "rejected", review_state="rejected", review_reason=reason, updated_at=now
+            job_id, "pending", "rejected", audit=audit, review_state="rejected", review_reason=reason, updated_at=now
         ):
             return None
         return await self.store.get_job(job_id)

@@ -71,6 +71,12 @@ class Intake(JobBase):
         default = (await self.credits.settings(request.guild_id)).sound_default
         return replace(request, sound=default) if default is not None else request
 
+    async def private_allowed(self, guild_id: int | None) -> bool:
+        """Whether the server's moderators let members make private videos (allowed by default)."""
+        if self.credits is None or guild_id is None:
+            return True
+        return (await self.credits.settings(guild_id)).private_policy != "deny"
+
     async def request_cost(self, request: JobRequest) -> int:
         """What this request would reserve now (its server's defaults applied), for the confirm question."""
         request = await self.with_server_defaults(request)
@@ -111,6 +117,8 @@ class Intake(JobBase):
         if charged and (request.guild_id is None or request.user_id is None):
             # Credits are counted per member of a server: a Discord job outside one would be sent with no quota.
             raise InvalidRequest(english("Videos can only be made in a server."))
+        if request.private and not await self.private_allowed(request.guild_id):
+            raise InvalidRequest(english("This server's moderators do not allow private videos."))
         unavailable = self.unavailable_reason()
         if unavailable is not None and not request.wait_if_unavailable:
             raise ServiceUnavailable(unavailable)
@@ -161,6 +169,9 @@ class Intake(JobBase):
             lease_attempt=1,
             request_key=request.request_key,
             sound_dropped=sound_dropped,
+            private=request.private,
+            followup_token=request.followup_token if request.private else None,
+            followup_until=request.followup_until if request.private else None,
         )
         if self.credits is not None and job.guild_id is not None and job.user_id is not None:
             await self.credits.reserve(job, request.role_ids)

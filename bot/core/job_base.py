@@ -89,6 +89,9 @@ class JobRequest:
     edited_from: str | None = None  # the job whose prompt (and duration, sound) this one edits (the Edit button)
     locale: str | None = None  # the member's Discord locale: later posts about the job are in their language
     request_key: str | None = None  # the question this answers: a second job for the same key is refused
+    private: bool = False  # nothing public: ephemeral answers, the video by DM
+    followup_token: str | None = None  # the interaction's token: a closed DM's fallback until followup_until
+    followup_until: float | None = None
 
     @property
     def options(self) -> JobOptions:

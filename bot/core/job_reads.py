@@ -3,6 +3,7 @@ member wants to be told."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from bot.core.job_base import InvalidRequest, JobBase
@@ -27,10 +28,29 @@ class JobReads(JobBase):
         return await self.store.find_job(guild_id, prefix.strip().lower(), user_id=user_id, statuses=statuses)
 
     async def member_jobs(
-        self, guild_id: int, user_id: int, *, statuses: Sequence[str] | None = None, limit: int = 10, offset: int = 0
+        self,
+        guild_id: int,
+        user_id: int | None,
+        *,
+        statuses: Sequence[str] | None = None,
+        limit: int = 10,
+        offset: int = 0,
     ) -> list[Job]:
-        """A member's jobs in one server, newest first."""
+        """A member's jobs in one server (every member's with None: the dashboard's list), newest first."""
         return await self.store.member_jobs(guild_id, user_id, statuses=statuses, limit=limit, offset=offset)
+
+    async def untold_unreached(self, guild_id: int, user_id: int) -> list[Job]:
+        """The member's private videos that reached no one and were not yet told to them; each is marked told
+        (once: a second caller finds it told)."""
+        untold = []
+        for job in await self.member_jobs(guild_id, user_id, statuses=("undeliverable",), limit=25):
+            unreached = job.delivered_via == "none" and not job.undelivered_told
+            now = time.time()
+            if unreached and await self.store.update_job(
+                job.id, "undeliverable", undelivered_told=True, updated_at=now
+            ):
+                untold.append(job)
+        return untold
 
     async def count_member_jobs(self, guild_id: int, user_id: int) -> int:
         """How many jobs a member has made in one server."""

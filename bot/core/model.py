@@ -204,6 +204,19 @@ class AuditEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSession:
+    """A browser's session on the dashboard: waiting for Discord's answer (`state`), or logged in as a user."""
+
+    id: str  # the sha256 of the cookie's value
+    state: str | None
+    user_id: int | None
+    user_name: str | None
+    locale: str | None
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class StoredImage:
     """A first frame kept so a job can be submitted again after a crash, or re-rolled."""
 

@@ -119,7 +119,32 @@ class Envelope(_Model):
     request_id: str | None = None
 
 
+_PLAIN_KEYS = frozenset({"id", "status", "message", "create_time", "update_time"})
+_STILL_RENDERING = frozenset({"submitted", "processing"})
+
+
+def _plain_rendering(data: Any) -> KlingTask | None:
+    """A record of a task still rendering, in exactly the types the page shows (most answers of a poll tick), built
+    without validation, which is most of a tick's parsing; anything else (even an int id) takes the full path."""
+    if type(data) is not dict or not data.keys() <= _PLAIN_KEYS:
+        return None
+    task_id, status, message = data.get("id"), data.get("status"), data.get("message", "")
+    created, updated = data.get("create_time"), data.get("update_time")
+    if (
+        type(task_id) is str
+        and status in _STILL_RENDERING
+        and (message is None or type(message) is str)
+        and (created is None or type(created) is int)
+        and (updated is None or type(updated) is int)
+    ):
+        fields = {"id": task_id, "status": status, "message": message, "create_time": created, "update_time": updated}
+        return KlingTask.model_construct(**fields)
+    return None
+
+
 def parse_task(data: Any) -> KlingTask:
+    if (plain := _plain_rendering(data)) is not None:
+        return plain
     try:
         task = KlingTask.model_validate(data)
     except ValidationError as exc:

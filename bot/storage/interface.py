@@ -23,6 +23,7 @@ from bot.core.model import (
     StoredImage,
     Usage,
     UsageRow,
+    WebSession,
 )
 from bot.storage.sqlite import DecisionT, Store, StoreUnavailable
 
@@ -101,7 +102,13 @@ class Storage(Protocol):
     ) -> Job | None: ...
 
     async def member_jobs(
-        self, guild_id: int, user_id: int, *, statuses: Sequence[str] | None = None, limit: int = 10, offset: int = 0
+        self,
+        guild_id: int,
+        user_id: int | None,
+        *,
+        statuses: Sequence[str] | None = None,
+        limit: int = 10,
+        offset: int = 0,
     ) -> list[Job]: ...
 
     async def count_by_status(self) -> dict[str, int]: ...
@@ -162,7 +169,17 @@ class Storage(Protocol):
 
     async def set_notify_preference(self, user_id: int, mode: str) -> None: ...
 
-    async def decide_review(self, job_id: str, from_review: str | None, to_status: str, **changes: Any) -> bool: ...
+    async def decide_review(
+        self, job_id: str, from_review: str | None, to_status: str, *, audit: AuditEntry | None = None, **changes: Any
+    ) -> bool: ...
+
+    async def member_quota_rows(self, guild_id: int) -> dict[int, MemberQuota]: ...
+
+    async def put_web_session(self, session: WebSession) -> None: ...
+
+    async def web_session(self, session_id: str) -> WebSession | None: ...
+
+    async def delete_web_session(self, session_id: str) -> None: ...
 
 
 def is_postgres(database: str) -> bool:

@@ -343,6 +343,22 @@ STEPS: tuple[tuple[str | Dialects, ...], ...] = (
     ALTER TABLE audit_log ADD COLUMN source TEXT NOT NULL DEFAULT 'discord';
     """,
     ),
+    # 9
+    (
+        """
+    -- The dashboard's logins: a row per browser session, keyed by the sha256 of its cookie (a copy of the database
+    -- gives no one a live cookie). Before the Discord login ends, only `state` is set (the OAuth2 state it awaits).
+    CREATE TABLE web_sessions (
+        id TEXT PRIMARY KEY,
+        state TEXT,
+        user_id {big},
+        user_name TEXT,
+        locale TEXT,
+        created_at {real} NOT NULL,
+        expires_at {real} NOT NULL
+    );
+    """,
+    ),
 )
 
 # Migration 5's running totals, kept by triggers from `jobs` on SQLite: PostgreSQL counts the rows instead, so a copy

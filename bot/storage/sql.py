@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import astuple, fields
 from datetime import date, timedelta
@@ -30,6 +31,7 @@ from bot.core.model import (
     StoredImage,
     Usage,
     UsageRow,
+    WebSession,
 )
 
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
@@ -155,6 +157,15 @@ class SqlBase:
         raise NotImplementedError
 
     # --- shared helpers ---------------------------------------------------------------------------------
+
+    async def _insert_audit(self, db: Any, entry: AuditEntry) -> None:
+        """One moderator action, written inside the transaction of the change it records."""
+        await self._run(
+            db,
+            "INSERT INTO audit_log (guild_id, moderator_id, action, target_id, before, after, reason, created_at,"
+            " source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            astuple(entry),
+        )
 
     async def _select(self, db: Any, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return await (self._read(sql, params) if db is None else self._fetch(db, sql, params))
@@ -356,14 +367,39 @@ class QuotaStatements(SqlBase):
         rows = await self._read(sql + " ORDER BY id DESC LIMIT ? OFFSET ?", [*params, limit, offset])
         return [AuditEntry(*row) for row in rows]
 
-    async def _insert_audit(self, db: Any, entry: AuditEntry) -> None:
-        """One moderator action, written inside the transaction of the change it records."""
-        await self._run(
-            db,
-            "INSERT INTO audit_log (guild_id, moderator_id, action, target_id, before, after, reason, created_at,"
-            " source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            astuple(entry),
+    # --- the dashboard's sessions ------------------------------------------------------------------------
+
+    async def put_web_session(self, session: WebSession) -> None:
+        """Write a session (a new one, or one logged in since); the expired ones go at the same time."""
+        async with self.transaction() as db:
+            await self._run(db, "DELETE FROM web_sessions WHERE expires_at < ? OR id = ?", (time.time(), session.id))
+            await self._run(
+                db,
+                "INSERT INTO web_sessions (id, state, user_id, user_name, locale, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                astuple(session),
+            )
+
+    async def web_session(self, session_id: str) -> WebSession | None:
+        """A session still valid, by the sha256 of its cookie."""
+        rows = await self._read(
+            "SELECT id, state, user_id, user_name, locale, created_at, expires_at FROM web_sessions"
+            " WHERE id = ? AND expires_at >= ?",
+            [session_id, time.time()],
         )
+        return WebSession(*rows[0]) if rows else None
+
+    async def delete_web_session(self, session_id: str) -> None:
+        """End a session (log-out, or a login that replaced it)."""
+        async with self.transaction() as db:
+            await self._run(db, "DELETE FROM web_sessions WHERE id = ?", (session_id,))
+
+    async def member_quota_rows(self, guild_id: int) -> dict[int, MemberQuota]:
+        """Every member of a server with their own limit or a block."""
+        rows = await self._read(
+            "SELECT user_id, override, blocked_reason FROM member_quotas WHERE guild_id = ?", [guild_id]
+        )
+        return {int(row[0]): MemberQuota(row[1], row[2]) for row in rows}
 
     # --- images -----------------------------------------------------------------------------------------
 

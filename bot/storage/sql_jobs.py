@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from bot.core.model import AT_PROVIDER, HOLDING_A_SLOT, OPEN, InFlight, Job, Lease
+from bot.core.model import AT_PROVIDER, HOLDING_A_SLOT, OPEN, AuditEntry, InFlight, Job, Lease
 from bot.storage.sql import (
     CLAIM_ORDER,
     DISPATCH_LOCK,
@@ -270,11 +270,20 @@ class JobStatements(SqlBase):
         return rows[0] if rows else None
 
     async def member_jobs(
-        self, guild_id: int, user_id: int, *, statuses: Sequence[str] | None = None, limit: int = 10, offset: int = 0
+        self,
+        guild_id: int,
+        user_id: int | None,
+        *,
+        statuses: Sequence[str] | None = None,
+        limit: int = 10,
+        offset: int = 0,
     ) -> list[Job]:
-        """A member's jobs in one server, newest first."""
-        sql = f"{SELECT_JOB} WHERE guild_id = ? AND user_id = ?"
-        params: list[Any] = [guild_id, user_id]
+        """A member's jobs in one server (every member's with None), newest first."""
+        sql = f"{SELECT_JOB} WHERE guild_id = ?"
+        params: list[Any] = [guild_id]
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            params.append(user_id)
         if statuses is not None:
             if set(statuses) <= set(OPEN):  # the literal lets the open jobs' partial index serve, not the history
                 sql = sql.replace(" FROM jobs ", f" FROM jobs{self.OPEN_JOBS_INDEX} ", 1)
@@ -297,9 +306,12 @@ class JobStatements(SqlBase):
         )
         return [float(row[0]) for row in rows]
 
-    async def decide_review(self, job_id: str, from_review: str | None, to_status: str, **changes: Any) -> bool:
+    async def decide_review(
+        self, job_id: str, from_review: str | None, to_status: str, *, audit: AuditEntry | None = None, **changes: Any
+    ) -> bool:
         """Move a `succeeded` job whose review_state is still `from_review` (None: never reviewed), once: False
-        when another moderator (or another path) decided first."""
+        when another moderator (or another path) decided first. A moderator's decision comes with its audit row,
+        written in the same transaction only when the decision is made."""
         changes = {"status": to_status, **changes}
         checked_update("succeeded", changes)
         assignments = ", ".join(f"{name} = ?" for name in changes)
@@ -311,6 +323,8 @@ class JobStatements(SqlBase):
                 f" AND review_state {self.NULL_SAFE_EQUALS} ?",
                 (*values, job_id, from_review),
             )
+            if changed == 1 and audit is not None:
+                await self._insert_audit(db, audit)
             return changed == 1
 
 

@@ -214,10 +214,13 @@ class Store(SqlStore):
         if not held:
             return
         async with self.transaction() as db:
-            await db.executemany(
-                "UPDATE jobs SET lease_owner = NULL, lease_until = ? WHERE id = ? AND lease_owner = ?"
-                " AND lease_attempt = ?",
-                [(now, job_id, lease.owner, lease.attempt) for job_id, lease in held],
+            # One statement for the whole tick (10,000 claims), not one per job: the held claims as one JSON list.
+            await db.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = ?"
+                " FROM (SELECT value ->> 0 AS id, value ->> 1 AS owner, value ->> 2 AS attempt FROM json_each(?))"
+                " AS held WHERE jobs.id = held.id AND jobs.lease_owner = held.owner"
+                " AND jobs.lease_attempt = held.attempt",
+                (now, json.dumps([(job_id, lease.owner, lease.attempt) for job_id, lease in held])),
             )
 
     # --- counts, from the running totals (migration 5) ----------------------------------------------------

@@ -171,3 +171,13 @@ async def test_a_discord_job_without_a_server_is_refused_before_anything_is_writ
     with pytest.raises(InvalidRequest, match="only be made in a server"):
         await paid_service.create(video(guild=None))  # type: ignore[arg-type]
     assert await store.count_by_status() == {} and sim.requests == []
+
+
+async def test_changes_made_from_the_dashboard_are_audited_as_web(credits: CreditService) -> None:
+    web = credits.acting_from("web")
+    await web.set_member_limit(1, 9, 5, 7000)
+    await web.grant(1, 9, 5, 1000, "thanks")
+    await credits.block(1, 9, 5, "spam")  # the slash commands' service is unchanged
+    entries = await credits.audit_entries(1)
+    assert [(e.action, e.source) for e in entries] == [("block", "discord"), ("grant", "web"), ("set", "web")]
+    assert (await credits.status(1, 5, ())).limit.source == "blocked"  # the same store: one set of quotas

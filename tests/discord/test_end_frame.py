@@ -57,7 +57,7 @@ async def test_kling_3_registers_end_image_optional_and_translated(world: Harnes
     end = options["end_image"]
     assert end["type"] == 11 and not end.get("required")  # an attachment, optional
     assert end["name_localizations"]["zh-CN"] and end["description_localizations"]["zh-CN"]
-    assert options["image"]["required"]
+    assert options["image"]["required"] and "private" in options  # the same command, one option more
 
 
 def frame_size(base64_text: str) -> tuple[int, int]:

@@ -67,6 +67,11 @@ async def test_a_finished_video_waits_in_the_review_channel_until_approved(world
         approved = await fake.press(f"review:approve:{job.id}", review, user="mod")
         delivered = await world.job_in("delivered")
         await wait_until(lambda: videos_in_thread(fake) and approved.messages)
+        [decision, _review_on] = await world.resources.credits.audit_entries(int(fake.guild_id))
+    assert (decision.action, decision.moderator_id, decision.target_id, decision.source) == (
+        "approve", int(fake.users["mod"]["id"]), int(fake.users["alice"]["id"]), "discord"
+    )  # fmt: skip
+    assert decision.after == f"video {job.id[:8]} approved"
     assert job.video_url in shown["content"] and shown["allowed_mentions"] == {"parse": []}
     assert shown["embeds"][0]["description"] == "a dancing <@&1> robot"
     assert [c["custom_id"] for c in shown["components"][0]["components"]] == [
@@ -97,6 +102,8 @@ async def test_reject_tells_the_member_the_reason_and_the_credits_stay_spent(wor
         await world.more_ticks(5)
         status = await world.resources.credits.status(int(fake.guild_id), int(fake.users["alice"]["id"]), ())
         details = await answer(await fake.slash("video", {"job": job.id[:8]}, sub="status"))
+        decision = (await world.resources.credits.audit_entries(int(fake.guild_id)))[0]
+    assert (decision.action, decision.reason, decision.source) == ("reject", "too *spooky* @everyone", "discord")
     assert r"Rejected by a moderator: too \*spooky\* @everyone" in details and job.video_url not in details
     told = next(m for m in fake.messages[thread["id"]] if "not approved" in m["content"])
     assert r"too \*spooky\* @everyone" in told["content"] and "credits stay spent" in told["content"]
@@ -232,7 +239,14 @@ async def test_a_video_waiting_for_review_is_claimed_by_no_one(world: Harness) -
         await turn_review_on(fake)
         job, _ = await waiting_for_review(world)
         await wait_until(lambda: fake.messages[review_channel(fake)])
-        waiting = await world.resources.jobs.get(job.id)
+        jobs = world.resources.jobs
+
+        async def recorded() -> bool:  # the card's id is written just after its post
+            found = await jobs.get(job.id)
+            return found is not None and found.review_message_id is not None and found.lease_owner is None
+
+        await wait_until(recorded)
+        waiting = await jobs.get(job.id)
         await world.more_ticks(10)  # every tick looks for videos to post
         later = await world.resources.jobs.get(job.id)
     assert waiting.review_message_id is not None and later.lease_owner is None

@@ -15,7 +15,7 @@ from psycopg.rows import TupleRow
 
 from bot import __main__ as cli
 from bot.config import load_settings
-from bot.core.model import AuditEntry, Job, MemberQuota, QuotaSettings
+from bot.core.model import AuditEntry, Job, MemberQuota, QuotaSettings, WebSession
 from bot.storage.postgres import PgStore
 from bot.storage.sqlite import RUNNING_TOTALS, Store
 from tests.harness import KEY, bot_process
@@ -59,6 +59,7 @@ async def fill_every_table(path: Path) -> None:
         await store.add_grant(GUILD, BOB, 1000, audit)
         await store.set_notify_preference(ALICE, "dm")
         await store.set_notify_preference(BOB, "off")
+        await store.put_web_session(WebSession("ab" * 32, None, MOD, "mod", "zh-CN", time.time(), until))
     finally:
         await store.close()
 

@@ -16,7 +16,7 @@ import pytest
 
 from bot.core.credits import CreditService, QuotaRefused
 from bot.core.jobs import JobRequest, JobService
-from bot.core.model import OPEN, DuplicateRequest, Lease
+from bot.core.model import OPEN, DuplicateRequest, Lease, WebSession
 from bot.storage.sqlite import MIGRATIONS, AuditEntry, Job, MemberQuota, QuotaSettings, Store, StoreUnavailable, Usage
 from tests.conftest import FakeClock
 
@@ -734,6 +734,43 @@ async def test_a_review_is_decided_once_and_a_rejected_job_stays_charged(store: 
     assert await store.usage_table(GUILD, 0.0) != [] and await store.credits_used(GUILD, 0.0) == 4800
     with pytest.raises(ValueError, match="not a mutable job column"):
         await store.decide_review("j1", "pending", "succeeded", id="other", updated_at=105.0)
+
+
+async def test_a_review_decision_writes_its_audit_row_once_only_when_it_is_made(store: AnyStore) -> None:
+    await store.add_job(replace(BLANK, status="succeeded", review_state="pending"))
+    audit = AuditEntry(GUILD, MOD, "approve", ALICE, "video j1 waiting", "video j1 approved", None, 110.0, "web")
+    assert await store.decide_review("j1", "pending", "succeeded", audit=audit, review_state="approved", updated_at=1)
+    assert not await store.decide_review("j1", "pending", "succeeded", audit=audit, review_state="approved",
+                                         updated_at=2)  # fmt: skip
+    assert await store.audit_entries(GUILD) == [audit]  # its source ('web') kept
+
+
+# --- the dashboard --------------------------------------------------------------------------------------------
+
+
+async def test_web_sessions_round_trip_expire_and_end(store: AnyStore) -> None:
+    now = time.time()
+    live = WebSession("a" * 64, None, BIG, "mod <b>", "zh-CN", now, now + 3600)
+    await store.put_web_session(live)
+    await store.put_web_session(WebSession("b" * 64, "state-1", None, None, None, now - 7200, now - 3600))
+    assert await store.web_session("a" * 64) == live
+    assert await store.web_session("b" * 64) is None  # expired: never valid again
+    await store.put_web_session(replace(live, state="again"))  # the same id rewritten, not duplicated
+    assert (await store.web_session("a" * 64)).state == "again"
+    await store.delete_web_session("a" * 64)
+    assert await store.web_session("a" * 64) is None
+
+
+async def test_every_members_jobs_and_the_members_with_their_own_quota(store: AnyStore) -> None:
+    await store.add_job(BLANK)
+    await store.add_job(replace(BLANK, id="j2", user_id=BOB, created_at=101.0))
+    await store.add_job(replace(BLANK, id="j3", guild_id=OTHER_GUILD))
+    assert [job.id for job in await store.member_jobs(GUILD, None)] == ["j2", "j1"]
+    assert [job.id for job in await store.member_jobs(GUILD, BOB)] == ["j2"]
+    audit = AuditEntry(GUILD, MOD, "set", ALICE, None, "7", None, 1.0)
+    await store.save_member_quota(GUILD, ALICE, MemberQuota(7000, None), audit)
+    await store.save_member_quota(OTHER_GUILD, BOB, MemberQuota(None, "spam"), audit)
+    assert await store.member_quota_rows(GUILD) == {ALICE: MemberQuota(7000, None)}
 
 
 # --- one job per question -----------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ class Interactions(Gateway):
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": 2 if values is None else 3}
         if values is not None:
             data["values"] = values
-        channel = channel or target["channel_id"]
+        channel = None if dm else channel or target["channel_id"]  # a DM interaction names its DM channel itself
         return await self.interact(3, data, user=user, channel=channel, message=self._public(target), dm=dm)
 
     message_menu = send_context_menu
