@@ -103,9 +103,10 @@ class VideoCommands(commands.Cog):
         sound: str | None = None,
         private: bool = False,
     ) -> None:
-        await self.making().from_image(
-            interaction, image, private, prompt=prompt, resolution=resolution, duration=duration, sound=sound
-        )
+        # A command synced while KLING_MODEL took a last frame may still send `end_image`: the intake refuses it
+        # clearly (nothing charged) rather than the job going without it.
+        stale = getattr(interaction.namespace, "end_image", None)
+        await self.image_with_end(interaction, image, prompt, resolution, duration, sound, private, end_image=stale)
 
     # `/video image` for a model that takes a last frame (`takes_frame`): put in place of `image` by `__init__`.
     @app_commands.describe(

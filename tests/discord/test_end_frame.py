@@ -123,3 +123,13 @@ async def test_a_re_roll_keeps_the_end_frame(world: Harness) -> None:
     bodies = [r.json for r in world.sim.requests if r.method == "POST"]
     last_frames = [[c["url"] for c in body["contents"] if c["type"] == "last_frame"] for body in bodies]
     assert len(last_frames) == 2 and last_frames[0] == last_frames[1] and len(last_frames[0]) == 1
+
+
+async def test_turbo_refuses_an_end_image_from_a_stale_command(world: Harness) -> None:
+    # The command as synced when KLING_MODEL was kling-3.0: Discord may still send end_image to a turbo bot.
+    async with world.running():
+        answer = await image_job(world)
+        used = await world.resources.credits.credits_used(int(world.discord.guild_id))
+        jobs = await world.resources.store.jobs_in(("reserved", "submitted", "failed", "delivered"))
+    assert "takes no end frame" in answer
+    assert used == 0 and jobs == [] and not [r for r in world.sim.requests if r.method == "POST"]
