@@ -299,7 +299,7 @@ class MakingVideos(commands.Cog):
     ) -> Job | None:
         """Post a reserved job's card, send the job, open its thread and status message. `answer`: the member
         was already told it is on its way (then a failure edits that answer instead of raising)."""
-        locale = interaction.locale
+        locale, told_before = interaction.locale, answer is not None
         card, frame_url = await self._post_card(interaction, channel, job, request)
         if card is None:
             await self.jobs.release(job, english("its card could not be posted"))
@@ -326,9 +326,10 @@ class MakingVideos(commands.Cog):
         current = await self.jobs.get(job.id)
         if current is not None and current.status != job.status:
             self.bot.dispatch("job_changed", current)  # it moved while its thread was being opened
-        if thread is not None:
+        if thread is not None or told_before:  # an answer sent before the submit learns a dropped sound choice
+            where = thread.mention if thread is not None else tr(locale, "this channel")
             with contextlib.suppress(discord.HTTPException):
-                await answer.edit(content=await self._on_its_way(interaction, job, thread.mention))
+                await answer.edit(content=await self._on_its_way(interaction, job, where))
         server = self.bot.server_locale(job.guild_id)
         await self.bot.post_log(
             job.guild_id,
