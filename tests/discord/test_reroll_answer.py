@@ -94,3 +94,24 @@ async def test_a_re_roll_whose_card_is_refused_after_its_answer_is_told_its_cred
     assert by_status == {"delivered": 1, "cancelled": 1}
     assert status.reserved == 0 and status.used == first.cost_estimate
     assert len(world.sim.tasks) == 1  # nothing sent for the refused card
+
+
+async def test_a_re_roll_refused_by_the_provider_after_its_answer_is_told_why_and_charged_nothing(
+    world: Harness,
+) -> None:
+    fake = world.discord
+    async with world.running():
+        first, video = await a_delivered_video(world)
+        # The re-roll takes the stored prompt: one the provider refuses.
+        assert await world.resources.store.update_job(
+            first.id, "delivered", prompt="a forbidden heron", updated_at=first.updated_at
+        )
+        pressed = await fake.press(f"video:reroll:{first.id}", video)
+        await wait_until(lambda: "content" in told(pressed))
+        await wait_until(lambda: len(fake.messages[fake.general]) == 1)  # the refused job's card is taken down
+        status = await world.resources.credits.status(int(fake.guild_id), int(fake.users["alice"]["id"]), ())
+        by_status = await world.resources.store.count_by_status()
+    assert "on its way" in everything_said(fake, pressed)  # told first, then corrected with the reason
+    assert "on its way" not in told(pressed)
+    assert by_status == {"delivered": 1, "failed": 1}
+    assert status.reserved == 0 and status.used == first.cost_estimate
