@@ -71,7 +71,8 @@ class VideoButtons(commands.Cog):
             return await making.again(interaction, original)
 
         try:
-            await making.start_job(interaction, build, channel=making.home_of(original))
+            # Answered once reserved; the press stays in `rerolling` until the card is posted and the job sent.
+            await making.start_job(interaction, build, channel=making.home_of(original), answer_first=True)
         except UserFacingError as exc:
             await reply_ephemeral(interaction, str(exc))
 

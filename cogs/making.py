@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import io
 import logging
@@ -17,7 +19,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import IN_SERVERS_AND_DMS, NOT_IN_A_SERVER, STOPPING, UserFacingError, VideoBot, allowed_here, quota_scope
+from bot.app import (
+    BACKGROUND,
+    IN_SERVERS_AND_DMS,
+    NOT_IN_A_SERVER,
+    STOPPING,
+    UserFacingError,
+    VideoBot,
+    allowed_here,
+    quota_scope,
+)
 from bot.core.credits import QuotaRefused
 from bot.core.i18n import english, tr, translated
 from bot.core.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
@@ -36,6 +47,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 NO_THREAD_NOTE = english("A thread could not be started here, so this job's updates follow in this channel.")
+CARD_REFUSED_AFTER_ANSWER = english(
+    "I could not post this video's card in that channel, so the video was not made and its credits were released. "
+    "Try again."
+)
 SOUND_DROPPED_NOTE = english(
     "🔇 This video service offers no sound control, so your sound choice was not sent; you are charged as for a "
     "silent video."
@@ -98,6 +113,9 @@ class MakingVideos(commands.Cog):
             name=app_commands.locale_str("Animate image"), callback=self.animate
         )
         self.animate_menu.allowed_contexts = IN_SERVERS_AND_DMS
+        # One card post at a time per channel: its posts share one Discord bucket (5 per 5 s), and discord.py lets
+        # a crowd of posts waiting at once overrun it as it resets (the flood's 429s), as with the cards' edits.
+        self.card_turns: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.animate_menu)
@@ -231,12 +249,14 @@ class MakingVideos(commands.Cog):
         *,
         channel: discord.abc.Messageable | None = None,
         confirmed: bool = False,
+        answer_first: bool = False,
     ) -> Job | None:
         """Check where the job will live, reserve it, post its card and thread, then send it.
 
         Everything that can refuse the job runs before a credit is held; once the job is reserved, no Discord
         failure is reported as "nothing was charged". A job above the server's confirm-above threshold first asks
-        the member (unless `confirmed`), and nothing is reserved before they press Confirm."""
+        the member (unless `confirmed`), and nothing is reserved before they press Confirm. With `answer_first` the
+        member is told once the job is reserved, and the rest (card, send, thread) runs on the background lane."""
         locale = interaction.locale
         if self.bot.closing:  # a button or a form during shutdown: the store is about to close
             raise UserFacingError(tr(locale, STOPPING))
@@ -290,41 +310,65 @@ class MakingVideos(commands.Cog):
             return None
         if job.private:
             return await self._start_private(interaction, job, request)
+        if not answer_first:
+            return await self._launch(interaction, channel, job, request, None)
+        # The member hears at once (interaction answers are not under the channel's message limit); the card waits
+        # its turn in the channel on the background lane, and the answer is corrected if the job is not made.
+        answer = await self._tell_on_its_way(interaction, job, tr(locale, "this channel"))
+        return await asyncio.create_task(self._launch_in_background(interaction, channel, job, request, answer))
+
+    async def _launch_in_background(
+        self,
+        interaction: discord.Interaction[Any],
+        channel: discord.abc.Messageable,
+        job: Job,
+        request: JobRequest,
+        answer: discord.WebhookMessage,
+    ) -> Job | None:
+        BACKGROUND.set(True)  # this task's own context: the member already has their answer
+        return await self._launch(interaction, channel, job, request, answer)
+
+    async def _launch(
+        self,
+        interaction: discord.Interaction[Any],
+        channel: discord.abc.Messageable,
+        job: Job,
+        request: JobRequest,
+        answer: discord.WebhookMessage | None,
+    ) -> Job | None:
+        """Post a reserved job's card, send the job, open its thread and status message. `answer`: the member
+        was already told it is on its way (then a failure edits that answer instead of raising)."""
+        locale, told_before = interaction.locale, answer is not None
         card, frame_url = await self._post_card(interaction, channel, job, request)
         if card is None:
             await self.jobs.release(job, english("its card could not be posted"))
-            raise UserFacingError(
-                tr(locale, "I could not post in this channel, so nothing was sent or charged. Try again.")
-            )
+            if answer is None:
+                raise UserFacingError(
+                    tr(locale, "I could not post in this channel, so nothing was sent or charged. Try again.")
+                )
+            # Accepted and announced: its credits were held, so say they were given back (not "never charged").
+            await self._correct(answer, tr(locale, CARD_REFUSED_AFTER_ANSWER))
+            return None
         try:
             job = await self.jobs.start(replace(job, frame_url=frame_url), request)
         except SubmitRefused as exc:
             with contextlib.suppress(discord.HTTPException):
                 await card.delete()  # a refused prompt stays private
-            raise UserFacingError(translated(locale, exc.reason)) from None
-
-        def on_its_way(where: str) -> str:
-            text = tr(
-                locale,
-                "Your video `{id}` is on its way ({options}); follow it in {where}.",
-                id=job.id[:8],
-                options=options_line(job, locale),
-                where=where,
-            )
-            if job.sound_dropped:
-                text += "\n" + tr(locale, SOUND_DROPPED_NOTE)
-            return text + "\n" + cost
-
-        cost = await self.cost_line(interaction, job.cost_estimate)
-        # The member hears first: the thread may wait its turn behind the channel's limits on Discord's side.
-        answer = await interaction.followup.send(on_its_way(tr(locale, "this channel")), ephemeral=True, wait=True)
+            if answer is None:
+                raise UserFacingError(translated(locale, exc.reason)) from None
+            await self._correct(answer, translated(locale, exc.reason))
+            return None
+        if answer is None:
+            # The member hears first: the thread may wait its turn behind the channel's limits on Discord's side.
+            answer = await self._tell_on_its_way(interaction, job, tr(locale, "this channel"))
         thread = await self._open_job_thread(interaction, channel, card, job)
         current = await self.jobs.get(job.id)
         if current is not None and current.status != job.status:
             self.bot.dispatch("job_changed", current)  # it moved while its thread was being opened
-        if thread is not None:
+        if thread is not None or told_before:  # an answer sent before the submit learns a dropped sound choice
+            where = thread.mention if thread is not None else tr(locale, "this channel")
             with contextlib.suppress(discord.HTTPException):
-                await answer.edit(content=on_its_way(thread.mention))
+                await answer.edit(content=await self._on_its_way(interaction, job, where))
         server = self.bot.server_locale(job.guild_id)
         await self.bot.post_log(
             job.guild_id,
@@ -364,6 +408,33 @@ class MakingVideos(commands.Cog):
             tr(server, "🔒 {mention} started a private video `{id}`", mention=f"<@{job.user_id}>", id=job.id[:8]),
         )
         return job
+
+    async def _on_its_way(self, interaction: discord.Interaction[Any], job: Job, where: str) -> str:
+        locale = interaction.locale
+        text = tr(
+            locale,
+            "Your video `{id}` is on its way ({options}); follow it in {where}.",
+            id=job.id[:8],
+            options=options_line(job, locale),
+            where=where,
+        )
+        if job.sound_dropped:
+            text += "\n" + tr(locale, SOUND_DROPPED_NOTE)
+        return text + "\n" + await self.cost_line(interaction, job.cost_estimate)
+
+    async def _tell_on_its_way(
+        self, interaction: discord.Interaction[Any], job: Job, where: str
+    ) -> discord.WebhookMessage:
+        text = await self._on_its_way(interaction, job, where)
+        return await interaction.followup.send(text, ephemeral=True, wait=True)
+
+    @staticmethod
+    async def _correct(answer: discord.WebhookMessage, text: str) -> None:
+        """Replace an "on its way" answer with why the job was not made (only logged if Discord refuses)."""
+        try:
+            await answer.edit(content=text)
+        except discord.HTTPException:
+            log.warning("could not correct the answer %s: %s", answer.id, text)
 
     async def cost_line(self, interaction: discord.Interaction[Any], cost: int) -> str:
         """The job's cost, what the member has left now and when it resets (in the reader's own time zone)."""
@@ -436,11 +507,12 @@ class MakingVideos(commands.Cog):
             content = frame.content if isinstance(frame.content, Path) else io.BytesIO(frame.content)
             file = discord.File(content, filename=(name := frame_filename(frame.mime)))
         try:
-            card = await channel.send(
-                embed=job_card(job, frame=name),
-                allowed_mentions=discord.AllowedMentions.none(),
-                files=[file] if file else [],
-            )
+            async with self.card_turns[getattr(channel, "id", 0)]:
+                card = await channel.send(
+                    embed=job_card(job, frame=name),
+                    allowed_mentions=discord.AllowedMentions.none(),
+                    files=[file] if file else [],
+                )
         except discord.HTTPException:
             log.warning("job %s: could not post its card in channel %s", job.id, interaction.channel_id, exc_info=True)
             return None, None
