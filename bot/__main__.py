@@ -1,4 +1,4 @@
-"""The command line: `python -m bot [run|check|generate|simulate|sync|backup]`."""
+"""The command line: `python -m bot [run|check|generate|simulate|sync|backup|web]`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard-ids", help="the Discord shards this process runs: 0-3 or 0,2 (SHARD_IDS)")
     run.add_argument("--shard-count", type=int, help="how many shards the bot has in all (SHARD_COUNT)")
     commands.add_parser("check", help="validate the settings and make one authenticated call to the API")
+    commands.add_parser("web", help="serve the moderators' dashboard alone, beside a PostgreSQL fleet (WEB_PORT)")
     commands.add_parser("sync", help="register the slash commands (in DISCORD_GUILD_ID if set, else globally)")
     migrate = commands.add_parser("migrate-to", help="copy the SQLite database (DATABASE_PATH) into PostgreSQL")
     migrate.add_argument("url", help="postgresql://user:password@host/database (an empty database)")
@@ -92,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         return _run(migrate_to(settings, args.url), "the target database")
     if command == "backup":
         return _run(backup(settings, args.file), settings.database_setting)
+    if command == "web":
+        from bot.web.hosting import serve_alone
+
+        try:
+            return _run(serve_alone(settings), settings.database_setting)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     from bot import app  # Discord is only imported by the commands that need it
 
     try:

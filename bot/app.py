@@ -23,8 +23,10 @@ from discord.ext import commands
 from bot.config import Settings
 from bot.core.credits import PERSONAL
 from bot.core.i18n import english, tr
+from bot.core.model import AuditEntry, Job
 from bot.provider.callbacks import CallbackServer, RateLimit
 from bot.resources import Resources, open_resources
+from bot.web.hosting import DashboardHooks, DashboardUnavailable, open_dashboard
 from cogs.translator import CatalogTranslator
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,7 @@ class VideoBot(commands.AutoShardedBot):
         self.hint_handler: Callable[[str, bool], Coroutine[Any, Any, None]] | None = None
         self.fleet_alerts: list[str] = []  # alerts other processes raised, for the one that posts them
         self.metrics_address: tuple[str, int] | None = None  # where the metrics page listens, once it does
+        self.web_address: tuple[str, int] | None = None  # where the dashboard listens, once it does
 
     async def setup_hook(self) -> None:
         await self.tree.set_translator(CatalogTranslator())  # commands' names and descriptions in zh-CN too
@@ -240,9 +243,32 @@ class VideoBot(commands.AutoShardedBot):
                 port = await callbacks.start(settings.callback_host, settings.callback_port)
                 stack.push_async_callback(callbacks.close)
                 log.info("taking callbacks on port %d for %s", port, settings.callback_public_url)
-            # What another process of the fleet tells (a callback it took, an alert) comes here.
+            if settings.web_port is not None:
+                try:
+                    self.web_address = await stack.enter_async_context(
+                        open_dashboard(settings, self.resources, self.dashboard_hooks())
+                    )
+                except DashboardUnavailable as exc:  # the bot runs on without it
+                    log.error("the dashboard is off: %s", exc)
+            # What another process of the fleet tells (a callback it took, an alert, an approval) comes here.
             await self.resources.fleet.listen(self._from_fleet)
             yield
+
+    def dashboard_hooks(self) -> DashboardHooks:
+        """What a change made in the dashboard does in Discord, as the same change made by a command does."""
+
+        async def approved(job: Job, moderator_id: int) -> None:
+            self.dispatch("video_approved", job.id)  # the poll loop posts it now, not at its next tick
+            server = self.server_locale(job.guild_id)
+            text = tr(server, "✅ <@{moderator}> approved video `{job}`", moderator=moderator_id, job=job.id[:8])
+            await self.post_log(job.guild_id, text)
+
+        async def changed(entry: AuditEntry) -> None:
+            from cogs.quota_commands import describe_audit  # the log line as the slash command writes it
+
+            await self.post_log(entry.guild_id, f"🛡️ {describe_audit(entry, self.server_locale(entry.guild_id))}")
+
+        return DashboardHooks(approved, changed)
 
     async def task_hint(self, task_id: str) -> None:
         """A callback named a task: the poller notes it at once (the provider's request never waits for a query),
@@ -253,6 +279,8 @@ class VideoBot(commands.AutoShardedBot):
     async def _from_fleet(self, kind: str, text: str) -> None:
         if kind == "hint" and self.hint_handler is not None:
             await self.hint_handler(text, True)
+        elif kind == "approved":  # in a dashboard served alone (python -m bot web)
+            self.dispatch("video_approved", text)
         elif kind == "alert":
             self.fleet_alerts.append(text)  # posted by this process's poll loop if it holds the alerts duty
 

@@ -112,6 +112,16 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
 
+    # The moderators' dashboard (the `web` extra) on http://WEB_HOST:WEB_PORT when the port is set; members reach it
+    # at WEB_PUBLIC_URL (a proxy in front, for https), whose /callback is the OAuth2 redirect URI registered in
+    # Discord's developer portal. DISCORD_CLIENT_ID: unset, the application's own id.
+    web_port: int | None = Field(default=None, ge=0, le=65535)
+    web_host: str = "127.0.0.1"
+    web_public_url: str | None = Field(default=None, pattern=r"^https?://")
+    discord_client_id: int | None = None
+    discord_client_secret: SecretStr | None = None
+    web_session_secret: SecretStr | None = Field(default=None, min_length=16)
+
     # Discord sharding: this process runs the shards SHARD_IDS ("0-3", "0,2") of SHARD_COUNT. Unset: one process
     # runs every shard, as many as Discord recommends (GET /gateway/bot); SHARD_COUNT alone: all of that many.
     shard_ids: str | None = None
@@ -195,6 +205,15 @@ class Settings(BaseSettings):
         if count is None:
             raise ConfigError("SHARD_IDS needs SHARD_COUNT (how many shards the bot has in all)")
         return parse_shard_ids(self.shard_ids, count), count
+
+    def web_missing(self) -> list[str]:
+        """The settings the dashboard needs that are not set (empty: it can start, or WEB_PORT is unset)."""
+        needed = {
+            "WEB_PUBLIC_URL": self.web_public_url,
+            "DISCORD_CLIENT_SECRET": self.discord_client_secret,
+            "WEB_SESSION_SECRET": self.web_session_secret,
+        }
+        return [name for name, value in needed.items() if not value] if self.web_port is not None else []
 
     @property
     def kling_api_root(self) -> str:

@@ -13,7 +13,7 @@ headers and 429s (counted in `rate_limited`); every recorded request carries its
 `FakeDiscord` is assembled here from its parts in tests/fakes/discord/, one per thing it fakes: the world it holds
 (world.py: guilds, members, roles, permissions, channels, messages), the gateway (gateway.py), interactions and the
 routes that answer them (interactions.py), the other REST routes and the CDN (rest.py), rate limits
-(ratelimits.py); wire.py holds what they share.
+(ratelimits.py), the OAuth2 login of a web page (oauth.py); wire.py holds what they share.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import yarl
 from bot.serving.server import serve
 from tests.fakes.discord.gateway import Gateway
 from tests.fakes.discord.interactions import Interaction, Interactions
+from tests.fakes.discord.oauth import OAuth
 from tests.fakes.discord.rest import Rest, Route
 
 __all__ = ["FakeDiscord", "Interaction", "running_bot", "running_fake", "wait_until"]
@@ -38,7 +39,7 @@ class FakeDiscord(Rest, Interactions):
     """One guild with members, roles and channels (more with `add_guild`); a bot logs in with `token`. Each part
     says what it fakes; with `shards`, the gateway shards as Discord does (see Gateway)."""
 
-    _routes: ClassVar[list[Route]] = [*Rest.ROUTES, *Interactions.ROUTES, *Gateway.ROUTES]
+    _routes: ClassVar[list[Route]] = [*Rest.ROUTES, *Interactions.ROUTES, *Gateway.ROUTES, *OAuth.ROUTES]
 
     def __init__(
         self, *, filesize_limit: int | None = None, premium_tier: int = 0, rate_limits: bool = False, shards: int = 1

@@ -31,6 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
         "bot.core.review",
     ),
     ("bot.resources", "bot.ops"),
+    # The web front end (the dashboard): over the services, without discord.
+    ("bot.web",),
     # The Discord front end: the bot (which installs the cogs' translator) and the cogs.
     ("bot.app", "cogs"),
     ("bot.__main__",),

@@ -214,6 +214,7 @@ class WebSession:
     locale: str | None
     created_at: float
     expires_at: float
+    guilds: str | None = None  # the login's servers as JSON ([{"id", "name"}]), read by the dashboard
 
 
 @dataclass(frozen=True, slots=True)

@@ -359,6 +359,14 @@ STEPS: tuple[tuple[str | Dialects, ...], ...] = (
     );
     """,
     ),
+    # 10
+    (
+        """
+    -- The servers the login's guild list named (JSON: id and name of each): the dashboard's server list is these,
+    -- those the bot is in, checked again against the bot's own view of the member on every request.
+    ALTER TABLE web_sessions ADD COLUMN guilds TEXT;
+    """,
+    ),
 )
 
 # Migration 5's running totals, kept by triggers from `jobs` on SQLite: PostgreSQL counts the rows instead, so a copy

@@ -375,15 +375,15 @@ class QuotaStatements(SqlBase):
             await self._run(db, "DELETE FROM web_sessions WHERE expires_at < ? OR id = ?", (time.time(), session.id))
             await self._run(
                 db,
-                "INSERT INTO web_sessions (id, state, user_id, user_name, locale, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO web_sessions (id, state, user_id, user_name, locale, created_at, expires_at, guilds)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 astuple(session),
             )
 
     async def web_session(self, session_id: str) -> WebSession | None:
         """A session still valid, by the sha256 of its cookie."""
         rows = await self._read(
-            "SELECT id, state, user_id, user_name, locale, created_at, expires_at FROM web_sessions"
+            "SELECT id, state, user_id, user_name, locale, created_at, expires_at, guilds FROM web_sessions"
             " WHERE id = ? AND expires_at >= ?",
             [session_id, time.time()],
         )

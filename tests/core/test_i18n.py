@@ -24,8 +24,8 @@ from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
 
 ROOT = Path(__file__).resolve().parents[2]
-# The same keywords as docs/operating.md's `pybabel extract -F babel.cfg -k tr:2 -k english -k locale_str`.
-KEYWORDS: dict[str, Any] = {"tr": (2,), "english": None, "locale_str": None}
+# The same keywords as docs/operating.md's `pybabel extract -F babel.cfg -k tr:2 -k english -k locale_str -k _`.
+KEYWORDS: dict[str, Any] = {"tr": (2,), "english": None, "locale_str": None, "_": None}
 FIELD = re.compile(r"\{(\w*)[^{}]*\}")
 NO_DESCRIPTION = "…"  # discord.py's description of a parameter nobody described
 

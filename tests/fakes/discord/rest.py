@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from aiohttp import BodyPartReader, web
 
 from tests.fakes.discord.gateway import Gateway
+from tests.fakes.discord.oauth import OAuth
 from tests.fakes.discord.ratelimits import RateLimits
 from tests.fakes.discord.wire import (
     MISSING_PERMISSIONS,
@@ -31,7 +32,7 @@ GATEWAY_ONLY = ("members", "channels", "threads", "voice_states", "presences", "
 Route = tuple[str, str, Any]  # (path regex, method, handler)
 
 
-class Rest(Gateway, RateLimits):
+class Rest(Gateway, RateLimits, OAuth):
     """A handler gets the recorded request and the ids from its path; it returns the JSON body (None: 204) or
     raises Refused with Discord's status, code and message. `_routes` is every part's routes (see FakeDiscord)."""
 
@@ -78,13 +79,16 @@ class Rest(Gateway, RateLimits):
                 else:
                     files.append((part.filename or "", bytes(await part.read())))
             return payload, files
+        if request.content_type == "application/x-www-form-urlencoded":
+            return dict(await request.post()), files
         raw = await request.read() if request.can_read_body else b""
         return (json.loads(raw) if raw else None), files
 
     async def _rest(self, request: web.Request) -> web.Response:
         path = "/" + request.match_info["path"]
         body, files = await self._read(request)
-        call = Recorded(request.method, path, body, files, dict(request.query))
+        authorization = request.headers.get("Authorization", "")
+        call = Recorded(request.method, path, body, files, dict(request.query), authorization=authorization)
         self.requests.append(call)
         for delay in self._delays:
             method, pattern, seconds, left = delay
@@ -100,8 +104,9 @@ class Rest(Gateway, RateLimits):
                     self._faults.remove(fault)
                 call.status = status
                 return error_response(status, code, message or f"{status} injected")
-        public = path.startswith(("/interactions/", "/webhooks/", "/gateway"))
-        if not public and request.headers.get("Authorization") != f"Bot {self.token}":
+        public = path.startswith(("/interactions/", "/webhooks/", "/gateway", "/oauth2/token"))
+        a_member = authorization.startswith("Bearer ") and path in ("/users/@me", "/users/@me/guilds")
+        if not public and not a_member and authorization != f"Bot {self.token}":
             return error_response(401, 0, "401: Unauthorized")
         headers: dict[str, str] = {}
         if self.rate_limits:
@@ -128,7 +133,8 @@ class Rest(Gateway, RateLimits):
     # --- the routes ------------------------------------------------------------------------------------------
 
     async def _me(self, call: Recorded) -> Any:
-        return self.bot_user
+        member = self.bearer_member(call)
+        return self.bot_user if member is None else self.member_me(member)
 
     async def _application(self, call: Recorded) -> Any:
         return {
@@ -163,6 +169,8 @@ class Rest(Gateway, RateLimits):
             raise Refused(404, 10004, "Unknown Guild")
 
     async def _my_guilds(self, call: Recorded) -> Any:
+        if (member := self.bearer_member(call)) is not None:
+            return self.member_guilds(member)
         if int(call.query.get("after", 0)) >= int(self.guild_id):
             return []
         permissions = 0  # the bot's guild-level permissions: @everyone and its roles

@@ -37,6 +37,7 @@ class Recorded:
     query: dict[str, str] = field(default_factory=dict)
     at: float = field(default_factory=time.perf_counter)  # when it arrived
     status: int = 0  # the answer's HTTP status, once answered
+    authorization: str = ""  # the Authorization header: the bot's token, or a member's (OAuth2)
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:

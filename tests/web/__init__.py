@@ -1,0 +1,1 @@
+"""The moderators' dashboard, driven in a real browser."""

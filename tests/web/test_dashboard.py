@@ -1,0 +1,220 @@
+"""The moderators' dashboard through a real browser: the real bot serves it (WEB_PORT), the fake Discord plays the
+OAuth2 login and the bot's view of each member, and every change is checked where it lands (the database, `/quota`
+in Discord, the review's thread)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page
+
+from tests.fake_discord import FakeDiscord, wait_until
+from tests.harness import Harness, harness, private_answer
+from tests.ports import free_port
+from tests.web.browser import chromium
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(tmp_path) as running:
+        port = free_port()
+        running.settings_overrides |= {
+            "web_port": port,
+            "web_host": "127.0.0.1",
+            "web_public_url": f"http://127.0.0.1:{port}",
+            "discord_client_secret": running.discord.client_secret,
+            "web_session_secret": "a-session-secret-for-tests-0123456789",
+        }
+        running.discord.add_channel("video-review", 0)
+        yield running
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as running:
+        yield running
+
+
+def web(world: Harness) -> str:
+    return str(world.settings().web_public_url)
+
+
+def member_id(fake: FakeDiscord, name: str) -> str:
+    return str(fake.users[name]["id"])
+
+
+async def logged_in(browser: Browser, world: Harness, name: str) -> tuple[BrowserContext, Page]:
+    """A browser of its own logged in as `name` through Discord's consent page; on the list of servers."""
+    world.discord.login_as = name
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(web(world) + "/")
+    await page.click("text=Log in with Discord")
+    await page.wait_for_selector("header .who")  # logged in: the list of servers
+    return context, page
+
+
+async def server_page(page: Page, world: Harness) -> Any:
+    return await page.goto(f"{web(world)}/servers/{world.discord.guild_id}")
+
+
+async def make_video(world: Harness) -> Any:
+    await world.discord.slash("video", {"prompt": "a <@&1> lighthouse at dusk", "duration": 5}, sub="text")
+
+
+async def test_a_moderator_sees_the_chart_and_members_and_a_limit_set_there_holds_in_discord(
+    world: Harness, browser: Browser
+) -> None:
+    fake = world.discord
+    async with world.running():
+        await make_video(world)
+        await world.job_in("delivered")
+        _, page = await logged_in(browser, world, "mod")
+        await page.click("text=Test server")
+        await page.wait_for_selector("#usage")
+        # The chart: an SVG drawn by matplotlib on the server, loaded by the browser.
+        await page.wait_for_function(
+            "(() => { const i = document.querySelector('img.chart'); return i.complete && i.naturalWidth > 0 })()"
+        )
+        top = await page.inner_text("#top-members")
+        assert "alice\t1\t5\t4\t" in top  # one job, 5 s, 4 credits (5 s of 720p at 0.8)
+        await page.fill("#limit-member", member_id(fake, "alice"))
+        await page.fill("#limit-credits", "7.5")
+        await page.click("#quotas form[action$=member-limit] button")
+        await page.wait_for_selector("#notice")
+        row = await page.inner_text(f"#member-quotas tr[data-member='{member_id(fake, 'alice')}']")
+        assert "7.5" in row and "their own limit" in row
+        assert "Limit: 7.5 credits" in await private_answer(await fake.slash("quota", {}))
+        [entry] = await world.resources.credits.audit_entries(int(fake.guild_id))
+        assert (entry.action, entry.moderator_id, entry.target_id, entry.source) == (
+            "set", int(member_id(fake, "mod")), int(member_id(fake, "alice")), "web"
+        )  # fmt: skip
+        assert await page.inner_text("#audit-log td.source") == "web"
+        shot = ROOT / "docs" / "dashboard.png" if os.environ.get("UPDATE_SCREENSHOT") else None
+        await page.screenshot(path=shot or world.database.parent / "dashboard.png", full_page=True)
+        # The change is posted in the server's log channel as a slash command's is.
+        await world.resources.credits.set_log_channel(int(fake.guild_id), 1, int(fake.log_channel))
+        await page.fill("#grant-member", member_id(fake, "alice"))
+        await page.fill("#grant-amount", "2")
+        await page.fill("#grant-reason", "a <@&1> contest prize")
+        await page.click("#quotas form[action$=grant] button")
+        await wait_until(lambda: fake.messages[fake.log_channel])
+        assert "**grant**" in fake.messages[fake.log_channel][-1]["content"]
+        assert fake.messages[fake.log_channel][-1]["allowed_mentions"] == {"parse": []}
+
+
+async def test_a_member_without_manage_server_has_nothing_to_manage_and_the_server_answers_403(
+    world: Harness, browser: Browser
+) -> None:
+    fake = world.discord
+    async with world.running():
+        _, page = await logged_in(browser, world, "alice")
+        assert await page.is_visible("#nothing")
+        csrf = await page.input_value("input[name=csrf]")  # her own session's token: valid, but not a moderator
+        response = await server_page(page, world)
+        assert response is not None and response.status == 403
+        posted = await page.request.post(
+            f"{web(world)}/servers/{fake.guild_id}/member-limit",
+            form={"csrf": csrf, "member": member_id(fake, "alice"), "limit": "1000"},
+            max_redirects=0,
+        )
+        assert posted.status == 403
+        assert await world.resources.credits.member_overrides(int(fake.guild_id)) == {}
+        assert await world.resources.credits.audit_entries(int(fake.guild_id)) == []
+
+
+async def test_manage_server_is_asked_of_discord_again_on_every_request(world: Harness, browser: Browser) -> None:
+    fake = world.discord
+    fake.add_user("helper", roles=[fake.moderator_role])
+    async with world.running():
+        _, page = await logged_in(browser, world, "helper")
+        response = await server_page(page, world)
+        assert response is not None and response.status == 200
+        csrf = await page.input_value("#quotas input[name=csrf]")
+        fake.member_roles["helper"] = []  # the role is taken away after the login
+        response = await server_page(page, world)
+        assert response is not None and response.status == 403
+        posted = await page.request.post(
+            f"{web(world)}/servers/{fake.guild_id}/block",
+            form={"csrf": csrf, "member": member_id(fake, "alice"), "reason": "spam"},
+            max_redirects=0,
+        )
+        assert posted.status == 403
+        assert await world.resources.credits.member_overrides(int(fake.guild_id)) == {}
+
+
+async def test_a_form_without_its_sessions_csrf_token_changes_nothing(world: Harness, browser: Browser) -> None:
+    fake = world.discord
+    async with world.running():
+        _, page = await logged_in(browser, world, "mod")
+        _, other = await logged_in(browser, world, "mod")  # the same moderator in another browser
+        other_token = await other.input_value("input[name=csrf]")
+        url = f"{web(world)}/servers/{fake.guild_id}/block"
+        form = {"member": member_id(fake, "alice"), "reason": "forged"}
+        for forged in ({}, {"csrf": other_token}, {"csrf": "0" * 64}):
+            posted = await page.request.post(url, form=form | forged, max_redirects=0)
+            assert posted.status == 403
+        assert await world.resources.credits.member_overrides(int(fake.guild_id)) == {}
+        # The same form with this session's own token does block: the refusals above were the token's.
+        own = await page.input_value("input[name=csrf]")
+        posted = await page.request.post(url, form=form | {"csrf": own}, max_redirects=0)
+        assert posted.status == 303
+        blocked = await world.resources.credits.member_overrides(int(fake.guild_id))
+        assert blocked[int(member_id(fake, "alice"))].blocked_reason == "forged"
+
+
+async def test_approve_in_the_page_posts_the_video_in_its_thread(world: Harness, browser: Browser) -> None:
+    fake = world.discord
+    async with world.running():
+        review = fake.channel_id("video-review")
+        await fake.slash("quota-admin", {"channel": review}, sub="review", user="mod", types={"channel": 7})
+        await wait_until(lambda: _review_on(world))
+        await make_video(world)
+        await wait_until(lambda: fake.messages[review])
+        job = await world.job_in("succeeded")
+        _, page = await logged_in(browser, world, "mod")
+        await server_page(page, world)
+        video = f"#review .pending[data-job='{job.id}'] video"
+        assert await page.get_attribute(video, "src") == job.video_url
+        await page.wait_for_function(f'document.querySelector("{video}").readyState >= 1')  # its metadata loaded
+        await page.click(f"#review .pending[data-job='{job.id}'] form[action$=approve] button")
+        await page.wait_for_selector("#notice")
+        await world.job_in("delivered")
+        [thread] = fake.threads()
+        assert any("your video is ready" in m["content"] for m in fake.messages[thread["id"]])
+        [decision, _] = await world.resources.credits.audit_entries(int(fake.guild_id))
+        assert (decision.action, decision.source) == ("approve", "web")
+        assert "No video is waiting for review." in await page.inner_text("#review")
+
+
+async def _review_on(world: Harness) -> bool:
+    settings = await world.resources.credits.settings(int(world.discord.guild_id))
+    return settings.review_channel_id is not None
+
+
+async def test_the_page_is_in_chinese_for_a_zh_cn_member(world: Harness, browser: Browser) -> None:
+    world.discord.locales["mod"] = "zh-CN"
+    async with world.running():
+        _, page = await logged_in(browser, world, "mod")
+        await server_page(page, world)
+        assert await page.get_attribute("html", "lang") == "zh-CN"
+        assert await page.inner_text("header button") == "退出登录"
+        assert await page.inner_text("#quotas h2") == "成员额度"
+
+
+async def test_log_out_ends_the_session(world: Harness, browser: Browser) -> None:
+    async with world.running():
+        context, page = await logged_in(browser, world, "mod")
+        cookies = await context.cookies()
+        await page.click("header button")
+        await page.wait_for_selector("text=Log in with Discord")
+        replay = await browser.new_context()
+        await replay.add_cookies(cookies)  # the old cookie, kept by someone
+        response = await replay.request.get(f"{web(world)}/servers/{world.discord.guild_id}", max_redirects=0)
+        assert response.status == 302 and response.headers["location"] == "/"
