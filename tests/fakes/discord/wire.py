@@ -37,7 +37,7 @@ class Recorded:
     query: dict[str, str] = field(default_factory=dict)
     at: float = field(default_factory=time.perf_counter)  # when it arrived
     status: int = 0  # the answer's HTTP status, once answered
-    authorization: str = ""  # the Authorization header: the bot's token, or a member's (OAuth2)
+    authorization: str = field(default="", repr=False)  # the Authorization header (a token: never shown)
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
