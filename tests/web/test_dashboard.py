@@ -64,6 +64,13 @@ async def server_page(page: Page, world: Harness) -> Any:
     return await page.goto(f"{web(world)}/servers/{world.discord.guild_id}")
 
 
+async def chart_loaded(page: Page) -> None:
+    """The chart: an SVG drawn by matplotlib on the server, loaded by the browser."""
+    await page.wait_for_function(
+        "(() => { const i = document.querySelector('img.chart'); return i.complete && i.naturalWidth > 0 })()"
+    )
+
+
 async def make_video(world: Harness) -> Any:
     await world.discord.slash("video", {"prompt": "a <@&1> lighthouse at dusk", "duration": 5}, sub="text")
 
@@ -78,10 +85,7 @@ async def test_a_moderator_sees_the_chart_and_members_and_a_limit_set_there_hold
         _, page = await logged_in(browser, world, "mod")
         await page.click("text=Test server")
         await page.wait_for_selector("#usage")
-        # The chart: an SVG drawn by matplotlib on the server, loaded by the browser.
-        await page.wait_for_function(
-            "(() => { const i = document.querySelector('img.chart'); return i.complete && i.naturalWidth > 0 })()"
-        )
+        await chart_loaded(page)
         top = await page.inner_text("#top-members")
         assert "alice\t1\t5\t4\t" in top  # one job, 5 s, 4 credits (5 s of 720p at 0.8)
         await page.fill("#limit-member", member_id(fake, "alice"))
@@ -96,6 +100,7 @@ async def test_a_moderator_sees_the_chart_and_members_and_a_limit_set_there_hold
             "set", int(member_id(fake, "mod")), int(member_id(fake, "alice")), "web"
         )  # fmt: skip
         assert await page.inner_text("#audit-log td.source") == "web"
+        await chart_loaded(page)  # again: the page was loaded anew after Save
         shot = ROOT / "docs" / "dashboard.png" if os.environ.get("UPDATE_SCREENSHOT") else None
         await page.screenshot(path=shot or world.database.parent / "dashboard.png", full_page=True)
         # The change is posted in the server's log channel as a slash command's is.
