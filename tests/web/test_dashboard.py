@@ -64,6 +64,12 @@ async def server_page(page: Page, world: Harness) -> Any:
     return await page.goto(f"{web(world)}/servers/{world.discord.guild_id}")
 
 
+async def post_form(page: Page, world: Harness, action: str, form: dict[str, str]) -> int:
+    """POST a server page's form from this browser's session, as a script of its own would; the answer's status."""
+    url = f"{web(world)}/servers/{world.discord.guild_id}/{action}"
+    return (await page.request.post(url, form=form, max_redirects=0)).status
+
+
 async def chart_loaded(page: Page) -> None:
     """The chart: an SVG drawn by matplotlib on the server, loaded by the browser."""
     await page.wait_for_function(
@@ -124,12 +130,8 @@ async def test_a_member_without_manage_server_has_nothing_to_manage_and_the_serv
         csrf = await page.input_value("input[name=csrf]")  # her own session's token: valid, but not a moderator
         response = await server_page(page, world)
         assert response is not None and response.status == 403
-        posted = await page.request.post(
-            f"{web(world)}/servers/{fake.guild_id}/member-limit",
-            form={"csrf": csrf, "member": member_id(fake, "alice"), "limit": "1000"},
-            max_redirects=0,
-        )
-        assert posted.status == 403
+        form = {"csrf": csrf, "member": member_id(fake, "alice"), "limit": "1000"}
+        assert await post_form(page, world, "member-limit", form) == 403
         assert await world.resources.credits.member_overrides(int(fake.guild_id)) == {}
         assert await world.resources.credits.audit_entries(int(fake.guild_id)) == []
 
@@ -145,12 +147,8 @@ async def test_manage_server_is_asked_of_discord_again_on_every_request(world: H
         fake.member_roles["helper"] = []  # the role is taken away after the login
         response = await server_page(page, world)
         assert response is not None and response.status == 403
-        posted = await page.request.post(
-            f"{web(world)}/servers/{fake.guild_id}/block",
-            form={"csrf": csrf, "member": member_id(fake, "alice"), "reason": "spam"},
-            max_redirects=0,
-        )
-        assert posted.status == 403
+        form = {"csrf": csrf, "member": member_id(fake, "alice"), "reason": "spam"}
+        assert await post_form(page, world, "block", form) == 403
         assert await world.resources.credits.member_overrides(int(fake.guild_id)) == {}
 
 
