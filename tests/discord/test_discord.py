@@ -430,7 +430,9 @@ async def test_status_edits_are_throttled_while_jobs_render(world: Harness) -> N
         for n in range(12):
             await fake.slash("video", {"prompt": f"throttle {n}"}, sub="text")
         edits = r"^/channels/\d+/messages/"  # the cards and status messages (not the members' answers)
-        await wait_until(lambda: sum("rendering" in str(r.json).lower() for r in fake.posted("PATCH", edits)) >= 24, within=45)
+        await wait_until(
+            lambda: sum("rendering" in str(r.json).lower() for r in fake.posted("PATCH", edits)) >= 24, within=45
+        )
         before = len(fake.posted("PATCH", edits))
         await world.more_ticks(20)  # no elapsed-time edit is due for 30 s
         after = len(fake.posted("PATCH", edits))
