@@ -26,7 +26,7 @@ class DiscordRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class LoginUser:
-    """Who logged in, from `/users/@me`, and the servers their login lists (id to name)."""
+    """Who logged in, from `/users/@me`, and the servers their login says they manage (id to name)."""
 
     id: int
     name: str
@@ -98,7 +98,13 @@ class DiscordApi:
             id=int(me["id"]),
             name=str(me.get("global_name") or me["username"]),
             locale=str(me.get("locale") or "en-US"),
-            guilds={int(g["id"]): str(g["name"]) for g in guilds},
+            # Only the servers the login says the member may manage: the page asks the bot's view of each of these
+            # again (two requests apiece), so a member of hundreds of servers costs no more than their own few.
+            guilds={
+                int(g["id"]): str(g["name"])
+                for g in guilds
+                if g.get("owner") or int(g.get("permissions") or 0) & (ADMINISTRATOR | MANAGE_GUILD)
+            },
         )
 
     async def server(self, guild_id: int, user_id: int) -> ServerView | None:

@@ -4,6 +4,7 @@ in Discord, the review's thread)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -221,3 +222,25 @@ async def test_log_out_ends_the_session(world: Harness, browser: Browser) -> Non
         await replay.add_cookies(cookies)  # the old cookie, kept by someone
         response = await replay.request.get(f"{web(world)}/servers/{world.discord.guild_id}", max_redirects=0)
         assert response.status == 302 and response.headers["location"] == "/"
+
+
+async def test_approve_posted_twice_at_once_posts_the_video_once(world: Harness, browser: Browser) -> None:
+    fake = world.discord
+    async with world.running():
+        review = fake.channel_id("video-review")
+        await fake.slash("quota-admin", {"channel": review}, sub="review", user="mod", types={"channel": 7})
+        await wait_until(lambda: _review_on(world))
+        await make_video(world)
+        await wait_until(lambda: fake.messages[review])
+        job = await world.job_in("succeeded")
+        _, page = await logged_in(browser, world, "mod")
+        await server_page(page, world)
+        form = {"csrf": await page.input_value("#review input[name=csrf]"), "job": job.id}
+        statuses = await asyncio.gather(*(post_form(page, world, "approve", form) for _ in range(2)))
+        assert sorted(statuses) == [303, 400]  # one approval; the other is told the video was already decided
+        await world.job_in("delivered")
+        await world.more_ticks(5)
+        [thread] = fake.threads()
+        assert sum("your video is ready" in m["content"] for m in fake.messages[thread["id"]]) == 1
+        entries = await world.resources.credits.audit_entries(int(fake.guild_id))
+        assert [e.action for e in entries].count("approve") == 1
