@@ -54,6 +54,11 @@ HANDLER_TASKS = (
     "discord-ui-view-dispatch",
     "discord-ui-modal-dispatch",
     "discord-ui-dynamic-item",
+    # Events a handler dispatches as it ends (discord.py runs each listener in a task of this name): they still read
+    # and write the store, so a shutdown waits for them too.
+    "discord.py: on_app_command_completion",
+    "discord.py: on_job_changed",
+    "discord.py: on_video_approved",
 )
 
 
@@ -288,13 +293,18 @@ class VideoBot(commands.AutoShardedBot):
         """Stop taking interactions, let the handlers in flight finish (bounded), then stop the rest."""
         if not self.closing:
             self.closing = True
-            running = [t for t in asyncio.all_tasks() if t.get_name().startswith(HANDLER_TASKS) and not t.done()]
-            if running:
-                log.info("waiting for %d command handler(s) to finish", len(running))
-                _, late = await asyncio.wait(running, timeout=HANDLER_GRACE_SECONDS)
-                if late:
-                    log.warning("%d command handler(s) still running after %.0fs", len(late), HANDLER_GRACE_SECONDS)
+            await self._handlers_done(time.monotonic() + HANDLER_GRACE_SECONDS)
         await super().close()
+
+    async def _handlers_done(self, deadline: float) -> None:
+        """Wait, until `deadline`, for the handlers running now and for the events they dispatch as they end."""
+        while running := [t for t in asyncio.all_tasks() if t.get_name().startswith(HANDLER_TASKS) and not t.done()]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("%d command handler(s) still running after %.0fs", len(running), HANDLER_GRACE_SECONDS)
+                return
+            log.info("waiting for %d command handler(s) to finish", len(running))
+            await asyncio.wait(running, timeout=left)
 
     def server_locale(self, guild_id: int | None) -> discord.Locale | None:
         """The server's preferred language (its log channel's announcements are in it); None when unknown."""

@@ -98,3 +98,27 @@ async def test_a_server_that_denies_private_videos_charges_nothing(world: Harnes
         assert "do not allow private videos" in answer and "Nothing was sent or charged" in answer
         assert await world.resources.store.jobs_in(("reserved", "queued", "submitted", "processing")) == []
         assert public_messages(world) == [] and world.sim.tasks == {}
+
+
+async def test_the_note_after_a_command_is_sent_even_when_the_bot_stops_meanwhile(
+    world: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The note about an unreached video is sent by a listener that runs after the command's handler has ended; a
+    # shutdown must wait for it too, or it reads a closed store and posts on a closed session.
+    world.discord.close_dms("alice")
+    world.sim.hold = True
+    async with world.running():
+        interaction = await world.discord.slash("video", {"prompt": PROMPT, "private": True}, sub="text")
+        await private_answer(interaction)
+        job = await world.job_in("submitted", "processing")
+        store = world.resources.store
+        assert await store.update_job(job.id, ("submitted", "processing"), followup_until=0.0, updated_at=time.time())
+        world.sim.hold = False
+        job = await ended(world)
+        assert job.status == "undeliverable"
+        world.discord.delay_next("POST", r"^/webhooks/", 1.0, times=2)  # the status answer, then the note
+        status = await world.discord.slash("video", sub="status")
+        await wait_until(lambda: any("could not reach you" in str(r.json) for r in world.discord.posted("POST")))
+    # Leaving the block stopped the bot while the note was on its way.
+    assert any("could not reach you" in t for t in status.texts())
+    assert "Ignoring exception" not in caplog.text and "could not tell" not in caplog.text
