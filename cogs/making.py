@@ -310,12 +310,14 @@ class MakingVideos(commands.Cog):
             return None
         if job.private:
             return await self._start_private(interaction, job, request)
+        # What is left as this job is reserved: later answers about it repeat this line, not a later figure.
+        costs = await self.cost_line(interaction, job.cost_estimate)
         if not answer_first:
-            return await self._launch(interaction, channel, job, request, None)
+            return await self._launch(interaction, channel, job, request, costs, None)
         # The member hears at once (interaction answers are not under the channel's message limit); the card waits
         # its turn in the channel on the background lane, and the answer is corrected if the job is not made.
-        answer = await self._tell_on_its_way(interaction, job, tr(locale, "this channel"))
-        return await asyncio.create_task(self._launch_in_background(interaction, channel, job, request, answer))
+        answer = await self._tell_on_its_way(interaction, job, tr(locale, "this channel"), costs)
+        return await asyncio.create_task(self._launch_in_background(interaction, channel, job, request, costs, answer))
 
     async def _launch_in_background(
         self,
@@ -323,10 +325,11 @@ class MakingVideos(commands.Cog):
         channel: discord.abc.Messageable,
         job: Job,
         request: JobRequest,
+        costs: str,
         answer: discord.WebhookMessage,
     ) -> Job | None:
         BACKGROUND.set(True)  # this task's own context: the member already has their answer
-        return await self._launch(interaction, channel, job, request, answer)
+        return await self._launch(interaction, channel, job, request, costs, answer)
 
     async def _launch(
         self,
@@ -334,10 +337,12 @@ class MakingVideos(commands.Cog):
         channel: discord.abc.Messageable,
         job: Job,
         request: JobRequest,
+        costs: str,
         answer: discord.WebhookMessage | None,
     ) -> Job | None:
-        """Post a reserved job's card, send the job, open its thread and status message. `answer`: the member
-        was already told it is on its way (then a failure edits that answer instead of raising)."""
+        """Post a reserved job's card, send the job, open its thread and status message. `costs`: the answer's
+        cost line; `answer`: the member was already told it is on its way (then a failure edits that answer instead
+        of raising)."""
         locale, told_before = interaction.locale, answer is not None
         card, frame_url = await self._post_card(interaction, channel, job, request)
         if card is None:
@@ -360,7 +365,7 @@ class MakingVideos(commands.Cog):
             return None
         if answer is None:
             # The member hears first: the thread may wait its turn behind the channel's limits on Discord's side.
-            answer = await self._tell_on_its_way(interaction, job, tr(locale, "this channel"))
+            answer = await self._tell_on_its_way(interaction, job, tr(locale, "this channel"), costs)
         thread = await self._open_job_thread(interaction, channel, card, job)
         current = await self.jobs.get(job.id)
         if current is not None and current.status != job.status:
@@ -368,7 +373,7 @@ class MakingVideos(commands.Cog):
         if thread is not None or told_before:  # an answer sent before the submit learns a dropped sound choice
             where = thread.mention if thread is not None else tr(locale, "this channel")
             with contextlib.suppress(discord.HTTPException):
-                await answer.edit(content=await self._on_its_way(interaction, job, where))
+                await answer.edit(content=self._on_its_way(interaction, job, where, costs))
         server = self.bot.server_locale(job.guild_id)
         await self.bot.post_log(
             job.guild_id,
@@ -409,7 +414,8 @@ class MakingVideos(commands.Cog):
         )
         return job
 
-    async def _on_its_way(self, interaction: discord.Interaction[Any], job: Job, where: str) -> str:
+    @staticmethod
+    def _on_its_way(interaction: discord.Interaction[Any], job: Job, where: str, costs: str) -> str:
         locale = interaction.locale
         text = tr(
             locale,
@@ -420,12 +426,12 @@ class MakingVideos(commands.Cog):
         )
         if job.sound_dropped:
             text += "\n" + tr(locale, SOUND_DROPPED_NOTE)
-        return text + "\n" + await self.cost_line(interaction, job.cost_estimate)
+        return text + "\n" + costs
 
     async def _tell_on_its_way(
-        self, interaction: discord.Interaction[Any], job: Job, where: str
+        self, interaction: discord.Interaction[Any], job: Job, where: str, costs: str
     ) -> discord.WebhookMessage:
-        text = await self._on_its_way(interaction, job, where)
+        text = self._on_its_way(interaction, job, where, costs)
         return await interaction.followup.send(text, ephemeral=True, wait=True)
 
     @staticmethod

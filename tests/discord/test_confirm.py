@@ -42,12 +42,15 @@ async def test_the_first_answer_shows_the_cost_what_is_left_and_the_reset(world:
         await wait_until(lambda: text.texts() and "on its way" in text.texts()[-1])
         first = await world.job_in("delivered")
         image = fake.add_attachment("frame.png", make_image(640, 480), "image/png", 640, 480)
+        # Its thread comes late, so its answer's last edit (naming the thread) comes after the re-roll's reservation.
+        fake.delay_next("POST", r"/messages/\d+/threads$", 2.0)
         pic = await fake.slash("video", {"image": image, "duration": 3, "resolution": "1080p"}, sub="image")
         await wait_until(lambda: pic.texts() and "on its way" in pic.texts()[-1])
         [thread] = [t for t in fake.threads() if t["id"] == str(first.thread_id)]
         video = next(m for m in fake.messages[thread["id"]] if m["files"])
         reroll = await fake.press(f"video:reroll:{first.id}", video)
         await wait_until(lambda: reroll.texts() and "on its way" in reroll.texts()[-1])
+        await wait_until(lambda: "<#" in pic.texts()[-1])
     # 5 s at 720p costs 4 of the default 50; then 3 s at 1080p costs 3; the re-roll 4 more.
     found = [COST_LINE.search(i.texts()[-1]) for i in (text, pic, reroll)]
     assert [(m.group(1), m.group(2)) for m in found if m] == [("4", "46"), ("3", "43"), ("4", "39")]
