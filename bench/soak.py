@@ -456,7 +456,7 @@ def print_soak(run: Run, jobs: int, processes: int, faults: float, kill_every: f
     for measure, figure in (
         ("jobs made (by state at the end)", f"{a.jobs} ({', '.join(f'{k} {v}' for k, v in run.states.items())})"),
         ("commands not accepted (their process killed before answering, or refused)", run.unaccepted),
-        ("jobs lost", a.lost),
+        ("jobs lost", a.lost if not a.lost else f"{a.lost} ({a.why_lost})"),
         ("jobs sent twice", a.sent_twice),
         ("jobs posted twice", a.posted_twice),
         ("credits out of balance (milli-credits)", a.credits_out),

@@ -310,10 +310,9 @@ class MakingVideos(commands.Cog):
             return None
         if job.private:
             return await self._start_private(interaction, job, request)
-        # What is left as this job is reserved: later answers about it repeat this line, not a later figure.
-        costs = await self.cost_line(interaction, job.cost_estimate)
         if not answer_first:
-            return await self._launch(interaction, channel, job, request, costs, None)
+            return await self._launch(interaction, channel, job, request, None, None)
+        costs = await self.cost_line(interaction, job.cost_estimate)
         # The member hears at once (interaction answers are not under the channel's message limit); the card waits
         # its turn in the channel on the background lane, and the answer is corrected if the job is not made.
         answer = await self._tell_on_its_way(interaction, job, tr(locale, "this channel"), costs)
@@ -337,12 +336,12 @@ class MakingVideos(commands.Cog):
         channel: discord.abc.Messageable,
         job: Job,
         request: JobRequest,
-        costs: str,
+        costs: str | None,
         answer: discord.WebhookMessage | None,
     ) -> Job | None:
-        """Post a reserved job's card, send the job, open its thread and status message. `costs`: the answer's
-        cost line; `answer`: the member was already told it is on its way (then a failure edits that answer instead
-        of raising)."""
+        """Post a reserved job's card, send the job, open its thread and status message. `answer`: the member
+        was already told it is on its way, with the cost line `costs` (then a failure edits that answer instead of
+        raising)."""
         locale, told_before = interaction.locale, answer is not None
         card, frame_url = await self._post_card(interaction, channel, job, request)
         if card is None:
@@ -354,6 +353,7 @@ class MakingVideos(commands.Cog):
             # Accepted and announced: its credits were held, so say they were given back (not "never charged").
             await self._correct(answer, tr(locale, CARD_REFUSED_AFTER_ANSWER))
             return None
+        reserved = job
         try:
             job = await self.jobs.start(replace(job, frame_url=frame_url), request)
         except SubmitRefused as exc:
@@ -363,6 +363,9 @@ class MakingVideos(commands.Cog):
                 raise UserFacingError(translated(locale, exc.reason)) from None
             await self._correct(answer, translated(locale, exc.reason))
             return None
+        if costs is None or job.cost_estimate != reserved.cost_estimate:  # sent without sound: charged as silent
+            costs = await self.cost_line(interaction, job.cost_estimate)
+        # Else the answer keeps what was left when it was first told: the member's next job may be reserved since.
         if answer is None:
             # The member hears first: the thread may wait its turn behind the channel's limits on Discord's side.
             answer = await self._tell_on_its_way(interaction, job, tr(locale, "this channel"), costs)
