@@ -49,6 +49,8 @@ DISCORD_FAULTS = (("POST", r"^/channels/\d+/messages$"), ("PATCH", r"^/channels/
 TICKS = "kling_bot_poll_tick_seconds_count "
 BATCH = 50  # commands sent at once
 OPEN_JOBS = 500  # more commands wait while this many sent have not made a final job
+# A command unanswered this long went to a process killed before it answered: it will make no job.
+ANSWER_SECONDS = 20.0
 
 
 # --- the world: a sharded fake Discord and the simulator --------------------------------------------------------
@@ -91,6 +93,11 @@ def accepted(interaction: Interaction) -> bool:
     """Whether the bot told the member their video is on its way (a job it must not lose); a command whose process
     was killed before that may have made no job, as the member sees."""
     return any("is on its way" in message["content"] for message in interaction.followups)
+
+
+def answered(interaction: Interaction) -> bool:
+    """Whether the member has the command's answer (a defer alone is not one: its follow-up is still to come)."""
+    return bool(interaction.followups) or any(callback.get("type") == 4 for callback in interaction.callbacks)
 
 
 def world_counts(fake: FakeDiscord, sim: KlingSimulator) -> dict[str, Any]:
@@ -318,12 +325,21 @@ async def serve_fakes(shards: int, render_seconds: float, faults: float, seed: i
     await fake.start()
     await sim.start()
     sent: dict[int, Interaction] = {}
+    sent_at: dict[int, float] = {}
     injecting = asyncio.get_running_loop().create_task(inject_faults(fake, sim, faults, seed)) if faults else None
 
     async def slash(request: web.Request) -> web.Response:
         n = int((await request.json())["n"])
+        sent_at[n] = time.monotonic()
         sent[n] = await command(fake, n)
         return web.json_response({"n": n})
+
+    async def waiting(request: web.Request) -> web.Response:
+        """Commands still to be answered; one unanswered for ANSWER_SECONDS went to a killed process (as Discord
+        would fail it), so it no longer counts."""
+        now = time.monotonic()
+        late = [n for n, i in sent.items() if not answered(i) and now - sent_at[n] < ANSWER_SECONDS]
+        return web.json_response(len(late))
 
     async def accepted_ones(request: web.Request) -> web.Response:
         return web.json_response([prompt(n) for n, i in sent.items() if accepted(i)])
@@ -341,6 +357,7 @@ async def serve_fakes(shards: int, render_seconds: float, faults: float, seed: i
     control = web.Application()
     control.router.add_post("/slash", slash)
     control.router.add_get("/accepted", accepted_ones)
+    control.router.add_get("/waiting", waiting)
     control.router.add_get("/counts", counts)
     control.router.add_post("/calm", calm)
     await serve_control(fake, sim, control)
@@ -429,6 +446,8 @@ async def _drive(
 
         async def done() -> bool:
             fleet.check_alive()
+            if await get("/waiting"):  # a command not yet answered may still make a job
+                return False
             taken = await get("/accepted")
             return await all_final(store) and len(await store.jobs_in(FINAL)) >= len(taken)
 
