@@ -4,6 +4,7 @@ by DM) and spends the member's personal quota (PERSONAL_QUOTA_CREDITS)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,26 @@ async def test_the_fake_refuses_the_sixth_follow_up_where_only_the_user_install_
                 statuses.append((answer.status, (await answer.json()).get("code")))
     assert statuses[:FOLLOWUP_LIMIT] == [(200, None)] * FOLLOWUP_LIMIT
     assert statuses[FOLLOWUP_LIMIT] == (400, 40094)
+
+
+async def test_a_video_that_reached_no_one_is_told_at_the_next_command_there(world: Harness) -> None:
+    fake = world.discord
+    fake.close_dms("alice")
+    world.sim.hold = True
+    async with world.running():
+        sent = await make_elsewhere(world)
+        await private_answer(sent)
+        job = await world.job_in("submitted", "processing")
+        store = world.resources.store
+        assert await store.update_job(job.id, ("submitted", "processing"), followup_until=0.0, updated_at=time.time())
+        world.sim.hold = False
+        job = await world.job_in("undeliverable")
+        assert job.delivered_via == "none"
+        status = await fake.slash("video", sub="status", elsewhere=True)
+        await wait_until(lambda: any("could not reach you" in t for t in status.texts()))
+        again = await fake.slash("video", sub="status", elsewhere=True)
+        await private_answer(again)
+        await world.more_ticks()
+    assert not any("could not reach you" in t for t in again.texts())
+    assert all(m["flags"] & 64 for m in status.messages) and len(status.followups) <= BOTS_FOLLOWUPS
+    assert public_messages(world) == [] and len(sent.followups) <= BOTS_FOLLOWUPS
