@@ -154,3 +154,17 @@ async def test_a_video_that_reached_no_one_is_told_at_the_next_command_there(wor
     assert not any("could not reach you" in t for t in again.texts())
     assert all(m["flags"] & 64 for m in status.messages) and len(status.followups) <= BOTS_FOLLOWUPS
     assert public_messages(world) == [] and len(sent.followups) <= BOTS_FOLLOWUPS
+
+
+async def test_a_user_install_in_a_group_dm_sends_the_video_by_dm(world: Harness) -> None:
+    fake = world.discord
+    async with world.running():
+        sent = await fake.slash("video", {"prompt": "a lantern", "duration": 5}, sub="text", group_dm=True)
+        told = await private_answer(sent)
+        job = await world.job_in("delivered")
+        await wait_until(lambda: any(m["files"] for m in fake.dms("alice")))
+    assert job.guild_id == PERSONAL and job.private and job.delivered_via == "dm"
+    assert "direct message" in told
+    group = sent.payload["channel_id"]
+    assert not [r for r in fake.posted("POST") if f"/channels/{group}/" in r.path]
+    assert public_messages(world) == [] and len(sent.followups) <= BOTS_FOLLOWUPS

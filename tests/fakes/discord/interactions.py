@@ -91,10 +91,12 @@ class Interactions(Gateway):
         attachment_size_limit: int | None = None,
         dm: bool = False,
         elsewhere: bool = False,
+        group_dm: bool = False,
     ) -> Interaction:
         """Send an interaction from `user` in `channel`; with `dm`, from their direct messages with the bot
         instead (no guild, no member); with `elsewhere`, through their user install in a server the bot is not in
-        (`World.elsewhere`): only the user install authorizes it, and its follow-ups are capped."""
+        (`World.elsewhere`): only the user install authorizes it, and its follow-ups are capped; with `group_dm`,
+        through it in a group DM of members (context 2), where the bot cannot post either."""
         if elsewhere:
             channel = self.elsewhere()
         channel_id = self.channel_id(channel) if channel else self.general
@@ -140,6 +142,21 @@ class Interactions(Gateway):
                 "authorizing_integration_owners": {"1": self.users[user]["id"]},
                 "context": 1,
             }
+        if group_dm:
+            for key in ("guild_id", "guild", "member", "guild_locale"):
+                del payload[key]
+            group = self.snowflake()
+            self.group_dms.add(group)
+            members = [self.users[user], *(u for name, u in self.users.items() if name != user)][:3]
+            payload |= {
+                "user": self.users[user],
+                "channel_id": group,
+                "channel": {"id": group, "type": 3, "recipients": members, "owner_id": members[0]["id"],
+                            "name": None, "icon": None, "flags": 0},
+                "authorizing_integration_owners": {"1": self.users[user]["id"]},
+                "context": 2,
+                "app_permissions": self.roles[0]["permissions"],
+            }  # fmt: skip
         interaction = Interaction(payload["id"], payload["token"], payload)
         self.interactions[interaction.id] = interaction
         interaction.sent_to = await self.dispatch("INTERACTION_CREATE", payload)
@@ -176,6 +193,7 @@ class Interactions(Gateway):
         attachment_size_limit: int | None = None,
         dm: bool = False,
         elsewhere: bool = False,
+        group_dm: bool = False,
     ) -> Interaction:
         """Run a chat-input command. `options` are Discord's option dicts ({"name", "type", "value"}); an
         attachment option (type 11) may carry the `add_attachment` payload as its value. `subcommand` may be
@@ -191,14 +209,16 @@ class Interactions(Gateway):
             for group in reversed(groups):
                 built = [{"name": group, "type": 2, "options": built}]
         data: dict[str, Any] = {"id": self.snowflake(), "name": name, "type": 1}
-        if not dm and not elsewhere:  # a guild command's id names its guild; a global (user install) one does not
+        if not (
+            dm or elsewhere or group_dm
+        ):  # a guild command's id names its guild; a global (user install) one does not
             data["guild_id"] = self.channels[self.channel_id(channel)]["guild_id"]
         data["options"] = built
         if resolved:
             data["resolved"] = resolved
         return await self.interact(
             2, data, user=user, channel=channel, attachment_size_limit=attachment_size_limit, dm=dm,
-            elsewhere=elsewhere,
+            elsewhere=elsewhere, group_dm=group_dm,
         )  # fmt: skip
 
     async def slash(
@@ -213,6 +233,7 @@ class Interactions(Gateway):
         types: dict[str, int] | None = None,
         dm: bool = False,
         elsewhere: bool = False,
+        group_dm: bool = False,
     ) -> Interaction:
         """`/name [sub] option:value ...` with option types guessed from the values: an attachment payload
         (from add_attachment), a user dict (from `users`), bool, int, float or str; `types` overrides."""
@@ -236,6 +257,7 @@ class Interactions(Gateway):
             attachment_size_limit=attachment_size_limit,
             dm=dm,
             elsewhere=elsewhere,
+            group_dm=group_dm,
         )
 
     async def send_context_menu(

@@ -51,6 +51,7 @@ class World:
         self.shard_count = shards  # what GET /gateway/bot recommends
         self.guild_names = {self.guild_id: "Test server"}  # every guild, the first one `guild_id`
         self.without_bot: set[str] = set()  # guilds whose members use the app as a user install; the bot is not in
+        self.group_dms: set[str] = set()  # members' group DMs where they use their user install (the bot is not in)
         self.premium_tier = premium_tier
         self.filesize_limit = filesize_limit or FILESIZE_LIMITS[premium_tier]  # what uploads are checked against
         self.channels: dict[str, dict[str, Any]] = {}
@@ -435,6 +436,8 @@ class World:
             raise Refused(413, 40005, "Request entity too large")
 
     def _channel(self, channel_id: str) -> dict[str, Any]:
+        if channel_id in self.group_dms:
+            raise Refused(*MISSING_ACCESS)
         if channel_id not in self.channels:
             raise Refused(*UNKNOWN_CHANNEL)
         if self.channels[channel_id]["guild_id"] in self.without_bot:
