@@ -168,3 +168,17 @@ async def test_a_user_install_in_a_group_dm_sends_the_video_by_dm(world: Harness
     group = sent.payload["channel_id"]
     assert not [r for r in fake.posted("POST") if f"/channels/{group}/" in r.path]
     assert public_messages(world) == [] and len(sent.followups) <= BOTS_FOLLOWUPS
+
+
+async def test_a_server_with_the_commands_but_not_the_bot_is_outside_it_too(world: Harness) -> None:
+    """Installed to a server with only the commands scope: Discord names the guild install, but the bot is not a
+    member there (not in its cache), so it cannot post either."""
+    fake = world.discord
+    async with world.running():
+        sent = await fake.slash("video", {"prompt": "a tide pool", "duration": 5}, sub="text", channel=fake.elsewhere())
+        assert "0" in sent.payload["authorizing_integration_owners"]
+        await private_answer(sent)
+        job = await world.job_in("delivered")
+        await wait_until(lambda: any(m["files"] for m in fake.dms("alice")))
+    assert job.guild_id == PERSONAL and job.private
+    assert public_messages(world) == [] and fake.threads() == []
