@@ -46,6 +46,11 @@ NOT_IN_A_SERVER = english(
     "Videos are made only in a server here: this bot's owner has not turned on direct messages. Use this in a "
     "channel of a server. Nothing was charged."
 )
+# A user install used in a server the bot is not in, while no personal quota is set: refused at the door too.
+NOT_IN_THIS_SERVER = english(
+    "I am not in this server, and this bot's owner has not turned on personal credits, so I cannot make videos "
+    "here. Use me in a server I am in. Nothing was charged."
+)
 # On shutdown, command and button handlers already running get this long to finish before the store closes.
 HANDLER_GRACE_SECONDS = 10.0
 # discord.py names the tasks that run command, button and form handlers; these are the ones a shutdown waits for.
@@ -137,8 +142,8 @@ class VideoTree(app_commands.CommandTree["VideoBot"]):
         if self.client.closing:
             await reply_ephemeral(interaction, tr(interaction.locale, STOPPING))
             return False
-        if not allowed_here(interaction):
-            await reply_ephemeral(interaction, tr(interaction.locale, NOT_IN_A_SERVER))
+        if (refusal := refused_here(interaction)) is not None:
+            await reply_ephemeral(interaction, tr(interaction.locale, refusal))
             return False
         return True
 
@@ -163,17 +168,42 @@ class VideoTree(app_commands.CommandTree["VideoBot"]):
 
 # Where the commands are offered: servers and the bot's own DM (refused there while no personal quota is set).
 IN_SERVERS_AND_DMS = app_commands.AppCommandContext(guild=True, dm_channel=True)
+# The member's own commands (/video, /quota) as a user app too: installed to a member, they work in any server,
+# the bot's DM and the member's other DMs and group DMs (context 2), wherever the bot itself is not.
+EVERYWHERE = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
+GUILD_AND_USER_INSTALLS = app_commands.AppInstallationType(guild=True, user=True)
+
+
+def outside_the_bot(interaction: discord.Interaction[Any]) -> bool:
+    """Whether the interaction comes where only the member's user install reaches: a server the bot is not in (no
+    guild install authorized it, or the bot's cache lacks the server) or a DM between members. There the bot cannot
+    post: its jobs are private (answers by follow-up, the video by DM) and spend the personal quota."""
+    if interaction.context.private_channel:
+        return True
+    if interaction.guild_id is None:
+        return False
+    return not interaction.is_guild_integration() or interaction.client.get_guild(interaction.guild_id) is None
+
+
+def refused_here(interaction: discord.Interaction[Any]) -> str | None:
+    """Why the bot does not take this interaction where it comes from (an English msgid), or None: outside a server
+    it is in, only when the owner set a personal quota (else it is refused before anything is reserved)."""
+    if interaction.client.settings.personal_quota_credits > 0:
+        return None
+    if interaction.guild_id is None:
+        return NOT_IN_A_SERVER
+    return NOT_IN_THIS_SERVER if outside_the_bot(interaction) else None
 
 
 def allowed_here(interaction: discord.Interaction[Any]) -> bool:
-    """Whether the bot takes this interaction where it comes from: a server, or the bot's direct messages when the
-    owner set a personal quota (else they are refused before anything is reserved)."""
-    return interaction.guild_id is not None or interaction.client.settings.personal_quota_credits > 0
+    """Whether the bot takes this interaction where it comes from (see `refused_here`)."""
+    return refused_here(interaction) is None
 
 
 def quota_scope(interaction: discord.Interaction[Any]) -> int:
-    """Whose credits an interaction spends and whose jobs it sees: its server's, else the member's personal quota."""
-    return PERSONAL if interaction.guild_id is None else interaction.guild_id
+    """Whose credits an interaction spends and whose jobs it sees: its server's, else (the bot's DM, a user install
+    outside the bot's servers) the member's personal quota."""
+    return PERSONAL if interaction.guild_id is None or outside_the_bot(interaction) else interaction.guild_id
 
 
 async def reply_ephemeral(interaction: discord.Interaction[Any], text: str, **kwargs: Any) -> None:

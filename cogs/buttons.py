@@ -80,7 +80,7 @@ class VideoButtons(commands.Cog):
         """Show the Edit form, prefilled with the video's prompt, duration and sound (the job is made when it is
         sent, as the presser's)."""
         original = await self.jobs.get(job_id)
-        if original is None or original.guild_id != interaction.guild_id:
+        if original is None or original.guild_id != quota_scope(interaction):  # a DM video's job: personal scope
             await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
             return
         await interaction.response.send_modal(

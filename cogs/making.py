@@ -22,12 +22,12 @@ from discord.ext import commands
 from bot.app import (
     BACKGROUND,
     IN_SERVERS_AND_DMS,
-    NOT_IN_A_SERVER,
     STOPPING,
     UserFacingError,
     VideoBot,
-    allowed_here,
+    outside_the_bot,
     quota_scope,
+    refused_here,
 )
 from bot.core.credits import QuotaRefused
 from bot.core.i18n import english, tr, translated
@@ -97,8 +97,9 @@ def question_key(interaction: discord.Interaction[Any]) -> str:
 
 
 def private_fields(interaction: discord.Interaction[Any], private: bool) -> dict[str, Any]:
-    """A private job keeps its interaction's token, to answer by follow-up while it lives if the DM is closed."""
-    if not private:
+    """A private job keeps its interaction's token, to answer by follow-up while it lives if the DM is closed. A job
+    from where only the user install reaches (`outside_the_bot`) is private: the bot cannot post a card there."""
+    if not private and not outside_the_bot(interaction):
         return {}
     return {"private": True, "followup_token": interaction.token, "followup_until": time.time() + FOLLOWUP_SECONDS}
 
@@ -260,17 +261,18 @@ class MakingVideos(commands.Cog):
         locale = interaction.locale
         if self.bot.closing:  # a button or a form during shutdown: the store is about to close
             raise UserFacingError(tr(locale, STOPPING))
-        if not allowed_here(interaction):  # buttons and forms do not pass the tree's check
-            raise UserFacingError(tr(locale, NOT_IN_A_SERVER))
+        if (refusal := refused_here(interaction)) is not None:  # buttons and forms do not pass the tree's check
+            raise UserFacingError(tr(locale, refusal))
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         channel = channel or interaction.channel  # type: ignore[assignment]
         if not isinstance(channel, discord.abc.Messageable) or isinstance(channel, discord.ForumChannel):
             raise UserFacingError(tr(locale, "Use this command in a text channel or a thread."))
-        in_dm = interaction.guild_id is None  # the bot's own DM with the member: no permissions to lack there
+        # The bot's own DM, or where only the user install reaches (its job is private): no permissions to lack.
+        nothing_to_check = interaction.guild_id is None or outside_the_bot(interaction)
         missing = (
             []
-            if in_dm
+            if nothing_to_check
             else missing_permissions(self._permissions_in(interaction, channel), in_thread=self._no_thread(channel))
         )
         if missing:

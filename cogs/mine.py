@@ -31,21 +31,27 @@ class MemberViews(commands.Cog):
 
     @commands.Cog.listener()
     async def on_app_command_completion(self, interaction: discord.Interaction[Any], command: Any) -> None:
-        """After any command: tell the member, once, of a private video that reached no one (closed DMs)."""
+        """After any command: tell the member, once, of the private videos that reached no one (closed DMs), in one
+        follow-up (a user install outside the bot's servers has five per command)."""
         if interaction.guild_id is None:
             return
-        for job in await self.jobs.untold_unreached(interaction.guild_id, interaction.user.id):
-            text = tr(
+        untold = await self.jobs.untold_unreached(quota_scope(interaction), interaction.user.id)
+        lines = [
+            tr(
                 interaction.locale,
                 "Your private video `{id}` could not reach you: your direct messages are closed. "
                 "Find it in /video status {id}.",
                 id=job.id[:8],
             )
-            try:
-                await interaction.followup.send(text, ephemeral=True)
-            except discord.HTTPException as exc:
-                # Already marked told; its link stays in /video status either way.
-                log.info("job %s: could not tell its member it reached no one: %s", job.id, exc)
+            for job in untold
+        ]
+        if not lines:
+            return
+        try:
+            await interaction.followup.send(fit_lines(lines[0], lines[1:], locale=interaction.locale), ephemeral=True)
+        except discord.HTTPException as exc:
+            # Already marked told; their links stay in /video status either way.
+            log.info("jobs %s: could not tell their member they reached no one: %s", [j.id for j in untold], exc)
 
     async def notify(self, interaction: discord.Interaction[Any], mode: Literal["mention", "dm", "off"]) -> None:
         await self.jobs.set_notify_preference(interaction.user.id, mode)

@@ -144,6 +144,9 @@ class QuotaCog(commands.Cog):
         name="quota-admin",
         description="Moderators: see and change members' video credits",
         guild_only=True,
+        # A server's own tool: only in a server the bot is installed to, never through a member's user install.
+        allowed_contexts=app_commands.AppCommandContext(guild=True),
+        allowed_installs=app_commands.AppInstallationType(guild=True),
         default_permissions=discord.Permissions(manage_guild=True),
     )
 
@@ -163,7 +166,8 @@ class QuotaCog(commands.Cog):
         name="quota",
         description="Your video credits in this server (in my DMs: your own)",
     )
-    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
+    @app_commands.allowed_installs(guilds=True, users=True)
     async def quota(self, interaction: discord.Interaction[Any]) -> None:
         scope = quota_scope(interaction)
         status = await self.credits.status(scope, interaction.user.id, member_roles(interaction.user))

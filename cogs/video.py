@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.app_commands import locale_str
 from discord.ext import commands
 
-from bot.app import IN_SERVERS_AND_DMS, VideoBot
+from bot.app import EVERYWHERE, GUILD_AND_USER_INSTALLS, VideoBot
 from bot.core.model import WAITING
 from bot.core.options import option, takes_frame
 from cogs.making import MakingVideos, loaded_cog
@@ -40,7 +40,10 @@ class VideoCommands(commands.Cog):
     """The /video group; the work is done in the cogs it hands each subcommand to."""
 
     video = app_commands.Group(
-        name="video", description="Make short videos with Kling", allowed_contexts=IN_SERVERS_AND_DMS
+        name="video",
+        description="Make short videos with Kling",
+        allowed_contexts=EVERYWHERE,
+        allowed_installs=GUILD_AND_USER_INSTALLS,
     )
 
     def __init__(self, bot: VideoBot) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import discord
 
-from bot.app import NOT_IN_A_SERVER, allowed_here, reply_ephemeral
+from bot.app import refused_here, reply_ephemeral
 from bot.core.i18n import tr
 from bot.core.quota import format_credits
 
@@ -51,9 +51,10 @@ class ServerOnly:
     install type) is told why and reaches no callback, so it reserves and sends nothing."""
 
     async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
-        if allowed_here(interaction):
+        refusal = refused_here(interaction)
+        if refusal is None:
             return True
-        await reply_ephemeral(interaction, tr(interaction.locale, NOT_IN_A_SERVER))
+        await reply_ephemeral(interaction, tr(interaction.locale, refusal))
         return False
 
 

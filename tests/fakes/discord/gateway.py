@@ -69,7 +69,7 @@ class Gateway(World):
                     session = f"fake-session-{len(self.identified_shards)}"
                     self.identified_shards.append(shard)
                     self._session_shards[session] = self._shard[socket] = shard
-                    guilds = [g for g in self.guild_names if self._covers(shard, g)]
+                    guilds = [g for g in self.guild_names if self._covers(shard, g) and g not in self.without_bot]
                     ready = self._ready_payload(session, guilds)
                     if "shard" in payload["d"]:
                         ready["shard"] = list(shard)  # Discord echoes the shard of a sharded session

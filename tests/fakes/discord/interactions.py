@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tests.fakes.discord.gateway import Gateway
-from tests.fakes.discord.wire import UNKNOWN_MESSAGE, Files, Recorded, Refused
+from tests.fakes.discord.wire import FOLLOWUP_LIMIT, TOO_MANY_FOLLOWUPS, UNKNOWN_MESSAGE, Files, Recorded, Refused
 from tests.fakes.discord.world import EPHEMERAL, LOADING
 
 
@@ -90,9 +90,15 @@ class Interactions(Gateway):
         message: dict[str, Any] | None = None,
         attachment_size_limit: int | None = None,
         dm: bool = False,
+        elsewhere: bool = False,
+        group_dm: bool = False,
     ) -> Interaction:
         """Send an interaction from `user` in `channel`; with `dm`, from their direct messages with the bot
-        instead (no guild, no member: what a forged payload or a future install type would send)."""
+        instead (no guild, no member); with `elsewhere`, through their user install in a server the bot is not in
+        (`World.elsewhere`): only the user install authorizes it, and its follow-ups are capped; with `group_dm`,
+        through it in a group DM of members (context 2), where the bot cannot post either."""
+        if elsewhere:
+            channel = self.elsewhere()
         channel_id = self.channel_id(channel) if channel else self.general
         guild_id = self.channels[channel_id]["guild_id"]
         permissions = self.permissions_of(user)
@@ -118,6 +124,9 @@ class Interactions(Gateway):
         }
         if message is not None:
             payload["message"] = message
+        if elsewhere:  # Discord names only the user install; the app's permissions are the channel's @everyone's
+            payload["authorizing_integration_owners"] = {"1": self.users[user]["id"]}
+            payload["app_permissions"] = self.roles[0]["permissions"]
         if dm:
             for key in ("guild_id", "guild", "member", "guild_locale"):
                 del payload[key]
@@ -133,6 +142,21 @@ class Interactions(Gateway):
                 "authorizing_integration_owners": {"1": self.users[user]["id"]},
                 "context": 1,
             }
+        if group_dm:
+            for key in ("guild_id", "guild", "member", "guild_locale"):
+                del payload[key]
+            group = self.snowflake()
+            self.group_dms.add(group)
+            members = [self.users[user], *(u for name, u in self.users.items() if name != user)][:3]
+            payload |= {
+                "user": self.users[user],
+                "channel_id": group,
+                "channel": {"id": group, "type": 3, "recipients": members, "owner_id": members[0]["id"],
+                            "name": None, "icon": None, "flags": 0},
+                "authorizing_integration_owners": {"1": self.users[user]["id"]},
+                "context": 2,
+                "app_permissions": self.roles[0]["permissions"],
+            }  # fmt: skip
         interaction = Interaction(payload["id"], payload["token"], payload)
         self.interactions[interaction.id] = interaction
         interaction.sent_to = await self.dispatch("INTERACTION_CREATE", payload)
@@ -168,6 +192,8 @@ class Interactions(Gateway):
         attachments: Sequence[dict[str, Any]] = (),
         attachment_size_limit: int | None = None,
         dm: bool = False,
+        elsewhere: bool = False,
+        group_dm: bool = False,
     ) -> Interaction:
         """Run a chat-input command. `options` are Discord's option dicts ({"name", "type", "value"}); an
         attachment option (type 11) may carry the `add_attachment` payload as its value. `subcommand` may be
@@ -182,16 +208,18 @@ class Interactions(Gateway):
             built = [{"name": sub, "type": 1, "options": built}]
             for group in reversed(groups):
                 built = [{"name": group, "type": 2, "options": built}]
-        guild_id = self.channels[self.channel_id(channel)]["guild_id"]
         data: dict[str, Any] = {"id": self.snowflake(), "name": name, "type": 1}
-        if not dm:
-            data["guild_id"] = guild_id
+        if not (
+            dm or elsewhere or group_dm
+        ):  # a guild command's id names its guild; a global (user install) one does not
+            data["guild_id"] = self.channels[self.channel_id(channel)]["guild_id"]
         data["options"] = built
         if resolved:
             data["resolved"] = resolved
         return await self.interact(
-            2, data, user=user, channel=channel, attachment_size_limit=attachment_size_limit, dm=dm
-        )
+            2, data, user=user, channel=channel, attachment_size_limit=attachment_size_limit, dm=dm,
+            elsewhere=elsewhere, group_dm=group_dm,
+        )  # fmt: skip
 
     async def slash(
         self,
@@ -204,6 +232,8 @@ class Interactions(Gateway):
         attachment_size_limit: int | None = None,
         types: dict[str, int] | None = None,
         dm: bool = False,
+        elsewhere: bool = False,
+        group_dm: bool = False,
     ) -> Interaction:
         """`/name [sub] option:value ...` with option types guessed from the values: an attachment payload
         (from add_attachment), a user dict (from `users`), bool, int, float or str; `types` overrides."""
@@ -226,6 +256,8 @@ class Interactions(Gateway):
             subcommand=sub,
             attachment_size_limit=attachment_size_limit,
             dm=dm,
+            elsewhere=elsewhere,
+            group_dm=group_dm,
         )
 
     async def send_context_menu(
@@ -377,6 +409,9 @@ class Interactions(Gateway):
         interaction = self._webhook_interaction(token)
         body = call.json or {}
         self._check_upload(call.files, interaction.payload["attachment_size_limit"])
+        only_user_install = "0" not in interaction.payload["authorizing_integration_owners"]
+        if only_user_install and len(interaction.followups) >= FOLLOWUP_LIMIT:  # the first one after a defer counts
+            raise Refused(*TOO_MANY_FOLLOWUPS)
         loading = next((m for m in interaction.messages if m["flags"] & LOADING), None)
         if loading is not None:  # the first followup after a defer replaces the loading message
             ephemeral = loading["flags"] & EPHEMERAL  # the defer decided; the followup's flag cannot change it

@@ -15,6 +15,10 @@ UNKNOWN_CHANNEL = (404, 10003, "Unknown Channel")
 UNKNOWN_MESSAGE = (404, 10008, "Unknown Message")
 MISSING_PERMISSIONS = (403, 50013, "Missing Permissions")
 WRONG_CHANNEL_TYPE = (400, 50024, "Cannot execute action on this channel type")
+MISSING_ACCESS = (403, 50001, "Missing Access")  # a channel of a server the bot is not in
+# Discord's cap on follow-ups of an interaction a user install answers in a server the bot is not in.
+FOLLOWUP_LIMIT = 5
+TOO_MANY_FOLLOWUPS = (400, 40094, "This interaction has hit the maximum number of follow up messages")
 Files = list[tuple[str, bytes]]
 
 

@@ -12,6 +12,7 @@ import discord
 from aiohttp import web
 
 from tests.fakes.discord.wire import (
+    MISSING_ACCESS,
     UNKNOWN_CHANNEL,
     UNKNOWN_MESSAGE,
     Files,
@@ -49,6 +50,8 @@ class World:
         self.guild_id = self.snowflake()
         self.shard_count = shards  # what GET /gateway/bot recommends
         self.guild_names = {self.guild_id: "Test server"}  # every guild, the first one `guild_id`
+        self.without_bot: set[str] = set()  # guilds whose members use the app as a user install; the bot is not in
+        self.group_dms: set[str] = set()  # members' group DMs where they use their user install (the bot is not in)
         self.premium_tier = premium_tier
         self.filesize_limit = filesize_limit or FILESIZE_LIMITS[premium_tier]  # what uploads are checked against
         self.channels: dict[str, dict[str, Any]] = {}
@@ -157,16 +160,24 @@ class World:
             },
         }
 
-    def add_guild(self, name: str, *, shard: int | None = None) -> str:
+    def add_guild(self, name: str, *, shard: int | None = None, bot: bool = True) -> str:
         """Another guild with the same members and a text channel `{name}-general`; with `shard`, one whose id
-        falls on that shard of `shard_count`. Returns its id."""
+        falls on that shard of `shard_count`; with `bot=False`, one the bot is not in (no GUILD_CREATE, its channels
+        refuse the bot: Missing Access), where members reach it only through their user install. Returns its id."""
         block = max(int(g) >> 22 for g in self.guild_names) + 1  # ids above every snowflake made so far
         while shard is not None and block % self.shard_count != shard:
             block += 1
         guild_id = str(block << 22)
         self.guild_names[guild_id] = name
+        if not bot:
+            self.without_bot.add(guild_id)
         self.add_channel(f"{name}-general", 0, guild=guild_id)
         return guild_id
+
+    def elsewhere(self) -> str:
+        """The text channel of a server the bot is not in (made on first use) where members use the user install."""
+        guild_id = next(iter(self.without_bot), None) or self.add_guild("elsewhere", bot=False)
+        return self.text_channel(guild_id)
 
     def shard_of(self, guild_id: str) -> int:
         """The shard a guild belongs to, as Discord computes it."""
@@ -425,8 +436,12 @@ class World:
             raise Refused(413, 40005, "Request entity too large")
 
     def _channel(self, channel_id: str) -> dict[str, Any]:
+        if channel_id in self.group_dms:
+            raise Refused(*MISSING_ACCESS)
         if channel_id not in self.channels:
             raise Refused(*UNKNOWN_CHANNEL)
+        if self.channels[channel_id]["guild_id"] in self.without_bot:
+            raise Refused(*MISSING_ACCESS)
         return self.channels[channel_id]
 
     def _find(self, channel_id: str, message_id: str) -> dict[str, Any] | None:
