@@ -11,7 +11,8 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-from bot.app import UserFacingError, VideoBot, reply_ephemeral
+from bot.app import NOT_IN_A_SERVER, UserFacingError, VideoBot, allowed_here, reply_ephemeral
+from bot.core.credits import PERSONAL
 from bot.core.i18n import tr
 from bot.core.jobs import JobRequest, JobService
 from bot.core.model import Job
@@ -44,6 +45,19 @@ class VideoButtons(commands.Cog):
         self.bot.remove_dynamic_items(RerollButton, EditButton, DeleteButton, ContinueButton, JoinButton)
         clips.stop_joins()
 
+    async def _pressed(self, interaction: discord.Interaction[Any], job_id: str) -> Job | None:
+        """The job whose button was pressed, if this press may act on it (`spends_for`); else the presser is told
+        why and None. A press in the bot's DM spends the personal quota only when the owner turned it on."""
+        job = await self.jobs.get(job_id)
+        scope = None if job is None else spends_for(interaction, job)
+        if scope is None:
+            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
+            return None
+        if scope == PERSONAL and not allowed_here(interaction):
+            await reply_ephemeral(interaction, tr(interaction.locale, NOT_IN_A_SERVER))
+            return None
+        return job
+
     # --- Re-roll and Delete ---------------------------------------------------------------------------
 
     async def reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
@@ -60,9 +74,8 @@ class VideoButtons(commands.Cog):
             self.rerolling.discard(press)
 
     async def _reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
-        original = await self.jobs.get(job_id)
-        if original is None or spends_for(interaction, original) is None:
-            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
+        original = await self._pressed(interaction, job_id)
+        if original is None:
             return
 
         making = loaded_cog(self.bot, MakingVideos)
@@ -79,9 +92,8 @@ class VideoButtons(commands.Cog):
     async def edit_video(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """Show the Edit form, prefilled with the video's prompt, duration and sound (the job is made when it is
         sent, as the presser's)."""
-        original = await self.jobs.get(job_id)
-        if original is None or spends_for(interaction, original) is None:
-            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
+        original = await self._pressed(interaction, job_id)
+        if original is None:
             return
         await interaction.response.send_modal(
             EditModal(loaded_cog(self.bot, MakingVideos), original, interaction.locale)
@@ -112,9 +124,8 @@ class VideoButtons(commands.Cog):
 
     async def continue_video(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """Ask for the next segment's prompt and duration (the job is made when the form is sent)."""
-        parent = await self.jobs.get(job_id)
-        if parent is None or spends_for(interaction, parent) is None:
-            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
+        parent = await self._pressed(interaction, job_id)
+        if parent is None:
             return
         if parent.video_url is None:
             await reply_ephemeral(interaction, tr(interaction.locale, "That video has no link to continue from."))
@@ -127,9 +138,8 @@ class VideoButtons(commands.Cog):
         """Post the segments from the first to this one as one video, here (a private chain's, to the presser
         only). Nothing is charged; one Join per chain at a time, and one per member every JOIN_COOLDOWN_SECONDS."""
         locale = interaction.locale
-        job = await self.jobs.get(job_id)
-        if job is None or spends_for(interaction, job) is None:
-            await reply_ephemeral(interaction, tr(locale, "That video's job is no longer known to me."))
+        job = await self._pressed(interaction, job_id)
+        if job is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         chain = await self.jobs.chain(job)
