@@ -50,11 +50,11 @@ class VideoButtons(commands.Cog):
         why and None. A press in the bot's DM spends the personal quota only when the owner turned it on."""
         job = await self.jobs.get(job_id)
         scope = None if job is None else spends_for(interaction, job)
+        if scope in (None, PERSONAL) and not allowed_here(interaction):  # from the DM, but no server's video
+            await reply_ephemeral(interaction, tr(interaction.locale, NOT_IN_A_SERVER))
+            return None
         if scope is None:
             await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
-            return None
-        if scope == PERSONAL and not allowed_here(interaction):
-            await reply_ephemeral(interaction, tr(interaction.locale, NOT_IN_A_SERVER))
             return None
         return job
 

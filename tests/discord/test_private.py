@@ -165,7 +165,7 @@ async def test_the_buttons_of_a_dm_video_work_there_on_the_servers_quota_and_mak
         child = next(j for j in jobs if j.parent_id == original.id)
         segment = next(m for m in dm_videos(world) if f"video:join:{child.id}" in buttons(m))
         joined = await world.discord.press(f"video:join:{child.id}", segment, dm=True)
-        assert "Joined 2 segments" in await private_answer(joined)
+        await wait_until(lambda: any("Joined 2 segments" in text for text in joined.texts()))
         status = await world.resources.credits.status(guild_id, int(world.discord.users["alice"]["id"]), ())
         personal = await jobs_of(world, PERSONAL)
     assert all(j.private and j.delivered_via == "dm" for j in jobs) and personal == []
