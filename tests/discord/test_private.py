@@ -168,6 +168,9 @@ async def test_the_buttons_of_a_dm_video_work_there_on_the_servers_quota_and_mak
         await wait_until(lambda: any("Joined 2 segments" in text for text in joined.texts()))
         status = await world.resources.credits.status(guild_id, int(world.discord.users["alice"]["id"]), ())
         personal = await jobs_of(world, PERSONAL)
+        deleted = await world.discord.press(f"video:delete:{original.id}", video, dm=True)
+        assert await private_answer(deleted) == "Deleted."
+        assert video["id"] not in [m["id"] for m in world.discord.dms("alice")]
     assert all(j.private and j.delivered_via == "dm" for j in jobs) and personal == []
     assert {j.prompt for j in jobs} == {PROMPT, EDITED, NEXT} and status.used == 4 * 4000  # four 5 s videos
     [joined_video] = [m for m in joined.messages if m["attachments"]]
