@@ -11,14 +11,15 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-from bot.app import UserFacingError, VideoBot, quota_scope, reply_ephemeral
+from bot.app import UserFacingError, VideoBot, refused_here, reply_ephemeral
+from bot.core.credits import PERSONAL
 from bot.core.i18n import tr
 from bot.core.jobs import JobRequest, JobService
 from bot.core.model import Job
 from bot.media import clips
 from bot.media.downloads import DownloadFailed, VideoTooLarge, download_video
 from cogs.forms import ALREADY_ANSWERED, ContinueModal, EditModal
-from cogs.making import MakingVideos, loaded_cog
+from cogs.making import MakingVideos, loaded_cog, spends_for
 from cogs.views import ContinueButton, DeleteButton, EditButton, JoinButton, RerollButton, is_moderator
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,19 @@ class VideoButtons(commands.Cog):
         self.bot.remove_dynamic_items(RerollButton, EditButton, DeleteButton, ContinueButton, JoinButton)
         clips.stop_joins()
 
+    async def _pressed(self, interaction: discord.Interaction[Any], job_id: str) -> Job | None:
+        """The job whose button was pressed, if this press may act on it (`spends_for`); else the presser is told
+        why and None. A press in the bot's DM spends the personal quota only when the owner turned it on."""
+        job = await self.jobs.get(job_id)
+        scope = None if job is None else spends_for(interaction, job)
+        if scope in (None, PERSONAL) and (refusal := refused_here(interaction)) is not None:  # no server's video
+            await reply_ephemeral(interaction, tr(interaction.locale, refusal))
+            return None
+        if scope is None:
+            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
+            return None
+        return job
+
     # --- Re-roll and Delete ---------------------------------------------------------------------------
 
     async def reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
@@ -60,9 +74,8 @@ class VideoButtons(commands.Cog):
             self.rerolling.discard(press)
 
     async def _reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
-        original = await self.jobs.get(job_id)
-        if original is None or original.guild_id != quota_scope(interaction):
-            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
+        original = await self._pressed(interaction, job_id)
+        if original is None:
             return
 
         making = loaded_cog(self.bot, MakingVideos)
@@ -79,9 +92,8 @@ class VideoButtons(commands.Cog):
     async def edit_video(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """Show the Edit form, prefilled with the video's prompt, duration and sound (the job is made when it is
         sent, as the presser's)."""
-        original = await self.jobs.get(job_id)
-        if original is None or original.guild_id != quota_scope(interaction):  # a DM video's job: personal scope
-            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
+        original = await self._pressed(interaction, job_id)
+        if original is None:
             return
         await interaction.response.send_modal(
             EditModal(loaded_cog(self.bot, MakingVideos), original, interaction.locale)
@@ -112,9 +124,8 @@ class VideoButtons(commands.Cog):
 
     async def continue_video(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """Ask for the next segment's prompt and duration (the job is made when the form is sent)."""
-        parent = await self.jobs.get(job_id)
-        if parent is None or parent.guild_id != quota_scope(interaction):
-            await reply_ephemeral(interaction, tr(interaction.locale, "That video's job is no longer known to me."))
+        parent = await self._pressed(interaction, job_id)
+        if parent is None:
             return
         if parent.video_url is None:
             await reply_ephemeral(interaction, tr(interaction.locale, "That video has no link to continue from."))
@@ -124,12 +135,11 @@ class VideoButtons(commands.Cog):
         )
 
     async def join_chain(self, interaction: discord.Interaction[Any], job_id: str) -> None:
-        """Post the segments from the first to this one as one video, here. Nothing is charged; one Join per chain
-        at a time, and one per member every JOIN_COOLDOWN_SECONDS."""
+        """Post the segments from the first to this one as one video, here (a private chain's, to the presser
+        only). Nothing is charged; one Join per chain at a time, and one per member every JOIN_COOLDOWN_SECONDS."""
         locale = interaction.locale
-        job = await self.jobs.get(job_id)
-        if job is None or job.guild_id != quota_scope(interaction):
-            await reply_ephemeral(interaction, tr(locale, "That video's job is no longer known to me."))
+        job = await self._pressed(interaction, job_id)
+        if job is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         chain = await self.jobs.chain(job)
@@ -238,13 +248,14 @@ class VideoButtons(commands.Cog):
                 "chain %s: %d segments joined (%s, %.1f s, %.1f s of CPU)",
                 root, len(chain), joined.how, joined.seconds, joined.cpu_seconds,
             )  # fmt: skip
+            text = tr(locale, "The {count} segments of `{root}`, joined ({seconds} s).",
+                      count=len(chain), root=root, seconds=f"{joined.seconds:.1f}")  # fmt: skip
+            file, none = discord.File(joined_path, filename=joined_path.name), discord.AllowedMentions.none()
             try:
-                await channel.send(
-                    tr(locale, "The {count} segments of `{root}`, joined ({seconds} s).",
-                       count=len(chain), root=root, seconds=f"{joined.seconds:.1f}"),
-                    file=discord.File(joined_path, filename=joined_path.name),
-                    allowed_mentions=discord.AllowedMentions.none(),
-                )  # fmt: skip
+                if any(segment.private for segment in chain):  # nothing public: only the presser sees it
+                    await interaction.followup.send(text, file=file, allowed_mentions=none, ephemeral=True)
+                else:
+                    await channel.send(text, file=file, allowed_mentions=none)
             except discord.HTTPException as exc:
                 if exc.status == 413:
                     return too_big

@@ -46,6 +46,14 @@ PARALLEL_DELIVERIES = 4
 # A job's card is posted right after it is submitted; give the command that long before posting without it.
 CARD_GRACE_SECONDS = 120.0
 RECENT_MESSAGES = 50  # how far back a thread is searched for a post an earlier deliverer may have made
+REVIEW_INTRO = english(
+    "🔎 Video `{job}` by <@{user}> waits for review: {link}\nApprove posts it in its thread; Reject tells "
+    "the member your reason. Either way its credits are spent."
+)
+PRIVATE_REVIEW_INTRO = english(
+    "🔒 Private video `{job}` by <@{user}> waits for review: {link}\nApprove sends it to the member by direct "
+    "message; Reject tells them your reason. Either way its credits are spent."
+)
 
 
 class ClaimLost(Exception):
@@ -329,15 +337,27 @@ class Deliverer:
     async def find_post(self, job: Job) -> discord.Message | None:
         """The job's video message among the latest of its thread (and channel), if an earlier try posted it."""
         me = self.bot.user
-        for channel_id in dict.fromkeys(c for c in (job.thread_id, job.channel_id) if c):
-            channel = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
+        for channel in await self._posted_in(job):
             try:
                 async for message in channel.history(limit=RECENT_MESSAGES):
                     if me is not None and message.author.id == me.id and carries_job(message, job.id):
                         return message
             except discord.HTTPException as exc:  # a deleted thread, no Read Message History: look elsewhere
-                log.info("job %s: could not read channel %s for an earlier post: %s", job.id, channel_id, exc)
+                log.info("job %s: could not read channel %s for an earlier post: %s", job.id, channel.id, exc)
         return None
+
+    async def _posted_in(self, job: Job) -> list[discord.PartialMessageable | discord.DMChannel]:
+        """Where an earlier try may have posted the job's video: its thread and channel; a private job's, its
+        member's DM (an ephemeral follow-up cannot be looked up: it is sent only while the DM is closed)."""
+        if job.private:
+            assert job.user_id is not None
+            try:
+                return [await self.bot.create_dm(discord.Object(job.user_id))]
+            except discord.HTTPException as exc:
+                log.info("job %s: no DM channel to look for an earlier post: %s", job.id, exc)
+                return []
+        ids = dict.fromkeys(c for c in (job.thread_id, job.channel_id) if c)
+        return [self.bot.get_partial_messageable(c, guild_id=job.guild_id) for c in ids]
 
     async def _fresh(self, job: Job) -> Job:
         """The job as stored now (its try count may have moved during this delivery)."""
@@ -487,12 +507,13 @@ class Deliverer:
         return (await self.bot.resources.credits.settings(job.guild_id)).review_channel_id
 
     async def _post_for_review(self, job: Job, channel_id: int) -> None:
-        """The video's link and prompt in the review channel (the prompt never pings), with the buttons."""
+        """The video's link and prompt in the review channel (the prompt never pings), with the buttons. A private
+        video's shows its link but not its prompt: the moderators judge the video, and the channel may be seen by
+        more than they are."""
         locale = self.bot.server_locale(job.guild_id)
         text = tr(
             locale,
-            "🔎 Video `{job}` by <@{user}> waits for review: {link}\nApprove posts it in its thread; Reject tells "
-            "the member your reason. Either way its credits are spent.",
+            PRIVATE_REVIEW_INTRO if job.private else REVIEW_INTRO,
             job=job.id[:8],
             user=job.user_id,
             link=job.video_url,
@@ -501,7 +522,7 @@ class Deliverer:
         try:
             message = await target.send(
                 text,
-                embed=result_embed(job),
+                embeds=[] if job.private else [result_embed(job)],  # a private video's prompt stays private
                 view=review_view(job.id, locale),
                 allowed_mentions=discord.AllowedMentions.none(),
                 nonce=f"kr{job.id}",  # a repeat after a crash returns the first message

@@ -171,6 +171,7 @@ class ContinueModal(JobForm):
                 image=frame,
                 image_source=f"last frame of {self.parent.id[:8]}",
                 parent_id=self.parent.id,
+                **await self.cog.press_fields(interaction, self.parent),
             )
 
         # The next segment goes where this video is (its thread): no new thread.

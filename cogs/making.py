@@ -29,7 +29,7 @@ from bot.app import (
     quota_scope,
     refused_here,
 )
-from bot.core.credits import QuotaRefused
+from bot.core.credits import PERSONAL, QuotaRefused
 from bot.core.i18n import english, tr, translated
 from bot.core.jobs import InvalidRequest, JobRequest, JobService, ServiceUnavailable, SubmitRefused
 from bot.core.model import DuplicateRequest, Job
@@ -104,6 +104,18 @@ def private_fields(interaction: discord.Interaction[Any], private: bool) -> dict
     return {"private": True, "followup_token": interaction.token, "followup_until": time.time() + FOLLOWUP_SECONDS}
 
 
+def spends_for(interaction: discord.Interaction[Any], job: Job) -> int | None:
+    """Whose credits a press on `job`'s buttons spends (None: the press does not belong to it): the press's own
+    server or personal quota; a private video of a server came to its member by DM, so their press there spends
+    that server's quota, as if pressed in it."""
+    scope = quota_scope(interaction)
+    if job.guild_id == scope:
+        return scope
+    if interaction.guild_id is None and job.private and job.user_id == interaction.user.id:
+        return job.guild_id
+    return None
+
+
 class MakingVideos(commands.Cog):
     """Turns a member's options, image or form into a `JobRequest`, and an accepted job into its card and thread."""
 
@@ -139,10 +151,10 @@ class MakingVideos(commands.Cog):
             kind=kind,
             prompt=prompt or "",
             **chosen,
-            guild_id=quota_scope(interaction),
+            guild_id=extra.pop("guild_id", quota_scope(interaction)),
             channel_id=interaction.channel_id,
             user_id=interaction.user.id,
-            role_ids=member_roles(interaction.user),
+            role_ids=extra.pop("role_ids", member_roles(interaction.user)),
             attachment_size_limit=interaction.filesize_limit,
             locale=str(interaction.locale),
             request_key=question_key(interaction),
@@ -170,8 +182,31 @@ class MakingVideos(commands.Cog):
             image_url=original.image_url,
             image_source=original.image_source,
             parent_id=original.parent_id,  # another take of the same segment
+            **await self.press_fields(interaction, original),
             **changes,
         )
+
+    async def press_fields(self, interaction: discord.Interaction[Any], original: Job) -> dict[str, Any]:
+        """What a job made from a press on `original`'s buttons (Re-roll, Edit, Continue) takes from it: a private
+        video's next take is private too; pressed in the bot's DM, where a private server video came, it spends
+        that server's quota with the member's roles there (`spends_for`)."""
+        fields = private_fields(interaction, original.private)
+        scope = spends_for(interaction, original)
+        if interaction.guild_id is None and scope not in (None, PERSONAL):
+            assert scope is not None
+            fields |= {"guild_id": scope, "role_ids": await self.roles_in(scope, interaction.user.id)}
+        return fields
+
+    async def roles_in(self, guild_id: int, user_id: int) -> tuple[int, ...]:
+        """A member's roles in a server, asked of Discord for a press that came from outside it (the bot's DM)."""
+        guild = self.bot.get_guild(guild_id)
+        if guild is None:
+            raise InvalidRequest(english("I am no longer in that video's server."))
+        try:
+            member = guild.get_member(user_id) or await guild.fetch_member(user_id)
+        except discord.NotFound:
+            raise InvalidRequest(english("You are no longer a member of that video's server.")) from None
+        return member_roles(member)
 
     def home_of(self, original: Job) -> discord.abc.Messageable | None:
         """Where a new take of a video goes: beside the original's card (so it has its own thread)."""
@@ -261,8 +296,6 @@ class MakingVideos(commands.Cog):
         locale = interaction.locale
         if self.bot.closing:  # a button or a form during shutdown: the store is about to close
             raise UserFacingError(tr(locale, STOPPING))
-        if (refusal := refused_here(interaction)) is not None:  # buttons and forms do not pass the tree's check
-            raise UserFacingError(tr(locale, refusal))
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         channel = channel or interaction.channel  # type: ignore[assignment]
@@ -287,6 +320,10 @@ class MakingVideos(commands.Cog):
         try:
             # The job lives where its card is posted (a re-roll's card goes beside the original, not in its thread).
             request = replace(await build(), channel_id=getattr(channel, "id", interaction.channel_id))
+            # Buttons and forms do not pass the tree's check; a press in the bot's DM may still spend a server's
+            # quota (a private video's buttons: `spends_for`), so what is checked is the quota the job spends.
+            if request.guild_id in (None, PERSONAL) and (refusal := refused_here(interaction)) is not None:
+                raise UserFacingError(tr(locale, refusal))
             if not confirmed and await self._ask_to_confirm(interaction, request, channel):
                 return None
             job = await self.jobs.reserve(request)
@@ -410,7 +447,7 @@ class MakingVideos(commands.Cog):
         if job.sound_dropped:
             text += "\n" + tr(locale, SOUND_DROPPED_NOTE)
         await interaction.followup.send(
-            text + "\n" + await self.cost_line(interaction, job.cost_estimate), ephemeral=True
+            text + "\n" + await self.cost_line(interaction, job.cost_estimate, request), ephemeral=True
         )
         server = self.bot.server_locale(job.guild_id)
         await self.bot.post_log(
@@ -447,10 +484,17 @@ class MakingVideos(commands.Cog):
         except discord.HTTPException:
             log.warning("could not correct the answer %s: %s", answer.id, text)
 
-    async def cost_line(self, interaction: discord.Interaction[Any], cost: int) -> str:
-        """The job's cost, what the member has left now and when it resets (in the reader's own time zone)."""
+    async def cost_line(
+        self, interaction: discord.Interaction[Any], cost: int, request: JobRequest | None = None
+    ) -> str:
+        """The job's cost, what the member has left now and when it resets (in the reader's own time zone), in the
+        quota `request` spends (else the interaction's)."""
         credits = self.bot.resources.credits
-        status = await credits.status(quota_scope(interaction), interaction.user.id, member_roles(interaction.user))
+        if request is not None:
+            scope, roles = request.guild_id or PERSONAL, request.role_ids
+        else:
+            scope, roles = quota_scope(interaction), member_roles(interaction.user)
+        status = await credits.status(scope, interaction.user.id, roles)
         locale = interaction.locale
         left = tr(locale, "unlimited") if status.remaining is None else format_credits(status.remaining)
         reset_at = status.window.reset_at
@@ -468,7 +512,7 @@ class MakingVideos(commands.Cog):
     ) -> bool:
         """Above the server's confirm-above threshold: show the cost with Confirm and Cancel (True: asked)."""
         self.jobs.validate(request)  # a mistake is named now, not after the member confirmed
-        threshold = (await self.bot.resources.credits.settings(quota_scope(interaction))).confirm_above
+        threshold = (await self.bot.resources.credits.settings(request.guild_id or PERSONAL)).confirm_above
         cost = await self.jobs.request_cost(request)
         if threshold is None or cost <= threshold:
             return False
@@ -479,7 +523,7 @@ class MakingVideos(commands.Cog):
             "This video costs more than {threshold} credits, so it waits for your Confirm.\n{costs}\n"
             "Nothing is reserved until you press Confirm; this question expires {expires}.",
             threshold=format_credits(threshold),
-            costs=await self.cost_line(interaction, cost),
+            costs=await self.cost_line(interaction, cost, request),
             expires=f"<t:{int(time.time() + timeout)}:R>",
         )
         view.message = await interaction.followup.send(text, view=view, ephemeral=True, wait=True)

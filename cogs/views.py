@@ -47,8 +47,9 @@ def _buttons_cog(interaction: discord.Interaction[Any]) -> VideoActions:
 
 
 class ServerOnly:
-    """Mixed into the buttons of a server's messages: a press from outside a server (a forged payload, a future
-    install type) is told why and reaches no callback, so it reserves and sends nothing."""
+    """Mixed into the buttons of a server's messages (review): a press from outside a server (a forged payload, a
+    future install type) is told why and reaches no callback, so it reserves and sends nothing. The buttons under a
+    video are checked by the buttons cog instead: a private server video's come to its member's DM."""
 
     async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
         refusal = refused_here(interaction)
@@ -58,7 +59,7 @@ class ServerOnly:
         return False
 
 
-class RerollButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:reroll:{JOB_ID}"):
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:reroll:{JOB_ID}"):
     """Make the same video again, as a new job of whoever presses it."""
 
     def __init__(self, job_id: str, label: str = "Re-roll") -> None:
@@ -79,7 +80,7 @@ class RerollButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], t
         await _buttons_cog(interaction).reroll(interaction, self.job_id)
 
 
-class EditButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:edit:{JOB_ID}"):
+class EditButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:edit:{JOB_ID}"):
     """Make the video again with an edited prompt (a form prefilled with it), as a new job of whoever presses it."""
 
     def __init__(self, job_id: str, label: str = "Edit") -> None:
@@ -100,7 +101,7 @@ class EditButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], tem
         await _buttons_cog(interaction).edit_video(interaction, self.job_id)
 
 
-class DeleteButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:delete:{JOB_ID}"):
+class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:delete:{JOB_ID}"):
     """Remove the video message: the requester or a moderator only."""
 
     def __init__(self, job_id: str, locale: object = None) -> None:
@@ -124,7 +125,7 @@ class DeleteButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], t
         await _buttons_cog(interaction).delete_video(interaction, self.job_id)
 
 
-class ContinueButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:continue:{JOB_ID}"):
+class ContinueButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:continue:{JOB_ID}"):
     """Make the next segment: a new video that starts from this one's last frame, in the same thread."""
 
     def __init__(self, job_id: str, label: str = "Continue") -> None:
@@ -145,7 +146,7 @@ class ContinueButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]],
         await _buttons_cog(interaction).continue_video(interaction, self.job_id)
 
 
-class JoinButton(ServerOnly, discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:join:{JOB_ID}"):
+class JoinButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=f"video:join:{JOB_ID}"):
     """Post the chain that ends with this segment as one video (free)."""
 
     def __init__(self, job_id: str, label: str = "Join") -> None:

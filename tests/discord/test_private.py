@@ -1,5 +1,7 @@
 """Private videos end to end: nothing public anywhere, the video by DM with its buttons, and a closed DM's
-fallbacks (the command's ephemeral follow-up while its token lives, else told at /video status)."""
+fallbacks (the command's ephemeral follow-up while its token lives, else told at /video status). Its buttons work
+in the DM on the server's quota, and what they make is private too; review holds it; a resumed delivery finds the
+DM post instead of repeating it."""
 
 from __future__ import annotations
 
@@ -10,11 +12,15 @@ from typing import Any
 
 import pytest
 
+from bot.core.credits import PERSONAL
 from bot.core.model import Job
+from cogs.delivery import post_nonce
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness, private_answer
 
 PROMPT = "a secret lighthouse at dusk"
+EDITED = "a secret lighthouse at dawn"
+NEXT = "the secret lamp turns"
 
 
 @pytest.fixture
@@ -35,6 +41,45 @@ async def ended(world: Harness) -> Job:
 
 def buttons(message: dict[str, Any]) -> list[str]:
     return [item.get("custom_id", "") for row in message.get("components") or [] for item in row["components"]]
+
+
+def nothing_public(world: Harness, *prompts: str) -> None:
+    """No message in a server's channel or thread shows a prompt, and no thread was opened."""
+    shown = str(public_messages(world))
+    assert not any(prompt in shown for prompt in prompts) and world.discord.threads() == []
+
+
+def dm_videos(world: Harness, user: str = "alice") -> list[dict[str, Any]]:
+    return [m for m in world.discord.dms(user) if m["attachments"]]
+
+
+async def jobs_of(world: Harness, guild_id: int, user: str = "alice") -> list[Job]:
+    """The member's jobs in a quota scope, oldest first."""
+    user_id = int(world.discord.users[user]["id"])
+    return list(reversed(await world.resources.jobs.member_jobs(guild_id, user_id)))
+
+
+async def delivered_count(world: Harness, guild_id: int, count: int) -> list[Job]:
+    async def reached() -> bool:
+        return sum(j.status == "delivered" for j in await jobs_of(world, guild_id)) >= count
+
+    await wait_until(reached)
+    return await jobs_of(world, guild_id)
+
+
+async def private_video_in_dm(world: Harness, prompt: str = PROMPT) -> tuple[Job, dict[str, Any]]:
+    """A private video made in the server and delivered by DM; returns its job and its DM message."""
+    await private_answer(await world.discord.slash("video", {"prompt": prompt, "private": True}, sub="text"))
+    [job] = await delivered_count(world, int(world.discord.guild_id), 1)
+    await wait_until(lambda: dm_videos(world))
+    return job, dm_videos(world)[-1]
+
+
+async def form_in_dm(world: Harness, custom_id: str, message: dict[str, Any], values: dict[str, str]) -> str:
+    """Press a button that shows a form, in the DM, fill the form and send it there; returns the answer."""
+    shown = await world.discord.press(custom_id, message, dm=True)
+    await wait_until(lambda: shown.modal is not None)
+    return await private_answer(await world.discord.submit_modal(shown, values))
 
 
 async def test_private_video_goes_by_dm_and_nothing_is_public(world: Harness) -> None:
@@ -122,3 +167,129 @@ async def test_the_note_after_a_command_is_sent_even_when_the_bot_stops_meanwhil
     # Leaving the block stopped the bot while the note was on its way.
     assert any("could not reach you" in t for t in status.texts())
     assert "Ignoring exception" not in caplog.text and "could not tell" not in caplog.text
+
+
+async def test_the_buttons_of_a_dm_video_work_there_on_the_servers_quota_and_make_private_videos(
+    world: Harness,
+) -> None:
+    world.sim.task_videos = True  # each segment its own clip: Continue and Join read real frames
+    guild_id = int(world.discord.guild_id)
+    async with world.running():  # personal videos are off (the default): the DM press spends the server's quota
+        original, video = await private_video_in_dm(world)
+        assert sorted(b.split(":")[1] for b in buttons(video)) == ["continue", "delete", "edit", "reroll"]
+        rerolled = await world.discord.press(f"video:reroll:{original.id}", video, dm=True)
+        assert "private video" in await private_answer(rerolled)
+        edited = await form_in_dm(world, f"video:edit:{original.id}", video, {"Prompt": EDITED})
+        assert "private video" in edited
+        await delivered_count(world, guild_id, 3)  # two at once per member
+        continued = await form_in_dm(world, f"video:continue:{original.id}", video, {"Prompt (optional)": NEXT})
+        assert "private video" in continued
+        jobs = await delivered_count(world, guild_id, 4)
+        await wait_until(lambda: len(dm_videos(world)) == 4)
+        child = next(j for j in jobs if j.parent_id == original.id)
+        segment = next(m for m in dm_videos(world) if f"video:join:{child.id}" in buttons(m))
+        joined = await world.discord.press(f"video:join:{child.id}", segment, dm=True)
+        await wait_until(lambda: any("Joined 2 segments" in text for text in joined.texts()))
+        status = await world.resources.credits.status(guild_id, int(world.discord.users["alice"]["id"]), ())
+        personal = await jobs_of(world, PERSONAL)
+        deleted = await world.discord.press(f"video:delete:{original.id}", video, dm=True)
+        assert await private_answer(deleted) == "Deleted."
+        assert video["id"] not in [m["id"] for m in world.discord.dms("alice")]
+    assert all(j.private and j.delivered_via == "dm" for j in jobs) and personal == []
+    assert {j.prompt for j in jobs} == {PROMPT, EDITED, NEXT} and status.used == 4 * 4000  # four 5 s videos
+    [joined_video] = [m for m in joined.messages if m["attachments"]]
+    assert joined_video["flags"] & 64  # only the presser sees it
+    nothing_public(world, PROMPT, EDITED, NEXT)
+
+
+async def test_a_re_roll_from_the_ephemeral_follow_up_is_private_too(world: Harness) -> None:
+    world.discord.close_dms("alice")
+    async with world.running():
+        await private_answer(await world.discord.slash("video", {"prompt": PROMPT, "private": True}, sub="text"))
+        original = await ended(world)
+        command = next(i for i in world.discord.interactions.values() if i.payload["type"] == 2)
+        await wait_until(lambda: any(m["attachments"] for m in command.messages))
+        video = next(m for m in command.messages if m["attachments"])
+        pressed = await world.discord.press(f"video:reroll:{original.id}", video)  # in the server's channel
+        assert "private video" in await private_answer(pressed)
+        jobs = await delivered_count(world, int(world.discord.guild_id), 2)
+        await wait_until(lambda: any(m["attachments"] for m in pressed.messages))
+    assert [(j.private, j.delivered_via) for j in jobs] == [(True, "followup")] * 2
+    assert all(m["flags"] & 64 for m in pressed.messages)
+    nothing_public(world, PROMPT)
+
+
+async def test_a_private_video_under_review_goes_by_dm_only_after_approve_and_a_reject_is_told_by_dm(
+    world: Harness,
+) -> None:
+    fake = world.discord
+    review = fake.add_channel("video-review", 0)
+    async with world.running():
+        guild_id = int(fake.guild_id)
+        await world.resources.credits.set_review_channel(guild_id, 1, int(review))
+        for prompt in (PROMPT, EDITED):
+            await private_answer(await fake.slash("video", {"prompt": prompt, "private": True}, sub="text"))
+        await wait_until(lambda: len(fake.messages[review]) == 2)
+        await world.more_ticks(5)  # time for a delivery, which must not come
+        assert dm_videos(world) == []
+        first, second = await jobs_of(world, guild_id)
+        by_job = {
+            job.id: next(m for m in fake.messages[review] if job.id[:8] in m["content"]) for job in (first, second)
+        }
+        await fake.press(f"review:approve:{first.id}", by_job[first.id], user="mod")
+        await wait_until(lambda: dm_videos(world))
+        shown = await fake.press(f"review:reject:{second.id}", by_job[second.id], user="mod")
+        await wait_until(lambda: shown.modal is not None)
+        await fake.submit_modal(shown, {"Reason (the member reads it)": "too dark"}, user="mod")
+        await wait_until(lambda: any("not approved" in m["content"] for m in fake.dms("alice")))
+        approved = await world.resources.jobs.get(first.id)
+    assert approved is not None and approved.delivered_via == "dm" and len(dm_videos(world)) == 1
+    assert all("Private video" in m["content"] and m["embeds"] == [] for m in by_job.values())
+    assert first.video_url in by_job[first.id]["content"]  # the moderators judge the video itself
+    nothing_public(world, PROMPT, EDITED)
+
+
+async def test_a_private_video_made_in_the_bots_dm_spends_the_personal_quota_and_stays_in_the_dm(
+    world: Harness,
+) -> None:
+    world.settings_overrides["personal_quota_credits"] = 8.0  # two 5 s videos
+    async with world.running():
+        sent = await world.discord.slash("video", {"prompt": PROMPT, "private": True}, sub="text", dm=True)
+        assert "private video" in await private_answer(sent)
+        [first] = await delivered_count(world, PERSONAL, 1)
+        await wait_until(lambda: dm_videos(world))
+        pressed = await world.discord.press(f"video:reroll:{first.id}", dm_videos(world)[0], dm=True)
+        assert "private video" in await private_answer(pressed)
+        jobs = await delivered_count(world, PERSONAL, 2)
+        await wait_until(lambda: len(dm_videos(world)) == 2)
+        server_jobs = await jobs_of(world, int(world.discord.guild_id))
+    assert [(j.private, j.guild_id, j.delivered_via) for j in jobs] == [(True, PERSONAL, "dm")] * 2
+    assert server_jobs == [] and public_messages(world) == []
+    nothing_public(world, PROMPT)
+
+
+async def test_a_dm_post_a_stopped_deliverer_made_is_found_not_repeated(world: Harness) -> None:
+    fake = world.discord
+    fake.dedupe_nonces = False  # as Discord, minutes later: only the look-up in the DM stands in the way
+    async with world.running():
+        done, video = await private_video_in_dm(world)
+        # The state a deliverer leaves when it stops between the post and the row's update, its claim then
+        # running out: the video is in the DM, the job still `succeeded`, the lease expired and unreleased.
+        assert await world.resources.store.transition(
+            done.id,
+            "delivered",
+            "succeeded",
+            result_message_id=None,
+            delivered_at=None,
+            lease_owner="gone-host:1:dead",
+            lease_until=time.time() - 1,
+            lease_attempt=done.lease_attempt + 1,
+            updated_at=time.time(),
+        )
+        again = await world.job_in("delivered")
+    posts = [
+        r for r in fake.posted("POST", r"/channels/\d+/messages$") if (r.json or {}).get("nonce") == post_nonce(done.id)
+    ]
+    assert again.result_message_id == int(video["id"]) and len(posts) == 1
+    assert dm_videos(world) == [video]
+    nothing_public(world, PROMPT)

@@ -319,6 +319,8 @@ class Interactions(Gateway):
         assert modal is not None, "the bot showed no modal"
         components = self._modal_answers(modal["components"], lambda item: values.get(item.get("label", "")))
         data = {"custom_id": modal["custom_id"], "components": components}
+        if "guild_id" not in shown.payload:  # shown in the member's DM with the bot: sent from there
+            return await self.interact(5, data, user=user, channel=None, dm=True)
         return await self.interact(5, data, user=user, channel=shown.payload["channel_id"])
 
     @staticmethod

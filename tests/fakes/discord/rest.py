@@ -220,6 +220,10 @@ class Rest(Gateway, RateLimits, OAuth):
         if not allowed or (files and not permissions.attach_files):
             raise Refused(*MISSING_PERMISSIONS)
         self._check_upload(files, self.filesize_limit)
+        return self._post_once(channel_id, body, files)
+
+    def _post_once(self, channel_id: str, body: dict[str, Any], files: Files) -> Any:
+        """Post, unless an enforced nonce repeats within minutes (in a channel, a thread or a DM alike)."""
         key = (channel_id, str(body.get("nonce")))
         if (
             self.dedupe_nonces
@@ -229,6 +233,8 @@ class Rest(Gateway, RateLimits, OAuth):
         ):
             return self._public(self._nonces[key][1])  # Discord answers a repeated nonce with the first message
         message = self._message(channel_id, body, files)
+        if channel_id in self.dm_channels:
+            message.pop("guild_id")
         self.messages[channel_id].append(message)
         if body.get("nonce"):
             self._nonces[key] = (time.monotonic(), message)
@@ -250,10 +256,7 @@ class Rest(Gateway, RateLimits, OAuth):
     def _direct_message(self, channel_id: str, body: dict[str, Any], files: Files) -> Any:
         if self.dm_channels[channel_id] in self.closed_dms:
             raise Refused(403, 50007, "Cannot send messages to this user")
-        message = self._message(channel_id, body, files)
-        message.pop("guild_id")
-        self.messages[channel_id].append(message)
-        return self._public(message)
+        return self._post_once(channel_id, body, files)
 
     async def _edit_message(self, call: Recorded, channel_id: str, message_id: str) -> Any:
         message = self._stored(channel_id, message_id)
@@ -305,7 +308,7 @@ class Rest(Gateway, RateLimits, OAuth):
     async def _create_thread(self, call: Recorded, channel_id: str) -> Any:
         """A thread without a starter message, or a forum post (thread and first message share one id)."""
         kind = self._channel(channel_id)["type"]
-        if kind in THREADS:
+        if kind in (*THREADS, 1):
             raise Refused(*WRONG_CHANNEL_TYPE)
         if kind not in (15, 16):
             return await self._new_thread(channel_id, self.snowflake(), call.json.get("type") or 12, call.json)

@@ -438,6 +438,9 @@ class World:
     def _channel(self, channel_id: str) -> dict[str, Any]:
         if channel_id in self.group_dms:
             raise Refused(*MISSING_ACCESS)
+        if channel_id in self.dm_channels:  # read, edited and deleted in like any channel; no threads
+            user = next(u for u in self.users.values() if u["id"] == self.dm_channels[channel_id])
+            return {"id": channel_id, "type": 1, "recipients": [user], "flags": 0}
         if channel_id not in self.channels:
             raise Refused(*UNKNOWN_CHANNEL)
         if self.channels[channel_id]["guild_id"] in self.without_bot:
