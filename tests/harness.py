@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,21 @@ class Harness:
         """Wait until the poll loop has acted on `count` callbacks' hints in all."""
         poller = self.poller()
         await wait_until(lambda: poller.hints_handled >= count)
+
+    async def stop_deliverer_after_its_post(self, job: Any) -> None:
+        """Leave `job` as a deliverer leaves it when it stops between the post and the row's update, its claim then
+        running out: the video is posted, the job still `succeeded`, its lease expired and unreleased."""
+        assert await self.resources.store.transition(
+            job.id,
+            "delivered",
+            "succeeded",
+            result_message_id=None,
+            delivered_at=None,
+            lease_owner="gone-host:1:dead",
+            lease_until=time.time() - 1,
+            lease_attempt=job.lease_attempt + 1,
+            updated_at=time.time(),
+        )
 
     async def job_in(self, *states: str) -> Any:
         """Wait until the single job in the database reaches one of the states; return it."""

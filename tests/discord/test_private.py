@@ -15,7 +15,7 @@ import pytest
 from bot.core.credits import PERSONAL
 from bot.core.model import Job
 from cogs.delivery import post_nonce
-from tests.fake_discord import wait_until
+from tests.fake_discord import Interaction, wait_until
 from tests.harness import Harness, harness, private_answer
 
 PROMPT = "a secret lighthouse at dusk"
@@ -37,6 +37,18 @@ def public_messages(world: Harness) -> list[dict[str, Any]]:
 
 async def ended(world: Harness) -> Job:
     return await world.job_in("delivered", "undeliverable")
+
+
+async def unreached_private_video(world: Harness) -> tuple[Interaction, Job]:
+    """A private video (alice's DMs closed) finished after its command's token died: it reached no one."""
+    world.sim.hold = True
+    interaction = await world.discord.slash("video", {"prompt": PROMPT, "private": True}, sub="text")
+    await private_answer(interaction)
+    job = await world.job_in("submitted", "processing")
+    store = world.resources.store
+    assert await store.update_job(job.id, ("submitted", "processing"), followup_until=0.0, updated_at=time.time())
+    world.sim.hold = False
+    return interaction, await ended(world)
 
 
 def buttons(message: dict[str, Any]) -> list[str]:
@@ -111,15 +123,8 @@ async def test_closed_dm_gets_the_video_as_an_ephemeral_followup(world: Harness)
 
 async def test_closed_dm_after_the_token_died_reaches_no_one_publicly(world: Harness) -> None:
     world.discord.close_dms("alice")
-    world.sim.hold = True
     async with world.running():
-        interaction = await world.discord.slash("video", {"prompt": PROMPT, "private": True}, sub="text")
-        await private_answer(interaction)
-        job = await world.job_in("submitted", "processing")
-        store = world.resources.store
-        assert await store.update_job(job.id, ("submitted", "processing"), followup_until=0.0, updated_at=time.time())
-        world.sim.hold = False
-        job = await ended(world)
+        interaction, job = await unreached_private_video(world)
         assert job.status == "undeliverable" and job.delivered_via == "none" and job.video_url
         assert not any(m["attachments"] for m in interaction.messages)
         assert public_messages(world) == [] and world.discord.dms("alice") == []
@@ -151,15 +156,8 @@ async def test_the_note_after_a_command_is_sent_even_when_the_bot_stops_meanwhil
     # The note about an unreached video is sent by a listener that runs after the command's handler has ended; a
     # shutdown must wait for it too, or it reads a closed store and posts on a closed session.
     world.discord.close_dms("alice")
-    world.sim.hold = True
     async with world.running():
-        interaction = await world.discord.slash("video", {"prompt": PROMPT, "private": True}, sub="text")
-        await private_answer(interaction)
-        job = await world.job_in("submitted", "processing")
-        store = world.resources.store
-        assert await store.update_job(job.id, ("submitted", "processing"), followup_until=0.0, updated_at=time.time())
-        world.sim.hold = False
-        job = await ended(world)
+        _, job = await unreached_private_video(world)
         assert job.status == "undeliverable"
         world.discord.delay_next("POST", r"^/webhooks/", 1.0, times=2)  # the status answer, then the note
         status = await world.discord.slash("video", sub="status")
@@ -273,19 +271,7 @@ async def test_a_dm_post_a_stopped_deliverer_made_is_found_not_repeated(world: H
     fake.dedupe_nonces = False  # as Discord, minutes later: only the look-up in the DM stands in the way
     async with world.running():
         done, video = await private_video_in_dm(world)
-        # The state a deliverer leaves when it stops between the post and the row's update, its claim then
-        # running out: the video is in the DM, the job still `succeeded`, the lease expired and unreleased.
-        assert await world.resources.store.transition(
-            done.id,
-            "delivered",
-            "succeeded",
-            result_message_id=None,
-            delivered_at=None,
-            lease_owner="gone-host:1:dead",
-            lease_until=time.time() - 1,
-            lease_attempt=done.lease_attempt + 1,
-            updated_at=time.time(),
-        )
+        await world.stop_deliverer_after_its_post(done)
         again = await world.job_in("delivered")
     posts = [
         r for r in fake.posted("POST", r"/channels/\d+/messages$") if (r.json or {}).get("nonce") == post_nonce(done.id)

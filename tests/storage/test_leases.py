@@ -42,20 +42,7 @@ async def test_a_deliverer_that_stopped_after_its_post_reached_discord_is_not_re
             done = await world.job_in("delivered")
             [thread] = fake.threads()
             [video] = [m for m in fake.messages[thread["id"]] if m["files"]]
-            # The state a deliverer leaves when it stops between the post and the row's update, its claim then
-            # running out: the video is in the thread, the job still `succeeded`, the lease expired and unreleased.
-            store = world.resources.store
-            assert await store.transition(
-                done.id,
-                "delivered",
-                "succeeded",
-                result_message_id=None,
-                delivered_at=None,
-                lease_owner="gone-host:1:dead",
-                lease_until=time.time() - 1,
-                lease_attempt=done.lease_attempt + 1,
-                updated_at=time.time(),
-            )
+            await world.stop_deliverer_after_its_post(done)
             again = await world.job_in("delivered")
         assert again.id == done.id and again.result_message_id == int(video["id"])  # the post found and recorded
         assert len(video_posts(fake, done.id)) == 1  # never asked to post again (not even deduplicated)
@@ -75,17 +62,7 @@ async def test_a_deliverer_that_cannot_read_the_thread_reposts_with_the_nonce_an
             # As above, but the thread's and the channel's history cannot be read (no Read Message History): the
             # post is not found, so only the nonce stands between the new deliverer and a second video.
             fake.fail_next("GET", rf"/channels/({thread['id']}|{fake.general})/messages$", 403, 50001, times=10)
-            assert await world.resources.store.transition(
-                done.id,
-                "delivered",
-                "succeeded",
-                result_message_id=None,
-                delivered_at=None,
-                lease_owner="gone-host:1:dead",
-                lease_until=time.time() - 1,
-                lease_attempt=done.lease_attempt + 1,
-                updated_at=time.time(),
-            )
+            await world.stop_deliverer_after_its_post(done)
             again = await world.job_in("delivered")
         assert [m["id"] for m in fake.messages[thread["id"]] if m["files"]] == [video["id"]]  # Discord kept one
         assert again.result_message_id == int(video["id"])
