@@ -206,6 +206,11 @@ class MakingVideos(commands.Cog):
             member = guild.get_member(user_id) or await guild.fetch_member(user_id)
         except discord.NotFound:
             raise InvalidRequest(english("You are no longer a member of that video's server.")) from None
+        except discord.HTTPException as exc:  # without the roles, the server's limits cannot be applied
+            log.warning("could not fetch the roles of member %s in server %s: %s", user_id, guild_id, exc)
+            raise InvalidRequest(
+                english("Discord did not tell me your roles in that video's server. Try again.")
+            ) from None
         return member_roles(member)
 
     def home_of(self, original: Job) -> discord.abc.Messageable | None:

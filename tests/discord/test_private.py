@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bot.core.credits import PERSONAL
-from bot.core.model import Job
+from bot.core.model import STATES, Job
 from cogs.delivery import post_nonce
 from tests.fake_discord import Interaction, wait_until
 from tests.harness import Harness, harness, private_answer
@@ -279,3 +279,17 @@ async def test_a_dm_post_a_stopped_deliverer_made_is_found_not_repeated(world: H
     assert again.result_message_id == int(video["id"]) and len(posts) == 1
     assert dm_videos(world) == [video]
     nothing_public(world, PROMPT)
+
+
+async def test_a_press_in_the_dm_whose_roles_discord_does_not_give_is_told_and_charged_nothing(world: Harness) -> None:
+    async with world.running():
+        original, video = await private_video_in_dm(world)
+        assert world.bot is not None
+        guild = world.bot.get_guild(int(world.discord.guild_id))
+        assert guild is not None
+        assert guild.get_member(original.user_id) is None  # not cached: the roles are asked of Discord
+        world.discord.fail_next("GET", r"^/guilds/\d+/members/\d+$", 403, 50001)
+        pressed = await world.discord.press(f"video:reroll:{original.id}", video, dm=True)
+        answer = await private_answer(pressed)
+        assert len(await world.resources.store.jobs_in(STATES)) == 1
+    assert "did not tell me your roles" in answer and "Nothing was sent or charged" in answer
