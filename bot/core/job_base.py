@@ -187,10 +187,22 @@ class JobBase(ABC):
             statuses, owner=self.owner, now=self.clock(), seconds=length, limit=limit, origin=self.origin, **narrow
         )
 
-    async def _claim_in_flight(self, ids: Sequence[str]) -> list[InFlight]:
-        return await self.store.claim_in_flight(
-            ids, owner=self.owner, now=self.clock(), seconds=self.lease_seconds, limit=POLL_BATCH, origin=self.origin
+    async def _claim_in_flight(self, jobs: Sequence[InFlight]) -> list[InFlight]:
+        """Claim these jobs (read just before); the ones taken, as claimed, in the order given."""
+        claims = await self.store.claim_in_flight(
+            [job.id for job in jobs],
+            owner=self.owner,
+            now=self.clock(),
+            seconds=self.lease_seconds,
+            limit=POLL_BATCH,
+            origin=self.origin,
         )
+        taken = {claim.id: claim for claim in claims}
+        return [
+            job._replace(status=claim.status, lease_owner=self.owner, lease_attempt=claim.lease_attempt)
+            for job in jobs
+            if (claim := taken.get(job.id)) is not None
+        ]
 
     async def release_claims(self, jobs: Iterable[Job | InFlight]) -> None:
         """Give back this process's claims on these jobs (their work is done, or left for the next tick)."""

@@ -34,7 +34,8 @@ class Polling(JobBase):
         due = {job.id for job in await self._due(in_flight)}
         overdue = {job.id for job in in_flight if self._past_late_limit(job)}
         # Only the jobs with work to do now are claimed; one another process is asking about is skipped.
-        claimed = await self._claim_in_flight([*due | overdue]) if due | overdue else []
+        wanted = [job for job in in_flight if job.id in due or job.id in overdue]
+        claimed = await self._claim_in_flight(wanted) if wanted else []
         try:
             moved = await self._ask([job for job in claimed if job.id in due])
             changes.extend(moved)
