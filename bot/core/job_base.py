@@ -206,7 +206,8 @@ class JobBase(ABC):
 
     async def release_claims(self, jobs: Iterable[Job | InFlight]) -> None:
         """Give back this process's claims on these jobs (their work is done, or left for the next tick)."""
-        held = [(job.id, lease) for job in jobs if (lease := self.lease_of(job)) is not None]
+        owner = self.owner
+        held = [(job.id, Lease(owner, job.lease_attempt)) for job in jobs if job.lease_owner == owner]
         await self.store.release_leases(held, self.clock())
 
     async def _fail(self, job: Job | InFlight, reason: str, previous: str | tuple[str, ...]) -> Job | None:
