@@ -121,15 +121,17 @@ class Lease(NamedTuple):
 
 
 class Claimed(NamedTuple):
-    """A job a poll tick's claim took: its state then and the attempt its lease carries (the owner is the
-    claimer's own name), all the tick learns from the claim."""
+    """A job a poll tick's claim took, with what the tick's work on it reads (its state then, its task, the lease
+    it now carries); the rest of its narrow row was read just before."""
 
     id: str
     status: str
+    provider_task_id: str | None
+    lease_owner: str | None
     lease_attempt: int
 
 
-def lease_of(job: Job | InFlight) -> Lease | None:
+def lease_of(job: Job | Claimed) -> Lease | None:
     """The claim a job row carries, if any."""
     return Lease(job.lease_owner, job.lease_attempt) if job.lease_owner is not None else None
 

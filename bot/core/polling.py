@@ -13,7 +13,7 @@ from dataclasses import replace
 from bot.core import quota
 from bot.core.i18n import english
 from bot.core.job_base import JobBase, JobChange, SubmitRefused
-from bot.core.model import AT_PROVIDER, WAITING, InFlight, Job
+from bot.core.model import AT_PROVIDER, WAITING, Claimed, InFlight, Job
 from bot.core.scheduling import Polled, Shape, due_for_poll, poll_delay, shape_of
 from bot.provider.errors import KlingError
 from bot.provider.records import KlingTask
@@ -53,7 +53,7 @@ class Polling(JobBase):
         chunks = [wanted[start : start + CLAIM_CHUNK] for start in range(0, len(wanted), CLAIM_CHUNK)]
         changes: list[JobChange] = []
         writes: list[asyncio.Future[None]] = []  # releases under way
-        claiming: asyncio.Future[list[InFlight]] | None = asyncio.ensure_future(self._claim_in_flight(chunks[0]))
+        claiming: asyncio.Future[list[Claimed]] | None = asyncio.ensure_future(self._claim_in_flight(chunks[0]))
         try:
             for following in [*chunks[1:], None]:
                 this, claiming = claiming, None
@@ -75,14 +75,14 @@ class Polling(JobBase):
             await asyncio.gather(*writes)
         return changes
 
-    async def _release_once_claimed(self, claiming: asyncio.Future[list[InFlight]]) -> None:
+    async def _release_once_claimed(self, claiming: asyncio.Future[list[Claimed]]) -> None:
         try:
             claimed = await claiming
         except Exception:
             return  # the claim failed: nothing was taken
         await self.release_claims(claimed)
 
-    async def _ask(self, jobs: Sequence[Job | InFlight]) -> list[JobChange]:
+    async def _ask(self, jobs: Sequence[Job | Claimed]) -> list[JobChange]:
         """Ask the provider about these claimed jobs (in batched queries) and move each where its task is."""
         by_task = {job.provider_task_id: job for job in jobs if job.provider_task_id}
         if not by_task:
@@ -243,7 +243,7 @@ class Polling(JobBase):
             return None
         return await self.store.get_job(job.id)
 
-    async def _apply(self, job: Job | InFlight, task: KlingTask) -> Job | None:
+    async def _apply(self, job: Job | Claimed, task: KlingTask) -> Job | None:
         """Move a job to where the provider says its task is; returns the new row if it moved."""
         if _as_known(job.status, task.status):
             return None  # still rendering, as we knew (most answers of a tick): nothing to write
@@ -312,7 +312,7 @@ class Polling(JobBase):
     def _past_late_limit(self, job: Job | InFlight) -> bool:
         return (job.submitted_at or job.created_at) < self._given_up_before()
 
-    async def _give_up_late(self, claimed: Sequence[Job | InFlight]) -> list[JobChange]:
+    async def _give_up_late(self, claimed: Sequence[Job | Claimed]) -> list[JobChange]:
         """Fail claimed jobs still at the provider a day after JOB_TIMEOUT_MINUTES (their credits are given back)."""
         changes = []
         hours = (self.job_timeout + self.late_limit) / 3600
