@@ -4,7 +4,6 @@ applied to its job."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import statistics
 from collections.abc import Sequence
@@ -21,8 +20,6 @@ from bot.provider.records import KlingTask
 log = logging.getLogger(__name__)
 
 MAX_SUBMIT_ATTEMPTS = 3
-# Jobs a tick claims at once (100 lists of 20 ids): the next chunk is claimed while one is asked about.
-CLAIM_CHUNK = 2_000
 
 
 class Polling(JobBase):
@@ -39,48 +36,18 @@ class Polling(JobBase):
         overdue = {job.id for job in in_flight if (job.submitted_at or job.created_at) < given_up_before}
         # Only the jobs with work to do now are claimed; one another process is asking about is skipped.
         wanted = [job for job in in_flight if job.id in due or job.id in overdue]
-        if wanted:
-            changes.extend(await self._work_in_chunks(wanted, due, overdue))
+        claimed = await self._claim_in_flight(wanted) if wanted else []
+        try:
+            moved = await self._ask([job for job in claimed if job.id in due])
+            changes.extend(moved)
+            moved_ids = {change.job.id for change in moved}
+            changes.extend(await self._give_up_late([j for j in claimed if j.id in overdue and j.id not in moved_ids]))
+        finally:
+            await self.release_claims(claimed)
         if sweep:
             changes.extend(await self._time_out())
         changes.extend(await self.dispatch_once())  # last, so the slots freed just now are used at once
         return changes
-
-    async def _work_in_chunks(self, wanted: list[InFlight], due: set[str], overdue: set[str]) -> list[JobChange]:
-        """Claim, ask about (or give up) and release the wanted jobs a chunk at a time: the next chunk's claim and
-        the last one's release are written (in the database's own thread) while this chunk's queries are out.
-        Every job is asked about under its claim, as with one claim for all."""
-        chunks = [wanted[start : start + CLAIM_CHUNK] for start in range(0, len(wanted), CLAIM_CHUNK)]
-        changes: list[JobChange] = []
-        writes: list[asyncio.Future[None]] = []  # releases under way
-        claiming: asyncio.Future[list[Claimed]] | None = asyncio.ensure_future(self._claim_in_flight(chunks[0]))
-        try:
-            for following in [*chunks[1:], None]:
-                this, claiming = claiming, None
-                assert this is not None
-                claimed = await this
-                if following is not None:
-                    claiming = asyncio.ensure_future(self._claim_in_flight(following))
-                try:
-                    moved = await self._ask([job for job in claimed if job.id in due])
-                    changes.extend(moved)
-                    moved_ids = {change.job.id for change in moved}
-                    late = [job for job in claimed if job.id in overdue and job.id not in moved_ids]
-                    changes.extend(await self._give_up_late(late))
-                finally:
-                    writes.append(asyncio.ensure_future(self.release_claims(claimed)))
-        finally:
-            if claiming is not None:  # a chunk claimed but never asked about (this one failed): given back now
-                writes.append(asyncio.ensure_future(self._release_once_claimed(claiming)))
-            await asyncio.gather(*writes)
-        return changes
-
-    async def _release_once_claimed(self, claiming: asyncio.Future[list[Claimed]]) -> None:
-        try:
-            claimed = await claiming
-        except Exception:
-            return  # the claim failed: nothing was taken
-        await self.release_claims(claimed)
 
     async def _ask(self, jobs: Sequence[Job | Claimed]) -> list[JobChange]:
         """Ask the provider about these claimed jobs (in batched queries) and move each where its task is."""
