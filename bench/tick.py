@@ -36,6 +36,7 @@ from bench.flood import fakes_process
 from bench.run import TEMPLATE, bulk_insert
 from bot.core.jobs import JobChange, JobService
 from bot.core.model import AT_PROVIDER
+from bot.ops.heap import tune_collector
 from bot.provider.kling import MAX_IDS_PER_QUERY, TASKS, KlingClient
 from bot.provider.sim_tasks import SimTask
 from bot.provider.simulator import KlingSimulator
@@ -112,7 +113,9 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-async def bench(jobs: int, ticks: int, concurrency: int, latency: float) -> dict[str, dict[str, list[float]]]:
+async def bench(
+    jobs: int, ticks: int, concurrency: int, latency: float, tuned: bool = True
+) -> dict[str, dict[str, list[float]]]:
     """Wall and CPU seconds and provider queries of each tick, for both ways."""
     queries = [0]
 
@@ -150,6 +153,8 @@ async def bench(jobs: int, ticks: int, concurrency: int, latency: float) -> dict
                     }
                     for service in ways.values():  # warm: connections open, caches hot
                         await service.poll_once()
+                    if tuned:
+                        tune_collector()  # as the bot does after start-up (both ways run in this process alike)
                     for _ in range(ticks):
                         for name, service in ways.items():
                             before, sim_before = queries[0], cpu_of(where["pid"])
@@ -198,6 +203,7 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=5, help="ticks measured for each way")
     parser.add_argument("--concurrency", type=int, default=4, help="queries at once (POLL_CONCURRENCY)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to each answer (a network's round trip)")
+    parser.add_argument("--default-gc", action="store_true", help="leave the collector as Python sets it")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     latency = args.latency_ms / 1000
@@ -205,8 +211,9 @@ def main() -> None:
         asyncio.run(serve(args.jobs, latency))
         return
     logging.basicConfig(level=logging.ERROR)
-    figures = asyncio.run(bench(args.jobs, args.ticks, args.concurrency, latency))
+    figures = asyncio.run(bench(args.jobs, args.ticks, args.concurrency, latency, tuned=not args.default_gc))
     report(args.jobs, args.ticks, args.concurrency, latency, figures)
+    print("collector:", "Python's defaults" if args.default_gc else "tuned as the bot tunes it (bot/ops/heap.py)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from bot.config import Settings
 from bot.core.credits import PERSONAL
 from bot.core.i18n import english, tr
 from bot.core.model import AuditEntry, Job
+from bot.ops.heap import tune_collector
 from bot.provider.callbacks import CallbackServer, RateLimit
 from bot.resources import Resources, open_resources
 from bot.web.hosting import DashboardHooks, DashboardUnavailable, open_dashboard
@@ -393,6 +394,7 @@ async def run_bot(settings: Settings) -> int:
         VideoBot(settings, resources) as bot,
         bot.http_servers(),
     ):
+        tune_collector()  # start-up is done: its objects are never walked again
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, functools.partial(_stop, bot, signum))

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from bot.core import quota
 from bot.core.credits import CreditService
 from bot.core.i18n import english
-from bot.core.model import InFlight, Job, Lease, lease_of
+from bot.core.model import Claimed, InFlight, Job, Lease, lease_of
 from bot.core.options import OPTIONS, InvalidOption, JobOptions, option
 from bot.core.scheduling import AccountPause
 from bot.media.images import FirstFrame
@@ -175,7 +175,7 @@ class JobBase(ABC):
         self.adaptive = adaptive
         self.last_asked: dict[str, float] = {}  # job id -> when the provider was last asked about it
 
-    def lease_of(self, job: Job | InFlight) -> Lease | None:
+    def lease_of(self, job: Job | Claimed) -> Lease | None:
         """The claim this process holds on a job row, if it is this process's (writes under it are fenced)."""
         return lease_of(job) if job.lease_owner == self.owner else None
 
@@ -187,17 +187,24 @@ class JobBase(ABC):
             statuses, owner=self.owner, now=self.clock(), seconds=length, limit=limit, origin=self.origin, **narrow
         )
 
-    async def _claim_in_flight(self, ids: Sequence[str]) -> list[InFlight]:
+    async def _claim_in_flight(self, jobs: Sequence[InFlight]) -> list[Claimed]:
+        """Claim these jobs (read just before); the ones taken, as claimed."""
         return await self.store.claim_in_flight(
-            ids, owner=self.owner, now=self.clock(), seconds=self.lease_seconds, limit=POLL_BATCH, origin=self.origin
+            [job.id for job in jobs],
+            owner=self.owner,
+            now=self.clock(),
+            seconds=self.lease_seconds,
+            limit=POLL_BATCH,
+            origin=self.origin,
         )
 
-    async def release_claims(self, jobs: Iterable[Job | InFlight]) -> None:
+    async def release_claims(self, jobs: Iterable[Job | Claimed]) -> None:
         """Give back this process's claims on these jobs (their work is done, or left for the next tick)."""
-        held = [(job.id, lease) for job in jobs if (lease := self.lease_of(job)) is not None]
+        owner = self.owner
+        held = [(job.id, Lease(owner, job.lease_attempt)) for job in jobs if job.lease_owner == owner]
         await self.store.release_leases(held, self.clock())
 
-    async def _fail(self, job: Job | InFlight, reason: str, previous: str | tuple[str, ...]) -> Job | None:
+    async def _fail(self, job: Job | Claimed, reason: str, previous: str | tuple[str, ...]) -> Job | None:
         """Fail a job (its reservation is released with it); None when another path already moved it."""
         now = self.clock()
         if not await self.store.transition(
@@ -233,4 +240,4 @@ class JobBase(ABC):
     async def dispatch_once(self) -> list[JobChange]: ...  # Dispatch
 
     @abstractmethod
-    async def _apply(self, job: Job | InFlight, task: KlingTask) -> Job | None: ...  # Polling
+    async def _apply(self, job: Job | Claimed, task: KlingTask) -> Job | None: ...  # Polling

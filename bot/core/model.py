@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import date
+from typing import NamedTuple
 
 from bot.core.options import JobOptions
 
@@ -96,9 +97,9 @@ class DuplicateRequest(Exception):
     """A job answering the same question (its request key) was written already; nothing was written or charged."""
 
 
-@dataclass(frozen=True, slots=True)
-class InFlight:
-    """A job at the provider as a poll tick reads it: the few columns it needs, not the whole row."""
+class InFlight(NamedTuple):
+    """A job at the provider as a poll tick reads it: the few columns it needs, not the whole row (a named tuple:
+    a tick builds 10,000 of them, and a tuple is built several times faster than a dataclass)."""
 
     id: str
     status: str
@@ -111,8 +112,7 @@ class InFlight:
     lease_attempt: int
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(NamedTuple):
     """A process's claim on a job's background work: a write made under it is refused once the job was claimed
     again (its attempt moved on), so a process that paused past its lease cannot overwrite newer work."""
 
@@ -120,7 +120,18 @@ class Lease:
     attempt: int
 
 
-def lease_of(job: Job | InFlight) -> Lease | None:
+class Claimed(NamedTuple):
+    """A job a poll tick's claim took, with what the tick's work on it reads (its state then, its task, the lease
+    it now carries); the rest of its narrow row was read just before."""
+
+    id: str
+    status: str
+    provider_task_id: str | None
+    lease_owner: str | None
+    lease_attempt: int
+
+
+def lease_of(job: Job | Claimed) -> Lease | None:
     """The claim a job row carries, if any."""
     return Lease(job.lease_owner, job.lease_attempt) if job.lease_owner is not None else None
 

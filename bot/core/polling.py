@@ -12,7 +12,7 @@ from dataclasses import replace
 from bot.core import quota
 from bot.core.i18n import english
 from bot.core.job_base import JobBase, JobChange, SubmitRefused
-from bot.core.model import AT_PROVIDER, WAITING, InFlight, Job
+from bot.core.model import AT_PROVIDER, WAITING, Claimed, InFlight, Job
 from bot.core.scheduling import Polled, Shape, due_for_poll, poll_delay, shape_of
 from bot.provider.errors import KlingError
 from bot.provider.records import KlingTask
@@ -32,9 +32,11 @@ class Polling(JobBase):
         changes = await self._settle_reserved(everything=False)
         in_flight = await self.store.in_flight(origin=self.origin)  # narrow rows: the tick reads no more
         due = {job.id for job in await self._due(in_flight)}
-        overdue = {job.id for job in in_flight if self._past_late_limit(job)}
+        given_up_before = self._given_up_before()  # one clock read for 10,000 jobs
+        overdue = {job.id for job in in_flight if (job.submitted_at or job.created_at) < given_up_before}
         # Only the jobs with work to do now are claimed; one another process is asking about is skipped.
-        claimed = await self._claim_in_flight([*due | overdue]) if due | overdue else []
+        wanted = [job for job in in_flight if job.id in due or job.id in overdue]
+        claimed = await self._claim_in_flight(wanted) if wanted else []
         try:
             moved = await self._ask([job for job in claimed if job.id in due])
             changes.extend(moved)
@@ -47,7 +49,7 @@ class Polling(JobBase):
         changes.extend(await self.dispatch_once())  # last, so the slots freed just now are used at once
         return changes
 
-    async def _ask(self, jobs: Sequence[Job | InFlight]) -> list[JobChange]:
+    async def _ask(self, jobs: Sequence[Job | Claimed]) -> list[JobChange]:
         """Ask the provider about these claimed jobs (in batched queries) and move each where its task is."""
         by_task = {job.provider_task_id: job for job in jobs if job.provider_task_id}
         if not by_task:
@@ -65,6 +67,8 @@ class Polling(JobBase):
             if job is None:
                 log.warning("poll: the provider answered for a task we did not ask about: %s", task.id)
                 continue
+            if _as_known(job.status, task.status):
+                continue  # most answers of a tick: no coroutine of `_apply` for 10,000 of them
             change = await self._apply(job, task)
             if change is not None:
                 changes.append(JobChange(change, job.status))
@@ -206,9 +210,9 @@ class Polling(JobBase):
             return None
         return await self.store.get_job(job.id)
 
-    async def _apply(self, job: Job | InFlight, task: KlingTask) -> Job | None:
+    async def _apply(self, job: Job | Claimed, task: KlingTask) -> Job | None:
         """Move a job to where the provider says its task is; returns the new row if it moved."""
-        if task.status in AT_PROVIDER and (task.status, job.status) != ("processing", "submitted"):
+        if _as_known(job.status, task.status):
             return None  # still rendering, as we knew (most answers of a tick): nothing to write
         now = self.clock()
         lease = self.lease_of(job)
@@ -268,10 +272,14 @@ class Polling(JobBase):
             await self.release_claims(stale)
         return changes
 
-    def _past_late_limit(self, job: Job | InFlight) -> bool:
-        return self.clock() - (job.submitted_at or job.created_at) > self.job_timeout + self.late_limit
+    def _given_up_before(self) -> float:
+        """A job at the provider since before this is past the late limit (a day after JOB_TIMEOUT_MINUTES)."""
+        return self.clock() - self.job_timeout - self.late_limit
 
-    async def _give_up_late(self, claimed: Sequence[Job | InFlight]) -> list[JobChange]:
+    def _past_late_limit(self, job: Job | InFlight) -> bool:
+        return (job.submitted_at or job.created_at) < self._given_up_before()
+
+    async def _give_up_late(self, claimed: Sequence[Job | Claimed]) -> list[JobChange]:
         """Fail claimed jobs still at the provider a day after JOB_TIMEOUT_MINUTES (their credits are given back)."""
         changes = []
         hours = (self.job_timeout + self.late_limit) / 3600
@@ -284,6 +292,11 @@ class Polling(JobBase):
                 log.warning("job %s given up after %g hours at the provider", job.id, hours)
                 changes.append(JobChange(failed, job.status))
         return changes
+
+
+def _as_known(job_status: str, task_status: str) -> bool:
+    """The provider says the task still renders, as the job's state already says: nothing to write."""
+    return task_status in AT_PROVIDER and (task_status, job_status) != ("processing", "submitted")
 
 
 def _billed_millicredits(task: KlingTask) -> int | None:

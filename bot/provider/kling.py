@@ -281,7 +281,8 @@ class KlingClient:
             self._lists_proven = False
             await self._query_batches(chunk, found)
             return
-        found.update((task.id, task) for task in answer if task.id in chunk)
+        asked = set(chunk)  # (20 answers a list, 10,000 a tick: no scan of the list for each)
+        found.update((task.id, task) for task in answer if task.id in asked)
         missing = [i for i in chunk if i not in found]
         if missing and len(chunk) > 1:
             # Unknown ids, or a gateway that answers only part of a list: ask again in smaller batches.

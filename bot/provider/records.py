@@ -121,6 +121,7 @@ class Envelope(_Model):
 
 _PLAIN_KEYS = frozenset({"id", "status", "message", "create_time", "update_time"})
 _STILL_RENDERING = frozenset({"submitted", "processing"})
+_UNSET = {"outputs": None, "billing": None}  # the fields a plain record never has
 
 
 def _plain_rendering(data: Any) -> KlingTask | None:
@@ -128,18 +129,31 @@ def _plain_rendering(data: Any) -> KlingTask | None:
     without validation, which is most of a tick's parsing; anything else (even an int id) takes the full path."""
     if type(data) is not dict or not data.keys() <= _PLAIN_KEYS:
         return None
-    task_id, status, message = data.get("id"), data.get("status"), data.get("message", "")
+    status = data.get("status")
+    if type(status) is not str or status not in _STILL_RENDERING:  # (a list or an object is not hashable)
+        return None
+    task_id, message = data.get("id"), data.get("message", "")
     created, updated = data.get("create_time"), data.get("update_time")
     if (
         type(task_id) is str
-        and status in _STILL_RENDERING
         and (message is None or type(message) is str)
         and (created is None or type(created) is int)
         and (updated is None or type(updated) is int)
     ):
         fields = {"id": task_id, "status": status, "message": message, "create_time": created, "update_time": updated}
-        return KlingTask.model_construct(**fields)
+        return _built(fields, data.keys())
     return None
+
+
+def _built(fields: dict[str, Any], given: Any) -> KlingTask:
+    """A record of these already checked fields, made as `model_construct` makes it (the same attributes) without
+    its walk over every field's default: a fifth of its cost, paid 10,000 times a tick."""
+    task = KlingTask.__new__(KlingTask)
+    object.__setattr__(task, "__dict__", fields | _UNSET)
+    object.__setattr__(task, "__pydantic_fields_set__", set(given))
+    object.__setattr__(task, "__pydantic_extra__", None)
+    object.__setattr__(task, "__pydantic_private__", None)
+    return task
 
 
 def parse_task(data: Any) -> KlingTask:

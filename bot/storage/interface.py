@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from bot.core.model import (
     AuditEntry,
+    Claimed,
     InFlight,
     Job,
     Lease,
@@ -68,7 +69,7 @@ class Storage(Protocol):
 
     async def claim_in_flight(
         self, ids: Sequence[str], *, owner: str, now: float, seconds: float, limit: int, origin: str = "discord"
-    ) -> list[InFlight]: ...
+    ) -> list[Claimed]: ...
 
     async def claim_queued(
         self,

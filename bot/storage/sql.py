@@ -23,6 +23,7 @@ from bot.core.model import (
     MUTABLE_JOB_FIELDS,
     OPEN,
     AuditEntry,
+    Claimed,
     InFlight,
     Job,
     MemberQuota,
@@ -36,7 +37,8 @@ from bot.core.model import (
 
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
 SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
-IN_FLIGHT_COLUMNS = ", ".join(f.name for f in fields(InFlight))  # a poll tick's narrow rows
+IN_FLIGHT_COLUMNS = ", ".join(InFlight._fields)  # a poll tick's narrow rows
+CLAIMED_COLUMNS = ", ".join(Claimed._fields)  # what a poll tick's claim returns
 
 
 def literals(states: Iterable[str]) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from bot.core.model import AT_PROVIDER, HOLDING_A_SLOT, OPEN, AuditEntry, InFlight, Job, Lease
+from bot.core.model import AT_PROVIDER, HOLDING_A_SLOT, OPEN, AuditEntry, Claimed, InFlight, Job, Lease
 from bot.storage.sql import (
     CLAIM_ORDER,
+    CLAIMED_COLUMNS,
     DISPATCH_LOCK,
     IN_FLIGHT_COLUMNS,
     JOB_COLUMNS,
@@ -97,11 +98,12 @@ class JobStatements(SqlBase):
 
     async def claim_in_flight(
         self, ids: Sequence[str], *, owner: str, now: float, seconds: float, limit: int, origin: str = "discord"
-    ) -> list[InFlight]:
-        """`claim_jobs` of these jobs at the provider, returning only the narrow rows a poll tick reads."""
+    ) -> list[Claimed]:
+        """`claim_jobs` of these jobs at the provider, returning only what a poll tick learns from a claim (the
+        rest of each job's narrow row it read just before), in no particular order."""
         sql, params = self._claimable(AT_PROVIDER, origin, now, ids, None, None)
-        rows = await self._claim(sql, params, IN_FLIGHT_COLUMNS, owner=owner, now=now, seconds=seconds, limit=limit)
-        return sorted((InFlight(*row) for row in rows), key=lambda job: job.created_at)
+        rows = await self._claim(sql, params, CLAIMED_COLUMNS, owner=owner, now=now, seconds=seconds, limit=limit)
+        return [Claimed(*row) for row in rows]
 
     def _claimable(
         self,
