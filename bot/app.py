@@ -74,10 +74,18 @@ EXEMPT_FROM_GLOBAL_LIMIT = ("/interactions/", "/webhooks/")
 # Set in the background work's tasks (the poll loop, the deliveries): their Discord requests give way to the ones a
 # member is waiting on (an answer's card, a Delete), which would otherwise queue behind a flood's thousand posts.
 BACKGROUND = contextvars.ContextVar("background_discord_work", default=False)
+# With every turn of the pace in flight, how often the next request looks whether an answer came back.
+IN_FLIGHT_LOOK_SECONDS = 0.005
 
 
 class Pace:
-    """At most `limit` requests in any sliding second: a request waits for its turn instead of being refused.
+    """At most `limit` requests in any second as Discord counts them: a request waits for its turn instead of being
+    refused.
+
+    Discord counts a request when it arrives, somewhere between the moment it is let through here and the moment
+    its answer comes back, and how long it takes to get there varies (an upload, a busy event loop). So a request
+    holds its turn from the moment it is let through until a second after its answer (`done`): any second in which
+    Discord counts requests then holds at most `limit` of them, however late each arrived.
 
     Two lanes, each first come first served: a request a member waits on takes the next free turn before any
     background request still waiting."""
@@ -91,33 +99,49 @@ class Pace:
         self.limit = limit
         self.clock = clock
         self.sleep = sleep
-        self.sent: collections.deque[float] = collections.deque()
+        self.in_flight = 0  # let through, no answer yet
+        self.answered: collections.deque[float] = collections.deque()  # when each answer of the last second came
         self.lock = asyncio.Lock()  # the background lane
         self.urgent_lock = asyncio.Lock()
         self.urgent_waiting = 0
 
+    def held(self, now: float) -> int:
+        """Turns Discord may still be counting in a second that contains `now`."""
+        while self.answered and now - self.answered[0] >= 1.0:
+            self.answered.popleft()
+        return self.in_flight + len(self.answered)
+
     async def wait(self, *, urgent: bool = True) -> None:
-        """Return when one more request keeps the last second within the limit."""
+        """Return when one more request keeps every second Discord could count within the limit; the caller then
+        calls `done` once its answer came back (or the request failed)."""
         self.urgent_waiting += urgent
         try:
             async with self.urgent_lock if urgent else self.lock:
                 while True:
                     now = self.clock()
-                    while self.sent and now - self.sent[0] >= 1.0:
-                        self.sent.popleft()
-                    full = len(self.sent) >= self.limit
+                    full = self.held(now) >= self.limit
                     if not full and (urgent or not self.urgent_waiting):
-                        self.sent.append(now)
+                        self.in_flight += 1
                         return
-                    # A free turn that an urgent request is about to take: look again once it has.
-                    await self.sleep(1.0 - (now - self.sent[0]) if full else 0.001)
+                    # A turn frees a second after the oldest answer; with every turn in flight, when one comes back.
+                    # Not full: a free turn that an urgent request is about to take; look again once it has.
+                    if full:
+                        await self.sleep(1.0 - (now - self.answered[0]) if self.answered else IN_FLIGHT_LOOK_SECONDS)
+                    else:
+                        await self.sleep(0.001)
         finally:
             self.urgent_waiting -= urgent
+
+    def done(self) -> None:
+        """The answer to a request let through by `wait` came back (or it failed): its turn ends a second from now."""
+        self.in_flight -= 1
+        self.answered.append(self.clock())
 
 
 def paced_trace(api_base: str, pace: Pace) -> aiohttp.TraceConfig:
     """An aiohttp trace (discord.py's `http_trace` option) that holds every request to Discord's API, retries
-    included, until the global pace allows it; interaction answers are exempt, as they are at Discord."""
+    included, until the global pace allows it, and ends its turn when the answer (or the failure) comes back;
+    interaction answers are exempt, as they are at Discord."""
     api_base = api_base.rstrip("/")
 
     async def on_request_start(
@@ -126,9 +150,17 @@ def paced_trace(api_base: str, pace: Pace) -> aiohttp.TraceConfig:
         url = str(params.url)
         if url.startswith(api_base) and not url[len(api_base) :].startswith(EXEMPT_FROM_GLOBAL_LIMIT):
             await pace.wait(urgent=not BACKGROUND.get())
+            context.paced = True  # aiohttp gives each request its own context, and an end or an exception after this
+
+    async def on_request_finished(session: aiohttp.ClientSession, context: Any, params: Any) -> None:
+        if getattr(context, "paced", False):
+            context.paced = False
+            pace.done()
 
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(on_request_start)
+    trace.on_request_end.append(on_request_finished)
+    trace.on_request_exception.append(on_request_finished)
     return trace
 
 

@@ -52,6 +52,9 @@ def check_flood(text: str) -> None:
     done = "| videos delivered / undeliverable / failed / not done | 5 / 0 / 0 / 0 | 5 finished at once, 2 channel(s) |"
     assert done in rows
     assert any(line.startswith("| Discord requests per delivered video (from the finish) | ") for line in rows)
+    assert any(line.startswith("| the bot's event loop lag p50 / p99 / max, ") for line in rows)
+    assert "| measure | as it was (pace) | as it is | ratio |" in rows  # --compare: both runs side by side
+    assert any(line.startswith("| 429s on the global limit | ") for line in rows)
 
 
 def check_burst(text: str) -> None:
@@ -93,7 +96,7 @@ def check_tick(text: str) -> None:
 SMOKE_RUNS: dict[str, tuple[list[str], Callable[[str], None]]] = {
     "run": (["--tiny"], check_run),
     "clips": (["--segments", "2", "--seconds", "1", "--size", "320x240"], check_clips),
-    "flood": (["--videos", "5", "--channels", "2", "--acks", "3", "--members", "2"], check_flood),
+    "flood": (["--videos", "5", "--channels", "2", "--acks", "3", "--members", "2", "--compare"], check_flood),
     "callback_flood": (["--samples", "1", "--connections", "2", "--flood-answers", "500"], check_callback_flood),
     "burst": (["--jobs", "2"], check_burst),
     "burst_discord": (["--images", "2", "--megabytes", "0.3", "--before"], check_burst_discord),

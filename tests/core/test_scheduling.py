@@ -93,9 +93,29 @@ async def test_the_global_pace_lets_no_more_than_the_limit_into_any_second() -> 
     for _ in range(7):
         await pace.wait()
         sent_at.append(clock())
+        pace.done()  # answered at once: the turn ends a second after it was let through
         clock.advance(0.1)
     assert all(sum(1 for t in sent_at if start <= t < start + 1.0) <= 3 for start in sent_at)
     assert slept and sent_at[3] >= sent_at[0] + 1.0  # the fourth waited for the first to leave the window
+
+
+async def test_a_turn_of_the_global_pace_lasts_until_a_second_after_its_answer() -> None:
+    # Discord counts a request when it arrives, at any moment before its answer: a slow one still holds its turn.
+    clock = FakeClock(0.0)
+
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    pace = Pace(2, clock=clock, sleep=sleep)
+    await pace.wait()
+    await pace.wait()
+    clock.advance(1.5)  # both still in flight: no turn has freed, however long ago they were let through
+    pace.done()
+    answered = clock()
+    clock.advance(0.2)
+    pace.done()
+    await pace.wait()
+    assert clock() >= answered + 1.0  # the third went a second after the first answer, not after the first start
 
 
 async def test_a_request_a_member_waits_on_goes_before_the_background_ones_waiting() -> None:
@@ -105,13 +125,15 @@ async def test_a_request_a_member_waits_on_goes_before_the_background_ones_waiti
         await asyncio.sleep(0)  # the test moves the clock; a sleeper looks again at each turn of the loop
 
     pace = Pace(2, clock=clock, sleep=sleep)
-    await pace.wait(urgent=False)
-    await pace.wait(urgent=False)  # this second is full
+    for _ in range(2):
+        await pace.wait(urgent=False)
+        pace.done()  # this second is full
     order: list[str] = []
 
     async def request(name: str, urgent: bool) -> None:
         await pace.wait(urgent=urgent)
         order.append(name)
+        pace.done()
 
     background = [asyncio.create_task(request(f"background {n}", False)) for n in range(4)]
     await asyncio.sleep(0)
