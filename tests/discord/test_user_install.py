@@ -103,19 +103,24 @@ async def test_without_a_personal_quota_it_is_refused_and_nothing_is_charged(wor
 
 async def test_buttons_under_the_dm_video_work_on_the_personal_quota(world: Harness) -> None:
     fake = world.discord
-    world.settings_overrides["personal_quota_credits"] = 8.0  # two 5 s videos
+    world.settings_overrides["personal_quota_credits"] = 12.0  # three 5 s videos
     async with world.running():
         await make_elsewhere(world)
         first = await world.job_in("delivered")
         await wait_until(lambda: any(m["files"] for m in fake.dms("alice")))
         video = next(m for m in fake.dms("alice") if m["files"])
-        edit = await fake.press(f"video:edit:{first.id}", video, dm=True)
-        await wait_until(lambda: edit.modal is not None)
         pressed = await fake.press(f"video:reroll:{first.id}", video, dm=True)
         assert "on its way" in await private_answer(pressed)
         await wait_until(lambda: sum(1 for m in fake.dms("alice") if m["files"]) == 2)
+        edit = await fake.press(f"video:edit:{first.id}", video, dm=True)
+        await wait_until(lambda: edit.modal is not None)
+        assert "on its way" in await private_answer(await fake.submit_modal(edit, {"Prompt": "a kite at night"}))
+        await wait_until(lambda: sum(1 for m in fake.dms("alice") if m["files"]) == 3)
         alice = int(fake.users["alice"]["id"])
-        assert await world.resources.store.count_member_jobs(PERSONAL, alice) == 2
+        jobs = await world.resources.store.member_jobs(PERSONAL, alice, statuses=None, limit=10, offset=0)
+        assert len(jobs) == 3 and all(j.status == "delivered" and j.private for j in jobs)
+        [edited] = [j for j in jobs if j.prompt == "a kite at night"]
+        assert edited.edited_from == first.id
     assert public_messages(world) == [] and fake.threads() == []
 
 
