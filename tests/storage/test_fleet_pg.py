@@ -54,6 +54,9 @@ async def test_two_services_polling_at_once_ask_about_each_job_once(postgres_dsn
         jobs = [await first.create(JobRequest("text", f"clip {n}")) for n in range(40)]
         assert {job.status for job in jobs} <= {"submitted", "processing"}
         sim.requests.clear()
+        # Slow answers keep the first tick's claims held while the other claims: ticks at once, however fast a
+        # tick is (two ticks one after the other each ask, as they should).
+        sim.fail_next("slow", on="query", times=4, delay=0.5)
         await asyncio.gather(first.poll_once(), second.poll_once())
         asked = list(queried(sim))
         assert sorted(asked) == sorted(job.provider_task_id for job in jobs)  # each once, by one of the two
