@@ -115,10 +115,16 @@ async def test_buttons_under_the_dm_video_work_on_the_personal_quota(world: Harn
         edit = await fake.press(f"video:edit:{first.id}", video, dm=True)
         await wait_until(lambda: edit.modal is not None)
         assert "on its way" in await private_answer(await fake.submit_modal(edit, {"Prompt": "a kite at night"}))
-        await wait_until(lambda: sum(1 for m in fake.dms("alice") if m["files"]) == 3)
         alice = int(fake.users["alice"]["id"])
-        jobs = await world.resources.store.member_jobs(PERSONAL, alice, statuses=None, limit=10, offset=0)
+        store = world.resources.store
+
+        async def three_delivered() -> bool:
+            return len(await store.member_jobs(PERSONAL, alice, statuses=("delivered",), limit=10, offset=0)) == 3
+
+        await wait_until(three_delivered)
+        jobs = await store.member_jobs(PERSONAL, alice, statuses=None, limit=10, offset=0)
         assert len(jobs) == 3 and all(j.status == "delivered" and j.private for j in jobs)
+        assert sum(1 for m in fake.dms("alice") if m["files"]) == 3
         [edited] = [j for j in jobs if j.prompt == "a kite at night"]
         assert edited.edited_from == first.id
     assert public_messages(world) == [] and fake.threads() == []
