@@ -239,8 +239,10 @@ class CreditService:
         """Lift a block."""
         return await self._change_member(guild_id, moderator_id, user_id, "unblock", None, blocked_reason=None)
 
-    async def grant(self, guild_id: int, moderator_id: int, user_id: int, amount: int, reason: str) -> AuditEntry:
-        """Bonus credits for the current period."""
+    async def grant(
+        self, guild_id: int, moderator_id: int, user_id: int, amount: int, reason: str, request_key: str | None = None
+    ) -> AuditEntry:
+        """Bonus credits for the current period; a `request_key` used before grants nothing (DuplicateRequest)."""
         settings = await self.store.quota_settings(guild_id, self.defaults)
         before = await self.store.usage(guild_id, user_id, self._window_start(settings.period))
         entry = self._audit(
@@ -252,7 +254,7 @@ class CreditService:
             english("granted {amount}", amount=quota.format_credits(before.granted + amount)),
             reason,
         )
-        await self.store.add_grant(guild_id, user_id, amount, entry)
+        await self.store.add_grant(guild_id, user_id, amount, entry, request_key)
         return entry
 
     async def set_role(

@@ -367,6 +367,14 @@ STEPS: tuple[tuple[str | Dialects, ...], ...] = (
     ALTER TABLE web_sessions ADD COLUMN guilds TEXT;
     """,
     ),
+    # 11
+    (
+        """
+    -- The form a grant came from (the dashboard's, one key per page shown): a form sent twice grants once.
+    ALTER TABLE grants ADD COLUMN request_key TEXT;
+    CREATE UNIQUE INDEX grants_request_key ON grants (request_key);
+    """,
+    ),
 )
 
 # Migration 5's running totals, kept by triggers from `jobs` on SQLite: PostgreSQL counts the rows instead, so a copy

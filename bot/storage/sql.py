@@ -24,6 +24,7 @@ from bot.core.model import (
     OPEN,
     AuditEntry,
     Claimed,
+    DuplicateRequest,
     InFlight,
     Job,
     MemberQuota,
@@ -271,18 +272,22 @@ class QuotaStatements(SqlBase):
                 (guild_id, role_id, quota),
             )
 
-    async def add_grant(self, guild_id: int, user_id: int, amount: int, audit: AuditEntry) -> None:
+    async def add_grant(
+        self, guild_id: int, user_id: int, amount: int, audit: AuditEntry, request_key: str | None = None
+    ) -> None:
         """Give a member bonus credits for the current period, with the audit row (its moderator, reason and time),
-        in one transaction."""
+        in one transaction. A `request_key` already used grants nothing: DuplicateRequest."""
         reason, moderator_id, now = audit.reason or "", audit.moderator_id, audit.created_at
         async with self.transaction() as db:
-            await self._insert_audit(db, audit)
-            await self._run(
+            granted = await self._fetch(
                 db,
-                "INSERT INTO grants (guild_id, user_id, amount, reason, moderator_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (guild_id, user_id, amount, reason, moderator_id, now),
+                "INSERT INTO grants (guild_id, user_id, amount, reason, moderator_id, created_at, request_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_key) DO NOTHING RETURNING amount",
+                (guild_id, user_id, amount, reason, moderator_id, now, request_key),
             )
+            if not granted:  # the same form sent again (a double click): rolled back, nothing written
+                raise DuplicateRequest(request_key or "")
+            await self._insert_audit(db, audit)
 
     async def usage(self, guild_id: int, user_id: int, since: float) -> Usage:
         """A member's credits used, reserved and granted since a time, derived from jobs and grants."""

@@ -29,7 +29,7 @@ from bot.core import quota
 from bot.core.credits import CreditService
 from bot.core.i18n import english, tr, translated
 from bot.core.jobs import JobService
-from bot.core.model import STATES, WebSession
+from bot.core.model import STATES, DuplicateRequest, WebSession
 from bot.core.review import Review, ReviewRefused
 from bot.serving.chart import ChartUnavailable, render_usage_chart
 from bot.storage.interface import Storage
@@ -329,6 +329,7 @@ class Dashboard:
             status=400 if error else 200,
             session=session,
             csrf=self.csrf(cookie),
+            once=secrets.token_urlsafe(16),  # the grant form's key: sent twice (a double click), it grants once
             server=view,
             settings=settings,
             window=window,
@@ -412,7 +413,15 @@ class Dashboard:
             amount = parse_credits(form.get("amount", ""), low=0.001)
             if amount is None:
                 raise BadForm(english("Give a number of credits."))
-            entry = await credits.grant(guild_id, moderator, parse_id(form.get("member", "")), amount, reason_of(form))
+            once = form.get("once", "")
+            if not once or len(once) > 64:
+                raise BadForm(english("This form is out of date: reload the page and send it again."))
+            member = parse_id(form.get("member", ""))
+            try:
+                entry = await credits.grant(guild_id, moderator, member, amount, reason_of(form), f"web:{once}")
+            except DuplicateRequest:
+                log.info("dashboard: a grant form sent again by %s granted nothing more", moderator)
+                return "saved"  # the first sending granted it: the page says so, as after it
         elif action == "block":
             entry = await credits.block(guild_id, moderator, parse_id(form.get("member", "")), reason_of(form))
         elif action == "unblock":

@@ -244,3 +244,29 @@ async def test_approve_posted_twice_at_once_posts_the_video_once(world: Harness,
         assert sum("your video is ready" in m["content"] for m in fake.messages[thread["id"]]) == 1
         entries = await world.resources.credits.audit_entries(int(fake.guild_id))
         assert [e.action for e in entries].count("approve") == 1
+
+
+async def test_a_grant_form_sent_twice_at_once_grants_once(world: Harness, browser: Browser) -> None:
+    fake = world.discord
+    guild_id, alice = int(fake.guild_id), member_id(fake, "alice")
+    async with world.running():
+        _, page = await logged_in(browser, world, "mod")
+        await server_page(page, world)
+        grant = "form[action$='/grant']"
+        form = {
+            "csrf": await page.input_value(f"{grant} input[name=csrf]"),
+            "once": await page.input_value(f"{grant} input[name=once]"),
+            "member": alice,
+            "amount": "2",
+            "reason": "a double click",
+        }
+        statuses = await asyncio.gather(*(post_form(page, world, "grant", form) for _ in range(2)))
+        assert statuses == [303, 303]  # both told it is done: it is, once
+        usage = await world.resources.store.usage(guild_id, int(alice), 0)
+        entries = await world.resources.credits.audit_entries(guild_id)
+        assert usage.granted == 2000 and [e.action for e in entries].count("grant") == 1
+        # The page shown again has a new form: a second grant on purpose is made.
+        await server_page(page, world)
+        form["once"] = await page.input_value(f"{grant} input[name=once]")
+        assert await post_form(page, world, "grant", form) == 303
+        assert (await world.resources.store.usage(guild_id, int(alice), 0)).granted == 4000
