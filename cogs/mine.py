@@ -32,9 +32,8 @@ class MemberViews(commands.Cog):
     @commands.Cog.listener()
     async def on_app_command_completion(self, interaction: discord.Interaction[Any], command: Any) -> None:
         """After any command: tell the member, once, of the private videos that reached no one (closed DMs), in one
-        follow-up (a user install outside the bot's servers has five per command)."""
-        if interaction.guild_id is None:
-            return
+        follow-up (a user install outside the bot's servers has five per command). In a DM, of those on the
+        personal quota."""
         untold = await self.jobs.untold_unreached(quota_scope(interaction), interaction.user.id)
         lines = [
             tr(

@@ -144,12 +144,14 @@ async def test_the_fake_refuses_the_sixth_follow_up_where_only_the_user_install_
     assert statuses[FOLLOWUP_LIMIT] == (400, 40094)
 
 
-async def test_a_video_that_reached_no_one_is_told_at_the_next_command_there(world: Harness) -> None:
+@pytest.mark.parametrize("where", ["elsewhere", "group_dm"])
+async def test_a_video_that_reached_no_one_is_told_at_the_next_command_there(world: Harness, where: str) -> None:
     fake = world.discord
     fake.close_dms("alice")
     world.sim.hold = True
+    there = {where: True}  # a server without the bot, or a group DM
     async with world.running():
-        sent = await make_elsewhere(world)
+        sent = await fake.slash("video", {"prompt": "a kite over dunes", "duration": 5}, sub="text", **there)
         await private_answer(sent)
         job = await world.job_in("submitted", "processing")
         store = world.resources.store
@@ -157,9 +159,9 @@ async def test_a_video_that_reached_no_one_is_told_at_the_next_command_there(wor
         world.sim.hold = False
         job = await world.job_in("undeliverable")
         assert job.delivered_via == "none"
-        status = await fake.slash("video", sub="status", elsewhere=True)
+        status = await fake.slash("video", sub="status", **there)
         await wait_until(lambda: any("could not reach you" in t for t in status.texts()))
-        again = await fake.slash("video", sub="status", elsewhere=True)
+        again = await fake.slash("video", sub="status", **there)
         await private_answer(again)
         await world.more_ticks()
     assert not any("could not reach you" in t for t in again.texts())
