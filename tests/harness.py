@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from bot.app import VideoBot
+from bot.app import HANDLER_TASKS, VideoBot
 from bot.config import Settings, load_settings
 from bot.provider.callbacks import CALLBACK_PATH
 from bot.provider.simulator import KlingSimulator
@@ -86,6 +86,13 @@ class Harness:
         """Wait until the poll loop has acted on `count` callbacks' hints in all."""
         poller = self.poller()
         await wait_until(lambda: poller.hints_handled >= count)
+
+    async def handlers_done(self) -> None:
+        """Wait until no command, button or form handler runs, nor an event one dispatched as it ended (the note
+        after a command): what they send is then all sent."""
+        await wait_until(
+            lambda: not [t for t in asyncio.all_tasks() if t.get_name().startswith(HANDLER_TASKS) and not t.done()]
+        )
 
     async def stop_deliverer_after_its_post(self, job: Any) -> None:
         """Leave `job` as a deliverer leaves it when it stops between the post and the row's update, its claim then

@@ -134,6 +134,7 @@ async def test_closed_dm_after_the_token_died_reaches_no_one_publicly(world: Har
         assert all(m["flags"] & 64 for m in status.messages)
         again = await world.discord.slash("video", sub="status")
         await private_answer(again)
+        await world.handlers_done()  # the note would come after the answer
         assert not any("could not reach you" in t for t in again.texts())
         assert (await world.resources.store.get_job(job.id)).undelivered_told  # type: ignore[union-attr]
         assert public_messages(world) == []
