@@ -6,23 +6,34 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from tests.fake_discord import FakeDiscord
 from tests.fakes.discord.ratelimits import GLOBAL_EXEMPT, Limit
 from tests.harness import harness
 
 PACE = 4  # requests a second: the bot's setting here, one under the fake's global limit
 
 
-async def test_a_burst_of_posts_waits_for_the_bots_pace_and_meets_no_global_limit(tmp_path: Path) -> None:
+async def burst_of_posts(tmp_path: Path, global_limit: int, late: int = 0) -> tuple[FakeDiscord, int]:
+    """The bot posts once in each of 3 x PACE channels at once (no route limit met), the fake enforcing a global
+    limit of `global_limit` a second and counting the first `late` posts 0.9 s after they were sent. Returns the
+    fake and how many requests it had before the burst."""
     async with harness(tmp_path) as world:
         fake = world.discord
         world.settings_overrides = {"discord_requests_per_second": PACE}
-        rooms = [fake.add_channel(f"room-{n}", 0) for n in range(3 * PACE)]  # one post each: no route limit met
+        rooms = [fake.add_channel(f"room-{n}", 0) for n in range(3 * PACE)]
         async with world.running() as bot:
-            fake.rate_limits, fake.global_limit, fake.route_limits = True, Limit(PACE + 1, 1.0), {}
+            fake.rate_limits, fake.global_limit, fake.route_limits = True, Limit(global_limit, 1.0), {}
             fake.reset_rate_limits()
+            if late:
+                fake.delay_next("POST", r"^/channels/\d+/messages$", 0.9, times=late)
             started = len(fake.requests)
             await asyncio.gather(*(bot.get_partial_messageable(int(room)).send("hi") for room in rooms))
     assert all(len(fake.messages[room]) == 1 for room in rooms)
+    return fake, started
+
+
+async def test_a_burst_of_posts_waits_for_the_bots_pace_and_meets_no_global_limit(tmp_path: Path) -> None:
+    fake, started = await burst_of_posts(tmp_path, PACE + 1)
     burst = [r for r in fake.requests[started:] if not r.path.startswith(GLOBAL_EXEMPT)]
     assert len(burst) >= 3 * PACE
     assert [route for route, is_global in fake.rate_limited if is_global] == []
@@ -32,14 +43,5 @@ async def test_posts_that_reach_discord_late_still_meet_no_global_limit(tmp_path
     # Discord counts a request when it gets there, which may be long after the pace let it through (an upload, a busy
     # loop): the burst's first posts are counted late, so a pace counting from when it let them through would send
     # the next ones into the very second Discord is counting them in.
-    async with harness(tmp_path) as world:
-        fake = world.discord
-        world.settings_overrides = {"discord_requests_per_second": PACE}
-        rooms = [fake.add_channel(f"room-{n}", 0) for n in range(3 * PACE)]  # one post each: no route limit met
-        async with world.running() as bot:
-            fake.rate_limits, fake.global_limit, fake.route_limits = True, Limit(PACE, 1.0), {}
-            fake.reset_rate_limits()
-            fake.delay_next("POST", r"^/channels/\d+/messages$", 0.9, times=PACE)  # counted 0.9 s late
-            await asyncio.gather(*(bot.get_partial_messageable(int(room)).send("hi") for room in rooms))
-    assert all(len(fake.messages[room]) == 1 for room in rooms)
+    fake, _ = await burst_of_posts(tmp_path, PACE, late=PACE)
     assert fake.rate_limited == []

@@ -176,12 +176,7 @@ async def test_a_form_without_its_sessions_csrf_token_changes_nothing(world: Har
 async def test_approve_in_the_page_posts_the_video_in_its_thread(world: Harness, browser: Browser) -> None:
     fake = world.discord
     async with world.running():
-        review = fake.channel_id("video-review")
-        await fake.slash("quota-admin", {"channel": review}, sub="review", user="mod", types={"channel": 7})
-        await wait_until(lambda: _review_on(world))
-        await make_video(world)
-        await wait_until(lambda: fake.messages[review])
-        job = await world.job_in("succeeded")
+        job = await video_waiting_for_review(world)
         _, page = await logged_in(browser, world, "mod")
         await server_page(page, world)
         video = f"#review .pending[data-job='{job.id}'] video"
@@ -200,6 +195,17 @@ async def test_approve_in_the_page_posts_the_video_in_its_thread(world: Harness,
 async def _review_on(world: Harness) -> bool:
     settings = await world.resources.credits.settings(int(world.discord.guild_id))
     return settings.review_channel_id is not None
+
+
+async def video_waiting_for_review(world: Harness) -> Any:
+    """A finished video held in the server's review channel (the moderator turns review on first)."""
+    fake = world.discord
+    review = fake.channel_id("video-review")
+    await fake.slash("quota-admin", {"channel": review}, sub="review", user="mod", types={"channel": 7})
+    await wait_until(lambda: _review_on(world))
+    await make_video(world)
+    await wait_until(lambda: fake.messages[review])
+    return await world.job_in("succeeded")
 
 
 async def test_the_page_is_in_chinese_for_a_zh_cn_member(world: Harness, browser: Browser) -> None:
@@ -227,12 +233,7 @@ async def test_log_out_ends_the_session(world: Harness, browser: Browser) -> Non
 async def test_approve_posted_twice_at_once_posts_the_video_once(world: Harness, browser: Browser) -> None:
     fake = world.discord
     async with world.running():
-        review = fake.channel_id("video-review")
-        await fake.slash("quota-admin", {"channel": review}, sub="review", user="mod", types={"channel": 7})
-        await wait_until(lambda: _review_on(world))
-        await make_video(world)
-        await wait_until(lambda: fake.messages[review])
-        job = await world.job_in("succeeded")
+        job = await video_waiting_for_review(world)
         _, page = await logged_in(browser, world, "mod")
         await server_page(page, world)
         form = {"csrf": await page.input_value("#review input[name=csrf]"), "job": job.id}
