@@ -356,7 +356,7 @@ class MakingVideos(commands.Cog):
             return await self._start_private(interaction, job, request)
         if not answer_first:
             return await self._launch(interaction, channel, job, request, None, None)
-        costs = await self.cost_line(interaction, job.cost_estimate)
+        costs = await self.cost_line(interaction, job.cost_estimate, request)
         # The member hears at once (interaction answers are not under the channel's message limit); the card waits
         # its turn in the channel on the background lane, and the answer is corrected if the job is not made.
         answer = await self._tell_on_its_way(interaction, job, tr(locale, "this channel"), costs)
@@ -408,7 +408,7 @@ class MakingVideos(commands.Cog):
             await self._correct(answer, translated(locale, exc.reason))
             return None
         if costs is None or job.cost_estimate != reserved.cost_estimate:  # sent without sound: charged as silent
-            costs = await self.cost_line(interaction, job.cost_estimate)
+            costs = await self.cost_line(interaction, job.cost_estimate, request)
         # Else the answer keeps what was left when it was first told: the member's next job may be reserved since.
         if answer is None:
             # The member hears first: the thread may wait its turn behind the channel's limits on Discord's side.
@@ -489,17 +489,11 @@ class MakingVideos(commands.Cog):
         except discord.HTTPException:
             log.warning("could not correct the answer %s: %s", answer.id, text)
 
-    async def cost_line(
-        self, interaction: discord.Interaction[Any], cost: int, request: JobRequest | None = None
-    ) -> str:
+    async def cost_line(self, interaction: discord.Interaction[Any], cost: int, request: JobRequest) -> str:
         """The job's cost, what the member has left now and when it resets (in the reader's own time zone), in the
-        quota `request` spends (else the interaction's)."""
+        quota `request` spends."""
         credits = self.bot.resources.credits
-        if request is not None:
-            scope, roles = request.guild_id or PERSONAL, request.role_ids
-        else:
-            scope, roles = quota_scope(interaction), member_roles(interaction.user)
-        status = await credits.status(scope, interaction.user.id, roles)
+        status = await credits.status(request.guild_id or PERSONAL, interaction.user.id, request.role_ids)
         locale = interaction.locale
         left = tr(locale, "unlimited") if status.remaining is None else format_credits(status.remaining)
         reset_at = status.window.reset_at
