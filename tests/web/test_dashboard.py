@@ -271,3 +271,120 @@ async def test_a_grant_form_sent_twice_at_once_grants_once(world: Harness, brows
         form["once"] = await page.input_value(f"{grant} input[name=once]")
         assert await post_form(page, world, "grant", form) == 303
         assert (await world.resources.store.usage(guild_id, int(alice), 0)).granted == 4000
+
+
+async def save(page: Page, form: str) -> None:
+    """Press a form's button and wait for the page shown after it (its notice, or the form's error)."""
+    await page.click(f"form[action$='/{form}'] button")
+    await page.wait_for_selector("#notice, #form-error")
+
+
+async def test_the_servers_rules_set_in_the_page_hold_in_discord(world: Harness, browser: Browser) -> None:
+    fake = world.discord
+    guild_id = int(fake.guild_id)
+    vip = fake.add_role("vip")
+    fake.member_roles["alice"] = [vip]
+    async with world.running():
+        _, page = await logged_in(browser, world, "mod")
+        await server_page(page, world)
+        await page.select_option("#role-role", vip)
+        await page.fill("#role-limit", "12")
+        await save(page, "role-limit")
+        assert "vip\t12" in await page.inner_text("#role-limits")
+        alice = await private_answer(await fake.slash("quota", {}))
+        assert "Limit: 12 credits" in alice and f"from your role <@&{vip}>" in alice
+        await page.fill("#default-limit", "30")
+        await page.select_option("#default-period", "month")
+        await save(page, "default")
+        await page.fill("#caps-member", "2")
+        await page.fill("#caps-server", "9")
+        await save(page, "caps")
+        await page.fill("#confirm-above", "6")
+        await save(page, "confirm-above")
+        settings = await world.resources.credits.settings(guild_id)
+        assert (settings.default_limit, settings.period) == (30_000, "month")
+        assert (settings.member_in_flight, settings.server_in_flight, settings.confirm_above) == (2, 9, 6_000)
+        bob = await private_answer(await fake.slash("quota", {}, user="bob"))
+        assert "month period" in bob and "Limit: 30 credits" in bob
+        # The forms show what is set now.
+        assert await page.input_value("#default-limit") == "30"
+        assert await page.input_value("#caps-server") == "9"
+        assert await page.input_value("#confirm-above") == "6"
+        # The role's own setting removed: alice is back on the default.
+        await page.select_option("#role-role", vip)
+        await page.check("#role-remove")
+        await save(page, "role-limit")
+        assert await world.resources.credits.role_limits(guild_id) == {}
+        assert "Limit: 30 credits" in await private_answer(await fake.slash("quota", {}))
+        # A value out of range is told on the page and changes nothing.
+        await page.fill("#caps-member", "0")
+        await save(page, "caps")
+        assert "out of range" in await page.inner_text("#form-error")
+        assert (await world.resources.credits.settings(guild_id)).member_in_flight == 2
+        entries = await world.resources.credits.audit_entries(guild_id)
+        assert len(entries) == 5 and {entry.source for entry in entries} == {"web"}
+
+
+async def test_a_limit_cleared_and_a_block_lifted_in_the_page_hold_in_discord(
+    world: Harness, browser: Browser
+) -> None:
+    fake = world.discord
+    guild_id, alice = int(fake.guild_id), member_id(fake, "alice")
+    async with world.running():
+        _, page = await logged_in(browser, world, "mod")
+        await server_page(page, world)
+        await page.fill("#limit-member", alice)
+        await page.fill("#limit-credits", "3")
+        await save(page, "member-limit")
+        await page.fill("#limit-member", alice)
+        await page.fill("#limit-credits", "")  # empty: her own limit cleared
+        await save(page, "member-limit")
+        assert await page.query_selector(f"#member-quotas tr[data-member='{alice}']") is None  # no use, no setting
+        assert "Limit: 3 credits" not in await private_answer(await fake.slash("quota", {}))
+        await page.fill("#block-member", alice)
+        await page.fill("#block-reason", "spam")
+        await save(page, "block")
+        assert "may not make videos" in await private_answer(await fake.slash("quota", {}))
+        await page.fill("#unblock-member", alice)
+        await save(page, "unblock")
+        assert "may not make videos" not in await private_answer(await fake.slash("quota", {}))
+        await make_video(world)
+        await world.job_in("delivered")  # she makes videos again
+        actions = [entry.action for entry in await world.resources.credits.audit_entries(guild_id)]
+        assert sorted(actions) == sorted(["set", "clear", "block", "unblock"])
+
+
+async def test_the_jobs_filter_by_member_and_state_and_the_audit_log_pages(world: Harness, browser: Browser) -> None:
+    fake = world.discord
+    guild_id, mod = int(fake.guild_id), int(member_id(fake, "mod"))
+    async with world.running():
+        await make_video(world)
+        await world.job_in("delivered")
+        await fake.slash("video", {"prompt": "bob's kite, fail-render", "duration": 5}, sub="text", user="bob")
+        bobs = await world.job_in("failed")
+        for limit in range(1, 23):  # 22 changes: a page of 20 and an older one
+            await world.resources.credits.set_member_limit(guild_id, mod, int(member_id(fake, "alice")), limit * 1000)
+        _, page = await logged_in(browser, world, "mod")
+        await server_page(page, world)
+        assert len(await page.query_selector_all("#job-list tr[data-job]")) == 2
+        await page.fill("#jobs-member", member_id(fake, "bob"))
+        await page.click("#jobs form button")
+        await page.wait_for_url("**member=*")
+        listed = await page.query_selector_all("#job-list tr[data-job]")
+        assert [await row.get_attribute("data-job") for row in listed] == [bobs.id]
+        await page.fill("#jobs-member", "")
+        await page.select_option("#jobs-state", "delivered")
+        await page.click("#jobs form button")
+        await page.wait_for_url("**state=delivered*")
+        [row] = await page.query_selector_all("#job-list tr[data-job]")
+        assert await row.get_attribute("data-job") != bobs.id
+        link = await page.get_attribute("#job-list tr[data-job] a", "href")
+        assert link is not None and link.startswith(f"https://discord.com/channels/{fake.guild_id}/")
+        # The audit log: the newest 20 first, the two oldest on the next page.
+        await server_page(page, world)
+        assert len(await page.query_selector_all("#audit-log tr")) == 1 + 20
+        await page.click("#audit a:text('Older')")
+        await page.wait_for_url("**audit=1*")
+        rows = await page.query_selector_all("#audit-log tr")
+        assert len(rows) == 1 + 2 and "limit 1\t" in await rows[-1].inner_text()
+        assert await page.is_visible("#audit a:text('Newer')")
