@@ -325,9 +325,7 @@ async def test_the_servers_rules_set_in_the_page_hold_in_discord(world: Harness,
         assert len(entries) == 5 and {entry.source for entry in entries} == {"web"}
 
 
-async def test_a_limit_cleared_and_a_block_lifted_in_the_page_hold_in_discord(
-    world: Harness, browser: Browser
-) -> None:
+async def test_a_limit_cleared_and_a_block_lifted_in_the_page_hold_in_discord(world: Harness, browser: Browser) -> None:
     fake = world.discord
     guild_id, alice = int(fake.guild_id), member_id(fake, "alice")
     async with world.running():
