@@ -65,6 +65,7 @@ HANDLER_TASKS = (
     "discord.py: on_app_command_completion",
     "discord.py: on_job_changed",
     "discord.py: on_video_approved",
+    "discord.py: on_review_decided",
 )
 
 
@@ -325,18 +326,15 @@ class VideoBot(commands.AutoShardedBot):
     def dashboard_hooks(self) -> DashboardHooks:
         """What a change made in the dashboard does in Discord, as the same change made by a command does."""
 
-        async def approved(job: Job, moderator_id: int) -> None:
-            self.dispatch("video_approved", job.id)  # the poll loop posts it now, not at its next tick
-            server = self.server_locale(job.guild_id)
-            text = tr(server, "✅ <@{moderator}> approved video `{job}`", moderator=moderator_id, job=job.id[:8])
-            await self.post_log(job.guild_id, text)
+        async def decided(job: Job, moderator_id: int) -> None:
+            self.dispatch("review_decided", job, moderator_id)  # the review cog shows it as after its buttons
 
         async def changed(entry: AuditEntry) -> None:
             from cogs.quota_commands import describe_audit  # the log line as the slash command writes it
 
             await self.post_log(entry.guild_id, f"🛡️ {describe_audit(entry, self.server_locale(entry.guild_id))}")
 
-        return DashboardHooks(approved, changed)
+        return DashboardHooks(decided, changed)
 
     async def task_hint(self, task_id: str) -> None:
         """A callback named a task: the poller notes it at once (the provider's request never waits for a query),
@@ -347,8 +345,13 @@ class VideoBot(commands.AutoShardedBot):
     async def _from_fleet(self, kind: str, text: str) -> None:
         if kind == "hint" and self.hint_handler is not None:
             await self.hint_handler(text, True)
-        elif kind == "approved":  # in a dashboard served alone (python -m bot web)
-            self.dispatch("video_approved", text)
+        elif kind == "decided":  # in a dashboard served alone (python -m bot web): "<job id> <moderator id>"
+            job_id, moderator_id = text.split()
+            job = await self.resources.store.get_job(job_id)
+            if job is not None and await self.resources.fleet.holds("alerts"):
+                self.dispatch("review_decided", job, int(moderator_id))  # shown once, by the alerts' holder
+            else:
+                self.dispatch("video_approved", job_id)  # every process wakes its deliveries: one claims the post
         elif kind == "alert":
             self.fleet_alerts.append(text)  # posted by this process's poll loop if it holds the alerts duty
 

@@ -14,7 +14,7 @@ from discord.ext import commands
 from bot.app import VideoBot, quota_scope, reply_ephemeral
 from bot.core.credits import PERSONAL, CreditService, QuotaStatus
 from bot.core.i18n import english, tr, translated
-from bot.core.model import AuditEntry
+from bot.core.model import AuditEntry, Job
 from bot.core.quota import Period, format_credits
 from bot.core.review import ReviewRefused
 from bot.serving.chart import draw_usage_chart
@@ -432,22 +432,18 @@ class QuotaCog(commands.Cog):
             return
         assert interaction.guild_id is not None
         try:
-            await self.reviews.approve(interaction.guild_id, interaction.user.id, job_id)
+            job = await self.reviews.approve(interaction.guild_id, interaction.user.id, job_id)
         except ReviewRefused:
             await reply_ephemeral(interaction, tr(interaction.locale, "This video was already decided."))
             return
         log.info("job %s approved by %s", job_id, interaction.user.id)
-        self.bot.dispatch("video_approved", job_id)  # the poll loop delivers it without waiting for its next tick
-        decided = tr(interaction.locale, "✅ Approved by <@{moderator}>.", moderator=interaction.user.id)
         before = interaction.message.content if interaction.message else ""
         await interaction.response.edit_message(
-            content=f"{before}\n{decided}", view=None, allowed_mentions=discord.AllowedMentions.none()
+            content=f"{before}\n{decision_line(job, interaction.user.id, interaction.locale)}",
+            view=None,
+            allowed_mentions=discord.AllowedMentions.none(),
         )
-        server = self.bot.server_locale(interaction.guild_id)
-        await self.bot.post_log(
-            interaction.guild_id,
-            tr(server, "✅ <@{moderator}> approved video `{job}`", moderator=interaction.user.id, job=job_id[:8]),
-        )
+        await self.show_decided(job, interaction.user.id)
 
     async def reject(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """Reject: ask the moderator for the reason the member will read."""
@@ -469,33 +465,68 @@ class QuotaCog(commands.Cog):
             return
         log.info("job %s rejected by %s", job_id, interaction.user.id)
         await reply_ephemeral(interaction, tr(interaction.locale, "Rejected; the member is told your reason."))
-        decided = tr(
-            interaction.locale,
-            "⛔ Rejected by <@{moderator}>: {reason}",
-            moderator=interaction.user.id,
-            reason=discord.utils.escape_markdown(reason),
+        if interaction.channel_id:
+            await self._mark_review_message(job, interaction.channel_id, interaction.user.id, shown, interaction.locale)
+        await self.show_decided(job, interaction.user.id)
+
+    @commands.Cog.listener()
+    async def on_review_decided(self, job: Job, moderator_id: int) -> None:
+        """A decision made in the dashboard: Discord shows it as after the buttons (the review message too)."""
+        settings = await self.credits.settings(job.guild_id) if job.guild_id is not None else None
+        if settings is not None and settings.review_channel_id is not None:
+            await self._mark_review_message(job, settings.review_channel_id, moderator_id, None)
+        await self.show_decided(job, moderator_id)
+
+    async def show_decided(self, job: Job, moderator_id: int) -> None:
+        """What a review decision does in Discord, wherever it was made: the log line; an approved video posted now
+        (the poll loop is woken); a rejected one told to its member, and its card showing the end."""
+        server = self.bot.server_locale(job.guild_id)
+        if job.review_state == "approved":
+            self.bot.dispatch("video_approved", job.id)  # delivered without waiting for the next tick
+            text = tr(server, "✅ <@{moderator}> approved video `{job}`", moderator=moderator_id, job=job.id[:8])
+            await self.bot.post_log(job.guild_id, text)
+            return
+        if job.review_state != "rejected":  # not decided: nothing to show (never told "not approved" by mistake)
+            log.warning("job %s: a review decision shown while its review is %s", job.id, job.review_state)
+            return
+        reason = discord.utils.escape_markdown(job.review_reason or "")
+        text = tr(
+            server,
+            "⛔ <@{moderator}> rejected video `{job}`: {reason}",
+            moderator=moderator_id,
+            job=job.id[:8],
+            reason=reason,
         )
-        if job.review_message_id and interaction.channel_id:
-            review = self.bot.get_partial_messageable(interaction.channel_id, guild_id=interaction.guild_id)
-            message = review.get_partial_message(job.review_message_id)
-            try:
-                await message.edit(
-                    content=f"{shown}\n{decided}", view=None, allowed_mentions=discord.AllowedMentions.none()
-                )
-            except discord.HTTPException as exc:
-                log.info("job %s: could not update its review message: %s", job_id, exc)
-        await self.bot.post_log(
-            job.guild_id,
-            tr(
-                self.bot.server_locale(job.guild_id),
-                "⛔ <@{moderator}> rejected video `{job}`: {reason}",
-                moderator=interaction.user.id,
-                job=job_id[:8],
-                reason=discord.utils.escape_markdown(reason),
-            ),
-        )
+        await self.bot.post_log(job.guild_id, text)
         await Deliverer(self.bot).tell_rejected(job)
         self.bot.dispatch("job_changed", job)  # its status message, card and the log channel show the end
+
+    async def _mark_review_message(
+        self, job: Job, channel_id: int, moderator_id: int, shown: str | None, locale: object = None
+    ) -> None:
+        """The review message shows the decision and loses its buttons (`shown`: its text, read if not given)."""
+        if not job.review_message_id:
+            return
+        review = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
+        message = review.get_partial_message(job.review_message_id)
+        try:
+            if shown is None:
+                shown = (await message.fetch()).content
+            await message.edit(
+                content=f"{shown}\n{decision_line(job, moderator_id, locale or self.bot.server_locale(job.guild_id))}",
+                view=None,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+        except discord.HTTPException as exc:
+            log.info("job %s: could not update its review message: %s", job.id, exc)
+
+
+def decision_line(job: Job, moderator_id: int, locale: object) -> str:
+    """The line a review message gets once decided (`job` as decided)."""
+    if job.review_state == "approved":
+        return tr(locale, "✅ Approved by <@{moderator}>.", moderator=moderator_id)
+    reason = discord.utils.escape_markdown(job.review_reason or "")
+    return tr(locale, "⛔ Rejected by <@{moderator}>: {reason}", moderator=moderator_id, reason=reason)
 
 
 class RejectModal(discord.ui.Modal):

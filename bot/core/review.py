@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from bot.core.i18n import english
 from bot.core.jobs import JobService
@@ -52,11 +53,12 @@ class Review:
         return AuditEntry(job.guild_id, moderator_id, action, job.user_id, before, after, reason, self.clock(), source)
 
     async def approve(self, guild_id: int, moderator_id: int, job_id: str, *, source: str = "discord") -> Job:
-        """The video goes to its thread: the caller wakes the delivery. ReviewRefused when it cannot."""
+        """The video goes to its thread: the caller wakes the delivery; returns the job as decided. ReviewRefused
+        when it cannot."""
         job = await self.waiting(guild_id, job_id)
         if not await self.jobs.approve(job_id, self._audit(job, moderator_id, "approve", None, source)):
             raise ReviewRefused("decided", job)
-        return job
+        return replace(job, review_state="approved")
 
     async def reject(
         self, guild_id: int, moderator_id: int, job_id: str, reason: str, *, source: str = "discord"

@@ -397,9 +397,9 @@ class Dashboard:
             job_id = form.get("job", "")
             if action == "approve":
                 job = await self.review.approve(guild_id, moderator, job_id, source="web")
-                await self.hooks.approved(job, moderator)
             else:
                 job = await self.review.reject(guild_id, moderator, job_id, reason_of(form), source="web")
+            await self.hooks.decided(job, moderator)
             log.info("dashboard: job %s %sd by %s", job_id, action, moderator)
             return action
         if action == "member-limit":

@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class DashboardHooks:
-    """What the dashboard tells the bot: a video approved (deliver it now) and a moderator's change (its log line).
-    Served apart from the bot, the first goes to the fleet and the second is only in the audit log."""
+    """What the dashboard tells the bot: a review decided (the job as stored after it, and the moderator: Discord
+    then shows it as after the review buttons) and a moderator's change (its log line). Served apart from the bot,
+    the first goes to the fleet and the second is only in the audit log."""
 
-    approved: Callable[[Job, int], Awaitable[None]]  # the job and the moderator
+    decided: Callable[[Job, int], Awaitable[None]]
     changed: Callable[[AuditEntry], Awaitable[None]]
 
 
@@ -84,7 +85,7 @@ async def open_dashboard(
 
 async def serve_alone(settings: Settings) -> int:
     """`python -m bot web`: the dashboard without a gateway connection, beside the bots of a PostgreSQL fleet (an
-    approved video is told to the fleet, whose bots deliver it)."""
+    approved or rejected video is told to the fleet, whose bots show the decision in Discord)."""
     if not settings.database_url or settings.database_url.startswith("sqlite"):
         raise ConfigError(
             "python -m bot web needs DATABASE_URL (PostgreSQL): on SQLite the bot itself serves the dashboard "
@@ -94,8 +95,8 @@ async def serve_alone(settings: Settings) -> int:
         raise ConfigError("WEB_PORT is not set: the dashboard has no port to listen on")
     async with open_resources(settings) as resources:
 
-        async def approved(job: Job, moderator_id: int) -> None:
-            await resources.fleet.tell("approved", job.id)
+        async def decided(job: Job, moderator_id: int) -> None:
+            await resources.fleet.tell("decided", f"{job.id} {moderator_id}")
 
         async def changed(entry: AuditEntry) -> None:
             return None  # in the audit log; the log channel's line needs the bot
@@ -105,7 +106,7 @@ async def serve_alone(settings: Settings) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopped.set)
         try:
-            async with open_dashboard(settings, resources, DashboardHooks(approved, changed)):
+            async with open_dashboard(settings, resources, DashboardHooks(decided, changed)):
                 await stopped.wait()
         except DashboardUnavailable as exc:
             raise ConfigError(str(exc)) from None

@@ -189,7 +189,36 @@ async def test_approve_in_the_page_posts_the_video_in_its_thread(world: Harness,
         assert any("your video is ready" in m["content"] for m in fake.messages[thread["id"]])
         [decision, _] = await world.resources.credits.audit_entries(int(fake.guild_id))
         assert (decision.action, decision.source) == ("approve", "web")
+        review = fake.channel_id("video-review")
+        await wait_until(lambda: "Approved by" in fake.messages[review][0]["content"])
+        assert not fake.messages[review][0].get("components")
         assert "No video is waiting for review." in await page.inner_text("#review")
+
+
+async def test_reject_in_the_page_tells_the_member_and_marks_the_review_message(
+    world: Harness, browser: Browser
+) -> None:
+    fake = world.discord
+    async with world.running():
+        await world.resources.credits.set_log_channel(int(fake.guild_id), 1, int(fake.log_channel))
+        job = await video_waiting_for_review(world)
+        _, page = await logged_in(browser, world, "mod")
+        await server_page(page, world)
+        pending = f"#review .pending[data-job='{job.id}']"
+        await page.fill(f"{pending} input[name=reason]", "off-topic <@&1>")
+        await page.click(f"{pending} form[action$=reject] button")
+        await page.wait_for_selector("#notice")
+        [thread] = fake.threads()
+        await wait_until(lambda: any("not approved" in m["content"] for m in fake.messages[thread["id"]]))
+        told = next(m for m in fake.messages[thread["id"]] if "not approved" in m["content"])
+        assert "off-topic" in told["content"] and not told.get("attachments")
+        # The review message shows the decision and its buttons are gone, as after the Reject button.
+        review = fake.channel_id("video-review")
+        await wait_until(lambda: "Rejected by" in fake.messages[review][0]["content"])
+        assert len(fake.messages[review]) == 1 and not fake.messages[review][0].get("components")
+        await wait_until(lambda: any("rejected video" in m["content"] for m in fake.messages[fake.log_channel]))
+        assert (await world.job_in("rejected")).review_reason == "off-topic <@&1>"
+        assert all(m.get("allowed_mentions", {}).get("parse") == [] for m in fake.messages[fake.log_channel])
 
 
 async def _review_on(world: Harness) -> bool:

@@ -274,6 +274,9 @@ class Rest(Gateway, RateLimits, OAuth):
         # channel's history, so the bot must find its own earlier posts by what they show (their buttons).
         return [self._public(m) | {"nonce": None} for m in reversed(self.messages[channel_id][-limit:])]
 
+    async def _get_message(self, call: Recorded, channel_id: str, message_id: str) -> Any:
+        return self._public(self._stored(channel_id, message_id)) | {"nonce": None}
+
     async def _get_channel(self, call: Recorded, channel_id: str) -> Any:
         return self._channel(channel_id)
 
@@ -335,6 +338,7 @@ class Rest(Gateway, RateLimits, OAuth):
         (r"/channels/(\d+)/messages", "POST", _create_message),
         (r"/channels/(\d+)/messages", "GET", _get_messages),
         (r"/channels/(\d+)/messages/(\d+)", "PATCH", _edit_message),
+        (r"/channels/(\d+)/messages/(\d+)", "GET", _get_message),
         (r"/channels/(\d+)/messages/(\d+)", "DELETE", _delete_message),
         (r"/channels/(\d+)/messages/(\d+)/threads", "POST", _start_thread),
         (r"/channels/(\d+)/threads", "POST", _create_thread),
