@@ -50,10 +50,12 @@ def member_id(fake: FakeDiscord, name: str) -> str:
     return str(fake.users[name]["id"])
 
 
-async def logged_in(browser: Browser, world: Harness, name: str) -> tuple[BrowserContext, Page]:
+async def logged_in(
+    browser: Browser, world: Harness, name: str, *, javascript: bool = True
+) -> tuple[BrowserContext, Page]:
     """A browser of its own logged in as `name` through Discord's consent page; on the list of servers."""
     world.discord.login_as = name
-    context = await browser.new_context()
+    context = await browser.new_context(java_script_enabled=javascript)
     page = await context.new_page()
     await page.goto(web(world) + "/")
     await page.click("text=Log in with Discord")
@@ -415,3 +417,24 @@ async def test_the_jobs_filter_by_member_and_state_and_the_audit_log_pages(world
         rows = await page.query_selector_all("#audit-log tr")
         assert len(rows) == 1 + 2 and "limit 1\t" in await rows[-1].inner_text()
         assert await page.is_visible("#audit a:text('Newer')")
+
+
+async def test_the_pages_work_without_javascript_and_label_every_field(world: Harness, browser: Browser) -> None:
+    fake = world.discord
+    async with world.running():
+        await video_waiting_for_review(world)  # the review's forms are on the page too
+        _, page = await logged_in(browser, world, "mod", javascript=False)
+        await page.click("text=Test server")
+        await page.wait_for_selector("#usage")
+        fields = await page.query_selector_all("main input:not([type=hidden]), main select")
+        assert len(fields) > 15
+        for field in fields:
+            field_id = await field.get_attribute("id")
+            assert field_id and await page.query_selector(f"label[for='{field_id}']"), field_id
+        said = {(await button.inner_text()).strip() for button in await page.query_selector_all("button")}
+        assert said == {"Save", "Grant", "Block", "Unblock", "Approve", "Reject", "Show", "Log out"}
+        await page.fill("#limit-member", member_id(fake, "alice"))
+        await page.fill("#limit-credits", "4")
+        await save(page, "member-limit")
+        overrides = await world.resources.credits.member_overrides(int(fake.guild_id))
+        assert overrides[int(member_id(fake, "alice"))].override == 4000
