@@ -7,7 +7,9 @@ One process (SQLite) is its own fleet: it holds every duty and its callbacks' hi
 - a callback can reach any process: the one that got it sends `NOTIFY kling_fleet`, and every other process, which
   `LISTEN`s on its own connection, hands the task id to its poll loop (the job may be one it polls);
 - an alert (the provider refused the account) raised in a process that does not hold the alerts duty is told to
-  the fleet the same way, and posted by the process that holds it.
+  the fleet the same way, and posted by the process that holds it;
+- a review decided in a dashboard served alone (`python -m bot web`) is told the same way: every process wakes its
+  deliveries (one claims the post), and the one holding the alerts duty shows the decision in Discord.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from bot.storage.interface import is_postgres
 
 log = logging.getLogger(__name__)
 
-# What the other processes tell: (kind, text); kinds are "hint" (a task id) and "alert" (an operator alert).
+# What the other processes tell: (kind, text); kinds are "hint" (a task id), "alert" (an operator alert) and
+# "decided" (a review decided in the dashboard: "<job id> <moderator id>").
 MessageHandler = Callable[[str, str], Awaitable[None]]
 
 
