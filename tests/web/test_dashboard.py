@@ -409,8 +409,18 @@ async def test_the_jobs_filter_by_member_and_state_and_the_audit_log_pages(world
         assert await row.get_attribute("data-job") != bobs.id
         link = await page.get_attribute("#job-list tr[data-job] a", "href")
         assert link is not None and link.startswith(f"https://discord.com/channels/{fake.guild_id}/")
-        # The audit log: the newest 20 first, the two oldest on the next page.
+        # A private video is listed, but not what it shows.
+        secret = "a private <@&1> diary entry"
+        await fake.slash("video", {"prompt": secret, "duration": 5, "private": True}, sub="text", user="bob")
+
+        async def delivered_privately() -> bool:
+            return any(job.private for job in await world.resources.store.jobs_in(("delivered",)))
+
+        await wait_until(delivered_privately)
         await server_page(page, world)
+        listed = await page.inner_text("#job-list")
+        assert "🔒 private" in listed and "diary" not in listed
+        # The audit log: the newest 20 first, the two oldest on the next page.
         assert len(await page.query_selector_all("#audit-log tr")) == 1 + 20
         await page.click("#audit a:text('Older')")
         await page.wait_for_url("**audit=1*")
