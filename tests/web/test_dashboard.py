@@ -67,6 +67,13 @@ async def server_page(page: Page, world: Harness) -> Any:
     return await page.goto(f"{web(world)}/servers/{world.discord.guild_id}")
 
 
+async def moderators_page(browser: Browser, world: Harness) -> Page:
+    """The server's page, in a browser of its own logged in as the moderator."""
+    _, page = await logged_in(browser, world, "mod")
+    await server_page(page, world)
+    return page
+
+
 async def post_form(page: Page, world: Harness, action: str, form: dict[str, str]) -> int:
     """POST a server page's form from this browser's session, as a script of its own would; the answer's status."""
     url = f"{web(world)}/servers/{world.discord.guild_id}/{action}"
@@ -179,8 +186,7 @@ async def test_approve_in_the_page_posts_the_video_in_its_thread(world: Harness,
     fake = world.discord
     async with world.running():
         job = await video_waiting_for_review(world)
-        _, page = await logged_in(browser, world, "mod")
-        await server_page(page, world)
+        page = await moderators_page(browser, world)
         video = f"#review .pending[data-job='{job.id}'] video"
         assert await page.get_attribute(video, "src") == job.video_url
         await page.wait_for_function(f'document.querySelector("{video}").readyState >= 1')  # its metadata loaded
@@ -204,8 +210,7 @@ async def test_reject_in_the_page_tells_the_member_and_marks_the_review_message(
     async with world.running():
         await world.resources.credits.set_log_channel(int(fake.guild_id), 1, int(fake.log_channel))
         job = await video_waiting_for_review(world)
-        _, page = await logged_in(browser, world, "mod")
-        await server_page(page, world)
+        page = await moderators_page(browser, world)
         pending = f"#review .pending[data-job='{job.id}']"
         await page.fill(f"{pending} input[name=reason]", "off-topic <@&1>")
         await page.click(f"{pending} form[action$=reject] button")
@@ -242,8 +247,7 @@ async def video_waiting_for_review(world: Harness) -> Any:
 async def test_the_page_is_in_chinese_for_a_zh_cn_member(world: Harness, browser: Browser) -> None:
     world.discord.locales["mod"] = "zh-CN"
     async with world.running():
-        _, page = await logged_in(browser, world, "mod")
-        await server_page(page, world)
+        page = await moderators_page(browser, world)
         assert await page.get_attribute("html", "lang") == "zh-CN"
         assert await page.inner_text("header button") == "退出登录"
         assert await page.inner_text("#quotas h2") == "成员额度"
@@ -265,8 +269,7 @@ async def test_approve_posted_twice_at_once_posts_the_video_once(world: Harness,
     fake = world.discord
     async with world.running():
         job = await video_waiting_for_review(world)
-        _, page = await logged_in(browser, world, "mod")
-        await server_page(page, world)
+        page = await moderators_page(browser, world)
         form = {"csrf": await page.input_value("#review input[name=csrf]"), "job": job.id}
         statuses = await asyncio.gather(*(post_form(page, world, "approve", form) for _ in range(2)))
         assert sorted(statuses) == [303, 400]  # one approval; the other is told the video was already decided
@@ -282,8 +285,7 @@ async def test_a_grant_form_sent_twice_at_once_grants_once(world: Harness, brows
     fake = world.discord
     guild_id, alice = int(fake.guild_id), member_id(fake, "alice")
     async with world.running():
-        _, page = await logged_in(browser, world, "mod")
-        await server_page(page, world)
+        page = await moderators_page(browser, world)
         grant = "form[action$='/grant']"
         form = {
             "csrf": await page.input_value(f"{grant} input[name=csrf]"),
@@ -316,8 +318,7 @@ async def test_the_servers_rules_set_in_the_page_hold_in_discord(world: Harness,
     vip = fake.add_role("vip")
     fake.member_roles["alice"] = [vip]
     async with world.running():
-        _, page = await logged_in(browser, world, "mod")
-        await server_page(page, world)
+        page = await moderators_page(browser, world)
         await page.select_option("#role-role", vip)
         await page.fill("#role-limit", "12")
         await save(page, "role-limit")
@@ -360,8 +361,7 @@ async def test_a_limit_cleared_and_a_block_lifted_in_the_page_hold_in_discord(wo
     fake = world.discord
     guild_id, alice = int(fake.guild_id), member_id(fake, "alice")
     async with world.running():
-        _, page = await logged_in(browser, world, "mod")
-        await server_page(page, world)
+        page = await moderators_page(browser, world)
         await page.fill("#limit-member", alice)
         await page.fill("#limit-credits", "3")
         await save(page, "member-limit")
@@ -393,8 +393,7 @@ async def test_the_jobs_filter_by_member_and_state_and_the_audit_log_pages(world
         bobs = await world.job_in("failed")
         for limit in range(1, 23):  # 22 changes: a page of 20 and an older one
             await world.resources.credits.set_member_limit(guild_id, mod, int(member_id(fake, "alice")), limit * 1000)
-        _, page = await logged_in(browser, world, "mod")
-        await server_page(page, world)
+        page = await moderators_page(browser, world)
         assert len(await page.query_selector_all("#job-list tr[data-job]")) == 2
         await page.fill("#jobs-member", member_id(fake, "bob"))
         await page.click("#jobs form button")
