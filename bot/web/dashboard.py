@@ -44,6 +44,7 @@ SESSION_SECONDS = 12 * 3600
 AUDIT_PAGE = 20
 JOBS_SHOWN = 25
 MEMBERS_SHOWN = 25  # each one is a request to Discord for the member's roles
+OTHERS_NAMED = 15  # members named by the audit log and the jobs beyond those: as many requests more, at most
 MAX_CREDITS = 1e6
 # A forged form is told in English: its sender's session, and so its language, is not known.
 FORGED = english("This form is not from your session; nothing was changed.")
@@ -309,10 +310,6 @@ class Dashboard:
         usage, window = await self.credits.usage(guild_id, None)
         overrides = await self.credits.member_overrides(guild_id)
         shown = list(dict.fromkeys([row.user_id for row in usage] + list(overrides)))[:MEMBERS_SHOWN]
-        members = await self.api.member_roles(guild_id, shown)
-        statuses = await asyncio.gather(
-            *(self.credits.status(guild_id, user, members.get(user, ("", []))[1]) for user in shown)
-        )
         page = max(0, int(query["audit"])) if query.get("audit", "").isdigit() else 0
         audit = await self.credits.audit_entries(guild_id, limit=AUDIT_PAGE + 1, offset=page * AUDIT_PAGE)
         member_filter = query.get("member", "").strip()
@@ -322,6 +319,14 @@ class Dashboard:
             int(member_filter) if member_filter.isdigit() else None,
             statuses=(state,) if state else None,
             limit=JOBS_SHOWN,
+        )
+        # The moderators and members the audit log and the jobs name, shown by name too (a few more look-ups).
+        people = [e.moderator_id for e in audit] + [e.target_id for e in audit] + [job.user_id for job in jobs]
+        others = [user for user in people if user is not None]
+        named = list(dict.fromkeys(shown + others))[: MEMBERS_SHOWN + OTHERS_NAMED]
+        members = await self.api.member_roles(guild_id, named)
+        statuses = await asyncio.gather(
+            *(self.credits.status(guild_id, user, members.get(user, ("", []))[1]) for user in shown)
         )
         return self.render(
             "server.html",

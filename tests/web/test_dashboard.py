@@ -116,6 +116,7 @@ async def test_a_moderator_sees_the_chart_and_members_and_a_limit_set_there_hold
             "set", int(member_id(fake, "mod")), int(member_id(fake, "alice")), "web"
         )  # fmt: skip
         assert await page.inner_text("#audit-log td.source") == "web"
+        assert "\tmod\tset\talice\t" in await page.inner_text("#audit-log")  # by name, not by id
         await chart_loaded(page)  # again: the page was loaded anew after Save
         shot = ROOT / "docs" / "dashboard.png" if os.environ.get("UPDATE_SCREENSHOT") else None
         await page.screenshot(path=shot or world.database.parent / "dashboard.png", full_page=True)
