@@ -281,9 +281,14 @@ class KlingClient:
             self._lists_proven = False
             await self._query_batches(chunk, found)
             return
-        asked = set(chunk)  # (20 answers a list, 10,000 a tick: no scan of the list for each)
-        found.update((task.id, task) for task in answer if task.id in asked)
-        missing = [i for i in chunk if i not in found]
+        by_id = {task.id: task for task in answer}
+        if len(by_id) == len(chunk) and all(i in by_id for i in chunk):  # (the ids of a list are distinct)
+            found.update(by_id)  # every id asked and no other (a tick's usual answer: no filtering to do)
+            missing: list[str] = []
+        else:
+            asked = set(chunk)
+            found.update((task_id, task) for task_id, task in by_id.items() if task_id in asked)
+            missing = [i for i in chunk if i not in found]
         if missing and len(chunk) > 1:
             # Unknown ids, or a gateway that answers only part of a list: ask again in smaller batches.
             answered, size = len(found), self.batch_size

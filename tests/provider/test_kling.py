@@ -295,6 +295,16 @@ async def test_numeric_ids_above_2_53_are_kept_exactly_and_unknown_fields_ignore
     assert done.billed_amount == "4.8"
 
 
+async def test_a_record_of_an_id_not_asked_for_is_left_out(
+    raw_api: tuple[str, list[dict]], session: aiohttp.ClientSession
+) -> None:
+    root, answers = raw_api
+    record = {"status": "processing", "message": "", "create_time": 1, "update_time": 2}
+    answers.append({"code": 0, "data": [{**record, "id": i} for i in ("1", "2", "99")]})  # every id asked, and one more
+    client = KlingClient(session, root_url=root, api_key=SecretStr(API_KEY))
+    assert sorted(task.id for task in await client.query(["1", "2"])) == ["1", "2"]
+
+
 async def test_code_other_than_zero_fails_even_with_http_200(
     raw_api: tuple[str, list[dict]], session: aiohttp.ClientSession
 ) -> None:
