@@ -393,10 +393,20 @@ def report(
             return not path.startswith(GLOBAL_EXEMPT)
         return parts[1] in threads or (len(parts) > 3 and parts[3] in cards)
 
+    def in_a_thread(path: str) -> bool:
+        parts = path.strip("/").split("/")
+        return parts[0] == "channels" and len(parts) > 1 and parts[1] in threads
+
     mine = [(m, p, s, at) for m, p, s, at in stats["requests"] if ours(p)]
     posts = [at for m, p, s, at in mine if m == "POST" and s == 200 and p.strip("/").split("/")[1] in threads]
     first_post, last_post = min(posts, default=t0) - t0, max(posts, default=t0) - t0
     last_request = max((at for _, _, _, at in mine), default=t0) - t0
+    # What shared the pace with the videos until the last one was posted (the pace-bound part of its time).
+    before_last = Counter(
+        "video posts" if m == "POST" and in_a_thread(p)
+        else "card edits" if ours(p) and m == "PATCH" else "the flood's others" if ours(p) else "members' requests"
+        for m, p, _, at in stats["requests"] if at <= t0 + last_post and not p.startswith(GLOBAL_EXEMPT)
+    )  # fmt: skip
     delivered = outcome["delivered"]
     kinds = Counter(kind(m, p) for m, p, _, _ in mine)
 
@@ -448,6 +458,8 @@ def report(
         ("edits given up after discord.py's 5 tries (message left stale)", f"{stale}", ""),
         ("finish to first video posted", f"{first_post:.1f} s", ""),
         ("finish to last video posted", f"{last_post:.1f} s", f"floor {minimum:.1f} s for one post per video"),
+        ("Discord requests until the last video was posted", f"{sum(before_last.values())}",
+         "; ".join(f"{what}: {n}" for what, n in before_last.most_common())),
         ("finish to the flood's last request (edits after the posts)", f"{last_request:.1f} s",
          f"floor {floor:.1f} s for these requests: {why}"),
         ("Discord requests in any sliding second, peak", f"{peak}",
