@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.app import BACKGROUND
+from bot.app import LANE, Lane
 from bot.core.i18n import english, tr
 from bot.core.model import Job
 from bot.crashpoints import crash_point
@@ -149,12 +149,16 @@ class Deliverer:
             await self._post_in_time(job, path, too_large_reason(limit))
 
     async def _post_in_time(self, job: Job, path: Path | None, link_reason: str) -> None:
-        """Post within `time_limit`, Discord's own retries (5xx, rate limits) included."""
+        """Post within `time_limit`, Discord's own retries (5xx, rate limits) included. The post (and the DM that
+        tells the member of it) takes the pace's video lane: it goes before the card and status edits waiting."""
+        lane = LANE.set(Lane.VIDEO)
         try:
             async with asyncio.timeout(self.time_limit):
                 await self._post(job, path, link_reason)
         except TimeoutError:
             await self._timed_out(job)
+        finally:
+            LANE.reset(lane)
 
     async def _post(self, job: Job, path: Path | None, link_reason: str) -> None:
         """Post in the job's thread; when the thread was deleted, in its channel instead. A private job goes by DM."""
@@ -601,7 +605,7 @@ class DeliveryWorker:
             log.error("job %s: delivery task failed", job_id, exc_info=task.exception())
 
     async def _run(self, claimed: Job, resumed: bool) -> None:
-        BACKGROUND.set(True)  # a delivery's requests give way to the ones members wait on
+        LANE.set(Lane.BACKGROUND)  # a delivery's requests give way to the ones members wait on
         jobs = self.deliverer.jobs
         try:
             async with self.limit:

@@ -20,9 +20,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import (
-    BACKGROUND,
     IN_SERVERS_AND_DMS,
+    LANE,
     STOPPING,
+    Lane,
     UserFacingError,
     VideoBot,
     outside_the_bot,
@@ -371,7 +372,7 @@ class MakingVideos(commands.Cog):
         costs: str,
         answer: discord.WebhookMessage,
     ) -> Job | None:
-        BACKGROUND.set(True)  # this task's own context: the member already has their answer
+        LANE.set(Lane.BACKGROUND)  # this task's own context: the member already has their answer
         return await self._launch(interaction, channel, job, request, costs, answer)
 
     async def _launch(

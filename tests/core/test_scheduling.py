@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.app import Pace
+from bot.app import Lane, Pace
 from bot.core.model import Job
 from bot.core.scheduling import (
     LATE_POLL_MAX_SECONDS,
@@ -126,18 +126,18 @@ async def test_a_request_a_member_waits_on_goes_before_the_background_ones_waiti
 
     pace = Pace(2, clock=clock, sleep=sleep)
     for _ in range(2):
-        await pace.wait(urgent=False)
+        await pace.wait(Lane.BACKGROUND)
         pace.done()  # this second is full
     order: list[str] = []
 
-    async def request(name: str, urgent: bool) -> None:
-        await pace.wait(urgent=urgent)
+    async def request(name: str, lane: Lane) -> None:
+        await pace.wait(lane)
         order.append(name)
         pace.done()
 
-    background = [asyncio.create_task(request(f"background {n}", False)) for n in range(4)]
+    background = [asyncio.create_task(request(f"background {n}", Lane.BACKGROUND)) for n in range(4)]
     await asyncio.sleep(0)
-    member = asyncio.create_task(request("member", True))
+    member = asyncio.create_task(request("member", Lane.MEMBER))
     everything = asyncio.gather(member, *background)
     while not everything.done():
         clock.advance(0.25)
