@@ -118,7 +118,9 @@ async def test_a_turn_of_the_global_pace_lasts_until_a_second_after_its_answer()
     assert clock() >= answered + 1.0  # the third went a second after the first answer, not after the first start
 
 
-async def test_a_request_a_member_waits_on_goes_before_the_background_ones_waiting() -> None:
+async def turns_taken(requests: list[tuple[str, Lane]]) -> list[str]:
+    """The order in which the pace lets these requests through, each joining its lane in the order given, while
+    the second is full."""
     clock = FakeClock(0.0)
 
     async def sleep(seconds: float) -> None:
@@ -135,12 +137,26 @@ async def test_a_request_a_member_waits_on_goes_before_the_background_ones_waiti
         order.append(name)
         pace.done()
 
-    background = [asyncio.create_task(request(f"background {n}", Lane.BACKGROUND)) for n in range(4)]
-    await asyncio.sleep(0)
-    member = asyncio.create_task(request("member", Lane.MEMBER))
-    everything = asyncio.gather(member, *background)
+    tasks = []
+    for name, lane in requests:
+        tasks.append(asyncio.create_task(request(name, lane)))
+        await asyncio.sleep(0)  # in line before the next one comes
+    everything = asyncio.gather(*tasks)
     while not everything.done():
         clock.advance(0.25)
         await asyncio.sleep(0)
+    return order
+
+
+async def test_a_request_a_member_waits_on_goes_before_the_background_ones_waiting() -> None:
+    background = [(f"background {n}", Lane.BACKGROUND) for n in range(4)]
+    order = await turns_taken([*background, ("member", Lane.MEMBER)])
     assert order[0] == "member"
     assert order[1:] == [f"background {n}" for n in range(4)]  # each lane keeps its order
+
+
+async def test_a_finished_videos_post_goes_after_the_members_and_before_the_background_work_waiting() -> None:
+    background = [(f"card edit {n}", Lane.BACKGROUND) for n in range(3)]
+    videos = [(f"video {n}", Lane.VIDEO) for n in range(3)]
+    order = await turns_taken([*background, *videos, ("member", Lane.MEMBER)])
+    assert order == ["member", "video 0", "video 1", "video 2", "card edit 0", "card edit 1", "card edit 2"]
