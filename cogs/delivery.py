@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default per-file limit since 2025
 MAX_TRIES = 3
 DELIVERY_SECONDS = 300.0  # the download, and then the post, each at most: a stalled CDN or Discord must not hang
-PARALLEL_DELIVERIES = 4
+# Deliveries at once: enough to keep the pace's video lane fed in a flood (each spends a tenth of a second or more
+# outside the pace: its download, the database, the upload), so the videos take every free turn before the card
+# edits. Each holds its video in a temporary file of at most the upload limit while it runs.
+PARALLEL_DELIVERIES = 12
 # A job's card is posted right after it is submitted; give the command that long before posting without it.
 CARD_GRACE_SECONDS = 120.0
 RECENT_MESSAGES = 50  # how far back a thread is searched for a post an earlier deliverer may have made

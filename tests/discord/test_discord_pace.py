@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from cogs.delivery import PARALLEL_DELIVERIES
 from tests.fake_discord import FakeDiscord, wait_until
 from tests.fakes.discord.ratelimits import GLOBAL_EXEMPT, Limit
 from tests.fakes.discord.wire import Recorded
@@ -50,13 +51,14 @@ async def test_posts_that_reach_discord_late_still_meet_no_global_limit(tmp_path
 
 async def test_with_the_pace_full_a_finished_videos_post_goes_before_the_card_edits_waiting(tmp_path: Path) -> None:
     # A delivered video costs its post (in its thread) and the edit of its card (in the channel) to link it. With the
-    # pace at one request a second, each delivery's card edit waits its turn while the next videos are being posted:
+    # pace at two requests a second, each delivery's card edit waits its turn while the next videos are being posted:
     # those posts take the free turns first, as the member waits for the video more than for the card saying so.
-    videos = 6  # more than the deliveries that run at once, so later posts join the line after earlier card edits
+    videos = PARALLEL_DELIVERIES + 2  # the last ones start once a delivery is done: they join after its card edit
     async with harness(tmp_path) as world:
         fake = world.discord
         world.settings_overrides = {
             "member_jobs_in_flight": videos, "server_jobs_in_flight": videos, "provider_concurrency": videos,
+            "default_quota_credits": 1000,
         }  # fmt: skip
         async with world.running() as bot:
             world.sim.hold = True
@@ -64,7 +66,7 @@ async def test_with_the_pace_full_a_finished_videos_post_goes_before_the_card_ed
                 await fake.slash("video", {"prompt": f"flood {n}"}, sub="text")
             await wait_until(lambda: len(world.sim.tasks) == videos)
             await world.more_ticks(3)  # every card and status message shown: nothing else is waiting for a turn
-            bot.pace.limit = 1
+            bot.pace.limit = 2
             before = len(fake.requests)
             world.sim.finish()
             await wait_until(lambda: len(paced(fake.requests[before:], "PATCH")) == videos, within=60)
