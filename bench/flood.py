@@ -2,9 +2,10 @@
 
 Run: `.venv/bin/python -m bench.flood --videos 1000` (`--quick`: 50). The fake Discord (with Discord's rate limits)
 and the Kling simulator run in a child process (`--serve`), driven over a small control API, so their work never
-shares the bot's event loop. Prints one table. `--compare` runs the flood twice in one go, first with the global pace
-as it was (a turn counted from the moment the request is let through), then as it is (until a second after its
-answer), and prints both side by side; `--compare lanes` compares one lane for every request with two instead.
+shares the bot's event loop. Prints one table. `--compare` runs the flood twice in one go, first with the videos'
+posts in line with the card and status edits (the background lane, as they were), then as it is (a lane of their
+own, before the edits), and prints both side by side; `--compare pace` compares the global pace as it was (a turn
+counted from the moment the request is let through) instead, `--compare lanes` one lane for every request.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import argparse
 import asyncio
 import bisect
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot.app import Pace, VideoBot, apply_discord_endpoints
+from bot.app import Lane, Pace, VideoBot, apply_discord_endpoints
 from bot.config import load_settings
 from bot.core.model import AT_PROVIDER, Job
 from bot.provider.simulator import KlingSimulator
@@ -202,8 +202,8 @@ def pace_as_it_was(pace: Pace) -> None:
     request is let through, however late Discord gets it."""
     wait = pace.wait
 
-    async def let_through(*, urgent: bool = True) -> None:
-        await wait(urgent=urgent)
+    async def let_through(lane: Lane = Lane.MEMBER) -> None:
+        await wait(lane)
         Pace.done(pace)  # the turn's second starts now
 
     pace.wait = let_through  # type: ignore[method-assign]
@@ -212,11 +212,22 @@ def pace_as_it_was(pace: Pace) -> None:
 
 def one_lane(pace: Pace) -> None:
     """The pace before members went first: every request in one line, first come first served."""
-    every_request_urgent = functools.partial(pace.wait, urgent=True)
-    pace.wait = lambda urgent=True: every_request_urgent()  # type: ignore[method-assign,misc]
+    wait = pace.wait
+    pace.wait = lambda lane=Lane.MEMBER: wait(Lane.MEMBER)  # type: ignore[method-assign,misc]
+
+
+def videos_in_the_background(pace: Pace) -> None:
+    """The lanes before the videos went first: a video's post in line with the card and status edits."""
+    wait = pace.wait
+
+    async def in_line(lane: Lane = Lane.MEMBER) -> None:
+        await wait(Lane.BACKGROUND if lane == Lane.VIDEO else lane)
+
+    pace.wait = in_line  # type: ignore[method-assign]
 
 
 BASELINES = {  # --compare's baselines: what it changes in the bot, and what the table calls it
+    "videos": (videos_in_the_background, "the videos' posts in the background lane with the card edits"),
     "pace": (pace_as_it_was, "each turn counted from the moment its request was let through"),
     "lanes": (one_lane, "every Discord request in one line, first come first served"),
 }
@@ -393,10 +404,20 @@ def report(
             return not path.startswith(GLOBAL_EXEMPT)
         return parts[1] in threads or (len(parts) > 3 and parts[3] in cards)
 
+    def in_a_thread(path: str) -> bool:
+        parts = path.strip("/").split("/")
+        return parts[0] == "channels" and len(parts) > 1 and parts[1] in threads
+
     mine = [(m, p, s, at) for m, p, s, at in stats["requests"] if ours(p)]
     posts = [at for m, p, s, at in mine if m == "POST" and s == 200 and p.strip("/").split("/")[1] in threads]
     first_post, last_post = min(posts, default=t0) - t0, max(posts, default=t0) - t0
     last_request = max((at for _, _, _, at in mine), default=t0) - t0
+    # What shared the pace with the videos until the last one was posted (the pace-bound part of its time).
+    before_last = Counter(
+        "video posts" if m == "POST" and in_a_thread(p)
+        else "card edits" if ours(p) and m == "PATCH" else "the flood's others" if ours(p) else "members' requests"
+        for m, p, _, at in stats["requests"] if at <= t0 + last_post and not p.startswith(GLOBAL_EXEMPT)
+    )  # fmt: skip
     delivered = outcome["delivered"]
     kinds = Counter(kind(m, p) for m, p, _, _ in mine)
 
@@ -448,6 +469,8 @@ def report(
         ("edits given up after discord.py's 5 tries (message left stale)", f"{stale}", ""),
         ("finish to first video posted", f"{first_post:.1f} s", ""),
         ("finish to last video posted", f"{last_post:.1f} s", f"floor {minimum:.1f} s for one post per video"),
+        ("Discord requests until the last video was posted", f"{sum(before_last.values())}",
+         "; ".join(f"{what}: {n}" for what, n in before_last.most_common())),
         ("finish to the flood's last request (edits after the posts)", f"{last_request:.1f} s",
          f"floor {floor:.1f} s for these requests: {why}"),
         ("Discord requests in any sliding second, peak", f"{peak}",
@@ -496,8 +519,9 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=10, help="text channels the jobs are spread over")
     parser.add_argument("--members", type=int, default=200, help="members pressing buttons during the flood")
     parser.add_argument(
-        "--compare", nargs="?", const="pace", choices=sorted(BASELINES),
-        help="run once with the pace as it was (pace: counted from the start; lanes: one lane), then as it is",
+        "--compare", nargs="?", const="videos", choices=sorted(BASELINES),
+        help="run once with the pace as it was (videos: the videos' posts behind the edits; pace: counted from the "
+        "start; lanes: one lane), then as it is",
     )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the deliveries")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import enum
 import functools
 import logging
 import signal
@@ -72,9 +73,18 @@ HANDLER_TASKS = (
 EXEMPT_FROM_GLOBAL_LIMIT = ("/interactions/", "/webhooks/")
 
 
-# Set in the background work's tasks (the poll loop, the deliveries): their Discord requests give way to the ones a
-# member is waiting on (an answer's card, a Delete), which would otherwise queue behind a flood's thousand posts.
-BACKGROUND = contextvars.ContextVar("background_discord_work", default=False)
+class Lane(enum.IntEnum):
+    """The lanes of the global pace, in the order they take a free turn (each first come first served)."""
+
+    MEMBER = 0  # a request a member waits on: an answer's card, a Delete
+    VIDEO = 1  # a finished video's post: what the flood's members wait for, before the edits that announce it
+    BACKGROUND = 2  # the rest of the background work: cards and status edits, the poll loop's posts
+
+
+# The lane of this context's Discord requests. The background work's tasks (the poll loop, the deliveries) set it
+# to BACKGROUND, so they give way to the ones a member is waiting on, which would otherwise queue behind a flood's
+# thousand posts; a delivery's post of the video itself goes in VIDEO, before the card edits still waiting.
+LANE = contextvars.ContextVar("discord_lane", default=Lane.MEMBER)
 # With every turn of the pace in flight, how often the next request looks whether an answer came back.
 IN_FLIGHT_LOOK_SECONDS = 0.005
 
@@ -88,8 +98,8 @@ class Pace:
     holds its turn from the moment it is let through until a second after its answer (`done`): any second in which
     Discord counts requests then holds at most `limit` of them, however late each arrived.
 
-    Two lanes, each first come first served: a request a member waits on takes the next free turn before any
-    background request still waiting."""
+    Three lanes (`Lane`), each first come first served: a free turn goes to a request of the first lane with one
+    waiting."""
 
     def __init__(
         self,
@@ -102,9 +112,8 @@ class Pace:
         self.sleep = sleep
         self.in_flight = 0  # let through, no answer yet
         self.answered: collections.deque[float] = collections.deque()  # when each answer of the last second came
-        self.lock = asyncio.Lock()  # the background lane
-        self.urgent_lock = asyncio.Lock()
-        self.urgent_waiting = 0
+        self.heads = [asyncio.Lock() for _ in Lane]  # held by the request at the head of each lane
+        self.waiting = [0 for _ in Lane]  # requests waiting in each lane, its head included
 
     def held(self, now: float) -> int:
         """Turns Discord may still be counting in a second that contains `now`."""
@@ -112,26 +121,26 @@ class Pace:
             self.answered.popleft()
         return self.in_flight + len(self.answered)
 
-    async def wait(self, *, urgent: bool = True) -> None:
+    async def wait(self, lane: Lane = Lane.MEMBER) -> None:
         """Return when one more request keeps every second Discord could count within the limit; the caller then
         calls `done` once its answer came back (or the request failed)."""
-        self.urgent_waiting += urgent
+        self.waiting[lane] += 1
         try:
-            async with self.urgent_lock if urgent else self.lock:
+            async with self.heads[lane]:
                 while True:
                     now = self.clock()
                     full = self.held(now) >= self.limit
-                    if not full and (urgent or not self.urgent_waiting):
+                    if not full and not any(self.waiting[:lane]):
                         self.in_flight += 1
                         return
                     # A turn frees a second after the oldest answer; with every turn in flight, when one comes back.
-                    # Not full: a free turn that an urgent request is about to take; look again once it has.
+                    # Not full: a free turn that a request of an earlier lane is about to take; look again once it has.
                     if full:
                         await self.sleep(1.0 - (now - self.answered[0]) if self.answered else IN_FLIGHT_LOOK_SECONDS)
                     else:
                         await self.sleep(0.001)
         finally:
-            self.urgent_waiting -= urgent
+            self.waiting[lane] -= 1
 
     def done(self) -> None:
         """The answer to a request let through by `wait` came back (or it failed): its turn ends a second from now."""
@@ -150,7 +159,7 @@ def paced_trace(api_base: str, pace: Pace) -> aiohttp.TraceConfig:
     ) -> None:
         url = str(params.url)
         if url.startswith(api_base) and not url[len(api_base) :].startswith(EXEMPT_FROM_GLOBAL_LIMIT):
-            await pace.wait(urgent=not BACKGROUND.get())
+            await pace.wait(LANE.get())
             context.paced = True  # aiohttp gives each request its own context, and an end or an exception after this
 
     async def on_request_finished(session: aiohttp.ClientSession, context: Any, params: Any) -> None:

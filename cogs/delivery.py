@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.app import BACKGROUND
+from bot.app import LANE, Lane
 from bot.core.i18n import english, tr
 from bot.core.model import Job
 from bot.crashpoints import crash_point
@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default per-file limit since 2025
 MAX_TRIES = 3
 DELIVERY_SECONDS = 300.0  # the download, and then the post, each at most: a stalled CDN or Discord must not hang
-PARALLEL_DELIVERIES = 4
+# Deliveries at once: enough to keep the pace's video lane fed in a flood (each spends a tenth of a second or more
+# outside the pace: its download, the database, the upload), so the videos take every free turn before the card
+# edits. Each holds its video in a temporary file of at most the upload limit while it runs.
+PARALLEL_DELIVERIES = 12
 # A job's card is posted right after it is submitted; give the command that long before posting without it.
 CARD_GRACE_SECONDS = 120.0
 RECENT_MESSAGES = 50  # how far back a thread is searched for a post an earlier deliverer may have made
@@ -149,12 +152,16 @@ class Deliverer:
             await self._post_in_time(job, path, too_large_reason(limit))
 
     async def _post_in_time(self, job: Job, path: Path | None, link_reason: str) -> None:
-        """Post within `time_limit`, Discord's own retries (5xx, rate limits) included."""
+        """Post within `time_limit`, Discord's own retries (5xx, rate limits) included. The post (and the DM that
+        tells the member of it) takes the pace's video lane: it goes before the card and status edits waiting."""
+        lane = LANE.set(Lane.VIDEO)
         try:
             async with asyncio.timeout(self.time_limit):
                 await self._post(job, path, link_reason)
         except TimeoutError:
             await self._timed_out(job)
+        finally:
+            LANE.reset(lane)
 
     async def _post(self, job: Job, path: Path | None, link_reason: str) -> None:
         """Post in the job's thread; when the thread was deleted, in its channel instead. A private job goes by DM."""
@@ -601,7 +608,7 @@ class DeliveryWorker:
             log.error("job %s: delivery task failed", job_id, exc_info=task.exception())
 
     async def _run(self, claimed: Job, resumed: bool) -> None:
-        BACKGROUND.set(True)  # a delivery's requests give way to the ones members wait on
+        LANE.set(Lane.BACKGROUND)  # a delivery's requests give way to the ones members wait on
         jobs = self.deliverer.jobs
         try:
             async with self.limit:

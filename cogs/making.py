@@ -20,9 +20,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import (
-    BACKGROUND,
     IN_SERVERS_AND_DMS,
+    LANE,
     STOPPING,
+    Lane,
     UserFacingError,
     VideoBot,
     outside_the_bot,
@@ -129,6 +130,9 @@ class MakingVideos(commands.Cog):
         # One card post at a time per channel: its posts share one Discord bucket (5 per 5 s), and discord.py lets
         # a crowd of posts waiting at once overrun it as it resets (the flood's 429s), as with the cards' edits.
         self.card_turns: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        # Likewise one thread opened at a time per channel (its bucket: 10 per 10 s): the threads follow the cards at
+        # the cards' pace, so a crowd held back by the videos' posts on the pace would otherwise meet its reset.
+        self.thread_turns: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.animate_menu)
@@ -371,7 +375,7 @@ class MakingVideos(commands.Cog):
         costs: str,
         answer: discord.WebhookMessage,
     ) -> Job | None:
-        BACKGROUND.set(True)  # this task's own context: the member already has their answer
+        LANE.set(Lane.BACKGROUND)  # this task's own context: the member already has their answer
         return await self._launch(interaction, channel, job, request, costs, answer)
 
     async def _launch(
@@ -607,9 +611,10 @@ class MakingVideos(commands.Cog):
         if not isinstance(channel, discord.TextChannel | discord.VoiceChannel | discord.PartialMessageable):
             return None
         try:
-            return await channel.get_partial_message(card.id).create_thread(
-                name=thread_name(job), auto_archive_duration=1440
-            )
+            async with self.thread_turns[channel.id]:
+                return await channel.get_partial_message(card.id).create_thread(
+                    name=thread_name(job), auto_archive_duration=1440
+                )
         except (discord.HTTPException, ValueError) as exc:
             log.info("job %s: no thread in channel %s (%s); posting in place", job.id, interaction.channel_id, exc)
             return None

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import discord
 from discord.ext import commands, tasks
 
-from bot.app import BACKGROUND, VideoBot
+from bot.app import LANE, Lane, VideoBot
 from bot.core.i18n import english, tr, translated
 from bot.core.model import AT_PROVIDER, FINAL, STATES, Job
 from bot.serving import metrics
@@ -160,7 +160,7 @@ class Poller(commands.Cog):
 
     @tasks.loop(seconds=10)
     async def tick(self) -> None:
-        BACKGROUND.set(True)  # this loop's task (and the tasks it starts) never makes a member wait
+        LANE.set(Lane.BACKGROUND)  # this loop's task (and the tasks it starts) never makes a member wait
         self.busy = True
         try:
             with metrics.POLL_TICK_SECONDS.time():

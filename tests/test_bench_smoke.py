@@ -53,7 +53,7 @@ def check_flood(text: str) -> None:
     assert done in rows
     assert any(line.startswith("| Discord requests per delivered video (from the finish) | ") for line in rows)
     assert any(line.startswith("| the bot's event loop lag p50 / p99 / max, ") for line in rows)
-    assert "| measure | as it was (pace) | as it is | ratio |" in rows  # --compare: both runs side by side
+    assert "| measure | as it was (videos) | as it is | ratio |" in rows  # --compare: both runs side by side
     assert any(line.startswith("| 429s on the global limit | ") for line in rows)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.app import Pace
+from bot.app import Lane, Pace
 from bot.core.model import Job
 from bot.core.scheduling import (
     LATE_POLL_MAX_SECONDS,
@@ -118,7 +118,9 @@ async def test_a_turn_of_the_global_pace_lasts_until_a_second_after_its_answer()
     assert clock() >= answered + 1.0  # the third went a second after the first answer, not after the first start
 
 
-async def test_a_request_a_member_waits_on_goes_before_the_background_ones_waiting() -> None:
+async def turns_taken(requests: list[tuple[str, Lane]]) -> list[str]:
+    """The order in which the pace lets these requests through, each joining its lane in the order given, while
+    the second is full."""
     clock = FakeClock(0.0)
 
     async def sleep(seconds: float) -> None:
@@ -126,21 +128,35 @@ async def test_a_request_a_member_waits_on_goes_before_the_background_ones_waiti
 
     pace = Pace(2, clock=clock, sleep=sleep)
     for _ in range(2):
-        await pace.wait(urgent=False)
+        await pace.wait(Lane.BACKGROUND)
         pace.done()  # this second is full
     order: list[str] = []
 
-    async def request(name: str, urgent: bool) -> None:
-        await pace.wait(urgent=urgent)
+    async def request(name: str, lane: Lane) -> None:
+        await pace.wait(lane)
         order.append(name)
         pace.done()
 
-    background = [asyncio.create_task(request(f"background {n}", False)) for n in range(4)]
-    await asyncio.sleep(0)
-    member = asyncio.create_task(request("member", True))
-    everything = asyncio.gather(member, *background)
+    tasks = []
+    for name, lane in requests:
+        tasks.append(asyncio.create_task(request(name, lane)))
+        await asyncio.sleep(0)  # in line before the next one comes
+    everything = asyncio.gather(*tasks)
     while not everything.done():
         clock.advance(0.25)
         await asyncio.sleep(0)
+    return order
+
+
+async def test_a_request_a_member_waits_on_goes_before_the_background_ones_waiting() -> None:
+    background = [(f"background {n}", Lane.BACKGROUND) for n in range(4)]
+    order = await turns_taken([*background, ("member", Lane.MEMBER)])
     assert order[0] == "member"
     assert order[1:] == [f"background {n}" for n in range(4)]  # each lane keeps its order
+
+
+async def test_a_finished_videos_post_goes_after_the_members_and_before_the_background_work_waiting() -> None:
+    background = [(f"card edit {n}", Lane.BACKGROUND) for n in range(3)]
+    videos = [(f"video {n}", Lane.VIDEO) for n in range(3)]
+    order = await turns_taken([*background, *videos, ("member", Lane.MEMBER)])
+    assert order == ["member", "video 0", "video 1", "video 2", "card edit 0", "card edit 1", "card edit 2"]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.fake_discord import FakeDiscord
+from cogs.delivery import PARALLEL_DELIVERIES
+from tests.fake_discord import FakeDiscord, wait_until
 from tests.fakes.discord.ratelimits import GLOBAL_EXEMPT, Limit
+from tests.fakes.discord.wire import Recorded
 from tests.harness import harness
 
 PACE = 4  # requests a second: the bot's setting here, one under the fake's global limit
@@ -45,3 +47,39 @@ async def test_posts_that_reach_discord_late_still_meet_no_global_limit(tmp_path
     # the next ones into the very second Discord is counting them in.
     fake, _ = await burst_of_posts(tmp_path, PACE, late=PACE)
     assert fake.rate_limited == []
+
+
+async def test_with_the_pace_full_a_finished_videos_post_goes_before_the_card_edits_waiting(tmp_path: Path) -> None:
+    # A delivered video costs its post (in its thread) and the edit of its card (in the channel) to link it. With the
+    # pace at two requests a second, each delivery's card edit waits its turn while the next videos are being posted:
+    # those posts take the free turns first, as the member waits for the video more than for the card saying so.
+    videos = PARALLEL_DELIVERIES + 2  # the last ones start once a delivery is done: they join after its card edit
+    async with harness(tmp_path) as world:
+        fake = world.discord
+        world.settings_overrides = {
+            "member_jobs_in_flight": videos, "server_jobs_in_flight": videos, "provider_concurrency": videos,
+            "default_quota_credits": 1000,
+        }  # fmt: skip
+        async with world.running() as bot:
+            world.sim.hold = True
+            for n in range(videos):
+                await fake.slash("video", {"prompt": f"flood {n}"}, sub="text")
+            await wait_until(lambda: len(world.sim.tasks) == videos)
+            await world.more_ticks(3)  # every card and status message shown: nothing else is waiting for a turn
+            bot.pace.limit = 2
+            before = len(fake.requests)
+            world.sim.finish()
+            await wait_until(lambda: len(paced(fake.requests[before:], "PATCH")) == videos, within=60)
+            bot.pace.limit = 45
+    threads = {thread["id"] for thread in fake.threads()}
+    order = [
+        "video post" if r.method == "POST" and r.path.split("/")[2] in threads else f"{r.method} {r.path}"
+        for r in paced(fake.requests[before:], "POST", "PATCH")
+    ]
+    assert order[:videos] == ["video post"] * videos, order
+    assert all(kind.startswith("PATCH /channels/") for kind in order[videos:]), order  # then the card edits
+
+
+def paced(requests: list[Recorded], *methods: str) -> list[Recorded]:
+    """The requests with these methods that wait for the global pace (interaction answers do not)."""
+    return [r for r in requests if r.method in methods and not r.path.startswith(GLOBAL_EXEMPT)]
