@@ -35,7 +35,7 @@ from pydantic import SecretStr
 from bench.flood import fakes_process
 from bench.run import TEMPLATE, bulk_insert
 from bot.core.jobs import JobChange, JobService
-from bot.core.model import AT_PROVIDER
+from bot.core.model import AT_PROVIDER, InFlight
 from bot.ops.heap import tune_collector
 from bot.provider.kling import MAX_IDS_PER_QUERY, TASKS, KlingClient
 from bot.provider.sim_tasks import SimTask
@@ -82,7 +82,10 @@ class TickAsItWas(JobService):
     async def poll_once(self, *, sweep: bool = True) -> list[JobChange]:
         changes = await self._settle_reserved(everything=False)
         in_flight = await self.store.jobs_in(AT_PROVIDER, origin=self.origin)
-        due = {job.id for job in await self._due(in_flight)}
+        # The due check takes narrow rows today; these say "never asked", as the in-memory map did on a first tick.
+        narrow = [InFlight(j.id, j.status, j.provider_task_id, j.duration, j.resolution, j.created_at, j.submitted_at,
+                           j.lease_owner, j.lease_attempt, None) for j in in_flight]  # fmt: skip
+        due = {job.id for job in await self._due(narrow)}
         overdue = {job.id for job in in_flight if self._past_late_limit(job)}
         claimed = await self._claim(AT_PROVIDER, ids=[*due | overdue]) if due | overdue else []
         try:

@@ -193,6 +193,13 @@ class Store(SqlStore):
     def _lease_free(self, now: float) -> tuple[str, list[Any]]:
         return "(lease_until IS NULL OR lease_until <= ?)", [now]
 
+    def _lease_now(self, now: float) -> tuple[str, list[Any]]:
+        return "?", [now]
+
+    def _unclaimed_since(self, read: Sequence[tuple[str, int]]) -> tuple[str, list[Any]]:
+        # One JSON parameter, as `_any`: the pairs of a 10,000-job tick.
+        return "(id, lease_attempt) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))", [json.dumps(read)]
+
     def _any(self, column: str, values: Sequence[Any], kind: str) -> tuple[str, list[Any]]:
         # One JSON parameter, however many values (SQLite caps the number of parameters).
         return f"{column} IN (SELECT value FROM json_each(?))", [json.dumps(list(values))]
