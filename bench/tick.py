@@ -1,11 +1,15 @@
 """One poll tick with N jobs in flight: today's tick beside the tick as it was, in one run, and the ratio.
 
-Run: `.venv/bin/python -m bench.tick [--jobs 10000] [--ticks 5] [--concurrency 4] [--latency-ms 0]`. The Kling
-simulator runs in a child process (`--serve`), as the provider runs on another machine, holding N tasks in
+Run: `.venv/bin/python -m bench.tick [--jobs 10000] [--ticks 5] [--concurrency 4] [--latency-ms 0] [--fleet N]`.
+The Kling simulator runs in a child process (`--serve`), as the provider runs on another machine, holding N tasks in
 `processing` (with `--latency-ms`, each answer comes that much later, as over a network); the bot's side (a SQLite
 file with the N jobs, the client, `JobService.poll_once`) runs here. The ticks of both ways alternate, so a machine
 shared with other work slows both alike. Nothing moves: every tick asks about every job (no render history, so
 none is skipped as too early), as in the steady state of N long renders.
+
+With `--fleet N`, also the provider queries per poll interval of N services on the one database (N processes), each
+ticking once per interval (the clock is advanced, not waited for): today's, which ask about each job once per
+interval together, beside services whose every tick asks, as each process's did while it knew only its own questions.
 
 "The tick as it was" is the code before this bench: every job's whole row read twice (the list of jobs in flight,
 then the claim's `RETURNING`) and the queries sent one after another; it is kept here only to be measured.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -24,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,7 @@ from bot.provider.simulator import KlingSimulator
 from bot.storage.sqlite import Store
 
 KEY = "bench-tick-key"
+FLEET_INTERVAL = 10.0  # POLL_INTERVAL_SECONDS of the --fleet figure (its clock is advanced, not waited for)
 FIRST_TASK = 901930004609634393
 
 
@@ -116,10 +122,12 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-async def bench(
-    jobs: int, ticks: int, concurrency: int, latency: float, tuned: bool = True
-) -> dict[str, dict[str, list[float]]]:
-    """Wall and CPU seconds and provider queries of each tick, for both ways."""
+@contextlib.asynccontextmanager
+async def tick_world(
+    jobs: int, latency: float
+) -> AsyncIterator[tuple[Store, Callable[[int], KlingClient], list[int], int]]:
+    """The simulator's child holding `jobs` tasks, a SQLite file with their jobs, a client maker (queries at once),
+    the count of provider queries sent so far and the child's pid."""
     queries = [0]
 
     async def count(session: Any, context: Any, params: aiohttp.TraceRequestStartParams) -> None:
@@ -147,27 +155,61 @@ async def bench(
                         root = f"{where['sim']}/tick"
                         return KlingClient(session, root_url=root, api_key=SecretStr(KEY), query_concurrency=at_once)
 
-                    ways = {
-                        "as it was": TickAsItWas(store, client(1), provider_concurrency=10**9, job_timeout=10**9),
-                        "today": JobService(store, client(concurrency), provider_concurrency=10**9, job_timeout=10**9),
-                    }
-                    figures: dict[str, dict[str, list[float]]] = {
-                        way: {"wall": [], "cpu": [], "q": [], "sim": []} for way in ways
-                    }
-                    for service in ways.values():  # warm: connections open, caches hot
-                        await service.poll_once()
-                    if tuned:
-                        tune_collector()  # as the bot does after start-up (both ways run in this process alike)
-                    for _ in range(ticks):
-                        for name, service in ways.items():
-                            before, sim_before = queries[0], cpu_of(where["pid"])
-                            wall, cpu = await timed(service.poll_once)
-                            figures[name]["wall"].append(wall)
-                            figures[name]["cpu"].append(cpu)
-                            figures[name]["q"].append(queries[0] - before)
-                            figures[name]["sim"].append(cpu_of(where["pid"]) - sim_before)
+                    yield store, client, queries, where["pid"]
             finally:
                 await store.close()
+
+
+async def bench(
+    jobs: int, ticks: int, concurrency: int, latency: float, tuned: bool = True
+) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds and provider queries of each tick, for both ways."""
+    async with tick_world(jobs, latency) as (store, client, queries, pid):
+        ways = {
+            "as it was": TickAsItWas(store, client(1), provider_concurrency=10**9, job_timeout=10**9),
+            "today": JobService(store, client(concurrency), provider_concurrency=10**9, job_timeout=10**9),
+        }
+        figures: dict[str, dict[str, list[float]]] = {way: {"wall": [], "cpu": [], "q": [], "sim": []} for way in ways}
+        for service in ways.values():  # warm: connections open, caches hot
+            await service.poll_once()
+        if tuned:
+            tune_collector()  # as the bot does after start-up (both ways run in this process alike)
+        for _ in range(ticks):
+            for name, service in ways.items():
+                before, sim_before = queries[0], cpu_of(pid)
+                wall, cpu = await timed(service.poll_once)
+                figures[name]["wall"].append(wall)
+                figures[name]["cpu"].append(cpu)
+                figures[name]["q"].append(queries[0] - before)
+                figures[name]["sim"].append(cpu_of(pid) - sim_before)
+    return figures
+
+
+async def fleet(jobs: int, processes: int, intervals: int, concurrency: int) -> dict[str, list[int]]:
+    """Provider queries per poll interval of `processes` services on one database, each ticking once in every
+    interval (their ticks spread over it): today's, whose due check reads when the fleet last asked from the rows,
+    beside services whose every tick asks (as each process's did before: it knew only its own questions)."""
+    moment = [time.time()]
+
+    def clock() -> float:
+        return moment[0]
+
+    async with tick_world(jobs, 0.0) as (store, client, queries, _):
+        options: dict[str, Any] = {"provider_concurrency": 10**9, "job_timeout": 10**9, "clock": clock}
+        ways = {
+            "today": [JobService(store, client(concurrency), owner=f"today-{n}", poll_interval=FLEET_INTERVAL,
+                                 **options) for n in range(processes)],
+            "every tick asks": [JobService(store, client(concurrency), owner=f"every-tick-{n}", **options)
+                                for n in range(processes)],
+        }  # fmt: skip
+        figures: dict[str, list[int]] = {way: [] for way in ways}
+        for name, services in ways.items():
+            for _ in range(intervals):
+                before = queries[0]
+                for service in services:
+                    await service.poll_once()
+                    moment[0] += FLEET_INTERVAL / processes
+                figures[name].append(queries[0] - before)
     return figures
 
 
@@ -200,6 +242,16 @@ def report(jobs: int, ticks: int, concurrency: int, latency: float, figures: dic
     print(f"\nratio of wall times (as it was / today): {ratio:.2f}")
 
 
+def report_fleet(jobs: int, processes: int, intervals: int, figures: dict[str, list[int]]) -> None:
+    floor = math.ceil(jobs / MAX_IDS_PER_QUERY)
+    today, before = figures["today"], figures["every tick asks"]
+    print(f"\n{processes} processes on one database, {jobs:,} jobs in flight, {intervals} poll intervals, each process "
+          "ticking once in every interval")  # fmt: skip
+    print("\n| measure | today | every tick asks | beside it |\n|---|---|---|---|")
+    print(f"| provider queries per poll interval, {processes} processes | {statistics.median(today):g} | "
+          f"{statistics.median(before):g} | floor {floor} (one process's tick) |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.tick", description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=10_000)
@@ -207,6 +259,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="queries at once (POLL_CONCURRENCY)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to each answer (a network's round trip)")
     parser.add_argument("--default-gc", action="store_true", help="leave the collector as Python sets it")
+    parser.add_argument("--fleet", type=int, default=0, metavar="N",
+                        help="also: provider queries per poll interval with N processes on one database")  # fmt: skip
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     latency = args.latency_ms / 1000
@@ -217,6 +271,9 @@ def main() -> None:
     figures = asyncio.run(bench(args.jobs, args.ticks, args.concurrency, latency, tuned=not args.default_gc))
     report(args.jobs, args.ticks, args.concurrency, latency, figures)
     print("collector:", "Python's defaults" if args.default_gc else "tuned as the bot tunes it (bot/ops/heap.py)")
+    if args.fleet:
+        intervals = max(args.ticks, 2)
+        report_fleet(args.jobs, args.fleet, intervals, asyncio.run(fleet(args.jobs, args.fleet, intervals, 4)))
 
 
 if __name__ == "__main__":
