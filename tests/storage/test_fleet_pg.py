@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -97,6 +98,24 @@ async def test_a_process_that_read_before_another_asked_and_claims_after_it_rele
         sim.requests.clear()
         await the_other_polls_after_the_read(second, first)
     assert Counter(queried(sim)) == {job.provider_task_id: 1 for job in jobs}
+
+
+async def test_a_process_whose_clock_is_behind_does_not_make_the_fleet_ask_again_sooner(
+    postgres_dsn: str, sim: KlingSimulator
+) -> None:
+    sim.hold = True
+    async with services(postgres_dsn, sim, 1, provider_concurrency=100, poll_interval=60.0) as [right]:
+        behind = JobService(
+            right.store, right.kling, owner="behind", poll_interval=60.0, clock=lambda: time.time() - 600
+        )
+        jobs = [await right.create(JobRequest("text", f"clip {n}")) for n in range(5)]
+        sim.requests.clear()
+        await behind.poll_once()  # ten minutes slow: its question is still stamped with the database's time
+        await right.poll_once()  # so the others know it was just now, and do not ask again
+        assert Counter(queried(sim)) == {job.provider_task_id: 1 for job in jobs}
+        await an_interval_passed(right.store, 60.0)
+        await right.poll_once()  # an interval later in the database's terms: asked again, once
+    assert Counter(queried(sim)) == {job.provider_task_id: 2 for job in jobs}
 
 
 async def test_forty_jobs_dispatched_by_two_services_at_once_never_hold_more_than_three_slots(
