@@ -67,6 +67,7 @@ async def open_resources(
                 origin=origin,
                 lookup_window=settings.submit_lookup_seconds,
                 lease_seconds=settings.lease_seconds,
+                poll_interval=settings.poll_interval_seconds,
             )
             fleet = open_fleet(settings.database)
             try:

@@ -90,6 +90,8 @@ def check_tick(text: str) -> None:
     rows = table(text)
     assert "| provider queries per tick | 10 | 10 | floor 10 |" in rows  # the same queries both ways
     assert re.search(r"ratio of wall times \(as it was / today\): [\d.]+", text)
+    # --fleet 3: three processes ask once per interval together, where each asking at its own ticks asks three times.
+    assert "| provider queries per poll interval, 3 processes | 10 | 30 | floor 10 (one process's tick) |" in rows
 
 
 # bench module: (its tiny arguments, what its output must show)
@@ -102,7 +104,7 @@ SMOKE_RUNS: dict[str, tuple[list[str], Callable[[str], None]]] = {
     "burst_discord": (["--images", "2", "--megabytes", "0.3", "--before"], check_burst_discord),
     "images": (["--scale", "0.1"], check_images),
     "store": (["--sizes", "1000", "--calls", "20"], check_store),
-    "tick": (["--jobs", "200", "--ticks", "2"], check_tick),
+    "tick": (["--jobs", "200", "--ticks", "2", "--fleet", "3"], check_tick),
 }
 NEEDS_POSTGRES = {"soak"}  # smoke-run by its own test below
 

@@ -155,6 +155,7 @@ class JobBase(ABC):
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
         lease_seconds: float = LEASE_SECONDS,
+        poll_interval: float = 0.0,
     ) -> None:
         self.store = store
         self.owner = owner or process_name()  # who this service's claims belong to
@@ -173,7 +174,9 @@ class JobBase(ABC):
         # Set when the provider refused our key or account: submissions wait for an operator (and a probe).
         self.pause = AccountPause(pause_seconds, clock)
         self.adaptive = adaptive
-        self.last_asked: dict[str, float] = {}  # job id -> when the provider was last asked about it
+        # The poll loop's interval (POLL_INTERVAL_SECONDS): the fleet asks about a job about once per interval. 0, for
+        # services ticked by hand (tests, benches), asks at every tick.
+        self.poll_interval = poll_interval
 
     def lease_of(self, job: Job | Claimed) -> Lease | None:
         """The claim this process holds on a job row, if it is this process's (writes under it are fenced)."""
@@ -188,9 +191,9 @@ class JobBase(ABC):
         )
 
     async def _claim_in_flight(self, jobs: Sequence[InFlight]) -> list[Claimed]:
-        """Claim these jobs (read just before); the ones taken, as claimed."""
+        """Claim these jobs (read just before) to ask about them; the ones taken, as claimed."""
         return await self.store.claim_in_flight(
-            [job.id for job in jobs],
+            [(job.id, job.lease_attempt) for job in jobs],
             owner=self.owner,
             now=self.clock(),
             seconds=self.lease_seconds,

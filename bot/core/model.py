@@ -86,6 +86,9 @@ class Job:
     followup_until: float | None = None
     delivered_via: str | None = None  # 'thread', 'channel', 'dm', 'followup' or 'none'
     undelivered_told: bool = False  # a video that reached no one was told to its member
+    # When a process of the fleet last asked the provider about the job, on the lease clock (the database's on
+    # PostgreSQL): every process's poll spaces its questions from it, so the fleet asks once per interval.
+    asked_at: float | None = None
 
     @property
     def options(self) -> JobOptions:
@@ -109,7 +112,8 @@ class InFlight(NamedTuple):
     created_at: float
     submitted_at: float | None
     lease_owner: str | None
-    lease_attempt: int
+    lease_attempt: int  # the claim counter as read: the tick claims the job only if nobody claimed it since
+    asked_ago: float | None  # seconds since any process last asked the provider about it (lease clock); None: never
 
 
 class Lease(NamedTuple):

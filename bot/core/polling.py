@@ -13,7 +13,7 @@ from bot.core import quota
 from bot.core.i18n import english
 from bot.core.job_base import JobBase, JobChange, SubmitRefused
 from bot.core.model import AT_PROVIDER, WAITING, Claimed, InFlight, Job
-from bot.core.scheduling import Polled, Shape, due_for_poll, poll_delay, shape_of
+from bot.core.scheduling import Shape, due_for_poll, poll_delay, shape_of
 from bot.provider.errors import KlingError
 from bot.provider.records import KlingTask
 
@@ -30,11 +30,13 @@ class Polling(JobBase):
 
         `sweep`: also look for jobs that waited too long to be sent (one process of a fleet does it at a time)."""
         changes = await self._settle_reserved(everything=False)
-        in_flight = await self.store.in_flight(origin=self.origin)  # narrow rows: the tick reads no more
+        # Narrow rows, the tick reads no more; each says when the fleet last asked about the job.
+        in_flight = await self.store.in_flight(origin=self.origin, now=self.clock())
         due = {job.id for job in await self._due(in_flight)}
         given_up_before = self._given_up_before()  # one clock read for 10,000 jobs
         overdue = {job.id for job in in_flight if (job.submitted_at or job.created_at) < given_up_before}
-        # Only the jobs with work to do now are claimed; one another process is asking about is skipped.
+        # Only the jobs with work to do now are claimed; one another process is asking about, or claimed since the
+        # read (it may have asked meanwhile), is skipped. The claim records the time asked for the fleet.
         wanted = [job for job in in_flight if job.id in due or job.id in overdue]
         claimed = await self._claim_in_flight(wanted) if wanted else []
         try:
@@ -54,8 +56,6 @@ class Polling(JobBase):
         by_task = {job.provider_task_id: job for job in jobs if job.provider_task_id}
         if not by_task:
             return []
-        now = self.clock()
-        self.last_asked.update((job.id, now) for job in jobs)
         try:
             tasks = await self.kling.query(list(by_task))
         except KlingError as exc:
@@ -87,7 +87,7 @@ class Polling(JobBase):
         if not jobs:
             return [], []
         wanted = [job.id for job in jobs]
-        claimed = await self._claim(AT_PROVIDER, limit=len(wanted), ids=wanted)
+        claimed = await self._claim(AT_PROVIDER, limit=len(wanted), ids=wanted, asking=True)
         taken = {job.id for job in claimed}
         try:
             return await self._ask(claimed), [job for job in jobs if job.id not in taken]
@@ -102,26 +102,23 @@ class Polling(JobBase):
         """The median render time of each shape among these jobs (one query per shape)."""
         return {shape: await self.estimate_seconds(*shape) for shape in {shape_of(job) for job in jobs}}
 
-    async def _due(self, jobs: list[Polled]) -> list[Polled]:
-        """The jobs worth asking about now (see `scheduling.due_for_poll`)."""
+    async def _due(self, jobs: list[InFlight]) -> list[InFlight]:
+        """The jobs worth asking about now (see `scheduling.due_for_poll`); every one, when not adaptive."""
         if not self.adaptive or not jobs:
             return jobs
-        due = due_for_poll(
+        return due_for_poll(
             jobs,
             now=self.clock(),
-            last_asked=self.last_asked,
             typical=await self._typical(jobs),
             job_timeout=self.job_timeout,
+            interval=self.poll_interval,
         )
-        # Forget jobs that left the provider, so the map stays as small as the jobs there.
-        self.last_asked = {job.id: self.last_asked[job.id] for job in jobs if job.id in self.last_asked}
-        return due
 
     async def suggested_delay(self, base: float) -> float:
         """How long the poll loop should sleep: shorter while a job is around its expected finish."""
         if not self.adaptive:
             return base
-        jobs = await self.store.in_flight(origin=self.origin)
+        jobs = await self.store.in_flight(origin=self.origin, now=self.clock())
         return poll_delay(jobs, now=self.clock(), typical=await self._typical(jobs), base=base)
 
     async def estimate_seconds(self, duration: int, resolution: str) -> float | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from bot.core.model import InFlight, Job
 
@@ -17,9 +16,12 @@ SAFETY_POLL_SECONDS = 60.0
 MIN_FAST_DELAY = 1.0
 # A late job (past JOB_TIMEOUT_MINUTES) is asked about once a minute at first, then less often, at most this far apart.
 LATE_POLL_MAX_SECONDS = 300.0
+# A job any process of the fleet asked about within this part of its poll interval is not asked again: the fleet asks
+# about it about once per interval, however many processes tick. Less than 1, as one process's ticks are an interval
+# apart from read to read, and the time a tick stamps (its claim) comes a little after its read.
+ASKED_RECENTLY = 0.75
 
 Shape = tuple[int, str]  # (duration, resolution): jobs of one shape take about as long to render
-Polled = TypeVar("Polled", Job, InFlight)  # a whole row, or the poll tick's narrow one
 
 
 def shape_of(job: Job | InFlight) -> Shape:
@@ -41,27 +43,34 @@ def fair_order(queued: Sequence[Job]) -> list[Job]:
 
 
 def due_for_poll(
-    jobs: Sequence[Polled],
+    jobs: Sequence[InFlight],
     *,
     now: float,
-    last_asked: Mapping[str, float],
     typical: Mapping[Shape, float | None],
     job_timeout: float,
-) -> list[Polled]:
+    interval: float,
+) -> list[InFlight]:
     """The jobs at the provider worth asking about now: none before it can be ready (but for a rare safety check),
-    and late ones less and less often."""
+    late ones less and less often, and the others once per poll `interval` (a quarter of it around the expected
+    finish, as the loop's own sleep) counted from the fleet's last question (`asked_ago`), not this process's."""
     due = []
     for job in jobs:
         started = job.submitted_at or job.created_at
-        asked = now - last_asked.get(job.id, started)
-        overdue = now - started - job_timeout
+        elapsed = now - started
+        asked = elapsed if job.asked_ago is None else job.asked_ago
+        overdue = elapsed - job_timeout
         if overdue > 0:
             if asked >= min(LATE_POLL_MAX_SECONDS, max(SAFETY_POLL_SECONDS, overdue / 10)):
                 due.append(job)
             continue
         expected = typical.get(shape_of(job))
-        early = expected is not None and now - started < EARLY_FRACTION * expected
-        if not early or asked >= SAFETY_POLL_SECONDS:
+        if expected is not None and elapsed < EARLY_FRACTION * expected:
+            if asked >= SAFETY_POLL_SECONDS:
+                due.append(job)
+            continue
+        near_finish = expected is not None and elapsed <= LATE_FRACTION * expected
+        every = min(interval, max(interval / 4, MIN_FAST_DELAY)) if near_finish else interval
+        if job.asked_ago is None or asked >= ASKED_RECENTLY * every:
             due.append(job)
     return due
 

@@ -65,10 +65,18 @@ class Storage(Protocol):
         ids: Sequence[str] | None = None,
         created_before: float | None = None,
         abandoned: bool | None = None,
+        asking: bool = False,
     ) -> list[Job]: ...
 
     async def claim_in_flight(
-        self, ids: Sequence[str], *, owner: str, now: float, seconds: float, limit: int, origin: str = "discord"
+        self,
+        read: Sequence[tuple[str, int]],
+        *,
+        owner: str,
+        now: float,
+        seconds: float,
+        limit: int,
+        origin: str = "discord",
     ) -> list[Claimed]: ...
 
     async def claim_queued(
@@ -96,7 +104,7 @@ class Storage(Protocol):
 
     async def jobs_in(self, statuses: Sequence[str], *, origin: str | None = None) -> list[Job]: ...
 
-    async def in_flight(self, *, origin: str) -> list[InFlight]: ...
+    async def in_flight(self, *, origin: str, now: float) -> list[InFlight]: ...
 
     async def find_job(
         self, guild_id: int, prefix: str, *, user_id: int | None = None, statuses: Sequence[str] | None = None

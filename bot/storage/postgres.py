@@ -195,6 +195,15 @@ class PgStore(SqlStore):
     def _lease_free(self, now: float) -> tuple[str, list[Any]]:
         return _LEASE_FREE, []
 
+    def _lease_now(self, now: float) -> tuple[str, list[Any]]:
+        return DB_NOW, []
+
+    def _unclaimed_since(self, read: Sequence[tuple[str, int]]) -> tuple[str, list[Any]]:
+        return "(id, lease_attempt) IN (SELECT * FROM unnest(?::text[], ?::int[]))", [
+            [job_id for job_id, _ in read],
+            [attempt for _, attempt in read],
+        ]
+
     def _any(self, column: str, values: Sequence[Any], kind: str) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?::{kind}[])", [list(values)]
 

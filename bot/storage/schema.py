@@ -375,6 +375,14 @@ STEPS: tuple[tuple[str | Dialects, ...], ...] = (
     CREATE UNIQUE INDEX grants_request_key ON grants (request_key);
     """,
     ),
+    # 12
+    (
+        """
+    -- When a process last asked the provider about the job (the lease clock: the database's on PostgreSQL), written
+    -- by the poll's claim: the fleet's processes space their questions from it, so a job is asked once per interval.
+    ALTER TABLE jobs ADD COLUMN asked_at {real};
+    """,
+    ),
 )
 
 # Migration 5's running totals, kept by triggers from `jobs` on SQLite: PostgreSQL counts the rows instead, so a copy

@@ -38,7 +38,8 @@ from bot.core.model import (
 
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
 SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
-IN_FLIGHT_COLUMNS = ", ".join(InFlight._fields)  # a poll tick's narrow rows
+# A poll tick's narrow rows; the last, `asked_ago`, is computed on the lease clock (`SqlBase._lease_now`).
+IN_FLIGHT_COLUMNS = ", ".join(InFlight._fields[:-1])
 CLAIMED_COLUMNS = ", ".join(Claimed._fields)  # what a poll tick's claim returns
 
 
@@ -133,6 +134,14 @@ class SqlBase:
 
     def _lease_free(self, now: float) -> tuple[str, list[Any]]:
         """The SQL and parameters of "nobody holds this job's lease"."""
+        raise NotImplementedError
+
+    def _lease_now(self, now: float) -> tuple[str, list[Any]]:
+        """The SQL and parameters of the lease clock's time now (the fleet's asked times are on it too)."""
+        raise NotImplementedError
+
+    def _unclaimed_since(self, read: Sequence[tuple[str, int]]) -> tuple[str, list[Any]]:
+        """The job is one of these (id, lease attempt) pairs: nobody claimed it since it was read so."""
         raise NotImplementedError
 
     def _any(self, column: str, values: Sequence[Any], kind: str) -> tuple[str, list[Any]]:

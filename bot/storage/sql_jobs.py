@@ -84,25 +84,46 @@ class JobStatements(SqlBase):
         ids: Sequence[str] | None = None,
         created_before: float | None = None,
         abandoned: bool | None = None,
+        asking: bool = False,
     ) -> list[Job]:
         """Claim up to `limit` jobs in these states that nobody holds (no lease, or an expired one) for `seconds`,
         each claim bumping the job's lease attempt; the jobs as claimed, oldest first.
 
         `ids` and `created_before` narrow the jobs; `abandoned` True takes only jobs whose holder let its lease
-        expire without releasing it (it stopped in the middle of the work), False only the others."""
+        expire without releasing it (it stopped in the middle of the work), False only the others. `asking`: the
+        claim is to ask the provider about them now, and records that time (`asked_at`) for the whole fleet."""
         sql, params = self._claimable(statuses, origin, now, ids, created_before, abandoned)
         rows = await self._claim(
-            sql, params, ", ".join(JOB_COLUMNS), owner=owner, now=now, seconds=seconds, limit=limit
+            sql, params, ", ".join(JOB_COLUMNS), owner=owner, now=now, seconds=seconds, limit=limit, asking=asking
         )
         return sorted((Job(*row) for row in rows), key=lambda job: job.created_at)
 
     async def claim_in_flight(
-        self, ids: Sequence[str], *, owner: str, now: float, seconds: float, limit: int, origin: str = "discord"
+        self,
+        read: Sequence[tuple[str, int]],
+        *,
+        owner: str,
+        now: float,
+        seconds: float,
+        limit: int,
+        origin: str = "discord",
     ) -> list[Claimed]:
-        """`claim_jobs` of these jobs at the provider, returning only what a poll tick learns from a claim (the
-        rest of each job's narrow row it read just before), in no particular order."""
-        sql, params = self._claimable(AT_PROVIDER, origin, now, ids, None, None)
-        rows = await self._claim(sql, params, CLAIMED_COLUMNS, owner=owner, now=now, seconds=seconds, limit=limit)
+        """Claim jobs at the provider a poll tick read (their id and lease attempt as read) to ask about them now,
+        recording that time (`asked_at`); a job claimed by anyone since that read is skipped (it may have been
+        asked meanwhile). Returns only what a tick learns from a claim (the rest of each job's narrow row it read
+        just before), in no particular order."""
+        sql, params = self._claimable(AT_PROVIDER, origin, now, None, None, None)
+        unclaimed, read_params = self._unclaimed_since(read)
+        rows = await self._claim(
+            f"{sql} AND {unclaimed}",
+            [*params, *read_params],
+            CLAIMED_COLUMNS,
+            owner=owner,
+            now=now,
+            seconds=seconds,
+            limit=limit,
+            asking=True,
+        )
         return [Claimed(*row) for row in rows]
 
     def _claimable(
@@ -130,16 +151,28 @@ class JobStatements(SqlBase):
         return sql, params
 
     async def _claim(
-        self, where: str, params: list[Any], columns: str, *, owner: str, now: float, seconds: float, limit: int
+        self,
+        where: str,
+        params: list[Any],
+        columns: str,
+        *,
+        owner: str,
+        now: float,
+        seconds: float,
+        limit: int,
+        asking: bool,
     ) -> list[Any]:
         until, until_value = self._lease_until(now, seconds)
+        # A claim to ask the provider records the time in the same write: the tick writes no row more for it.
+        asked, asked_params = self._lease_now(now) if asking else ("", [])
+        stamp = f", asked_at = {asked}" if asking else ""
         async with self.transaction() as db:
             return await self._fetch(
                 db,
-                f"UPDATE jobs SET lease_owner = ?, lease_until = {until}, lease_attempt = lease_attempt + 1"
+                f"UPDATE jobs SET lease_owner = ?, lease_until = {until}, lease_attempt = lease_attempt + 1{stamp}"
                 f" WHERE id IN (SELECT id FROM jobs WHERE {where} ORDER BY {CLAIM_ORDER}{self.SKIP_LOCKED} LIMIT ?)"
                 f" RETURNING {columns}",
-                (owner, until_value, *params, limit),
+                (owner, until_value, *asked_params, *params, limit),
             )
 
     async def claim_queued(
@@ -243,12 +276,14 @@ class JobStatements(SqlBase):
             params.append(origin)
         return await self._jobs(sql + " ORDER BY created_at", params)
 
-    async def in_flight(self, *, origin: str) -> list[InFlight]:
-        """The jobs of one origin at the provider, oldest first, as narrow rows (what a poll tick reads)."""
+    async def in_flight(self, *, origin: str, now: float) -> list[InFlight]:
+        """The jobs of one origin at the provider, oldest first, as narrow rows (what a poll tick reads); how long
+        ago each was asked about is measured on the lease clock (`now` is SQLite's)."""
+        clock, clock_params = self._lease_now(now)
         rows = await self._read(
-            f"SELECT {IN_FLIGHT_COLUMNS} FROM jobs WHERE status IN ({literals(AT_PROVIDER)}) AND origin = ?"
-            " ORDER BY created_at",
-            (origin,),
+            f"SELECT {IN_FLIGHT_COLUMNS}, {clock} - asked_at FROM jobs"
+            f" WHERE status IN ({literals(AT_PROVIDER)}) AND origin = ? ORDER BY created_at",
+            (*clock_params, origin),
         )
         return [InFlight(*row) for row in rows]
 

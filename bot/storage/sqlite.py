@@ -193,6 +193,13 @@ class Store(SqlStore):
     def _lease_free(self, now: float) -> tuple[str, list[Any]]:
         return "(lease_until IS NULL OR lease_until <= ?)", [now]
 
+    def _lease_now(self, now: float) -> tuple[str, list[Any]]:
+        return "?", [now]
+
+    def _unclaimed_since(self, read: Sequence[tuple[str, int]]) -> tuple[str, list[Any]]:
+        # One JSON object (id -> attempt), as `_any`'s list: its keys and values are read without taking apart pairs.
+        return "(id, lease_attempt) IN (SELECT key, value FROM json_each(?))", [json.dumps(dict(read))]
+
     def _any(self, column: str, values: Sequence[Any], kind: str) -> tuple[str, list[Any]]:
         # One JSON parameter, however many values (SQLite caps the number of parameters).
         return f"{column} IN (SELECT value FROM json_each(?))", [json.dumps(list(values))]
@@ -213,15 +220,19 @@ class Store(SqlStore):
         stays, so the next claims go to the jobs worked on least recently."""
         if not held:
             return
+        attempts: dict[str, dict[str, int]] = {}  # owner -> job id -> attempt (a process releases only its own)
+        for job_id, lease in held:
+            attempts.setdefault(lease.owner, {})[job_id] = lease.attempt
         async with self.transaction() as db:
-            # One statement for the whole tick (10,000 claims), not one per job: the held claims as one JSON list.
-            await db.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_until = ?"
-                " FROM (SELECT value ->> 0 AS id, value ->> 1 AS owner, value ->> 2 AS attempt FROM json_each(?))"
-                " AS held WHERE jobs.id = held.id AND jobs.lease_owner = held.owner"
-                " AND jobs.lease_attempt = held.attempt",
-                (now, json.dumps([(job_id, lease.owner, lease.attempt) for job_id, lease in held])),
-            )
+            # One statement for the whole tick (10,000 claims), not one per job: the claims as one JSON object, whose
+            # keys and values SQLite reads without taking each element apart.
+            for owner, claims in attempts.items():
+                await db.execute(
+                    "UPDATE jobs SET lease_owner = NULL, lease_until = ?"
+                    " FROM (SELECT key AS id, value AS attempt FROM json_each(?)) AS held"
+                    " WHERE jobs.id = held.id AND jobs.lease_owner = ? AND jobs.lease_attempt = held.attempt",
+                    (now, json.dumps(claims), owner),
+                )
 
     # --- counts, from the running totals (migration 5) ----------------------------------------------------
 

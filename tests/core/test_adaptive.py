@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 from bot.core.jobs import JobRequest, JobService
+from bot.core.model import InFlight
+from bot.provider.kling import KlingClient
 from bot.provider.simulator import KlingSimulator
 from bot.storage.sqlite import Store
 from tests.conftest import FakeClock
@@ -75,3 +80,74 @@ async def test_the_loop_ticks_faster_around_the_expected_finish(
     service.adaptive = False
     clock.advance(-20)
     assert await service.suggested_delay(10) == 10
+
+
+def asked_ids(sim: KlingSimulator) -> Counter[str]:
+    """How many times the simulator was asked about each task."""
+    return Counter(i for r in sim.requests if r.path.endswith("/kling/tasks") for i in r.query["task_ids"].split(","))
+
+
+def another_process(service: JobService, clock: FakeClock, **options: object) -> JobService:
+    """A second service on the same database, as another process of a fleet would be (its own claims' owner)."""
+    return JobService(service.store, service.kling, clock=clock, owner="another-process", **options)  # type: ignore[arg-type]
+
+
+async def test_two_services_on_one_database_ask_about_each_job_once_per_interval(
+    sim: KlingSimulator, store: Store, kling: KlingClient, clock: FakeClock
+) -> None:
+    first = JobService(store, kling, clock=clock, provider_concurrency=100, poll_interval=10.0)
+    second = another_process(first, clock, poll_interval=10.0)
+    sim.hold = True
+    jobs = [await first.create(JobRequest("text", f"clip {n}")) for n in range(5)]
+    for _ in range(3):  # three intervals, each process ticking twice in each
+        for service in (first, second, first, second):
+            await service.poll_once()
+            clock.advance(2)
+        clock.advance(2)
+    assert asked_ids(sim) == {job.provider_task_id: 3 for job in jobs}  # not once per process, nor per tick
+
+
+async def test_a_service_that_read_before_another_asked_and_claims_after_does_not_ask_again(
+    sim: KlingSimulator, store: Store, kling: KlingClient, clock: FakeClock
+) -> None:
+    first = JobService(store, kling, clock=clock, provider_concurrency=100, poll_interval=10.0)
+    second = another_process(first, clock, poll_interval=10.0)
+    sim.hold = True
+    jobs = [await first.create(JobRequest("text", f"clip {n}")) for n in range(5)]
+    await the_other_polls_after_the_read(second, first)
+    assert asked_ids(sim) == {job.provider_task_id: 1 for job in jobs}
+
+
+async def the_other_polls_after_the_read(late: JobService, other: JobService) -> None:
+    """`late` ticks, and `other` ticks whole between `late`'s read of the jobs in flight and its claim of them."""
+    read = late.store.in_flight
+
+    async def read_then_the_other_polls(*, origin: str, now: float) -> list[InFlight]:
+        rows = await read(origin=origin, now=now)
+        await other.poll_once()  # asks about every job and gives its claims back
+        return rows
+
+    late.store = ReadHook(late.store, read_then_the_other_polls)  # type: ignore[assignment]
+    await late.poll_once()
+
+
+class ReadHook:
+    """A store whose `in_flight` is `read`, the rest its own (another service may share the store itself)."""
+
+    def __init__(self, store: object, read: Callable[..., Awaitable[list[InFlight]]]) -> None:
+        self._store = store
+        self.in_flight = read
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def test_without_adaptive_polling_every_tick_asks_whatever_the_interval(
+    sim: KlingSimulator, store: Store, kling: KlingClient, clock: FakeClock
+) -> None:
+    service = JobService(store, kling, clock=clock, adaptive=False, poll_interval=10.0)
+    sim.hold = True
+    await service.create(JobRequest("text", "asked every tick"))
+    for _ in range(3):
+        await service.poll_once()
+    assert queries(sim) == 3

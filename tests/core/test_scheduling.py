@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from bot.app import Lane, Pace
-from bot.core.model import Job
+from bot.core.model import InFlight, Job
 from bot.core.scheduling import (
     LATE_POLL_MAX_SECONDS,
     SAFETY_POLL_SECONDS,
@@ -36,27 +36,41 @@ def test_the_queue_goes_round_robin_across_members_oldest_first_within_each() ->
     assert [j.id for j in fair_order(queued)] == ["a1", "b1", "c1", "a2", "b2", "a3"]
 
 
+def polled(job_id: str, *, asked_ago: float | None = None) -> InFlight:
+    """A job at the provider as a tick reads it, submitted at T0; `asked_ago`: when the fleet last asked."""
+    return InFlight(job_id, "submitted", job_id, 5, "720p", T0, T0, None, 1, asked_ago)
+
+
 def test_a_job_is_not_asked_about_before_it_can_be_ready_but_for_the_safety_check() -> None:
     typical = {(5, "720p"): 40.0}
-    fresh = job("fresh")
-    assert due_for_poll([fresh], now=T0 + 20, last_asked={}, typical=typical, job_timeout=1800) == []
-    assert due_for_poll([fresh], now=T0 + 37, last_asked={}, typical=typical, job_timeout=1800) == [fresh]
-    asked_long_ago = {"fresh": T0 + 1}
-    later = T0 + 1 + SAFETY_POLL_SECONDS
-    assert due_for_poll([fresh], now=later, last_asked=asked_long_ago, typical={(5, "720p"): 600.0}, job_timeout=1800)
-    assert due_for_poll([fresh], now=T0 + 1, last_asked={}, typical={}, job_timeout=1800) == [fresh]  # no history
+    fresh = polled("fresh")
+    rules = {"job_timeout": 1800, "interval": 10.0}
+    assert due_for_poll([fresh], now=T0 + 20, typical=typical, **rules) == []
+    assert due_for_poll([fresh], now=T0 + 37, typical=typical, **rules) == [fresh]
+    asked_long_ago = polled("fresh", asked_ago=SAFETY_POLL_SECONDS)
+    assert due_for_poll([asked_long_ago], now=T0 + 61, typical={(5, "720p"): 600.0}, **rules)
+    assert due_for_poll([fresh], now=T0 + 1, typical={}, **rules) == [fresh]  # no history
+
+
+def test_a_job_ready_any_moment_is_asked_once_per_interval_by_the_fleet() -> None:
+    rules = {"now": T0 + 100, "job_timeout": 1800, "interval": 10.0}
+    assert due_for_poll([polled("never")], typical={}, **rules)  # never asked: at once
+    assert not due_for_poll([polled("just", asked_ago=2.0)], typical={}, **rules)  # by this process or another
+    assert due_for_poll([polled("a tick ago", asked_ago=9.5)], typical={}, **rules)  # one process's last tick
+    near = {(5, "720p"): 95.0}  # around the expected finish: a quarter of the interval, as the loop's sleep
+    assert not due_for_poll([polled("near", asked_ago=1.5)], typical=near, **rules)
+    assert due_for_poll([polled("near", asked_ago=2.5)], typical=near, **rules)
+    assert due_for_poll([polled("every tick", asked_ago=0.0)], typical={}, **{**rules, "interval": 0.0})
 
 
 def test_a_late_job_is_asked_less_often_the_later_it_is() -> None:
-    late = job("late")
+    rules = {"typical": {}, "job_timeout": 1800, "interval": 10.0}
     soon = T0 + 1800 + 10  # ten seconds late: once a minute
-    assert not due_for_poll([late], now=soon, last_asked={"late": soon - 30}, typical={}, job_timeout=1800)
-    assert due_for_poll([late], now=soon, last_asked={"late": soon - 61}, typical={}, job_timeout=1800)
+    assert not due_for_poll([polled("late", asked_ago=30)], now=soon, **rules)
+    assert due_for_poll([polled("late", asked_ago=61)], now=soon, **rules)
     hours = T0 + 1800 + 3 * 3600  # hours late: every five minutes
-    assert not due_for_poll([late], now=hours, last_asked={"late": hours - 200}, typical={}, job_timeout=1800)
-    assert due_for_poll(
-        [late], now=hours, last_asked={"late": hours - LATE_POLL_MAX_SECONDS}, typical={}, job_timeout=1800
-    )
+    assert not due_for_poll([polled("late", asked_ago=200)], now=hours, **rules)
+    assert due_for_poll([polled("late", asked_ago=LATE_POLL_MAX_SECONDS)], now=hours, **rules)
 
 
 def test_the_loop_sleeps_less_around_an_expected_finish_and_never_more_than_its_base() -> None:

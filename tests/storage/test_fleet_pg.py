@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from bot.resources import open_resources
 from bot.storage.postgres import PgStore
 from cogs.delivery import post_nonce
 from tests.conftest import API_KEY, FakeClock
+from tests.core.test_adaptive import the_other_polls_after_the_read
 from tests.fake_discord import wait_until
 from tests.harness import Harness, harness
 
@@ -63,6 +66,56 @@ async def test_two_services_polling_at_once_ask_about_each_job_once(postgres_dsn
         leftover = await first.store.claim_jobs(("submitted", "processing"), owner="x", now=0, seconds=60, limit=99)
         # Held by its command (1), then by one poller (2), released after the tick: free for this claim (3).
         assert len(leftover) == 40 and {job.lease_attempt for job in leftover} == {3}
+
+
+async def an_interval_passed(store: PgStore, seconds: float) -> None:
+    """Every job was last asked about `seconds` earlier, in the database's terms (its clock spaces the questions)."""
+    async with store.transaction() as db:
+        await db.execute("UPDATE jobs SET asked_at = asked_at - %s", (seconds,))
+
+
+async def test_three_services_polling_over_several_intervals_ask_about_each_job_once_per_interval(
+    postgres_dsn: str, sim: KlingSimulator
+) -> None:
+    sim.hold = True
+    async with services(postgres_dsn, sim, 3, provider_concurrency=100, poll_interval=60.0) as fleet:
+        jobs = [await fleet[0].create(JobRequest("text", f"clip {n}")) for n in range(20)]
+        sim.requests.clear()
+        for _ in range(3):
+            for service in fleet:  # within one interval: each process ticks one after another, then all at once
+                await service.poll_once()
+            await asyncio.gather(*(service.poll_once() for service in fleet))
+            await an_interval_passed(fleet[0].store, 60.0)
+    assert Counter(queried(sim)) == {job.provider_task_id: 3 for job in jobs}  # once per interval, not per process
+
+
+async def test_a_process_that_read_before_another_asked_and_claims_after_it_released_does_not_ask_again(
+    postgres_dsn: str, sim: KlingSimulator
+) -> None:
+    sim.hold = True
+    async with services(postgres_dsn, sim, 2, provider_concurrency=100, poll_interval=60.0) as (first, second):
+        jobs = [await first.create(JobRequest("text", f"clip {n}")) for n in range(20)]
+        sim.requests.clear()
+        await the_other_polls_after_the_read(second, first)
+    assert Counter(queried(sim)) == {job.provider_task_id: 1 for job in jobs}
+
+
+async def test_a_process_whose_clock_is_behind_does_not_make_the_fleet_ask_again_sooner(
+    postgres_dsn: str, sim: KlingSimulator
+) -> None:
+    sim.hold = True
+    async with services(postgres_dsn, sim, 1, provider_concurrency=100, poll_interval=60.0) as [right]:
+        behind = JobService(
+            right.store, right.kling, owner="behind", poll_interval=60.0, clock=lambda: time.time() - 600
+        )
+        jobs = [await right.create(JobRequest("text", f"clip {n}")) for n in range(5)]
+        sim.requests.clear()
+        await behind.poll_once()  # ten minutes slow: its question is still stamped with the database's time
+        await right.poll_once()  # so the others know it was just now, and do not ask again
+        assert Counter(queried(sim)) == {job.provider_task_id: 1 for job in jobs}
+        await an_interval_passed(right.store, 60.0)
+        await right.poll_once()  # an interval later in the database's terms: asked again, once
+    assert Counter(queried(sim)) == {job.provider_task_id: 2 for job in jobs}
 
 
 async def test_forty_jobs_dispatched_by_two_services_at_once_never_hold_more_than_three_slots(

@@ -51,7 +51,8 @@ async def fill_every_table(path: Path) -> None:
         await store.add_job(a_job("aa02", "succeeded", video_url="https://v/2.mp4", lease_owner=OLD_OWNER,
                                   lease_until=until, lease_attempt=3, cancel_requested=True))  # fmt: skip
         await store.add_job(a_job("aa03", "processing", user_id=BOB, lease_owner=OLD_OWNER, lease_until=until,
-                                  lease_attempt=1, parent_id="aa01", review_state=None))  # fmt: skip
+                                  lease_attempt=1, parent_id="aa01", review_state=None,
+                                  asked_at=time.time() - 5))  # fmt: skip
         audit = AuditEntry(GUILD, MOD, "set", ALICE, None, "7", "because", time.time())
         await store.save_quota_settings(GUILD, QuotaSettings(9000, "week", 2, 5, 77, 3000, 78), audit)
         await store.save_member_quota(GUILD, ALICE, MemberQuota(7000, None), audit)

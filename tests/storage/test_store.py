@@ -280,6 +280,7 @@ async def test_every_hot_query_is_served_by_an_index(store: Store) -> None:
     await store.find_job(1, "0001", user_id=3, statuses=WAITING)
     for states in (AT_PROVIDER, WAITING, ("queued",), ("reserved",)):
         await store.jobs_in(states, origin="discord")
+    await store.in_flight(origin="discord", now=200.0)  # the tick's narrow read, with its asked times
     await store.count_in(HOLDING_A_SLOT)
     await store.render_times(5, "720p")
     await store.job_by_task("t3")

@@ -529,23 +529,31 @@ async def test_a_poll_reads_and_claims_narrow_rows_of_the_jobs_at_the_provider_o
     for job_id, status, origin in (("queued", "queued", "discord"), ("done", "succeeded", "discord"),
                                    ("cli", "processing", "cli")):  # fmt: skip
         await store.add_job(replace(BLANK, id=job_id, status=status, origin=origin, created_at=90.0))
-    seen = await store.in_flight(origin="discord")
-    assert [(j.id, j.status, j.provider_task_id, j.duration, j.resolution, j.created_at) for j in seen] == [
-        (first, "submitted", None, 5, "720p", 100.0),
-        (second, "processing", "t2", 5, "720p", 101.0),
-    ]  # oldest first; other states and origins left out
-    everything = [first, second, "queued", "done", "cli", "x"]
     now = time.time()
+    seen = await store.in_flight(origin="discord", now=now)
+    assert [
+        (j.id, j.status, j.provider_task_id, j.duration, j.resolution, j.created_at, j.asked_ago) for j in seen
+    ] == [
+        (first, "submitted", None, 5, "720p", 100.0, None),
+        (second, "processing", "t2", 5, "720p", 101.0, None),
+    ]  # oldest first; other states and origins left out; never asked
+    everything = [(j.id, j.lease_attempt) for j in seen] + [("queued", 0), ("done", 0), ("cli", 0), ("x", 0)]
     claimed = await store.claim_in_flight(everything, owner="a", now=now, seconds=60.0, limit=10)
     assert sorted(claimed) == [(first, "submitted", None, "a", 1), (second, "processing", "t2", "a", 1)]
-    assert {(j.id, j.lease_owner) for j in await store.in_flight(origin="discord")} == {(first, "a"), (second, "a")}
+    assert {(j.id, j.lease_owner) for j in await store.in_flight(origin="discord", now=now)} == {
+        (first, "a"),
+        (second, "a"),
+    }
+    assert all(near(j.asked_ago, 0) for j in await store.in_flight(origin="discord", now=now))  # the claim's time
     assert await store.claim_in_flight(everything, owner="b", now=now, seconds=60.0, limit=10) == []  # held
     await store.release_leases([(j.id, Lease("a", j.lease_attempt)) for j in claimed], now)
-    [again] = await store.claim_in_flight([second], owner="b", now=now, seconds=60.0, limit=10)
+    # Released, but claimed since b read them (attempt 0): b's claim skips them (a may have asked meanwhile).
+    assert await store.claim_in_flight(everything, owner="b", now=now, seconds=60.0, limit=10) == []
+    [again] = await store.claim_in_flight([(second, 1)], owner="b", now=now, seconds=60.0, limit=10)
     assert (again.id, again.lease_owner, again.lease_attempt) == (second, "b", 2)
-    assert [j.id for j in await store.claim_in_flight(everything, owner="c", now=now, seconds=60.0, limit=1)] == [
-        first
-    ]  # at most `limit`
+    await store.release_leases([(second, Lease("b", 2))], now)
+    read = [(first, 1), (second, 2)]
+    assert [j.id for j in await store.claim_in_flight(read, owner="c", now=now, seconds=60.0, limit=1)] == [first]
 
 
 async def test_an_expired_lease_is_claimed_again_with_a_higher_attempt_and_shows_it_was_abandoned(
