@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from bot.core.jobs import JobRequest, JobService
-from bot.core.model import InFlight
+from bot.core.model import InFlight, Job
 from bot.provider.kling import KlingClient
 from bot.provider.simulator import KlingSimulator
 from bot.storage.sqlite import Store
@@ -92,13 +92,20 @@ def another_process(service: JobService, clock: FakeClock, **options: object) ->
     return JobService(service.store, service.kling, clock=clock, owner="another-process", **options)  # type: ignore[arg-type]
 
 
-async def test_two_services_on_one_database_ask_about_each_job_once_per_interval(
+async def two_processes_with_jobs(
     sim: KlingSimulator, store: Store, kling: KlingClient, clock: FakeClock
-) -> None:
+) -> tuple[JobService, JobService, list[Job]]:
+    """Two services on one database polling once per 10 s, and five jobs held at the provider."""
     first = JobService(store, kling, clock=clock, provider_concurrency=100, poll_interval=10.0)
     second = another_process(first, clock, poll_interval=10.0)
     sim.hold = True
-    jobs = [await first.create(JobRequest("text", f"clip {n}")) for n in range(5)]
+    return first, second, [await first.create(JobRequest("text", f"clip {n}")) for n in range(5)]
+
+
+async def test_two_services_on_one_database_ask_about_each_job_once_per_interval(
+    sim: KlingSimulator, store: Store, kling: KlingClient, clock: FakeClock
+) -> None:
+    first, second, jobs = await two_processes_with_jobs(sim, store, kling, clock)
     for _ in range(3):  # three intervals, each process ticking twice in each
         for service in (first, second, first, second):
             await service.poll_once()
@@ -110,10 +117,7 @@ async def test_two_services_on_one_database_ask_about_each_job_once_per_interval
 async def test_a_service_that_read_before_another_asked_and_claims_after_does_not_ask_again(
     sim: KlingSimulator, store: Store, kling: KlingClient, clock: FakeClock
 ) -> None:
-    first = JobService(store, kling, clock=clock, provider_concurrency=100, poll_interval=10.0)
-    second = another_process(first, clock, poll_interval=10.0)
-    sim.hold = True
-    jobs = [await first.create(JobRequest("text", f"clip {n}")) for n in range(5)]
+    first, second, jobs = await two_processes_with_jobs(sim, store, kling, clock)
     await the_other_polls_after_the_read(second, first)
     assert asked_ids(sim) == {job.provider_task_id: 1 for job in jobs}
 
