@@ -140,6 +140,9 @@ async def test_the_dashboard_alone_approves_and_the_fleets_bot_posts_the_video(
                     assert approved.status == 200 and "Approved" in await approved.text()
             delivered = await world.job_in("delivered")  # posted by the bot, told by the dashboard's process
             assert delivered.id == job.id
+            # The bot holding the alerts duty shows the decision: the review message loses its buttons.
+            await wait_until(lambda: "Approved by" in fake.messages[review][0]["content"])
+            assert not fake.messages[review][0].get("components")
             [decision, _] = await world.resources.credits.audit_entries(int(fake.guild_id))
             assert (decision.action, decision.source) == ("approve", "web")
         finally:
