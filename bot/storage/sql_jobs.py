@@ -163,9 +163,10 @@ class JobStatements(SqlBase):
         asking: bool,
     ) -> list[Any]:
         until, until_value = self._lease_until(now, seconds)
-        # A claim to ask the provider records the time in the same write: the tick writes no row more for it.
-        asked, asked_params = self._lease_now(now) if asking else ("", [])
-        stamp = f", asked_at = {asked}" if asking else ""
+        stamp, asked_params = "", list[Any]()
+        if asking:  # a claim to ask the provider records the time in the same write: the tick writes no row more
+            asked, asked_params = self._lease_now(now)
+            stamp = f", asked_at = {asked}"
         async with self.transaction() as db:
             return await self._fetch(
                 db,
